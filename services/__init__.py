@@ -1,0 +1,1 @@
+"""Baton's services: each its own process and its own FastStream app."""

@@ -1,0 +1,99 @@
+"""The worker: one generic runtime hosting the agents of the workflow file.
+
+Each hosted agent is a consumer group (named after the agent) on `baton:agent:<name>`; N worker processes
+share each group, so adding processes spreads the work. A worker is stateless: it reads its inputs by
+reference, writes its outputs, and reports started / completed / failed on `baton:results`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import time
+
+import structlog
+
+from shared import streams
+from shared.broker import make_broker, subscribe
+from shared.errors import ConfigError, KeyValidationError, PermanentError
+from shared.events import TaskAssigned, TaskCompleted, TaskFailed, TaskStarted, Usage
+from shared.logging import configure_logging
+from shared.settings import Settings
+from shared.service import Resources, build_app
+from shared.workflow import load_workflows
+
+from .runtime import AgentContext
+
+SERVICE = "worker"
+
+
+def create_app(settings: Settings | None = None):
+    settings = settings or Settings()
+    log = configure_logging(SERVICE, settings.log_format, settings.log_level)
+    workflows = load_workflows(settings.workflows)
+    hosted = settings.agent_list or [n for n, a in workflows.agents.items() if a.kind == "python"]
+    unknown = [a for a in hosted if a not in workflows.agents]
+    if unknown:
+        raise ConfigError(f"BATON_AGENTS names unknown agents {unknown}; known: {sorted(workflows.agents)}")
+    handlers = {name: workflows.agents[name].load_handler() for name in hosted}
+
+    broker = make_broker(settings, SERVICE)
+    results = broker.publisher(stream=streams.RESULTS, title="results", description="Task outcomes.")
+    res = Resources(settings)
+
+    def make_handler(agent: str):
+        spec = workflows.agents[agent]
+        func = handlers[agent]
+
+        async def run_task(event: TaskAssigned) -> None:
+            """Run one task of this agent and report its outcome."""
+            common = dict(
+                run_id=event.run_id,
+                task_id=event.task_id,
+                parent_task_id=event.parent_task_id,
+                attempt=event.attempt,
+                trace_id=event.trace_id,
+                sender=f"{SERVICE}:{settings.consumer}",
+                agent=agent,
+            )
+            if event.agent != agent:
+                await results.publish(
+                    TaskFailed(**common, error=f"task for agent {event.agent!r} arrived at {agent!r}")
+                )
+                return
+            await results.publish(TaskStarted(**common))
+            ctx = AgentContext(event, agent, spec, res.storage, report=results.publish)
+            started = time.perf_counter()
+            try:
+                ctx.check_inputs()
+                result = func(ctx)
+                if inspect.isawaitable(result):
+                    await result
+            except (KeyValidationError, PermanentError, KeyError, TypeError, ValueError) as exc:
+                log.warning("task_failed", agent=agent, error=str(exc), retryable=False)
+                await results.publish(TaskFailed(**common, error=f"{type(exc).__name__}: {exc}"))
+                return
+            except Exception as exc:  # an agent's bug or a transient fault: another attempt may work
+                log.exception("task_error", agent=agent)
+                await results.publish(
+                    TaskFailed(**common, error=f"{type(exc).__name__}: {exc}", retryable=True)
+                )
+                return
+            seconds = time.perf_counter() - started
+            await results.publish(
+                TaskCompleted(**common, outputs=ctx.outputs, usage=Usage(seconds=round(seconds, 6)))
+            )
+            log.info("task_completed", agent=agent, seconds=round(seconds, 4), outputs=sorted(ctx.outputs))
+
+        run_task.__name__ = f"agent_{agent}"
+        return run_task
+
+    for agent in hosted:
+        subscribe(broker, streams.agent_stream(agent), agent, settings, make_handler(agent),
+                  title=f"agent:{agent}", description=f"Tasks for agent {agent!r}.")
+
+    return build_app(broker, res, log, agents=hosted, consumer=settings.consumer)
+
+
+def main() -> None:
+    asyncio.run(create_app().run())

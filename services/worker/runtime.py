@@ -1,0 +1,107 @@
+"""What an agent handler sees: its instruction, its input refs, and a workspace it may write to.
+
+A handler never sees the run's history: only the slice it was handed.
+"""
+
+from __future__ import annotations
+
+import mimetypes
+import posixpath
+from collections.abc import Awaitable, Callable
+
+from shared.errors import KeyValidationError
+from shared.events import ObjectRef, TaskAssigned, TaskProgress
+from shared.storage import Storage
+from shared.workflow import AgentSpec
+from shared.workspace import check_in_workspace, run_prefix, workspace_key
+
+
+class AgentContext:
+    """The handle an agent handler gets. Reads exact versions; writes only under the agent's prefixes."""
+
+    def __init__(
+        self,
+        task: TaskAssigned,
+        agent: str,
+        spec: AgentSpec,
+        storage: Storage,
+        report: Callable[[TaskProgress], Awaitable[None]] | None = None,
+    ) -> None:
+        self.task = task
+        self.agent = agent
+        self.spec = spec
+        self.storage = storage
+        self.outputs: dict[str, ObjectRef] = {}
+        self._report = report
+
+    @property
+    def instruction(self) -> str:
+        return self.task.instruction
+
+    @property
+    def params(self) -> dict:
+        return self.task.params
+
+    @property
+    def inputs(self) -> dict[str, ObjectRef]:
+        return self.task.inputs
+
+    def check_inputs(self) -> None:
+        """Every input must lie in the run's workspace and in the agent's read prefixes."""
+        for name, ref in self.task.inputs.items():
+            try:
+                check_in_workspace(self.task.run_id, ref.key, self.spec.reads)
+            except KeyValidationError as exc:
+                raise KeyValidationError(f"input {name!r}: {exc}") from exc
+            if ref.bucket != self.storage.bucket:
+                raise KeyValidationError(f"input {name!r} is in bucket {ref.bucket!r}, not the workspace")
+
+    async def read(self, name: str) -> bytes:
+        try:
+            ref = self.task.inputs[name]
+        except KeyError:
+            raise KeyError(f"no input named {name!r}; this task has {sorted(self.task.inputs)}") from None
+        return await self.storage.get(ref)
+
+    async def read_text(self, name: str) -> str:
+        return (await self.read(name)).decode("utf-8")
+
+    def input_stem(self, name: str) -> str:
+        """File name of an input without its extension (e.g. `topic` for `inputs/topic.md`)."""
+        return posixpath.splitext(posixpath.basename(self.task.inputs[name].key))[0]
+
+    async def write(
+        self, path: str, data: bytes | str, *, name: str | None = None, content_type: str | None = None
+    ) -> ObjectRef:
+        """Write `path` (relative to the run's workspace, inside this agent's `writes` prefixes)."""
+        key = workspace_key(self.task.run_id, path, self.spec.writes)
+        if isinstance(data, str):
+            data = data.encode("utf-8")
+            content_type = content_type or _guess(path, "text/plain; charset=utf-8")
+        ref = await self.storage.put(key, data, content_type=content_type or _guess(path))
+        self.outputs[name or posixpath.splitext(posixpath.basename(path))[0]] = ref
+        return ref
+
+    async def progress(self, message: str, percent: float | None = None) -> None:
+        if self._report:
+            await self._report(
+                TaskProgress(
+                    run_id=self.task.run_id,
+                    task_id=self.task.task_id,
+                    attempt=self.task.attempt,
+                    agent=self.agent,
+                    message=message,
+                    percent=percent,
+                    trace_id=self.task.trace_id,
+                )
+            )
+
+    def workspace_path(self, ref: ObjectRef) -> str:
+        return ref.key[len(run_prefix(self.task.run_id)) :]
+
+
+def _guess(path: str, default: str = "application/octet-stream") -> str:
+    guessed, _ = mimetypes.guess_type(path)
+    if path.endswith(".md"):
+        return "text/markdown; charset=utf-8"
+    return guessed or default

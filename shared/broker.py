@@ -1,0 +1,175 @@
+"""The one place that knows how Baton talks to Redis Streams through FastStream.
+
+- Wire format: each stream entry has one field, `__data__`, holding the event as JSON. Any language can
+  XADD it; FastStream reads that field natively.
+- Consumer groups with a bounded batch (`max_records`), acknowledged only after the handler returned,
+  i.e. after its outputs and events are durable.
+- Malformed input (bad JSON, oversized, unknown type, failed validation) goes to the dead-letter stream
+  with its reason and is acknowledged; the service keeps serving.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import typing
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import structlog
+from faststream._internal.middlewares import BaseMiddleware
+from faststream.redis import RedisBroker, StreamSub
+from faststream.redis.parser.message import MessageFormat
+from pydantic import BaseModel, ValidationError
+
+from . import streams
+from .events import DeadLetter
+from .logging import bind_event
+from .settings import Settings
+
+DATA_FIELD = "__data__"
+RAW_LIMIT = 64 * 1024
+_INVALID = "__baton_invalid__"
+
+log = structlog.get_logger()
+
+
+class EventFormat(MessageFormat):
+    """Entries carry the bare event JSON: no envelope, readable from any language."""
+
+    @classmethod
+    async def encode(cls, *, message, reply_to, headers, correlation_id, serializer=None, codec=None) -> bytes:
+        if isinstance(message, BaseModel):
+            return message.model_dump_json(exclude_none=False).encode()
+        if isinstance(message, bytes):
+            return message
+        return json.dumps(message, default=str).encode()
+
+    @classmethod
+    def parse(cls, data: bytes) -> tuple[bytes, dict[str, Any]]:
+        return data, {"content-type": "application/json"}
+
+
+def encode(event: BaseModel) -> dict[str, bytes]:
+    """The fields of a stream entry for `event` (for raw XADD, e.g. in pipelines)."""
+    return {DATA_FIELD: event.model_dump_json().encode()}
+
+
+def _raw_payload(msg) -> bytes:
+    data = msg.raw_message.get("data", {}) if isinstance(msg.raw_message, dict) else {}
+    if isinstance(data, dict) and DATA_FIELD.encode() in data:
+        return data[DATA_FIELD.encode()]
+    return msg.body if isinstance(msg.body, bytes) else bytes(str(msg.body), "utf-8")
+
+
+def make_decoder(max_bytes: int) -> Callable[[Any], Awaitable[Any]]:
+    """Decode an entry's JSON, turning anything undecodable into a marker the middleware dead-letters."""
+
+    async def decode(msg, original=None) -> Any:
+        body = msg.body
+        if len(body) > max_bytes:
+            return {
+                _INVALID: f"event is {len(body)} bytes, over the {max_bytes}-byte limit: "
+                "put content in the bucket and send an ObjectRef"
+            }
+        try:
+            value = json.loads(body)
+        except (UnicodeDecodeError, ValueError) as exc:
+            return {_INVALID: f"payload is not valid UTF-8 JSON: {exc}"}
+        if not isinstance(value, dict):
+            return {_INVALID: f"payload must be a JSON object, got {type(value).__name__}"}
+        return value
+
+    return decode
+
+
+def describe_validation_error(exc: ValidationError) -> str:
+    parts = []
+    for err in exc.errors()[:5]:
+        loc = ".".join(str(p) for p in err.get("loc", ()) if p not in ("event", "body"))
+        parts.append(f"{loc or 'event'}: {err.get('msg')}")
+    return "invalid event: " + "; ".join(parts)
+
+
+def _run_id_of(raw: bytes) -> str | None:
+    try:
+        value = json.loads(raw)
+    except Exception:
+        return None
+    run_id = value.get("run_id") if isinstance(value, dict) else None
+    return run_id if isinstance(run_id, str) else None
+
+
+def make_broker(settings: Settings, service: str, logger=None) -> RedisBroker:
+    """A RedisBroker with Baton's wire format, decoder and dead-letter middleware."""
+    holder: dict[str, RedisBroker] = {}
+
+    class DeadLetterMiddleware(BaseMiddleware):
+        async def consume_scope(self, call_next, msg):
+            structlog.contextvars.unbind_contextvars("run_id", "task_id", "event_type")
+            try:
+                decoded = await msg.decode()
+                if isinstance(decoded, dict) and _INVALID in decoded:
+                    return await dead_letter(msg, decoded[_INVALID])
+                return await call_next(msg)
+            except ValidationError as exc:
+                return await dead_letter(msg, describe_validation_error(exc))
+
+    async def dead_letter(msg, reason: str) -> None:
+        raw = _raw_payload(msg)
+        stream = msg.raw_message.get("channel", "?") if isinstance(msg.raw_message, dict) else "?"
+        stream = stream.decode() if isinstance(stream, bytes) else str(stream)
+        letter = DeadLetter(
+            stream=stream,
+            group=getattr(msg, "group", None),
+            message_id=_message_id(msg),
+            service=service,
+            reason=reason,
+            raw=raw[:RAW_LIMIT].decode("utf-8", "backslashreplace"),
+            run_id=_run_id_of(raw),
+        )
+        await holder["broker"].publish(letter, stream=streams.DLQ)
+        log.warning("dead_lettered", stream=stream, reason=reason, message_id=letter.message_id)
+
+    broker = RedisBroker(
+        settings.redis_url,
+        message_format=EventFormat,
+        middlewares=[DeadLetterMiddleware],
+        decoder=make_decoder(settings.max_event_bytes),
+        logger=logger if logger is not None else logging.getLogger(f"baton.{service}.faststream"),
+        log_level=logging.DEBUG,  # one INFO line per message costs throughput and says nothing new
+    )
+    holder["broker"] = broker
+    return broker
+
+
+def _message_id(msg) -> str | None:
+    mid = msg.raw_message.get("message_ids") if isinstance(msg.raw_message, dict) else None
+    if mid:
+        first = mid[0]
+        return first.decode() if isinstance(first, bytes) else str(first)
+    return None
+
+
+def group_sub(stream: str, group: str, settings: Settings) -> StreamSub:
+    """A consumer-group subscription with a bounded read (never the whole backlog)."""
+    return StreamSub(
+        stream,
+        group=group,
+        consumer=settings.consumer,
+        max_records=settings.max_records,
+        polling_interval=1000,
+    )
+
+
+def subscribe(broker: RedisBroker, stream: str, group: str, settings: Settings, handler, **kw):
+    """Register `handler` on `stream` through consumer group `group`; binds run/task ids for logs."""
+
+    async def bound(event):
+        bind_event(event)
+        return await handler(event)
+
+    bound.__name__ = getattr(handler, "__name__", "handler")
+    bound.__annotations__ = {"event": typing.get_type_hints(handler, include_extras=True)["event"]}
+    bound.__doc__ = handler.__doc__
+    return broker.subscriber(stream=group_sub(stream, group, settings), **kw)(bound)

@@ -1,0 +1,253 @@
+"""The event contract: one pydantic model per event, validated on publish and on receipt.
+
+Events never carry file content, only `ObjectRef`s to objects in the shared bucket. Every event has a
+`type` (the discriminator) and a `schema_version`; new fields are only ever added with defaults.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from typing import Annotated, Any, Literal
+from urllib.parse import quote
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+
+ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
+RunId = Annotated[str, Field(pattern=ID_PATTERN, description="Run id; also the run's workspace folder.")]
+
+
+def new_id() -> str:
+    return uuid.uuid4().hex
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class ObjectRef(BaseModel):
+    """A reference to one version of one object: what events carry instead of content."""
+
+    model_config = ConfigDict(frozen=True)
+
+    bucket: str = Field(description="Bucket holding the object.")
+    key: str = Field(description="Object key.")
+    version_id: str | None = Field(None, description="Exact version to read; None on unversioned stores.")
+    etag: str | None = Field(None, description="ETag of that version, checked on read.")
+    size: int | None = Field(None, ge=0, description="Size in bytes.")
+    content_type: str | None = Field(None, description="MIME type, when known.")
+
+    def uri(self) -> str:
+        uri = f"s3://{self.bucket}/{quote(self.key)}"
+        return f"{uri}?versionId={self.version_id}" if self.version_id else uri
+
+
+class Usage(BaseModel):
+    """What a task cost."""
+
+    seconds: float = Field(0.0, ge=0, description="Wall-clock seconds the agent ran.")
+    prompt_tokens: int = Field(0, ge=0, description="Model prompt tokens, if a model was used.")
+    completion_tokens: int = Field(0, ge=0, description="Model completion tokens, if a model was used.")
+
+    def __add__(self, other: Usage) -> Usage:
+        return Usage(
+            seconds=self.seconds + other.seconds,
+            prompt_tokens=self.prompt_tokens + other.prompt_tokens,
+            completion_tokens=self.completion_tokens + other.completion_tokens,
+        )
+
+
+class BaseEvent(BaseModel):
+    """Fields every event carries."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    schema_version: Literal[1] = Field(1, description="Version of this event's schema.")
+    event_id: str = Field(default_factory=new_id, description="Unique id of this event (idempotency key).")
+    run_id: RunId | None = Field(None, description="The run this event belongs to.")
+    task_id: str | None = Field(None, description="The task this event is about.")
+    parent_task_id: str | None = Field(None, description="The parent task, in a hierarchy.")
+    attempt: int = Field(1, ge=1, description="Attempt number of the task.")
+    sender: str = Field("unknown", description="Service or consumer that sent the event.")
+    created_at: datetime = Field(default_factory=utcnow, description="When the event was created (UTC).")
+    trace_id: str = Field(default_factory=new_id, description="Correlates every event of one run.")
+
+
+class RunSubmitted(BaseEvent):
+    """A client asks for a workflow to run on some inputs."""
+
+    type: Literal["run.submitted"] = "run.submitted"
+    run_id: RunId
+    workflow: str = Field(description="Name of a workflow in the workflow file.")
+    inputs: dict[str, ObjectRef] = Field(default_factory=dict, description="Named input objects.")
+    params: dict[str, Any] = Field(default_factory=dict, description="Free-form workflow parameters.")
+
+
+class RunStarted(BaseEvent):
+    """The supervisor accepted a run and knows its plan."""
+
+    type: Literal["run.started"] = "run.started"
+    run_id: RunId
+    workflow: str
+    pattern: str
+    stages: list[str] = Field(default_factory=list, description="Agents in order (sequential).")
+
+
+class TaskAssigned(BaseEvent):
+    """One slice of work for one agent. If `agent` is empty the router picks it from `intent`."""
+
+    type: Literal["task.assigned"] = "task.assigned"
+    run_id: RunId
+    task_id: str
+    workflow: str = Field(description="Workflow this task is part of.")
+    stage: int = Field(0, ge=0, description="Index of the stage in its workflow.")
+    agent: str | None = Field(None, description="Agent that must do the work; None lets the router decide.")
+    intent: str | None = Field(None, description="Label the router maps to an agent when `agent` is None.")
+    instruction: str = Field("", description="What to do, in words.")
+    inputs: dict[str, ObjectRef] = Field(default_factory=dict, description="Input objects, by name.")
+    output_prefix: str = Field(description="Workspace prefix under which outputs are written.")
+    output_format: str | None = Field(None, description="Expected output format, e.g. text/markdown.")
+    acceptance_criteria: str | None = Field(None, description="What a reviewer will check.")
+    params: dict[str, Any] = Field(default_factory=dict, description="The run's parameters.")
+    deadline: datetime | None = Field(None, description="When the task is considered late.")
+
+
+class RouteDecided(BaseEvent):
+    """The router chose an agent for a task."""
+
+    type: Literal["route.decided"] = "route.decided"
+    run_id: RunId
+    task_id: str
+    agent: str = Field(description="Chosen agent.")
+    label: str | None = Field(None, description="Intent label that led there.")
+    confidence: float = Field(1.0, ge=0, le=1, description="Classifier confidence.")
+    classifier: str = Field("static", description="Which classifier decided.")
+
+
+class TaskStarted(BaseEvent):
+    """A worker took a task."""
+
+    type: Literal["task.started"] = "task.started"
+    run_id: RunId
+    task_id: str
+    agent: str
+
+
+class TaskProgress(BaseEvent):
+    """A worker reports progress on a long task."""
+
+    type: Literal["task.progress"] = "task.progress"
+    run_id: RunId
+    task_id: str
+    agent: str
+    message: str = ""
+    percent: float | None = Field(None, ge=0, le=100)
+
+
+class TaskCompleted(BaseEvent):
+    """A task finished; its outputs are in the bucket."""
+
+    type: Literal["task.completed"] = "task.completed"
+    run_id: RunId
+    task_id: str
+    agent: str
+    outputs: dict[str, ObjectRef] = Field(default_factory=dict, description="Output objects, by name.")
+    usage: Usage = Field(default_factory=Usage)
+
+
+class TaskFailed(BaseEvent):
+    """A task failed."""
+
+    type: Literal["task.failed"] = "task.failed"
+    run_id: RunId
+    task_id: str
+    agent: str | None = None
+    error: str = Field(description="What went wrong, for a person.")
+    retryable: bool = Field(False, description="Whether another attempt may succeed.")
+
+
+class ObjectChanged(BaseEvent):
+    """An object in the bucket was created or removed (from a bucket notification)."""
+
+    type: Literal["object.changed"] = "object.changed"
+    bucket: str
+    key: str
+    version_id: str | None = None
+    etag: str | None = None
+    size: int | None = None
+    content_type: str | None = None
+    event_name: str = Field(description="S3 event name, e.g. s3:ObjectCreated:Put.")
+    sequencer: str | None = Field(None, description="Orders events on one key.")
+
+    @property
+    def created(self) -> bool:
+        return "ObjectCreated" in self.event_name
+
+    def ref(self) -> ObjectRef:
+        return ObjectRef(
+            bucket=self.bucket,
+            key=self.key,
+            version_id=self.version_id,
+            etag=self.etag,
+            size=self.size,
+            content_type=self.content_type,
+        )
+
+
+class RunCompleted(BaseEvent):
+    """A run finished; these are its outputs."""
+
+    type: Literal["run.completed"] = "run.completed"
+    run_id: RunId
+    outputs: dict[str, ObjectRef] = Field(default_factory=dict)
+    usage: Usage = Field(default_factory=Usage)
+
+
+class RunFailed(BaseEvent):
+    """A run ended without its result."""
+
+    type: Literal["run.failed"] = "run.failed"
+    run_id: RunId
+    reason: str
+
+
+Event = Annotated[
+    RunSubmitted
+    | RunStarted
+    | TaskAssigned
+    | RouteDecided
+    | TaskStarted
+    | TaskProgress
+    | TaskCompleted
+    | TaskFailed
+    | ObjectChanged
+    | RunCompleted
+    | RunFailed,
+    Field(discriminator="type"),
+]
+TaskResult = Annotated[
+    TaskStarted | TaskProgress | TaskCompleted | TaskFailed, Field(discriminator="type")
+]
+
+EVENT_ADAPTER: TypeAdapter[Event] = TypeAdapter(Event)
+TERMINAL_RUN_EVENTS = ("run.completed", "run.failed")
+
+
+def parse_event(data: bytes | str) -> Event:
+    """Validate one event from its JSON wire form."""
+    return EVENT_ADAPTER.validate_json(data)
+
+
+class DeadLetter(BaseModel):
+    """A message Baton could not handle, kept with the reason (stream `baton:dlq`)."""
+
+    type: Literal["dead.letter"] = "dead.letter"
+    event_id: str = Field(default_factory=new_id)
+    stream: str = Field(description="Stream the message was read from.")
+    group: str | None = Field(None, description="Consumer group that read it.")
+    message_id: str | None = Field(None, description="Stream entry id of the original message.")
+    service: str = Field(description="Service that refused it.")
+    reason: str = Field(description="Why it was refused, for a person.")
+    raw: str = Field(description="The original payload (non-UTF-8 bytes escaped, cut at 64 KiB).")
+    run_id: str | None = Field(None, description="Run id, if one could be read from the payload.")
+    created_at: datetime = Field(default_factory=utcnow)

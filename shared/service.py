@@ -1,0 +1,52 @@
+"""Process plumbing every service shares: clients opened in the app's lifespan, closed on shutdown."""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, field
+
+import redis.asyncio as aioredis
+from faststream import FastStream
+
+from .settings import Settings
+from .storage import Storage
+
+
+@dataclass
+class Resources:
+    """Clients a service's handlers use; filled in at start-up, never at import time."""
+
+    settings: Settings
+    stack: contextlib.AsyncExitStack = field(default_factory=contextlib.AsyncExitStack)
+    storage: Storage | None = None
+    redis: aioredis.Redis | None = None
+
+    async def open(self, storage: bool = True, redis: bool = False) -> None:
+        if storage:
+            self.storage = await self.stack.enter_async_context(Storage.connect(self.settings))
+        if redis:
+            self.redis = aioredis.Redis.from_url(self.settings.redis_url)
+            self.stack.push_async_callback(self.redis.aclose)
+
+    async def close(self) -> None:
+        await self.stack.aclose()
+
+
+def build_app(broker, resources: Resources, log, *, storage: bool = True, redis: bool = False, **info):
+    """A FastStream app whose lifespan opens and closes `resources`."""
+    app = FastStream(broker, logger=None)
+
+    @app.on_startup
+    async def _open() -> None:
+        await resources.open(storage=storage, redis=redis)
+        log.info("service_starting", **info)
+
+    @app.after_startup
+    async def _ready() -> None:
+        log.info("service_ready", **info)
+
+    @app.after_shutdown
+    async def _close() -> None:
+        await resources.close()
+
+    return app

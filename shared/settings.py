@@ -1,0 +1,75 @@
+"""All configuration, read once from the environment (no scattered os.getenv)."""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+
+from pydantic import AliasChoices, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def _default_consumer() -> str:
+    # Unique per process so that two replicas never share a pending list by accident.
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+class Settings(BaseSettings):
+    """Settings for every service and the CLI. Environment names are given per field."""
+
+    model_config = SettingsConfigDict(env_prefix="BATON_", extra="ignore", populate_by_name=True)
+
+    redis_url: str = Field(
+        "redis://127.0.0.1:6379/0",
+        validation_alias=AliasChoices("REDIS_URL", "BATON_REDIS_URL"),
+        description="Redis (or Valkey) URL for the streams and run state.",
+    )
+    s3_endpoint_url: str = Field(
+        "http://127.0.0.1:9000",
+        validation_alias=AliasChoices("S3_ENDPOINT_URL", "BATON_S3_ENDPOINT_URL"),
+        description="S3 endpoint (MinIO or any S3-compatible store).",
+    )
+    s3_access_key: str = Field(
+        "minioadmin", validation_alias=AliasChoices("S3_ACCESS_KEY", "AWS_ACCESS_KEY_ID")
+    )
+    s3_secret_key: str = Field(
+        "minioadmin", validation_alias=AliasChoices("S3_SECRET_KEY", "AWS_SECRET_ACCESS_KEY")
+    )
+    s3_region: str = Field("us-east-1", validation_alias=AliasChoices("S3_REGION", "AWS_REGION"))
+    bucket: str = Field("baton", description="The shared workspace bucket.")
+    workflows: Path = Field(
+        Path("examples/workflows.yaml"), description="Workflow file: agents and workflows."
+    )
+    consumer: str = Field(default_factory=_default_consumer, description="Consumer name in its groups.")
+    agents: str = Field(
+        "", description="Comma-separated agents a worker hosts; empty hosts every python agent."
+    )
+    max_records: int = Field(1, ge=1, description="Messages one consumer reads per XREADGROUP.")
+    max_event_bytes: int = Field(
+        64 * 1024, ge=1024, description="Larger events are refused: content travels by reference."
+    )
+    log_format: str = Field("json", pattern="^(json|console)$")
+    log_level: str = Field("INFO")
+    notifier_host: str = Field("127.0.0.1", description="Where the notifier's webhook listens.")
+    notifier_port: int = Field(9911, description="Port of the notifier's webhook.")
+    webhook_token: str = Field("", description="Bearer token MinIO must send to the notifier.")
+
+    @property
+    def agent_list(self) -> list[str]:
+        return [a.strip() for a in self.agents.split(",") if a.strip()]
+
+
+def env_names() -> set[str]:
+    """Every environment variable the settings class reads (used to check docker-compose.yml)."""
+    names: set[str] = set()
+    prefix = Settings.model_config.get("env_prefix", "")
+    for name, field in Settings.model_fields.items():
+        alias = field.validation_alias
+        if isinstance(alias, AliasChoices):
+            names.update(str(c) for c in alias.choices)
+        elif isinstance(alias, str):
+            names.add(alias)
+        else:
+            names.add(f"{prefix}{name}".upper())
+    return names

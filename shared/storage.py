@@ -1,0 +1,194 @@
+"""The workspace store: plain S3 (MinIO, AWS or any compatible server) through aiobotocore.
+
+Reads take an `ObjectRef` and return exactly that version; writes can be conditional (If-Match on an
+ETag, or If-None-Match: * to refuse overwriting), so no agent silently overwrites another's work.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+
+from aiobotocore.session import get_session
+from botocore.config import Config
+from botocore.exceptions import ClientError
+
+from .errors import ObjectMissingError, PreconditionFailedError
+from .events import ObjectRef
+from .settings import Settings
+from .workspace import validate_key
+
+
+def _strip(etag: str | None) -> str | None:
+    return etag.strip('"') if etag else etag
+
+
+class Storage:
+    """Async access to one bucket."""
+
+    def __init__(self, client, bucket: str) -> None:
+        self.client = client
+        self.bucket = bucket
+
+    @classmethod
+    @contextlib.asynccontextmanager
+    async def connect(cls, settings: Settings) -> AsyncIterator[Storage]:
+        session = get_session()
+        async with session.create_client(
+            "s3",
+            endpoint_url=settings.s3_endpoint_url,
+            aws_access_key_id=settings.s3_access_key,
+            aws_secret_access_key=settings.s3_secret_key,
+            region_name=settings.s3_region,
+            config=Config(
+                signature_version="s3v4",
+                s3={"addressing_style": "path"},
+                retries={"max_attempts": 5, "mode": "standard"},
+                max_pool_connections=32,
+            ),
+        ) as client:
+            yield cls(client, settings.bucket)
+
+    async def put(
+        self,
+        key: str,
+        data: bytes,
+        *,
+        content_type: str = "application/octet-stream",
+        if_match: str | None = None,
+        if_none_match: bool = False,
+        metadata: dict[str, str] | None = None,
+    ) -> ObjectRef:
+        """Write an object; with `if_match`/`if_none_match` the write only happens if nobody raced us."""
+        validate_key(key)
+        kwargs: dict = {}
+        if if_match:
+            kwargs["IfMatch"] = f'"{_strip(if_match)}"'
+        if if_none_match:
+            kwargs["IfNoneMatch"] = "*"
+        try:
+            resp = await self.client.put_object(
+                Bucket=self.bucket,
+                Key=key,
+                Body=data,
+                ContentType=content_type,
+                Metadata=metadata or {},
+                **kwargs,
+            )
+        except ClientError as exc:
+            if _code(exc) in ("PreconditionFailed", "412", "ConditionalRequestConflict"):
+                raise PreconditionFailedError(
+                    f"write to {key!r} refused: the object changed since etag {if_match!r} was read"
+                    if if_match
+                    else f"write to {key!r} refused: the object already exists"
+                ) from exc
+            raise
+        return ObjectRef(
+            bucket=self.bucket,
+            key=key,
+            version_id=resp.get("VersionId"),
+            etag=_strip(resp.get("ETag")),
+            size=len(data),
+            content_type=content_type,
+        )
+
+    async def get(self, ref: ObjectRef) -> bytes:
+        """Read exactly the referenced version; a missing object or changed etag is a permanent error."""
+        validate_key(ref.key)
+        kwargs: dict = {}
+        if ref.version_id:
+            kwargs["VersionId"] = ref.version_id
+        elif ref.etag:
+            kwargs["IfMatch"] = f'"{ref.etag}"'
+        try:
+            resp = await self.client.get_object(Bucket=ref.bucket, Key=ref.key, **kwargs)
+            async with resp["Body"] as body:
+                data = await body.read()
+        except ClientError as exc:
+            code = _code(exc)
+            if code in ("NoSuchKey", "NoSuchVersion", "404", "InvalidArgument"):
+                raise ObjectMissingError(f"object {ref.uri()} does not exist") from exc
+            if code in ("PreconditionFailed", "412"):
+                raise ObjectMissingError(
+                    f"object {ref.uri()} changed: its etag is no longer {ref.etag!r}"
+                ) from exc
+            raise
+        etag = _strip(resp.get("ETag"))
+        if ref.etag and etag and etag != ref.etag:
+            raise ObjectMissingError(f"object {ref.uri()} has etag {etag!r}, expected {ref.etag!r}")
+        return data
+
+    async def head(self, key: str) -> ObjectRef | None:
+        try:
+            resp = await self.client.head_object(Bucket=self.bucket, Key=key)
+        except ClientError as exc:
+            if _code(exc) in ("NoSuchKey", "404", "NotFound"):
+                return None
+            raise
+        return ObjectRef(
+            bucket=self.bucket,
+            key=key,
+            version_id=resp.get("VersionId"),
+            etag=_strip(resp.get("ETag")),
+            size=resp.get("ContentLength"),
+            content_type=resp.get("ContentType"),
+        )
+
+    async def copy(self, ref: ObjectRef, dest_key: str) -> ObjectRef:
+        """Server-side copy of one exact version to another key."""
+        validate_key(dest_key)
+        source = {"Bucket": ref.bucket, "Key": ref.key}
+        if ref.version_id:
+            source["VersionId"] = ref.version_id
+        resp = await self.client.copy_object(Bucket=self.bucket, Key=dest_key, CopySource=source)
+        return ObjectRef(
+            bucket=self.bucket,
+            key=dest_key,
+            version_id=resp.get("VersionId"),
+            etag=_strip(resp.get("CopyObjectResult", {}).get("ETag")),
+            size=ref.size,
+            content_type=ref.content_type,
+        )
+
+    async def list(self, prefix: str) -> list[ObjectRef]:
+        refs: list[ObjectRef] = []
+        paginator = self.client.get_paginator("list_objects_v2")
+        async for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix):
+            for item in page.get("Contents", []):
+                refs.append(
+                    ObjectRef(
+                        bucket=self.bucket, key=item["Key"], etag=_strip(item["ETag"]), size=item["Size"]
+                    )
+                )
+        return refs
+
+    async def ensure_bucket(self) -> None:
+        """Create the bucket if needed and turn versioning on (refs name exact versions)."""
+        try:
+            await self.client.head_bucket(Bucket=self.bucket)
+        except ClientError:
+            with contextlib.suppress(ClientError):
+                await self.client.create_bucket(Bucket=self.bucket)
+        await self.client.put_bucket_versioning(
+            Bucket=self.bucket, VersioningConfiguration={"Status": "Enabled"}
+        )
+
+    async def enable_notifications(self, queue_arn: str) -> None:
+        """Send every create/remove event of the bucket to a notification target (MinIO: the webhook)."""
+        await self.client.put_bucket_notification_configuration(
+            Bucket=self.bucket,
+            NotificationConfiguration={
+                "QueueConfigurations": [
+                    {
+                        "Id": "baton-notifier",
+                        "QueueArn": queue_arn,
+                        "Events": ["s3:ObjectCreated:*", "s3:ObjectRemoved:*"],
+                    }
+                ]
+            },
+        )
+
+
+def _code(exc: ClientError) -> str:
+    err = exc.response.get("Error", {})
+    return str(err.get("Code") or exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode"))

@@ -1,0 +1,31 @@
+"""Every Redis key and stream name Baton uses, in one place.
+
+Keys that one transaction touches together share the `{<run_id>}` hash tag, so the same code runs on a
+Redis Cluster.
+"""
+
+RUNS = "baton:runs"  # RunSubmitted: consumed by the supervisor
+ROUTE = "baton:route"  # TaskAssigned awaiting a route: consumed by the router
+RESULTS = "baton:results"  # TaskStarted / TaskCompleted / TaskFailed: consumed by the supervisor
+OBJECTS = "baton:objects"  # ObjectChanged from the notifier: consumed by the supervisor
+DLQ = "baton:dlq"  # anything that could not be handled, with its reason
+
+SUPERVISOR_GROUP = "supervisor"
+ROUTER_GROUP = "router"
+
+RUN_INDEX = "baton:runs:index"  # sorted set of run ids by submission time
+
+
+def agent_stream(agent: str) -> str:
+    """The work stream of one agent; its consumer group is named after the agent."""
+    return f"baton:agent:{agent}"
+
+
+def run_events(run_id: str) -> str:
+    """The append-only progress log of one run, for `baton watch` and any client."""
+    return f"baton:{{{run_id}}}:events"
+
+
+def run_state(run_id: str) -> str:
+    """The supervisor's durable state of one run."""
+    return f"baton:{{{run_id}}}:state"
