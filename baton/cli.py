@@ -4,18 +4,25 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Annotated
 
 import typer
+from botocore.exceptions import EndpointConnectionError
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from baton import client, dev, servers
 from shared.errors import BatonError
 from shared.events import Event
 from shared.settings import Settings
 
-app = typer.Typer(help="Baton: event-driven delegation for teams of AI agents.", no_args_is_help=True)
+app = typer.Typer(
+    help="Baton: event-driven delegation for teams of AI agents.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
 dev_app = typer.Typer(help="Run Baton locally without Docker.", no_args_is_help=True)
 servers_app = typer.Typer(help="Local Redis and MinIO binaries.", no_args_is_help=True)
 app.add_typer(dev_app, name="dev")
@@ -25,6 +32,10 @@ DEV_ROOT = Path(".baton/dev")
 
 
 def settings() -> Settings:
+    """Settings from the environment; without REDIS_URL, those of a running `baton dev up` stack."""
+    saved = dev.saved_env(DEV_ROOT) if "REDIS_URL" not in os.environ else None
+    if saved:
+        return Settings(**dev.settings_kwargs(saved))
     return Settings()
 
 
@@ -190,3 +201,11 @@ def main() -> None:
     except BatonError as exc:
         typer.secho(f"error: {exc}", fg="red", err=True)
         sys.exit(1)
+    except RedisConnectionError as exc:
+        typer.secho(f"error: cannot reach Redis at {settings().redis_url} ({exc}). "
+                    "Is Baton running? Start it with `baton dev up` or set REDIS_URL.", fg="red", err=True)
+        sys.exit(2)
+    except EndpointConnectionError as exc:
+        typer.secho(f"error: cannot reach the S3 endpoint {settings().s3_endpoint_url} ({exc}). "
+                    "Start it with `baton dev up` or set S3_ENDPOINT_URL.", fg="red", err=True)
+        sys.exit(2)

@@ -121,7 +121,7 @@ def up(root: Path, workflows: Path, workers: int = 2) -> dict[str, str]:
         started.append(minio.pid)
         pids["minio"] = minio.pid
         env = local_env(redis.url, minio.url, workflows, notifier_port, token)
-        asyncio.run(init_workspace(Settings(**_settings_kwargs(env))))
+        asyncio.run(init_workspace(Settings(**settings_kwargs(env))))
         stack = Stack(root, env)
         for service in ("notifier", "supervisor", "router"):
             handle = stack.start(service)
@@ -139,7 +139,7 @@ def up(root: Path, workflows: Path, workers: int = 2) -> dict[str, str]:
     return env
 
 
-def _settings_kwargs(env: dict[str, str]) -> dict:
+def settings_kwargs(env: dict[str, str]) -> dict:
     return {
         "REDIS_URL": env["REDIS_URL"],
         "S3_ENDPOINT_URL": env["S3_ENDPOINT_URL"],

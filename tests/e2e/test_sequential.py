@@ -1,0 +1,94 @@
+"""The sequential pipeline end to end: real Redis, real MinIO, every service its own process."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import boto3
+import pytest
+
+from shared.events import RunCompleted
+from shared.storage import Storage
+from tests.helpers import of_type, run, wait_for_end
+
+BRIEF = Path(__file__).resolve().parents[2] / "examples" / "briefs" / "topic.md"
+pytestmark = pytest.mark.e2e
+
+
+async def test_three_stage_run_completes_with_outputs_at_expected_keys(settings):
+    run_id, events = await run(settings, "content-factory", {"brief": BRIEF})
+    end = events[-1]
+    assert isinstance(end, RunCompleted), end
+    assert [e.agent for e in of_type(events, "task.completed")] == ["outliner", "writer", "seo"]
+    article = end.outputs["article"]
+    assert article.key == f"runs/{run_id}/published/topic.md"
+    async with Storage.connect(settings) as storage:
+        text = (await storage.get(article)).decode()
+        outline = await storage.head(f"runs/{run_id}/drafts/outline.md")
+        draft = await storage.head(f"runs/{run_id}/drafts/draft.md")
+    assert outline is not None and draft is not None
+    assert text.startswith("---\ntitle: Event-driven agent teams\nslug: event-driven-agent-teams\n")
+    # one section per point of the brief, plus introduction and conclusion
+    assert text.count("\n## ") == 6
+    assert end.usage.seconds > 0
+
+
+async def test_work_is_spread_over_both_worker_processes(settings):
+    results = await asyncio.gather(*(run(settings, "content-factory", {"brief": BRIEF}) for _ in range(6)))
+    workers = set()
+    for _run_id, events in results:
+        assert events[-1].type == "run.completed"
+        workers.update(e.sender for e in of_type(events, "task.started"))
+    assert len(workers) == 2, workers
+
+
+async def test_events_carry_references_never_content(settings):
+    _run_id, events = await run(settings, "content-factory", {"brief": BRIEF})
+    brief_line = max(BRIEF.read_text().splitlines(), key=len)
+    for event in events:
+        assert brief_line not in event.model_dump_json()
+
+
+async def test_dropping_a_brief_into_the_watched_prefix_publishes_the_article(settings, tmp_path):
+    """S3 client -> MinIO notification -> notifier -> baton:objects -> supervisor: no polling."""
+    s3 = boto3.client("s3", endpoint_url=settings.s3_endpoint_url, aws_access_key_id=settings.s3_access_key,
+                      aws_secret_access_key=settings.s3_secret_key, region_name=settings.s3_region)
+    name = f"drop-{tmp_path.name}"
+    body = BRIEF.read_bytes().replace(b"Event-driven agent teams", b"Dropped brief")
+    put = s3.put_object(Bucket=settings.bucket, Key=f"briefs/{name}.md", Body=body)
+    from services.supervisor.app import trigger_run_id
+
+    run_id = trigger_run_id(settings.bucket, f"briefs/{name}.md", put["VersionId"])
+    events = await wait_for_end(settings, run_id, timeout=30)
+    assert events[-1].type == "run.completed", events[-1]
+    published = s3.get_object(Bucket=settings.bucket, Key=f"published/{name}.md")["Body"].read().decode()
+    assert "title: Dropped brief" in published
+
+
+async def test_input_is_read_at_the_exact_version_handed_over(settings, tmp_path):
+    """Overwriting an input after submission does not change what the run reads."""
+    first = tmp_path / "note.txt"
+    first.write_text("version one\n")
+    run_id, events = await run(settings, "by-intent", {"note": first})
+    assert events[-1].type == "run.completed", events[-1]
+    routed = of_type(events, "route.decided")
+    assert routed and routed[0].agent == "echo" and routed[0].label == "copy"
+    async with Storage.connect(settings) as storage:
+        ref = events[-1].outputs["note"]
+        await storage.put(ref.key, b"changed later")
+        assert await storage.get(ref) == b"version one\n"
+
+
+async def test_retryable_failure_is_retried_as_a_new_attempt(settings):
+    _run_id, events = await run(settings, "flaky")
+    assert events[-1].type == "run.completed", events[-1]
+    failed = of_type(events, "task.failed")
+    assert len(failed) == 1 and failed[0].retryable and failed[0].attempt == 1
+    assert [e.attempt for e in of_type(events, "task.assigned")] == [1, 2]
+
+
+async def test_unknown_workflow_fails_the_run_with_a_clear_reason(settings):
+    _run_id, events = await run(settings, "no-such-workflow")
+    assert events[-1].type == "run.failed"
+    assert "unknown workflow 'no-such-workflow'" in events[-1].reason
