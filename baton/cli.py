@@ -115,7 +115,9 @@ def submit(
     if not as_json:
         typer.echo(run_id)
     final = asyncio.run(_follow(cfg, run_id, quiet=as_json))
-    status = {"run.completed": "completed", "run.failed": "failed"}.get(final.type if final else "", "unknown")
+    status = {"run.completed": "completed", "run.failed": "failed"}.get(
+        final.type if final else "", "unknown"
+    )
     if as_json:
         out = {"run_id": run_id, "status": status, "outputs": {}}
         if final is not None and final.type == "run.completed":
@@ -163,8 +165,14 @@ def dev_up(
     except (servers.ServerError, BatonError) as exc:
         fail(str(exc))
     typer.echo(f"# Baton is up; logs in {DEV_ROOT / 'logs'}. Stop with: baton dev down", err=True)
-    for key in ("REDIS_URL", "S3_ENDPOINT_URL", "S3_ACCESS_KEY", "S3_SECRET_KEY", "BATON_BUCKET",
-                "BATON_WORKFLOWS"):
+    for key in (
+        "REDIS_URL",
+        "S3_ENDPOINT_URL",
+        "S3_ACCESS_KEY",
+        "S3_SECRET_KEY",
+        "BATON_BUCKET",
+        "BATON_WORKFLOWS",
+    ):
         typer.echo(f"export {key}={env[key]}")
 
 
@@ -202,10 +210,18 @@ def main() -> None:
         typer.secho(f"error: {exc}", fg="red", err=True)
         sys.exit(1)
     except RedisConnectionError as exc:
-        typer.secho(f"error: cannot reach Redis at {settings().redis_url} ({exc}). "
-                    "Is Baton running? Start it with `baton dev up` or set REDIS_URL.", fg="red", err=True)
+        typer.secho(
+            f"error: cannot reach Redis at {settings().redis_url} ({exc}). "
+            "Is Baton running? Start it with `baton dev up` or set REDIS_URL.",
+            fg="red",
+            err=True,
+        )
         sys.exit(2)
     except EndpointConnectionError as exc:
-        typer.secho(f"error: cannot reach the S3 endpoint {settings().s3_endpoint_url} ({exc}). "
-                    "Start it with `baton dev up` or set S3_ENDPOINT_URL.", fg="red", err=True)
+        typer.secho(
+            f"error: cannot reach the S3 endpoint {settings().s3_endpoint_url} ({exc}). "
+            "Start it with `baton dev up` or set S3_ENDPOINT_URL.",
+            fg="red",
+            err=True,
+        )
         sys.exit(2)

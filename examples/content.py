@@ -25,7 +25,9 @@ def parse_brief(text: str) -> tuple[str, list[str]]:
     if not lines:
         raise ValueError("the brief is empty")
     title = lines[0].lstrip("#").strip()
-    points = [re.sub(r"^[-*+]\s+|^\d+[.)]\s+", "", ln) for ln in lines[1:] if re.match(r"^([-*+]|\d+[.)])\s+", ln)]
+    points = [
+        re.sub(r"^[-*+]\s+|^\d+[.)]\s+", "", ln) for ln in lines[1:] if re.match(r"^([-*+]|\d+[.)])\s+", ln)
+    ]
     if not points:
         body = " ".join(ln for ln in lines[1:] if not ln.startswith("#"))
         points = [s.strip() for s in re.split(r"(?<=[.!?])\s+", body) if s.strip()]
@@ -55,12 +57,18 @@ async def draft(ctx: AgentContext) -> None:
     for i, section in enumerate(sections):
         out.append(f"## {section}")
         if section == "Introduction":
-            out.append(f"This article covers {title.lower()}: " + "; ".join(p.rstrip(".").lower() for p in points) + ".")
+            out.append(
+                f"This article covers {title.lower()}: "
+                + "; ".join(p.rstrip(".").lower() for p in points)
+                + "."
+            )
         elif section == "Conclusion":
             out.append(f"In short, {title.lower()} comes down to {len(points)} points, taken in order above.")
         else:
-            out.append(f"{section}. This matters because it is point {i} of {len(points)} in the brief, "
-                       f"and each point builds on the one before it.")
+            out.append(
+                f"{section}. This matters because it is point {i} of {len(points)} in the brief, "
+                f"and each point builds on the one before it."
+            )
         out.append("")
         await ctx.progress(f"section {i + 1}/{len(sections)}", 100 * (i + 1) / len(sections))
     await ctx.write("drafts/draft.md", "\n".join(out), name="draft")

@@ -38,7 +38,9 @@ class EventFormat(MessageFormat):
     """Entries carry the bare event JSON: no envelope, readable from any language."""
 
     @classmethod
-    async def encode(cls, *, message, reply_to, headers, correlation_id, serializer=None, codec=None) -> bytes:
+    async def encode(
+        cls, *, message, reply_to, headers, correlation_id, serializer=None, codec=None
+    ) -> bytes:
         if isinstance(message, BaseModel):
             return message.model_dump_json(exclude_none=False).encode()
         if isinstance(message, bytes):
@@ -140,6 +142,14 @@ def make_broker(settings: Settings, service: str, logger=None) -> RedisBroker:
         log_level=logging.DEBUG,  # one INFO line per message costs throughput and says nothing new
     )
     holder["broker"] = broker
+    # Declared for the AsyncAPI document: the middleware above writes there with `broker.publish`. Its
+    # title is not "dlq", which the notifier's own publisher of the same stream already names.
+    broker.publisher(
+        stream=streams.DLQ,
+        title="dead-letters",
+        schema=DeadLetter,
+        description="Events this service could not handle, with the reason (then acknowledged).",
+    )
     return broker
 
 

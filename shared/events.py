@@ -225,9 +225,7 @@ Event = Annotated[
     | RunFailed,
     Field(discriminator="type"),
 ]
-TaskResult = Annotated[
-    TaskStarted | TaskProgress | TaskCompleted | TaskFailed, Field(discriminator="type")
-]
+TaskResult = Annotated[TaskStarted | TaskProgress | TaskCompleted | TaskFailed, Field(discriminator="type")]
 
 EVENT_ADAPTER: TypeAdapter[Event] = TypeAdapter(Event)
 TERMINAL_RUN_EVENTS = ("run.completed", "run.failed")

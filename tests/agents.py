@@ -10,7 +10,9 @@ from services.worker.runtime import AgentContext
 async def slow(ctx: AgentContext) -> None:
     """Sleep `params.sleep` seconds (default 1), then write a note."""
     await asyncio.sleep(float(ctx.params.get("sleep", 1)))
-    await ctx.write(f"work/{ctx.task.stage}-slow.txt", f"slept in stage {ctx.task.stage}\n", name=f"slow{ctx.task.stage}")
+    await ctx.write(
+        f"work/{ctx.task.stage}-slow.txt", f"slept in stage {ctx.task.stage}\n", name=f"slow{ctx.task.stage}"
+    )
 
 
 async def flaky(ctx: AgentContext) -> None:

@@ -76,7 +76,9 @@ def _minio(tmp: Path, port: int, token: str, stack: list) -> str:
         container.with_kwargs(extra_hosts={"host.docker.internal": "host-gateway"})
         container.start()
     except Exception as exc:
-        raise RuntimeError(f"no MinIO binary ({binary_error}; run `make servers`) and no Docker engine ({exc})") from exc
+        raise RuntimeError(
+            f"no MinIO binary ({binary_error}; run `make servers`) and no Docker engine ({exc})"
+        ) from exc
     stack.append(container.stop)
     return f"http://{container.get_container_host_ip()}:{container.get_exposed_port(9000)}"
 
@@ -98,8 +100,13 @@ def real_servers(tmp_path_factory) -> Servers:
 @pytest.fixture(scope="session")
 def stack(real_servers: Servers, tmp_path_factory):
     """Every service as its own process (two workers), configured with the test workflows."""
-    env = local_env(real_servers.redis_url, real_servers.s3_url, TEST_WORKFLOWS,
-                    real_servers.notifier_port, real_servers.webhook_token)
+    env = local_env(
+        real_servers.redis_url,
+        real_servers.s3_url,
+        TEST_WORKFLOWS,
+        real_servers.notifier_port,
+        real_servers.webhook_token,
+    )
     env["BATON_CWD"] = str(ROOT)
     import asyncio
 

@@ -10,7 +10,7 @@ import redis.asyncio as aioredis
 from baton import client
 from shared import streams
 from shared.broker import DATA_FIELD
-from shared.events import DeadLetter, Event, parse_event
+from shared.events import DeadLetter, Event
 from shared.settings import Settings
 
 
@@ -25,12 +25,19 @@ async def wait_for_end(settings: Settings, run_id: str, timeout: float = 30) -> 
     try:
         await asyncio.wait_for(collect(), timeout)
     except TimeoutError:
-        raise AssertionError(f"run {run_id} did not end in {timeout}s; events: {[e.type for e in events]}") from None
+        raise AssertionError(
+            f"run {run_id} did not end in {timeout}s; events: {[e.type for e in events]}"
+        ) from None
     return events
 
 
-async def run(settings: Settings, workflow: str, inputs: dict[str, Path] | None = None,
-              params: dict | None = None, timeout: float = 30) -> tuple[str, list[Event]]:
+async def run(
+    settings: Settings,
+    workflow: str,
+    inputs: dict[str, Path] | None = None,
+    params: dict | None = None,
+    timeout: float = 30,
+) -> tuple[str, list[Event]]:
     run_id = await client.submit(settings, workflow, inputs or {}, params)
     return run_id, await wait_for_end(settings, run_id, timeout)
 

@@ -31,10 +31,12 @@ def create_app(settings: Settings | None = None) -> AsgiFastStream:
     log = configure_logging(SERVICE, settings.log_format, settings.log_level)
     broker = make_broker(settings, SERVICE)
     sender = f"{SERVICE}:{settings.consumer}"
-    objects = broker.publisher(stream=streams.OBJECTS, title="objects", schema=ObjectChanged,
-                               description="One event per created or removed object.")
-    dlq = broker.publisher(stream=streams.DLQ, title="dlq", schema=DeadLetter,
-                           description="Notifications that could not be read.")
+    objects = broker.publisher(
+        stream=streams.OBJECTS,
+        title="objects",
+        schema=ObjectChanged,
+        description="One event per created or removed object.",
+    )
 
     def authorized(request: AsgiRequest) -> bool:
         if not settings.webhook_token:
@@ -60,8 +62,15 @@ def create_app(settings: Settings | None = None) -> AsgiFastStream:
             events = parse_records(payload, sender)
         except (ValueError, BadNotification) as exc:
             reason = f"unreadable bucket notification: {exc}"
-            await dlq.publish(DeadLetter(stream="webhook", service=SERVICE, reason=reason,
-                                         raw=body[:RAW_LIMIT].decode("utf-8", "backslashreplace")))
+            await broker.publish(
+                DeadLetter(
+                    stream="webhook",
+                    service=SERVICE,
+                    reason=reason,
+                    raw=body[:RAW_LIMIT].decode("utf-8", "backslashreplace"),
+                ),
+                stream=streams.DLQ,
+            )
             log.warning("notification_dead_lettered", reason=reason)
             return AsgiResponse(reason.encode(), 400)
         for event in events:
@@ -91,6 +100,11 @@ def main() -> None:
     app = create_app()
     settings: Settings = app.settings  # type: ignore[attr-defined]
     asyncio.run(
-        app.run(run_extra_options={"host": settings.notifier_host, "port": settings.notifier_port,
-                                   "access_log": "false"})
+        app.run(
+            run_extra_options={
+                "host": settings.notifier_host,
+                "port": settings.notifier_port,
+                "access_log": "false",
+            }
+        )
     )

@@ -22,10 +22,15 @@ def create_app(settings: Settings | None = None):
     log = configure_logging(SERVICE, settings.log_format, settings.log_level)
     workflows = load_workflows(settings.workflows)
     broker = make_broker(settings, SERVICE)
-    results = broker.publisher(stream=streams.RESULTS, title="results", description="Routing failures.")
+    results = broker.publisher(
+        stream=streams.RESULTS, title="results", schema=TaskFailed, description="Routing failures."
+    )
     # Declared for the AsyncAPI document; the per-run stream name is resolved at publish time.
     broker.publisher(
-        stream=streams.run_events("{run_id}"), title="run-events", description="RouteDecided, per run."
+        stream=streams.run_events("{run_id}"),
+        title="run-events",
+        schema=RouteDecided,
+        description="RouteDecided, per run.",
     )
     agents = {
         name: broker.publisher(stream=streams.agent_stream(name), title=f"agent:{name}", schema=TaskAssigned)
@@ -67,8 +72,15 @@ def create_app(settings: Settings | None = None):
         )
         log.info("routed", agent=decision.agent, classifier=decision.classifier)
 
-    subscribe(broker, streams.ROUTE, streams.ROUTER_GROUP, settings, route,
-              title="route", description="Tasks waiting for a route.")
+    subscribe(
+        broker,
+        streams.ROUTE,
+        streams.ROUTER_GROUP,
+        settings,
+        route,
+        title="route",
+        description="Tasks waiting for a route.",
+    )
     return build_app(broker, Resources(settings), log, storage=False, consumer=settings.consumer)
 
 

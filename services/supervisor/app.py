@@ -15,6 +15,7 @@ from shared.broker import make_broker, subscribe
 from shared.errors import ObjectMissingError
 from shared.events import (
     BaseEvent,
+    Event,
     ObjectChanged,
     RunCompleted,
     RunFailed,
@@ -52,10 +53,18 @@ def create_app(settings: Settings | None = None):
     sender = f"{SERVICE}:{settings.consumer}"
 
     route = broker.publisher(stream=streams.ROUTE, title="route", schema=TaskAssigned)
-    runs = broker.publisher(stream=streams.RUNS, title="runs", schema=RunSubmitted,
-                            description="Runs started by triggers.")
-    broker.publisher(stream=streams.run_events("{run_id}"), title="run-events",
-                     description="Every step of one run, in order.")
+    runs = broker.publisher(
+        stream=streams.RUNS,
+        title="triggered-runs",
+        schema=RunSubmitted,
+        description="Runs started by triggers.",
+    )
+    broker.publisher(
+        stream=streams.run_events("{run_id}"),
+        title="run-events",
+        schema=Event,
+        description="Every step of one run, in order.",
+    )
 
     def store() -> RunStore:
         return RunStore(res.redis)
@@ -65,8 +74,8 @@ def create_app(settings: Settings | None = None):
 
     async def dispatch(state: RunState, task: TaskAssigned) -> None:
         """Send a task, then mark it sent: a crash in between re-sends it (same id), never loses it."""
+        await record(task)  # first, so a watcher sees the assignment before the router's decision
         await route.publish(task)
-        await record(task)
 
         def mark(s: RunState) -> RunState | None:
             if s.task_id == task.task_id and s.attempt == task.attempt and not s.dispatched:
@@ -95,16 +104,28 @@ def create_app(settings: Settings | None = None):
         wf = workflows.workflows.get(event.workflow)
         if wf is None:
             reason = f"unknown workflow {event.workflow!r}; known: {sorted(workflows.workflows)}"
-            state = RunState(run_id=event.run_id, workflow=event.workflow, pattern="?", status="failed",
-                             trace_id=event.trace_id, reason=reason)
+            state = RunState(
+                run_id=event.run_id,
+                workflow=event.workflow,
+                pattern="?",
+                status="failed",
+                trace_id=event.trace_id,
+                reason=reason,
+            )
             if await store().create(state):
                 await fail_run(state, event.run_id, reason, event.trace_id)
             return
         try:
             inputs = await adopt_inputs(event)
         except ObjectMissingError as exc:
-            state = RunState(run_id=event.run_id, workflow=event.workflow, pattern=wf.pattern,
-                             status="failed", trace_id=event.trace_id, reason=str(exc))
+            state = RunState(
+                run_id=event.run_id,
+                workflow=event.workflow,
+                pattern=wf.pattern,
+                status="failed",
+                trace_id=event.trace_id,
+                reason=str(exc),
+            )
             if await store().create(state):
                 await fail_run(state, event.run_id, f"input missing: {exc}", event.trace_id)
             return
@@ -123,8 +144,16 @@ def create_app(settings: Settings | None = None):
         if not await store().create(state):
             return
         stages = [sequential.stage_agent(wf, workflows, i) for i in range(len(wf.stages))]
-        await record(RunStarted(run_id=event.run_id, workflow=event.workflow, pattern=wf.pattern,
-                                stages=stages, trace_id=event.trace_id, sender=sender))
+        await record(
+            RunStarted(
+                run_id=event.run_id,
+                workflow=event.workflow,
+                pattern=wf.pattern,
+                stages=stages,
+                trace_id=event.trace_id,
+                sender=sender,
+            )
+        )
         log.info("run_started", workflow=event.workflow, stages=stages)
         await dispatch(state, first)
 
@@ -137,7 +166,9 @@ def create_app(settings: Settings | None = None):
                 inputs[name] = ref  # already in the workspace; the worker checks it exists on read
                 continue
             if ref.bucket != settings.bucket:
-                raise ObjectMissingError(f"input {name!r} is in bucket {ref.bucket!r}, not {settings.bucket!r}")
+                raise ObjectMissingError(
+                    f"input {name!r} is in bucket {ref.bucket!r}, not {settings.bucket!r}"
+                )
             head = await res.storage.head(ref.key)
             if head is None:
                 raise ObjectMissingError(f"input {name!r}: object {ref.uri()} does not exist")
@@ -179,8 +210,15 @@ def create_app(settings: Settings | None = None):
             keys = sequential.published_key(wf.trigger.publish_to, state.trigger.key, state.final)
             for name, key in keys.items():
                 await res.storage.copy(state.final[name], key)
-        await record(RunCompleted(run_id=state.run_id, outputs=state.final, usage=state.usage,
-                                  trace_id=state.trace_id, sender=sender))
+        await record(
+            RunCompleted(
+                run_id=state.run_id,
+                outputs=state.final,
+                usage=state.usage,
+                trace_id=state.trace_id,
+                sender=sender,
+            )
+        )
         log.info("run_completed", outputs=sorted(state.final), seconds=state.usage.seconds)
 
     async def on_object(event: ObjectChanged) -> None:
@@ -190,18 +228,44 @@ def create_app(settings: Settings | None = None):
         for name, wf in workflows.triggers():
             if event.key.startswith(wf.trigger.prefix):
                 run_id = trigger_run_id(event.bucket, event.key, event.version_id or event.etag)
-                await runs.publish(RunSubmitted(
-                    run_id=run_id, workflow=name, inputs={wf.trigger.input: event.ref()},
-                    params={"trigger": wf.trigger.input}, sender=sender,
-                ))
+                await runs.publish(
+                    RunSubmitted(
+                        run_id=run_id,
+                        workflow=name,
+                        inputs={wf.trigger.input: event.ref()},
+                        params={"trigger": wf.trigger.input},
+                        sender=sender,
+                    )
+                )
                 log.info("run_triggered", workflow=name, key=event.key, triggered_run=run_id)
 
-    subscribe(broker, streams.RUNS, streams.SUPERVISOR_GROUP, settings, on_run,
-              title="runs", description="Submitted runs.")
-    subscribe(broker, streams.RESULTS, streams.SUPERVISOR_GROUP, settings, on_result,
-              title="results", description="Task outcomes from workers and the router.")
-    subscribe(broker, streams.OBJECTS, streams.SUPERVISOR_GROUP, settings, on_object,
-              title="objects", description="Bucket changes from the notifier.")
+    subscribe(
+        broker,
+        streams.RUNS,
+        streams.SUPERVISOR_GROUP,
+        settings,
+        on_run,
+        title="runs",
+        description="Submitted runs.",
+    )
+    subscribe(
+        broker,
+        streams.RESULTS,
+        streams.SUPERVISOR_GROUP,
+        settings,
+        on_result,
+        title="results",
+        description="Task outcomes from workers and the router.",
+    )
+    subscribe(
+        broker,
+        streams.OBJECTS,
+        streams.SUPERVISOR_GROUP,
+        settings,
+        on_object,
+        title="objects",
+        description="Bucket changes from the notifier.",
+    )
     return build_app(broker, res, log, redis=True, consumer=settings.consumer)
 
 

@@ -72,7 +72,9 @@ def _current(state: RunState, event) -> str | None:
     return None
 
 
-def on_completed(state: RunState, wf: SequentialWorkflow, workflows: WorkflowFile, ev: TaskCompleted) -> Decision:
+def on_completed(
+    state: RunState, wf: SequentialWorkflow, workflows: WorkflowFile, ev: TaskCompleted
+) -> Decision:
     if why := _current(state, ev):
         return Decision(ignored=why)
     new = state.model_copy(deep=True)
@@ -107,6 +109,6 @@ def published_key(publish_to: str, trigger_key: str, outputs: dict) -> dict[str,
     """Where a triggered run's outputs are copied: `briefs/topic.md` -> `published/topic.md`."""
     stem = posixpath.splitext(posixpath.basename(trigger_key))[0]
     if len(outputs) == 1:
-        (name, ref), = outputs.items()
+        ((name, ref),) = outputs.items()
         return {name: f"{publish_to}{stem}{posixpath.splitext(ref.key)[1]}"}
     return {name: f"{publish_to}{stem}/{posixpath.basename(ref.key)}" for name, ref in outputs.items()}

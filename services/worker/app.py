@@ -11,15 +11,13 @@ import asyncio
 import inspect
 import time
 
-import structlog
-
 from shared import streams
 from shared.broker import make_broker, subscribe
 from shared.errors import ConfigError, KeyValidationError, PermanentError
-from shared.events import TaskAssigned, TaskCompleted, TaskFailed, TaskStarted, Usage
+from shared.events import TaskAssigned, TaskCompleted, TaskFailed, TaskResult, TaskStarted, Usage
 from shared.logging import configure_logging
-from shared.settings import Settings
 from shared.service import Resources, build_app
+from shared.settings import Settings
 from shared.workflow import load_workflows
 
 from .runtime import AgentContext
@@ -38,7 +36,9 @@ def create_app(settings: Settings | None = None):
     handlers = {name: workflows.agents[name].load_handler() for name in hosted}
 
     broker = make_broker(settings, SERVICE)
-    results = broker.publisher(stream=streams.RESULTS, title="results", description="Task outcomes.")
+    results = broker.publisher(
+        stream=streams.RESULTS, title="results", schema=TaskResult, description="Task outcomes."
+    )
     res = Resources(settings)
 
     def make_handler(agent: str):
@@ -89,8 +89,15 @@ def create_app(settings: Settings | None = None):
         return run_task
 
     for agent in hosted:
-        subscribe(broker, streams.agent_stream(agent), agent, settings, make_handler(agent),
-                  title=f"agent:{agent}", description=f"Tasks for agent {agent!r}.")
+        subscribe(
+            broker,
+            streams.agent_stream(agent),
+            agent,
+            settings,
+            make_handler(agent),
+            title=f"agent:{agent}",
+            description=f"Tasks for agent {agent!r}.",
+        )
 
     return build_app(broker, res, log, agents=hosted, consumer=settings.consumer)
 

@@ -1,0 +1,29 @@
+# One image for every Baton service and the `baton` CLI; the service is chosen by the command.
+FROM python:3.11-slim
+
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1
+
+RUN useradd --uid 10001 --create-home --shell /usr/sbin/nologin baton
+
+WORKDIR /app
+
+# Dependencies first, from pyproject.toml alone, so that a code change does not reinstall them.
+COPY pyproject.toml ./
+RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']))" \
+        > /tmp/requirements.txt \
+    && pip install --no-cache-dir -r /tmp/requirements.txt \
+    && rm /tmp/requirements.txt
+
+COPY README.md ./
+COPY shared/ shared/
+COPY services/ services/
+COPY baton/ baton/
+COPY examples/ examples/
+RUN pip install --no-cache-dir --no-deps . \
+    && rm -rf build ./*.egg-info
+
+USER baton
+
+CMD ["python", "-m", "services.worker"]

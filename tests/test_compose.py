@@ -1,0 +1,149 @@
+"""docker-compose.yml and the Dockerfile agree with the code: no Docker engine needed."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import pytest
+import typer.main
+import yaml
+
+from baton.cli import app as cli_app
+from baton.servers import WEBHOOK_TARGET
+from services.notifier.app import WEBHOOK_PATH
+from shared.settings import env_names
+
+ROOT = Path(__file__).resolve().parent.parent
+COMPOSE_FILE = ROOT / "docker-compose.yml"
+DOCKERFILE = ROOT / "Dockerfile"
+
+COMPOSE = yaml.safe_load(COMPOSE_FILE.read_text())  # resolves the anchors and `<<:` merge keys
+SERVICES: dict[str, dict] = COMPOSE["services"]
+
+
+def _builds_here(service: dict) -> bool:
+    build = service.get("build")
+    context = build.get("context", ".") if isinstance(build, dict) else build
+    return context in (".", "./")
+
+
+BATON_SERVICES = sorted(name for name, svc in SERVICES.items() if _builds_here(svc))
+
+
+def _env(service: dict) -> dict[str, str]:
+    env = service.get("environment") or {}
+    if isinstance(env, list):
+        env = dict(item.partition("=")[::2] for item in env)
+    return {k: "" if v is None else str(v) for k, v in env.items()}
+
+
+def _argv(command: str | list[str]) -> list[str]:
+    return shlex.split(command) if isinstance(command, str) else [str(c) for c in command]
+
+
+def _dockerfile_instructions(keyword: str) -> list[str]:
+    text = re.sub(r"\\\n", " ", DOCKERFILE.read_text())  # join continuation lines
+    return [
+        line.split(None, 1)[1] for line in text.splitlines() if line.strip().upper().startswith(keyword + " ")
+    ]
+
+
+def _check_command(argv: list[str]) -> None:
+    if argv[:2] == ["python", "-m"]:
+        module = argv[2]
+        assert module.startswith("services."), f"{argv}: not a Baton service"
+        found = importlib.util.find_spec(module) and importlib.util.find_spec(f"{module}.__main__")
+        assert found, f"{argv}: no {module}.__main__"
+    elif argv[0] == "baton":
+        group = typer.main.get_command(cli_app)
+        assert argv[1] in group.commands, f"{argv}: no such baton command (have {sorted(group.commands)})"
+    else:
+        pytest.fail(f"{argv}: expected `python -m services.<name>` or `baton <command>`")
+
+
+def test_compose_file_matches_the_compose_schema() -> None:
+    exe = shutil.which("check-jsonschema") or str(Path(sys.executable).parent / "check-jsonschema")
+    proc = subprocess.run(
+        [exe, "--builtin-schema", "vendor.compose-spec", str(COMPOSE_FILE)],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_no_obsolete_version_key() -> None:
+    assert "version" not in COMPOSE
+
+
+def test_services_share_one_image() -> None:
+    assert {"init", "notifier", "supervisor", "router", "worker"} <= set(BATON_SERVICES)
+    assert len({SERVICES[name].get("image") for name in BATON_SERVICES}) == 1
+
+
+@pytest.mark.parametrize("name", BATON_SERVICES)
+def test_service_command_exists(name: str) -> None:
+    command = SERVICES[name].get("command")
+    assert command, f"{name}: no command"
+    _check_command(_argv(command))
+
+
+def test_dockerfile_default_command_exists() -> None:
+    (cmd,) = _dockerfile_instructions("CMD")
+    _check_command(json.loads(cmd))
+
+
+@pytest.mark.parametrize("name", BATON_SERVICES)
+def test_service_env_is_read_by_settings(name: str) -> None:
+    env = _env(SERVICES[name])
+    dead = sorted(set(env) - env_names())
+    assert not dead, f"{name}: environment variables that Settings never reads: {dead}"
+    # Replicas must get distinct consumer names (the default hostname-pid), so never fix one here.
+    assert "BATON_CONSUMER" not in env
+
+
+def test_minio_webhook_reaches_the_notifier() -> None:
+    minio, notifier = _env(SERVICES["minio"]), _env(SERVICES["notifier"])
+    targets = {
+        k.removeprefix("MINIO_NOTIFY_WEBHOOK_ENABLE_")
+        for k in minio
+        if k.startswith("MINIO_NOTIFY_WEBHOOK_ENABLE_")
+    }
+    assert targets == {WEBHOOK_TARGET}, "the target id makes the ARN that `baton init` configures"
+    endpoint = urlsplit(minio[f"MINIO_NOTIFY_WEBHOOK_ENDPOINT_{WEBHOOK_TARGET}"])
+    assert endpoint.hostname == "notifier"
+    assert endpoint.port == int(notifier["BATON_NOTIFIER_PORT"])
+    assert endpoint.path == WEBHOOK_PATH
+    assert notifier["BATON_NOTIFIER_HOST"] == "0.0.0.0"
+    assert minio[f"MINIO_NOTIFY_WEBHOOK_AUTH_TOKEN_{WEBHOOK_TARGET}"] == notifier["BATON_WEBHOOK_TOKEN"]
+    assert minio.get(f"MINIO_NOTIFY_WEBHOOK_QUEUE_DIR_{WEBHOOK_TARGET}"), "events must survive a restart"
+
+
+def test_worker_is_scalable() -> None:
+    worker = SERVICES["worker"]
+    assert "container_name" not in worker
+    assert not worker.get("ports")
+
+
+def test_dockerfile_copies_every_package() -> None:
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    copied = set()
+    for args in _dockerfile_instructions("COPY"):
+        sources = [a for a in args.split() if not a.startswith("--")][:-1]
+        copied.update(s.rstrip("/") for s in sources)
+    include = pyproject["tool"]["setuptools"]["packages"]["find"]["include"]
+    packages = {p.split(".")[0].rstrip("*") for p in include}
+    assert packages, "no packages named in pyproject.toml"
+    missing = sorted(packages - copied)
+    assert not missing, f"Dockerfile does not copy {missing}"
+    assert {"pyproject.toml", pyproject["project"]["readme"]} <= copied
