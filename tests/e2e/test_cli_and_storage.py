@@ -1,0 +1,92 @@
+"""The `baton` command as a person (or a script) uses it, the plain-XADD wire format, and conditional writes."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import redis.asyncio as aioredis
+
+from shared import streams
+from shared.errors import PreconditionFailedError
+from shared.storage import Storage
+from tests.helpers import wait_for_end
+
+ROOT = Path(__file__).resolve().parents[2]
+BRIEF = ROOT / "examples" / "briefs" / "topic.md"
+pytestmark = pytest.mark.e2e
+
+
+def baton(settings, *args: str) -> subprocess.CompletedProcess:
+    env = {
+        **os.environ,
+        "REDIS_URL": settings.redis_url,
+        "S3_ENDPOINT_URL": settings.s3_endpoint_url,
+        "S3_ACCESS_KEY": settings.s3_access_key,
+        "S3_SECRET_KEY": settings.s3_secret_key,
+        "BATON_BUCKET": settings.bucket,
+    }
+    return subprocess.run(
+        [sys.executable, "-m", "baton.cli", *args], env=env, capture_output=True, text=True, timeout=60, cwd=ROOT
+    )
+
+
+def test_submit_wait_json_then_get_downloads_the_outputs(settings, tmp_path):
+    done = baton(settings, "submit", "content-factory", "--input", f"brief={BRIEF}", "--wait", "--json")
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+    assert result["status"] == "completed"
+    assert result["outputs"]["article"].startswith(f"s3://baton/runs/{result['run_id']}/published/topic.md?versionId=")
+    got = baton(settings, "get", result["run_id"], "--out", str(tmp_path))
+    assert got.returncode == 0, got.stderr
+    assert (tmp_path / "topic.md").read_text().startswith("---\ntitle: Event-driven agent teams")
+    watched = baton(settings, "watch", result["run_id"])
+    assert watched.returncode == 0
+    assert "seo completed" in watched.stderr and "run completed" in watched.stderr
+
+
+def test_submit_exits_non_zero_when_the_run_fails(settings):
+    done = baton(settings, "submit", "trespass", "--wait", "--json")
+    assert done.returncode == 1
+    assert json.loads(done.stdout)["status"] == "failed"
+
+
+def test_bad_cli_input_is_a_clear_error(settings):
+    done = baton(settings, "submit", "content-factory", "--input", "brief")
+    assert done.returncode != 0 and "expected NAME=LOCAL_PATH" in done.stderr
+    done = baton(settings, "submit", "content-factory", "--input", "brief=/no/such/file.md")
+    assert done.returncode != 0 and "no such file" in done.stderr
+
+
+async def test_a_run_submitted_with_a_plain_xadd_completes(settings):
+    """The documented wire format, written by hand as another language would."""
+    async with Storage.connect(settings) as storage:
+        ref = await storage.put("incoming/plain.md", BRIEF.read_bytes(), content_type="text/markdown")
+    payload = (
+        '{"type": "run.submitted", "run_id": "r-plain-xadd-%s", "workflow": "content-factory", '
+        '"inputs": {"brief": {"bucket": "%s", "key": "incoming/plain.md", "version_id": "%s"}}}'
+    ) % (ref.version_id[:8], settings.bucket, ref.version_id)
+    r = aioredis.Redis.from_url(settings.redis_url)
+    try:
+        await r.xadd(streams.RUNS, {"__data__": payload})
+    finally:
+        await r.aclose()
+    events = await wait_for_end(settings, f"r-plain-xadd-{ref.version_id[:8]}")
+    assert events[-1].type == "run.completed", events[-1]
+    assert events[-1].outputs["article"].key.endswith("/published/plain.md")
+
+
+async def test_conditional_writes_refuse_stale_and_existing_objects(settings):
+    async with Storage.connect(settings) as storage:
+        first = await storage.put("runs/r-cond/doc.md", b"one", if_none_match=True)
+        with pytest.raises(PreconditionFailedError, match="already exists"):
+            await storage.put("runs/r-cond/doc.md", b"again", if_none_match=True)
+        second = await storage.put("runs/r-cond/doc.md", b"two", if_match=first.etag)
+        with pytest.raises(PreconditionFailedError, match="changed since etag"):
+            await storage.put("runs/r-cond/doc.md", b"lost update", if_match=first.etag)
+        assert await storage.get(second) == b"two"
+        assert await storage.get(first) == b"one"  # versioned: the old version is still readable
