@@ -1,4 +1,4 @@
-"""The `baton` command as a person (or a script) uses it, the plain-XADD wire format, and conditional writes."""
+"""The `baton` command as a person or script uses it, the plain-XADD wire format, conditional writes."""
 
 from __future__ import annotations
 
@@ -31,7 +31,12 @@ def baton(settings, *args: str) -> subprocess.CompletedProcess:
         "BATON_BUCKET": settings.bucket,
     }
     return subprocess.run(
-        [sys.executable, "-m", "baton.cli", *args], env=env, capture_output=True, text=True, timeout=60, cwd=ROOT
+        [sys.executable, "-m", "baton.cli", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
     )
 
 
@@ -40,7 +45,9 @@ def test_submit_wait_json_then_get_downloads_the_outputs(settings, tmp_path):
     assert done.returncode == 0, done.stderr
     result = json.loads(done.stdout)
     assert result["status"] == "completed"
-    assert result["outputs"]["article"].startswith(f"s3://baton/runs/{result['run_id']}/published/topic.md?versionId=")
+    assert result["outputs"]["article"].startswith(
+        f"s3://baton/runs/{result['run_id']}/published/topic.md?versionId="
+    )
     got = baton(settings, "get", result["run_id"], "--out", str(tmp_path))
     assert got.returncode == 0, got.stderr
     assert (tmp_path / "topic.md").read_text().startswith("---\ntitle: Event-driven agent teams")
@@ -66,16 +73,20 @@ async def test_a_run_submitted_with_a_plain_xadd_completes(settings):
     """The documented wire format, written by hand as another language would."""
     async with Storage.connect(settings) as storage:
         ref = await storage.put("incoming/plain.md", BRIEF.read_bytes(), content_type="text/markdown")
+    run_id = f"r-plain-xadd-{ref.version_id[:8]}"
     payload = (
-        '{"type": "run.submitted", "run_id": "r-plain-xadd-%s", "workflow": "content-factory", '
-        '"inputs": {"brief": {"bucket": "%s", "key": "incoming/plain.md", "version_id": "%s"}}}'
-    ) % (ref.version_id[:8], settings.bucket, ref.version_id)
+        '{"type": "run.submitted", "run_id": "RUN", "workflow": "content-factory", '
+        '"inputs": {"brief": {"bucket": "BUCKET", "key": "incoming/plain.md", "version_id": "VERSION"}}}'
+    )
+    payload = (
+        payload.replace("RUN", run_id).replace("BUCKET", settings.bucket).replace("VERSION", ref.version_id)
+    )
     r = aioredis.Redis.from_url(settings.redis_url)
     try:
         await r.xadd(streams.RUNS, {"__data__": payload})
     finally:
         await r.aclose()
-    events = await wait_for_end(settings, f"r-plain-xadd-{ref.version_id[:8]}")
+    events = await wait_for_end(settings, run_id)
     assert events[-1].type == "run.completed", events[-1]
     assert events[-1].outputs["article"].key.endswith("/published/plain.md")
 
