@@ -122,6 +122,7 @@ class RouteDecided(BaseEvent):
     label: str | None = Field(None, description="Intent label that led there.")
     confidence: float = Field(1.0, ge=0, le=1, description="Classifier confidence.")
     classifier: str = Field("static", description="Which classifier decided.")
+    reason: str | None = Field(None, description="Why the fallback was taken, when it was.")
 
 
 class TaskStarted(BaseEvent):
@@ -194,6 +195,41 @@ class ObjectChanged(BaseEvent):
         )
 
 
+class ReviewVerdict(BaseEvent):
+    """A reviewer's judgement of one subtask's result."""
+
+    type: Literal["review.verdict"] = "review.verdict"
+    run_id: RunId
+    task_id: str = Field(description="The reviewed subtask's task id.")
+    subtask: str = Field(description="Id of the subtask in the plan.")
+    agent: str = Field(description="Agent whose work was reviewed.")
+    accepted: bool
+    feedback: str = ""
+    feedback_ref: ObjectRef | None = Field(None, description="The reviewer's feedback file.")
+
+
+class HumanInputRequested(BaseEvent):
+    """The run waits for a person: answer by writing a file under `runs/<run_id>/human/responses/`."""
+
+    type: Literal["human.requested"] = "human.requested"
+    run_id: RunId
+    task_id: str
+    question: str = Field(description="What the person is asked.")
+    request: ObjectRef = Field(description="The request file, with the inputs to look at.")
+    inputs: dict[str, ObjectRef] = Field(default_factory=dict)
+
+
+class HumanInputReceived(BaseEvent):
+    """A person answered."""
+
+    type: Literal["human.received"] = "human.received"
+    run_id: RunId
+    task_id: str
+    approved: bool
+    text: str = ""
+    response: ObjectRef = Field(description="The response file.")
+
+
 class RunCompleted(BaseEvent):
     """A run finished; these are its outputs."""
 
@@ -201,6 +237,9 @@ class RunCompleted(BaseEvent):
     run_id: RunId
     outputs: dict[str, ObjectRef] = Field(default_factory=dict)
     usage: Usage = Field(default_factory=Usage)
+    ended_by: str | None = Field(
+        None, description="Why a collaboration ended: approved, converged, oscillation or max_rounds."
+    )
 
 
 class RunFailed(BaseEvent):
@@ -221,11 +260,16 @@ Event = Annotated[
     | TaskCompleted
     | TaskFailed
     | ObjectChanged
+    | ReviewVerdict
+    | HumanInputRequested
+    | HumanInputReceived
     | RunCompleted
     | RunFailed,
     Field(discriminator="type"),
 ]
-TaskResult = Annotated[TaskStarted | TaskProgress | TaskCompleted | TaskFailed, Field(discriminator="type")]
+TaskResult = Annotated[
+    TaskStarted | TaskProgress | TaskCompleted | TaskFailed | RouteDecided, Field(discriminator="type")
+]
 
 EVENT_ADAPTER: TypeAdapter[Event] = TypeAdapter(Event)
 TERMINAL_RUN_EVENTS = ("run.completed", "run.failed")

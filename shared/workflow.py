@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import re
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -11,7 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from .errors import ConfigError
 from .events import ID_PATTERN
-from .workspace import normalize_prefix
+from .workspace import normalize_prefix, validate_key
 
 AgentName = Annotated[str, Field(pattern=ID_PATTERN)]
 
@@ -54,12 +55,18 @@ class AgentSpec(_Strict):
             raise ConfigError(f"handler {self.handler!r} cannot be imported: {exc}") from exc
 
 
+HUMAN = "human"  # the reserved agent name for a person: the run pauses until their file lands
+
+
 class StageSpec(_Strict):
-    """One step of a sequential pipeline: a fixed agent, or an intent for the router to resolve."""
+    """One step of a sequential pipeline: a fixed agent (or `human`), or an intent for the router."""
 
     agent: AgentName | None = None
     intent: str | None = None
     instruction: str = ""
+    on_reject: str = Field(
+        "fail", description="For `agent: human`: `fail`, or the agent of an earlier stage to go back to."
+    )
 
     @model_validator(mode="after")
     def _one_of(self):
@@ -88,14 +95,20 @@ class TriggerSpec(_Strict):
         return value
 
 
-class SequentialWorkflow(_Strict):
+class _WorkflowBase(_Strict):
+    description: str = ""
+    max_attempts: int = Field(2, ge=1, le=20, description="Attempts per task for retryable failures.")
+    trigger: TriggerSpec | None = None
+
+    def agents_used(self) -> list[str]:
+        raise NotImplementedError
+
+
+class SequentialWorkflow(_WorkflowBase):
     """A pipeline: each stage gets the run's inputs and the outputs of the stages before it."""
 
     pattern: Literal["sequential"]
-    description: str = ""
     stages: list[StageSpec] = Field(min_length=1)
-    max_attempts: int = Field(2, ge=1, le=20, description="Attempts per stage for retryable failures.")
-    trigger: TriggerSpec | None = None
 
     @field_validator("stages", mode="before")
     @classmethod
@@ -105,8 +118,103 @@ class SequentialWorkflow(_Strict):
             return [{"agent": v} if isinstance(v, str) else v for v in value]
         return value
 
+    def agents_used(self) -> list[str]:
+        return [s.agent for s in self.stages if s.agent]
 
-Workflow = Annotated[SequentialWorkflow, Field(discriminator="pattern")]
+
+class RuleSpec(_Strict):
+    """A declarative routing rule: any keyword (case-insensitive) or the regular expression matches."""
+
+    label: str
+    keywords: list[str] = Field(default_factory=list)
+    pattern: str | None = Field(None, description="A regular expression (Python syntax).")
+    confidence: float = Field(1.0, ge=0, le=1)
+
+    @field_validator("pattern")
+    @classmethod
+    def _compiles(cls, value):
+        if value is not None:
+            try:
+                re.compile(value)
+            except re.error as exc:
+                raise ValueError(f"pattern {value!r} is not a valid regular expression: {exc}") from exc
+        return value
+
+    @model_validator(mode="after")
+    def _something(self):
+        if not self.keywords and not self.pattern:
+            raise ValueError(f"rule for {self.label!r} needs `keywords` or a `pattern`")
+        return self
+
+
+class RouterWorkflow(_WorkflowBase):
+    """Send a request to the specialist for its intent; below `min_confidence`, to the fallback."""
+
+    pattern: Literal["router"]
+    routes: dict[str, AgentName] = Field(min_length=1, description="Label -> agent (or `human`).")
+    fallback: AgentName = Field(description="Agent (or `human`) for unknown or unsure requests.")
+    min_confidence: float = Field(0.6, ge=0, le=1)
+    rules: list[RuleSpec] = Field(default_factory=list, description="Tried first, in order.")
+    classifier: AgentName | None = Field(
+        None, description="Agent whose handler returns {label, confidence}; tried when no rule matches."
+    )
+    input: str = Field("request", description="Input holding the request text (or param `text`).")
+
+    def agents_used(self) -> list[str]:
+        return [*self.routes.values(), self.fallback, *([self.classifier] if self.classifier else [])]
+
+
+class HierarchicalWorkflow(_WorkflowBase):
+    """A manager plans subtasks, workers do them (in parallel where independent), a reviewer checks
+    each, and an aggregator integrates the accepted results."""
+
+    pattern: Literal["hierarchical"]
+    manager: AgentName = Field(description="Planner agent: writes a plan object (output `plan`).")
+    workers: list[AgentName] = Field(min_length=1, description="Agents the plan may assign.")
+    reviewer: AgentName | None = Field(None, description="Writes a verdict object (output `verdict`).")
+    aggregator: AgentName | None = Field(None, description="Integrates accepted outputs into the result.")
+    alternates: dict[AgentName, list[AgentName]] = Field(
+        default_factory=dict, description="Who may take over a subtask after `max_attempts` rejections."
+    )
+    max_subtasks: int = Field(50, ge=1, le=1000)
+
+    def agents_used(self) -> list[str]:
+        extra = [a for alts in self.alternates.values() for a in alts]
+        return [
+            self.manager,
+            *self.workers,
+            *([self.reviewer] if self.reviewer else []),
+            *([self.aggregator] if self.aggregator else []),
+            *extra,
+        ]
+
+
+class BidirectionalWorkflow(_WorkflowBase):
+    """Participants take turns on one shared document; each new version gives the next one the turn."""
+
+    pattern: Literal["bidirectional"]
+    participants: list[AgentName] = Field(min_length=2)
+    document: str = Field(description="The shared document, relative to the run's workspace.")
+    input: str = Field("document", description="Input whose content seeds the document.")
+    max_rounds: int = Field(6, ge=1, le=100, description="Turns at most, in all.")
+    approval: str = Field(
+        "approvals/", description="Prefix where a participant's approval file ends the run."
+    )
+
+    @field_validator("document")
+    @classmethod
+    def _doc(cls, value):
+        validate_key(value)
+        return value
+
+    def agents_used(self) -> list[str]:
+        return list(self.participants)
+
+
+Workflow = Annotated[
+    SequentialWorkflow | RouterWorkflow | HierarchicalWorkflow | BidirectionalWorkflow,
+    Field(discriminator="pattern"),
+]
 
 
 class WorkflowFile(_Strict):
@@ -120,18 +228,36 @@ class WorkflowFile(_Strict):
 
     @model_validator(mode="after")
     def _references(self):
+        if HUMAN in self.agents:
+            raise ValueError(f"agents.{HUMAN}: the name is reserved for a person")
+        known = set(self.agents) | {HUMAN}
         for label, agent in self.routes.items():
-            if agent not in self.agents:
+            if agent not in known:
                 raise ValueError(f"routes.{label}: unknown agent {agent!r}")
         for name, wf in self.workflows.items():
-            for i, stage in enumerate(wf.stages):
-                if stage.agent and stage.agent not in self.agents:
-                    raise ValueError(f"workflows.{name}.stages.{i}: unknown agent {stage.agent!r}")
-                if stage.intent and not stage.agent and stage.intent not in self.routes:
-                    raise ValueError(f"workflows.{name}.stages.{i}: intent {stage.intent!r} has no route")
+            if isinstance(wf, SequentialWorkflow):
+                for i, stage in enumerate(wf.stages):
+                    if stage.agent and stage.agent not in known:
+                        raise ValueError(f"workflows.{name}.stages.{i}: unknown agent {stage.agent!r}")
+                    if stage.intent and not stage.agent and stage.intent not in self.routes:
+                        raise ValueError(f"workflows.{name}.stages.{i}: intent {stage.intent!r} has no route")
+                    earlier = [s.agent for s in wf.stages[:i]]
+                    if stage.on_reject != "fail" and stage.on_reject not in earlier:
+                        raise ValueError(
+                            f"workflows.{name}.stages.{i}.on_reject: {stage.on_reject!r} is "
+                            "not `fail` or the agent of an earlier stage"
+                        )
+                continue
+            for agent in wf.agents_used():
+                if agent not in known:
+                    raise ValueError(f"workflows.{name}: unknown agent {agent!r}")
+            if isinstance(wf, HierarchicalWorkflow | BidirectionalWorkflow):
+                people = [a for a in wf.agents_used() if a == HUMAN]
+                if people:
+                    raise ValueError(f"workflows.{name}: `human` cannot take part in a {wf.pattern} workflow")
         return self
 
-    def triggers(self) -> list[tuple[str, SequentialWorkflow]]:
+    def triggers(self) -> list[tuple[str, _WorkflowBase]]:
         return [(name, wf) for name, wf in self.workflows.items() if wf.trigger]
 
 

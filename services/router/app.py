@@ -6,15 +6,17 @@ import asyncio
 
 from shared import streams
 from shared.broker import make_broker, subscribe
+from shared.classification import ClassifyRequest
 from shared.events import RouteDecided, TaskAssigned, TaskFailed
 from shared.logging import configure_logging
 from shared.service import Resources, build_app
 from shared.settings import Settings
-from shared.workflow import load_workflows
+from shared.workflow import HUMAN, RouterWorkflow, load_workflows
 
-from .routing import decide
+from .routing import Route, call_classifier, choose, decide, match_rules
 
 SERVICE = "router"
+MAX_TEXT = 20_000  # characters of a request a classifier sees
 
 
 def create_app(settings: Settings | None = None):
@@ -22,8 +24,12 @@ def create_app(settings: Settings | None = None):
     log = configure_logging(SERVICE, settings.log_format, settings.log_level)
     workflows = load_workflows(settings.workflows)
     broker = make_broker(settings, SERVICE)
+    res = Resources(settings)
     results = broker.publisher(
-        stream=streams.RESULTS, title="results", schema=TaskFailed, description="Routing failures."
+        stream=streams.RESULTS,
+        title="results",
+        schema=TaskFailed | RouteDecided,
+        description="Routing failures, and decisions that hand a request to a person.",
     )
     # Declared for the AsyncAPI document; the per-run stream name is resolved at publish time.
     broker.publisher(
@@ -36,41 +42,73 @@ def create_app(settings: Settings | None = None):
         name: broker.publisher(stream=streams.agent_stream(name), title=f"agent:{name}", schema=TaskAssigned)
         for name in workflows.agents
     }
+    classifiers = {
+        name: wf.classifier and workflows.agents[wf.classifier].load_handler()
+        for name, wf in workflows.workflows.items()
+        if isinstance(wf, RouterWorkflow)
+    }
+
+    async def request_text(event: TaskAssigned, wf: RouterWorkflow) -> str:
+        if isinstance(event.params.get("text"), str):
+            return event.params["text"][:MAX_TEXT]
+        ref = event.inputs.get(wf.input)
+        if ref is None:
+            raise ValueError(f"the request needs an input named {wf.input!r} or a `text` parameter")
+        return (await res.storage.get(ref)).decode("utf-8", "replace")[:MAX_TEXT]
+
+    async def classify(event: TaskAssigned, wf: RouterWorkflow) -> Route:
+        try:
+            text = await request_text(event, wf)
+        except Exception as exc:  # a missing or unreadable request is the fallback's problem
+            return choose(wf, None, "input", f"cannot read the request: {exc}")
+        found = match_rules(text, wf)
+        if found is not None:
+            return choose(wf, found, "rules")
+        if not wf.classifier:
+            return choose(wf, None, "rules")
+        request = ClassifyRequest(text=text, labels=sorted(wf.routes), run_id=event.run_id)
+        try:
+            found = await call_classifier(classifiers[event.workflow], request)
+        except Exception as exc:  # a crashing classifier sends the request to the fallback, with why
+            log.warning("classifier_failed", classifier=wf.classifier, error=str(exc))
+            return choose(wf, None, wf.classifier, f"{type(exc).__name__}: {exc}")
+        return choose(wf, found, wf.classifier)
 
     async def route(event: TaskAssigned) -> None:
         """Pick the agent for a task and hand it over."""
-        decision = decide(event, workflows)
+        wf = workflows.workflows.get(event.workflow)
+        if not event.agent and not event.intent and isinstance(wf, RouterWorkflow):
+            decision = await classify(event, wf)
+        else:
+            decision = decide(event, workflows)
         sender = f"{SERVICE}:{settings.consumer}"
+        common = dict(
+            run_id=event.run_id,
+            task_id=event.task_id,
+            attempt=event.attempt,
+            trace_id=event.trace_id,
+            sender=sender,
+        )
         if decision.agent is None:
             log.warning("route_failed", reason=decision.reason)
-            await results.publish(
-                TaskFailed(
-                    run_id=event.run_id,
-                    task_id=event.task_id,
-                    attempt=event.attempt,
-                    trace_id=event.trace_id,
-                    sender=sender,
-                    error=f"router: {decision.reason}",
-                )
-            )
+            await results.publish(TaskFailed(**common, error=f"router: {decision.reason}"))
             return
-        routed = event.model_copy(update={"agent": decision.agent, "sender": sender})
-        await agents[decision.agent].publish(routed)
-        await broker.publish(
-            RouteDecided(
-                run_id=event.run_id,
-                task_id=event.task_id,
-                attempt=event.attempt,
-                trace_id=event.trace_id,
-                sender=sender,
-                agent=decision.agent,
-                label=decision.label,
-                confidence=decision.confidence,
-                classifier=decision.classifier,
-            ),
-            stream=streams.run_events(event.run_id),
+        decided = RouteDecided(
+            **common,
+            agent=decision.agent,
+            label=decision.label,
+            confidence=decision.confidence,
+            classifier=decision.classifier,
+            reason=decision.reason or None,
         )
-        log.info("routed", agent=decision.agent, classifier=decision.classifier)
+        if decision.agent == HUMAN:
+            await results.publish(decided)  # the supervisor pauses the run for a person
+        else:
+            await broker.publish(decided, stream=streams.run_events(event.run_id))
+            await agents[decision.agent].publish(
+                event.model_copy(update={"agent": decision.agent, "sender": sender})
+            )
+        log.info("routed", agent=decision.agent, classifier=decision.classifier, reason=decision.reason)
 
     subscribe(
         broker,
@@ -81,7 +119,7 @@ def create_app(settings: Settings | None = None):
         title="route",
         description="Tasks waiting for a route.",
     )
-    return build_app(broker, Resources(settings), log, storage=False, consumer=settings.consumer)
+    return build_app(broker, res, log, consumer=settings.consumer)
 
 
 def main() -> None:

@@ -1,13 +1,15 @@
 """The supervisor: starts runs, keeps their state in Redis, decides every next step.
 
 Consumes `baton:runs`, `baton:results` and `baton:objects`; publishes tasks to `baton:route` and every
-step of a run to that run's own stream `baton:{<run_id>}:events`.
+step of a run to that run's own stream `baton:{<run_id>}:events`. The decisions themselves are plain
+functions, one module per pattern.
 """
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import posixpath
 
 from shared import streams
@@ -16,7 +18,11 @@ from shared.errors import ObjectMissingError
 from shared.events import (
     BaseEvent,
     Event,
+    HumanInputReceived,
+    HumanInputRequested,
     ObjectChanged,
+    ObjectRef,
+    RouteDecided,
     RunCompleted,
     RunFailed,
     RunStarted,
@@ -29,19 +35,44 @@ from shared.events import (
 from shared.logging import configure_logging
 from shared.service import Resources, build_app
 from shared.settings import Settings
-from shared.workflow import load_workflows
-from shared.workspace import run_prefix
+from shared.workflow import SequentialWorkflow, load_workflows
+from shared.workspace import run_of_key, run_prefix
 
-from . import sequential
-from .state import RunState, RunStore
+from . import bidirectional, hierarchical, routed, sequential
+from .decisions import Decision, published_key
+from .state import HumanWait, RunState, RunStore, sync_waiting
 
 SERVICE = "supervisor"
+PATTERNS = {
+    "sequential": sequential,
+    "router": routed,
+    "hierarchical": hierarchical,
+    "bidirectional": bidirectional,
+}
 
 
 def trigger_run_id(bucket: str, key: str, version: str | None) -> str:
     # The same landed version always maps to the same run: a duplicate notification starts nothing new.
     digest = hashlib.sha256(f"{bucket}/{key}@{version}".encode()).hexdigest()[:20]
     return f"t-{digest}"
+
+
+def human_request_key(run_id: str, task_id: str) -> str:
+    return f"{run_prefix(run_id)}human/requests/{task_id}.json"
+
+
+def parse_response(raw: bytes) -> tuple[bool, str]:
+    """A response file: JSON `{"decision": "approve"|"reject", "text": ...}`, or plain text (approval,
+    unless its first word is `reject`)."""
+    text = raw.decode("utf-8", "replace").strip()
+    try:
+        data = json.loads(text)
+    except ValueError:
+        data = None
+    if isinstance(data, dict):
+        decision = str(data.get("decision", "approve")).lower()
+        return decision not in ("reject", "rejected", "no"), str(data.get("text", ""))
+    return not text.lower().startswith("reject"), text
 
 
 def create_app(settings: Settings | None = None):
@@ -72,78 +103,149 @@ def create_app(settings: Settings | None = None):
     async def record(event: BaseEvent) -> None:
         await broker.publish(event, stream=streams.run_events(event.run_id))
 
-    async def dispatch(state: RunState, task: TaskAssigned) -> None:
-        """Send a task, then mark it sent: a crash in between re-sends it (same id), never loses it."""
-        await record(task)  # first, so a watcher sees the assignment before the router's decision
-        await route.publish(task)
+    def pattern_of(state: RunState):
+        wf = workflows.workflows[state.workflow]
+        return wf, PATTERNS[wf.pattern]
 
-        def mark(s: RunState) -> RunState | None:
-            if s.task_id == task.task_id and s.attempt == task.attempt and not s.dispatched:
-                s.dispatched = True
-                return s
-            return None
+    async def decide(run_id: str, choose) -> tuple[RunState | None, Decision | None]:
+        """Apply `choose(state) -> Decision` atomically, then carry the decision out."""
+        holder: dict[str, Decision] = {}
 
-        await store().update(state.run_id, mark)
+        def change(state: RunState) -> RunState | None:
+            decision = choose(state)
+            holder["d"] = decision
+            if decision.ignored or decision.state is None:
+                return None
+            if decision.human:
+                h = decision.human
+                decision.state.status = "waiting_for_human"
+                decision.state.waiting = HumanWait(
+                    task_id=h.task_id,
+                    question=h.question,
+                    key=h.key,
+                    on_reject=h.on_reject,
+                    request=ObjectRef(bucket=settings.bucket, key=human_request_key(run_id, h.task_id)),
+                )
+            return decision.state
 
-    async def fail_run(state: RunState | None, run_id: str, reason: str, trace_id: str) -> None:
-        log.warning("run_failed", reason=reason)
-        await record(RunFailed(run_id=run_id, reason=reason, trace_id=trace_id, sender=sender))
+        new = await store().update(run_id, change)
+        decision = holder.get("d")
+        if new is None:
+            if decision is not None and decision.ignored:
+                log.info("event_ignored", reason=decision.ignored)
+            current = await store().get(run_id)
+            if current is not None:
+                await resend_undispatched(current)
+            return None, decision
+        await carry_out(new, decision)
+        return new, decision
 
-    async def resend_if_undispatched(state: RunState) -> None:
-        if state.status == "running" and not state.dispatched and state.task_id:
-            wf = workflows.workflows[state.workflow]
-            await dispatch(state, sequential.stage_task(state, wf, workflows))
+    async def carry_out(state: RunState, d: Decision) -> None:
+        for source, key in d.copies:
+            await res.storage.copy(source, key)
+        for note in d.notes:
+            await record(note)
+        if d.human:
+            await ask_human(state, d)
+        for task in d.assign:
+            await record(task)  # first, so a watcher sees the assignment before the router's decision
+            await route.publish(task)
+        if d.assign:
+            sent = {t.task_id: t.attempt for t in d.assign}
+
+            def mark(s: RunState) -> RunState | None:
+                changed = False
+                for tid, slot in s.tasks.items():
+                    if sent.get(tid) == slot.task.attempt and not slot.dispatched:
+                        slot.dispatched = changed = True
+                return s if changed else None
+
+            await store().update(state.run_id, mark)
+        if state.status == "completed":
+            await finish(state)
+        elif state.status == "failed":
+            log.warning("run_failed", reason=state.reason)
+            await record(
+                RunFailed(
+                    run_id=state.run_id,
+                    reason=state.reason or "failed",
+                    trace_id=state.trace_id,
+                    sender=sender,
+                )
+            )
+        await sync_waiting(res.redis, state)
+
+    async def ask_human(state: RunState, d: Decision) -> None:
+        h = d.human
+        key = human_request_key(state.run_id, h.task_id)
+        body = {
+            "run_id": state.run_id,
+            "workflow": state.workflow,
+            "task_id": h.task_id,
+            "question": h.question,
+            "inputs": {n: r.uri() for n, r in h.inputs.items()},
+            "respond": f'write JSON {{"decision": "approve"|"reject", "text": ...}} under '
+            f"{run_prefix(state.run_id)}human/responses/ (or: baton respond {state.run_id} --approve)",
+        }
+        ref = await res.storage.put(key, json.dumps(body, indent=2).encode(), content_type="application/json")
+        await record(
+            HumanInputRequested(
+                run_id=state.run_id,
+                task_id=h.task_id,
+                question=h.question,
+                request=ref,
+                inputs=h.inputs,
+                trace_id=state.trace_id,
+                sender=sender,
+            )
+        )
+        log.info("waiting_for_human", question=h.question)
+
+    async def resend_undispatched(state: RunState) -> None:
+        """A crash between committing a decision and publishing its tasks: publish them now."""
+        if not state.active:
+            return
+        pending = [slot.task for slot in state.tasks.values() if not slot.dispatched]
+        if pending:
+            log.warning("resending_undispatched", tasks=[t.task_id for t in pending])
+            await carry_out(state, Decision(state=state, assign=pending))
 
     async def on_run(event: RunSubmitted) -> None:
-        """Start a run: bring its inputs into the workspace, store its state, assign the first stage."""
+        """Start a run: bring its inputs into the workspace, store its state, start its pattern."""
         existing = await store().get(event.run_id)
         if existing is not None:
             log.info("duplicate_run_submitted", status=existing.status)
-            await resend_if_undispatched(existing)
+            await resend_undispatched(existing)
             return
+        base = dict(
+            run_id=event.run_id, workflow=event.workflow, trace_id=event.trace_id, params=event.params
+        )
         wf = workflows.workflows.get(event.workflow)
         if wf is None:
             reason = f"unknown workflow {event.workflow!r}; known: {sorted(workflows.workflows)}"
-            state = RunState(
-                run_id=event.run_id,
-                workflow=event.workflow,
-                pattern="?",
-                status="failed",
-                trace_id=event.trace_id,
-                reason=reason,
-            )
-            if await store().create(state):
-                await fail_run(state, event.run_id, reason, event.trace_id)
+            await start_failed(RunState(**base, pattern="?", status="failed", reason=reason))
             return
         try:
             inputs = await adopt_inputs(event)
         except ObjectMissingError as exc:
-            state = RunState(
-                run_id=event.run_id,
-                workflow=event.workflow,
-                pattern=wf.pattern,
-                status="failed",
-                trace_id=event.trace_id,
-                reason=str(exc),
+            await start_failed(
+                RunState(**base, pattern=wf.pattern, status="failed", reason=f"input missing: {exc}")
             )
-            if await store().create(state):
-                await fail_run(state, event.run_id, f"input missing: {exc}", event.trace_id)
             return
         trigger = event.params.get("trigger")
         state = RunState(
-            run_id=event.run_id,
-            workflow=event.workflow,
+            **base,
             pattern=wf.pattern,
-            trace_id=event.trace_id,
             inputs=inputs,
-            params=event.params,
             trigger=event.inputs.get(trigger) if isinstance(trigger, str) else None,
         )
-        first = sequential.stage_task(state, wf, workflows)
-        state.task_id = first.task_id
         if not await store().create(state):
             return
-        stages = [sequential.stage_agent(wf, workflows, i) for i in range(len(wf.stages))]
+        stages = (
+            wf.agents_used()
+            if not isinstance(wf, SequentialWorkflow)
+            else [sequential.stage_agent(wf, workflows, i) for i in range(len(wf.stages))]
+        )
         await record(
             RunStarted(
                 run_id=event.run_id,
@@ -154,23 +256,37 @@ def create_app(settings: Settings | None = None):
                 sender=sender,
             )
         )
-        log.info("run_started", workflow=event.workflow, stages=stages)
-        await dispatch(state, first)
+        log.info("run_started", workflow=event.workflow, pattern=wf.pattern)
+        module = PATTERNS[wf.pattern]
+        await decide(
+            event.run_id,
+            lambda s: (
+                module.start(s, wf, workflows)
+                if s.phase == "start" and not s.tasks and not s.history
+                else Decision.ignore("already started")
+            ),
+        )
+
+    async def start_failed(state: RunState) -> None:
+        if await store().create(state):
+            log.warning("run_failed", reason=state.reason)
+            await record(
+                RunFailed(run_id=state.run_id, reason=state.reason, trace_id=state.trace_id, sender=sender)
+            )
 
     async def adopt_inputs(event: RunSubmitted) -> dict:
         """Inputs outside the run's workspace are copied in (exact version), so agents stay inside it."""
         prefix = run_prefix(event.run_id)
         inputs = {}
         for name, ref in event.inputs.items():
-            if ref.key.startswith(prefix) and ref.bucket == settings.bucket:
-                inputs[name] = ref  # already in the workspace; the worker checks it exists on read
-                continue
             if ref.bucket != settings.bucket:
                 raise ObjectMissingError(
                     f"input {name!r} is in bucket {ref.bucket!r}, not {settings.bucket!r}"
                 )
-            head = await res.storage.head(ref.key)
-            if head is None:
+            if ref.key.startswith(prefix):
+                inputs[name] = ref  # already in the workspace; the worker checks it exists on read
+                continue
+            if await res.storage.head(ref.key) is None:
                 raise ObjectMissingError(f"input {name!r}: object {ref.uri()} does not exist")
             try:
                 inputs[name] = await res.storage.copy(ref, f"{prefix}inputs/{posixpath.basename(ref.key)}")
@@ -181,49 +297,108 @@ def create_app(settings: Settings | None = None):
     async def on_result(event: TaskResult) -> None:
         """Record a task's progress; on an outcome, decide the run's next step."""
         await record(event)
-        if not isinstance(event, TaskCompleted | TaskFailed):
+        if not isinstance(event, TaskCompleted | TaskFailed | RouteDecided):
             return
         state = await store().get(event.run_id)
         if state is None:
             log.warning("result_for_unknown_run")
             return
-        wf = workflows.workflows[state.workflow]
-        decide = sequential.on_completed if isinstance(event, TaskCompleted) else sequential.on_failed
-        decision = decide(state, wf, workflows, event)
-        if decision.ignored:
-            log.info("result_ignored", reason=decision.ignored)
-            await resend_if_undispatched(state)
-            return
-        new = await store().update(event.run_id, lambda s: decide(s, wf, workflows, event).state)
-        if new is None:
-            return
-        if decision.assign:
-            await dispatch(new, decision.assign)
-        elif new.status == "completed":
-            await finish(new)
-        elif new.status == "failed":
-            await fail_run(new, new.run_id, new.reason or "failed", new.trace_id)
+        wf, module = pattern_of(state)
+        slot = _slot(state, event)
+        docs = {}
+        if isinstance(event, TaskCompleted) and slot is not None:
+            wanted = getattr(module, "DOCS", {}).get(slot.role)
+            if wanted and wanted in event.outputs:
+                docs[wanted] = await res.storage.get(event.outputs[wanted])
+
+        def choose(s: RunState) -> Decision:
+            slot = _slot(s, event)
+            if isinstance(slot, str):
+                return Decision.ignore(slot)
+            if isinstance(event, RouteDecided):
+                return module.on_route(s, wf, workflows, event)
+            if isinstance(event, TaskCompleted):
+                return module.on_completed(s, wf, workflows, event, docs)
+            return module.on_failed(s, wf, workflows, event, slot)
+
+        await decide(event.run_id, choose)
+
+    def _slot(state: RunState, event):
+        from .decisions import outstanding
+
+        return outstanding(state, event)
 
     async def finish(state: RunState) -> None:
         wf = workflows.workflows[state.workflow]
         if wf.trigger and wf.trigger.publish_to and state.trigger:
-            keys = sequential.published_key(wf.trigger.publish_to, state.trigger.key, state.final)
-            for name, key in keys.items():
+            for name, key in published_key(wf.trigger.publish_to, state.trigger.key, state.final).items():
                 await res.storage.copy(state.final[name], key)
         await record(
             RunCompleted(
                 run_id=state.run_id,
                 outputs=state.final,
                 usage=state.usage,
+                ended_by=state.ended_by,
                 trace_id=state.trace_id,
                 sender=sender,
             )
         )
-        log.info("run_completed", outputs=sorted(state.final), seconds=state.usage.seconds)
+        log.info("run_completed", outputs=sorted(state.final), ended_by=state.ended_by)
 
     async def on_object(event: ObjectChanged) -> None:
-        """A file changed in the bucket: start the workflows whose trigger watches its prefix."""
-        if not event.created or event.bucket != settings.bucket:
+        """A file changed in the bucket: a trigger, a person's response, or a turn in a collaboration."""
+        if event.bucket != settings.bucket:
+            return
+        run_id = run_of_key(event.key)
+        if run_id is None:
+            await maybe_trigger(event)
+            return
+        state = await store().get(run_id)
+        if state is None or not state.active:
+            return
+        if event.key.startswith(f"{run_prefix(run_id)}human/responses/") and event.created:
+            await on_response(state, event)
+            return
+        wf, module = pattern_of(state)
+        if hasattr(module, "on_object"):
+            await decide(
+                run_id,
+                lambda s: (
+                    module.on_object(s, wf, workflows, event)
+                    if s.active
+                    else Decision.ignore(f"run is {s.status}")
+                ),
+            )
+
+    async def on_response(state: RunState, event: ObjectChanged) -> None:
+        if state.status != "waiting_for_human" or state.waiting is None:
+            log.info("response_ignored", reason=f"run is {state.status}", key=event.key)
+            return
+        approved, text = parse_response(await res.storage.get(event.ref()))
+        task_id = state.waiting.task_id
+        wf, module = pattern_of(state)
+
+        def choose(s: RunState) -> Decision:
+            if s.status != "waiting_for_human" or s.waiting is None or s.waiting.task_id != task_id:
+                return Decision.ignore("no longer waiting for this response")
+            return module.on_human(s, wf, workflows, approved, text, event.ref())
+
+        new, _ = await decide(state.run_id, choose)
+        if new is not None:
+            await record(
+                HumanInputReceived(
+                    run_id=state.run_id,
+                    task_id=task_id,
+                    approved=approved,
+                    text=text,
+                    response=event.ref(),
+                    trace_id=state.trace_id,
+                    sender=sender,
+                )
+            )
+
+    async def maybe_trigger(event: ObjectChanged) -> None:
+        if not event.created:
             return
         for name, wf in workflows.triggers():
             if event.key.startswith(wf.trigger.prefix):

@@ -1,28 +1,22 @@
-"""Decisions of the sequential pattern: plain functions from (state, event) to what happens next."""
+"""The sequential pattern: each stage gets the run's inputs and everything produced before it."""
 
 from __future__ import annotations
 
-import posixpath
-from dataclasses import dataclass
+from shared.events import ObjectRef, TaskCompleted, TaskFailed
+from shared.workflow import HUMAN, SequentialWorkflow, WorkflowFile
 
-from shared.events import TaskAssigned, TaskCompleted, TaskFailed
-from shared.workflow import SequentialWorkflow, WorkflowFile
-from shared.workspace import run_prefix
-
-from .state import RunState
-
-
-@dataclass
-class Decision:
-    """What to do with an event: a new state and the task to send, or nothing (with why)."""
-
-    state: RunState | None = None
-    assign: TaskAssigned | None = None
-    ignored: str | None = None
-
-    @property
-    def finished(self) -> bool:
-        return self.state is not None and self.state.status != "running"
+from .decisions import (
+    Decision,
+    HumanRequest,
+    add_task,
+    complete,
+    fail,
+    new_task,
+    readable,
+    retry_or_fail,
+    take,
+)
+from .state import RunState, TaskSlot
 
 
 def stage_agent(wf: SequentialWorkflow, workflows: WorkflowFile, stage: int) -> str:
@@ -30,85 +24,94 @@ def stage_agent(wf: SequentialWorkflow, workflows: WorkflowFile, stage: int) -> 
     return spec.agent or workflows.routes[spec.intent]
 
 
-def stage_task(state: RunState, wf: SequentialWorkflow, workflows: WorkflowFile) -> TaskAssigned:
-    """The task for the run's current stage: the run's inputs plus everything produced so far, as far
-    as the agent may read it."""
-    stage = wf.stages[state.stage]
-    agent = stage_agent(wf, workflows, state.stage)
-    spec = workflows.agents[agent]
-    prefix = run_prefix(state.run_id)
-    available = {**state.inputs, **state.outputs}
-    if spec.reads is not None:
-        available = {
-            n: r for n, r in available.items() if any(r.key.startswith(prefix + p) for p in spec.reads)
-        }
-    return TaskAssigned(
-        run_id=state.run_id,
-        task_id=task_id(state.run_id, state.stage, agent),
-        attempt=state.attempt,
-        trace_id=state.trace_id,
-        sender="supervisor",
-        workflow=state.workflow,
-        stage=state.stage,
-        agent=stage.agent,
-        intent=stage.intent,
-        instruction=stage.instruction,
-        inputs=available,
-        output_prefix=prefix + spec.writes[0],
-        params=state.params,
-    )
-
-
-def task_id(run_id: str, stage: int, agent: str) -> str:
+def task_id(run_id: str, stage: int, agent: str, loop: int = 0) -> str:
     # Deterministic: a redelivered assignment is the same task and writes the same keys.
-    return f"{run_id}.{stage}.{agent}"
+    return f"{run_id}.{stage}.{agent}" + (f".r{loop}" if loop else "")
 
 
-def _current(state: RunState, event) -> str | None:
-    if state.status != "running":
-        return f"run is already {state.status}"
-    if event.task_id != state.task_id or event.attempt != state.attempt:
-        return f"stale or duplicate outcome (current task {state.task_id} attempt {state.attempt})"
-    return None
+def enter(state: RunState, wf: SequentialWorkflow, workflows: WorkflowFile, stage: int) -> Decision:
+    state.stage = stage
+    spec = wf.stages[stage]
+    available = {**state.inputs, **state.outputs}
+    loop = sum(1 for h in state.history if h.startswith(f"back to stage {stage} "))
+    if spec.agent == HUMAN:
+        question = spec.instruction or f"Stage {stage + 1} of {state.workflow}: approve or reject?"
+        return Decision(
+            state=state,
+            human=HumanRequest(
+                task_id=task_id(state.run_id, stage, HUMAN, loop),
+                question=question,
+                inputs=available,
+                key=str(stage),
+                on_reject=spec.on_reject,
+            ),
+        )
+    agent = stage_agent(wf, workflows, stage)
+    task = new_task(
+        state,
+        workflows,
+        task_id=task_id(state.run_id, stage, agent, loop),
+        agent=spec.agent,
+        intent=spec.intent,
+        instruction=spec.instruction,
+        stage=stage,
+        inputs=readable(state, available, workflows.agents.get(agent)),
+    )
+    add_task(state, task, "stage", str(stage))
+    return Decision(state=state, assign=[task])
+
+
+def start(state: RunState, wf: SequentialWorkflow, workflows: WorkflowFile) -> Decision:
+    return enter(state, wf, workflows, 0)
+
+
+def _advance(state: RunState, wf: SequentialWorkflow, workflows: WorkflowFile, outputs: dict) -> Decision:
+    state.outputs.update(outputs)
+    state.final = dict(outputs)
+    if state.stage + 1 < len(wf.stages):
+        return enter(state, wf, workflows, state.stage + 1)
+    return Decision(state=complete(state, state.final))
 
 
 def on_completed(
-    state: RunState, wf: SequentialWorkflow, workflows: WorkflowFile, ev: TaskCompleted
+    state: RunState,
+    wf: SequentialWorkflow,
+    workflows: WorkflowFile,
+    ev: TaskCompleted,
+    docs: dict | None = None,
 ) -> Decision:
-    if why := _current(state, ev):
-        return Decision(ignored=why)
-    new = state.model_copy(deep=True)
-    new.outputs.update(ev.outputs)
-    new.usage = new.usage + ev.usage
-    new.history.append(f"stage {state.stage} ({ev.agent}) completed on attempt {ev.attempt}")
-    if state.stage + 1 < len(wf.stages):
-        new.stage, new.attempt, new.dispatched = state.stage + 1, 1, False
-        task = stage_task(new, wf, workflows)
-        new.task_id = task.task_id
-        return Decision(state=new, assign=task)
-    new.status, new.final, new.task_id = "completed", dict(ev.outputs), None
-    return Decision(state=new)
+    take(state, ev)
+    state.history.append(f"stage {state.stage} ({ev.agent}) completed on attempt {ev.attempt}")
+    return _advance(state, wf, workflows, ev.outputs)
 
 
-def on_failed(state: RunState, wf: SequentialWorkflow, workflows: WorkflowFile, ev: TaskFailed) -> Decision:
-    if why := _current(state, ev):
-        return Decision(ignored=why)
-    new = state.model_copy(deep=True)
+def on_failed(
+    state: RunState, wf: SequentialWorkflow, workflows: WorkflowFile, ev: TaskFailed, slot: TaskSlot
+) -> Decision:
+    take(state, ev)
     agent = stage_agent(wf, workflows, state.stage)
-    new.history.append(f"stage {state.stage} ({agent}) attempt {ev.attempt} failed: {ev.error}")
-    if ev.retryable and state.attempt < wf.max_attempts:
-        new.attempt, new.dispatched = state.attempt + 1, False
-        return Decision(state=new, assign=stage_task(new, wf, workflows))
-    tries = f"{state.attempt} attempt{'s' if state.attempt > 1 else ''}"
-    new.status = "failed"
-    new.reason = f"stage {state.stage} ({agent}) failed after {tries}: {ev.error}"
-    return Decision(state=new)
+    return retry_or_fail(state, slot, ev, wf.max_attempts, f"stage {state.stage} ({agent})")
 
 
-def published_key(publish_to: str, trigger_key: str, outputs: dict) -> dict[str, str]:
-    """Where a triggered run's outputs are copied: `briefs/topic.md` -> `published/topic.md`."""
-    stem = posixpath.splitext(posixpath.basename(trigger_key))[0]
-    if len(outputs) == 1:
-        ((name, ref),) = outputs.items()
-        return {name: f"{publish_to}{stem}{posixpath.splitext(ref.key)[1]}"}
-    return {name: f"{publish_to}{stem}/{posixpath.basename(ref.key)}" for name, ref in outputs.items()}
+def on_human(
+    state: RunState,
+    wf: SequentialWorkflow,
+    workflows: WorkflowFile,
+    approved: bool,
+    text: str,
+    response: ObjectRef,
+) -> Decision:
+    stage = int(state.waiting.key)
+    on_reject = state.waiting.on_reject
+    state.waiting, state.status = None, "running"
+    if approved:
+        state.history.append(f"stage {stage} approved by a person")
+        return _advance(state, wf, workflows, {**state.final, "response": response})
+    if on_reject == "fail":
+        return Decision(
+            state=fail(state, f"rejected by a person at stage {stage + 1}: {text or '(no text)'}")
+        )
+    back = max(i for i in range(stage) if wf.stages[i].agent == on_reject)
+    state.outputs["feedback"] = response
+    state.history.append(f"back to stage {back} ({on_reject}): rejected at stage {stage}: {text}")
+    return enter(state, wf, workflows, back)

@@ -10,13 +10,57 @@ from datetime import datetime
 from typing import Any, Literal
 
 import redis.asyncio as aioredis
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 from redis.exceptions import WatchError
 
 from shared import streams
-from shared.events import ObjectRef, Usage, utcnow
+from shared.events import ObjectRef, TaskAssigned, Usage, utcnow
 
-RunStatus = Literal["running", "completed", "failed"]
+RunStatus = Literal["running", "waiting_for_human", "completed", "failed"]
+
+
+class TaskSlot(BaseModel):
+    """A task the run is waiting on. Kept whole so a crash between commit and publish can re-send it."""
+
+    task: TaskAssigned
+    role: str = Field("stage", description="stage, planner, subtask, review, aggregate, turn, route")
+    key: str = Field("", description="What the task is for: a stage index, subtask id, ...")
+    dispatched: bool = False
+
+
+class HumanWait(BaseModel):
+    """What a paused run asked of a person."""
+
+    task_id: str
+    question: str
+    request: ObjectRef
+    key: str = ""
+    on_reject: str = "fail"
+
+
+class Subtask(BaseModel):
+    """One subtask of a hierarchical plan, as the planner wrote it (validated)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    id: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
+    agent: str
+    instruction: str = ""
+    inputs: list[str] = Field(default_factory=list, description="Run input names or ids of other subtasks.")
+    depends_on: list[str] = Field(default_factory=list)
+    acceptance_criteria: str | None = None
+
+
+class SubtaskState(BaseModel):
+    spec: Subtask
+    status: Literal["pending", "running", "reviewing", "accepted", "failed"] = "pending"
+    agent: str
+    attempt: int = 1  # attempts with the current agent
+    total_attempts: int = 0
+    tried: list[str] = Field(default_factory=list, description="Agents that gave up or were rejected.")
+    outputs: dict[str, ObjectRef] = Field(default_factory=dict)
+    feedback: ObjectRef | None = None
+    rejections: list[str] = Field(default_factory=list)
 
 
 class RunState(BaseModel):
@@ -27,18 +71,31 @@ class RunState(BaseModel):
     trace_id: str
     inputs: dict[str, ObjectRef] = Field(default_factory=dict)
     params: dict[str, Any] = Field(default_factory=dict)
+    tasks: dict[str, TaskSlot] = Field(default_factory=dict, description="Outstanding tasks, by task id.")
+    waiting: HumanWait | None = None
+    # sequential
     stage: int = 0
-    task_id: str | None = None
-    attempt: int = 1
-    dispatched: bool = Field(False, description="Whether the current task was published.")
     outputs: dict[str, ObjectRef] = Field(default_factory=dict, description="All outputs so far, by name.")
+    # hierarchical
+    phase: str = "start"
+    subtasks: dict[str, SubtaskState] = Field(default_factory=dict)
+    # bidirectional
+    turns: int = 0
+    versions: list[str] = Field(default_factory=list, description="Document versions seen (etags), in order.")
+    document: ObjectRef | None = None
+    # results
     final: dict[str, ObjectRef] = Field(default_factory=dict, description="The run's result.")
+    ended_by: str | None = None
     usage: Usage = Field(default_factory=Usage)
     trigger: ObjectRef | None = None
     reason: str | None = None
     history: list[str] = Field(default_factory=list)
     created_at: datetime = Field(default_factory=utcnow)
     updated_at: datetime = Field(default_factory=utcnow)
+
+    @property
+    def active(self) -> bool:
+        return self.status in ("running", "waiting_for_human")
 
 
 class RunStore:
@@ -79,3 +136,13 @@ class RunStore:
                     return new
                 except WatchError:
                     continue
+
+
+WAITING = "baton:runs:waiting"  # advisory index of runs waiting for a person (checked against the state)
+
+
+async def sync_waiting(redis: aioredis.Redis, state: RunState) -> None:
+    if state.status == "waiting_for_human":
+        await redis.sadd(WAITING, state.run_id)
+    else:
+        await redis.srem(WAITING, state.run_id)

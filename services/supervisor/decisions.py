@@ -1,0 +1,138 @@
+"""What every pattern's decisions return, and the helpers they share. Pure: no I/O here."""
+
+from __future__ import annotations
+
+import posixpath
+from dataclasses import dataclass, field
+
+from shared.events import ObjectRef, TaskAssigned, TaskCompleted, TaskFailed
+from shared.workflow import AgentSpec, WorkflowFile
+from shared.workspace import run_prefix
+
+from .state import RunState, TaskSlot
+
+
+@dataclass
+class HumanRequest:
+    """Ask a person: the app writes the request file and records the event."""
+
+    task_id: str
+    question: str
+    inputs: dict[str, ObjectRef]
+    key: str = ""
+    on_reject: str = "fail"
+
+
+@dataclass
+class Decision:
+    """A new state and what to send, or nothing (with why)."""
+
+    state: RunState | None = None
+    assign: list[TaskAssigned] = field(default_factory=list)
+    human: HumanRequest | None = None
+    ignored: str | None = None
+    notes: list = field(default_factory=list)  # events for the run's stream (e.g. review verdicts)
+    copies: list[tuple[ObjectRef, str]] = field(default_factory=list)  # server-side copies to make
+
+    @staticmethod
+    def ignore(why: str) -> Decision:
+        return Decision(ignored=why)
+
+
+def readable(state: RunState, refs: dict[str, ObjectRef], spec: AgentSpec | None) -> dict[str, ObjectRef]:
+    """Only the refs an agent may read (its `reads` prefixes inside the run's workspace)."""
+    if spec is None or spec.reads is None:
+        return dict(refs)
+    prefix = run_prefix(state.run_id)
+    return {n: r for n, r in refs.items() if any(r.key.startswith(prefix + p) for p in spec.reads)}
+
+
+def new_task(
+    state: RunState,
+    workflows: WorkflowFile,
+    *,
+    task_id: str,
+    agent: str | None,
+    inputs: dict[str, ObjectRef],
+    instruction: str = "",
+    stage: int = 0,
+    attempt: int = 1,
+    intent: str | None = None,
+    parent: str | None = None,
+    acceptance: str | None = None,
+    params: dict | None = None,
+) -> TaskAssigned:
+    spec = workflows.agents.get(agent) if agent else None
+    writes = spec.writes[0] if spec else "outputs/"
+    return TaskAssigned(
+        run_id=state.run_id,
+        task_id=task_id,
+        parent_task_id=parent,
+        attempt=attempt,
+        trace_id=state.trace_id,
+        sender="supervisor",
+        workflow=state.workflow,
+        stage=stage,
+        agent=agent,
+        intent=intent,
+        instruction=instruction,
+        inputs=readable(state, inputs, spec),
+        output_prefix=run_prefix(state.run_id) + writes,
+        acceptance_criteria=acceptance,
+        params={**state.params, **(params or {})},
+    )
+
+
+def add_task(state: RunState, task: TaskAssigned, role: str, key: str = "") -> TaskAssigned:
+    state.tasks[task.task_id] = TaskSlot(task=task, role=role, key=key)
+    return task
+
+
+def outstanding(state: RunState, ev) -> TaskSlot | str:
+    """The slot an outcome belongs to, or why it does not belong to any."""
+    if not state.active:
+        return f"run is already {state.status}"
+    slot = state.tasks.get(ev.task_id)
+    if slot is None or slot.task.attempt != ev.attempt:
+        return f"stale or duplicate outcome for {ev.task_id} attempt {ev.attempt}"
+    return slot
+
+
+def take(state: RunState, ev) -> TaskSlot:
+    """Remove the outcome's slot from the outstanding tasks and count its usage."""
+    slot = state.tasks.pop(ev.task_id)
+    if isinstance(ev, TaskCompleted):
+        state.usage = state.usage + ev.usage
+    return slot
+
+
+def published_key(publish_to: str, trigger_key: str, outputs: dict) -> dict[str, str]:
+    """Where a triggered run's outputs are copied: `briefs/topic.md` -> `published/topic.md`."""
+    stem = posixpath.splitext(posixpath.basename(trigger_key))[0]
+    if len(outputs) == 1:
+        ((name, ref),) = outputs.items()
+        return {name: f"{publish_to}{stem}{posixpath.splitext(ref.key)[1]}"}
+    return {name: f"{publish_to}{stem}/{posixpath.basename(ref.key)}" for name, ref in outputs.items()}
+
+
+def complete(state: RunState, final: dict[str, ObjectRef], ended_by: str | None = None) -> RunState:
+    state.status, state.final, state.ended_by, state.waiting = "completed", dict(final), ended_by, None
+    state.tasks.clear()
+    return state
+
+
+def fail(state: RunState, reason: str) -> RunState:
+    state.status, state.reason, state.waiting = "failed", reason, None
+    state.tasks.clear()
+    return state
+
+
+def retry_or_fail(state: RunState, slot: TaskSlot, ev: TaskFailed, max_attempts: int, what: str) -> Decision:
+    """A failed task: retried as a new attempt if retryable and attempts remain, else the run fails."""
+    state.history.append(f"{what} attempt {ev.attempt} failed: {ev.error}")
+    if ev.retryable and ev.attempt < max_attempts:
+        task = slot.task.model_copy(update={"attempt": ev.attempt + 1})
+        add_task(state, task, slot.role, slot.key)
+        return Decision(state=state, assign=[task])
+    tries = f"{ev.attempt} attempt{'s' if ev.attempt > 1 else ''}"
+    return Decision(state=fail(state, f"{what} failed after {tries}: {ev.error}"))
