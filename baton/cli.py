@@ -61,11 +61,14 @@ def describe(event: Event) -> str:
         case "run.started":
             return f"{t} run started: {event.workflow} ({event.pattern}: {' -> '.join(event.stages)})"
         case "task.assigned":
-            who = event.agent or f"intent {event.intent}"
+            who = event.agent or (f"intent {event.intent}" if event.intent else "the router")
             retry = f" (attempt {event.attempt})" if event.attempt > 1 else ""
-            return f"{t} stage {event.stage + 1}: assigned to {who}{retry}"
+            tail = event.task_id.removeprefix(f"{event.run_id}.")
+            label = f"stage {event.stage + 1}" if tail[:1].isdigit() else tail
+            return f"{t} {label}: assigned to {who}{retry}"
         case "route.decided":
-            return f"{t}   routed to {event.agent} by {event.classifier} (confidence {event.confidence:.2f})"
+            why = f": {event.reason}" if event.reason else ""
+            return f"{t}   routed to {event.agent} by {event.classifier} (confidence {event.confidence:.2f}){why}"
         case "task.started":
             return f"{t}   {event.agent} started on {event.sender}"
         case "task.progress":
@@ -77,9 +80,17 @@ def describe(event: Event) -> str:
         case "task.failed":
             kind = "retryable" if event.retryable else "permanent"
             return f"{t}   {event.agent or 'task'} failed ({kind}): {event.error}"
+        case "review.verdict":
+            verdict = "accepted" if event.accepted else f"rejected: {event.feedback}"
+            return f"{t}   review of {event.subtask} by {event.agent}: {verdict}"
+        case "human.requested":
+            return f"{t} waiting for a person: {event.question}\n    answer: baton respond {event.run_id} --approve|--reject"
+        case "human.received":
+            return f"{t} a person {'approved' if event.approved else 'rejected'}: {event.text}"
         case "run.completed":
             outs = "\n".join(f"    {n}: {r.uri()}" for n, r in event.outputs.items())
-            return f"{t} run completed\n{outs}"
+            why = f" ({event.ended_by})" if event.ended_by else ""
+            return f"{t} run completed{why}\n{outs}"
         case "run.failed":
             return f"{t} run failed: {event.reason}"
     return f"{t} {event.type}"
@@ -145,6 +156,43 @@ def get(run_id: str, out: Path = typer.Option(Path("."), "--out", help="Director
         fail(str(exc))
     for name, path in written.items():
         typer.echo(f"{name}: {path}")
+
+
+@app.command()
+def respond(
+    run_id: str,
+    approve: bool = typer.Option(True, "--approve/--reject", help="Approve (default) or reject."),
+    text: str = typer.Option("", "--text", "-t", help="A note for the run."),
+    file: Path | None = typer.Option(None, "--file", "-f", help="A file to attach to the answer."),
+) -> None:
+    """Answer a run that is waiting for a person."""
+    try:
+        ref = asyncio.run(client.respond(settings(), run_id, approve, text, file))
+    except BatonError as exc:
+        fail(str(exc))
+    typer.echo(f"{'approved' if approve else 'rejected'}: {ref.uri()}")
+
+
+@app.command("runs")
+def runs_(
+    waiting: bool = typer.Option(False, "--waiting", help="Only runs waiting for a person."),
+    limit: int = typer.Option(20, help="How many recent runs."),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """List recent runs, or those waiting for a person with what each asks."""
+    rows = asyncio.run(client.list_runs(settings(), waiting, limit))
+    if as_json:
+        typer.echo(json.dumps(rows))
+        return
+    if not rows:
+        typer.echo("no runs waiting for a person" if waiting else "no runs", err=True)
+    for r in rows:
+        line = f"{r['run_id']}  {r['workflow']:<20} {r['status']:<18} {r['created_at'][:19]}"
+        if r["question"]:
+            line += f"\n    asks: {r['question']}\n    see:  {r['request']}\n    answer: baton respond {r['run_id']} --approve|--reject"
+        elif r["reason"]:
+            line += f"\n    {r['reason']}"
+        typer.echo(line)
 
 
 @app.command()
@@ -225,6 +273,7 @@ def main() -> None:
             err=True,
         )
         sys.exit(2)
+
 
 if __name__ == "__main__":
     main()

@@ -5,10 +5,12 @@ A client needs no FastStream: it speaks the documented wire format with plain re
 
 from __future__ import annotations
 
+import json
 import mimetypes
 import posixpath
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import redis.asyncio as aioredis
 
@@ -16,7 +18,8 @@ from baton.servers import WEBHOOK_ARN
 from shared import streams
 from shared.broker import DATA_FIELD, encode
 from shared.errors import BatonError
-from shared.events import TERMINAL_RUN_EVENTS, Event, RunSubmitted, new_id, parse_event
+from shared.events import TERMINAL_RUN_EVENTS, Event, ObjectRef, RunSubmitted, new_id, parse_event, utcnow
+from shared.search import SearchHit, request_search
 from shared.settings import Settings
 from shared.storage import Storage
 from shared.workspace import run_prefix
@@ -54,13 +57,25 @@ async def submit(
                 ctype = "text/markdown; charset=utf-8"
             key = f"{run_prefix(run_id)}inputs/{path.name}"
             refs[name] = await storage.put(key, path.read_bytes(), content_type=ctype, if_none_match=True)
-    event = RunSubmitted(run_id=run_id, workflow=workflow, inputs=refs, params=params or {}, sender="cli")
+    await publish_run(settings, run_id, workflow, refs, params)
+    return run_id
+
+
+async def publish_run(
+    settings: Settings,
+    run_id: str,
+    workflow: str,
+    inputs: dict[str, ObjectRef],
+    params: dict | None = None,
+    sender: str = "cli",
+) -> None:
+    """Publish `RunSubmitted` for inputs already in the bucket (outside the run's workspace is fine)."""
+    event = RunSubmitted(run_id=run_id, workflow=workflow, inputs=inputs, params=params or {}, sender=sender)
     client = aioredis.Redis.from_url(settings.redis_url)
     try:
         await client.xadd(streams.RUNS, encode(event))
     finally:
         await client.aclose()
-    return run_id
 
 
 async def follow(settings: Settings, run_id: str, block_ms: int = 5000) -> AsyncIterator[Event]:
@@ -113,3 +128,111 @@ async def download(settings: Settings, run_id: str, out_dir: Path) -> dict[str, 
             target.write_bytes(await storage.get(ref))
             written[name] = target
     return written
+
+
+async def respond(
+    settings: Settings, run_id: str, approve: bool, text: str = "", attachment: Path | None = None
+) -> ObjectRef:
+    """Answer a run that waits for a person: the response file's creation event resumes it."""
+    stamp = utcnow().strftime("%Y%m%dT%H%M%S%fZ")
+    body: dict = {"decision": "approve" if approve else "reject", "text": text}
+    async with Storage.connect(settings) as storage:
+        if attachment is not None:
+            if not attachment.is_file():
+                raise BatonError(f"--file {attachment}: no such file")
+            key = f"{run_prefix(run_id)}human/attachments/{stamp}-{attachment.name}"
+            body["attachment"] = (await storage.put(key, attachment.read_bytes())).uri()
+        key = f"{run_prefix(run_id)}human/responses/response-{stamp}.json"
+        return await storage.put(key, json.dumps(body).encode(), content_type="application/json")
+
+
+async def list_runs(settings: Settings, waiting: bool = False, limit: int = 20) -> list[dict]:
+    """Recent runs (or those waiting for a person), newest first, with their status."""
+    from services.supervisor.state import WAITING, RunStore
+
+    client = aioredis.Redis.from_url(settings.redis_url)
+    try:
+        if waiting:
+            ids = [i.decode() for i in await client.smembers(WAITING)]
+        else:
+            ids = [i.decode() for i in await client.zrevrange(streams.RUN_INDEX, 0, limit - 1)]
+        rows = []
+        for run_id in ids:
+            state = await RunStore(client).get(run_id)
+            if state is None or (waiting and state.status != "waiting_for_human"):
+                continue
+            rows.append({
+                "run_id": run_id,
+                "workflow": state.workflow,
+                "status": state.status,
+                "created_at": state.created_at.isoformat(),
+                "question": state.waiting.question if state.waiting else None,
+                "request": state.waiting.request.key if state.waiting else None,
+                "reason": state.reason,
+            })
+    finally:
+        await client.aclose()
+    return sorted(rows, key=lambda r: r["created_at"], reverse=True)
+
+
+async def search(
+    settings: Settings,
+    query: str,
+    prefix: str = "",
+    limit: int = 10,
+    prefixes: list[str] | None = None,
+    sender: str = "cli",
+) -> list[SearchHit]:
+    """Full-text search through the indexer (request/reply over Redis), best hits first."""
+    client = aioredis.Redis.from_url(settings.redis_url)
+    try:
+        return await request_search(
+            client,
+            query,
+            prefix=prefix,
+            prefixes=prefixes,
+            limit=limit,
+            timeout=settings.search_timeout,
+            sender=sender,
+        )
+    finally:
+        await client.aclose()
+
+
+async def run_status(settings: Settings, run_id: str, last: int = 20) -> dict[str, Any]:
+    """Where a run stands: status, outputs (refs), what it waits for, and its last `last` events.
+
+    Read from the run's state key and event stream; tolerant of event types this client does not know.
+    """
+    client = aioredis.Redis.from_url(settings.redis_url)
+    try:
+        raw_state = await client.get(streams.run_state(run_id))
+        entries = await client.xrevrange(streams.run_events(run_id), count=max(last, 1))
+    finally:
+        await client.aclose()
+    if raw_state is None and not entries:
+        raise BatonError(f"no run {run_id!r}: nothing in {streams.run_state(run_id)} or its event stream")
+    state: dict[str, Any] = json.loads(raw_state) if raw_state else {}
+    events: list[dict[str, Any]] = []
+    for _entry_id, fields in reversed(entries):
+        try:
+            events.append(json.loads(fields[DATA_FIELD.encode()]))
+        except (KeyError, ValueError):
+            continue
+    terminal = next((e for e in reversed(events) if e.get("type") in TERMINAL_RUN_EVENTS), None)
+    if terminal is not None:
+        status = "completed" if terminal["type"] == "run.completed" else "failed"
+    else:
+        status = state.get("status") or "submitted"
+    outputs = (terminal or {}).get("outputs") or state.get("final") or {}
+    waiting = state.get("waiting") if status == "waiting_for_human" else None
+    return {
+        "run_id": run_id,
+        "status": status,
+        "workflow": state.get("workflow"),
+        "pattern": state.get("pattern"),
+        "reason": (terminal or {}).get("reason") or state.get("reason"),
+        "outputs": {name: ObjectRef.model_validate(ref) for name, ref in outputs.items()},
+        "waiting": waiting,
+        "events": events[-last:] if last > 0 else [],
+    }

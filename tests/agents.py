@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import re
 
 from services.worker.runtime import AgentContext
 
@@ -36,3 +38,110 @@ async def echo(ctx: AgentContext) -> None:
     """Copy every input to work/, reading each through its ref."""
     for name in ctx.inputs:
         await ctx.write(f"work/{name}.txt", await ctx.read(name), name=name)
+
+
+# --- router ------------------------------------------------------------------------------------------
+def keyword_classifier(request):
+    """A deterministic classifier: a few words decide, `maybe` is unsure, `explode` crashes it."""
+    text = request.text.lower()
+    if "explode" in text:
+        raise RuntimeError("classifier blew up")
+    if "maybe" in text:
+        return {"label": "billing", "confidence": 0.3}
+    for word, label in (("invoice", "billing"), ("laptop", "it"), ("weather", "smalltalk")):
+        if word in text:
+            return {"label": label, "confidence": 0.9}
+    return {"label": "unknown", "confidence": 0.0}
+
+
+async def answer(ctx: AgentContext) -> None:
+    """A specialist: says who handled the request."""
+    await ctx.write("work/answer.txt", f"handled by {ctx.agent}\n", name="answer")
+
+
+# --- hierarchical ------------------------------------------------------------------------------------
+async def planner(ctx: AgentContext) -> None:
+    """Writes the plan given in the run's `plan` parameter (a JSON list of subtasks)."""
+    await ctx.write("plans/plan.json", json.dumps({"subtasks": ctx.params["plan"]}), name="plan")
+
+
+def _subtask(ctx: AgentContext) -> str:
+    return ctx.task.task_id.split(".sub.", 1)[1].split(".", 1)[0]
+
+
+async def maker(ctx: AgentContext) -> None:
+    """Does a subtask: sleeps if the instruction says `sleep=<s>`, writes who did it on which attempt."""
+    match = re.search(r"sleep=([\d.]+)", ctx.instruction)
+    if match:
+        await asyncio.sleep(float(match.group(1)))
+    feedback = (await ctx.read_text("feedback")).strip() if "feedback" in ctx.inputs else ""
+    body = f"subtask={_subtask(ctx)} by={ctx.agent} attempt={ctx.task.attempt} feedback={bool(feedback)}\n"
+    await ctx.write(f"work/{_subtask(ctx)}.txt", body, name="result")
+
+
+async def checker(ctx: AgentContext) -> None:
+    """A reviewer: `accept`, `accept-after:N` (attempt >= N), `accept-by:AGENT`, or `never`."""
+    text = (await ctx.read_text("result")) if "result" in ctx.inputs else ""
+    rule = ctx.task.acceptance_criteria or "accept"
+    attempt = int(re.search(r"attempt=(\d+)", text).group(1))
+    by = re.search(r"by=(\S+)", text).group(1)
+    if rule == "accept":
+        ok = True
+    elif rule.startswith("accept-after:"):
+        ok = attempt >= int(rule.split(":")[1])
+    elif rule.startswith("accept-by:"):
+        ok = by == rule.split(":")[1]
+    else:
+        ok = False
+    verdict = {
+        "accepted": ok,
+        "feedback": "" if ok else f"not good enough ({rule}; got {by} attempt {attempt})",
+    }
+    await ctx.write(
+        f"reviews/{ctx.params['subtask']}-{ctx.params['worker']}-{attempt}.json",
+        json.dumps(verdict),
+        name="verdict",
+    )
+
+
+async def joiner(ctx: AgentContext) -> None:
+    """The aggregator: concatenates every accepted result, in name order."""
+    parts = [await ctx.read_text(name) for name in sorted(ctx.inputs)]
+    await ctx.write("work/final.txt", "".join(parts), name="final")
+
+
+# --- bidirectional -----------------------------------------------------------------------------------
+async def grow(ctx: AgentContext) -> None:
+    """Adds a line per turn until the document has 4 lines, then writes it back unchanged (converged)."""
+
+    def change(old: bytes) -> bytes:
+        lines = old.decode().splitlines()
+        if len(lines) < 4:
+            lines.append(f"{ctx.agent} turn {ctx.params['turn']}")
+        return ("\n".join(lines) + "\n").encode()
+
+    await ctx.update("document", change)
+
+
+async def flip(ctx: AgentContext) -> None:
+    """Each participant insists on its own version: A -> B -> A."""
+    await ctx.update("document", lambda old: f"the {ctx.agent} way\n")
+
+
+async def stamp(ctx: AgentContext) -> None:
+    """Always changes something: never converges."""
+    await ctx.update("document", lambda old: old + f"turn {ctx.params['turn']}\n".encode())
+
+
+async def approver(ctx: AgentContext) -> None:
+    """Approves what it was handed."""
+    await ctx.approve(f"approved version {ctx.inputs['document'].version_id}\n")
+
+
+# --- human in the loop -------------------------------------------------------------------------------
+async def drafter(ctx: AgentContext) -> None:
+    await ctx.write("drafts/draft.txt", f"draft {ctx.task.task_id}\n", name="draft")
+
+
+async def finisher(ctx: AgentContext) -> None:
+    await ctx.write("published/final.txt", (await ctx.read_text("draft")) + "final\n", name="final")

@@ -5,12 +5,13 @@ A handler never sees the run's history: only the slice it was handed.
 
 from __future__ import annotations
 
+import inspect
 import mimetypes
 import posixpath
 from collections.abc import Awaitable, Callable
 
-from shared.errors import KeyValidationError
-from shared.events import ObjectRef, TaskAssigned, TaskProgress
+from shared.errors import KeyValidationError, PreconditionFailedError
+from shared.events import ObjectRef, TaskAssigned, TaskProgress, Usage
 from shared.storage import Storage
 from shared.workflow import AgentSpec
 from shared.workspace import check_in_workspace, run_prefix, workspace_key
@@ -32,7 +33,12 @@ class AgentContext:
         self.spec = spec
         self.storage = storage
         self.outputs: dict[str, ObjectRef] = {}
+        self.usage = Usage()  # model tokens/cost this task spent; the worker adds the seconds
         self._report = report
+
+    def record_usage(self, usage: Usage) -> None:
+        """Add model usage (tokens, cost) to this task's `TaskCompleted.usage`."""
+        self.usage = self.usage + usage
 
     @property
     def instruction(self) -> str:
@@ -81,6 +87,46 @@ class AgentContext:
         ref = await self.storage.put(key, data, content_type=content_type or _guess(path))
         self.outputs[name or posixpath.splitext(posixpath.basename(path))[0]] = ref
         return ref
+
+    async def update(
+        self, name: str, change, *, tries: int = 5, content_type: str | None = None
+    ) -> ObjectRef:
+        """Rewrite the input `name` in place without losing anyone's work.
+
+        `change(old: bytes) -> str | bytes` is applied to the version handed over and written with
+        If-Match on its etag; if someone else wrote in between, it is applied again to the newest version.
+        """
+        ref = self.task.inputs[name]
+        relative = self.workspace_path(ref)
+        workspace_key(self.task.run_id, relative, self.spec.writes)  # may this agent write it at all?
+        current, data = ref, await self.storage.get(ref)
+        for _ in range(tries):
+            new = change(data)
+            if inspect.isawaitable(new):
+                new = await new
+            if isinstance(new, str):
+                new = new.encode("utf-8")
+            try:
+                out = await self.storage.put(
+                    ref.key,
+                    new,
+                    if_match=current.etag,
+                    content_type=content_type or ref.content_type or _guess(ref.key),
+                )
+            except PreconditionFailedError:
+                current = await self.storage.head(ref.key)
+                if current is None:
+                    raise
+                data = await self.storage.get(current)
+                continue
+            self.outputs[name] = out
+            return out
+        raise PreconditionFailedError(f"{ref.key!r} kept changing: gave up after {tries} tries")
+
+    async def approve(self, note: str = "") -> ObjectRef:
+        """Write this agent's approval file (ends a bidirectional collaboration)."""
+        prefix = self.task.params.get("approval", "approvals/")
+        return await self.write(f"{prefix}{self.agent}.txt", note or "approved\n", name="approval")
 
     async def progress(self, message: str, percent: float | None = None) -> None:
         if self._report:

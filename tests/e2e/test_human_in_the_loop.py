@@ -1,0 +1,100 @@
+"""Human-in-the-loop: a run pauses, survives a supervisor restart, and resumes on a response file."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import boto3
+import pytest
+
+from baton import client
+from tests.helpers import of_type, wait_for_end
+
+pytestmark = pytest.mark.e2e
+
+
+async def _until(settings, run_id, type_, timeout=20):
+    async def find():
+        async for event in client.follow(settings, run_id, block_ms=500):
+            if event.type == type_:
+                return event
+
+    return await asyncio.wait_for(find(), timeout)
+
+
+def _s3(settings):
+    return boto3.client(
+        "s3",
+        endpoint_url=settings.s3_endpoint_url,
+        aws_access_key_id=settings.s3_access_key,
+        aws_secret_access_key=settings.s3_secret_key,
+        region_name=settings.s3_region,
+    )
+
+
+async def test_a_paused_run_survives_a_restart_and_resumes_on_a_plain_s3_upload(settings, stack):
+    run_id = await client.submit(settings, "approval", {})
+    asked = await _until(settings, run_id, "human.requested")
+    assert asked.question == "Approve the draft?"
+    waiting = await client.list_runs(settings, waiting=True)
+    assert any(r["run_id"] == run_id and r["question"] == "Approve the draft?" for r in waiting)
+    request = json.loads(
+        _s3(settings).get_object(Bucket=settings.bucket, Key=asked.request.key)["Body"].read()
+    )
+    assert request["question"] == "Approve the draft?" and "draft" in request["inputs"]
+
+    supervisor = next(h for h in stack.procs if h.startswith("supervisor"))
+    stack.kill(supervisor, hard=True)
+    stack.start("supervisor")
+
+    _s3(settings).put_object(
+        Bucket=settings.bucket,
+        Key=f"runs/{run_id}/human/responses/ok.json",
+        Body=json.dumps({"decision": "approve", "text": "looks good"}).encode(),
+    )
+    events = await wait_for_end(settings, run_id)
+    assert events[-1].type == "run.completed", events[-1]
+    assert set(events[-1].outputs) == {"final"}
+    received = of_type(events, "human.received")
+    assert received[0].approved and received[0].text == "looks good"
+    assert not any(r["run_id"] == run_id for r in await client.list_runs(settings, waiting=True))
+
+
+async def test_a_rejection_goes_back_to_the_declared_stage(settings):
+    run_id = await client.submit(settings, "approval", {})
+    await _until(settings, run_id, "human.requested")
+    await client.respond(settings, run_id, approve=False, text="too short")
+
+    # asked again after the drafter's second go; approve this time
+    async def second_ask():
+        count = 0
+        async for event in client.follow(settings, run_id, block_ms=500):
+            count += event.type == "human.requested"
+            if count == 2:
+                return
+
+    await asyncio.wait_for(second_ask(), 20)
+    await client.respond(settings, run_id, approve=True)
+    events = await wait_for_end(settings, run_id)
+    assert events[-1].type == "run.completed"
+    drafts = [e for e in of_type(events, "task.assigned") if e.agent == "drafter"]
+    assert len(drafts) == 2 and drafts[0].task_id != drafts[1].task_id
+
+
+async def test_a_rejection_fails_the_run_when_the_workflow_says_so(settings):
+    run_id = await client.submit(settings, "approval-strict", {})
+    await _until(settings, run_id, "human.requested")
+    await client.respond(settings, run_id, approve=False, text="not now")
+    events = await wait_for_end(settings, run_id)
+    assert events[-1].type == "run.failed"
+    assert events[-1].reason == "rejected by a person at stage 2: not now"
+
+
+async def test_the_router_fallback_can_be_a_person(settings):
+    run_id = await client.submit(settings, "support-human", {}, {"text": "maybe a refund?"})
+    asked = await _until(settings, run_id, "human.requested")
+    assert "confidence 0.30 is below" in asked.question
+    await client.respond(settings, run_id, approve=True, text="refunded")
+    events = await wait_for_end(settings, run_id)
+    assert events[-1].type == "run.completed" and "response" in events[-1].outputs
