@@ -10,17 +10,19 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import typing
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 import structlog
 from faststream._internal.middlewares import BaseMiddleware
 from faststream.redis import RedisBroker, StreamSub
 from faststream.redis.parser.message import MessageFormat
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from . import streams
 from .events import DeadLetter
@@ -109,18 +111,25 @@ def make_broker(settings: Settings, service: str, logger=None) -> RedisBroker:
     class DeadLetterMiddleware(BaseMiddleware):
         async def consume_scope(self, call_next, msg):
             structlog.contextvars.unbind_contextvars("run_id", "task_id", "event_type")
+            keepalive = asyncio.create_task(_keep_alive(holder["broker"], msg, settings))
             try:
                 decoded = await msg.decode()
                 if isinstance(decoded, dict) and _INVALID in decoded:
                     return await dead_letter(msg, decoded[_INVALID])
                 return await call_next(msg)
-            except ValidationError as exc:
+            except ValidationError as exc:  # the message itself is invalid (handler errors are wrapped)
                 return await dead_letter(msg, describe_validation_error(exc))
+            except Exception as exc:
+                # Left pending: the reclaimer redelivers it, and dead-letters it after max_deliveries.
+                await record_error(holder["broker"], _stream_of(msg), getattr(msg, "group", None),
+                                   _message_id(msg), exc)
+                raise
+            finally:
+                keepalive.cancel()
 
     async def dead_letter(msg, reason: str) -> None:
         raw = _raw_payload(msg)
-        stream = msg.raw_message.get("channel", "?") if isinstance(msg.raw_message, dict) else "?"
-        stream = stream.decode() if isinstance(stream, bytes) else str(stream)
+        stream = _stream_of(msg)
         letter = DeadLetter(
             stream=stream,
             group=getattr(msg, "group", None),
@@ -177,9 +186,79 @@ def subscribe(broker: RedisBroker, stream: str, group: str, settings: Settings, 
 
     async def bound(event):
         bind_event(event)
-        return await handler(event)
+        try:
+            return await handler(event)
+        except ValidationError as exc:  # a bug or bad state inside the handler, not a malformed message
+            raise HandlerError(f"{type(exc).__name__}: {exc}") from exc
 
     bound.__name__ = getattr(handler, "__name__", "handler")
     bound.__annotations__ = {"event": typing.get_type_hints(handler, include_extras=True)["event"]}
     bound.__doc__ = handler.__doc__
-    return broker.subscriber(stream=group_sub(stream, group, settings), **kw)(bound)
+    subscriber = broker.subscriber(stream=group_sub(stream, group, settings), **kw)(bound)
+    registry(broker).append(Subscription(stream, group, bound, TypeAdapter(bound.__annotations__["event"])))
+    return subscriber
+
+
+@dataclass
+class Subscription:
+    """What the reclaimer needs to redeliver a stuck message to the same handler."""
+
+    stream: str
+    group: str
+    handler: Callable[[Any], Awaitable[Any]]
+    adapter: TypeAdapter
+
+
+def registry(broker: RedisBroker) -> list[Subscription]:
+    if not hasattr(broker, "_baton_subscriptions"):
+        broker._baton_subscriptions = []  # type: ignore[attr-defined]
+    return broker._baton_subscriptions  # type: ignore[attr-defined]
+
+
+class HandlerError(Exception):
+    """An exception raised inside a handler (as opposed to a message that failed validation)."""
+
+
+def errors_key(stream: str, group: str | None) -> str:
+    return f"baton:errors:{stream}:{group}"
+
+
+async def record_error(broker: RedisBroker, stream: str, group: str | None, message_id: str | None, exc) -> None:
+    """Remember why a message failed, so its dead letter can say so after the last delivery."""
+    if not message_id:
+        return
+    key = errors_key(stream, group)
+    try:
+        redis = client_of(broker)
+        await redis.hset(key, message_id, f"{type(exc).__name__}: {exc}"[:2000])
+        await redis.expire(key, 7 * 24 * 3600)
+    except Exception:  # noqa: BLE001 - best effort: the failure itself is already being handled
+        log.warning("could_not_record_error", stream=stream, message_id=message_id)
+
+
+async def _keep_alive(broker: RedisBroker, msg, settings: Settings) -> None:
+    """While a handler runs, reset its message's idle time so the reclaimer leaves it alone.
+
+    This is the heartbeat: a consumer that dies stops refreshing, its message goes idle, and another
+    consumer reclaims it after `reclaim_idle_ms`.
+    """
+    group, mid, stream = getattr(msg, "group", None), _message_id(msg), _stream_of(msg)
+    if not group or not mid:
+        return
+    interval = max(settings.reclaim_idle_ms / 3000, 0.2)
+    while True:
+        await asyncio.sleep(interval)
+        try:
+            await client_of(broker).xclaim(stream, group, settings.consumer, 0, [mid], justid=True)
+        except Exception:  # noqa: BLE001
+            log.warning("heartbeat_failed", stream=stream, message_id=mid)
+
+
+def _stream_of(msg) -> str:
+    stream = msg.raw_message.get("channel", "?") if isinstance(msg.raw_message, dict) else "?"
+    return stream.decode() if isinstance(stream, bytes) else str(stream)
+
+
+def client_of(broker: RedisBroker):
+    """The broker's own redis-py client (FastStream keeps it once connected)."""
+    return broker._connection

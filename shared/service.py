@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 import redis.asyncio as aioredis
 from faststream import FastStream
 
+from .reclaim import Reclaimer
 from .settings import Settings
 from .storage import Storage
 
@@ -32,9 +33,13 @@ class Resources:
         await self.stack.aclose()
 
 
-def build_app(broker, resources: Resources, log, *, storage: bool = True, redis: bool = False, **info):
+def build_app(
+    broker, resources: Resources, log, *, service: str = "baton", storage: bool = True, redis: bool = False,
+    **info,
+):
     """A FastStream app whose lifespan opens and closes `resources`."""
     app = FastStream(broker, logger=None)
+    reclaimer = Reclaimer(broker, resources.settings, service)
 
     @app.on_startup
     async def _open() -> None:
@@ -43,7 +48,12 @@ def build_app(broker, resources: Resources, log, *, storage: bool = True, redis:
 
     @app.after_startup
     async def _ready() -> None:
+        reclaimer.start()
         log.info("service_ready", **info)
+
+    @app.on_shutdown
+    async def _stop_reclaiming() -> None:
+        await reclaimer.stop()
 
     @app.after_shutdown
     async def _close() -> None:

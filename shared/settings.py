@@ -49,15 +49,53 @@ class Settings(BaseSettings):
     max_event_bytes: int = Field(
         64 * 1024, ge=1024, description="Larger events are refused: content travels by reference."
     )
+    reclaim_idle_ms: int = Field(
+        30_000, ge=100, description="A message pending this long without a heartbeat is redelivered."
+    )
+    max_deliveries: int = Field(5, ge=1, description="Deliveries before a failing message is dead-lettered.")
     log_format: str = Field("json", pattern="^(json|console)$")
     log_level: str = Field("INFO")
     notifier_host: str = Field("127.0.0.1", description="Where the notifier's webhook listens.")
     notifier_port: int = Field(9911, description="Port of the notifier's webhook.")
     webhook_token: str = Field("", description="Bearer token MinIO must send to the notifier.")
+    index_dir: Path = Field(
+        Path(".baton/index"), description="Folder of the indexer's full-text index (SQLite FTS5 file)."
+    )
+    index_max_bytes: int = Field(
+        4 * 1024 * 1024, ge=1, description="Text objects larger than this are not indexed."
+    )
+    search_timeout: float = Field(5.0, gt=0, description="Seconds a client waits for the indexer's answer.")
+    mcp_transport: str = Field("stdio", pattern="^(stdio|http)$", description="MCP server transport.")
+    mcp_host: str = Field("127.0.0.1", description="Where the MCP server's streamable HTTP listens.")
+    mcp_port: int = Field(9912, description="Port of the MCP server's streamable HTTP endpoint.")
+    mcp_token: str = Field(
+        "", description="Bearer token MCP clients must send over HTTP; required unless on loopback."
+    )
+    mcp_read_prefixes: str = Field(
+        "", description="Comma-separated key prefixes MCP clients may list, read and search; empty: all."
+    )
+    mcp_write_prefixes: str = Field(
+        "shared/,briefs/", description="Comma-separated key prefixes MCP clients may write with write_file."
+    )
+    mcp_max_read_bytes: int = Field(
+        1024 * 1024, ge=1, description="Largest object the MCP read_file tool returns."
+    )
 
     @property
     def agent_list(self) -> list[str]:
         return [a.strip() for a in self.agents.split(",") if a.strip()]
+
+    @property
+    def mcp_read_prefix_list(self) -> list[str]:
+        return _prefixes(self.mcp_read_prefixes)
+
+    @property
+    def mcp_write_prefix_list(self) -> list[str]:
+        return _prefixes(self.mcp_write_prefixes)
+
+
+def _prefixes(value: str) -> list[str]:
+    return [p.strip() for p in value.split(",") if p.strip()]
 
 
 def env_names() -> set[str]:

@@ -119,7 +119,7 @@ def create_app(settings: Settings | None = None):
         title="route",
         description="Tasks waiting for a route.",
     )
-    return build_app(broker, res, log, consumer=settings.consumer)
+    return build_app(broker, res, log, service=SERVICE, consumer=settings.consumer)
 
 
 def main() -> None:

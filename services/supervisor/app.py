@@ -11,6 +11,7 @@ import asyncio
 import hashlib
 import json
 import posixpath
+from datetime import timedelta
 
 from shared import streams
 from shared.broker import make_broker, subscribe
@@ -31,6 +32,7 @@ from shared.events import (
     TaskCompleted,
     TaskFailed,
     TaskResult,
+    utcnow,
 )
 from shared.logging import configure_logging
 from shared.service import Resources, build_app
@@ -205,7 +207,10 @@ def create_app(settings: Settings | None = None):
         """A crash between committing a decision and publishing its tasks: publish them now."""
         if not state.active:
             return
-        pending = [slot.task for slot in state.tasks.values() if not slot.dispatched]
+        # Only slots old enough that their own handler is surely done with them: a younger one is
+        # being published right now by a concurrent handler of this or another replica.
+        cutoff = utcnow() - timedelta(milliseconds=settings.reclaim_idle_ms)
+        pending = [slot.task for slot in state.tasks.values() if not slot.dispatched and slot.since < cutoff]
         if pending:
             log.warning("resending_undispatched", tasks=[t.task_id for t in pending])
             await carry_out(state, Decision(state=state, assign=pending))
@@ -441,7 +446,7 @@ def create_app(settings: Settings | None = None):
         title="objects",
         description="Bucket changes from the notifier.",
     )
-    return build_app(broker, res, log, redis=True, consumer=settings.consumer)
+    return build_app(broker, res, log, service=SERVICE, redis=True, consumer=settings.consumer)
 
 
 def main() -> None:

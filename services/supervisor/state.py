@@ -26,6 +26,7 @@ class TaskSlot(BaseModel):
     role: str = Field("stage", description="stage, planner, subtask, review, aggregate, turn, route")
     key: str = Field("", description="What the task is for: a stage index, subtask id, ...")
     dispatched: bool = False
+    since: datetime = Field(default_factory=utcnow, description="When the slot was created.")
 
 
 class HumanWait(BaseModel):

@@ -29,7 +29,7 @@ def create_app(settings: Settings | None = None):
     settings = settings or Settings()
     log = configure_logging(SERVICE, settings.log_format, settings.log_level)
     workflows = load_workflows(settings.workflows)
-    hosted = settings.agent_list or [n for n, a in workflows.agents.items() if a.kind == "python"]
+    hosted = settings.agent_list or [n for n, a in workflows.agents.items() if a.kind in ("python", "llm")]
     unknown = [a for a in hosted if a not in workflows.agents]
     if unknown:
         raise ConfigError(f"BATON_AGENTS names unknown agents {unknown}; known: {sorted(workflows.agents)}")
@@ -80,9 +80,8 @@ def create_app(settings: Settings | None = None):
                 )
                 return
             seconds = time.perf_counter() - started
-            await results.publish(
-                TaskCompleted(**common, outputs=ctx.outputs, usage=Usage(seconds=round(seconds, 6)))
-            )
+            usage = Usage(seconds=round(seconds, 6)) + ctx.usage  # + model tokens/cost, if any
+            await results.publish(TaskCompleted(**common, outputs=ctx.outputs, usage=usage))
             log.info("task_completed", agent=agent, seconds=round(seconds, 4), outputs=sorted(ctx.outputs))
 
         run_task.__name__ = f"agent_{agent}"
@@ -99,7 +98,7 @@ def create_app(settings: Settings | None = None):
             description=f"Tasks for agent {agent!r}.",
         )
 
-    return build_app(broker, res, log, agents=hosted, consumer=settings.consumer)
+    return build_app(broker, res, log, service=SERVICE, agents=hosted, consumer=settings.consumer)
 
 
 def main() -> None:

@@ -29,9 +29,9 @@ async def test_a_writer_editor_pair_converges_before_max_rounds(settings, tmp_pa
     assert 1 < len(turns) < 6
     assert [t.agent for t in turns[:2]] == ["writer2", "editor2"]  # turns alternate
     # each turn was handed the exact version the previous turn wrote
-    completed = [e for e in of_type(events, "task.completed")]
-    for prev, nxt in zip(completed, turns[1:], strict=False):
-        assert nxt.inputs["document"].version_id == prev.outputs["document"].version_id
+    completed = {e.task_id: e for e in of_type(events, "task.completed")}
+    for prev, nxt in zip(turns, turns[1:], strict=False):
+        assert nxt.inputs["document"].version_id == completed[prev.task_id].outputs["document"].version_id
     async with Storage.connect(settings) as storage:
         doc = (await storage.get(end.outputs["document"])).decode()
     assert doc.count("\n") == 4
