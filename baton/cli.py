@@ -68,7 +68,8 @@ def describe(event: Event) -> str:
             return f"{t} {label}: assigned to {who}{retry}"
         case "route.decided":
             why = f": {event.reason}" if event.reason else ""
-            return f"{t}   routed to {event.agent} by {event.classifier} (confidence {event.confidence:.2f}){why}"
+            sure = f"confidence {event.confidence:.2f}"
+            return f"{t}   routed to {event.agent} by {event.classifier} ({sure}){why}"
         case "task.started":
             return f"{t}   {event.agent} started on {event.sender}"
         case "task.progress":
@@ -84,7 +85,8 @@ def describe(event: Event) -> str:
             verdict = "accepted" if event.accepted else f"rejected: {event.feedback}"
             return f"{t}   review of {event.subtask} by {event.agent}: {verdict}"
         case "human.requested":
-            return f"{t} waiting for a person: {event.question}\n    answer: baton respond {event.run_id} --approve|--reject"
+            answer = f"baton respond {event.run_id} --approve|--reject"
+            return f"{t} waiting for a person: {event.question}\n    answer: {answer}"
         case "human.received":
             return f"{t} a person {'approved' if event.approved else 'rejected'}: {event.text}"
         case "run.completed":
@@ -93,6 +95,8 @@ def describe(event: Event) -> str:
             return f"{t} run completed{why}\n{outs}"
         case "run.failed":
             return f"{t} run failed: {event.reason}"
+        case "run.cancelled":
+            return f"{t} run cancelled: {event.reason}"
     return f"{t} {event.type}"
 
 
@@ -189,10 +193,94 @@ def runs_(
     for r in rows:
         line = f"{r['run_id']}  {r['workflow']:<20} {r['status']:<18} {r['created_at'][:19]}"
         if r["question"]:
-            line += f"\n    asks: {r['question']}\n    see:  {r['request']}\n    answer: baton respond {r['run_id']} --approve|--reject"
+            answer = f"baton respond {r['run_id']} --approve|--reject"
+            line += f"\n    asks: {r['question']}\n    see:  {r['request']}\n    answer: {answer}"
         elif r["reason"]:
             line += f"\n    {r['reason']}"
         typer.echo(line)
+
+
+@app.command()
+def search(
+    query: str,
+    prefix: str = typer.Option("", "--prefix", help="Only keys starting with this prefix."),
+    limit: int = typer.Option(10, "--limit", min=1, max=100, help="Most hits shown."),
+    as_json: bool = typer.Option(False, "--json", help="Print the hits as a JSON list."),
+) -> None:
+    """Full-text search of the workspace's text files, best first (asks the indexer)."""
+    try:
+        hits = asyncio.run(client.search(settings(), query, prefix=prefix, limit=limit))
+    except BatonError as exc:
+        fail(str(exc))
+    if as_json:
+        typer.echo(json.dumps([h.model_dump() for h in hits]))
+        return
+    if not hits:
+        typer.echo("no matches", err=True)
+    for h in hits:
+        snippet = " ".join(h.snippet.split())
+        typer.echo(f"{h.score:8.3f}  {h.key}  (version {h.version_id or '-'})\n          {snippet}")
+
+
+@app.command()
+def cancel(
+    run_id: str, reason: str = typer.Option("cancelled by a user", help="Recorded in the run.")
+) -> None:
+    """Stop a run: queued tasks are dropped, running ones stop at their next checkpoint."""
+    asyncio.run(client.cancel(settings(), run_id, reason))
+    typer.echo(f"cancellation of {run_id} requested; `baton watch {run_id}` shows when it ends", err=True)
+
+
+@app.command("trim")
+def trim_() -> None:
+    """Trim the work streams below the oldest entry any consumer group still needs (never unacked work)."""
+    for stream, removed in asyncio.run(client.trim(settings())).items():
+        typer.echo(f"{stream}: {removed} entries removed")
+
+
+dlq_app = typer.Typer(
+    help="The dead-letter stream: what could not be handled, and why.", no_args_is_help=True
+)
+app.add_typer(dlq_app, name="dlq")
+
+
+@dlq_app.command("list")
+def dlq_list(
+    count: int = typer.Option(50, help="How many, newest first."),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """List dead letters: id, stream, reason."""
+    letters = asyncio.run(client.dlq_list(settings(), count))
+    if as_json:
+        typer.echo(json.dumps([{"id": i, **d.model_dump(mode="json")} for i, d in letters]))
+        return
+    for entry_id, letter in letters:
+        typer.echo(f"{entry_id}  {letter.stream:<24} {letter.service:<10} {letter.reason[:100]}")
+    if not letters:
+        typer.echo("the dead-letter stream is empty", err=True)
+
+
+@dlq_app.command("show")
+def dlq_show(entry_id: str) -> None:
+    """Show one dead letter in full, with its raw payload."""
+    try:
+        letter = asyncio.run(client.dlq_show(settings(), entry_id))
+    except BatonError as exc:
+        fail(str(exc))
+    typer.echo(json.dumps(letter.model_dump(mode="json"), indent=2))
+
+
+@dlq_app.command("replay")
+def dlq_replay(
+    entry_ids: Annotated[list[str] | None, typer.Argument(help="Entry ids; none with --all.")] = None,
+    all_: bool = typer.Option(False, "--all", help="Replay every dead letter."),
+) -> None:
+    """Validate dead letters again and put the valid ones back on their stream; the rest stay."""
+    if not entry_ids and not all_:
+        fail("name dead-letter ids, or --all")
+    outcome = asyncio.run(client.dlq_replay(settings(), None if all_ else list(entry_ids)))
+    for entry_id, what in outcome.items():
+        typer.echo(f"{entry_id}: {what}")
 
 
 @app.command()
@@ -213,6 +301,12 @@ def dev_up(
     except (servers.ServerError, BatonError) as exc:
         fail(str(exc))
     typer.echo(f"# Baton is up; logs in {DEV_ROOT / 'logs'}. Stop with: baton dev down", err=True)
+    if env.get("BATON_MCP_PORT"):
+        typer.echo(
+            f"# MCP (streamable HTTP): http://127.0.0.1:{env['BATON_MCP_PORT']}/mcp "
+            f"with header 'Authorization: Bearer {env['BATON_MCP_TOKEN']}'",
+            err=True,
+        )
     for key in (
         "REDIS_URL",
         "S3_ENDPOINT_URL",

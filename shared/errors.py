@@ -27,3 +27,7 @@ class ObjectMissingError(PermanentError):
 
 class PreconditionFailedError(BatonError):
     """A conditional write lost: the object changed since it was read (or already exists)."""
+
+
+class CancelledError(PermanentError):
+    """The run was cancelled: stop at the next checkpoint."""

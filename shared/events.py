@@ -48,12 +48,17 @@ class Usage(BaseModel):
     seconds: float = Field(0.0, ge=0, description="Wall-clock seconds the agent ran.")
     prompt_tokens: int = Field(0, ge=0, description="Model prompt tokens, if a model was used.")
     completion_tokens: int = Field(0, ge=0, description="Model completion tokens, if a model was used.")
+    cost: float | None = Field(
+        None, ge=0, description="Model cost from the agent's price table; None when no price is configured."
+    )
 
     def __add__(self, other: Usage) -> Usage:
+        costs = [c for c in (self.cost, other.cost) if c is not None]
         return Usage(
             seconds=self.seconds + other.seconds,
             prompt_tokens=self.prompt_tokens + other.prompt_tokens,
             completion_tokens=self.completion_tokens + other.completion_tokens,
+            cost=sum(costs) if costs else None,
         )
 
 
@@ -242,6 +247,22 @@ class RunCompleted(BaseEvent):
     )
 
 
+class RunCancelRequested(BaseEvent):
+    """A client asks to stop a run (`baton cancel`)."""
+
+    type: Literal["run.cancel"] = "run.cancel"
+    run_id: RunId
+    reason: str = Field("cancelled by a user", description="Why, for the run's history.")
+
+
+class RunCancelled(BaseEvent):
+    """A run was stopped before it ended; queued tasks are dropped, running ones stop at a checkpoint."""
+
+    type: Literal["run.cancelled"] = "run.cancelled"
+    run_id: RunId
+    reason: str
+
+
 class RunFailed(BaseEvent):
     """A run ended without its result."""
 
@@ -264,15 +285,18 @@ Event = Annotated[
     | HumanInputRequested
     | HumanInputReceived
     | RunCompleted
-    | RunFailed,
+    | RunFailed
+    | RunCancelRequested
+    | RunCancelled,
     Field(discriminator="type"),
 ]
+RunRequest = Annotated[RunSubmitted | RunCancelRequested, Field(discriminator="type")]
 TaskResult = Annotated[
     TaskStarted | TaskProgress | TaskCompleted | TaskFailed | RouteDecided, Field(discriminator="type")
 ]
 
 EVENT_ADAPTER: TypeAdapter[Event] = TypeAdapter(Event)
-TERMINAL_RUN_EVENTS = ("run.completed", "run.failed")
+TERMINAL_RUN_EVENTS = ("run.completed", "run.failed", "run.cancelled")
 
 
 def parse_event(data: bytes | str) -> Event:

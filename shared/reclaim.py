@@ -17,7 +17,15 @@ import structlog
 from pydantic import ValidationError
 
 from . import streams
-from .broker import DATA_FIELD, RAW_LIMIT, Subscription, client_of, describe_validation_error, errors_key, registry
+from .broker import (
+    DATA_FIELD,
+    RAW_LIMIT,
+    Subscription,
+    client_of,
+    describe_validation_error,
+    errors_key,
+    registry,
+)
 from .events import DeadLetter
 from .logging import bind_event
 from .settings import Settings
@@ -68,8 +76,12 @@ class Reclaimer:
         start, claimed_total = "0-0", 0
         while True:
             reply = await redis.xautoclaim(
-                sub.stream, sub.group, self.settings.consumer, self.settings.reclaim_idle_ms,
-                start_id=start, count=10,
+                sub.stream,
+                sub.group,
+                self.settings.consumer,
+                self.settings.reclaim_idle_ms,
+                start_id=start,
+                count=10,
             )
             start, entries = reply[0], reply[1]
             for entry_id, fields in entries:
@@ -89,9 +101,13 @@ class Reclaimer:
         if count > self.settings.max_deliveries:
             last = await redis.hget(errors_key(sub.stream, sub.group), entry_id)
             last = last.decode() if last else "unknown (the consumer died while handling it)"
-            await self.dead_letter(sub, entry_id, raw,
-                                   f"failed {count - 1} deliveries (max_deliveries={self.settings.max_deliveries}); "
-                                   f"last error: {last}")
+            await self.dead_letter(
+                sub,
+                entry_id,
+                raw,
+                f"failed {count - 1} deliveries (max_deliveries={self.settings.max_deliveries}); "
+                f"last error: {last}",
+            )
             return
         try:
             event = sub.adapter.validate_json(raw)
@@ -107,21 +123,36 @@ class Reclaimer:
         try:
             await sub.handler(event)
         except Exception as exc:  # stays pending; claimed again after reclaim_idle_ms
-            await redis.hset(errors_key(sub.stream, sub.group), entry_id, f"{type(exc).__name__}: {exc}"[:2000])
-            log.warning("redelivery_failed", stream=sub.stream, message_id=entry_id, delivery=count, error=str(exc))
+            await redis.hset(
+                errors_key(sub.stream, sub.group), entry_id, f"{type(exc).__name__}: {exc}"[:2000]
+            )
+            log.warning(
+                "redelivery_failed", stream=sub.stream, message_id=entry_id, delivery=count, error=str(exc)
+            )
             return
         await redis.xack(sub.stream, sub.group, entry_id)
         await redis.hdel(errors_key(sub.stream, sub.group), entry_id)
-        log.info("redelivered", stream=sub.stream, message_id=entry_id, seconds=round(time.monotonic() - started, 3))
+        log.info(
+            "redelivered",
+            stream=sub.stream,
+            message_id=entry_id,
+            seconds=round(time.monotonic() - started, 3),
+        )
 
     async def dead_letter(self, sub: Subscription, entry_id: str, raw: bytes, reason: str) -> None:
         try:
             run_id = json.loads(raw).get("run_id")
         except Exception:  # noqa: BLE001
             run_id = None
-        letter = DeadLetter(stream=sub.stream, group=sub.group, message_id=entry_id, service=self.service,
-                            reason=reason, raw=raw[:RAW_LIMIT].decode("utf-8", "backslashreplace"),
-                            run_id=run_id if isinstance(run_id, str) else None)
+        letter = DeadLetter(
+            stream=sub.stream,
+            group=sub.group,
+            message_id=entry_id,
+            service=self.service,
+            reason=reason,
+            raw=raw[:RAW_LIMIT].decode("utf-8", "backslashreplace"),
+            run_id=run_id if isinstance(run_id, str) else None,
+        )
         await self.broker.publish(letter, stream=streams.DLQ)
         redis = client_of(self.broker)
         await redis.xack(sub.stream, sub.group, entry_id)

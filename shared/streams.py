@@ -9,11 +9,14 @@ ROUTE = "baton:route"  # TaskAssigned awaiting a route: consumed by the router
 RESULTS = "baton:results"  # TaskStarted / TaskCompleted / TaskFailed: consumed by the supervisor
 OBJECTS = "baton:objects"  # ObjectChanged from the notifier: consumed by the supervisor
 DLQ = "baton:dlq"  # anything that could not be handled, with its reason
+SEARCH = "baton:search"  # SearchRequest: consumed by the indexer, answered on a reply list
 
 SUPERVISOR_GROUP = "supervisor"
 ROUTER_GROUP = "router"
+INDEXER_GROUP = "indexer"  # reads OBJECTS (to index) and SEARCH (to answer)
 
 RUN_INDEX = "baton:runs:index"  # sorted set of run ids by submission time
+OBJECTS_SEEN_PREFIX = "baton:objects:seen:"  # notifier: S3 events already published (expiring marks)
 
 
 def agent_stream(agent: str) -> str:
@@ -29,3 +32,19 @@ def run_events(run_id: str) -> str:
 def run_state(run_id: str) -> str:
     """The supervisor's durable state of one run."""
     return f"baton:{{{run_id}}}:state"
+
+
+SEARCH_REPLY_PREFIX = "baton:search:reply:"
+
+
+def search_reply(request_id: str) -> str:
+    """The list one search request's answer is pushed to (short-lived: it expires)."""
+    return f"{SEARCH_REPLY_PREFIX}{request_id}"
+
+
+TIMERS = "baton:timers"  # sorted set: delayed retries and task deadlines, scored by due time
+
+
+def run_cancelled(run_id: str) -> str:
+    """Set when a run is cancelled: workers drop its queued tasks and stop running ones."""
+    return f"baton:{{{run_id}}}:cancelled"

@@ -3,15 +3,26 @@
 from __future__ import annotations
 
 import importlib
+import os
 import re
 from pathlib import Path
 from typing import Annotated, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from .errors import ConfigError
 from .events import ID_PATTERN
+from .llm import ENV_NAME, LLMConfig, Price
 from .workspace import normalize_prefix, validate_key
 
 AgentName = Annotated[str, Field(pattern=ID_PATTERN)]
@@ -22,13 +33,67 @@ class _Strict(BaseModel):
 
 
 class AgentSpec(_Strict):
-    """One agent: what it is, and which workspace prefixes it may read and write."""
+    """One agent: what it is, and which workspace prefixes it may read and write.
 
-    kind: Literal["python"] = Field("python", description="How the agent runs (python: a handler).")
+    `kind: python` runs `handler`; `kind: llm` sends `prompt` (rendered with the task's instruction and
+    the agent's input objects) to `model` at any OpenAI-compatible `base_url` and writes the reply.
+    Swapping the model is a config change as long as the agent reads and writes the same paths.
+    """
+
+    kind: Literal["python", "llm"] = Field(
+        "python", description="How the agent runs: python (a handler) or llm (a prompt sent to a model)."
+    )
     handler: str | None = Field(None, description="`module:function` of a python agent.")
     description: str = ""
     reads: list[str] | None = Field(None, description="Workspace prefixes it may read; None = all.")
     writes: list[str] = Field(default_factory=lambda: ["outputs/"], description="Prefixes it may write.")
+    # kind: llm (a python agent may carry these too, and call the model itself via `llm_config()`).
+    prompt: str | None = Field(
+        None,
+        description="Prompt template: a file (one line ending in .md, .txt, .prompt, .tmpl, .j2 or .jinja, "
+        "relative to the workflow file) or the template text itself.",
+    )
+    model: str | None = Field(None, description="Model name as the endpoint knows it.")
+    base_url: str | None = Field(
+        None, description="OpenAI-compatible base URL (`${VAR}` and `${VAR:-default}` read the environment)."
+    )
+    api_key_env: str | None = Field(
+        None, description="Name of the environment variable holding the API key (never the key itself)."
+    )
+    temperature: float = Field(0.2, ge=0, le=2)
+    max_tokens: int = Field(512, ge=1, description="Most tokens the model may generate per reply.")
+    timeout: float = Field(60.0, gt=0, description="Seconds one model request may take.")
+    max_retries: int = Field(3, ge=0, le=20, description="Extra tries for timeouts, 429 and 5xx.")
+    max_input_chars: int = Field(
+        20_000, ge=1, description="Characters of each input that go into the prompt; longer ones are cut."
+    )
+    output: str = Field(
+        "text",
+        description="text, json, or a schema the reply must validate against: classification, verdict, plan "
+        "or `module:PydanticModel`.",
+    )
+    output_path: str | None = Field(
+        None,
+        description="Where the reply is written, relative to the run's workspace and inside `writes` "
+        "(placeholders {agent}, {stem}, {stems[NAME]}); default `<writes[0]><agent>.md` (.json).",
+    )
+    output_name: str | None = Field(None, description="Name of the output (default: from the output kind).")
+    response_format: Literal["auto", "json_schema", "json_object", "none"] = Field(
+        "auto", description="How a JSON schema is sent to the endpoint (auto tries what it accepts)."
+    )
+    price: Price | None = Field(None, description="Price per million prompt/completion tokens -> cost.")
+
+    _base_dir: Path | None = PrivateAttr(None)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_secrets(cls, data):
+        if isinstance(data, dict) and "api_key" in data:
+            raise ValueError(
+                "never put an API key in the workflow file: set `api_key_env` to the name of the "
+                "environment variable that holds it"
+            )
+        return data
 
     @field_validator("reads", "writes")
     @classmethod
@@ -40,19 +105,113 @@ class AgentSpec(_Strict):
         except ValueError as exc:
             raise ValueError(str(exc)) from exc
 
+    @field_validator("api_key_env")
+    @classmethod
+    def _env_name(cls, value):
+        if value is not None and not re.fullmatch(ENV_NAME, value):
+            raise ValueError(
+                "api_key_env names an environment variable (e.g. OPENAI_API_KEY); it never holds the key"
+            )
+        return value
+
     @model_validator(mode="after")
-    def _handler_required(self):
+    def _handler_required(self, info: ValidationInfo):
+        context = info.context if isinstance(info.context, dict) else {}
+        base = context.get("base_dir")
+        self._base_dir = Path(base) if base else None
         if self.kind == "python":
             if not self.handler or ":" not in self.handler:
                 raise ValueError("a python agent needs `handler: module:function`")
+            return self
+        if self.handler:
+            raise ValueError("an llm agent has no `handler` (it is run by the llm runtime)")
+        missing = [f for f in ("prompt", "model", "base_url") if not getattr(self, f)]
+        if missing:
+            raise ValueError(
+                f"an llm agent needs `prompt`, `model` and `base_url` (missing: {', '.join(missing)})"
+            )
+        if self.output not in OUTPUT_KINDS and not re.fullmatch(r"[\w.]+:\w+", self.output):
+            raise ValueError(
+                f"output {self.output!r}: expected one of {sorted(OUTPUT_KINDS)} or module:Model"
+            )
+        if self.output_path is not None:
+            try:
+                validate_key(self.output_path)
+            except ValueError as exc:
+                raise ValueError(f"output_path: {exc}") from exc
+            fixed = self.output_path.split("{", 1)[0]
+            if "{" not in self.output_path.split("/", 1)[0] and not any(
+                fixed.startswith(p) or p.startswith(fixed) for p in self.writes
+            ):
+                raise ValueError(f"output_path {self.output_path!r} is outside `writes` {self.writes}")
+        if self.prompt_file() is not None and not self.prompt_file().is_file():
+            raise ValueError(f"prompt file {self.prompt!r} not found at {self.prompt_file()}")
         return self
 
+    def prompt_file(self) -> Path | None:
+        """The prompt template's file, when `prompt` names one (relative to the workflow file's folder)."""
+        prompt = (self.prompt or "").strip()
+        if not prompt or "\n" in prompt or "{{" in prompt or not prompt.endswith(PROMPT_SUFFIXES):
+            return None
+        path = Path(prompt).expanduser()
+        return path if path.is_absolute() else (self._base_dir or Path.cwd()) / path
+
+    def prompt_template(self) -> str:
+        """The prompt template's text (read from its file, or inline)."""
+        path = self.prompt_file()
+        if path is None:
+            return self.prompt or ""
+        try:
+            return path.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise ConfigError(f"prompt file {path} cannot be read: {exc}") from exc
+
+    def llm_config(self) -> LLMConfig:
+        """How to call this agent's model; `${VAR}` in `base_url` and `model` is read from the environment."""
+        if not self.model or not self.base_url:
+            raise ConfigError("this agent has no `model` and `base_url`")
+        return LLMConfig(
+            model=expand_env(self.model, "model"),
+            base_url=expand_env(self.base_url, "base_url"),
+            api_key_env=self.api_key_env,
+            temperature=self.temperature,
+            max_tokens=self.max_tokens,
+            timeout=self.timeout,
+            max_retries=self.max_retries,
+            response_format=self.response_format,
+            price=self.price,
+        )
+
     def load_handler(self):
+        if self.kind == "llm":
+            from services.worker.llm import make_handler  # the runtime of every `kind: llm` agent
+
+            return make_handler(self)
         module, _, name = (self.handler or "").partition(":")
         try:
             return getattr(importlib.import_module(module), name)
         except (ImportError, AttributeError) as exc:
             raise ConfigError(f"handler {self.handler!r} cannot be imported: {exc}") from exc
+
+
+OUTPUT_KINDS = {"text", "json", "classification", "verdict", "plan"}
+PROMPT_SUFFIXES = (".md", ".txt", ".prompt", ".tmpl", ".j2", ".jinja")
+_ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+def expand_env(value: str, what: str = "value") -> str:
+    """Replace `${VAR}` and `${VAR:-default}` with the environment's values."""
+
+    def one(match: re.Match) -> str:
+        name, default = match.group(1), match.group(2)
+        found = os.environ.get(name)
+        if found:
+            return found
+        if default is not None:
+            return default
+        raise ConfigError(f"{what} {value!r} needs the environment variable {name}, which is not set")
+
+    return _ENV_REF.sub(one, value)
 
 
 HUMAN = "human"  # the reserved agent name for a person: the run pauses until their file lands
@@ -98,6 +257,16 @@ class TriggerSpec(_Strict):
 class _WorkflowBase(_Strict):
     description: str = ""
     max_attempts: int = Field(2, ge=1, le=20, description="Attempts per task for retryable failures.")
+    retry_backoff: float = Field(
+        0.5, ge=0, description="Seconds before the 2nd attempt; doubles each attempt, with jitter."
+    )
+    retry_max_delay: float = Field(30.0, ge=0, description="Longest wait between attempts, in seconds.")
+    task_timeout: float | None = Field(
+        None, gt=0, description="Seconds a task may run; past that it is re-assigned as a new attempt."
+    )
+    permanent_errors: list[str] = Field(
+        default_factory=list, description="Exception names never retried, on top of the worker's own rule."
+    )
     trigger: TriggerSpec | None = None
 
     def agents_used(self) -> list[str]:
@@ -261,8 +430,11 @@ class WorkflowFile(_Strict):
         return [(name, wf) for name, wf in self.workflows.items() if wf.trigger]
 
 
-def parse_workflows(text: str, source: str = "<workflow file>") -> WorkflowFile:
-    """Parse and validate a workflow file; errors name the file and the offending field."""
+def parse_workflows(
+    text: str, source: str = "<workflow file>", base_dir: Path | None = None
+) -> WorkflowFile:
+    """Parse and validate a workflow file; errors name the file and the offending field.
+    `base_dir` is where relative prompt files are found (the workflow file's folder)."""
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
@@ -270,7 +442,7 @@ def parse_workflows(text: str, source: str = "<workflow file>") -> WorkflowFile:
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: expected a mapping with `agents:` and `workflows:`")
     try:
-        return WorkflowFile.model_validate(data)
+        return WorkflowFile.model_validate(data, context={"base_dir": base_dir})
     except ValidationError as exc:
         lines = []
         for err in exc.errors():
@@ -285,4 +457,4 @@ def load_workflows(path: str | Path) -> WorkflowFile:
         text = path.read_text()
     except OSError as exc:
         raise ConfigError(f"workflow file {path} cannot be read: {exc}") from exc
-    return parse_workflows(text, str(path))
+    return parse_workflows(text, str(path), path.resolve().parent)

@@ -11,6 +11,7 @@ import asyncio
 import hashlib
 import json
 import posixpath
+import random
 from datetime import timedelta
 
 from shared import streams
@@ -24,14 +25,18 @@ from shared.events import (
     ObjectChanged,
     ObjectRef,
     RouteDecided,
+    RunCancelled,
+    RunCancelRequested,
     RunCompleted,
     RunFailed,
+    RunRequest,
     RunStarted,
     RunSubmitted,
     TaskAssigned,
     TaskCompleted,
     TaskFailed,
     TaskResult,
+    TaskStarted,
     utcnow,
 )
 from shared.logging import configure_logging
@@ -41,7 +46,7 @@ from shared.workflow import SequentialWorkflow, load_workflows
 from shared.workspace import run_of_key, run_prefix
 
 from . import bidirectional, hierarchical, routed, sequential
-from .decisions import Decision, published_key
+from .decisions import Decision, backoff, published_key
 from .state import HumanWait, RunState, RunStore, sync_waiting
 
 SERVICE = "supervisor"
@@ -86,6 +91,12 @@ def create_app(settings: Settings | None = None):
     sender = f"{SERVICE}:{settings.consumer}"
 
     route = broker.publisher(stream=streams.ROUTE, title="route", schema=TaskAssigned)
+    results = broker.publisher(
+        stream=streams.RESULTS,
+        title="deadlines",
+        schema=TaskFailed,
+        description="Tasks past their deadline, failed as retryable.",
+    )
     runs = broker.publisher(
         stream=streams.RUNS,
         title="triggered-runs",
@@ -118,6 +129,11 @@ def create_app(settings: Settings | None = None):
             holder["d"] = decision
             if decision.ignored or decision.state is None:
                 return None
+            if decision.retry:
+                wf = workflows.workflows[decision.state.workflow]
+                for task in decision.assign:
+                    wait = backoff(wf.retry_backoff, wf.retry_max_delay, task.attempt, random.random())
+                    decision.state.tasks[task.task_id].not_before = utcnow() + timedelta(seconds=wait)
             if decision.human:
                 h = decision.human
                 decision.state.status = "waiting_for_human"
@@ -149,11 +165,16 @@ def create_app(settings: Settings | None = None):
             await record(note)
         if d.human:
             await ask_human(state, d)
+        sent = {}
         for task in d.assign:
+            slot = state.tasks.get(task.task_id)
+            if slot is not None and slot.not_before is not None and slot.not_before > utcnow():
+                await schedule(slot.not_before.timestamp(), "dispatch", task)  # a retry waits its backoff
+                continue
             await record(task)  # first, so a watcher sees the assignment before the router's decision
             await route.publish(task)
-        if d.assign:
-            sent = {t.task_id: t.attempt for t in d.assign}
+            sent[task.task_id] = task.attempt
+        if sent:
 
             def mark(s: RunState) -> RunState | None:
                 changed = False
@@ -175,6 +196,19 @@ def create_app(settings: Settings | None = None):
                     sender=sender,
                 )
             )
+        elif state.status == "cancelled":
+            await res.redis.set(
+                streams.run_cancelled(state.run_id), state.reason or "cancelled", ex=7 * 86400
+            )
+            await record(
+                RunCancelled(
+                    run_id=state.run_id,
+                    reason=state.reason or "cancelled",
+                    trace_id=state.trace_id,
+                    sender=sender,
+                )
+            )
+            log.info("run_cancelled", reason=state.reason)
         await sync_waiting(res.redis, state)
 
     async def ask_human(state: RunState, d: Decision) -> None:
@@ -209,11 +243,81 @@ def create_app(settings: Settings | None = None):
             return
         # Only slots old enough that their own handler is surely done with them: a younger one is
         # being published right now by a concurrent handler of this or another replica.
-        cutoff = utcnow() - timedelta(milliseconds=settings.reclaim_idle_ms)
-        pending = [slot.task for slot in state.tasks.values() if not slot.dispatched and slot.since < cutoff]
+        now = utcnow()
+        cutoff = now - timedelta(milliseconds=settings.reclaim_idle_ms)
+        pending = [
+            slot.task
+            for slot in state.tasks.values()
+            if not slot.dispatched
+            and slot.since < cutoff
+            and (slot.not_before is None or slot.not_before <= now)
+        ]
         if pending:
             log.warning("resending_undispatched", tasks=[t.task_id for t in pending])
             await carry_out(state, Decision(state=state, assign=pending))
+
+    async def on_runs(event: RunRequest) -> None:
+        """A run submitted or a cancellation requested."""
+        if isinstance(event, RunCancelRequested):
+            await on_cancel(event)
+        else:
+            await on_run(event)
+
+    async def on_cancel(event: RunCancelRequested) -> None:
+        def cancel(s: RunState) -> Decision:
+            if not s.active:
+                return Decision.ignore(f"run is already {s.status}")
+            s.status, s.reason, s.waiting = "cancelled", event.reason, None
+            s.tasks.clear()
+            return Decision(state=s)
+
+        new, _ = await decide(event.run_id, cancel)
+        if new is None and await store().get(event.run_id) is None:
+            log.warning("cancel_for_unknown_run")
+
+    async def schedule(when: float, kind: str, task: TaskAssigned) -> None:
+        member = json.dumps(
+            {"kind": kind, "run_id": task.run_id, "task_id": task.task_id, "attempt": task.attempt}
+        )
+        await res.redis.zadd(streams.TIMERS, {member: when}, nx=True)
+
+    async def timers() -> None:
+        """Due retries are published and overdue tasks failed (retryable) by whichever replica pops them."""
+        while True:
+            try:
+                await fire_due_timers()
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # noqa: BLE001 - Redis briefly away: next round
+                log.warning("timers_failed", exc_info=True)
+            await asyncio.sleep(0.2)
+
+    async def fire_due_timers() -> None:
+        due = await res.redis.zrangebyscore(streams.TIMERS, "-inf", utcnow().timestamp(), start=0, num=100)
+        for member in due:
+            if not await res.redis.zrem(streams.TIMERS, member):
+                continue  # another replica took it
+            timer = json.loads(member)
+            state = await store().get(timer["run_id"])
+            slot = state.tasks.get(timer["task_id"]) if state is not None and state.active else None
+            if slot is None or slot.task.attempt != timer["attempt"]:
+                continue  # the task finished (or moved on) in time
+            if timer["kind"] == "dispatch" and not slot.dispatched:
+                await carry_out(state, Decision(state=state, assign=[slot.task]))
+            elif timer["kind"] == "deadline":
+                wf = workflows.workflows[state.workflow]
+                await results.publish(
+                    TaskFailed(
+                        run_id=state.run_id,
+                        task_id=slot.task.task_id,
+                        attempt=slot.task.attempt,
+                        agent=slot.task.agent,
+                        retryable=True,
+                        trace_id=state.trace_id,
+                        sender=sender,
+                        error=f"deadline: still running after task_timeout={wf.task_timeout}s; re-assigned",
+                    )
+                )
 
     async def on_run(event: RunSubmitted) -> None:
         """Start a run: bring its inputs into the workspace, store its state, start its pattern."""
@@ -302,6 +406,13 @@ def create_app(settings: Settings | None = None):
     async def on_result(event: TaskResult) -> None:
         """Record a task's progress; on an outcome, decide the run's next step."""
         await record(event)
+        if isinstance(event, TaskStarted):
+            state = await store().get(event.run_id)
+            timeout = state and state.active and workflows.workflows[state.workflow].task_timeout
+            if timeout and event.task_id in state.tasks:
+                task = state.tasks[event.task_id].task.model_copy(update={"attempt": event.attempt})
+                await schedule(utcnow().timestamp() + timeout, "deadline", task)
+            return
         if not isinstance(event, TaskCompleted | TaskFailed | RouteDecided):
             return
         state = await store().get(event.run_id)
@@ -424,9 +535,9 @@ def create_app(settings: Settings | None = None):
         streams.RUNS,
         streams.SUPERVISOR_GROUP,
         settings,
-        on_run,
+        on_runs,
         title="runs",
-        description="Submitted runs.",
+        description="Submitted runs and cancellations.",
     )
     subscribe(
         broker,
@@ -446,7 +557,19 @@ def create_app(settings: Settings | None = None):
         title="objects",
         description="Bucket changes from the notifier.",
     )
-    return build_app(broker, res, log, service=SERVICE, redis=True, consumer=settings.consumer)
+    app = build_app(broker, res, log, service=SERVICE, redis=True, consumer=settings.consumer)
+    loops: list[asyncio.Task] = []
+
+    @app.after_startup
+    async def _start_timers() -> None:
+        loops.append(asyncio.create_task(timers()))
+
+    @app.on_shutdown
+    async def _stop_timers() -> None:
+        for task in loops:
+            task.cancel()
+
+    return app
 
 
 def main() -> None:

@@ -33,6 +33,7 @@ class Decision:
     ignored: str | None = None
     notes: list = field(default_factory=list)  # events for the run's stream (e.g. review verdicts)
     copies: list[tuple[ObjectRef, str]] = field(default_factory=list)  # server-side copies to make
+    retry: bool = False  # the assigned tasks are retries: publish them after the workflow's backoff
 
     @staticmethod
     def ignore(why: str) -> Decision:
@@ -127,12 +128,22 @@ def fail(state: RunState, reason: str) -> RunState:
     return state
 
 
-def retry_or_fail(state: RunState, slot: TaskSlot, ev: TaskFailed, max_attempts: int, what: str) -> Decision:
-    """A failed task: retried as a new attempt if retryable and attempts remain, else the run fails."""
+def retry_or_fail(state: RunState, slot: TaskSlot, ev: TaskFailed, wf, what: str) -> Decision:
+    """A failed task: retried as a new attempt if retryable and attempts remain, else the run fails.
+
+    The worker says whether an error is retryable; the workflow can overrule it with `permanent_errors`.
+    """
+    retryable = ev.retryable and ev.error.split(":", 1)[0].strip() not in wf.permanent_errors
     state.history.append(f"{what} attempt {ev.attempt} failed: {ev.error}")
-    if ev.retryable and ev.attempt < max_attempts:
+    if retryable and ev.attempt < wf.max_attempts:
         task = slot.task.model_copy(update={"attempt": ev.attempt + 1})
         add_task(state, task, slot.role, slot.key)
-        return Decision(state=state, assign=[task])
+        return Decision(state=state, assign=[task], retry=True)
     tries = f"{ev.attempt} attempt{'s' if ev.attempt > 1 else ''}"
     return Decision(state=fail(state, f"{what} failed after {tries}: {ev.error}"))
+
+
+def backoff(base: float, cap: float, attempt: int, rand: float) -> float:
+    """Seconds to wait before `attempt` (2, 3, ...): exponential, capped, with jitter in [50%, 100%]."""
+    delay = min(cap, base * 2 ** max(attempt - 2, 0))
+    return delay * (0.5 + rand / 2)

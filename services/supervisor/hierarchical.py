@@ -254,7 +254,7 @@ def on_failed(
         "aggregate": f"aggregator {wf.aggregator}",
         "review": f"reviewer {wf.reviewer}",
     }.get(slot.role, f"subtask {slot.key}")
-    return retry_or_fail(state, slot, ev, wf.max_attempts, what)
+    return retry_or_fail(state, slot, ev, wf, what)
 
 
 def on_human(state, wf, workflows, approved, text, response) -> Decision:

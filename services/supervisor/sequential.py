@@ -90,7 +90,7 @@ def on_failed(
 ) -> Decision:
     take(state, ev)
     agent = stage_agent(wf, workflows, state.stage)
-    return retry_or_fail(state, slot, ev, wf.max_attempts, f"stage {state.stage} ({agent})")
+    return retry_or_fail(state, slot, ev, wf, f"stage {state.stage} ({agent})")
 
 
 def on_human(

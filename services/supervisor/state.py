@@ -16,7 +16,7 @@ from redis.exceptions import WatchError
 from shared import streams
 from shared.events import ObjectRef, TaskAssigned, Usage, utcnow
 
-RunStatus = Literal["running", "waiting_for_human", "completed", "failed"]
+RunStatus = Literal["running", "waiting_for_human", "completed", "failed", "cancelled"]
 
 
 class TaskSlot(BaseModel):
@@ -27,6 +27,7 @@ class TaskSlot(BaseModel):
     key: str = Field("", description="What the task is for: a stage index, subtask id, ...")
     dispatched: bool = False
     since: datetime = Field(default_factory=utcnow, description="When the slot was created.")
+    not_before: datetime | None = Field(None, description="A retry's backoff: not published before this.")
 
 
 class HumanWait(BaseModel):

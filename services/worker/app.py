@@ -12,7 +12,7 @@ import inspect
 import time
 
 from shared import streams
-from shared.broker import make_broker, subscribe
+from shared.broker import client_of, make_broker, subscribe
 from shared.errors import ConfigError, KeyValidationError, PermanentError
 from shared.events import TaskAssigned, TaskCompleted, TaskFailed, TaskResult, TaskStarted, Usage
 from shared.logging import configure_logging
@@ -61,8 +61,14 @@ def create_app(settings: Settings | None = None):
                     TaskFailed(**common, error=f"task for agent {event.agent!r} arrived at {agent!r}")
                 )
                 return
+            async def cancelled() -> bool:
+                return bool(await client_of(broker).exists(streams.run_cancelled(event.run_id)))
+
+            if await cancelled():  # a queued task of a cancelled run is dropped, with a trace
+                await results.publish(TaskFailed(**common, error="run cancelled before the task started"))
+                return
             await results.publish(TaskStarted(**common))
-            ctx = AgentContext(event, agent, spec, res.storage, report=results.publish)
+            ctx = AgentContext(event, agent, spec, res.storage, report=results.publish, cancelled=cancelled)
             started = time.perf_counter()
             try:
                 ctx.check_inputs()

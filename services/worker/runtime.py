@@ -10,7 +10,7 @@ import mimetypes
 import posixpath
 from collections.abc import Awaitable, Callable
 
-from shared.errors import KeyValidationError, PreconditionFailedError
+from shared.errors import CancelledError, KeyValidationError, PreconditionFailedError
 from shared.events import ObjectRef, TaskAssigned, TaskProgress, Usage
 from shared.storage import Storage
 from shared.workflow import AgentSpec
@@ -27,6 +27,7 @@ class AgentContext:
         spec: AgentSpec,
         storage: Storage,
         report: Callable[[TaskProgress], Awaitable[None]] | None = None,
+        cancelled: Callable[[], Awaitable[bool]] | None = None,
     ) -> None:
         self.task = task
         self.agent = agent
@@ -35,6 +36,12 @@ class AgentContext:
         self.outputs: dict[str, ObjectRef] = {}
         self.usage = Usage()  # model tokens/cost this task spent; the worker adds the seconds
         self._report = report
+        self._cancelled = cancelled
+
+    async def checkpoint(self) -> None:
+        """Stop here if the run was cancelled (called by read, write, update and progress)."""
+        if self._cancelled is not None and await self._cancelled():
+            raise CancelledError(f"run {self.task.run_id} was cancelled")
 
     def record_usage(self, usage: Usage) -> None:
         """Add model usage (tokens, cost) to this task's `TaskCompleted.usage`."""
@@ -63,6 +70,7 @@ class AgentContext:
                 raise KeyValidationError(f"input {name!r} is in bucket {ref.bucket!r}, not the workspace")
 
     async def read(self, name: str) -> bytes:
+        await self.checkpoint()
         try:
             ref = self.task.inputs[name]
         except KeyError:
@@ -80,6 +88,7 @@ class AgentContext:
         self, path: str, data: bytes | str, *, name: str | None = None, content_type: str | None = None
     ) -> ObjectRef:
         """Write `path` (relative to the run's workspace, inside this agent's `writes` prefixes)."""
+        await self.checkpoint()
         key = workspace_key(self.task.run_id, path, self.spec.writes)
         if isinstance(data, str):
             data = data.encode("utf-8")
@@ -96,6 +105,7 @@ class AgentContext:
         `change(old: bytes) -> str | bytes` is applied to the version handed over and written with
         If-Match on its etag; if someone else wrote in between, it is applied again to the newest version.
         """
+        await self.checkpoint()
         ref = self.task.inputs[name]
         relative = self.workspace_path(ref)
         workspace_key(self.task.run_id, relative, self.spec.writes)  # may this agent write it at all?
@@ -129,6 +139,7 @@ class AgentContext:
         return await self.write(f"{prefix}{self.agent}.txt", note or "approved\n", name="approval")
 
     async def progress(self, message: str, percent: float | None = None) -> None:
+        await self.checkpoint()
         if self._report:
             await self._report(
                 TaskProgress(
