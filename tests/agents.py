@@ -145,3 +145,11 @@ async def drafter(ctx: AgentContext) -> None:
 
 async def finisher(ctx: AgentContext) -> None:
     await ctx.write("published/final.txt", (await ctx.read_text("draft")) + "final\n", name="final")
+
+
+# --- reliability -------------------------------------------------------------------------------------
+async def sleepy(ctx: AgentContext) -> None:
+    """Hangs (4 s) on the first attempt, answers at once on the next: for deadlines."""
+    if ctx.task.attempt == 1:
+        await asyncio.sleep(4)
+    await ctx.write("work/sleepy.txt", f"attempt {ctx.task.attempt}\n", name="sleepy")

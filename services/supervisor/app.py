@@ -171,6 +171,7 @@ def create_app(settings: Settings | None = None):
             if slot is not None and slot.not_before is not None and slot.not_before > utcnow():
                 await schedule(slot.not_before.timestamp(), "dispatch", task)  # a retry waits its backoff
                 continue
+            task = task.model_copy(update={"created_at": utcnow()})  # when it was really sent
             await record(task)  # first, so a watcher sees the assignment before the router's decision
             await route.publish(task)
             sent[task.task_id] = task.attempt

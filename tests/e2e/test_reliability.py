@@ -1,0 +1,212 @@
+"""Nothing lost, nothing done twice: crashes, poison messages, deadlines, cancellation, replays."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import pytest
+import redis.asyncio as aioredis
+
+from baton import client
+from shared import streams
+from shared.broker import DATA_FIELD, encode
+from shared.events import DeadLetter, TaskCompleted
+from tests.helpers import dead_letters, last_id, of_type, run, wait_for_end
+
+pytestmark = pytest.mark.e2e
+
+
+async def _until(settings, run_id, predicate, timeout=20):
+    async def find():
+        async for event in client.follow(settings, run_id, block_ms=500):
+            if predicate(event):
+                return event
+
+    return await asyncio.wait_for(find(), timeout)
+
+
+async def test_a_worker_killed_mid_task_is_reclaimed_and_the_task_completes_once(settings, stack):
+    run_id = await client.submit(settings, "slow-pair", {}, {"sleep": 2.5})
+    started = await _until(settings, run_id, lambda e: e.type == "task.started")
+    victim = started.sender.split(":", 1)[1]  # worker:<handle>
+    stack.kill(victim, hard=True)  # SIGKILL mid-task: its message stays pending, its heartbeat stops
+    try:
+        events = await wait_for_end(settings, run_id, timeout=40)
+    finally:
+        stack.start("worker")
+    assert events[-1].type == "run.completed", events[-1]
+    done = of_type(events, "task.completed")
+    assert sorted(e.task_id for e in done) == sorted({e.task_id for e in done})  # each task completed once
+    assert len(done) == 2
+    assert len(of_type(events, "run.completed")) == 1
+    first_stage = [e.sender for e in of_type(events, "task.started") if e.task_id.endswith(".0.slow")]
+    assert first_stage[0] == started.sender and first_stage[-1] != started.sender  # taken over
+
+
+async def test_a_poison_message_is_dead_lettered_after_max_deliveries_and_the_group_keeps_flowing(settings):
+    r = aioredis.Redis.from_url(settings.redis_url)
+    since = await last_id(settings, streams.DLQ)
+    try:
+        # A valid event whose handling always fails: the run's stored state is corrupt.
+        await r.set(streams.run_state("r-poisoned"), b'{"this is": "not a run state"}')
+        poison = TaskCompleted(run_id="r-poisoned", task_id="r-poisoned.0.x", agent="x")
+        poison_id = (await r.xadd(streams.RESULTS, encode(poison))).decode()
+    finally:
+        await r.aclose()
+    # meanwhile, good work flows through the same group
+    _run_id, events = await run(settings, "flaky")
+    assert events[-1].type == "run.completed"
+    for _ in range(150):
+        letters = [d for _i, d in await dead_letters(settings, since) if d.message_id == poison_id]
+        if letters:
+            break
+        await asyncio.sleep(0.1)
+    assert letters, "the poison message was not dead-lettered"
+    assert "failed 3 deliveries (max_deliveries=3)" in letters[0].reason
+    assert "last error: HandlerError" in letters[0].reason and letters[0].run_id == "r-poisoned"
+
+
+async def test_a_task_past_its_deadline_is_reassigned_and_the_late_result_ignored(settings):
+    run_id, events = await run(settings, "deadline", timeout=30)
+    assert events[-1].type == "run.completed", events[-1]
+    failed = of_type(events, "task.failed")
+    assert failed and "deadline" in failed[0].error and failed[0].attempt == 1
+    assert [e.attempt for e in of_type(events, "task.assigned")] == [1, 2]
+    assert events[-1].outputs["sleepy"].key.endswith("work/sleepy.txt")
+    # the first attempt finishes later; its result is recorded but changes nothing
+    for _ in range(100):
+        types = await _types(settings, run_id)
+        if ("task.completed", 1) in types:
+            break
+        await asyncio.sleep(0.1)
+    assert ("task.completed", 1) in types and ("task.completed", 2) in types
+    assert [t for t, _a in types].count("run.completed") == 1
+
+
+async def _types(settings, run_id) -> list[tuple[str, int | None]]:
+    """(type, attempt) of every event in a run's stream, including those after its end."""
+    r = aioredis.Redis.from_url(settings.redis_url)
+    try:
+        entries = await r.xrange(streams.run_events(run_id))
+    finally:
+        await r.aclose()
+    return [(e["type"], e.get("attempt")) for e in (json.loads(f[DATA_FIELD.encode()]) for _i, f in entries)]
+
+
+async def test_retries_wait_their_backoff_and_permanent_errors_are_not_retried(settings):
+    _run_id, events = await run(settings, "flaky")
+    failed, second = of_type(events, "task.failed")[0], of_type(events, "task.assigned")[1]
+    assert (second.created_at - failed.created_at).total_seconds() >= 0.2  # backoff 0.5 s, jitter >= 50%
+    _run_id, events = await run(settings, "flaky-permanent")
+    assert events[-1].type == "run.failed" and len(of_type(events, "task.assigned")) == 1
+
+
+async def test_cancel_stops_a_running_run_and_drops_its_queued_work(settings):
+    run_id = await client.submit(settings, "slow-pair", {}, {"sleep": 1.5})
+    await _until(settings, run_id, lambda e: e.type == "task.started")
+    await client.cancel(settings, run_id, "changed my mind")
+    events = await wait_for_end(settings, run_id)
+    assert events[-1].type == "run.cancelled" and events[-1].reason == "changed my mind"
+    # the running task stops at its next checkpoint (its write) and nothing further is assigned
+    for _ in range(100):
+        types = await _types(settings, run_id)
+        if ("task.failed", 1) in types:
+            break
+        await asyncio.sleep(0.1)
+    kinds = [t for t, _a in types]
+    assert "task.failed" in kinds and "task.completed" not in kinds
+    assert kinds.count("task.assigned") == 1
+    r = aioredis.Redis.from_url(settings.redis_url)
+    try:
+        entries = await r.xrange(streams.run_events(run_id))
+    finally:
+        await r.aclose()
+    failed = [json.loads(f[DATA_FIELD.encode()]) for _i, f in entries]
+    assert any(e["type"] == "task.failed" and "cancelled" in e["error"] for e in failed)
+
+
+async def test_two_supervisors_one_killed_mid_run_every_run_completes_once(settings, stack):
+    extra = stack.start("supervisor")
+    run_ids = [await client.submit(settings, "slow-pair", {}, {"sleep": 0.8}) for _ in range(4)]
+    await asyncio.sleep(1.0)
+    first = next(h for h in stack.procs if h.startswith("supervisor") and h != extra)
+    stack.kill(first, hard=True)
+    try:
+        results = await asyncio.gather(*(wait_for_end(settings, r, timeout=40) for r in run_ids))
+    finally:
+        stack.start("supervisor")
+        stack.kill(extra)
+    r = aioredis.Redis.from_url(settings.redis_url)
+    try:
+        for run_id, events in zip(run_ids, results, strict=True):
+            assert events[-1].type == "run.completed", events[-1]
+            entries = await r.xrange(streams.run_events(run_id))
+            types = [json.loads(f[DATA_FIELD.encode()])["type"] for _i, f in entries]
+            assert types.count("run.completed") == 1
+    finally:
+        await r.aclose()
+
+
+async def test_dlq_replay_requeues_what_now_validates_and_keeps_the_rest(settings):
+    from shared.events import RunSubmitted
+
+    good = RunSubmitted(run_id="r-replayed-1", workflow="flaky")
+    letters = [
+        DeadLetter(stream=streams.RUNS, service="test", reason="was failing", raw=good.model_dump_json()),
+        DeadLetter(stream=streams.RUNS, service="test", reason="garbage", raw="{not json"),
+    ]
+    r = aioredis.Redis.from_url(settings.redis_url)
+    try:
+        ids = [(await r.xadd(streams.DLQ, encode(letter))).decode() for letter in letters]
+    finally:
+        await r.aclose()
+    outcome = await client.dlq_replay(settings, ids)
+    assert outcome[ids[0]].startswith(f"replayed to {streams.RUNS}")
+    assert outcome[ids[1]].startswith("kept: still invalid")
+    assert (await wait_for_end(settings, "r-replayed-1"))[-1].type == "run.completed"
+    remaining = {i for i, _d in await client.dlq_list(settings, 500)}
+    assert ids[1] in remaining and ids[0] not in remaining
+
+
+async def test_trim_never_removes_unacknowledged_entries(settings):
+    r = aioredis.Redis.from_url(settings.redis_url)
+    stream = "baton:agent:trim-test"
+    try:
+        await r.delete(stream)
+        await r.xgroup_create(stream, "g", id="0", mkstream=True)
+        ids = [(await r.xadd(stream, {"n": str(i)})).decode() for i in range(6)]
+        got = await r.xreadgroup("g", "c", {stream: ">"}, count=4)  # 4 delivered, 2 never read
+        await r.xack(stream, "g", ids[0], ids[1])  # 2 acked, 2 pending
+        removed = await client.trim(settings)
+        left = [i.decode() for i, _f in await r.xrange(stream)]
+    finally:
+        await r.delete(stream)
+        await r.aclose()
+    assert len(got[0][1]) == 4
+    assert removed[stream] == 2 and left == ids[2:]
+
+
+async def test_an_expired_lease_holder_is_refused_on_write(settings):
+    from shared.locks import LeaseLocks, LeaseLostError
+    from shared.storage import Storage
+
+    r = aioredis.Redis.from_url(settings.redis_url)
+    locks = LeaseLocks(r)
+    key = "runs/r-lease/drafts/doc.md"
+    try:
+        async with Storage.connect(settings) as storage:
+            first = await locks.acquire(key, ttl_ms=300)
+            assert first is not None and await locks.acquire(key) is None  # held
+            v1 = await locks.put(storage, first, b"one", None)
+            await asyncio.sleep(0.5)  # first's lease expires while it "thinks"
+            second = await locks.acquire(key, ttl_ms=5000)
+            assert second is not None and second.token > first.token
+            v2 = await locks.put(storage, second, b"two", v1.etag)
+            with pytest.raises(LeaseLostError):
+                await locks.put(storage, first, b"stale", v1.etag)
+            head = await storage.head(key)
+            assert head.etag == v2.etag and await storage.get(head) == b"two"
+            assert await locks.release(second)
+    finally:
+        await r.aclose()
