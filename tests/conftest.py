@@ -16,9 +16,10 @@ import pytest
 
 from baton import servers
 from baton.client import init_workspace
-from baton.dev import Stack, local_env, settings_kwargs
+from baton.dev import Stack, acl_credentials, local_env, new_passwords, settings_kwargs
 from shared.settings import Settings
 
+pytest_plugins = ["tests.llm_fixtures"]
 ROOT = Path(__file__).resolve().parent.parent
 TEST_WORKFLOWS = ROOT / "tests" / "workflows.yaml"
 
@@ -35,7 +36,9 @@ def _redis(tmp: Path, stack: list) -> str:
     if os.environ.get("REDIS_URL"):
         return os.environ["REDIS_URL"]
     try:
-        server = servers.start_redis(tmp / "redis")
+        # The admin (user `default`) needs a password, as in `baton dev up`: the services log in as their
+        # own ACL users, and nothing reaches Redis with every right by just connecting.
+        server = servers.start_redis(tmp / "redis", password=secrets.token_urlsafe(16))
         stack.append(server.stop)
         return server.url
     except servers.ServerError as local_error:
@@ -71,6 +74,10 @@ def _minio(tmp: Path, port: int, token: str, stack: list) -> str:
             "MINIO_NOTIFY_WEBHOOK_ENDPOINT_BATON": f"http://host.docker.internal:{port}/minio/events",
             "MINIO_NOTIFY_WEBHOOK_QUEUE_DIR_BATON": "/tmp/events",
             "MINIO_NOTIFY_WEBHOOK_AUTH_TOKEN_BATON": token,
+            # the fast target (no queue: posted at once), as in baton/servers.py
+            "MINIO_NOTIFY_WEBHOOK_ENABLE_BATONFAST": "on",
+            "MINIO_NOTIFY_WEBHOOK_ENDPOINT_BATONFAST": f"http://host.docker.internal:{port}/minio/events",
+            "MINIO_NOTIFY_WEBHOOK_AUTH_TOKEN_BATONFAST": token,
         }.items():
             container.with_env(key, value)
         container.with_kwargs(extra_hosts={"host.docker.internal": "host-gateway"})
@@ -99,7 +106,12 @@ def real_servers(tmp_path_factory) -> Servers:
 
 @pytest.fixture(scope="session")
 def stack(real_servers: Servers, tmp_path_factory):
-    """Every service as its own process (two workers), configured with the test workflows."""
+    """Every service as its own process (two workers), configured with the test workflows.
+
+    Each service logs in as its own Redis ACL user and MinIO user (shared/acl.py), as in `baton dev up`:
+    the whole suite passing is the proof that those users may do all the services need. `stack.env` (and
+    the `settings` fixture) hold the admin credentials the tests themselves use.
+    """
     env = local_env(
         real_servers.redis_url,
         real_servers.s3_url,
@@ -108,18 +120,52 @@ def stack(real_servers: Servers, tmp_path_factory):
         real_servers.webhook_token,
     )
     env["BATON_CWD"] = str(ROOT)
+    # Short recovery times so that crash tests run in seconds (production defaults: 30 s, 5 deliveries).
+    env["BATON_RECLAIM_IDLE_MS"] = "1500"
+    env["BATON_MAX_DELIVERIES"] = "3"
     import asyncio
 
-    asyncio.run(init_workspace(Settings(**settings_kwargs(env))))
-    services = Stack(tmp_path_factory.mktemp("stack"), env)
+    passwords = new_passwords()
+    asyncio.run(init_workspace(Settings(**settings_kwargs(env), acl_passwords=passwords)))
+    services = Stack(tmp_path_factory.mktemp("stack"), env, credentials=acl_credentials(env, passwords))
     try:
         for name in ("notifier", "supervisor", "router", "worker", "worker"):
             services.start(name)
         yield services
     finally:
         services.stop_all()
+    # A refused command does not always fail a test (a heartbeat or a reclaim sweep only logs a warning),
+    # so Redis's own record of refusals must hold none from the services themselves.
+    refused = asyncio.run(acl_refusals(env["REDIS_URL"]))
+    assert not refused, f"the services were refused commands their ACL users lack: {refused}"
+
+
+PROBE = "acl-probe"  # client name of the connections tests use to provoke refusals on purpose
+
+
+async def acl_refusals(redis_url: str) -> list[dict]:
+    """ACL LOG entries of Baton's service users, except those provoked by `PROBE` connections."""
+    import redis.asyncio as aioredis
+
+    r = aioredis.Redis.from_url(redis_url)
+    try:
+        entries = await r.acl_log(count=1000)
+    finally:
+        await r.aclose()
+    return [
+        {k: e.get(k) for k in ("username", "reason", "context", "object", "count")}
+        for e in entries
+        if str(e.get("username", "")).startswith("baton-") and _client_name(e.get("client-info")) != PROBE
+    ]
 
 
 @pytest.fixture(scope="session")
 def settings(stack: Stack) -> Settings:
     return Settings(**settings_kwargs(stack.env))
+
+
+def _client_name(info) -> str:
+    if isinstance(info, dict):  # redis-py parses the entry's client-info
+        return str(info.get("name", ""))
+    fields = dict(item.partition("=")[::2] for item in str(info).split())
+    return fields.get("name", "")
