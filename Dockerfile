@@ -5,7 +5,8 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 
-RUN useradd --uid 10001 --create-home --shell /usr/sbin/nologin baton
+RUN useradd --uid 10001 --create-home --shell /usr/sbin/nologin baton \
+    && install -d -o baton -g baton /home/baton/index
 
 WORKDIR /app
 

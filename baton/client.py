@@ -13,24 +13,51 @@ from pathlib import Path
 from typing import Any
 
 import redis.asyncio as aioredis
+from botocore.exceptions import ClientError
+from pydantic import ValidationError
 
-from baton.servers import WEBHOOK_ARN
+from baton.servers import FAST_WEBHOOK_ARN, WEBHOOK_ARN
 from shared import streams
 from shared.broker import DATA_FIELD, encode
 from shared.errors import BatonError
-from shared.events import TERMINAL_RUN_EVENTS, Event, ObjectRef, RunSubmitted, new_id, parse_event, utcnow
+from shared.events import (
+    TERMINAL_RUN_EVENTS,
+    DeadLetter,
+    Event,
+    ObjectRef,
+    RunCancelRequested,
+    RunSubmitted,
+    new_id,
+    parse_event,
+    utcnow,
+)
 from shared.search import SearchHit, request_search
 from shared.settings import Settings
 from shared.storage import Storage
 from shared.workspace import run_prefix
 
 
-async def init_workspace(settings: Settings, notifications: bool = True) -> None:
-    """Create the bucket, turn versioning on, and route its events to the notifier's webhook target."""
+async def init_workspace(settings: Settings, notifications: bool = True) -> list[str]:
+    """Create the bucket, turn versioning on, and route its events to the notifier's webhook target.
+
+    With `settings.acl_passwords`, also create each service's Redis ACL user and MinIO user (shared/acl.py).
+    Needs admin credentials for both. Returns warnings for the operator.
+    """
     async with Storage.connect(settings) as storage:
         await storage.ensure_bucket()
         if notifications:
-            await storage.enable_notifications(WEBHOOK_ARN)
+            try:
+                await storage.enable_notifications(WEBHOOK_ARN, FAST_WEBHOOK_ARN)
+            except ClientError as exc:
+                if "arn" not in str(exc).lower():
+                    raise
+                # A MinIO configured with the durable target only: events arrive, a few seconds later.
+                await storage.enable_notifications(WEBHOOK_ARN)
+    if not settings.acl_passwords:
+        return []
+    from shared import acl
+
+    return await acl.apply(settings, settings.acl_passwords)
 
 
 def new_run_id() -> str:
@@ -161,15 +188,17 @@ async def list_runs(settings: Settings, waiting: bool = False, limit: int = 20) 
             state = await RunStore(client).get(run_id)
             if state is None or (waiting and state.status != "waiting_for_human"):
                 continue
-            rows.append({
-                "run_id": run_id,
-                "workflow": state.workflow,
-                "status": state.status,
-                "created_at": state.created_at.isoformat(),
-                "question": state.waiting.question if state.waiting else None,
-                "request": state.waiting.request.key if state.waiting else None,
-                "reason": state.reason,
-            })
+            rows.append(
+                {
+                    "run_id": run_id,
+                    "workflow": state.workflow,
+                    "status": state.status,
+                    "created_at": state.created_at.isoformat(),
+                    "question": state.waiting.question if state.waiting else None,
+                    "request": state.waiting.request.key if state.waiting else None,
+                    "reason": state.reason,
+                }
+            )
     finally:
         await client.aclose()
     return sorted(rows, key=lambda r: r["created_at"], reverse=True)
@@ -211,7 +240,9 @@ async def run_status(settings: Settings, run_id: str, last: int = 20) -> dict[st
     finally:
         await client.aclose()
     if raw_state is None and not entries:
-        raise BatonError(f"no run {run_id!r}: nothing in {streams.run_state(run_id)} or its event stream")
+        raise BatonError(
+            f"no run {run_id!r} (a run just submitted appears once the supervisor has taken it)"
+        )
     state: dict[str, Any] = json.loads(raw_state) if raw_state else {}
     events: list[dict[str, Any]] = []
     for _entry_id, fields in reversed(entries):
@@ -236,3 +267,119 @@ async def run_status(settings: Settings, run_id: str, last: int = 20) -> dict[st
         "waiting": waiting,
         "events": events[-last:] if last > 0 else [],
     }
+
+
+async def cancel(settings: Settings, run_id: str, reason: str = "cancelled by a user") -> None:
+    """Ask the supervisor to stop a run; it ends `cancelled` and its tasks are dropped."""
+    client = aioredis.Redis.from_url(settings.redis_url)
+    try:
+        await client.xadd(
+            streams.RUNS, encode(RunCancelRequested(run_id=run_id, reason=reason, sender="cli"))
+        )
+    finally:
+        await client.aclose()
+
+
+async def dlq_list(settings: Settings, count: int = 50) -> list[tuple[str, DeadLetter]]:
+    """The newest dead letters, newest first, with their entry ids in `baton:dlq`."""
+    client = aioredis.Redis.from_url(settings.redis_url)
+    try:
+        entries = await client.xrevrange(streams.DLQ, count=count)
+    finally:
+        await client.aclose()
+    return [(i.decode(), DeadLetter.model_validate_json(f[DATA_FIELD.encode()])) for i, f in entries]
+
+
+async def dlq_show(settings: Settings, entry_id: str) -> DeadLetter:
+    client = aioredis.Redis.from_url(settings.redis_url)
+    try:
+        entries = await client.xrange(streams.DLQ, min=entry_id, max=entry_id)
+    finally:
+        await client.aclose()
+    if not entries:
+        raise BatonError(f"no dead letter {entry_id} in {streams.DLQ}")
+    return DeadLetter.model_validate_json(entries[0][1][DATA_FIELD.encode()])
+
+
+async def dlq_replay(settings: Settings, entry_ids: list[str] | None = None) -> dict[str, str]:
+    """Validate dead letters again; the valid ones go back to their stream and leave the DLQ, the others
+    stay. Returns entry id -> what happened."""
+    client = aioredis.Redis.from_url(settings.redis_url)
+    outcome: dict[str, str] = {}
+    try:
+        if entry_ids is None:
+            entries = await client.xrange(streams.DLQ)
+        else:
+            entries = []
+            for entry_id in entry_ids:
+                entries += await client.xrange(streams.DLQ, min=entry_id, max=entry_id)
+                if not entries or entries[-1][0].decode() != entry_id:
+                    outcome[entry_id] = "not found"
+        for entry_id, fields in entries:
+            eid = entry_id.decode()
+            letter = DeadLetter.model_validate_json(fields[DATA_FIELD.encode()])
+            if letter.stream not in REPLAYABLE and not letter.stream.startswith("baton:agent:"):
+                outcome[eid] = f"kept: {letter.stream} is not a stream Baton consumes"
+                continue
+            try:
+                event = parse_event(letter.raw)
+            except (ValidationError, ValueError) as exc:
+                outcome[eid] = f"kept: still invalid ({str(exc).splitlines()[0]})"
+                continue
+            async with client.pipeline(transaction=True) as pipe:
+                pipe.xadd(letter.stream, encode(event))
+                pipe.xdel(streams.DLQ, entry_id)
+                new_id, _ = await pipe.execute()
+            outcome[eid] = f"replayed to {letter.stream} as {new_id.decode()}"
+    finally:
+        await client.aclose()
+    return outcome
+
+
+REPLAYABLE = {streams.RUNS, streams.ROUTE, streams.RESULTS, streams.OBJECTS}
+
+
+async def trim(settings: Settings) -> dict[str, int]:
+    """Trim Baton's work streams below the oldest entry any consumer group still needs.
+
+    An entry is needed while it is pending in some group, or not yet delivered to some group; nothing
+    at or above that point is ever removed (XTRIM MINID), so unacknowledged work cannot be lost.
+    """
+    client = aioredis.Redis.from_url(settings.redis_url)
+    removed: dict[str, int] = {}
+    try:
+        names = [streams.RUNS, streams.ROUTE, streams.RESULTS, streams.OBJECTS]
+        async for key in client.scan_iter(match="baton:agent:*", _type="stream"):
+            names.append(key.decode())
+        for name in names:
+            floor = await safe_floor(client, name)
+            if floor is not None:
+                removed[name] = await client.xtrim(name, minid=floor, approximate=False)
+    finally:
+        await client.aclose()
+    return removed
+
+
+async def safe_floor(client: aioredis.Redis, stream: str) -> str | None:
+    """The lowest entry id some group still needs; None if the stream has no groups (keep everything)."""
+    try:
+        groups = await client.xinfo_groups(stream)
+    except aioredis.ResponseError:
+        return None
+    if not groups:
+        return None
+    floors = []
+    for group in groups:
+        pending = await client.xpending(stream, group["name"])
+        if pending["pending"]:
+            floors.append(_id(pending["min"]))
+        else:
+            ms, seq = _id(group["last-delivered-id"])
+            floors.append((ms, seq + 1))
+    ms, seq = min(floors)
+    return f"{ms}-{seq}"
+
+
+def _id(value) -> tuple[int, int]:
+    ms, _, seq = (value.decode() if isinstance(value, bytes) else str(value)).partition("-")
+    return int(ms), int(seq or 0)

@@ -18,9 +18,10 @@ from pathlib import Path
 
 from baton import servers
 from baton.client import init_workspace
+from shared import acl
 from shared.settings import Settings
 
-SERVICES = ("notifier", "supervisor", "router", "worker")
+SERVICES = ("notifier", "supervisor", "router", "worker", "indexer", "mcp")
 
 
 def service_command(name: str) -> list[str]:
@@ -29,12 +30,21 @@ def service_command(name: str) -> list[str]:
 
 @dataclass
 class Stack:
-    """Background service processes sharing one environment; each logs to its own file."""
+    """Background service processes sharing one environment; each logs to its own file.
+
+    `credentials` (service -> REDIS_URL and S3 keys, from `acl_credentials`) make each service log in as
+    its own least-privilege users; a service without an entry runs with `env`'s (admin) credentials.
+    """
 
     root: Path
     env: dict[str, str]
     procs: dict[str, subprocess.Popen] = field(default_factory=dict)
     counter: int = 0
+    credentials: dict[str, dict[str, str]] = field(default_factory=dict)
+
+    def service_env(self, service: str) -> dict[str, str]:
+        """The environment one service runs with (without the per-process consumer name and ready file)."""
+        return {**self.env, **self.credentials.get(service, {})}
 
     def start(self, service: str, extra: dict[str, str] | None = None, wait: bool = True) -> str:
         """Start one service process; returns its handle name (e.g. `worker-2`)."""
@@ -43,7 +53,15 @@ class Stack:
         logs = self.root / "logs"
         logs.mkdir(parents=True, exist_ok=True)
         log_path = logs / f"{handle}.log"
-        env = {**os.environ, **self.env, "BATON_CONSUMER": handle, **(extra or {})}
+        ready = self.ready_path(handle)
+        ready.unlink(missing_ok=True)
+        env = {
+            **os.environ,
+            **self.service_env(service),
+            "BATON_CONSUMER": handle,
+            "BATON_READY_FILE": str(ready),
+            **(extra or {}),
+        }
         with open(log_path, "ab") as out:
             proc = subprocess.Popen(
                 service_command(service),
@@ -61,11 +79,15 @@ class Stack:
     def log_path(self, handle: str) -> Path:
         return self.root / "logs" / f"{handle}.log"
 
+    def ready_path(self, handle: str) -> Path:
+        return self.root / "ready" / handle
+
     def wait_ready(self, handle: str, timeout: float = 60) -> None:
         proc, path = self.procs[handle], self.log_path(handle)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if path.exists() and b'"service_ready"' in path.read_bytes():
+            logged = path.exists() and b'"service_ready"' in path.read_bytes()
+            if self.ready_path(handle).exists() or logged:
                 return
             if proc.poll() is not None:
                 raise servers.ServerError(
@@ -101,8 +123,47 @@ def local_env(redis_url: str, s3_url: str, workflows: Path, notifier_port: int, 
     }
 
 
+def acl_credentials(env: dict[str, str], passwords: dict[str, str]) -> dict[str, dict[str, str]]:
+    """Per service, the REDIS_URL and S3 keys of its own users (see shared/acl.py)."""
+    return {service: acl.service_env(service, pw, env["REDIS_URL"]) for service, pw in passwords.items()}
+
+
+def new_passwords() -> dict[str, str]:
+    """A fresh password for each service's users (URL-safe: they go into REDIS_URL as they are)."""
+    return {service: secrets.token_urlsafe(24) for service in acl.SERVICES}
+
+
+def load_secrets(root: Path) -> dict:
+    """The local stack's secrets (`root`/secrets.json, 0600): made once, reused by every `up`.
+
+    `redis`: the admin (user `default`) password; `minio`: MinIO's root password; `services`: each
+    service's password for its Redis and MinIO users.
+    """
+    path = root / "secrets.json"
+    data = json.loads(path.read_text()) if path.exists() else {}
+    fresh = {
+        "redis": data.get("redis") or secrets.token_urlsafe(24),
+        "minio": data.get("minio") or secrets.token_urlsafe(24),
+        "services": {**new_passwords(), **data.get("services", {})},
+    }
+    if fresh != data:
+        _write_private(path, json.dumps(fresh, indent=2))
+    return fresh
+
+
+def _write_private(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.touch(mode=0o600)
+    path.chmod(0o600)
+    path.write_text(text)
+
+
 def up(root: Path, workflows: Path, workers: int = 2) -> dict[str, str]:
-    """Start Redis, MinIO and every service in the background; return the client environment."""
+    """Start Redis, MinIO and every service in the background; return the client environment.
+
+    Each service logs in as its own Redis and MinIO users (shared/acl.py); the client environment is the
+    CLI's users. The admin credentials and every password stay in `root` (state.json, secrets.json).
+    """
     state_file = root / "state.json"
     if state_file.exists():
         raise servers.ServerError(
@@ -117,16 +178,24 @@ def up(root: Path, workflows: Path, workers: int = 2) -> dict[str, str]:
     token = secrets.token_hex(16)
     pids: dict[str, int] = {}
     started: list[int] = []
+    keys = load_secrets(root)
+    passwords = keys["services"]
     try:
-        redis = servers.start_redis(root / "redis", appendonly=True)
+        redis = servers.start_redis(root / "redis", appendonly=True, password=keys["redis"])
         started.append(redis.pid)
         pids["redis"] = redis.pid
-        minio = servers.start_minio(root / "minio", f"http://127.0.0.1:{notifier_port}/minio/events", token)
+        minio = servers.start_minio(
+            root / "minio",
+            f"http://127.0.0.1:{notifier_port}/minio/events",
+            token,
+            root_password=keys["minio"],
+        )
         started.append(minio.pid)
         pids["minio"] = minio.pid
         env = local_env(redis.url, minio.url, workflows, notifier_port, token)
-        asyncio.run(init_workspace(Settings(**settings_kwargs(env))))
-        stack = Stack(root, env)
+        env["S3_SECRET_KEY"] = keys["minio"]
+        asyncio.run(init_workspace(Settings(**settings_kwargs(env), acl_passwords=passwords)))
+        stack = Stack(root, env, credentials=acl_credentials(env, passwords))
         for service in ("notifier", "supervisor", "router"):
             handle = stack.start(service)
             pids[handle] = stack.procs[handle].pid
@@ -135,12 +204,23 @@ def up(root: Path, workflows: Path, workers: int = 2) -> dict[str, str]:
             handle = stack.start("worker")
             pids[handle] = stack.procs[handle].pid
             started.append(stack.procs[handle].pid)
+        env["BATON_INDEX_DIR"] = str((root / "index").resolve())
+        handle = stack.start("indexer")
+        pids[handle] = stack.procs[handle].pid
+        started.append(stack.procs[handle].pid)
+        env["BATON_MCP_PORT"] = str(servers.free_port())
+        env["BATON_MCP_TOKEN"] = secrets.token_hex(16)
+        # streamable HTTP on loopback; desktop clients spawn their own over stdio
+        handle = stack.start("mcp", {"BATON_MCP_TRANSPORT": "http", "BATON_MCP_HOST": "127.0.0.1"})
+        pids[handle] = stack.procs[handle].pid
+        started.append(stack.procs[handle].pid)
     except BaseException:
         for pid in reversed(started):
             servers.stop_pid(pid)
         raise
-    state_file.write_text(json.dumps({"pids": pids, "env": env}, indent=2))
-    return env
+    client_env = stack.service_env("cli")
+    _write_private(state_file, json.dumps({"pids": pids, "env": client_env, "admin_env": env}, indent=2))
+    return client_env
 
 
 def settings_kwargs(env: dict[str, str]) -> dict:
@@ -169,6 +249,10 @@ def down(root: Path) -> list[str]:
     return stopped
 
 
-def saved_env(root: Path) -> dict[str, str] | None:
+def saved_env(root: Path, admin: bool = False) -> dict[str, str] | None:
+    """The running local stack's client environment (the CLI's users), or with `admin` its admin one."""
     state_file = root / "state.json"
-    return json.loads(state_file.read_text())["env"] if state_file.exists() else None
+    if not state_file.exists():
+        return None
+    state = json.loads(state_file.read_text())
+    return state.get("admin_env", state["env"]) if admin else state["env"]

@@ -19,7 +19,7 @@ from faststream.specification import AsyncAPI
 
 from shared.settings import Settings
 
-SERVICES = ("supervisor", "router", "worker", "notifier")
+SERVICES = ("supervisor", "router", "worker", "notifier", "indexer")
 DEFAULT_OUT = Path("docs/asyncapi")
 DEFAULT_WORKFLOWS = Path("examples/workflows.yaml")
 # Operations in a document; a channel can be both received from and sent to by one service.
@@ -37,13 +37,16 @@ def doc_settings(workflows: Path = DEFAULT_WORKFLOWS) -> Settings:
     """Settings that make the documents the same on every machine, whatever the environment says.
 
     The Redis URL appears as the document's server and the consumer name in each subscription's binding;
-    the hosted agents decide the worker's channels.
+    the hosted agents decide the worker's channels. The worker's agent streams are declared through
+    FastStream subscriptions, which only its per-message mode (`batch=0`) builds; its default batch mode
+    reads the same streams through the same consumer groups, one event per entry.
     """
     return Settings(
         workflows=workflows,
         redis_url="redis://127.0.0.1:6379/0",
         consumer="<hostname>-<pid>",
         agents="",
+        batch=0,
     )
 
 

@@ -49,6 +49,7 @@ def build_app(
     @app.after_startup
     async def _ready() -> None:
         reclaimer.start()
+        mark_ready(resources.settings)
         log.info("service_ready", **info)
 
     @app.on_shutdown
@@ -60,3 +61,10 @@ def build_app(
         await resources.close()
 
     return app
+
+
+def mark_ready(settings: Settings) -> None:
+    """Touch the ready file, if one is configured: readiness must not depend on the log level."""
+    if settings.ready_file is not None:
+        settings.ready_file.parent.mkdir(parents=True, exist_ok=True)
+        settings.ready_file.touch()

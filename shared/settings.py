@@ -46,6 +46,13 @@ class Settings(BaseSettings):
         "", description="Comma-separated agents a worker hosts; empty hosts every python agent."
     )
     max_records: int = Field(1, ge=1, description="Messages one consumer reads per XREADGROUP.")
+    batch: int = Field(
+        100,
+        ge=0,
+        description="Worker: tasks one agent's consumer reads per XREADGROUP and runs concurrently (at most "
+        "this many in flight), their events written in one pipeline and acknowledged together; "
+        "0 = one FastStream handler call per task, reading `max_records` at a time.",
+    )
     max_event_bytes: int = Field(
         64 * 1024, ge=1024, description="Larger events are refused: content travels by reference."
     )
@@ -53,6 +60,9 @@ class Settings(BaseSettings):
         30_000, ge=100, description="A message pending this long without a heartbeat is redelivered."
     )
     max_deliveries: int = Field(5, ge=1, description="Deliveries before a failing message is dead-lettered.")
+    ready_file: Path | None = Field(
+        None, description="Touched once the service is ready (health checks, `baton dev up`)."
+    )
     log_format: str = Field("json", pattern="^(json|console)$")
     log_level: str = Field("INFO")
     notifier_host: str = Field("127.0.0.1", description="Where the notifier's webhook listens.")
@@ -79,6 +89,12 @@ class Settings(BaseSettings):
     )
     mcp_max_read_bytes: int = Field(
         1024 * 1024, ge=1, description="Largest object the MCP read_file tool returns."
+    )
+    acl_passwords: dict[str, str] = Field(
+        default_factory=dict,
+        description="`baton init`: JSON object of service -> password (supervisor, router, worker, notifier, "
+        "indexer, mcp, cli). Each gets a Redis ACL user and a MinIO user `baton-<service>` allowed only what "
+        "it needs (shared/acl.py); empty: no users are created.",
     )
 
     @property

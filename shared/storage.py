@@ -173,17 +173,19 @@ class Storage:
             Bucket=self.bucket, VersioningConfiguration={"Status": "Enabled"}
         )
 
-    async def enable_notifications(self, queue_arn: str) -> None:
-        """Send every create/remove event of the bucket to a notification target (MinIO: the webhook)."""
+    async def enable_notifications(self, queue_arn: str, *more_arns: str) -> None:
+        """Send every create/remove event of the bucket to notification targets (MinIO: the webhooks)."""
+        arns = [queue_arn, *more_arns]
         await self.client.put_bucket_notification_configuration(
             Bucket=self.bucket,
             NotificationConfiguration={
                 "QueueConfigurations": [
                     {
-                        "Id": "baton-notifier",
-                        "QueueArn": queue_arn,
+                        "Id": "baton-notifier" if i == 0 else f"baton-notifier-{i + 1}",
+                        "QueueArn": arn,
                         "Events": ["s3:ObjectCreated:*", "s3:ObjectRemoved:*"],
                     }
+                    for i, arn in enumerate(arns)
                 ]
             },
         )

@@ -48,3 +48,8 @@ TIMERS = "baton:timers"  # sorted set: delayed retries and task deadlines, score
 def run_cancelled(run_id: str) -> str:
     """Set when a run is cancelled: workers drop its queued tasks and stop running ones."""
     return f"baton:{{{run_id}}}:cancelled"
+
+
+def run_done(run_id: str) -> str:
+    """Hash of task attempts whose outcome a worker has sent (so a redelivery is not done twice)."""
+    return f"baton:{{{run_id}}}:done"

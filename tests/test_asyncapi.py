@@ -16,6 +16,7 @@ from baton import docs
 from baton.docs import RECEIVE, SEND
 from shared import streams
 from shared.events import DeadLetter, ObjectChanged, RunSubmitted, TaskAssigned, TaskResult
+from shared.search import SearchRequest, SearchResponse
 from shared.workflow import load_workflows
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -58,6 +59,13 @@ def expected(service: str) -> dict[str, set[str]]:
         }
     if service == "notifier":
         return {streams.OBJECTS: {SEND}, **dead_letters}
+    if service == "indexer":
+        return {
+            streams.OBJECTS: {RECEIVE},
+            streams.SEARCH: {RECEIVE},
+            streams.search_reply("{request_id}"): {SEND},
+            **dead_letters,
+        }
     raise AssertionError(service)
 
 
@@ -98,6 +106,9 @@ def _only_payload(service: str, stream: str, action: str) -> dict:
         ("router", streams.agent_stream("writer"), SEND, TaskAssigned),
         ("worker", streams.agent_stream("outliner"), RECEIVE, TaskAssigned),
         ("notifier", streams.OBJECTS, SEND, ObjectChanged),
+        ("indexer", streams.OBJECTS, RECEIVE, ObjectChanged),
+        ("indexer", streams.SEARCH, RECEIVE, SearchRequest),
+        ("indexer", streams.search_reply("{request_id}"), SEND, SearchResponse),
         *((service, streams.DLQ, SEND, DeadLetter) for service in ("supervisor", "router", "worker")),
     ],
 )

@@ -18,8 +18,9 @@ import typer.main
 import yaml
 
 from baton.cli import app as cli_app
-from baton.servers import WEBHOOK_TARGET
+from baton.servers import FAST_WEBHOOK_TARGET, WEBHOOK_TARGET
 from services.notifier.app import WEBHOOK_PATH
+from shared import acl
 from shared.settings import env_names
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -119,14 +120,26 @@ def test_minio_webhook_reaches_the_notifier() -> None:
         for k in minio
         if k.startswith("MINIO_NOTIFY_WEBHOOK_ENABLE_")
     }
-    assert targets == {WEBHOOK_TARGET}, "the target id makes the ARN that `baton init` configures"
-    endpoint = urlsplit(minio[f"MINIO_NOTIFY_WEBHOOK_ENDPOINT_{WEBHOOK_TARGET}"])
-    assert endpoint.hostname == "notifier"
-    assert endpoint.port == int(notifier["BATON_NOTIFIER_PORT"])
-    assert endpoint.path == WEBHOOK_PATH
+    assert targets == {WEBHOOK_TARGET, FAST_WEBHOOK_TARGET}, "target ids make the ARNs `baton init` sets"
+    for target in targets:
+        endpoint = urlsplit(minio[f"MINIO_NOTIFY_WEBHOOK_ENDPOINT_{target}"])
+        assert endpoint.hostname == "notifier"
+        assert endpoint.port == int(notifier["BATON_NOTIFIER_PORT"])
+        assert endpoint.path == WEBHOOK_PATH
+        assert minio[f"MINIO_NOTIFY_WEBHOOK_AUTH_TOKEN_{target}"] == notifier["BATON_WEBHOOK_TOKEN"]
     assert notifier["BATON_NOTIFIER_HOST"] == "0.0.0.0"
-    assert minio[f"MINIO_NOTIFY_WEBHOOK_AUTH_TOKEN_{WEBHOOK_TARGET}"] == notifier["BATON_WEBHOOK_TOKEN"]
     assert minio.get(f"MINIO_NOTIFY_WEBHOOK_QUEUE_DIR_{WEBHOOK_TARGET}"), "events must survive a restart"
+    assert not minio.get(f"MINIO_NOTIFY_WEBHOOK_QUEUE_DIR_{FAST_WEBHOOK_TARGET}"), "it posts at once"
+
+
+def test_indexer_keeps_its_index_on_a_volume_and_mcp_needs_a_token() -> None:
+    indexer, mcp = SERVICES["indexer"], SERVICES["mcp"]
+    index_dir = _env(indexer)["BATON_INDEX_DIR"]
+    assert any(str(v).endswith(f":{index_dir}") for v in indexer.get("volumes", []))
+    env = _env(mcp)
+    assert env["BATON_MCP_TRANSPORT"] == "http" and env["BATON_MCP_HOST"] == "0.0.0.0"
+    assert env["BATON_MCP_TOKEN"] == "${BATON_MCP_TOKEN:-}", "no default token: it must be set in .env"
+    assert any(str(p).endswith(f":{env['BATON_MCP_PORT']}") for p in mcp.get("ports", []))
 
 
 def test_worker_is_scalable() -> None:
@@ -147,3 +160,35 @@ def test_dockerfile_copies_every_package() -> None:
     missing = sorted(packages - copied)
     assert not missing, f"Dockerfile does not copy {missing}"
     assert {"pyproject.toml", pyproject["project"]["readme"]} <= copied
+
+
+def _default(value: str) -> str:
+    """A value as compose resolves it when no variable is set: each `${VAR:-default}` is its default."""
+    return re.sub(r"\$\{[A-Za-z0-9_]+:-([^}]*)\}", r"\1", value)
+
+
+def test_each_service_logs_in_as_its_own_least_privilege_users() -> None:
+    init = _env(SERVICES["init"])
+    passwords = json.loads(_default(init["BATON_ACL_PASSWORDS"]))
+    assert set(passwords) == set(acl.SERVICES), "init creates a user for every service and the CLI"
+    admin = urlsplit(_default(init["REDIS_URL"]))
+    assert admin.username == "default" and admin.password
+    assert _default(_env(SERVICES["redis"])["REDISCLI_AUTH"]) == admin.password
+    assert "--aclfile" in " ".join(_argv(SERVICES["redis"]["command"])), "users must survive a restart"
+    for name in BATON_SERVICES:
+        if name == "init":
+            continue
+        env = _env(SERVICES[name])
+        url = urlsplit(env["REDIS_URL"])
+        assert url.username == acl.username(name), f"{name}: REDIS_URL logs in as {url.username}"
+        secret = re.search(r"\$\{[^}]+\}", env["REDIS_URL"]).group(0)  # the same variable for both
+        if name in acl.NO_STORAGE:
+            assert env["S3_ACCESS_KEY"] == env["S3_SECRET_KEY"] == "", f"{name} must hold no S3 credentials"
+        else:
+            assert env["S3_ACCESS_KEY"] == acl.username(name)
+            assert env["S3_SECRET_KEY"] == secret
+        assert _default(secret) == passwords[name], f"{name}: its password is not the one init sets"
+        assert f'"{name}": "{secret}"' in init["BATON_ACL_PASSWORDS"]
+        held = " ".join(env.values())
+        assert "MINIO_ROOT" not in held and "BATON_REDIS_PASSWORD" not in held, f"{name}: admin credentials"
+        assert ("BATON_WEBHOOK_TOKEN" in env) == (name == "notifier")

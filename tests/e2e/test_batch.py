@@ -1,0 +1,149 @@
+"""The worker's batched path (shared/batch.py) on a real Redis: same per-message contract as FastStream's."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import secrets
+
+import pytest
+import redis.asyncio as aioredis
+
+from shared import streams
+from shared.batch import BatchConsumer, Outbox
+from shared.broker import DATA_FIELD, encode, errors_key
+from shared.events import DeadLetter, TaskAssigned
+
+pytestmark = pytest.mark.e2e
+
+
+def _task(i: int) -> TaskAssigned:
+    return TaskAssigned(
+        run_id="r-batch", task_id=f"r-batch.{i}.x", workflow="w", agent="x", output_prefix="runs/r-batch/"
+    )
+
+
+async def _redis(real_servers) -> aioredis.Redis:
+    return aioredis.Redis.from_url(real_servers.redis_url, socket_timeout=None)
+
+
+async def test_outbox_writes_each_stream_in_order_in_one_round_trip(real_servers):
+    r = await _redis(real_servers)
+    a, b = f"test:outbox:{secrets.token_hex(4)}:a", f"test:outbox:{secrets.token_hex(4)}:b"
+    try:
+        outbox = Outbox(r)
+        sent = [outbox.send(a if i % 3 else b, _task(i)) for i in range(9)]
+        first, second = outbox.call("exists", a), outbox.call("exists", a)
+        assert first is second  # identical reads queued together share one command
+        ids = await asyncio.gather(*sent)
+        assert await first == 0  # queued before the entries were written: same pipeline, run first
+        assert await outbox.call("exists", a) == 1
+        for stream, numbers in ((a, [1, 2, 4, 5, 7, 8]), (b, [0, 3, 6])):
+            entries = await r.xrange(stream)
+            assert [json.loads(f[DATA_FIELD.encode()])["task_id"] for _i, f in entries] == [
+                f"r-batch.{n}.x" for n in numbers
+            ]
+            assert [i for i, _f in entries] == [ids[n] for n in numbers]
+    finally:
+        await r.delete(a, b)
+        await r.aclose()
+
+
+async def test_bad_entries_are_dead_lettered_and_good_ones_handled_then_acknowledged(real_servers):
+    r = await _redis(real_servers)
+    stream, group = f"test:batch:{secrets.token_hex(4)}", "g"
+    handled: list[TaskAssigned] = []
+
+    async def handler(event: TaskAssigned) -> None:
+        await asyncio.sleep(0.01)
+        handled.append(event)
+
+    consumer = BatchConsumer(
+        stream=stream,
+        group=group,
+        consumer="c1",
+        size=4,  # fewer than the entries: the consumer must come back for more
+        model=TaskAssigned,
+        handler=handler,
+        service="test",
+        max_event_bytes=2048,
+        heartbeat_s=0.05,
+        block_ms=100,
+    )
+    outbox = Outbox(r)
+    await consumer.declare(r, outbox)
+    bad = {
+        "not json": {DATA_FIELD: b"\xff not json"},
+        "a list": {DATA_FIELD: b"[1, 2]"},
+        "oversized": {DATA_FIELD: json.dumps({"x": "y" * 4000})},
+        "missing fields": {DATA_FIELD: json.dumps({"type": "task.assigned", "run_id": "r-x"})},
+        "no data field": {"hello": "world"},
+    }
+    try:
+        good = [(await r.xadd(stream, encode(_task(i)))).decode() for i in range(6)]
+        bad_ids = {(await r.xadd(stream, fields)).decode(): label for label, fields in bad.items()}
+        consumer.start()
+        for _ in range(100):
+            if len(handled) == len(good) and not (await r.xpending(stream, group))["pending"]:
+                break
+            await asyncio.sleep(0.05)
+        assert sorted(e.task_id for e in handled) == sorted(f"r-batch.{i}.x" for i in range(6))
+        assert (await r.xpending(stream, group))["pending"] == 0  # every entry acknowledged
+        letters = {
+            d.message_id: d
+            for _i, f in await r.xrange(streams.DLQ)
+            if (d := DeadLetter.model_validate_json(f[DATA_FIELD.encode()])).stream == stream
+        }
+        assert set(letters) == set(bad_ids)
+        reasons = {bad_ids[i]: d.reason for i, d in letters.items()}
+        assert "not valid UTF-8 JSON" in reasons["not json"]
+        assert "must be a JSON object, got list" in reasons["a list"]
+        assert "over the 2048-byte limit" in reasons["oversized"]
+        assert "task_id" in reasons["missing fields"]
+        assert letters[_key(bad_ids, "missing fields")].run_id == "r-x"
+        assert reasons["no data field"].startswith("invalid event")
+    finally:
+        await consumer.stop()
+        await r.delete(stream, errors_key(stream, group))
+        await r.aclose()
+
+
+async def test_a_failing_handler_leaves_its_entry_pending_with_the_error(real_servers):
+    r = await _redis(real_servers)
+    stream, group = f"test:batch:{secrets.token_hex(4)}", "g"
+
+    async def handler(event: TaskAssigned) -> None:
+        if event.task_id.startswith("r-batch.1."):
+            raise RuntimeError("disk on fire")
+
+    consumer = BatchConsumer(
+        stream=stream,
+        group=group,
+        consumer="c1",
+        size=10,
+        model=TaskAssigned,
+        handler=handler,
+        service="test",
+        max_event_bytes=65536,
+        heartbeat_s=0.05,
+        block_ms=100,
+    )
+    await consumer.declare(r, Outbox(r))
+    try:
+        ids = [(await r.xadd(stream, encode(_task(i)))).decode() for i in range(3)]
+        consumer.start()
+        for _ in range(100):
+            pending = await r.xpending_range(stream, group, "-", "+", 10)
+            if [p["message_id"].decode() for p in pending] == [ids[1]]:
+                break
+            await asyncio.sleep(0.05)
+        assert [p["message_id"].decode() for p in pending] == [ids[1]]
+        assert await r.hget(errors_key(stream, group), ids[1]) == b"RuntimeError: disk on fire"
+    finally:
+        await consumer.stop()
+        await r.delete(stream, errors_key(stream, group))
+        await r.aclose()
+
+
+def _key(ids: dict[str, str], label: str) -> str:
+    return next(i for i, v in ids.items() if v == label)

@@ -1,0 +1,209 @@
+"""Files are indexed as they land: upload with any S3 client, find it by its words, ranked, in a second."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import boto3
+import pytest
+import redis.asyncio as aioredis
+
+from baton import client
+from shared import streams
+from shared.broker import DATA_FIELD
+from shared.search import SearchResponse
+from shared.settings import Settings
+
+ROOT = Path(__file__).resolve().parents[2]
+pytestmark = pytest.mark.e2e
+
+
+def s3(settings: Settings):
+    return boto3.client(
+        "s3",
+        endpoint_url=settings.s3_endpoint_url,
+        aws_access_key_id=settings.s3_access_key,
+        aws_secret_access_key=settings.s3_secret_key,
+        region_name=settings.s3_region,
+    )
+
+
+def word() -> str:
+    """A word no other file contains."""
+    return "zq" + uuid.uuid4().hex[:12]
+
+
+async def keys_for(settings: Settings, query: str, prefix: str = "") -> list[str]:
+    return [hit.key for hit in await client.search(settings, query, prefix=prefix)]
+
+
+async def eventually(check, timeout: float) -> float:
+    """Seconds until `check()` is true; fails after `timeout`."""
+    start = time.monotonic()
+    while time.monotonic() - start < timeout:
+        if await check():
+            return time.monotonic() - start
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"not true after {timeout}s")
+
+
+async def test_uploaded_file_is_findable_within_a_second_then_replaced_then_gone(settings, indexer):
+    bucket, key = settings.bucket, f"shared/search-{uuid.uuid4().hex[:8]}/notes.md"
+    old, new = word(), word()
+    put = s3(settings).put_object(
+        Bucket=bucket, Key=key, Body=f"# Notes\n\nThe {old} protocol hands work over.\n".encode()
+    )
+
+    async def found_old():
+        return key in await keys_for(settings, old)
+
+    assert await eventually(found_old, timeout=1.0) <= 1.0
+    (hit,) = await client.search(settings, old)
+    assert hit.version_id == put["VersionId"] and hit.etag == put["ETag"].strip('"')
+    assert f"**{old}**" in hit.snippet and hit.score > 0
+
+    s3(settings).put_object(Bucket=bucket, Key=key, Body=f"# Notes\n\nNow about {new}.\n".encode())
+
+    async def found_new():
+        return key in await keys_for(settings, new)
+
+    await eventually(found_new, timeout=1.0)
+    assert await keys_for(settings, old) == []  # the overwritten text no longer matches
+
+    s3(settings).delete_object(Bucket=bucket, Key=key)  # a delete marker: the key is gone
+
+    async def gone():
+        return key not in await keys_for(settings, new)
+
+    await eventually(gone, timeout=1.0)
+
+
+async def test_hits_are_ranked_filtered_by_prefix_and_only_text_is_indexed(settings, indexer):
+    term, folder = word(), f"shared/rank-{uuid.uuid4().hex[:8]}/"
+    client_s3 = s3(settings)
+    client_s3.put_object(
+        Bucket=settings.bucket,
+        Key=f"{folder}a.md",
+        Body=f"{term} once, among many other words here.".encode(),
+    )
+    client_s3.put_object(
+        Bucket=settings.bucket, Key=f"{folder}b.txt", Body=f"{term} {term} {term}: the topic.".encode()
+    )
+    client_s3.put_object(
+        Bucket=settings.bucket, Key=f"{folder}c.json", Body=json.dumps({"title": term, "n": 1}).encode()
+    )
+    client_s3.put_object(
+        Bucket=settings.bucket, Key=f"{folder}d.csv", Body=f"name,value\n{term},2\n".encode()
+    )
+    client_s3.put_object(Bucket=settings.bucket, Key=f"{folder}e.png", Body=b"\x89PNG\r\n" + term.encode())
+    client_s3.put_object(Bucket=settings.bucket, Key=f"elsewhere/{term}.md", Body=f"{term}".encode())
+
+    async def all_landed():
+        return len(await keys_for(settings, term)) == 5
+
+    await eventually(all_landed, timeout=5)
+    hits = await client.search(settings, term, prefix=folder)
+    keys = [h.key for h in hits]
+    assert sorted(keys) == sorted(f"{folder}{n}" for n in ("a.md", "b.txt", "c.json", "d.csv"))
+    assert keys[0] == f"{folder}b.txt"  # three mentions in a short file beat one in a longer file
+    assert [h.score for h in hits] == sorted((h.score for h in hits), reverse=True)
+    # phrases and punctuation are not query syntax
+    assert await keys_for(settings, f'"{term} once"') == [f"{folder}a.md"]
+    assert await keys_for(settings, f"{term} (topic) -") == [f"{folder}b.txt"]
+    assert await keys_for(settings, f"{term[:8]}*", prefix=folder)  # prefix query
+    assert await client.search(settings, "!!! ---") == []
+
+
+async def test_changes_made_while_the_indexer_was_down_are_caught_up_at_start(settings, indexer):
+    term, folder = word(), f"shared/offline-{uuid.uuid4().hex[:8]}/"
+    client_s3 = s3(settings)
+    client_s3.put_object(Bucket=settings.bucket, Key=f"{folder}stays.md", Body=f"{term} stays".encode())
+    client_s3.put_object(Bucket=settings.bucket, Key=f"{folder}goes.md", Body=f"{term} goes".encode())
+
+    async def both():
+        return len(await keys_for(settings, term)) == 2
+
+    await eventually(both, timeout=5)
+    indexer.stop()
+    try:
+        client_s3.delete_object(Bucket=settings.bucket, Key=f"{folder}goes.md")
+        client_s3.put_object(Bucket=settings.bucket, Key=f"{folder}new.md", Body=f"{term} new".encode())
+    finally:
+        indexer.start()
+    assert sorted(await keys_for(settings, term)) == [f"{folder}new.md", f"{folder}stays.md"]
+
+
+def test_baton_search_prints_ranked_hits(settings, indexer, tmp_path):
+    term, key = word(), f"shared/cli-{uuid.uuid4().hex[:8]}.md"
+    s3(settings).put_object(Bucket=settings.bucket, Key=key, Body=f"A note on {term}.".encode())
+    env = {
+        **os.environ,
+        "REDIS_URL": settings.redis_url,
+        "S3_ENDPOINT_URL": settings.s3_endpoint_url,
+        "BATON_BUCKET": settings.bucket,
+    }
+    for _ in range(50):
+        done = subprocess.run(
+            [sys.executable, "-m", "baton.cli", "search", term, "--prefix", "shared/", "--json"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            cwd=ROOT,
+        )
+        assert done.returncode == 0, done.stderr
+        hits = json.loads(done.stdout)
+        if hits:
+            break
+        time.sleep(0.1)
+    assert [h["key"] for h in hits] == [key]
+    assert set(hits[0]) >= {"key", "version_id", "snippet", "score"}
+    plain = subprocess.run(
+        [sys.executable, "-m", "baton.cli", "search", term],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+    )
+    assert plain.returncode == 0 and key in plain.stdout and f"**{term}**" in plain.stdout
+
+
+async def test_search_wire_format_from_a_plain_redis_client(settings, indexer):
+    """XADD a request, BLPOP the reply: what any language does."""
+    term, key = word(), f"shared/wire-{uuid.uuid4().hex[:8]}.md"
+    s3(settings).put_object(Bucket=settings.bucket, Key=key, Body=f"wire {term}".encode())
+    r = aioredis.Redis.from_url(settings.redis_url)
+    try:
+        for _ in range(50):
+            reply_to = streams.search_reply(uuid.uuid4().hex)
+            payload = json.dumps({"type": "search.requested", "query": term, "reply_to": reply_to})
+            await r.xadd(streams.SEARCH, {DATA_FIELD: payload})
+            _list, raw = await r.blpop([reply_to], timeout=5)
+            response = SearchResponse.model_validate_json(raw)
+            if response.hits:
+                break
+            await asyncio.sleep(0.05)
+        assert [h.key for h in response.hits] == [key]
+        # a request that names a reply key outside baton:search:reply:* is refused (dead-lettered)
+        since = (await r.xrevrange(streams.DLQ, count=1) or [(b"0", {})])[0][0]
+        bad = {"type": "search.requested", "query": term, "reply_to": "baton:{r}:state"}
+        entry = (await r.xadd(streams.SEARCH, {DATA_FIELD: json.dumps(bad)})).decode()
+
+        async def dead_lettered():
+            letters = await r.xrange(streams.DLQ, min=since)
+            return any(json.loads(f[DATA_FIELD.encode()]).get("message_id") == entry for _i, f in letters)
+
+        await eventually(dead_lettered, timeout=5)
+        assert await r.exists("baton:{r}:state") == 0
+    finally:
+        await r.aclose()
+
+
