@@ -129,6 +129,11 @@ def _worker_grants() -> list[Grant]:
         # the XADDs inside it are checked against the same keys.
         Grant("report outcomes and dead letters", (streams.RESULTS, streams.DLQ), ("xadd", "eval")),
         Grant("see whether a run was cancelled", (streams.run_cancelled("*"),), ("exists",), read_only=True),
+        Grant(
+            "remember which attempts' outcomes were sent, so a redelivery is not done twice",
+            (streams.run_done("*"),),
+            ("hexists", "hset", "expire"),
+        ),
     ]
 
 

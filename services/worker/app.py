@@ -74,10 +74,20 @@ def create_app(settings: Settings | None = None):
                     TaskFailed(**common, error=f"task for agent {event.agent!r} arrived at {agent!r}")
                 )
                 return
-            async def cancelled() -> bool:
+            async def redis(command: str, *args):
                 if batched:  # rides the outbox's next pipeline with the other tasks' commands
-                    return bool(await batched.outbox.call("exists", streams.run_cancelled(event.run_id)))
-                return bool(await client_of(broker).exists(streams.run_cancelled(event.run_id)))
+                    return await batched.outbox.call(command, *args)
+                return await getattr(client_of(broker), command)(*args)
+
+            async def cancelled() -> bool:
+                return bool(await redis("exists", streams.run_cancelled(event.run_id)))
+
+            # An attempt whose outcome this group already sent (its worker died before acknowledging)
+            # is acknowledged again, not done twice.
+            done_key, attempt_id = streams.run_done(event.run_id), f"{event.task_id}:{event.attempt}"
+            if await redis("hexists", done_key, attempt_id):
+                log.info("already_done", attempt=event.attempt)
+                return
 
             if await cancelled():  # a queued task of a cancelled run is dropped, with a trace
                 await publish(TaskFailed(**common, error="run cancelled before the task started"))
@@ -91,6 +101,8 @@ def create_app(settings: Settings | None = None):
             async def report(outcome) -> None:
                 try:
                     await publish(outcome)
+                    await redis("hset", done_key, attempt_id, outcome.type)
+                    await redis("expire", done_key, 7 * 86400)
                 finally:
                     if started_written is not None:
                         await started_written
