@@ -224,13 +224,16 @@ def up(root: Path, workflows: Path, workers: int = 2) -> dict[str, str]:
 
 
 def settings_kwargs(env: dict[str, str]) -> dict:
-    return {
+    kwargs = {
         "REDIS_URL": env["REDIS_URL"],
         "S3_ENDPOINT_URL": env["S3_ENDPOINT_URL"],
         "S3_ACCESS_KEY": env["S3_ACCESS_KEY"],
         "S3_SECRET_KEY": env["S3_SECRET_KEY"],
         "bucket": env["BATON_BUCKET"],
     }
+    if env.get("BATON_WORKFLOWS"):  # `init` reads the triggers' publish_to prefixes from it
+        kwargs["workflows"] = env["BATON_WORKFLOWS"]
+    return kwargs
 
 
 def down(root: Path) -> list[str]:

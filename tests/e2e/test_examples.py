@@ -10,9 +10,10 @@ import pytest
 
 from baton import client, servers
 from baton.client import init_workspace
-from baton.dev import Stack, local_env, settings_kwargs
+from baton.dev import Stack, acl_credentials, local_env, new_passwords, settings_kwargs
 from shared.settings import Settings
 from shared.storage import Storage
+from tests.conftest import acl_refusals
 from tests.helpers import of_type, run, wait_for_end
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -24,16 +25,19 @@ pytestmark = pytest.mark.e2e
 def examples(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("examples")
     port, token = servers.free_port(), secrets.token_hex(8)
-    redis = servers.start_redis(tmp / "redis")
+    redis = servers.start_redis(tmp / "redis", password=secrets.token_urlsafe(16))
     minio = servers.start_minio(tmp / "minio", f"http://127.0.0.1:{port}/minio/events", token)
     env = local_env(redis.url, minio.url, ROOT / "examples" / "workflows.yaml", port, token)
     env["BATON_CWD"] = str(ROOT)
-    stack = Stack(tmp / "stack", env)
+    passwords = new_passwords()  # every service as its own least-privilege users, as in `baton dev up`
+    stack = Stack(tmp / "stack", env, credentials=acl_credentials(env, passwords))
     try:
-        asyncio.run(init_workspace(Settings(**settings_kwargs(env))))
+        asyncio.run(init_workspace(Settings(**settings_kwargs(env), acl_passwords=passwords)))
         for name in ("notifier", "supervisor", "router", "worker", "worker"):
             stack.start(name)
         yield Settings(**settings_kwargs(env))
+        stack.stop_all()
+        assert not asyncio.run(acl_refusals(env["REDIS_URL"])), "a service lacks a grant (ACL LOG)"
     finally:
         stack.stop_all()
         minio.stop()

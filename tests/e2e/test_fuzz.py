@@ -8,7 +8,9 @@ import json
 
 import pytest
 import redis.asyncio as aioredis
-from hypothesis import HealthCheck, given, settings as hsettings, strategies as st
+from hypothesis import HealthCheck, given
+from hypothesis import settings as hsettings
+from hypothesis import strategies as st
 
 from shared import streams
 from shared.broker import DATA_FIELD
