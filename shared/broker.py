@@ -223,7 +223,9 @@ def errors_key(stream: str, group: str | None) -> str:
     return f"baton:errors:{stream}:{group}"
 
 
-async def record_error(broker: RedisBroker, stream: str, group: str | None, message_id: str | None, exc) -> None:
+async def record_error(
+    broker: RedisBroker, stream: str, group: str | None, message_id: str | None, exc: BaseException
+) -> None:
     """Remember why a message failed, so its dead letter can say so after the last delivery."""
     if not message_id:
         return

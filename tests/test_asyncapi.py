@@ -37,7 +37,7 @@ def expected(service: str) -> dict[str, set[str]]:
     if service == "supervisor":
         return {
             streams.RUNS: {RECEIVE, SEND},  # sends the runs its triggers start
-            streams.RESULTS: {RECEIVE},
+            streams.RESULTS: {RECEIVE, SEND},  # sends a retryable TaskFailed when a deadline passes
             streams.OBJECTS: {RECEIVE},
             streams.ROUTE: {SEND},
             RUN_EVENTS: {SEND},
@@ -80,7 +80,7 @@ def test_document_lists_every_stream_read_and_written(service):
 def test_workflow_agents_are_in_the_router_and_worker_documents():
     # Guards the expectation above against an empty workflow file.
     agents = set(load_workflows(WORKFLOWS).agents)
-    assert agents == {"outliner", "writer", "seo"}
+    assert {"outliner", "writer", "seo", "planner", "expander"} <= agents
     for service in ("router", "worker"):
         assert {streams.agent_stream(a) for a in agents} <= set(docs.channels(document(service)))
 
@@ -98,7 +98,6 @@ def _only_payload(service: str, stream: str, action: str) -> dict:
 @pytest.mark.parametrize(
     ("service", "stream", "action", "model"),
     [
-        ("supervisor", streams.RUNS, RECEIVE, RunSubmitted),
         ("supervisor", streams.RUNS, SEND, RunSubmitted),
         ("supervisor", streams.OBJECTS, RECEIVE, ObjectChanged),
         ("supervisor", streams.ROUTE, SEND, TaskAssigned),
@@ -118,6 +117,12 @@ def test_payload_schema_is_the_event_model(service, stream, action, model):
     assert _fields(model) <= set(payload["properties"])
     if model is RunSubmitted:
         assert "workflow" in payload["required"]
+
+
+def test_runs_payload_is_a_submission_or_a_cancellation():
+    payload = _only_payload("supervisor", streams.RUNS, RECEIVE)
+    refs = {item["$ref"].rsplit("/", 1)[-1] for item in payload.get("oneOf", payload.get("anyOf", []))}
+    assert refs == {"RunSubmitted", "RunCancelRequested"}
 
 
 def test_results_payload_is_the_task_result_union():
