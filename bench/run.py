@@ -59,6 +59,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="first wait up to SECONDS for the machine to be idle, and run a measurement that something "
         "else skewed once more after waiting as long again (another test run skews every figure)",
     )
+    p.add_argument(
+        "--markdown", type=Path, metavar="RESULTS", help="print a results file's tables as markdown"
+    )
     args = p.parse_args(argv)
     if args.quick:
         args.n = min(args.n, 2000)
@@ -160,6 +163,9 @@ def wait_quiet(limit: float) -> float:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    if args.markdown:
+        print(markdown(json.loads(args.markdown.read_text())))
+        return
     only = {s.strip() for s in args.only.split(",") if s.strip()}
     unknown = only - set(SCENARIOS)
     if unknown:
@@ -298,6 +304,14 @@ def ratios(results: dict) -> dict:
 
 
 BUSY_CORES = 0.25
+LATENCY_ROWS = (
+    ("per_hop", "added per hop (assigned -> next)"),
+    ("assigned_to_routed", "  assigned -> routed (router)"),
+    ("routed_to_started", "  routed -> started (worker)"),
+    ("agent_run", "  started -> completed (agent)"),
+    ("completed_to_next_assigned", "  completed -> next assigned (supervisor)"),
+    ("end_to_end", "end to end (submitted -> completed)"),
+)
 LABELS = {
     "baton": "Baton worker (no-op agent)",
     "baton-per-message": "Baton, BATON_BATCH=0 (per message)",
@@ -358,14 +372,7 @@ def table(results: dict) -> str:
             ),
             f"{'':34} {'p50 ms':>9} {'p99 ms':>9}",
         ]
-        for key, label in (
-            ("per_hop", "added per hop (assigned -> next)"),
-            ("assigned_to_routed", "  assigned -> routed (router)"),
-            ("routed_to_started", "  routed -> started (worker)"),
-            ("agent_run", "  started -> completed (agent)"),
-            ("completed_to_next_assigned", "  completed -> next assigned"),
-            ("end_to_end", "end to end (submitted -> completed)"),
-        ):
+        for key, label in LATENCY_ROWS:
             s = lat[key]
             lines.append(f"{label:34} {_num(s['p50_ms']):>9} {_num(s['p99_ms']):>9}")
     ref = results.get("by_reference")
@@ -385,6 +392,51 @@ def table(results: dict) -> str:
     elif ref:
         lines += ["", f"by reference vs inline: failed: {ref.get('error')}"]
     return "\n".join(lines)
+
+
+def markdown(results: dict) -> str:
+    """The README's tables, from a results file (`python -m bench --markdown bench/results.json`)."""
+    out = [
+        "| system | processes | tasks/s | vs Baton | worker CPU µs/task |",
+        "| --- | ---: | ---: | ---: | ---: |",
+    ]
+    for system, by_k in results["throughput"].items():
+        for k, r in by_k.items():
+            if not r.get("ok"):
+                out.append(f"| {LABELS.get(system, system)} | {k} | failed | | |")
+                continue
+            ratio = 1.0 if system == "baton" else results["ratios"].get(system, {}).get(k)
+            flag = " (!)" if r.get("other_cpu_cores", 0) > BUSY_CORES else ""
+            out.append(
+                f"| {LABELS.get(system, system)} | {k} | {r['tasks_per_s']:,.0f}{flag} | "
+                f"{ratio:.2f}× | {r.get('consumer_cpu_us_per_task', 0):,.0f} |"
+            )
+    lat = results.get("latency")
+    if lat:
+        out += [
+            "",
+            f"| handoff latency, {lat['achieved_rate_runs_per_s']:g} runs/s of 3 no-op stages "
+            "| p50 ms | p99 ms |",
+            "| --- | ---: | ---: |",
+        ]
+        for key, label in LATENCY_ROWS:
+            row = lat[key]
+            out.append(f"| {label.strip()} | {_num(row['p50_ms'])} | {_num(row['p99_ms'])} |")
+    ref = results.get("by_reference")
+    if ref and ref.get("ok"):
+        out += [
+            "",
+            f"| {ref['artifact_bytes'] / 2**20:g} MB artifact to 2 agents in turn "
+            "| bytes per handoff event | bytes through Redis per run | seconds |",
+            "| --- | ---: | ---: | ---: |",
+        ]
+        for key in ("by-ref", "inline"):
+            r = ref[key]
+            out.append(
+                f"| {key} | {r['max_handoff_event_bytes']:,} | {r['median_broker_bytes_per_run']:,} | "
+                f"{r['median_seconds']:.2f} |"
+            )
+    return "\n".join(out)
 
 
 def _num(x) -> str:

@@ -69,9 +69,14 @@ async def chaos(args) -> dict:
     )
     settings = Settings(**settings_kwargs(env))
     stack = Stack(tmp / "stack", env)
+    result = None
     try:
-        return await _run(args, tmp, settings, stack, webhook, token, minio_port, lambda: minio)
+        result = await _run(args, tmp, settings, stack, webhook, token, minio_port, lambda: minio)
+        return result
     finally:
+        if args.keep and result and result["lost"]:
+            print(f"kept for inspection: {tmp} (REDIS_URL={settings.redis_url}); stop its processes by PID")
+            return result  # noqa: B012
         stack.stop_all()
         for server in (minio_ref.get("minio", minio), redis_server):
             server.stop()
@@ -157,13 +162,25 @@ async def _run(args, tmp, settings, stack, webhook, token, minio_port, current_m
     elapsed = time.monotonic() - started
     # The end event may not be the newest one (a late, ignored result can follow): scan whole streams.
     twice = runs_completed_twice = 0
+    doubles: list[dict] = []
     durations, reasons = [], Counter()
     completed = failed = 0
     for run_id in submitted:
         entries = await r.xrange(streams.run_events(run_id))
         events = [json.loads(f[DATA_FIELD.encode()]) for _i, f in entries]
-        done = Counter((e["task_id"], e["attempt"]) for e in events if e["type"] == "task.completed")
-        twice += sum(1 for n in done.values() if n > 1)
+        # Distinct events: a supervisor that dies before acknowledging re-records the same event (same
+        # event id) in the run's stream; that is a duplicate log line, not work done twice.
+        completions = {e["event_id"]: e for e in events if e["type"] == "task.completed"}
+        done = Counter((e["task_id"], e["attempt"]) for e in completions.values())
+        for (task_id, attempt), n in done.items():
+            if n > 1:
+                twice += 1
+                who = [
+                    (e["sender"], e["created_at"])
+                    for e in events
+                    if e["type"] in ("task.started", "task.completed") and e["task_id"] == task_id
+                ]
+                doubles.append({"task_id": task_id, "attempt": attempt, "by": who})
         ends = [
             (e, i)
             for e, (i, _f) in zip(events, entries, strict=True)
@@ -194,6 +211,7 @@ async def _run(args, tmp, settings, stack, webhook, token, minio_port, current_m
         "failure_reasons": dict(reasons),
         "workers": args.workers,
         "rate_per_s": args.rate,
+        "done_twice": doubles,
     }
 
 
@@ -207,6 +225,7 @@ def main() -> None:
     parser.add_argument("--timeout", type=float, default=600.0, help="Seconds to wait for the last run.")
     parser.add_argument("--minio-restarts", type=int, default=2)
     parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--keep", action="store_true", help="Leave everything running if a run is lost.")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "chaos.json")
     args = parser.parse_args()
     result = asyncio.run(chaos(args))

@@ -86,6 +86,10 @@ class Outbox:
         self._schedule()
         return future
 
+    def queue(self, command: str, *args) -> None:
+        """A write nobody waits for: it runs with the next pipeline, before that pipeline's acks."""
+        self.call(command, *args).add_done_callback(_log_failure)
+
     def send(self, stream: str, event: BaseModel) -> asyncio.Future:
         future = asyncio.get_running_loop().create_future()
         self._entries.setdefault(stream, []).append((encode(event)[DATA_FIELD], future))
@@ -137,6 +141,11 @@ class Outbox:
                         _resolve(future, reply if isinstance(reply, BaseException) else reply[i])
         finally:
             self._flusher = None
+
+
+def _log_failure(future: asyncio.Future) -> None:
+    if not future.cancelled() and future.exception() is not None:
+        log.warning("queued_write_failed", error=str(future.exception()))
 
 
 def _resolve(future: asyncio.Future, reply) -> None:

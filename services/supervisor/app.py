@@ -324,7 +324,10 @@ def create_app(settings: Settings | None = None):
         """Start a run: bring its inputs into the workspace, store its state, start its pattern."""
         existing = await store().get(event.run_id)
         if existing is not None:
+            # A redelivery: the run may have been stored by a supervisor that died before starting it.
             log.info("duplicate_run_submitted", status=existing.status)
+            if existing.pattern in PATTERNS:
+                await begin(existing.run_id, workflows.workflows[existing.workflow])
             await resend_undispatched(existing)
             return
         base = dict(
@@ -367,15 +370,17 @@ def create_app(settings: Settings | None = None):
             )
         )
         log.info("run_started", workflow=event.workflow, pattern=wf.pattern)
+        await begin(event.run_id, wf)
+
+    async def begin(run_id: str, wf) -> None:
+        """Take a stored run's first step, unless some supervisor already did."""
         module = PATTERNS[wf.pattern]
-        await decide(
-            event.run_id,
-            lambda s: (
-                module.start(s, wf, workflows)
-                if s.phase == "start" and not s.tasks and not s.history
-                else Decision.ignore("already started")
-            ),
-        )
+
+        def start(s: RunState) -> Decision:
+            fresh = s.status == "running" and s.phase == "start" and not s.tasks and not s.history
+            return module.start(s, wf, workflows) if fresh else Decision.ignore("already started")
+
+        await decide(run_id, start)
 
     async def start_failed(state: RunState) -> None:
         if await store().create(state):

@@ -10,6 +10,7 @@ from .state import RunState, TaskSlot
 
 
 def start(state: RunState, wf: RouterWorkflow, workflows: WorkflowFile) -> Decision:
+    state.phase = "routing"
     task = new_task(
         state,
         workflows,

@@ -62,6 +62,7 @@ def enter(state: RunState, wf: SequentialWorkflow, workflows: WorkflowFile, stag
 
 
 def start(state: RunState, wf: SequentialWorkflow, workflows: WorkflowFile) -> Decision:
+    state.phase = "stages"
     return enter(state, wf, workflows, 0)
 
 

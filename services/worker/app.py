@@ -85,11 +85,12 @@ def create_app(settings: Settings | None = None):
             # An attempt whose outcome this group already sent (its worker died before acknowledging)
             # is acknowledged again, not done twice.
             done_key, attempt_id = streams.run_done(event.run_id), f"{event.task_id}:{event.attempt}"
-            if await redis("hexists", done_key, attempt_id):
+            done, is_cancelled = await asyncio.gather(redis("hexists", done_key, attempt_id), cancelled())
+            if done:
                 log.info("already_done", attempt=event.attempt)
                 return
 
-            if await cancelled():  # a queued task of a cancelled run is dropped, with a trace
+            if is_cancelled:  # a queued task of a cancelled run is dropped, with a trace
                 await publish(TaskFailed(**common, error="run cancelled before the task started"))
                 return
             started_written = None
@@ -100,9 +101,16 @@ def create_app(settings: Settings | None = None):
 
             async def report(outcome) -> None:
                 try:
-                    await publish(outcome)
-                    await redis("hset", done_key, attempt_id, outcome.type)
-                    await redis("expire", done_key, 7 * 86400)
+                    if batched:
+                        await batched.outbox.send(streams.RESULTS, outcome)
+                        # Once the outcome is written: the done-mark leaves with the next pipeline, the
+                        # one that carries this entry's acknowledgement (after the mark).
+                        batched.outbox.queue("hset", done_key, attempt_id, outcome.type)
+                        batched.outbox.queue("expire", done_key, 7 * 86400)
+                    else:
+                        await publish(outcome)
+                        await redis("hset", done_key, attempt_id, outcome.type)
+                        await redis("expire", done_key, 7 * 86400)
                 finally:
                     if started_written is not None:
                         await started_written
