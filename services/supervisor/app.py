@@ -428,7 +428,7 @@ def create_app(settings: Settings | None = None):
         wf, module = pattern_of(state)
         slot = _slot(state, event)
         docs = {}
-        if isinstance(event, TaskCompleted) and slot is not None:
+        if isinstance(event, TaskCompleted) and not isinstance(slot, str):
             wanted = getattr(module, "DOCS", {}).get(slot.role)
             if wanted and wanted in event.outputs:
                 docs[wanted] = await res.storage.get(event.outputs[wanted])

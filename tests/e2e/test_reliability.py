@@ -210,3 +210,22 @@ async def test_an_expired_lease_holder_is_refused_on_write(settings):
             assert await locks.release(second)
     finally:
         await r.aclose()
+
+
+async def test_a_duplicate_outcome_is_acknowledged_and_ignored(settings):
+    """Regression (found by make chaos): a stale outcome crashed the supervisor's handler, so the
+    message was redelivered until dead-lettered and the run's undispatched next task was never sent."""
+    run_id, events = await run(settings, "slow-pair", params={"sleep": 0})
+    assert events[-1].type == "run.completed"
+    first = of_type(events, "task.completed")[0]
+    r = aioredis.Redis.from_url(settings.redis_url)
+    try:
+        entry = (await r.xadd(streams.RESULTS, encode(first))).decode()
+        for _ in range(50):
+            pending = await r.xpending_range(streams.RESULTS, streams.SUPERVISOR_GROUP, entry, entry, 1)
+            if not pending:
+                break
+            await asyncio.sleep(0.1)
+    finally:
+        await r.aclose()
+    assert not pending, "the duplicate outcome was not acknowledged"
