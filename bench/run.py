@@ -370,11 +370,11 @@ def table(results: dict) -> str:
                 if lat.get("other_cpu_cores", 0) > BUSY_CORES
                 else ""
             ),
-            f"{'':34} {'p50 ms':>9} {'p99 ms':>9}",
+            f"{'':42} {'p50 ms':>9} {'p99 ms':>9}",
         ]
         for key, label in LATENCY_ROWS:
             s = lat[key]
-            lines.append(f"{label:34} {_num(s['p50_ms']):>9} {_num(s['p99_ms']):>9}")
+            lines.append(f"{label:42} {_num(s['p50_ms']):>9} {_num(s['p99_ms']):>9}")
     ref = results.get("by_reference")
     if ref and ref.get("ok"):
         mb = ref["artifact_bytes"] / 1024 / 1024

@@ -27,6 +27,7 @@ from typing import Any
 import redis.asyncio as aioredis
 import structlog
 from pydantic import BaseModel, TypeAdapter, ValidationError
+from redis.exceptions import ResponseError
 
 from . import streams
 from .broker import (
@@ -120,16 +121,14 @@ class Outbox:
                 ops, self._ops = self._ops, []
                 acks, self._acks = self._acks, {}
                 self._reads = {}
-                pipe = self.redis.pipeline(transaction=False)
-                for command, args, _future in ops:
-                    getattr(pipe, command)(*args)
+                commands = [(command.upper(), *args) for command, args, _future in ops]
                 for stream, items in entries.items():
-                    pipe.eval(XADD_ALL, 1, stream, *(data for data, _future in items))
+                    commands.append(("EVAL", XADD_ALL, 1, stream, *(data for data, _future in items)))
                 for (stream, group), ids in acks.items():
-                    pipe.xack(stream, group, *ids)
+                    commands.append(("XACK", stream, group, *ids))
                 try:
                     async with asyncio.timeout(self.timeout):  # one deadline for the round trip
-                        replies = await pipe.execute(raise_on_error=False)
+                        replies = await self._pipeline(commands)
                 except Exception as exc:  # noqa: BLE001 - connection lost: each waiting task decides
                     replies = [exc] * (len(entries) + len(ops) + len(acks))
                     if acks:  # those entries stay pending: the reclaimer redelivers them
@@ -141,6 +140,30 @@ class Outbox:
                         _resolve(future, reply if isinstance(reply, BaseException) else reply[i])
         finally:
             self._flusher = None
+
+
+    async def _pipeline(self, commands: list[tuple]) -> list:
+        """Send the commands in one write and read their replies, raw (an error reply becomes its exception).
+
+        redis-py's own pipeline costs ~3 µs more per command (its command stack, response callbacks and a
+        chain of awaits per reply), which is a tenth of a task's cost here.
+        """
+        pool = self.redis.connection_pool
+        connection = await pool.get_connection()
+        try:
+            await connection.send_packed_command(connection.pack_commands(commands))
+            replies: list = []
+            for _ in commands:
+                try:
+                    replies.append(await connection.read_response())
+                except ResponseError as exc:
+                    replies.append(exc)
+            return replies
+        except BaseException:
+            await connection.disconnect()  # replies may be left unread: never reuse it
+            raise
+        finally:
+            await pool.release(connection)
 
 
 def _log_failure(future: asyncio.Future) -> None:

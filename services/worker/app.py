@@ -85,7 +85,13 @@ def create_app(settings: Settings | None = None):
             # An attempt whose outcome this group already sent (its worker died before acknowledging)
             # is acknowledged again, not done twice.
             done_key, attempt_id = streams.run_done(event.run_id), f"{event.task_id}:{event.attempt}"
-            done, is_cancelled = await asyncio.gather(redis("hexists", done_key, attempt_id), cancelled())
+            if batched:  # both reads in one round trip, as futures of the outbox (no task per read)
+                checks = batched.outbox.call("hexists", done_key, attempt_id), batched.outbox.call(
+                    "exists", streams.run_cancelled(event.run_id)
+                )
+                done, is_cancelled = (bool(r) for r in await asyncio.gather(*checks))
+            else:
+                done, is_cancelled = await redis("hexists", done_key, attempt_id), await cancelled()
             if done:
                 log.info("already_done", attempt=event.attempt)
                 return
