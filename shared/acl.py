@@ -100,6 +100,12 @@ def _supervisor_grants() -> list[Grant]:
             ("xadd",),
         ),
         Grant(
+            "check that an ended run's end was recorded (a supervisor may die in between)",
+            (streams.run_events("*"),),
+            ("xrevrange",),
+            read_only=True,
+        ),
+        Grant(
             "run state (WATCH/MULTI) and the run index",
             (streams.run_state("*"), streams.RUN_INDEX),
             ("get", "set", "watch", "zadd"),

@@ -15,9 +15,10 @@ import random
 from datetime import timedelta
 
 from shared import streams
-from shared.broker import make_broker, subscribe
+from shared.broker import DATA_FIELD, make_broker, subscribe
 from shared.errors import ObjectMissingError
 from shared.events import (
+    TERMINAL_RUN_EVENTS,
     BaseEvent,
     Event,
     HumanInputReceived,
@@ -154,6 +155,7 @@ def create_app(settings: Settings | None = None):
             current = await store().get(run_id)
             if current is not None:
                 await resend_undispatched(current)
+                await ensure_end_recorded(current)
             return None, decision
         await carry_out(new, decision)
         return new, decision
@@ -238,6 +240,16 @@ def create_app(settings: Settings | None = None):
         )
         log.info("waiting_for_human", question=h.question)
 
+    async def ensure_end_recorded(state: RunState) -> None:
+        """A supervisor killed between committing a run's end and recording it: record it now."""
+        if state.active:
+            return
+        entries = await res.redis.xrevrange(streams.run_events(state.run_id), count=50)
+        if any(json.loads(f[DATA_FIELD.encode()])["type"] in TERMINAL_RUN_EVENTS for _i, f in entries):
+            return
+        log.warning("recording_missing_end", status=state.status)
+        await carry_out(state, Decision(state=state))
+
     async def resend_undispatched(state: RunState) -> None:
         """A crash between committing a decision and publishing its tasks: publish them now."""
         if not state.active:
@@ -296,29 +308,33 @@ def create_app(settings: Settings | None = None):
     async def fire_due_timers() -> None:
         due = await res.redis.zrangebyscore(streams.TIMERS, "-inf", utcnow().timestamp(), start=0, num=100)
         for member in due:
-            if not await res.redis.zrem(streams.TIMERS, member):
-                continue  # another replica took it
-            timer = json.loads(member)
-            state = await store().get(timer["run_id"])
-            slot = state.tasks.get(timer["task_id"]) if state is not None and state.active else None
-            if slot is None or slot.task.attempt != timer["attempt"]:
-                continue  # the task finished (or moved on) in time
-            if timer["kind"] == "dispatch" and not slot.dispatched:
-                await carry_out(state, Decision(state=state, assign=[slot.task]))
-            elif timer["kind"] == "deadline":
-                wf = workflows.workflows[state.workflow]
-                await results.publish(
-                    TaskFailed(
-                        run_id=state.run_id,
-                        task_id=slot.task.task_id,
-                        attempt=slot.task.attempt,
-                        agent=slot.task.agent,
-                        retryable=True,
-                        trace_id=state.trace_id,
-                        sender=sender,
-                        error=f"deadline: still running after task_timeout={wf.task_timeout}s; re-assigned",
-                    )
+            # Act first, remove after: a supervisor killed in between leaves the timer for another (or
+            # for itself after a restart). Two replicas may both act on one timer; both actions are
+            # idempotent (a duplicate dispatch is the same task, a duplicate deadline a stale failure).
+            await fire(json.loads(member))
+            await res.redis.zrem(streams.TIMERS, member)
+
+    async def fire(timer: dict) -> None:
+        state = await store().get(timer["run_id"])
+        slot = state.tasks.get(timer["task_id"]) if state is not None and state.active else None
+        if slot is None or slot.task.attempt != timer["attempt"]:
+            return  # the task finished (or moved on) in time
+        if timer["kind"] == "dispatch" and not slot.dispatched:
+            await carry_out(state, Decision(state=state, assign=[slot.task]))
+        elif timer["kind"] == "deadline":
+            wf = workflows.workflows[state.workflow]
+            await results.publish(
+                TaskFailed(
+                    run_id=state.run_id,
+                    task_id=slot.task.task_id,
+                    attempt=slot.task.attempt,
+                    agent=slot.task.agent,
+                    retryable=True,
+                    trace_id=state.trace_id,
+                    sender=sender,
+                    error=f"deadline: still running after task_timeout={wf.task_timeout}s; re-assigned",
                 )
+            )
 
     async def on_run(event: RunSubmitted) -> None:
         """Start a run: bring its inputs into the workspace, store its state, start its pattern."""
