@@ -99,6 +99,7 @@ def _supervisor_grants() -> list[Grant]:
             (streams.ROUTE, streams.RESULTS, streams.RUNS, streams.run_events("*"), streams.DLQ),
             ("xadd",),
         ),
+        Grant("expire an ended run's done-marks", (streams.run_done("*"),), ("expire",)),
         Grant(
             "check that an ended run's end was recorded (a supervisor may die in between)",
             (streams.run_events("*"),),
@@ -138,7 +139,7 @@ def _worker_grants() -> list[Grant]:
         Grant(
             "remember which attempts' outcomes were sent, so a redelivery is not done twice",
             (streams.run_done("*"),),
-            ("hexists", "hset", "expire"),
+            ("hexists", "hset"),
         ),
     ]
 

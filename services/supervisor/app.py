@@ -212,6 +212,8 @@ def create_app(settings: Settings | None = None):
                 )
             )
             log.info("run_cancelled", reason=state.reason)
+        if not state.active:  # the workers' done-marks of an ended run are kept a week, then go
+            await res.redis.expire(streams.run_done(state.run_id), 7 * 86400)
         await sync_waiting(res.redis, state)
 
     async def ask_human(state: RunState, d: Decision) -> None:

@@ -111,12 +111,11 @@ def create_app(settings: Settings | None = None):
                         await batched.outbox.send(streams.RESULTS, outcome)
                         # Once the outcome is written: the done-mark leaves with the next pipeline, the
                         # one that carries this entry's acknowledgement (after the mark).
+                        # (no EXPIRE per task: the supervisor expires the hash when the run ends)
                         batched.outbox.queue("hset", done_key, attempt_id, outcome.type)
-                        batched.outbox.queue("expire", done_key, 7 * 86400)
                     else:
                         await publish(outcome)
                         await redis("hset", done_key, attempt_id, outcome.type)
-                        await redis("expire", done_key, 7 * 86400)
                 finally:
                     if started_written is not None:
                         await started_written
