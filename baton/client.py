@@ -240,9 +240,7 @@ async def run_status(settings: Settings, run_id: str, last: int = 20) -> dict[st
     finally:
         await client.aclose()
     if raw_state is None and not entries:
-        raise BatonError(
-            f"no run {run_id!r} (a run just submitted appears once the supervisor has taken it)"
-        )
+        raise BatonError(f"no run {run_id!r} (a run just submitted appears once the supervisor has taken it)")
     state: dict[str, Any] = json.loads(raw_state) if raw_state else {}
     events: list[dict[str, Any]] = []
     for _entry_id, fields in reversed(entries):

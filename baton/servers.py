@@ -108,27 +108,26 @@ def stop_pid(pid: int, timeout: float = 10, proc: subprocess.Popen | None = None
         return
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if proc is not None:
-            if proc.poll() is not None:
-                return
-        else:
-            try:
-                os.kill(pid, 0)
-            except ProcessLookupError:
-                return
-            # a zombie child of someone else still answers kill 0; waitpid if it is ours
-            try:
-                if os.waitpid(pid, os.WNOHANG)[0] == pid:
-                    return
-            except ChildProcessError:
-                pass
-        time.sleep(0.05)
+        if proc is not None and proc.poll() is not None:
+            return
+        if proc is None and not _alive(pid):
+            return
+        time.sleep(0.02)
     try:
         os.kill(pid, signal.SIGKILL)
     except ProcessLookupError:
         return
     if proc is not None:
         proc.wait(5)
+
+
+def _alive(pid: int) -> bool:
+    """Running and not a zombie (a zombie still answers `kill 0`)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state != "Z"
 
 
 def _wait(check, what: str, proc: subprocess.Popen, timeout: float, log: Path | None = None) -> None:

@@ -10,12 +10,13 @@ systems alike.
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from baton.servers import stop_pid
 
 ROOT = Path(__file__).resolve().parent.parent
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -56,10 +57,6 @@ def descendants(pid: int) -> list[int]:
     return out
 
 
-def tree_cpu(pids: list[int]) -> float:
-    return sum(cpu_seconds(p) for root in pids for p in descendants(root))
-
-
 @dataclass
 class Procs:
     """Processes a scenario started; each logs to its own file and is stopped by its PID."""
@@ -95,38 +92,10 @@ class Procs:
         """SIGTERM each process we started (and, after it, any child it left), SIGKILL after `timeout`."""
         for _name, proc in reversed(self.procs):
             tree = descendants(proc.pid)
-            _stop(proc.pid, timeout, proc)
+            stop_pid(proc.pid, timeout, proc)
             for child in tree[1:]:
-                _stop(child, 2, None)
+                stop_pid(child, 2, None)
         self.procs.clear()
-
-
-def _stop(pid: int, timeout: float, proc: subprocess.Popen | None) -> None:
-    try:
-        os.kill(pid, signal.SIGTERM)
-    except ProcessLookupError:
-        return
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc is not None and proc.poll() is not None:
-            return
-        if proc is None and not _alive(pid):
-            return
-        time.sleep(0.02)
-    try:
-        os.kill(pid, signal.SIGKILL)
-    except ProcessLookupError:
-        return
-    if proc is not None:
-        proc.wait(5)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return False
-    return state != "Z"
 
 
 def python(*args: str) -> list[str]:

@@ -47,7 +47,7 @@ from shared.workflow import SequentialWorkflow, load_workflows
 from shared.workspace import run_of_key, run_prefix
 
 from . import bidirectional, hierarchical, routed, sequential
-from .decisions import Decision, backoff, published_key
+from .decisions import Decision, backoff, outstanding, published_key
 from .state import HumanWait, RunState, RunStore, sync_waiting
 
 SERVICE = "supervisor"
@@ -110,6 +110,8 @@ def create_app(settings: Settings | None = None):
         schema=Event,
         description="Every step of one run, in order.",
     )
+
+    any_deadlines = any(wf.task_timeout for wf in workflows.workflows.values())
 
     def store() -> RunStore:
         return RunStore(res.redis)
@@ -431,6 +433,8 @@ def create_app(settings: Settings | None = None):
         """Record a task's progress; on an outcome, decide the run's next step."""
         await record(event)
         if isinstance(event, TaskStarted):
+            if not any_deadlines:  # the common case: a start needs no state read at all
+                return
             state = await store().get(event.run_id)
             timeout = state and state.active and workflows.workflows[state.workflow].task_timeout
             if timeout and event.task_id in state.tasks:
@@ -444,7 +448,7 @@ def create_app(settings: Settings | None = None):
             log.warning("result_for_unknown_run")
             return
         wf, module = pattern_of(state)
-        slot = _slot(state, event)
+        slot = outstanding(state, event)
         docs = {}
         if isinstance(event, TaskCompleted) and not isinstance(slot, str):
             wanted = getattr(module, "DOCS", {}).get(slot.role)
@@ -452,7 +456,7 @@ def create_app(settings: Settings | None = None):
                 docs[wanted] = await res.storage.get(event.outputs[wanted])
 
         def choose(s: RunState) -> Decision:
-            slot = _slot(s, event)
+            slot = outstanding(s, event)
             if isinstance(slot, str):
                 return Decision.ignore(slot)
             if isinstance(event, RouteDecided):
@@ -462,11 +466,6 @@ def create_app(settings: Settings | None = None):
             return module.on_failed(s, wf, workflows, event, slot)
 
         await decide(event.run_id, choose)
-
-    def _slot(state: RunState, event):
-        from .decisions import outstanding
-
-        return outstanding(state, event)
 
     async def finish(state: RunState) -> None:
         wf = workflows.workflows[state.workflow]
