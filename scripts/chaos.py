@@ -121,6 +121,7 @@ async def _run(args, tmp, settings, stack, webhook, token, minio_port, current_m
                 minio = await asyncio.to_thread(
                     servers.start_minio, tmp / "minio", webhook, token, minio_port
                 )
+                minio_ref["minio"] = minio  # the one to stop at the end
                 next_minio = time.monotonic() + 20
 
     submitted: dict[str, float] = {}

@@ -132,9 +132,15 @@ def _worker_grants() -> list[Grant]:
     agents = streams.agent_stream("*")
     return [
         *_consumer("consume its agents' task streams (one group per agent)", (agents, "*")),
-        # EVAL: the batched outbox appends a batch of entries with one small script (shared/batch.py);
-        # the XADDs inside it are checked against the same keys.
-        Grant("report outcomes and dead letters", (streams.RESULTS, streams.DLQ), ("xadd", "eval")),
+        # EVAL: the batched outbox appends a batch of entries, with the done-marks of the outcomes among
+        # them, in one small script (shared/batch.py); the XADD and HSET inside it are checked again
+        # against the grants for their own keys.
+        Grant("report outcomes and dead letters", (streams.RESULTS, streams.DLQ), ("xadd",)),
+        Grant(
+            "append outcomes together with their done-marks, atomically",
+            (streams.RESULTS, streams.DLQ, streams.run_done("*")),
+            ("eval",),
+        ),
         Grant("see whether a run was cancelled", (streams.run_cancelled("*"),), ("exists",), read_only=True),
         Grant(
             "remember which attempts' outcomes were sent, so a redelivery is not done twice",
@@ -228,6 +234,7 @@ _GRANTS = {
 # Root permissions beyond CONNECTION (commands without keys).
 _ROOT = {
     "supervisor": TRANSACTIONS,
+    "worker": TRANSACTIONS,  # outcome + done-mark in one MULTI/EXEC on the per-message path (BATON_BATCH=0)
     "indexer": TRANSACTIONS,
     "cli": (*TRANSACTIONS, "scan"),  # `baton trim` finds the agent streams with SCAN ... TYPE stream
 }

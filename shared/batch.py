@@ -49,10 +49,13 @@ _DATA = DATA_FIELD.encode()
 READ_ERROR_BACKOFF = 1.0
 PIPELINE_TIMEOUT = 10.0
 READ_COMMANDS = frozenset({"exists", "get", "hget"})
-# Appends one `__data__` entry per argument to the stream KEYS[1], in order; returns their ids.
+# Appends one `__data__` entry per event to the stream KEYS[1], in order, and returns their ids; in the same
+# script (so atomically, even if the process dies right after) sets the hash fields that mark some of
+# them as sent. ARGV: n, the n entries, then per mark: its hash's index in KEYS, field, value.
 XADD_ALL = (
-    "local ids = {} "
-    "for i = 1, #ARGV do ids[i] = redis.call('XADD', KEYS[1], '*', '__data__', ARGV[i]) end "
+    "local n = tonumber(ARGV[1]) local ids = {} "
+    "for i = 1, n do ids[i] = redis.call('XADD', KEYS[1], '*', '__data__', ARGV[i + 1]) end "
+    "for j = n + 2, #ARGV, 3 do redis.call('HSET', KEYS[tonumber(ARGV[j])], ARGV[j + 1], ARGV[j + 2]) end "
     "return ids"
 )
 
@@ -71,7 +74,8 @@ class Outbox:
     def __init__(self, redis, timeout: float = PIPELINE_TIMEOUT) -> None:
         self.redis = redis
         self.timeout = timeout
-        self._entries: dict[str, list[tuple[bytes, asyncio.Future]]] = {}  # stream -> (__data__, future)
+        # stream -> (__data__, mark or None, future)
+        self._entries: dict[str, list[tuple[bytes, tuple | None, asyncio.Future]]] = {}
         self._ops: list[tuple[str, tuple, asyncio.Future]] = []
         self._reads: dict[tuple, asyncio.Future] = {}  # identical reads queued together share one command
         self._acks: dict[tuple[str, str], list[bytes | str]] = {}
@@ -91,9 +95,13 @@ class Outbox:
         """A write nobody waits for: it runs with the next pipeline, before that pipeline's acks."""
         self.call(command, *args).add_done_callback(_log_failure)
 
-    def send(self, stream: str, event: BaseModel) -> asyncio.Future:
+    def send(
+        self, stream: str, event: BaseModel, mark: tuple[str, str, str] | None = None
+    ) -> asyncio.Future:
+        """Append `event` to `stream` with the next pipeline. `mark` (hash key, field, value) is set in the
+        same script as the append: either both happen or neither."""
         future = asyncio.get_running_loop().create_future()
-        self._entries.setdefault(stream, []).append((encode(event)[DATA_FIELD], future))
+        self._entries.setdefault(stream, []).append((encode(event)[DATA_FIELD], mark, future))
         self._schedule()
         return future
 
@@ -123,7 +131,7 @@ class Outbox:
                 self._reads = {}
                 commands = [(command.upper(), *args) for command, args, _future in ops]
                 for stream, items in entries.items():
-                    commands.append(("EVAL", XADD_ALL, 1, stream, *(data for data, _future in items)))
+                    commands.append(_append_command(stream, items))
                 for (stream, group), ids in acks.items():
                     commands.append(("XACK", stream, group, *ids))
                 try:
@@ -136,7 +144,7 @@ class Outbox:
                 for (_command, _args, future), reply in zip(ops, replies, strict=False):
                     _resolve(future, reply)
                 for items, reply in zip(entries.values(), replies[len(ops) :], strict=False):
-                    for i, (_data, future) in enumerate(items):
+                    for i, (_data, _mark, future) in enumerate(items):
                         _resolve(future, reply if isinstance(reply, BaseException) else reply[i])
         finally:
             self._flusher = None
@@ -164,6 +172,16 @@ class Outbox:
             raise
         finally:
             await pool.release(connection)
+
+
+def _append_command(stream: str, items: list[tuple[bytes, tuple | None, asyncio.Future]]) -> tuple:
+    keys: dict[str, int] = {stream: 1}  # key -> its 1-based index in KEYS
+    marks: list = []
+    for _data, mark, _future in items:
+        if mark is not None:
+            key, field, value = mark
+            marks += [keys.setdefault(key, len(keys) + 1), field, value]
+    return ("EVAL", XADD_ALL, len(keys), *keys, len(items), *(data for data, _m, _f in items), *marks)
 
 
 def _log_failure(future: asyncio.Future) -> None:

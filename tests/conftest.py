@@ -18,10 +18,12 @@ from baton import servers
 from baton.client import init_workspace
 from baton.dev import Stack, acl_credentials, local_env, new_passwords, settings_kwargs
 from shared.settings import Settings
+from shared.workflow import load_workflows
 
 pytest_plugins = ["tests.llm_fixtures"]
 ROOT = Path(__file__).resolve().parent.parent
 TEST_WORKFLOWS = ROOT / "tests" / "workflows.yaml"
+PER_MESSAGE_AGENT = "permsg"
 
 
 @dataclass
@@ -123,6 +125,12 @@ def stack(real_servers: Servers, tmp_path_factory):
     # Short recovery times so that crash tests run in seconds (production defaults: 30 s, 5 deliveries).
     env["BATON_RECLAIM_IDLE_MS"] = "1500"
     env["BATON_MAX_DELIVERIES"] = "3"
+    # The workers host every agent but one, which a third worker runs on FastStream's per-message path
+    # (BATON_BATCH=0): both paths of the worker run under the same tests and ACL users.
+    agents = load_workflows(TEST_WORKFLOWS).agents
+    env["BATON_AGENTS"] = ",".join(
+        n for n, a in agents.items() if a.kind in ("python", "llm") and n != PER_MESSAGE_AGENT
+    )
     import asyncio
 
     passwords = new_passwords()
@@ -131,6 +139,9 @@ def stack(real_servers: Servers, tmp_path_factory):
     try:
         for name in ("notifier", "supervisor", "router", "worker", "worker"):
             services.start(name)
+        services.per_message_worker = services.start(
+            "worker", {"BATON_AGENTS": PER_MESSAGE_AGENT, "BATON_BATCH": "0"}
+        )
         yield services
     finally:
         services.stop_all()

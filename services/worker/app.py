@@ -14,7 +14,7 @@ import time
 
 from shared import streams
 from shared.batch import Batched
-from shared.broker import client_of, make_broker, subscribe
+from shared.broker import client_of, encode, make_broker, subscribe
 from shared.errors import ConfigError, KeyValidationError, PermanentError
 from shared.events import TaskAssigned, TaskCompleted, TaskFailed, TaskResult, TaskStarted, Usage
 from shared.logging import configure_logging
@@ -106,16 +106,19 @@ def create_app(settings: Settings | None = None):
                 await results.publish(TaskStarted(**common))
 
             async def report(outcome) -> None:
+                """Write the outcome and the attempt's done-mark atomically (one script, or MULTI/EXEC):
+                a worker dying at any instruction leaves either both or neither, so a redelivery either
+                re-runs the task (no outcome was sent) or only acknowledges it (one was)."""
+                mark = (done_key, attempt_id, outcome.type)
                 try:
                     if batched:
-                        await batched.outbox.send(streams.RESULTS, outcome)
-                        # Once the outcome is written: the done-mark leaves with the next pipeline, the
-                        # one that carries this entry's acknowledgement (after the mark).
                         # (no EXPIRE per task: the supervisor expires the hash when the run ends)
-                        batched.outbox.queue("hset", done_key, attempt_id, outcome.type)
+                        await batched.outbox.send(streams.RESULTS, outcome, mark=mark)
                     else:
-                        await publish(outcome)
-                        await redis("hset", done_key, attempt_id, outcome.type)
+                        async with client_of(broker).pipeline(transaction=True) as pipe:
+                            pipe.xadd(streams.RESULTS, encode(outcome))
+                            pipe.hset(*mark)
+                            await pipe.execute()
                 finally:
                     if started_written is not None:
                         await started_written

@@ -49,6 +49,27 @@ async def test_outbox_writes_each_stream_in_order_in_one_round_trip(real_servers
         await r.aclose()
 
 
+async def test_outbox_sets_marks_in_the_same_script_as_the_entries(real_servers):
+    r = await _redis(real_servers)
+    tag = secrets.token_hex(4)
+    stream, done_a, done_b = f"test:outbox:{tag}", f"test:{{{tag}a}}:done", f"test:{{{tag}b}}:done"
+    try:
+        outbox = Outbox(r)
+        sent = [
+            outbox.send(stream, _task(0), mark=(done_a, "t0:1", "task.completed")),
+            outbox.send(stream, _task(1)),  # no mark
+            outbox.send(stream, _task(2), mark=(done_b, "t2:1", "task.failed")),
+            outbox.send(stream, _task(3), mark=(done_a, "t3:1", "task.completed")),
+        ]
+        ids = await asyncio.gather(*sent)
+        assert [i for i, _f in await r.xrange(stream)] == ids
+        assert await r.hgetall(done_a) == {b"t0:1": b"task.completed", b"t3:1": b"task.completed"}
+        assert await r.hgetall(done_b) == {b"t2:1": b"task.failed"}
+    finally:
+        await r.delete(stream, done_a, done_b)
+        await r.aclose()
+
+
 async def test_bad_entries_are_dead_lettered_and_good_ones_handled_then_acknowledged(real_servers):
     r = await _redis(real_servers)
     stream, group = f"test:batch:{secrets.token_hex(4)}", "g"

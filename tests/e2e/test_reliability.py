@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from pathlib import Path
 
 import pytest
 import redis.asyncio as aioredis
@@ -229,3 +230,33 @@ async def test_a_duplicate_outcome_is_acknowledged_and_ignored(settings):
     finally:
         await r.aclose()
     assert not pending, "the duplicate outcome was not acknowledged"
+
+
+async def test_the_per_message_worker_path_marks_outcomes_and_acknowledges_a_redelivery(settings, stack):
+    """BATON_BATCH=0 (FastStream's per-message subscriber): outcome and done-mark in one MULTI/EXEC, and a
+    task delivered again after its outcome was sent is acknowledged, not run twice."""
+    brief = Path(__file__).resolve().parents[2] / "examples" / "briefs" / "topic.md"
+    run_id, events = await run(settings, "per-message", {"brief": brief})
+    assert events[-1].type == "run.completed", events[-1]
+    done = of_type(events, "task.completed")
+    assert len(done) == 2
+    assert {e.sender for e in done} == {f"worker:{stack.per_message_worker}"}
+    r = aioredis.Redis.from_url(settings.redis_url)
+    try:
+        marks = await r.hgetall(streams.run_done(run_id))
+        assert marks == {f"{e.task_id}:{e.attempt}".encode(): b"task.completed" for e in done}
+        first = next(e for e in events if e.type == "task.assigned")
+        stream = streams.agent_stream("permsg")
+        since = await last_id(settings, streams.RESULTS)
+        entry = (await r.xadd(stream, encode(first))).decode()
+        for _ in range(50):
+            pending = await r.xpending_range(stream, "permsg", entry, entry, 1)
+            if not pending:
+                break
+            await asyncio.sleep(0.1)
+        assert not pending, "the redelivered task was not acknowledged"
+        since = f"({since}" if since != "0" else "-"
+        again = [json.loads(f[DATA_FIELD.encode()]) for _i, f in await r.xrange(streams.RESULTS, min=since)]
+    finally:
+        await r.aclose()
+    assert not [e for e in again if e["task_id"] == first.task_id], "the task ran twice"
