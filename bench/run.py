@@ -306,8 +306,8 @@ def ratios(results: dict) -> dict:
 BUSY_CORES = 0.25
 LATENCY_ROWS = (
     ("per_hop", "added per hop (assigned -> next)"),
-    ("assigned_to_routed", "  assigned -> routed (router)"),
-    ("routed_to_started", "  routed -> started (worker)"),
+    ("assigned_to_routed", "  assigned -> routed (router; routed tasks only)"),
+    ("to_started", "  assigned (or routed) -> started (worker)"),
     ("agent_run", "  started -> completed (agent)"),
     ("completed_to_next_assigned", "  completed -> next assigned (supervisor)"),
     ("end_to_end", "end to end (submitted -> completed)"),
@@ -373,7 +373,9 @@ def table(results: dict) -> str:
             f"{'':42} {'p50 ms':>9} {'p99 ms':>9}",
         ]
         for key, label in LATENCY_ROWS:
-            s = lat[key]
+            s = lat.get(key)
+            if not s or not s.get("count"):
+                continue
             lines.append(f"{label:42} {_num(s['p50_ms']):>9} {_num(s['p99_ms']):>9}")
     ref = results.get("by_reference")
     if ref and ref.get("ok"):
@@ -420,7 +422,9 @@ def markdown(results: dict) -> str:
             "| --- | ---: | ---: |",
         ]
         for key, label in LATENCY_ROWS:
-            row = lat[key]
+            row = lat.get(key)
+            if not row or not row.get("count"):
+                continue
             out.append(f"| {label.strip()} | {_num(row['p50_ms'])} | {_num(row['p99_ms'])} |")
     ref = results.get("by_reference")
     if ref and ref.get("ok"):

@@ -146,13 +146,15 @@ def latency(stack: Stack, rate: float, seconds: float) -> dict:
             nxt = assigned[stages[k + 1]] if k + 1 < len(stages) else finished
             segments["hop"].append(nxt - assigned[stage])
         for task_id, stage in stage_of.items():
+            # A task for a known agent goes straight to its stream; one that needs a route is routed first.
             routed = seen["route.decided"].get(task_id)
             started = seen["task.started"].get(task_id)
             completed = seen["task.completed"].get(task_id)
-            if routed is None or started is None or completed is None:
+            if started is None or completed is None:
                 continue
-            segments["route"].append(routed - assigned[stage])
-            segments["pickup"].append(started - routed)
+            if routed is not None:
+                segments["route"].append(routed - assigned[stage])
+            segments["pickup"].append(started - (routed or assigned[stage]))
             segments["run"].append(completed - started)
             segments["decide"].append(assigned.get(stage + 1, finished) - completed)
         segments["e2e"].append(finished - submitted[run_id])
@@ -169,7 +171,7 @@ def latency(stack: Stack, rate: float, seconds: float) -> dict:
         "failed": failed,
         "per_hop": _ms(segments["hop"]),
         "assigned_to_routed": _ms(segments["route"]),
-        "routed_to_started": _ms(segments["pickup"]),
+        "to_started": _ms(segments["pickup"]),
         "agent_run": _ms(segments["run"]),
         "completed_to_next_assigned": _ms(segments["decide"]),
         "end_to_end": _ms(segments["e2e"]),

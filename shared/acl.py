@@ -96,8 +96,23 @@ def _supervisor_grants() -> list[Grant]:
         ),
         Grant(
             "assign tasks, fail tasks past their deadline, start triggered runs, record every step",
-            (streams.ROUTE, streams.RESULTS, streams.RUNS, streams.run_events("*"), streams.DLQ),
+            (
+                streams.ROUTE,
+                streams.agent_stream("*"),
+                streams.RESULTS,
+                streams.RUNS,
+                streams.run_events("*"),
+                streams.DLQ,
+            ),
             ("xadd",),
+        ),
+        # EVAL: a run's new state and the tasks and events its decision sends, in one script
+        # (services/supervisor/state.py); the GET, SET and XADDs inside are checked again against the
+        # grants for their own keys.
+        Grant(
+            "commit a decision together with what it sends",
+            (streams.run_state("*"), streams.run_events("*"), streams.ROUTE, streams.agent_stream("*")),
+            ("eval",),
         ),
         Grant("expire an ended run's done-marks", (streams.run_done("*"),), ("expire",)),
         Grant(
@@ -107,9 +122,9 @@ def _supervisor_grants() -> list[Grant]:
             read_only=True,
         ),
         Grant(
-            "run state (WATCH/MULTI) and the run index",
+            "run state and the run index",
             (streams.run_state("*"), streams.RUN_INDEX),
-            ("get", "set", "watch", "zadd"),
+            ("get", "set", "zadd"),
         ),
         Grant("mark cancelled runs", (streams.run_cancelled("*"),), ("set",)),
         Grant("delayed retries and deadlines", (streams.TIMERS,), ("zadd", "zrangebyscore", "zrem")),

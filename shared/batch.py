@@ -380,7 +380,10 @@ class Batched:
             raise RuntimeError("the outbox exists once the service has started")
         return self._outbox
 
-    def subscribe(self, broker, stream: str, group: str, model: Any, handler) -> None:
+    def subscribe(
+        self, broker, stream: str, group: str, model: Any, handler, size: int | None = None
+    ) -> None:
+        """`size`: most entries in flight (and read at once) for this stream; default `settings.batch`."""
         async def bound(event):
             bind_event(event)
             try:
@@ -395,7 +398,7 @@ class Batched:
                 stream=stream,
                 group=group,
                 consumer=self.settings.consumer,
-                size=self.settings.batch,
+                size=size or self.settings.batch,
                 model=model,
                 handler=bound,
                 service=self.service,

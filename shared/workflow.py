@@ -47,6 +47,12 @@ class AgentSpec(_Strict):
     description: str = ""
     reads: list[str] | None = Field(None, description="Workspace prefixes it may read; None = all.")
     writes: list[str] = Field(default_factory=lambda: ["outputs/"], description="Prefixes it may write.")
+    concurrency: int | None = Field(
+        None,
+        ge=1,
+        description="Most tasks of this agent one worker process runs at once (and reads at once); "
+        "default BATON_BATCH. 1 spreads a fan-out over worker processes: for CPU-bound handlers.",
+    )
     # kind: llm (a python agent may carry these too, and call the model itself via `llm_config()`).
     prompt: str | None = Field(
         None,

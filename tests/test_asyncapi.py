@@ -39,7 +39,8 @@ def expected(service: str) -> dict[str, set[str]]:
             streams.RUNS: {RECEIVE, SEND},  # sends the runs its triggers start
             streams.RESULTS: {RECEIVE, SEND},  # sends a retryable TaskFailed when a deadline passes
             streams.OBJECTS: {RECEIVE},
-            streams.ROUTE: {SEND},
+            streams.ROUTE: {SEND},  # tasks that need a route
+            streams.agent_stream("{agent}"): {SEND},  # tasks for a known agent
             RUN_EVENTS: {SEND},
             **dead_letters,
         }

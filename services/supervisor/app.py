@@ -1,8 +1,8 @@
 """The supervisor: starts runs, keeps their state in Redis, decides every next step.
 
-Consumes `baton:runs`, `baton:results` and `baton:objects`; publishes tasks to `baton:route` and every
-step of a run to that run's own stream `baton:{<run_id>}:events`. The decisions themselves are plain
-functions, one module per pattern.
+Consumes `baton:runs`, `baton:results` and `baton:objects`; publishes tasks to `baton:agent:<name>` (or
+to `baton:route` when a task needs a route) and every step of a run to that run's own stream
+`baton:{<run_id>}:events`. The decisions themselves are plain functions, one module per pattern.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import random
 from datetime import timedelta
 
 from shared import streams
-from shared.broker import DATA_FIELD, make_broker, subscribe
+from shared.broker import DATA_FIELD, encode, make_broker, subscribe
 from shared.errors import ObjectMissingError
 from shared.events import (
     TERMINAL_RUN_EVENTS,
@@ -91,7 +91,19 @@ def create_app(settings: Settings | None = None):
     res = Resources(settings)
     sender = f"{SERVICE}:{settings.consumer}"
 
-    route = broker.publisher(stream=streams.ROUTE, title="route", schema=TaskAssigned)
+    # Declared for the AsyncAPI document; tasks are written with the run's state (RunStore.update).
+    broker.publisher(
+        stream=streams.ROUTE,
+        title="route",
+        schema=TaskAssigned,
+        description="Tasks that need a route (an intent, or a router workflow's request).",
+    )
+    broker.publisher(
+        stream=streams.agent_stream("{agent}"),
+        title="agent-tasks",
+        schema=TaskAssigned,
+        description="Tasks for a known agent, straight to its stream.",
+    )
     results = broker.publisher(
         stream=streams.RESULTS,
         title="deadlines",
@@ -117,17 +129,29 @@ def create_app(settings: Settings | None = None):
         return RunStore(res.redis)
 
     async def record(event: BaseEvent) -> None:
-        await broker.publish(event, stream=streams.run_events(event.run_id))
+        await res.redis.xadd(streams.run_events(event.run_id), encode(event))
+
+    def dispatch_stream(task: TaskAssigned) -> str:
+        """A task for a known agent goes straight to that agent's stream; one that needs a route (an
+        intent, or a router workflow's request) goes to the router."""
+        return streams.agent_stream(task.agent) if task.agent in workflows.agents else streams.ROUTE
 
     def pattern_of(state: RunState):
         wf = workflows.workflows[state.workflow]
         return wf, PATTERNS[wf.pattern]
 
-    async def decide(run_id: str, choose) -> tuple[RunState | None, Decision | None]:
-        """Apply `choose(state) -> Decision` atomically, then carry the decision out."""
-        holder: dict[str, Decision] = {}
+    async def decide(
+        run_id: str, choose, known: bytes | None = None
+    ) -> tuple[RunState | None, Decision | None]:
+        """Apply `choose(state) -> Decision` atomically, then carry the decision out.
+
+        The decision's tasks and notes are appended in the same atomic step as the new state (unless it
+        must first copy objects or ask a person), so the common step costs one round trip to Redis, and
+        a crash cannot separate the state from what it sent."""
+        holder: dict = {}
 
         def change(state: RunState) -> RunState | None:
+            holder["was_waiting"] = state.status == "waiting_for_human"
             decision = choose(state)
             holder["d"] = decision
             if decision.ignored or decision.state is None:
@@ -149,7 +173,27 @@ def create_app(settings: Settings | None = None):
                 )
             return decision.state
 
-        new = await store().update(run_id, change)
+        def entries(new: RunState) -> list[tuple[str, BaseEvent]]:
+            d: Decision = holder["d"]
+            holder["sent"] = set()
+            if d.copies or d.human:  # objects to write before anything is sent: the general path
+                return []
+            now = utcnow()
+            out: list[tuple[str, BaseEvent]] = [(streams.run_events(run_id), note) for note in d.notes]
+            for task in d.assign:
+                slot = new.tasks.get(task.task_id)
+                if slot is not None and slot.not_before is not None and slot.not_before > now:
+                    continue  # a retry waiting its backoff: carry_out sets its timer
+                task = task.model_copy(update={"created_at": now})  # when it was really sent
+                # recorded first, so a watcher sees the assignment before the agent's first event
+                out += [(streams.run_events(run_id), task), (dispatch_stream(task), task)]
+                if slot is not None and slot.task.attempt == task.attempt:
+                    slot.dispatched = True
+                holder["sent"].add(task.task_id)
+            holder["notes_sent"] = True
+            return out
+
+        new = await store().update(run_id, change, known=known, entries=entries)
         decision = holder.get("d")
         if new is None:
             if decision is not None and decision.ignored:
@@ -159,32 +203,48 @@ def create_app(settings: Settings | None = None):
                 await resend_undispatched(current)
                 await ensure_end_recorded(current)
             return None, decision
-        await carry_out(new, decision)
+        await carry_out(
+            new,
+            decision,
+            sent=holder["sent"],
+            notes_sent=holder.get("notes_sent", False),
+            waiting_changed=holder["was_waiting"] or new.status == "waiting_for_human",
+        )
         return new, decision
 
-    async def carry_out(state: RunState, d: Decision) -> None:
+    async def carry_out(
+        state: RunState,
+        d: Decision,
+        sent: set[str] = frozenset(),
+        notes_sent: bool = False,
+        waiting_changed: bool = True,
+    ) -> None:
+        """What a committed decision still has to do (what `decide` sent with the state is skipped)."""
         for source, key in d.copies:
             await res.storage.copy(source, key)
-        for note in d.notes:
-            await record(note)
+        if not notes_sent:
+            for note in d.notes:
+                await record(note)
         if d.human:
             await ask_human(state, d)
-        sent = {}
+        dispatched = {}
         for task in d.assign:
+            if task.task_id in sent:
+                continue
             slot = state.tasks.get(task.task_id)
             if slot is not None and slot.not_before is not None and slot.not_before > utcnow():
                 await schedule(slot.not_before.timestamp(), "dispatch", task)  # a retry waits its backoff
                 continue
             task = task.model_copy(update={"created_at": utcnow()})  # when it was really sent
-            await record(task)  # first, so a watcher sees the assignment before the router's decision
-            await route.publish(task)
-            sent[task.task_id] = task.attempt
-        if sent:
+            await record(task)  # first, so a watcher sees the assignment before the agent's first event
+            await res.redis.xadd(dispatch_stream(task), encode(task))
+            dispatched[task.task_id] = task.attempt
+        if dispatched:
 
             def mark(s: RunState) -> RunState | None:
                 changed = False
                 for tid, slot in s.tasks.items():
-                    if sent.get(tid) == slot.task.attempt and not slot.dispatched:
+                    if dispatched.get(tid) == slot.task.attempt and not slot.dispatched:
                         slot.dispatched = changed = True
                 return s if changed else None
 
@@ -216,7 +276,8 @@ def create_app(settings: Settings | None = None):
             log.info("run_cancelled", reason=state.reason)
         if not state.active:  # the workers' done-marks of an ended run are kept a week, then go
             await res.redis.expire(streams.run_done(state.run_id), 7 * 86400)
-        await sync_waiting(res.redis, state)
+        if waiting_changed:
+            await sync_waiting(res.redis, state)
 
     async def ask_human(state: RunState, d: Decision) -> None:
         h = d.human
@@ -431,8 +492,8 @@ def create_app(settings: Settings | None = None):
 
     async def on_result(event: TaskResult) -> None:
         """Record a task's progress; on an outcome, decide the run's next step."""
-        await record(event)
         if isinstance(event, TaskStarted):
+            await record(event)
             if not any_deadlines:  # the common case: a start needs no state read at all
                 return
             state = await store().get(event.run_id)
@@ -442,8 +503,13 @@ def create_app(settings: Settings | None = None):
                 await schedule(utcnow().timestamp() + timeout, "deadline", task)
             return
         if not isinstance(event, TaskCompleted | TaskFailed | RouteDecided):
+            await record(event)
             return
-        state = await store().get(event.run_id)
+        async with res.redis.pipeline(transaction=False) as pipe:  # one round trip for both
+            pipe.xadd(streams.run_events(event.run_id), encode(event))
+            pipe.get(streams.run_state(event.run_id))
+            _, raw = await pipe.execute()
+        state = RunState.model_validate_json(raw) if raw else None
         if state is None:
             log.warning("result_for_unknown_run")
             return
@@ -465,7 +531,7 @@ def create_app(settings: Settings | None = None):
                 return module.on_completed(s, wf, workflows, event, docs)
             return module.on_failed(s, wf, workflows, event, slot)
 
-        await decide(event.run_id, choose)
+        await decide(event.run_id, choose, known=raw)
 
     async def finish(state: RunState) -> None:
         wf = workflows.workflows[state.workflow]

@@ -11,7 +11,6 @@ from typing import Any, Literal
 
 import redis.asyncio as aioredis
 from pydantic import BaseModel, ConfigDict, Field
-from redis.exceptions import WatchError
 
 from shared import streams
 from shared.events import ObjectRef, TaskAssigned, Usage, utcnow
@@ -100,8 +99,22 @@ class RunState(BaseModel):
         return self.status in ("running", "waiting_for_human")
 
 
+# Compare-and-set of one run's state, together with the stream entries its decision publishes: a
+# supervisor dying at any instruction leaves either the old state and nothing sent, or the new state and
+# everything sent. KEYS[1]: the state; KEYS[2..]: streams. ARGV[1]: the state as it was read, ARGV[2]: the
+# new state, then per entry: its stream's index in KEYS and its `__data__`. Returns 0 if the state changed
+# since it was read (nothing written), else 1.
+CAS = """
+local current = redis.call('GET', KEYS[1])
+if current ~= ARGV[1] then return 0 end
+redis.call('SET', KEYS[1], ARGV[2])
+for i = 3, #ARGV, 2 do redis.call('XADD', KEYS[tonumber(ARGV[i])], '*', '__data__', ARGV[i + 1]) end
+return 1
+"""
+
+
 class RunStore:
-    """Reads and writes run states; `update` retries on concurrent modification (WATCH/MULTI)."""
+    """Reads and writes run states; `update` is optimistic (compare-and-set, retried on a conflict)."""
 
     def __init__(self, redis: aioredis.Redis) -> None:
         self.redis = redis
@@ -118,26 +131,37 @@ class RunStore:
             created, _ = await pipe.execute()
         return bool(created)
 
-    async def update(self, run_id: str, change: Callable[[RunState], RunState | None]) -> RunState | None:
-        """Apply `change` atomically; it returns the new state, or None to leave the run as it is."""
+    async def update(
+        self,
+        run_id: str,
+        change: Callable[[RunState], RunState | None],
+        known: bytes | None = None,
+        entries: Callable[[RunState], list[tuple[str, BaseModel]]] | None = None,
+    ) -> RunState | None:
+        """Apply `change` atomically; it returns the new state, or None to leave the run as it is.
+
+        `known`: the state's raw value as the caller just read it (saves a read; if it is stale, the
+        compare fails and the state is read again). `entries(new)`: events to append to streams in the
+        same atomic step as the new state (it may mark the new state accordingly before it is written).
+        """
         key = streams.run_state(run_id)
+        raw = known
         while True:
-            async with self.redis.pipeline(transaction=True) as pipe:
-                try:
-                    await pipe.watch(key)
-                    raw = await pipe.get(key)
-                    if raw is None:
-                        return None
-                    new = change(RunState.model_validate_json(raw))
-                    if new is None:
-                        return None
-                    new.updated_at = utcnow()
-                    pipe.multi()
-                    pipe.set(key, new.model_dump_json())
-                    await pipe.execute()
-                    return new
-                except WatchError:
-                    continue
+            if raw is None:
+                raw = await self.redis.get(key)
+                if raw is None:
+                    return None
+            new = change(RunState.model_validate_json(raw))
+            if new is None:
+                return None
+            new.updated_at = utcnow()
+            keys: dict[str, int] = {key: 1}
+            args: list = []
+            for stream, event in entries(new) if entries else ():
+                args += [keys.setdefault(stream, len(keys) + 1), event.model_dump_json()]
+            if await self.redis.eval(CAS, len(keys), *keys, raw, new.model_dump_json(), *args):
+                return new
+            raw = None  # changed meanwhile (another handler or replica): read it again, decide again
 
 
 WAITING = "baton:runs:waiting"  # advisory index of runs waiting for a person (checked against the state)

@@ -149,7 +149,10 @@ def create_app(settings: Settings | None = None):
 
     for agent in hosted:
         if batched:
-            batched.subscribe(broker, streams.agent_stream(agent), agent, TaskAssigned, make_handler(agent))
+            size = workflows.agents[agent].concurrency
+            batched.subscribe(
+                broker, streams.agent_stream(agent), agent, TaskAssigned, make_handler(agent), size=size
+            )
             continue
         subscribe(
             broker,
