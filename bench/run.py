@@ -6,6 +6,7 @@ import argparse
 import json
 import os
 import platform
+import signal
 import subprocess
 import sys
 import tempfile
@@ -161,8 +162,14 @@ def wait_quiet(limit: float) -> float:
     return busy
 
 
+def _interrupt(_signum, _frame) -> None:
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    # SIGTERM (timeout, kill PID) unwinds like Ctrl-C, so the servers and workers it started are stopped.
+    signal.signal(signal.SIGTERM, _interrupt)
     if args.markdown:
         print(markdown(json.loads(args.markdown.read_text())))
         return

@@ -12,6 +12,7 @@ import asyncio
 import json
 import random
 import secrets
+import signal
 import statistics
 import sys
 import tempfile
@@ -216,7 +217,13 @@ async def _run(args, tmp, settings, stack, webhook, token, minio_port, current_m
     }
 
 
+def _interrupt(_signum, _frame) -> None:
+    raise KeyboardInterrupt
+
+
 def main() -> None:
+    # SIGTERM (timeout, kill PID) unwinds like Ctrl-C, so the servers and services it started are stopped.
+    signal.signal(signal.SIGTERM, _interrupt)
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )

@@ -25,6 +25,7 @@ from shared.workflow import load_workflows
 from .runtime import AgentContext
 
 SERVICE = "worker"
+EMPTY_USAGE = Usage()
 
 
 def create_app(settings: Settings | None = None):
@@ -86,10 +87,9 @@ def create_app(settings: Settings | None = None):
             # is acknowledged again, not done twice.
             done_key, attempt_id = streams.run_done(event.run_id), f"{event.task_id}:{event.attempt}"
             if batched:  # both reads in one round trip, as futures of the outbox (no task per read)
-                checks = batched.outbox.call("hexists", done_key, attempt_id), batched.outbox.call(
-                    "exists", streams.run_cancelled(event.run_id)
-                )
-                done, is_cancelled = (bool(r) for r in await asyncio.gather(*checks))
+                done = batched.outbox.call("hexists", done_key, attempt_id)
+                is_cancelled = batched.outbox.call("exists", streams.run_cancelled(event.run_id))
+                done, is_cancelled = bool(await done), bool(await is_cancelled)  # resolved together
             else:
                 done, is_cancelled = await redis("hexists", done_key, attempt_id), await cancelled()
             if done:
@@ -139,7 +139,9 @@ def create_app(settings: Settings | None = None):
                 await report(TaskFailed(**common, error=f"{type(exc).__name__}: {exc}", retryable=True))
                 return
             seconds = time.perf_counter() - started
-            usage = Usage(seconds=round(seconds, 6)) + ctx.usage  # + model tokens/cost, if any
+            usage = Usage(seconds=round(seconds, 6))
+            if ctx.usage != EMPTY_USAGE:  # model tokens/cost, if any
+                usage += ctx.usage
             await report(TaskCompleted(**common, outputs=ctx.outputs, usage=usage))
             # Per task at DEBUG, like FastStream's per-message line: TaskCompleted already records it.
             log.debug("task_completed", agent=agent, seconds=round(seconds, 4), outputs=sorted(ctx.outputs))
