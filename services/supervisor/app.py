@@ -220,6 +220,8 @@ def create_app(settings: Settings | None = None):
         waiting_changed: bool = True,
     ) -> None:
         """What a committed decision still has to do (what `decide` sent with the state is skipped)."""
+        if waiting_changed:  # first: whoever sees the run's next event finds the index up to date
+            await sync_waiting(res.redis, state)
         for source, key in d.copies:
             await res.storage.copy(source, key)
         if not notes_sent:
@@ -276,8 +278,6 @@ def create_app(settings: Settings | None = None):
             log.info("run_cancelled", reason=state.reason)
         if not state.active:  # the workers' done-marks of an ended run are kept a week, then go
             await res.redis.expire(streams.run_done(state.run_id), 7 * 86400)
-        if waiting_changed:
-            await sync_waiting(res.redis, state)
 
     async def ask_human(state: RunState, d: Decision) -> None:
         h = d.human
