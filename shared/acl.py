@@ -111,7 +111,13 @@ def _supervisor_grants() -> list[Grant]:
         # grants for their own keys.
         Grant(
             "commit a decision together with what it sends",
-            (streams.run_state("*"), streams.run_events("*"), streams.ROUTE, streams.agent_stream("*")),
+            (
+                streams.run_state("*"),
+                streams.run_events("*"),
+                streams.run_done("*"),
+                streams.ROUTE,
+                streams.agent_stream("*"),
+            ),
             ("eval",),
         ),
         Grant("expire an ended run's done-marks", (streams.run_done("*"),), ("expire",)),

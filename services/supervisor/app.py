@@ -48,9 +48,10 @@ from shared.workspace import run_of_key, run_prefix
 
 from . import bidirectional, hierarchical, routed, sequential
 from .decisions import Decision, backoff, outstanding, published_key
-from .state import HumanWait, RunState, RunStore, sync_waiting
+from .state import HumanWait, RunState, RunStore, append, expire, sync_waiting
 
 SERVICE = "supervisor"
+DONE_TTL = 7 * 86400  # an ended run's cancellation mark and workers' done-marks are kept a week
 PATTERNS = {
     "sequential": sequential,
     "router": routed,
@@ -173,27 +174,32 @@ def create_app(settings: Settings | None = None):
                 )
             return decision.state
 
-        def entries(new: RunState) -> list[tuple[str, BaseEvent]]:
+        def ops(new: RunState) -> list[tuple[str, str, str]]:
             d: Decision = holder["d"]
-            holder["sent"] = set()
+            holder["sent"], holder["notes_sent"], holder["end_sent"] = set(), False, False
             if d.copies or d.human:  # objects to write before anything is sent: the general path
                 return []
             now = utcnow()
-            out: list[tuple[str, BaseEvent]] = [(streams.run_events(run_id), note) for note in d.notes]
+            events = streams.run_events(run_id)
+            out = [append(events, note) for note in d.notes]
+            holder["notes_sent"] = True
             for task in d.assign:
                 slot = new.tasks.get(task.task_id)
                 if slot is not None and slot.not_before is not None and slot.not_before > now:
                     continue  # a retry waiting its backoff: carry_out sets its timer
                 task = task.model_copy(update={"created_at": now})  # when it was really sent
                 # recorded first, so a watcher sees the assignment before the agent's first event
-                out += [(streams.run_events(run_id), task), (dispatch_stream(task), task)]
+                out += [append(events, task), append(dispatch_stream(task), task)]
                 if slot is not None and slot.task.attempt == task.attempt:
                     slot.dispatched = True
                 holder["sent"].add(task.task_id)
-            holder["notes_sent"] = True
+            if new.status in ("completed", "failed") and not publishes(new):
+                # The end with the state: whoever reads `completed` finds run.completed in the stream.
+                out += [append(events, end_event(new)), expire(streams.run_done(run_id), DONE_TTL)]
+                holder["end_sent"] = True
             return out
 
-        new = await store().update(run_id, change, known=known, entries=entries)
+        new = await store().update(run_id, change, known=known, ops=ops)
         decision = holder.get("d")
         if new is None:
             if decision is not None and decision.ignored:
@@ -207,7 +213,8 @@ def create_app(settings: Settings | None = None):
             new,
             decision,
             sent=holder["sent"],
-            notes_sent=holder.get("notes_sent", False),
+            notes_sent=holder["notes_sent"],
+            end_sent=holder["end_sent"],
             waiting_changed=holder["was_waiting"] or new.status == "waiting_for_human",
         )
         return new, decision
@@ -217,6 +224,7 @@ def create_app(settings: Settings | None = None):
         d: Decision,
         sent: set[str] = frozenset(),
         notes_sent: bool = False,
+        end_sent: bool = False,
         waiting_changed: bool = True,
     ) -> None:
         """What a committed decision still has to do (what `decide` sent with the state is skipped)."""
@@ -251,33 +259,43 @@ def create_app(settings: Settings | None = None):
                 return s if changed else None
 
             await store().update(state.run_id, mark)
+        if state.status == "cancelled":  # first, so workers drop the run's queued tasks
+            await res.redis.set(
+                streams.run_cancelled(state.run_id), state.reason or "cancelled", ex=DONE_TTL
+            )
+        if not state.active and not end_sent:
+            if state.status == "completed":
+                await publish_outputs(state)
+            await record(end_event(state))
+            # the workers' done-marks of an ended run are kept a week, then go
+            await res.redis.expire(streams.run_done(state.run_id), DONE_TTL)
         if state.status == "completed":
-            await finish(state)
+            log.info("run_completed", outputs=sorted(state.final), ended_by=state.ended_by)
         elif state.status == "failed":
             log.warning("run_failed", reason=state.reason)
-            await record(
-                RunFailed(
-                    run_id=state.run_id,
-                    reason=state.reason or "failed",
-                    trace_id=state.trace_id,
-                    sender=sender,
-                )
-            )
         elif state.status == "cancelled":
-            await res.redis.set(
-                streams.run_cancelled(state.run_id), state.reason or "cancelled", ex=7 * 86400
-            )
-            await record(
-                RunCancelled(
-                    run_id=state.run_id,
-                    reason=state.reason or "cancelled",
-                    trace_id=state.trace_id,
-                    sender=sender,
-                )
-            )
             log.info("run_cancelled", reason=state.reason)
-        if not state.active:  # the workers' done-marks of an ended run are kept a week, then go
-            await res.redis.expire(streams.run_done(state.run_id), 7 * 86400)
+
+    def end_event(state: RunState) -> BaseEvent:
+        common = dict(run_id=state.run_id, trace_id=state.trace_id, sender=sender)
+        if state.status == "completed":
+            return RunCompleted(
+                **common, outputs=state.final, usage=state.usage, ended_by=state.ended_by
+            )
+        if state.status == "failed":
+            return RunFailed(**common, reason=state.reason or "failed")
+        return RunCancelled(**common, reason=state.reason or "cancelled")
+
+    def publishes(state: RunState) -> dict[str, str]:
+        """Where a triggered run's outputs are published when it completes (before run.completed)."""
+        wf = workflows.workflows[state.workflow]
+        if state.status != "completed" or not (wf.trigger and wf.trigger.publish_to and state.trigger):
+            return {}
+        return published_key(wf.trigger.publish_to, state.trigger.key, state.final)
+
+    async def publish_outputs(state: RunState) -> None:
+        for name, key in publishes(state).items():
+            await res.storage.copy(state.final[name], key)
 
     async def ask_human(state: RunState, d: Decision) -> None:
         h = d.human
@@ -532,23 +550,6 @@ def create_app(settings: Settings | None = None):
             return module.on_failed(s, wf, workflows, event, slot)
 
         await decide(event.run_id, choose, known=raw)
-
-    async def finish(state: RunState) -> None:
-        wf = workflows.workflows[state.workflow]
-        if wf.trigger and wf.trigger.publish_to and state.trigger:
-            for name, key in published_key(wf.trigger.publish_to, state.trigger.key, state.final).items():
-                await res.storage.copy(state.final[name], key)
-        await record(
-            RunCompleted(
-                run_id=state.run_id,
-                outputs=state.final,
-                usage=state.usage,
-                ended_by=state.ended_by,
-                trace_id=state.trace_id,
-                sender=sender,
-            )
-        )
-        log.info("run_completed", outputs=sorted(state.final), ended_by=state.ended_by)
 
     async def on_object(event: ObjectChanged) -> None:
         """A file changed in the bucket: a trigger, a person's response, or a turn in a collaboration."""

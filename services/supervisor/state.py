@@ -99,18 +99,33 @@ class RunState(BaseModel):
         return self.status in ("running", "waiting_for_human")
 
 
-# Compare-and-set of one run's state, together with the stream entries its decision publishes: a
-# supervisor dying at any instruction leaves either the old state and nothing sent, or the new state and
-# everything sent. KEYS[1]: the state; KEYS[2..]: streams. ARGV[1]: the state as it was read, ARGV[2]: the
-# new state, then per entry: its stream's index in KEYS and its `__data__`. Returns 0 if the state changed
-# since it was read (nothing written), else 1.
+# Compare-and-set of one run's state, together with what its decision sends: a supervisor dying at any
+# instruction leaves either the old state and nothing sent, or the new state and everything sent.
+# KEYS[1]: the state; KEYS[2..]: the other keys. ARGV[1]: the state as it was read, ARGV[2]: the new
+# state, then per operation: `x` (append an entry, the value is its `__data__`) or `e` (expire the key in
+# the value's seconds), the key's index in KEYS, the value. Returns 0 if the state changed since it was
+# read (nothing written), else 1.
 CAS = """
 local current = redis.call('GET', KEYS[1])
 if current ~= ARGV[1] then return 0 end
 redis.call('SET', KEYS[1], ARGV[2])
-for i = 3, #ARGV, 2 do redis.call('XADD', KEYS[tonumber(ARGV[i])], '*', '__data__', ARGV[i + 1]) end
+for i = 3, #ARGV, 3 do
+  local key = KEYS[tonumber(ARGV[i + 1])]
+  if ARGV[i] == 'x' then redis.call('XADD', key, '*', '__data__', ARGV[i + 2])
+  else redis.call('EXPIRE', key, ARGV[i + 2]) end
+end
 return 1
 """
+
+
+def append(stream: str, event: BaseModel) -> tuple[str, str, str]:
+    """An operation for `RunStore.update`: append `event` to `stream`."""
+    return ("x", stream, event.model_dump_json())
+
+
+def expire(key: str, seconds: int) -> tuple[str, str, str]:
+    """An operation for `RunStore.update`: expire `key`."""
+    return ("e", key, str(seconds))
 
 
 class RunStore:
@@ -136,13 +151,13 @@ class RunStore:
         run_id: str,
         change: Callable[[RunState], RunState | None],
         known: bytes | None = None,
-        entries: Callable[[RunState], list[tuple[str, BaseModel]]] | None = None,
+        ops: Callable[[RunState], list[tuple[str, str, str]]] | None = None,
     ) -> RunState | None:
         """Apply `change` atomically; it returns the new state, or None to leave the run as it is.
 
         `known`: the state's raw value as the caller just read it (saves a read; if it is stale, the
-        compare fails and the state is read again). `entries(new)`: events to append to streams in the
-        same atomic step as the new state (it may mark the new state accordingly before it is written).
+        compare fails and the state is read again). `ops(new)`: `append` and `expire` operations done in
+        the same atomic step as the new state (it may mark the new state accordingly before it is written).
         """
         key = streams.run_state(run_id)
         raw = known
@@ -157,8 +172,8 @@ class RunStore:
             new.updated_at = utcnow()
             keys: dict[str, int] = {key: 1}
             args: list = []
-            for stream, event in entries(new) if entries else ():
-                args += [keys.setdefault(stream, len(keys) + 1), event.model_dump_json()]
+            for op, target, value in ops(new) if ops else ():
+                args += [op, keys.setdefault(target, len(keys) + 1), value]
             if await self.redis.eval(CAS, len(keys), *keys, raw, new.model_dump_json(), *args):
                 return new
             raw = None  # changed meanwhile (another handler or replica): read it again, decide again

@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from pathlib import Path
 
 import boto3
 import pytest
+import redis.asyncio as aioredis
 
+from baton import client
+from shared import streams
+from shared.broker import DATA_FIELD
 from shared.events import RunCompleted
 from shared.storage import Storage
 from tests.helpers import of_type, run, wait_for_end
@@ -97,3 +102,26 @@ async def test_unknown_workflow_fails_the_run_with_a_clear_reason(settings):
     _run_id, events = await run(settings, "no-such-workflow")
     assert events[-1].type == "run.failed"
     assert "unknown workflow 'no-such-workflow'" in events[-1].reason
+
+
+async def test_a_completed_state_and_its_run_completed_event_are_written_together(settings):
+    """Whoever reads `completed` (baton status, the MCP server) finds run.completed in the run's stream:
+    the supervisor writes the end event in the same script as the state (regression: it came after)."""
+    run_ids = [await client.submit(settings, "slow-pair", {}, {"sleep": 0}) for _ in range(5)]
+    r = aioredis.Redis.from_url(settings.redis_url)
+    try:
+        pending = set(run_ids)
+        for _ in range(6000):
+            for run_id in list(pending):
+                raw = await r.get(streams.run_state(run_id))
+                if raw and json.loads(raw)["status"] == "completed":
+                    entries = await r.xrange(streams.run_events(run_id))
+                    types = [json.loads(f[DATA_FIELD.encode()])["type"] for _i, f in entries]
+                    assert "run.completed" in types, types
+                    pending.discard(run_id)
+            if not pending:
+                break
+            await asyncio.sleep(0.002)
+    finally:
+        await r.aclose()
+    assert not pending
