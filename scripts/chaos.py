@@ -75,7 +75,7 @@ async def chaos(args) -> dict:
         result = await _run(args, tmp, settings, stack, webhook, token, minio_port, lambda: minio)
         return result
     finally:
-        if args.keep and result and result["lost"]:
+        if args.keep and result and (result["lost"] or result["tasks_done_twice"]):
             print(f"kept for inspection: {tmp} (REDIS_URL={settings.redis_url}); stop its processes by PID")
             return result  # noqa: B012
         stack.stop_all()
@@ -197,6 +197,14 @@ async def _run(args, tmp, settings, stack, webhook, token, minio_port, current_m
                 reasons[e["reason"][:80]] += 1
             durations.append(int(entry_id.decode().split("-")[0]) / 1000 - submitted[run_id])
     lost = len(submitted) - completed - failed
+    for double in doubles:  # how many entries carried the task to its agent (a double dispatch?)
+        agent = double["task_id"].rsplit(".", 1)[-1]
+        copies = [
+            i.decode()
+            for i, f in await r.xrange(streams.agent_stream(agent))
+            if json.loads(f[DATA_FIELD.encode()]).get("task_id") == double["task_id"]
+        ]
+        double["agent_stream_entries"] = copies
     await r.aclose()
     durations.sort()
     return {
@@ -233,7 +241,9 @@ def main() -> None:
     parser.add_argument("--timeout", type=float, default=600.0, help="Seconds to wait for the last run.")
     parser.add_argument("--minio-restarts", type=int, default=2)
     parser.add_argument("--seed", type=int, default=7)
-    parser.add_argument("--keep", action="store_true", help="Leave everything running if a run is lost.")
+    parser.add_argument(
+        "--keep", action="store_true", help="Leave everything running if a run is lost or a task done twice."
+    )
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "chaos.json")
     args = parser.parse_args()
     result = asyncio.run(chaos(args))

@@ -110,8 +110,9 @@ def _supervisor_grants() -> list[Grant]:
         # (services/supervisor/state.py); the GET, SET and XADDs inside are checked again against the
         # grants for their own keys.
         Grant(
-            "commit a decision together with what it sends",
+            "commit a decision together with what it sends; dead letters (the batched outbox's script)",
             (
+                streams.DLQ,
                 streams.run_state("*"),
                 streams.run_events("*"),
                 streams.run_done("*"),

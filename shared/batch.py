@@ -372,6 +372,30 @@ class BatchConsumer:
                 log.warning("heartbeat_failed", stream=self.stream, error=str(exc))
 
 
+class InOrder:
+    """Runs the calls for one key one at a time, in the order they were made; other keys run meanwhile.
+
+    For a batched consumer whose handlers must not overlap per key (the supervisor: the events of one
+    run). Tasks start in the order their entries were read and asyncio's locks are first come, first
+    served, so one key's events are handled in stream order.
+    """
+
+    def __init__(self) -> None:
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._users: dict[str, int] = {}
+
+    async def run(self, key: str, call: Callable[[], Awaitable[Any]]) -> Any:
+        lock = self._locks.setdefault(key, asyncio.Lock())
+        self._users[key] = self._users.get(key, 0) + 1
+        try:
+            async with lock:
+                return await call()
+        finally:
+            self._users[key] -= 1
+            if not self._users[key]:
+                del self._users[key], self._locks[key]
+
+
 class Batched:
     """The batched subscriptions of one service: one outbox, one `BatchConsumer` per stream.
 

@@ -50,8 +50,9 @@ class Settings(BaseSettings):
         100,
         ge=0,
         description="Worker: tasks one agent's consumer reads per XREADGROUP and runs concurrently (at most "
-        "this many in flight), their events written in one pipeline and acknowledged together; "
-        "0 = one FastStream handler call per task, reading `max_records` at a time.",
+        "this many in flight), their events written in one pipeline and acknowledged together. "
+        "Supervisor: runs and results read and handled the same way (one run's events in order). "
+        "0 = one FastStream handler call per message, reading `max_records` at a time.",
     )
     max_event_bytes: int = Field(
         64 * 1024, ge=1024, description="Larger events are refused: content travels by reference."

@@ -15,6 +15,7 @@ import random
 from datetime import timedelta
 
 from shared import streams
+from shared.batch import Batched, InOrder
 from shared.broker import DATA_FIELD, encode, make_broker, subscribe
 from shared.errors import ObjectMissingError
 from shared.events import (
@@ -124,6 +125,8 @@ def create_app(settings: Settings | None = None):
         description="Every step of one run, in order.",
     )
 
+    # Batch mode (the default), as in the worker: runs and results are read `batch` at a time
+    batched = Batched(settings, SERVICE) if settings.batch else None
     any_deadlines = any(wf.task_timeout for wf in workflows.workflows.values())
 
     def store() -> RunStore:
@@ -620,24 +623,38 @@ def create_app(settings: Settings | None = None):
                 )
                 log.info("run_triggered", workflow=name, key=event.key, triggered_run=run_id)
 
-    subscribe(
-        broker,
-        streams.RUNS,
-        streams.SUPERVISOR_GROUP,
-        settings,
-        on_runs,
-        title="runs",
-        description="Submitted runs and cancellations.",
-    )
-    subscribe(
-        broker,
-        streams.RESULTS,
-        streams.SUPERVISOR_GROUP,
-        settings,
-        on_result,
-        title="results",
-        description="Task outcomes from workers and the router.",
-    )
+    if batched:
+        # Up to `batch` events read at once and handled concurrently, one run's events in stream order.
+        in_order = InOrder()
+
+        async def on_runs_in_order(event: RunRequest) -> None:
+            await in_order.run(event.run_id, lambda: on_runs(event))
+
+        async def on_result_in_order(event: TaskResult) -> None:
+            await in_order.run(event.run_id, lambda: on_result(event))
+
+        group = streams.SUPERVISOR_GROUP
+        batched.subscribe(broker, streams.RUNS, group, RunRequest, on_runs_in_order)
+        batched.subscribe(broker, streams.RESULTS, group, TaskResult, on_result_in_order)
+    else:
+        subscribe(
+            broker,
+            streams.RUNS,
+            streams.SUPERVISOR_GROUP,
+            settings,
+            on_runs,
+            title="runs",
+            description="Submitted runs and cancellations.",
+        )
+        subscribe(
+            broker,
+            streams.RESULTS,
+            streams.SUPERVISOR_GROUP,
+            settings,
+            on_result,
+            title="results",
+            description="Task outcomes from workers and the router.",
+        )
     subscribe(
         broker,
         streams.OBJECTS,
@@ -648,6 +665,8 @@ def create_app(settings: Settings | None = None):
         description="Bucket changes from the notifier.",
     )
     app = build_app(broker, res, log, service=SERVICE, redis=True, consumer=settings.consumer)
+    if batched:
+        batched.attach(app)
     loops: list[asyncio.Task] = []
 
     @app.after_startup
