@@ -84,11 +84,34 @@ class Reclaimer:
                 count=10,
             )
             start, entries = reply[0], reply[1]
-            for entry_id, fields in entries:
-                claimed_total += 1
-                await self.handle(sub, entry_id.decode(), fields)
+            # Claimed entries are handled one by one: until its turn comes, each one's idle time is reset
+            # with the rest (the heartbeat), or another consumer would claim it again meanwhile and both
+            # would run it (found by make chaos: a slow first entry, e.g. while MinIO restarts).
+            waiting = [entry_id for entry_id, _fields in entries]
+            heartbeat = asyncio.create_task(self._keep_claimed(sub, waiting))
+            try:
+                for entry_id, fields in entries:
+                    claimed_total += 1
+                    await self.handle(sub, entry_id.decode(), fields)
+                    waiting.remove(entry_id)
+            finally:
+                heartbeat.cancel()
             if start in (b"0-0", "0-0") or not entries:
                 return claimed_total
+
+    async def _keep_claimed(self, sub: Subscription, ids: list) -> None:
+        """Every third of the idle time, reset the idle time of the claimed entries not yet handled."""
+        redis = client_of(self.broker)
+        while True:
+            await asyncio.sleep(max(self.settings.reclaim_idle_ms / 3000, 0.05))
+            if not ids:
+                continue
+            try:
+                await redis.xclaim(sub.stream, sub.group, self.settings.consumer, 0, list(ids), justid=True)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001
+                log.warning("heartbeat_failed", stream=sub.stream, error=str(exc))
 
     async def deliveries(self, sub: Subscription, entry_id: str) -> int:
         info = await client_of(self.broker).xpending_range(sub.stream, sub.group, entry_id, entry_id, 1)

@@ -140,7 +140,12 @@ class Storage:
         source = {"Bucket": ref.bucket, "Key": ref.key}
         if ref.version_id:
             source["VersionId"] = ref.version_id
-        resp = await self.client.copy_object(Bucket=self.bucket, Key=dest_key, CopySource=source)
+        try:
+            resp = await self.client.copy_object(Bucket=self.bucket, Key=dest_key, CopySource=source)
+        except ClientError as exc:  # anything else (MinIO restarting, a 503) is transient: raised as is
+            if _code(exc) in ("NoSuchKey", "NoSuchVersion", "404", "InvalidArgument"):
+                raise ObjectMissingError(f"object {ref.uri()} does not exist") from exc
+            raise
         return ObjectRef(
             bucket=self.bucket,
             key=dest_key,

@@ -507,7 +507,7 @@ def create_app(settings: Settings | None = None):
                 raise ObjectMissingError(f"input {name!r}: object {ref.uri()} does not exist")
             try:
                 inputs[name] = await res.storage.copy(ref, f"{prefix}inputs/{posixpath.basename(ref.key)}")
-            except Exception as exc:  # botocore ClientError on a missing version
+            except ObjectMissingError as exc:  # a missing version; other errors (MinIO away) are retried
                 raise ObjectMissingError(f"input {name!r}: cannot copy {ref.uri()}: {exc}") from exc
         return inputs
 

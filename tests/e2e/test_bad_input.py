@@ -141,3 +141,29 @@ async def test_submitting_a_ref_to_a_missing_object_fails_the_run_clearly(settin
     events = await wait_for_end(settings, event.run_id)
     assert events[-1].type == "run.failed"
     assert "briefs/never-uploaded.md does not exist" in events[-1].reason
+
+
+async def test_a_ref_to_a_version_that_does_not_exist_fails_the_run_clearly(settings):
+    """The key exists but not the version named: a clear failure (only a missing object or version fails
+    a run; MinIO being away is retried)."""
+    import uuid
+
+    from shared.broker import encode
+    from shared.events import ObjectRef, RunSubmitted
+    from shared.storage import Storage
+
+    async with Storage.connect(settings) as storage:
+        real = await storage.put("shared/versioned-brief.md", b"# A brief\n")
+    event = RunSubmitted(
+        run_id="r-missing-version-1",
+        workflow="content-factory",
+        inputs={"brief": ObjectRef(bucket=settings.bucket, key=real.key, version_id=str(uuid.uuid4()))},
+    )
+    r = aioredis.Redis.from_url(settings.redis_url)
+    try:
+        await r.xadd(streams.RUNS, encode(event))
+    finally:
+        await r.aclose()
+    events = await wait_for_end(settings, event.run_id)
+    assert events[-1].type == "run.failed"
+    assert "input 'brief': cannot copy" in events[-1].reason and "does not exist" in events[-1].reason

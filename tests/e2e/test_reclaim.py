@@ -1,0 +1,66 @@
+"""The reclaimer on a real Redis: claimed entries stay claimed while they wait for their turn."""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+from collections import Counter
+
+import pytest
+from pydantic import TypeAdapter
+
+from shared.broker import Subscription, encode, make_broker, registry
+from shared.events import TaskAssigned
+from shared.reclaim import Reclaimer
+from shared.settings import Settings
+
+pytestmark = pytest.mark.e2e
+
+
+def _task(i: int) -> TaskAssigned:
+    return TaskAssigned(
+        run_id="r-reclaim",
+        task_id=f"r-reclaim.{i}.x",
+        workflow="w",
+        agent="x",
+        output_prefix="runs/r-reclaim/",
+    )
+
+
+async def test_entries_claimed_together_are_not_claimed_again_while_they_wait(real_servers):
+    """One sweep claims several entries and handles them in turn; a slow first one must not let the
+    others go idle, or a second consumer claims them too and both run them (found by make chaos)."""
+    stream, group = f"test:reclaim:{secrets.token_hex(4)}", "g"
+    handled: Counter = Counter()
+
+    async def slow(event: TaskAssigned) -> None:
+        handled[event.task_id] += 1
+        await asyncio.sleep(0.5)
+
+    brokers, reclaimers = [], []
+    for name in ("r1", "r2"):
+        s = Settings(redis_url=real_servers.redis_url, consumer=name, reclaim_idle_ms=300, max_deliveries=5)
+        broker = make_broker(s, "test")
+        await broker.connect()
+        registry(broker).append(Subscription(stream, group, slow, TypeAdapter(TaskAssigned)))
+        brokers.append(broker)
+        reclaimers.append(Reclaimer(broker, s, "test"))
+    redis = brokers[0]._connection
+    try:
+        await redis.xgroup_create(stream, group, id="0", mkstream=True)
+        for i in range(3):
+            await redis.xadd(stream, encode(_task(i)))
+        await redis.xreadgroup(group, "dead", {stream: ">"}, count=10)  # taken, never acknowledged
+        await asyncio.sleep(0.4)  # idle past reclaim_idle_ms
+        first = asyncio.create_task(reclaimers[0].sweep(registry(brokers[0])[0]))
+        await asyncio.sleep(0.1)  # r1 claimed all three and is busy with the first
+        for _ in range(12):  # meanwhile r2 sweeps again and again, for longer than r1 needs
+            await reclaimers[1].sweep(registry(brokers[1])[0])
+            await asyncio.sleep(0.15)
+        await first
+        assert handled == {f"r-reclaim.{i}.x": 1 for i in range(3)}, handled
+        assert (await redis.xpending(stream, group))["pending"] == 0
+    finally:
+        await redis.delete(stream)
+        for broker in brokers:
+            await broker.stop()
