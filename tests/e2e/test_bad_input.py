@@ -5,13 +5,15 @@ from __future__ import annotations
 import json
 import urllib.error
 import urllib.request
+import uuid
 from pathlib import Path
 
 import pytest
 import redis.asyncio as aioredis
 
 from shared import streams
-from shared.broker import DATA_FIELD
+from shared.broker import DATA_FIELD, encode
+from shared.events import ObjectRef, RunSubmitted
 from shared.storage import Storage
 from tests.helpers import dead_letters, last_id, run, wait_for_end
 
@@ -124,21 +126,23 @@ async def test_agent_writing_outside_its_prefixes_is_refused(settings):
         assert await storage.head(f"runs/{run_id}/published/not-mine.txt") is None
 
 
-async def test_submitting_a_ref_to_a_missing_object_fails_the_run_clearly(settings):
-    from shared.broker import encode
-    from shared.events import ObjectRef, RunSubmitted
-
-    event = RunSubmitted(
-        run_id="r-missing-input-1",
-        workflow="content-factory",
-        inputs={"brief": ObjectRef(bucket=settings.bucket, key="briefs/never-uploaded.md")},
-    )
+async def _submit_raw(settings, event: RunSubmitted) -> list:
+    """Publish a run the way any client may (a plain XADD, no checks on the way), wait for its end."""
     r = aioredis.Redis.from_url(settings.redis_url)
     try:
         await r.xadd(streams.RUNS, encode(event))
     finally:
         await r.aclose()
-    events = await wait_for_end(settings, event.run_id)
+    return await wait_for_end(settings, event.run_id)
+
+
+async def test_submitting_a_ref_to_a_missing_object_fails_the_run_clearly(settings):
+    event = RunSubmitted(
+        run_id="r-missing-input-1",
+        workflow="content-factory",
+        inputs={"brief": ObjectRef(bucket=settings.bucket, key="briefs/never-uploaded.md")},
+    )
+    events = await _submit_raw(settings, event)
     assert events[-1].type == "run.failed"
     assert "briefs/never-uploaded.md does not exist" in events[-1].reason
 
@@ -146,12 +150,6 @@ async def test_submitting_a_ref_to_a_missing_object_fails_the_run_clearly(settin
 async def test_a_ref_to_a_version_that_does_not_exist_fails_the_run_clearly(settings):
     """The key exists but not the version named: a clear failure (only a missing object or version fails
     a run; MinIO being away is retried)."""
-    import uuid
-
-    from shared.broker import encode
-    from shared.events import ObjectRef, RunSubmitted
-    from shared.storage import Storage
-
     async with Storage.connect(settings) as storage:
         real = await storage.put("shared/versioned-brief.md", b"# A brief\n")
     event = RunSubmitted(
@@ -159,11 +157,6 @@ async def test_a_ref_to_a_version_that_does_not_exist_fails_the_run_clearly(sett
         workflow="content-factory",
         inputs={"brief": ObjectRef(bucket=settings.bucket, key=real.key, version_id=str(uuid.uuid4()))},
     )
-    r = aioredis.Redis.from_url(settings.redis_url)
-    try:
-        await r.xadd(streams.RUNS, encode(event))
-    finally:
-        await r.aclose()
-    events = await wait_for_end(settings, event.run_id)
+    events = await _submit_raw(settings, event)
     assert events[-1].type == "run.failed"
     assert "input 'brief': cannot copy" in events[-1].reason and "does not exist" in events[-1].reason
