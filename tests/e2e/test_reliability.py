@@ -128,7 +128,9 @@ async def test_cancel_stops_a_running_run_and_drops_its_queued_work(settings):
 
 
 async def test_two_supervisors_one_killed_mid_run_every_run_completes_once(settings, stack):
-    extra = stack.start("supervisor")
+    # The survivor runs FastStream's per-message path (BATON_BATCH=0), the one killed the batched path:
+    # after the kill, the per-message supervisor finishes every run on its own.
+    extra = stack.start("supervisor", {"BATON_BATCH": "0"})
     run_ids = [await client.submit(settings, "slow-pair", {}, {"sleep": 0.8}) for _ in range(4)]
     await asyncio.sleep(1.0)
     first = next(h for h in stack.procs if h.startswith("supervisor") and h != extra)
