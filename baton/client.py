@@ -106,9 +106,13 @@ async def publish_run(
 
 
 async def follow(settings: Settings, run_id: str, block_ms: int = 5000) -> AsyncIterator[Event]:
-    """Yield a run's events from the start, blocking for new ones (no polling), until the run ends."""
+    """Yield a run's events from the start, blocking for new ones (no polling), until the run ends.
+
+    Each event once: a supervisor that dies before acknowledging a message records it again when the
+    message is redelivered (same event id), and that copy is skipped here."""
     client = aioredis.Redis.from_url(settings.redis_url)
     last = "0"
+    seen: set[str] = set()
     try:
         while True:
             reply = await client.xread({streams.run_events(run_id): last}, block=block_ms, count=100)
@@ -119,6 +123,9 @@ async def follow(settings: Settings, run_id: str, block_ms: int = 5000) -> Async
                     if raw is None:
                         continue
                     event = parse_event(raw)
+                    if event.event_id in seen:
+                        continue
+                    seen.add(event.event_id)
                     yield event
                     if event.type in TERMINAL_RUN_EVENTS:
                         return
@@ -243,11 +250,15 @@ async def run_status(settings: Settings, run_id: str, last: int = 20) -> dict[st
         raise BatonError(f"no run {run_id!r} (a run just submitted appears once the supervisor has taken it)")
     state: dict[str, Any] = json.loads(raw_state) if raw_state else {}
     events: list[dict[str, Any]] = []
+    seen: set = set()
     for _entry_id, fields in reversed(entries):
         try:
-            events.append(json.loads(fields[DATA_FIELD.encode()]))
+            event = json.loads(fields[DATA_FIELD.encode()])
         except (KeyError, ValueError):
             continue
+        if event.get("event_id") not in seen:  # a redelivery's second record of one event: once
+            seen.add(event.get("event_id"))
+            events.append(event)
     terminal = next((e for e in reversed(events) if e.get("type") in TERMINAL_RUN_EVENTS), None)
     if terminal is not None:
         status = "completed" if terminal["type"] == "run.completed" else "failed"

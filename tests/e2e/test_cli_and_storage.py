@@ -101,3 +101,30 @@ async def test_conditional_writes_refuse_stale_and_existing_objects(settings):
             await storage.put("runs/r-cond/doc.md", b"lost update", if_match=first.etag)
         assert await storage.get(second) == b"two"
         assert await storage.get(first) == b"one"  # versioned: the old version is still readable
+
+
+async def test_follow_yields_an_event_recorded_twice_once(settings):
+    """A supervisor that dies before acknowledging re-records the redelivered event (same event id):
+    `baton watch` (client.follow) shows it once."""
+    from baton import client
+    from shared.broker import encode
+    from shared.events import RunCompleted, RunStarted, TaskStarted
+
+    run_id = "r-recorded-twice"
+    started = TaskStarted(run_id=run_id, task_id=f"{run_id}.0.x", agent="x")
+    stream = streams.run_events(run_id)
+    r = aioredis.Redis.from_url(settings.redis_url)
+    try:
+        await r.delete(stream)
+        for event in (
+            RunStarted(run_id=run_id, workflow="w", pattern="sequential"),
+            started,
+            started,  # the second record, after a redelivery
+            RunCompleted(run_id=run_id),
+        ):
+            await r.xadd(stream, encode(event))
+        seen = [e async for e in client.follow(settings, run_id, block_ms=200)]
+    finally:
+        await r.delete(stream)
+        await r.aclose()
+    assert [e.type for e in seen] == ["run.started", "task.started", "run.completed"]
