@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pydantic import BaseModel, Field
 
+from .events import Usage
+
 
 class ClassifyRequest(BaseModel):
     """What a classifier is asked."""
@@ -18,3 +20,6 @@ class Classification(BaseModel):
 
     label: str = Field(description="One of the requested labels (anything else goes to the fallback).")
     confidence: float = Field(ge=0, le=1, description="How sure the classifier is, 0..1.")
+    spent: Usage | None = Field(
+        None, description="Model tokens/cost the classification spent, if a model was asked."
+    )

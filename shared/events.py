@@ -130,6 +130,9 @@ class RouteDecided(BaseEvent):
     confidence: float = Field(1.0, ge=0, le=1, description="Classifier confidence.")
     classifier: str = Field("static", description="Which classifier decided.")
     reason: str | None = Field(None, description="Why the fallback was taken, when it was.")
+    usage: Usage | None = Field(
+        None, description="Model tokens/cost a model classifier spent (counted in the run's usage)."
+    )
 
 
 class TaskStarted(BaseEvent):

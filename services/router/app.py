@@ -100,11 +100,15 @@ def create_app(settings: Settings | None = None):
             confidence=decision.confidence,
             classifier=decision.classifier,
             reason=decision.reason or None,
+            usage=decision.usage,
         )
-        if decision.agent == HUMAN:
-            await results.publish(decided)  # the supervisor pauses the run for a person
-        else:
+        if decision.agent == HUMAN or decision.usage is not None:
+            # Through the supervisor, which records it in the run's stream: it pauses the run for a
+            # person, or counts the model classifier's usage in the run's.
+            await results.publish(decided)
+        else:  # observability only: straight to the run's stream
             await broker.publish(decided, stream=streams.run_events(event.run_id))
+        if decision.agent != HUMAN:
             await agents[decision.agent].publish(
                 event.model_copy(update={"agent": decision.agent, "sender": sender})
             )

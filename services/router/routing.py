@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pydantic import ValidationError
 
 from shared.classification import Classification, ClassifyRequest
-from shared.events import TaskAssigned
+from shared.events import TaskAssigned, Usage
 from shared.workflow import RouterWorkflow, WorkflowFile
 
 
@@ -26,6 +26,7 @@ class Route:
     confidence: float
     classifier: str
     reason: str = ""
+    usage: Usage | None = None  # what a model classifier spent
 
 
 def decide(task: TaskAssigned, workflows: WorkflowFile) -> Route:
@@ -76,7 +77,12 @@ def choose(
         return Route(wf.fallback, None, 0.0, classifier, "no rule matched and no classifier is configured")
     if found.label not in wf.routes:
         return Route(
-            wf.fallback, found.label, found.confidence, classifier, f"label {found.label!r} has no route"
+            wf.fallback,
+            found.label,
+            found.confidence,
+            classifier,
+            f"label {found.label!r} has no route",
+            found.spent,
         )
     if found.confidence < wf.min_confidence:
         return Route(
@@ -85,5 +91,6 @@ def choose(
             found.confidence,
             classifier,
             f"confidence {found.confidence:.2f} is below {wf.min_confidence:.2f}",
+            found.spent,
         )
-    return Route(wf.routes[found.label], found.label, found.confidence, classifier)
+    return Route(wf.routes[found.label], found.label, found.confidence, classifier, usage=found.spent)

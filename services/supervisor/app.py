@@ -39,6 +39,7 @@ from shared.events import (
     TaskFailed,
     TaskResult,
     TaskStarted,
+    new_id,
     utcnow,
 )
 from shared.logging import configure_logging
@@ -190,7 +191,7 @@ def create_app(settings: Settings | None = None):
                 slot = new.tasks.get(task.task_id)
                 if slot is not None and slot.not_before is not None and slot.not_before > now:
                     continue  # a retry waiting its backoff: carry_out sets its timer
-                task = task.model_copy(update={"created_at": now})  # when it was really sent
+                task = task.model_copy(update={"created_at": now, "event_id": new_id()})  # a new event
                 # recorded first, so a watcher sees the assignment before the agent's first event
                 out += [append(events, task), append(dispatch_stream(task), task)]
                 if slot is not None and slot.task.attempt == task.attempt:
@@ -248,7 +249,7 @@ def create_app(settings: Settings | None = None):
             if slot is not None and slot.not_before is not None and slot.not_before > utcnow():
                 await schedule(slot.not_before.timestamp(), "dispatch", task)  # a retry waits its backoff
                 continue
-            task = task.model_copy(update={"created_at": utcnow()})  # when it was really sent
+            task = task.model_copy(update={"created_at": utcnow(), "event_id": new_id()})  # sent now
             await record(task)  # first, so a watcher sees the assignment before the agent's first event
             await res.redis.xadd(dispatch_stream(task), encode(task))
             dispatched[task.task_id] = task.attempt

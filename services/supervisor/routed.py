@@ -24,9 +24,15 @@ def start(state: RunState, wf: RouterWorkflow, workflows: WorkflowFile) -> Decis
 
 
 def on_route(state: RunState, wf: RouterWorkflow, workflows: WorkflowFile, ev: RouteDecided) -> Decision:
-    """Only a decision for `human` reaches the supervisor; agents get the task from the router directly."""
+    """A decision for `human` pauses the run. One for an agent (which got the task from the router
+    directly) only brings the model classifier's usage, counted once per attempt."""
     if ev.agent != HUMAN:
-        return Decision.ignore("routed to an agent")
+        slot = state.tasks[ev.task_id]
+        if ev.usage is None or slot.usage_counted:
+            return Decision.ignore("routed to an agent")
+        slot.usage_counted = True
+        state.usage = state.usage + ev.usage
+        return Decision(state=state)
     take(state, ev)
     question = f"This request needs a person ({ev.reason or 'routed to human'}). Handle it and respond."
     return Decision(

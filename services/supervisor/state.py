@@ -27,6 +27,7 @@ class TaskSlot(BaseModel):
     dispatched: bool = False
     since: datetime = Field(default_factory=utcnow, description="When the slot was created.")
     not_before: datetime | None = Field(None, description="A retry's backoff: not published before this.")
+    usage_counted: bool = Field(False, description="A model classifier's usage for it is in the run's.")
 
 
 class HumanWait(BaseModel):

@@ -285,7 +285,7 @@ async def classify_request(request: Any, template: str, used: set[str], spec: Ag
             schema=schema,
             schema_name="classification",
         )
-    return found.model_dump()
+    return {**found.model_dump(), "spent": llm.usage.to_usage().model_dump()}
 
 
 def output_path(ctx: AgentContext, spec: AgentSpec, kind: OutputKind) -> str:

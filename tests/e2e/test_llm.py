@@ -125,6 +125,10 @@ async def test_router_with_a_model_classifier_takes_the_route_of_its_label(llm_s
     assert routed.label in ("billing", "it") and 0 <= routed.confidence <= 1  # schema-valid JSON came back
     assert routed.agent == {"billing": "billing-desk", "it": "it-desk"}[routed.label]
     assert [e.agent for e in of_type(events, "task.completed")] == [routed.agent]
+    # the classifier's tokens are in the run's usage, with the desk's
+    (desk,) = of_type(events, "task.completed")
+    assert routed.usage is not None and routed.usage.prompt_tokens > 0
+    assert events[-1].usage.prompt_tokens == routed.usage.prompt_tokens + desk.usage.prompt_tokens
 
 
 async def test_a_malformed_classifier_reply_goes_to_the_fallback(llm_settings, fake_endpoint, tmp_path):
