@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib
 import os
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -32,6 +33,33 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+class RetrySpec(_Strict):
+    """An agent's own retry policy; what it leaves out comes from the workflow."""
+
+    max_attempts: int | None = Field(None, ge=1, le=20, description="Attempts per task of this agent.")
+    backoff: float | None = Field(None, ge=0, description="Seconds before the 2nd attempt (doubles, jitter).")
+    max_delay: float | None = Field(None, ge=0, description="Longest wait between attempts, in seconds.")
+    permanent_errors: list[str] | None = Field(
+        None, description="Exception names never retried for this agent (instead of the workflow's)."
+    )
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """The retry policy in force for one agent in one workflow."""
+
+    max_attempts: int
+    backoff: float
+    max_delay: float
+    permanent_errors: tuple[str, ...]
+
+    def retries(self, retryable: bool, error: str, attempt: int) -> bool:
+        """Whether a failed `attempt` gets another: the worker's verdict, overruled by
+        `permanent_errors` (matched on the exception name before the first colon)."""
+        name = error.split(":", 1)[0].strip()
+        return retryable and name not in self.permanent_errors and attempt < self.max_attempts
+
+
 class AgentSpec(_Strict):
     """One agent: what it is, and which workspace prefixes it may read and write.
 
@@ -47,6 +75,10 @@ class AgentSpec(_Strict):
     description: str = ""
     reads: list[str] | None = Field(None, description="Workspace prefixes it may read; None = all.")
     writes: list[str] = Field(default_factory=lambda: ["outputs/"], description="Prefixes it may write.")
+    retry: RetrySpec | None = Field(
+        None,
+        description="This agent's retry policy (attempts, backoff, permanent errors) over the workflow's.",
+    )
     concurrency: int | None = Field(
         None,
         ge=1,
@@ -277,6 +309,17 @@ class _WorkflowBase(_Strict):
 
     def agents_used(self) -> list[str]:
         raise NotImplementedError
+
+    def retry_policy(self, agent: AgentSpec | None) -> RetryPolicy:
+        """The policy for tasks of `agent` in this workflow: the agent's `retry` over the workflow's."""
+        own = agent.retry if agent is not None and agent.retry is not None else RetrySpec()
+        pick = lambda mine, default: default if mine is None else mine  # noqa: E731
+        return RetryPolicy(
+            max_attempts=pick(own.max_attempts, self.max_attempts),
+            backoff=pick(own.backoff, self.retry_backoff),
+            max_delay=pick(own.max_delay, self.retry_max_delay),
+            permanent_errors=tuple(pick(own.permanent_errors, self.permanent_errors)),
+        )
 
 
 class SequentialWorkflow(_WorkflowBase):

@@ -164,7 +164,8 @@ def create_app(settings: Settings | None = None):
             if decision.retry:
                 wf = workflows.workflows[decision.state.workflow]
                 for task in decision.assign:
-                    wait = backoff(wf.retry_backoff, wf.retry_max_delay, task.attempt, random.random())
+                    policy = wf.retry_policy(workflows.agents.get(task.agent or ""))
+                    wait = backoff(policy.backoff, policy.max_delay, task.attempt, random.random())
                     decision.state.tasks[task.task_id].not_before = utcnow() + timedelta(seconds=wait)
             if decision.human:
                 h = decision.human

@@ -98,7 +98,7 @@ def on_failed(
     state: RunState, wf: BidirectionalWorkflow, workflows: WorkflowFile, ev: TaskFailed, slot: TaskSlot
 ) -> Decision:
     take(state, ev)
-    return retry_or_fail(state, slot, ev, wf, f"turn {slot.key} ({ev.agent})")
+    return retry_or_fail(state, slot, ev, wf, workflows, f"turn {slot.key} ({ev.agent})")
 
 
 def on_human(state, wf, workflows, approved, text, response: ObjectRef) -> Decision:

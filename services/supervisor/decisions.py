@@ -128,14 +128,17 @@ def fail(state: RunState, reason: str) -> RunState:
     return state
 
 
-def retry_or_fail(state: RunState, slot: TaskSlot, ev: TaskFailed, wf, what: str) -> Decision:
+def retry_or_fail(
+    state: RunState, slot: TaskSlot, ev: TaskFailed, wf, workflows: WorkflowFile, what: str
+) -> Decision:
     """A failed task: retried as a new attempt if retryable and attempts remain, else the run fails.
 
-    The worker says whether an error is retryable; the workflow can overrule it with `permanent_errors`.
+    The worker says whether an error is retryable; the agent's or the workflow's `permanent_errors` can
+    overrule it, and the agent's or the workflow's `max_attempts` bounds the attempts.
     """
-    retryable = ev.retryable and ev.error.split(":", 1)[0].strip() not in wf.permanent_errors
+    policy = wf.retry_policy(workflows.agents.get(ev.agent or slot.task.agent or ""))
     state.history.append(f"{what} attempt {ev.attempt} failed: {ev.error}")
-    if retryable and ev.attempt < wf.max_attempts:
+    if policy.retries(ev.retryable, ev.error, ev.attempt):
         task = slot.task.model_copy(update={"attempt": ev.attempt + 1})
         add_task(state, task, slot.role, slot.key)
         return Decision(state=state, assign=[task], retry=True)

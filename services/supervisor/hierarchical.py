@@ -243,7 +243,8 @@ def on_failed(
     take(state, ev)
     if slot.role == "subtask":
         st = state.subtasks[slot.key]
-        if ev.retryable and st.attempt < wf.max_attempts:
+        policy = wf.retry_policy(workflows.agents.get(ev.agent or slot.task.agent or ""))
+        if policy.retries(ev.retryable, ev.error, st.attempt):
             state.history.append(f"subtask {st.spec.id} attempt {st.attempt} failed, retrying: {ev.error}")
             st.attempt, st.status = st.attempt + 1, "pending"
             return _progress(state, wf, workflows)
@@ -254,7 +255,7 @@ def on_failed(
         "aggregate": f"aggregator {wf.aggregator}",
         "review": f"reviewer {wf.reviewer}",
     }.get(slot.role, f"subtask {slot.key}")
-    return retry_or_fail(state, slot, ev, wf, what)
+    return retry_or_fail(state, slot, ev, wf, workflows, what)
 
 
 def on_human(state, wf, workflows, approved, text, response) -> Decision:

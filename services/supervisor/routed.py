@@ -53,7 +53,7 @@ def on_failed(
     state: RunState, wf: RouterWorkflow, workflows: WorkflowFile, ev: TaskFailed, slot: TaskSlot
 ) -> Decision:
     take(state, ev)
-    return retry_or_fail(state, slot, ev, wf, f"request ({ev.agent or 'router'})")
+    return retry_or_fail(state, slot, ev, wf, workflows, f"request ({ev.agent or 'router'})")
 
 
 def on_human(

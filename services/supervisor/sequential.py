@@ -91,7 +91,7 @@ def on_failed(
 ) -> Decision:
     take(state, ev)
     agent = stage_agent(wf, workflows, state.stage)
-    return retry_or_fail(state, slot, ev, wf, f"stage {state.stage} ({agent})")
+    return retry_or_fail(state, slot, ev, wf, workflows, f"stage {state.stage} ({agent})")
 
 
 def on_human(

@@ -101,6 +101,10 @@ async def test_retries_wait_their_backoff_and_permanent_errors_are_not_retried(s
     assert (second.created_at - failed.created_at).total_seconds() >= 0.2  # backoff 0.5 s, jitter >= 50%
     _run_id, events = await run(settings, "flaky-permanent")
     assert events[-1].type == "run.failed" and len(of_type(events, "task.assigned")) == 1
+    # an agent's own policy wins over its workflow's: max_attempts 1 there, 3 in the workflow
+    _run_id, events = await run(settings, "flaky-agent-policy")
+    assert events[-1].type == "run.failed" and len(of_type(events, "task.assigned")) == 1
+    assert "failed after 1 attempt" in events[-1].reason
 
 
 async def test_cancel_stops_a_running_run_and_drops_its_queued_work(settings):

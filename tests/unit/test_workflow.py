@@ -47,3 +47,31 @@ def test_handler_that_cannot_be_imported_is_a_config_error():
     wf = parse_workflows("agents: {a: {handler: 'no.such.module:f'}}")
     with pytest.raises(ConfigError, match="cannot be imported"):
         wf.agents["a"].load_handler()
+
+
+def test_an_agents_retry_policy_overrides_its_workflows_field_by_field():
+    files = parse_workflows(
+        """
+agents:
+  plain: {handler: "x:y"}
+  picky: {handler: "x:y", retry: {max_attempts: 5, permanent_errors: [QuotaError]}}
+workflows:
+  w: {pattern: sequential, stages: [plain, picky], max_attempts: 2, retry_backoff: 0.25,
+      permanent_errors: [ValueError]}
+"""
+    )
+    wf = files.workflows["w"]
+    plain, picky = wf.retry_policy(files.agents["plain"]), wf.retry_policy(files.agents["picky"])
+    assert (plain.max_attempts, plain.backoff, plain.permanent_errors) == (2, 0.25, ("ValueError",))
+    assert (picky.max_attempts, picky.backoff, picky.permanent_errors) == (5, 0.25, ("QuotaError",))
+    assert wf.retry_policy(None) == plain
+    assert picky.retries(True, "ConnectionError: reset", 4)
+    assert not picky.retries(True, "ConnectionError: reset", 5)  # out of attempts
+    assert not picky.retries(True, "QuotaError: over the limit", 1)  # permanent for this agent
+    assert not picky.retries(False, "ConnectionError: reset", 1)  # the worker said not retryable
+    assert plain.retries(True, "QuotaError: over the limit", 1)  # not permanent for the other
+
+
+def test_a_bad_retry_policy_is_refused_with_its_path():
+    with pytest.raises(ConfigError, match="agents.a.retry.max_attempts"):
+        parse_workflows("agents: {a: {handler: 'x:y', retry: {max_attempts: 0}}}")
