@@ -48,6 +48,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--baseline-processes", default="1,2", help="process counts for the baselines")
     p.add_argument("--rate", type=float, default=10.0, help="runs submitted per second in scenario 3")
     p.add_argument("--seconds", type=float, default=10.0, help="how long scenario 3 submits")
+    p.add_argument(
+        "--load-rate",
+        type=float,
+        default=200.0,
+        help="scenario 3 again at this rate (runs/s), for what one supervisor sustains; 0 skips it",
+    )
     p.add_argument("--artifact-mb", type=float, default=10.0, help="artifact size in scenario 4")
     p.add_argument("--repeats", type=int, default=3, help="runs per variant in scenario 4")
     p.add_argument("--out", type=Path, default=ROOT / "bench" / "results.json")
@@ -239,6 +245,11 @@ def main(argv: list[str] | None = None) -> None:
                 with OtherCpu(ours) as other:
                     results["latency"] = full_stack.latency(stack, args.rate, args.seconds)
                 results["latency"]["other_cpu_cores"] = other.cores
+                if args.load_rate:
+                    print(f"- the same under load: {args.load_rate:g} runs/s", flush=True)
+                    with OtherCpu(ours) as other:
+                        results["latency_load"] = full_stack.latency(stack, args.load_rate, args.seconds)
+                    results["latency_load"]["other_cpu_cores"] = other.cores
             finally:
                 stack.stop_all()
         if "ref" in only:
@@ -384,6 +395,14 @@ def table(results: dict) -> str:
             if not s or not s.get("count"):
                 continue
             lines.append(f"{label:42} {_num(s['p50_ms']):>9} {_num(s['p99_ms']):>9}")
+    load = results.get("latency_load")
+    if load:
+        lines += [
+            f"under load, {load['achieved_rate_runs_per_s']:g} runs/s ({load['tasks_per_s']:g} tasks/s, one "
+            "supervisor)" + ("" if load["ok"] else f"  [{load['unfinished']} unfinished]"),
+        ]
+        for key, label in (("per_hop", "  added per hop"), ("end_to_end", "  end to end")):
+            lines.append(f"{label:42} {_num(load[key]['p50_ms']):>9} {_num(load[key]['p99_ms']):>9}")
     ref = results.get("by_reference")
     if ref and ref.get("ok"):
         mb = ref["artifact_bytes"] / 1024 / 1024
@@ -433,6 +452,12 @@ def markdown(results: dict) -> str:
             if not row or not row.get("count"):
                 continue
             out.append(f"| {label.strip()} | {_num(row['p50_ms'])} | {_num(row['p99_ms'])} |")
+    load = results.get("latency_load")
+    if load:
+        rate = load["achieved_rate_runs_per_s"]
+        where = f"at {rate:g} runs/s ({load['tasks_per_s']:g} tasks/s, one supervisor)"
+        for key, label in (("per_hop", "added per hop"), ("end_to_end", "end to end")):
+            out.append(f"| {label} {where} | {_num(load[key]['p50_ms'])} | {_num(load[key]['p99_ms'])} |")
     ref = results.get("by_reference")
     if ref and ref.get("ok"):
         out += [
