@@ -1,10 +1,14 @@
-"""Helpers for end-to-end tests: submit, wait for the end, read a run's events and the DLQ."""
+"""Helpers for end-to-end tests: submit, wait for the end, read a run's events and the DLQ, plain S3 and
+webhook clients."""
 
 from __future__ import annotations
 
 import asyncio
+import urllib.error
+import urllib.request
 from pathlib import Path
 
+import boto3
 import redis.asyncio as aioredis
 
 from baton import client
@@ -62,3 +66,26 @@ async def last_id(settings: Settings, stream: str) -> str:
 
 def of_type(events: list[Event], type_: str) -> list[Event]:
     return [e for e in events if e.type == type_]
+
+
+def s3_client(settings: Settings):
+    """A plain boto3 S3 client, as any user's tool would be (not Baton's Storage)."""
+    return boto3.client(
+        "s3",
+        endpoint_url=settings.s3_endpoint_url,
+        aws_access_key_id=settings.s3_access_key,
+        aws_secret_access_key=settings.s3_secret_key,
+        region_name=settings.s3_region,
+    )
+
+
+def post_webhook(url: str, body: bytes, token: str | None) -> int:
+    """POST a MinIO-style notification body; the HTTP status."""
+    req = urllib.request.Request(url, data=body, method="POST", headers={"Content-Type": "application/json"})
+    if token:
+        req.add_header("Authorization", f"Bearer {token}")
+    try:
+        with urllib.request.urlopen(req, timeout=5) as resp:
+            return resp.status
+    except urllib.error.HTTPError as exc:
+        return exc.code

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import urllib.error
-import urllib.request
 import uuid
 from pathlib import Path
 
@@ -15,7 +13,7 @@ from shared import streams
 from shared.broker import DATA_FIELD, encode
 from shared.events import ObjectRef, RunSubmitted
 from shared.storage import Storage
-from tests.helpers import dead_letters, last_id, run, wait_for_end
+from tests.helpers import dead_letters, last_id, post_webhook, run, wait_for_end
 
 BRIEF = Path(__file__).resolve().parents[2] / "examples" / "briefs" / "topic.md"
 pytestmark = pytest.mark.e2e
@@ -82,26 +80,16 @@ def _id_of(sent, stream, label):
     return next(i for i, v in sent.items() if v == (stream, label))
 
 
-def _post(url: str, body: bytes, token: str | None) -> int:
-    req = urllib.request.Request(url, data=body, method="POST", headers={"Content-Type": "application/json"})
-    if token:
-        req.add_header("Authorization", f"Bearer {token}")
-    try:
-        with urllib.request.urlopen(req, timeout=5) as resp:
-            return resp.status
-    except urllib.error.HTTPError as exc:
-        return exc.code
-
 
 async def test_notifier_refuses_unauthenticated_and_dead_letters_unreadable_notifications(
     settings, real_servers
 ):
     url = f"http://127.0.0.1:{real_servers.notifier_port}/minio/events"
     since = await last_id(settings, streams.DLQ)
-    assert _post(url, b'{"Records": []}', token=None) == 401
-    assert _post(url, b'{"Records": []}', token="wrong") == 401
-    assert _post(url, b"{not json", token=real_servers.webhook_token) == 400
-    assert _post(url, b'{"Records": [{"s3": {}}]}', token=real_servers.webhook_token) == 400
+    assert post_webhook(url, b'{"Records": []}', None) == 401
+    assert post_webhook(url, b'{"Records": []}', "wrong") == 401
+    assert post_webhook(url, b"{not json", real_servers.webhook_token) == 400
+    assert post_webhook(url, b'{"Records": [{"s3": {}}]}', real_servers.webhook_token) == 400
     letters = [d for _i, d in await dead_letters(settings, since) if d.stream == "webhook"]
     assert len(letters) == 2
     assert "unreadable bucket notification" in letters[0].reason

@@ -5,11 +5,10 @@ from __future__ import annotations
 import asyncio
 import json
 
-import boto3
 import pytest
 
 from baton import client
-from tests.helpers import of_type, wait_for_end
+from tests.helpers import of_type, s3_client, wait_for_end
 
 pytestmark = pytest.mark.e2e
 
@@ -23,15 +22,6 @@ async def _until(settings, run_id, type_, timeout=20):
     return await asyncio.wait_for(find(), timeout)
 
 
-def _s3(settings):
-    return boto3.client(
-        "s3",
-        endpoint_url=settings.s3_endpoint_url,
-        aws_access_key_id=settings.s3_access_key,
-        aws_secret_access_key=settings.s3_secret_key,
-        region_name=settings.s3_region,
-    )
-
 
 async def test_a_paused_run_survives_a_restart_and_resumes_on_a_plain_s3_upload(settings, stack):
     run_id = await client.submit(settings, "approval", {})
@@ -40,7 +30,7 @@ async def test_a_paused_run_survives_a_restart_and_resumes_on_a_plain_s3_upload(
     waiting = await client.list_runs(settings, waiting=True)
     assert any(r["run_id"] == run_id and r["question"] == "Approve the draft?" for r in waiting)
     request = json.loads(
-        _s3(settings).get_object(Bucket=settings.bucket, Key=asked.request.key)["Body"].read()
+        s3_client(settings).get_object(Bucket=settings.bucket, Key=asked.request.key)["Body"].read()
     )
     assert request["question"] == "Approve the draft?" and "draft" in request["inputs"]
 
@@ -48,7 +38,7 @@ async def test_a_paused_run_survives_a_restart_and_resumes_on_a_plain_s3_upload(
     stack.kill(supervisor, hard=True)
     stack.start("supervisor")
 
-    _s3(settings).put_object(
+    s3_client(settings).put_object(
         Bucket=settings.bucket,
         Key=f"runs/{run_id}/human/responses/ok.json",
         Body=json.dumps({"decision": "approve", "text": "looks good"}).encode(),

@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import urllib.error
-import urllib.request
 import uuid
 from urllib.parse import urlsplit, urlunsplit
 
@@ -24,7 +22,7 @@ from shared.events import TaskProgress
 from shared.settings import Settings
 from shared.storage import Storage
 from tests.conftest import PROBE, acl_refusals
-from tests.helpers import wait_for_end
+from tests.helpers import post_webhook, wait_for_end
 
 pytestmark = pytest.mark.e2e
 
@@ -170,24 +168,14 @@ async def test_the_notifier_has_no_storage_credentials_and_publishes_only(stack,
         await _refused(r.get(streams.OBJECTS_SEEN_PREFIX + "x"))  # marks are set and deleted, never read
 
 
-def _post(url: str, token: str | None) -> int:
-    req = urllib.request.Request(url, data=b'{"Records": []}', method="POST")
-    if token is not None:
-        req.add_header("Authorization", f"Bearer {token}")
-    try:
-        with urllib.request.urlopen(req, timeout=5) as resp:
-            return resp.status
-    except urllib.error.HTTPError as exc:
-        return exc.code
-
 
 async def test_the_webhook_without_minios_token_is_refused_and_logged(stack, real_servers):
     url = f"http://127.0.0.1:{real_servers.notifier_port}/minio/events"
     (handle,) = [h for h in stack.procs if h.startswith("notifier-")]
     before = stack.log_path(handle).read_bytes().count(b"webhook_unauthorized")
-    assert _post(url, None) == 401
-    assert _post(url, "not-the-token") == 401
-    assert _post(url, real_servers.webhook_token) == 200
+    assert post_webhook(url, b'{"Records": []}', None) == 401
+    assert post_webhook(url, b'{"Records": []}', "not-the-token") == 401
+    assert post_webhook(url, b'{"Records": []}', real_servers.webhook_token) == 200
     assert stack.log_path(handle).read_bytes().count(b"webhook_unauthorized") == before + 2
 
 

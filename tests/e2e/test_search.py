@@ -11,7 +11,6 @@ import time
 import uuid
 from pathlib import Path
 
-import boto3
 import pytest
 import redis.asyncio as aioredis
 
@@ -20,19 +19,11 @@ from shared import streams
 from shared.broker import DATA_FIELD
 from shared.search import SearchResponse
 from shared.settings import Settings
+from tests.helpers import s3_client
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.e2e
 
-
-def s3(settings: Settings):
-    return boto3.client(
-        "s3",
-        endpoint_url=settings.s3_endpoint_url,
-        aws_access_key_id=settings.s3_access_key,
-        aws_secret_access_key=settings.s3_secret_key,
-        region_name=settings.s3_region,
-    )
 
 
 def word() -> str:
@@ -57,7 +48,7 @@ async def eventually(check, timeout: float) -> float:
 async def test_uploaded_file_is_findable_within_a_second_then_replaced_then_gone(settings, indexer):
     bucket, key = settings.bucket, f"shared/search-{uuid.uuid4().hex[:8]}/notes.md"
     old, new = word(), word()
-    put = s3(settings).put_object(
+    put = s3_client(settings).put_object(
         Bucket=bucket, Key=key, Body=f"# Notes\n\nThe {old} protocol hands work over.\n".encode()
     )
 
@@ -69,7 +60,7 @@ async def test_uploaded_file_is_findable_within_a_second_then_replaced_then_gone
     assert hit.version_id == put["VersionId"] and hit.etag == put["ETag"].strip('"')
     assert f"**{old}**" in hit.snippet and hit.score > 0
 
-    s3(settings).put_object(Bucket=bucket, Key=key, Body=f"# Notes\n\nNow about {new}.\n".encode())
+    s3_client(settings).put_object(Bucket=bucket, Key=key, Body=f"# Notes\n\nNow about {new}.\n".encode())
 
     async def found_new():
         return key in await keys_for(settings, new)
@@ -77,7 +68,7 @@ async def test_uploaded_file_is_findable_within_a_second_then_replaced_then_gone
     await eventually(found_new, timeout=1.0)
     assert await keys_for(settings, old) == []  # the overwritten text no longer matches
 
-    s3(settings).delete_object(Bucket=bucket, Key=key)  # a delete marker: the key is gone
+    s3_client(settings).delete_object(Bucket=bucket, Key=key)  # a delete marker: the key is gone
 
     async def gone():
         return key not in await keys_for(settings, new)
@@ -87,7 +78,7 @@ async def test_uploaded_file_is_findable_within_a_second_then_replaced_then_gone
 
 async def test_hits_are_ranked_filtered_by_prefix_and_only_text_is_indexed(settings, indexer):
     term, folder = word(), f"shared/rank-{uuid.uuid4().hex[:8]}/"
-    client_s3 = s3(settings)
+    client_s3 = s3_client(settings)
     client_s3.put_object(
         Bucket=settings.bucket,
         Key=f"{folder}a.md",
@@ -123,7 +114,7 @@ async def test_hits_are_ranked_filtered_by_prefix_and_only_text_is_indexed(setti
 
 async def test_changes_made_while_the_indexer_was_down_are_caught_up_at_start(settings, indexer):
     term, folder = word(), f"shared/offline-{uuid.uuid4().hex[:8]}/"
-    client_s3 = s3(settings)
+    client_s3 = s3_client(settings)
     client_s3.put_object(Bucket=settings.bucket, Key=f"{folder}stays.md", Body=f"{term} stays".encode())
     client_s3.put_object(Bucket=settings.bucket, Key=f"{folder}goes.md", Body=f"{term} goes".encode())
 
@@ -142,7 +133,7 @@ async def test_changes_made_while_the_indexer_was_down_are_caught_up_at_start(se
 
 def test_baton_search_prints_ranked_hits(settings, indexer, tmp_path):
     term, key = word(), f"shared/cli-{uuid.uuid4().hex[:8]}.md"
-    s3(settings).put_object(Bucket=settings.bucket, Key=key, Body=f"A note on {term}.".encode())
+    s3_client(settings).put_object(Bucket=settings.bucket, Key=key, Body=f"A note on {term}.".encode())
     env = {
         **os.environ,
         "REDIS_URL": settings.redis_url,
@@ -179,7 +170,7 @@ def test_baton_search_prints_ranked_hits(settings, indexer, tmp_path):
 async def test_search_wire_format_from_a_plain_redis_client(settings, indexer):
     """XADD a request, BLPOP the reply: what any language does."""
     term, key = word(), f"shared/wire-{uuid.uuid4().hex[:8]}.md"
-    s3(settings).put_object(Bucket=settings.bucket, Key=key, Body=f"wire {term}".encode())
+    s3_client(settings).put_object(Bucket=settings.bucket, Key=key, Body=f"wire {term}".encode())
     r = aioredis.Redis.from_url(settings.redis_url)
     try:
         for _ in range(50):

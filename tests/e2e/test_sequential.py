@@ -6,7 +6,6 @@ import asyncio
 import json
 from pathlib import Path
 
-import boto3
 import pytest
 import redis.asyncio as aioredis
 
@@ -15,7 +14,7 @@ from shared import streams
 from shared.broker import DATA_FIELD
 from shared.events import RunCompleted
 from shared.storage import Storage
-from tests.helpers import of_type, run, wait_for_end
+from tests.helpers import of_type, run, s3_client, wait_for_end
 
 BRIEF = Path(__file__).resolve().parents[2] / "examples" / "briefs" / "topic.md"
 pytestmark = pytest.mark.e2e
@@ -57,13 +56,7 @@ async def test_events_carry_references_never_content(settings):
 
 async def test_dropping_a_brief_into_the_watched_prefix_publishes_the_article(settings, tmp_path):
     """S3 client -> MinIO notification -> notifier -> baton:objects -> supervisor: no polling."""
-    s3 = boto3.client(
-        "s3",
-        endpoint_url=settings.s3_endpoint_url,
-        aws_access_key_id=settings.s3_access_key,
-        aws_secret_access_key=settings.s3_secret_key,
-        region_name=settings.s3_region,
-    )
+    s3 = s3_client(settings)
     name = f"drop-{tmp_path.name}"
     body = BRIEF.read_bytes().replace(b"Event-driven agent teams", b"Dropped brief")
     put = s3.put_object(Bucket=settings.bucket, Key=f"briefs/{name}.md", Body=body)
