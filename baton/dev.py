@@ -86,8 +86,7 @@ class Stack:
         proc, path = self.procs[handle], self.log_path(handle)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            logged = path.exists() and b'"service_ready"' in path.read_bytes()
-            if self.ready_path(handle).exists() or logged:
+            if self.ready_path(handle).exists():  # every service touches it once it is ready
                 return
             if proc.poll() is not None:
                 raise servers.ServerError(
@@ -147,15 +146,8 @@ def load_secrets(root: Path) -> dict:
         "services": {**new_passwords(), **data.get("services", {})},
     }
     if fresh != data:
-        _write_private(path, json.dumps(fresh, indent=2))
+        servers.write_private(path, json.dumps(fresh, indent=2))
     return fresh
-
-
-def _write_private(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.touch(mode=0o600)
-    path.chmod(0o600)
-    path.write_text(text)
 
 
 def up(root: Path, workflows: Path, workers: int = 2) -> dict[str, str]:
@@ -176,13 +168,11 @@ def up(root: Path, workflows: Path, workers: int = 2) -> dict[str, str]:
     load_workflows(workflows)  # fail fast, with the file's errors, before starting anything
     notifier_port = servers.free_port()
     token = secrets.token_hex(16)
-    pids: dict[str, int] = {}
-    started: list[int] = []
+    pids: dict[str, int] = {}  # in start order: stopped in reverse on a failure
     keys = load_secrets(root)
     passwords = keys["services"]
     try:
         redis = servers.start_redis(root / "redis", appendonly=True, password=keys["redis"])
-        started.append(redis.pid)
         pids["redis"] = redis.pid
         minio = servers.start_minio(
             root / "minio",
@@ -190,36 +180,31 @@ def up(root: Path, workflows: Path, workers: int = 2) -> dict[str, str]:
             token,
             root_password=keys["minio"],
         )
-        started.append(minio.pid)
         pids["minio"] = minio.pid
         env = local_env(redis.url, minio.url, workflows, notifier_port, token)
         env["S3_SECRET_KEY"] = keys["minio"]
         asyncio.run(init_workspace(Settings(**settings_kwargs(env), acl_passwords=passwords)))
         stack = Stack(root, env, credentials=acl_credentials(env, passwords))
-        for service in ("notifier", "supervisor", "router"):
-            handle = stack.start(service)
+
+        def launch(service: str, extra: dict[str, str] | None = None) -> None:
+            handle = stack.start(service, extra)
             pids[handle] = stack.procs[handle].pid
-            started.append(stack.procs[handle].pid)
-        for _ in range(workers):
-            handle = stack.start("worker")
-            pids[handle] = stack.procs[handle].pid
-            started.append(stack.procs[handle].pid)
+
+        for service in ("notifier", "supervisor", "router", *["worker"] * workers):
+            launch(service)
         env["BATON_INDEX_DIR"] = str((root / "index").resolve())
-        handle = stack.start("indexer")
-        pids[handle] = stack.procs[handle].pid
-        started.append(stack.procs[handle].pid)
+        launch("indexer")
         env["BATON_MCP_PORT"] = str(servers.free_port())
         env["BATON_MCP_TOKEN"] = secrets.token_hex(16)
         # streamable HTTP on loopback; desktop clients spawn their own over stdio
-        handle = stack.start("mcp", {"BATON_MCP_TRANSPORT": "http", "BATON_MCP_HOST": "127.0.0.1"})
-        pids[handle] = stack.procs[handle].pid
-        started.append(stack.procs[handle].pid)
+        launch("mcp", {"BATON_MCP_TRANSPORT": "http", "BATON_MCP_HOST": "127.0.0.1"})
     except BaseException:
-        for pid in reversed(started):
+        for pid in reversed(pids.values()):
             servers.stop_pid(pid)
         raise
     client_env = stack.service_env("cli")
-    _write_private(state_file, json.dumps({"pids": pids, "env": client_env, "admin_env": env}, indent=2))
+    state = {"pids": pids, "env": client_env, "admin_env": env}
+    servers.write_private(state_file, json.dumps(state, indent=2))
     return client_env
 
 

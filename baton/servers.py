@@ -145,6 +145,14 @@ def _wait(check, what: str, proc: subprocess.Popen, timeout: float, log: Path | 
     raise ServerError(f"{what} was not ready after {timeout}s")
 
 
+def write_private(path: Path, text: str) -> None:
+    """Write a file only its owner can read (passwords, tokens)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.touch(mode=0o600)
+    path.chmod(0o600)
+    path.write_text(text)
+
+
 def start_redis(
     data_dir: Path, port: int | None = None, appendonly: bool = False, password: str | None = None
 ) -> Server:
@@ -154,9 +162,7 @@ def start_redis(
     data_dir.mkdir(parents=True, exist_ok=True)
     log = data_dir / "redis.log"
     config = data_dir / "redis.conf"  # the password stays out of the process list
-    config.touch(mode=0o600)
-    config.chmod(0o600)
-    config.write_text(f"requirepass {password}\n" if password else "")
+    write_private(config, f"requirepass {password}\n" if password else "")
     args = [
         redis_binary(),
         str(config),
