@@ -37,23 +37,21 @@ from redis.exceptions import ResponseError
 from . import streams
 from .broker import (
     DATA_FIELD,
-    RAW_LIMIT,
-    HandlerError,
     Subscription,
+    bind_handler,
+    dead_letter_event,
     describe_validation_error,
     encode,
-    errors_key,
+    record_error,
     registry,
 )
-from .events import DeadLetter
-from .logging import bind_event
 
 log = structlog.get_logger()
 
 _DATA = DATA_FIELD.encode()
 READ_ERROR_BACKOFF = 1.0
 PIPELINE_TIMEOUT = 10.0
-READ_COMMANDS = frozenset({"exists", "get", "hget"})
+READ_COMMANDS = frozenset({"exists"})  # identical ones queued together share one command
 # Appends one `__data__` entry per event to the stream KEYS[1], in order, and returns their ids; in the same
 # script (so atomically, even if the process dies right after) sets the hash fields that mark some of
 # them as sent. ARGV: n, the n entries, then per mark: its hash's index in KEYS, field, value.
@@ -95,10 +93,6 @@ class Outbox:
             self._reads[(command, *args)] = future
         self._schedule()
         return future
-
-    def queue(self, command: str, *args) -> None:
-        """A write nobody waits for: it runs with the next pipeline, before that pipeline's acks."""
-        self.call(command, *args).add_done_callback(_log_failure)
 
     def send(
         self, stream: str, event: BaseModel, mark: tuple[str, str, str] | None = None
@@ -197,11 +191,6 @@ def _append_command(stream: str, items: list[tuple[bytes, tuple | None, asyncio.
     return ("EVAL", XADD_ALL, len(keys), *keys, len(items), *(data for data, _m, _f in items), *marks)
 
 
-def _log_failure(future: asyncio.Future) -> None:
-    if not future.cancelled() and future.exception() is not None:
-        log.warning("queued_write_failed", error=str(future.exception()))
-
-
 def _resolve(future: asyncio.Future, reply) -> None:
     if future.done():  # its task was cancelled
         return
@@ -237,15 +226,6 @@ def _decode(
         if not isinstance(value, dict):
             return None, f"payload must be a JSON object, got {type(value).__name__}", body
         return None, describe_validation_error(exc), body
-
-
-def _run_id_of(raw: bytes) -> str | None:
-    try:
-        value = json.loads(raw)
-    except Exception:  # noqa: BLE001
-        return None
-    run_id = value.get("run_id") if isinstance(value, dict) else None
-    return run_id if isinstance(run_id, str) else None
 
 
 class BatchConsumer:
@@ -329,7 +309,7 @@ class BatchConsumer:
                     task.add_done_callback(self._inflight.pop)
 
     async def _handle(self, entry_id: bytes, fields: dict[bytes, bytes]) -> None:
-        structlog.contextvars.unbind_contextvars("run_id", "task_id", "event_type")
+        # (its own task, its own copy of the read loop's context: no ids of another entry are bound)
         event, reason, raw = _decode(fields, self.adapter, self.max_event_bytes)
         try:
             if reason is not None:
@@ -338,22 +318,12 @@ class BatchConsumer:
                 await self.handler(event)
         except Exception as exc:  # noqa: BLE001 - left pending: the reclaimer redelivers it
             log.exception("handler_failed", stream=self.stream, message_id=entry_id.decode())
-            with contextlib.suppress(Exception):
-                key = errors_key(self.stream, self.group)
-                await self.redis.hset(key, entry_id, f"{type(exc).__name__}: {exc}"[:2000])
+            await record_error(self.redis, self.stream, self.group, entry_id.decode(), exc)
             return
         self.outbox.ack(self.stream, self.group, entry_id)
 
     async def _dead_letter(self, entry_id: bytes, raw: bytes, reason: str) -> None:
-        letter = DeadLetter(
-            stream=self.stream,
-            group=self.group,
-            message_id=entry_id.decode(),
-            service=self.service,
-            reason=reason,
-            raw=raw[:RAW_LIMIT].decode("utf-8", "backslashreplace"),
-            run_id=_run_id_of(raw),
-        )
+        letter = dead_letter_event(self.stream, self.group, entry_id.decode(), self.service, reason, raw)
         await self.outbox.publish(streams.DLQ, letter)
         log.warning("dead_lettered", stream=self.stream, reason=reason, message_id=letter.message_id)
 
@@ -421,28 +391,20 @@ class Batched:
         self, broker, stream: str, group: str, model: Any, handler, size: int | None = None
     ) -> None:
         """`size`: most entries in flight (and read at once) for this stream; default `settings.batch`."""
-        async def bound(event):
-            bind_event(event)
-            try:
-                return await handler(event)
-            except ValidationError as exc:  # a bug or bad state inside the handler: not a bad message
-                raise HandlerError(f"{type(exc).__name__}: {exc}") from exc
-
-        bound.__name__ = getattr(handler, "__name__", "handler")
-        registry(broker).append(Subscription(stream, group, bound, TypeAdapter(model)))
-        self.consumers.append(
-            BatchConsumer(
-                stream=stream,
-                group=group,
-                consumer=self.settings.consumer,
-                size=size or self.settings.batch,
-                model=model,
-                handler=bound,
-                service=self.service,
-                max_event_bytes=self.settings.max_event_bytes,
-                heartbeat_s=max(self.settings.reclaim_idle_ms / 3000, 0.2),
-            )
+        bound = bind_handler(handler)
+        consumer = BatchConsumer(
+            stream=stream,
+            group=group,
+            consumer=self.settings.consumer,
+            size=size or self.settings.batch,
+            model=model,
+            handler=bound,
+            service=self.service,
+            max_event_bytes=self.settings.max_event_bytes,
+            heartbeat_s=self.settings.heartbeat_s,
         )
+        self.consumers.append(consumer)
+        registry(broker).append(Subscription(stream, group, bound, consumer.adapter))
 
     def attach(self, app) -> None:
         @app.on_startup

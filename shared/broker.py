@@ -104,6 +104,36 @@ def _run_id_of(raw: bytes) -> str | None:
     return run_id if isinstance(run_id, str) else None
 
 
+def dead_letter_event(
+    stream: str, group: str | None, message_id: str | None, service: str, reason: str, raw: bytes
+) -> DeadLetter:
+    """The dead letter for one entry: its reason, the start of its raw payload, its run if readable."""
+    return DeadLetter(
+        stream=stream,
+        group=group,
+        message_id=message_id,
+        service=service,
+        reason=reason,
+        raw=raw[:RAW_LIMIT].decode("utf-8", "backslashreplace"),
+        run_id=_run_id_of(raw),
+    )
+
+
+def bind_handler(handler):
+    """`handler` with the event's run and task ids bound for logging, and a ValidationError raised inside
+    it (a bug or bad state, not a malformed message) turned into a HandlerError."""
+
+    async def bound(event):
+        bind_event(event)
+        try:
+            return await handler(event)
+        except ValidationError as exc:
+            raise HandlerError(f"{type(exc).__name__}: {exc}") from exc
+
+    bound.__name__ = getattr(handler, "__name__", "handler")
+    return bound
+
+
 def make_broker(settings: Settings, service: str, logger=None) -> RedisBroker:
     """A RedisBroker with Baton's wire format, decoder and dead-letter middleware."""
     holder: dict[str, RedisBroker] = {}
@@ -121,23 +151,16 @@ def make_broker(settings: Settings, service: str, logger=None) -> RedisBroker:
                 return await dead_letter(msg, describe_validation_error(exc))
             except Exception as exc:
                 # Left pending: the reclaimer redelivers it, and dead-letters it after max_deliveries.
-                await record_error(holder["broker"], _stream_of(msg), getattr(msg, "group", None),
+                await record_error(client_of(holder["broker"]), _stream_of(msg), getattr(msg, "group", None),
                                    _message_id(msg), exc)
                 raise
             finally:
                 keepalive.cancel()
 
     async def dead_letter(msg, reason: str) -> None:
-        raw = _raw_payload(msg)
         stream = _stream_of(msg)
-        letter = DeadLetter(
-            stream=stream,
-            group=getattr(msg, "group", None),
-            message_id=_message_id(msg),
-            service=service,
-            reason=reason,
-            raw=raw[:RAW_LIMIT].decode("utf-8", "backslashreplace"),
-            run_id=_run_id_of(raw),
+        letter = dead_letter_event(
+            stream, getattr(msg, "group", None), _message_id(msg), service, reason, _raw_payload(msg)
         )
         await holder["broker"].publish(letter, stream=streams.DLQ)
         log.warning("dead_lettered", stream=stream, reason=reason, message_id=letter.message_id)
@@ -184,14 +207,7 @@ def group_sub(stream: str, group: str, settings: Settings) -> StreamSub:
 def subscribe(broker: RedisBroker, stream: str, group: str, settings: Settings, handler, **kw):
     """Register `handler` on `stream` through consumer group `group`; binds run/task ids for logs."""
 
-    async def bound(event):
-        bind_event(event)
-        try:
-            return await handler(event)
-        except ValidationError as exc:  # a bug or bad state inside the handler, not a malformed message
-            raise HandlerError(f"{type(exc).__name__}: {exc}") from exc
-
-    bound.__name__ = getattr(handler, "__name__", "handler")
+    bound = bind_handler(handler)
     bound.__annotations__ = {"event": typing.get_type_hints(handler, include_extras=True)["event"]}
     bound.__doc__ = handler.__doc__
     subscriber = broker.subscriber(stream=group_sub(stream, group, settings), **kw)(bound)
@@ -224,14 +240,13 @@ def errors_key(stream: str, group: str | None) -> str:
 
 
 async def record_error(
-    broker: RedisBroker, stream: str, group: str | None, message_id: str | None, exc: BaseException
+    redis, stream: str, group: str | None, message_id: str | None, exc: BaseException
 ) -> None:
     """Remember why a message failed, so its dead letter can say so after the last delivery."""
     if not message_id:
         return
     key = errors_key(stream, group)
     try:
-        redis = client_of(broker)
         await redis.hset(key, message_id, f"{type(exc).__name__}: {exc}"[:2000])
         await redis.expire(key, 7 * 24 * 3600)
     except Exception:  # noqa: BLE001 - best effort: the failure itself is already being handled
@@ -247,9 +262,8 @@ async def _keep_alive(broker: RedisBroker, msg, settings: Settings) -> None:
     group, mid, stream = getattr(msg, "group", None), _message_id(msg), _stream_of(msg)
     if not group or not mid:
         return
-    interval = max(settings.reclaim_idle_ms / 3000, 0.2)
     while True:
-        await asyncio.sleep(interval)
+        await asyncio.sleep(settings.heartbeat_s)
         try:
             await client_of(broker).xclaim(stream, group, settings.consumer, 0, [mid], justid=True)
         except Exception:  # noqa: BLE001

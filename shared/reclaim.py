@@ -10,7 +10,6 @@ entry delivered more than `max_deliveries` times goes to the dead-letter stream 
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 
 import structlog
@@ -19,14 +18,14 @@ from pydantic import ValidationError
 from . import streams
 from .broker import (
     DATA_FIELD,
-    RAW_LIMIT,
     Subscription,
     client_of,
+    dead_letter_event,
     describe_validation_error,
     errors_key,
+    record_error,
     registry,
 )
-from .events import DeadLetter
 from .logging import bind_event
 from .settings import Settings
 
@@ -84,6 +83,8 @@ class Reclaimer:
                 count=10,
             )
             start, entries = reply[0], reply[1]
+            if not entries:
+                return claimed_total
             # Claimed entries are handled one by one: until its turn comes, each one's idle time is reset
             # with the rest (the heartbeat), or another consumer would claim it again meanwhile and both
             # would run it (found by make chaos: a slow first entry, e.g. while MinIO restarts).
@@ -96,7 +97,7 @@ class Reclaimer:
                     waiting.remove(entry_id)
             finally:
                 heartbeat.cancel()
-            if start in (b"0-0", "0-0") or not entries:
+            if start in (b"0-0", "0-0"):
                 return claimed_total
 
     async def _keep_claimed(self, sub: Subscription, ids: list) -> None:
@@ -134,11 +135,8 @@ class Reclaimer:
             return
         try:
             event = sub.adapter.validate_json(raw)
-        except ValidationError as exc:
+        except ValidationError as exc:  # bad JSON too
             await self.dead_letter(sub, entry_id, raw, describe_validation_error(exc))
-            return
-        except ValueError as exc:
-            await self.dead_letter(sub, entry_id, raw, f"payload is not valid JSON: {exc}")
             return
         log.info("redelivering", stream=sub.stream, group=sub.group, message_id=entry_id, delivery=count)
         bind_event(event)
@@ -146,9 +144,7 @@ class Reclaimer:
         try:
             await sub.handler(event)
         except Exception as exc:  # stays pending; claimed again after reclaim_idle_ms
-            await redis.hset(
-                errors_key(sub.stream, sub.group), entry_id, f"{type(exc).__name__}: {exc}"[:2000]
-            )
+            await record_error(redis, sub.stream, sub.group, entry_id, exc)
             log.warning(
                 "redelivery_failed", stream=sub.stream, message_id=entry_id, delivery=count, error=str(exc)
             )
@@ -163,19 +159,7 @@ class Reclaimer:
         )
 
     async def dead_letter(self, sub: Subscription, entry_id: str, raw: bytes, reason: str) -> None:
-        try:
-            run_id = json.loads(raw).get("run_id")
-        except Exception:  # noqa: BLE001
-            run_id = None
-        letter = DeadLetter(
-            stream=sub.stream,
-            group=sub.group,
-            message_id=entry_id,
-            service=self.service,
-            reason=reason,
-            raw=raw[:RAW_LIMIT].decode("utf-8", "backslashreplace"),
-            run_id=run_id if isinstance(run_id, str) else None,
-        )
+        letter = dead_letter_event(sub.stream, sub.group, entry_id, self.service, reason, raw)
         await self.broker.publish(letter, stream=streams.DLQ)
         redis = client_of(self.broker)
         await redis.xack(sub.stream, sub.group, entry_id)

@@ -99,6 +99,11 @@ class Settings(BaseSettings):
     )
 
     @property
+    def heartbeat_s(self) -> float:
+        """How often a consumer resets the idle time of the entries it is handling."""
+        return max(self.reclaim_idle_ms / 3000, 0.2)
+
+    @property
     def agent_list(self) -> list[str]:
         return [a.strip() for a in self.agents.split(",") if a.strip()]
 

@@ -23,6 +23,8 @@ def _strip(etag: str | None) -> str | None:
     return etag.strip('"') if etag else etag
 
 
+MISSING = ("NoSuchKey", "NoSuchVersion", "404", "InvalidArgument")  # S3 codes for a missing object or version
+
 class Storage:
     """Async access to one bucket."""
 
@@ -106,7 +108,7 @@ class Storage:
                 data = await body.read()
         except ClientError as exc:
             code = _code(exc)
-            if code in ("NoSuchKey", "NoSuchVersion", "404", "InvalidArgument"):
+            if code in MISSING:
                 raise ObjectMissingError(f"object {ref.uri()} does not exist") from exc
             if code in ("PreconditionFailed", "412"):
                 raise ObjectMissingError(
@@ -143,7 +145,7 @@ class Storage:
         try:
             resp = await self.client.copy_object(Bucket=self.bucket, Key=dest_key, CopySource=source)
         except ClientError as exc:  # anything else (MinIO restarting, a 503) is transient: raised as is
-            if _code(exc) in ("NoSuchKey", "NoSuchVersion", "404", "InvalidArgument"):
+            if _code(exc) in MISSING:
                 raise ObjectMissingError(f"object {ref.uri()} does not exist") from exc
             raise
         return ObjectRef(
