@@ -25,6 +25,7 @@ def _strip(etag: str | None) -> str | None:
 
 MISSING = ("NoSuchKey", "NoSuchVersion", "404", "InvalidArgument")  # S3 codes for a missing object or version
 
+
 class Storage:
     """Async access to one bucket."""
 

@@ -146,7 +146,7 @@ def create_app(settings: Settings | None = None):
         return wf, PATTERNS[wf.pattern]
 
     async def decide(
-        run_id: str, choose, known: bytes | None = None
+        run_id: str, choose, known: tuple[bytes, RunState] | None = None
     ) -> tuple[RunState | None, Decision | None]:
         """Apply `choose(state) -> Decision` atomically, then carry the decision out.
 
@@ -430,9 +430,8 @@ def create_app(settings: Settings | None = None):
         if existing is not None:
             # A redelivery: the run may have been stored by a supervisor that died before starting it.
             log.info("duplicate_run_submitted", status=existing.status)
-            if existing.pattern in PATTERNS:
+            if existing.pattern in PATTERNS:  # (a run already started: `decide` re-sends what was not)
                 await begin(existing.run_id, workflows.workflows[existing.workflow])
-            await resend_undispatched(existing)
             return
         base = dict(
             run_id=event.run_id, workflow=event.workflow, trace_id=event.trace_id, params=event.params
@@ -554,7 +553,7 @@ def create_app(settings: Settings | None = None):
                 return module.on_completed(s, wf, workflows, event, docs)
             return module.on_failed(s, wf, workflows, event, slot)
 
-        await decide(event.run_id, choose, known=raw)
+        await decide(event.run_id, choose, known=(raw, state))
 
     async def on_object(event: ObjectChanged) -> None:
         """A file changed in the bucket: a trigger, a person's response, or a turn in a collaboration."""

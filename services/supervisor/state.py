@@ -151,23 +151,25 @@ class RunStore:
         self,
         run_id: str,
         change: Callable[[RunState], RunState | None],
-        known: bytes | None = None,
+        known: tuple[bytes, RunState] | None = None,
         ops: Callable[[RunState], list[tuple[str, str, str]]] | None = None,
     ) -> RunState | None:
         """Apply `change` atomically; it returns the new state, or None to leave the run as it is.
 
-        `known`: the state's raw value as the caller just read it (saves a read; if it is stale, the
-        compare fails and the state is read again). `ops(new)`: `append` and `expire` operations done in
-        the same atomic step as the new state (it may mark the new state accordingly before it is written).
+        `known`: the state's raw value as the caller just read it, and that value parsed (saves a read and
+        a parse; `change` may modify it; if it is stale, the compare fails and the state is read again).
+        `ops(new)`: `append` and `expire` operations done in the same atomic step as the new state (it may
+        mark the new state accordingly before it is written).
         """
         key = streams.run_state(run_id)
-        raw = known
+        raw, state = known or (None, None)
         while True:
             if raw is None:
                 raw = await self.redis.get(key)
                 if raw is None:
                     return None
-            new = change(RunState.model_validate_json(raw))
+            new = change(state if state is not None else RunState.model_validate_json(raw))
+            state = None  # a retry parses what it read
             if new is None:
                 return None
             new.updated_at = utcnow()

@@ -30,6 +30,7 @@ from shared.errors import ConfigError
 from shared.llm import (
     Classification,
     LLMClient,
+    LLMConfig,
     classification_schema,
     cut,
     parse_classification,
@@ -148,8 +149,9 @@ def make_handler(spec: AgentSpec) -> Callable[[AgentContext], Awaitable[None]]:
 
     async def run_llm_agent(ctx: AgentContext) -> Any:
         if not isinstance(ctx, AgentContext):  # the router asks a classifier agent directly
-            return await classify_request(ctx, template, used, spec)
+            return await classify_request(ctx, template, used, spec, cfg)
         notes: list[str] = []
+        schema = kind.schema(ctx.params)
         values = await _inputs(ctx, spec, used, notes)
         prompt = render(
             template,
@@ -157,7 +159,7 @@ def make_handler(spec: AgentSpec) -> Callable[[AgentContext], Awaitable[None]]:
             {
                 "instruction": ctx.instruction,
                 "acceptance_criteria": ctx.task.acceptance_criteria or "",
-                "output_format": output_format(ctx.task.output_format, kind.schema(ctx.params)),
+                "output_format": output_format(ctx.task.output_format, schema),
                 "agent": ctx.agent,
                 "description": spec.description,
             },
@@ -173,7 +175,7 @@ def make_handler(spec: AgentSpec) -> Callable[[AgentContext], Awaitable[None]]:
                 content, _result = await llm.complete(
                     [{"role": "user", "content": prompt}],
                     kind.validator(ctx.params),
-                    schema=kind.schema(ctx.params),
+                    schema=schema,
                     schema_name=kind.name if kind.model is None else kind.model.__name__,
                 )
             finally:
@@ -263,7 +265,9 @@ def render(
     return "\n\n".join([text, *extra]).strip() + "\n"
 
 
-async def classify_request(request: Any, template: str, used: set[str], spec: AgentSpec) -> dict:
+async def classify_request(
+    request: Any, template: str, used: set[str], spec: AgentSpec, cfg: LLMConfig
+) -> dict:
     """The agent as the router's classifier: `request` has `text` and `labels`; returns {label, confidence}.
     A reply that does not validate, twice, raises LLMOutputError (the router then takes its fallback)."""
     labels = [str(label) for label in request.labels]
@@ -278,7 +282,7 @@ async def classify_request(request: Any, template: str, used: set[str], spec: Ag
         "description": spec.description,
     }
     prompt = render(template, used, fields, {"request": ("request", text)}, {"labels": labels})
-    async with LLMClient(spec.llm_config()) as llm:
+    async with LLMClient(cfg) as llm:
         found, _ = await llm.complete(
             [{"role": "user", "content": prompt}],
             lambda reply: parse_classification(reply, labels),
