@@ -50,7 +50,7 @@ from shared.workspace import run_of_key, run_prefix
 
 from . import bidirectional, hierarchical, routed, sequential
 from .decisions import Decision, backoff, outstanding, published_key
-from .state import HumanWait, RunState, RunStore, append, expire, sync_waiting
+from .state import HumanWait, RunState, RunStore, TaskSlot, append, expire, sync_waiting
 
 SERVICE = "supervisor"
 DONE_TTL = 7 * 86400  # an ended run's cancellation mark and workers' done-marks are kept a week
@@ -141,6 +141,14 @@ def create_app(settings: Settings | None = None):
         intent, or a router workflow's request) goes to the router."""
         return streams.agent_stream(task.agent) if task.agent in workflows.agents else streams.ROUTE
 
+    def backing_off(slot: TaskSlot | None, now) -> bool:
+        """A retry still waiting its backoff: it is sent by its timer, not now."""
+        return slot is not None and slot.not_before is not None and slot.not_before > now
+
+    def sending(task: TaskAssigned, now) -> TaskAssigned:
+        """The task as sent now: a new event (own id, its real send time)."""
+        return task.model_copy(update={"created_at": now, "event_id": new_id()})
+
     def pattern_of(state: RunState):
         wf = workflows.workflows[state.workflow]
         return wf, PATTERNS[wf.pattern]
@@ -190,9 +198,9 @@ def create_app(settings: Settings | None = None):
             holder["notes_sent"] = True
             for task in d.assign:
                 slot = new.tasks.get(task.task_id)
-                if slot is not None and slot.not_before is not None and slot.not_before > now:
-                    continue  # a retry waiting its backoff: carry_out sets its timer
-                task = task.model_copy(update={"created_at": now, "event_id": new_id()})  # a new event
+                if backing_off(slot, now):
+                    continue  # carry_out sets its timer
+                task = sending(task, now)
                 # recorded first, so a watcher sees the assignment before the agent's first event
                 out += [append(events, task), append(dispatch_stream(task), task)]
                 if slot is not None and slot.task.attempt == task.attempt:
@@ -247,10 +255,10 @@ def create_app(settings: Settings | None = None):
             if task.task_id in sent:
                 continue
             slot = state.tasks.get(task.task_id)
-            if slot is not None and slot.not_before is not None and slot.not_before > utcnow():
-                await schedule(slot.not_before.timestamp(), "dispatch", task)  # a retry waits its backoff
+            if backing_off(slot, utcnow()):
+                await schedule(slot.not_before.timestamp(), "dispatch", task)
                 continue
-            task = task.model_copy(update={"created_at": utcnow(), "event_id": new_id()})  # sent now
+            task = sending(task, utcnow())
             await record(task)  # first, so a watcher sees the assignment before the agent's first event
             await res.redis.xadd(dispatch_stream(task), encode(task))
             dispatched[task.task_id] = task.attempt
@@ -351,7 +359,7 @@ def create_app(settings: Settings | None = None):
             for slot in state.tasks.values()
             if not slot.dispatched
             and slot.since < cutoff
-            and (slot.not_before is None or slot.not_before <= now)
+            and not backing_off(slot, now)
         ]
         if pending:
             log.warning("resending_undispatched", tasks=[t.task_id for t in pending])
