@@ -30,12 +30,11 @@ from baton.dev import Stack, local_env, settings_kwargs
 from bench.common import ROOT, percentile
 from shared import streams
 from shared.broker import DATA_FIELD, encode
-from shared.events import RunSubmitted, parse_event
+from shared.events import TERMINAL_RUN_EVENTS, RunSubmitted, parse_event
 from shared.settings import Settings
 from shared.storage import Storage
 
 WORKFLOWS = Path(__file__).resolve().parent / "workflows.yaml"
-TERMINAL = ("run.completed", "run.failed")
 
 
 def start_stack(
@@ -77,7 +76,8 @@ def _wait_all(client: redis.Redis, run_ids: list[str], timeout: float) -> list[s
         still = []
         for run_id in waiting:
             last = client.xrevrange(streams.run_events(run_id), count=1)
-            if not last or json.loads(last[0][1][DATA_FIELD.encode()]).get("type") not in TERMINAL:
+            kind = json.loads(last[0][1][DATA_FIELD.encode()]).get("type") if last else None
+            if kind not in TERMINAL_RUN_EVENTS:
                 still.append(run_id)
         waiting = still
         if waiting:
@@ -127,7 +127,7 @@ def latency(stack: Stack, rate: float, seconds: float) -> dict:
     failed = 0
     for run_id in run_ids:
         events = _events(client, run_id)
-        end = next((e for e in events if e["type"] in TERMINAL), None)
+        end = next((e for e in events if e["type"] in TERMINAL_RUN_EVENTS), None)
         if end is None or end["type"] != "run.completed":
             failed += end is not None
             continue

@@ -60,8 +60,8 @@ async def chaos(args) -> dict:
     redis_server = servers.start_redis(tmp / "redis", appendonly=True)
     minio_port = servers.free_port()
     webhook = f"http://127.0.0.1:{port}/minio/events"
-    minio = servers.start_minio(tmp / "minio", webhook, token, port=minio_port)
-    env = local_env(redis_server.url, minio.url, tmp / "workflows.yaml", port, token)
+    servers_up = {"minio": servers.start_minio(tmp / "minio", webhook, token, port=minio_port)}
+    env = local_env(redis_server.url, servers_up["minio"].url, tmp / "workflows.yaml", port, token)
     env.update(
         BATON_CWD=str(ROOT),
         BATON_RECLAIM_IDLE_MS="2000",
@@ -72,22 +72,18 @@ async def chaos(args) -> dict:
     stack = Stack(tmp / "stack", env)
     result = None
     try:
-        result = await _run(args, tmp, settings, stack, webhook, token, minio_port, lambda: minio)
+        result = await _run(args, tmp, settings, stack, webhook, token, minio_port, servers_up)
         return result
     finally:
         if args.keep and result and (result["lost"] or result["tasks_done_twice"]):
             print(f"kept for inspection: {tmp} (REDIS_URL={settings.redis_url}); stop its processes by PID")
             return result  # noqa: B012
         stack.stop_all()
-        for server in (minio_ref.get("minio", minio), redis_server):
+        for server in (servers_up["minio"], redis_server):  # the MinIO running now: it is restarted
             server.stop()
 
 
-minio_ref: dict = {}
-
-
-async def _run(args, tmp, settings, stack, webhook, token, minio_port, current_minio) -> dict:
-    minio = current_minio()
+async def _run(args, tmp, settings, stack, webhook, token, minio_port, servers_up: dict) -> dict:
     await init_workspace(settings)
     for name in ["notifier", "supervisor", "router", *["worker"] * args.workers]:
         stack.start(name)
@@ -98,7 +94,6 @@ async def _run(args, tmp, settings, stack, webhook, token, minio_port, current_m
     stop = asyncio.Event()
 
     async def killer():
-        nonlocal minio
         rng = random.Random(args.seed)
         next_supervisor, next_minio = time.monotonic() + 8, time.monotonic() + 15
         while not stop.is_set():
@@ -116,13 +111,12 @@ async def _run(args, tmp, settings, stack, webhook, token, minio_port, current_m
                 stack.start("supervisor", wait=False)
                 next_supervisor = time.monotonic() + rng.uniform(8, 14)
             if time.monotonic() > next_minio and kills["minio"] < args.minio_restarts:
-                minio.stop()
+                servers_up["minio"].stop()
                 kills["minio"] += 1
                 await asyncio.sleep(1.0)
-                minio = await asyncio.to_thread(
+                servers_up["minio"] = await asyncio.to_thread(
                     servers.start_minio, tmp / "minio", webhook, token, minio_port
                 )
-                minio_ref["minio"] = minio  # the one to stop at the end
                 next_minio = time.monotonic() + 20
 
     submitted: dict[str, float] = {}
