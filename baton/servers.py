@@ -131,18 +131,22 @@ def _alive(pid: int) -> bool:
 
 
 def _wait(check, what: str, proc: subprocess.Popen, timeout: float, log: Path | None = None) -> None:
+    """Until `check()` is true; ServerError with the log's tail if the process exits or time runs out."""
+
+    def tail() -> str:
+        return log.read_text()[-2000:] if log and log.exists() else ""
+
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            tail = log.read_text()[-2000:] if log and log.exists() else ""
-            raise ServerError(f"{what} exited with code {proc.returncode} during start-up\n{tail}")
+            raise ServerError(f"{what} exited with code {proc.returncode} during start-up\n{tail()}")
         try:
             if check():
                 return
         except OSError:
             pass
         time.sleep(0.1)
-    raise ServerError(f"{what} was not ready after {timeout}s")
+    raise ServerError(f"{what} was not ready after {timeout}s\n{tail()}")
 
 
 def write_private(path: Path, text: str) -> None:

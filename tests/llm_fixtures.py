@@ -12,7 +12,6 @@ import importlib.util
 import os
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -87,14 +86,7 @@ def llm_server(tmp_path_factory) -> LLMServer:
         proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{port}/v1"
     try:
-        deadline = time.monotonic() + 120
-        while not _ready(url):
-            if proc.poll() is not None:
-                tail = log.read_text()[-3000:]
-                raise RuntimeError(f"llama_cpp.server exited with {proc.returncode}:\n{tail}")
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"llama_cpp.server not ready after 120s:\n{log.read_text()[-3000:]}")
-            time.sleep(0.2)
+        servers._wait(lambda: _ready(url), "llama_cpp.server", proc, 120, log)
         yield LLMServer(url, MODEL_ALIAS, log)
     finally:
         servers.stop_pid(proc.pid, 10, proc)

@@ -66,7 +66,9 @@ TRANSPORTS = pytest.mark.parametrize("transport", ["stdio", "http"])
 
 
 @TRANSPORTS
-async def test_files_round_trip_and_a_lost_race_returns_the_winning_version(transport, stack, mcp_http):
+async def test_files_round_trip_and_a_lost_race_returns_the_winning_version(
+    transport, stack, mcp_http, settings
+):
     key = f"shared/mcp-{transport}-{uuid.uuid4().hex[:8]}/plan.md"
     async with session(transport, stack, mcp_http) as s:
         assert {t.name for t in (await s.list_tools()).tools} == TOOLS
@@ -94,14 +96,14 @@ async def test_files_round_trip_and_a_lost_race_returns_the_winning_version(tran
 
         old = await call(s, "read_file", key=key, version=first["version_id"])
         assert old["content"] == "# Plan\n\nstep one\n"  # every version stays readable
-    async with Storage.connect(_settings(stack)) as storage:
+    async with Storage.connect(settings) as storage:
         head = await storage.head(key)
     assert head.version_id == second["version_id"]
 
 
 @TRANSPORTS
 async def test_writes_outside_the_allowed_prefixes_are_refused_and_nothing_is_written(
-    transport, stack, mcp_http
+    transport, stack, mcp_http, settings
 ):
     run_key = f"runs/r-mcp-{uuid.uuid4().hex[:8]}/published/forged.md"
     async with session(transport, stack, mcp_http) as s:
@@ -113,7 +115,7 @@ async def test_writes_outside_the_allowed_prefixes_are_refused_and_nothing_is_wr
         assert "'..' segment" in await refused(s, "write_file", key="shared/../runs/x.md", content="x")
         assert "absolute" in await refused(s, "write_file", key="/shared/x.md", content="x")
         assert "no file" in await refused(s, "read_file", key="shared/does-not-exist.md")
-    async with Storage.connect(_settings(stack)) as storage:
+    async with Storage.connect(settings) as storage:
         assert await storage.head(run_key) is None
         assert await storage.head("published/x.md") is None
 
@@ -168,7 +170,7 @@ async def test_submit_a_run_follow_it_and_read_its_output(transport, stack, mcp_
         assert "not valid" in await refused(s, "run_status", run_id="../etc")
 
 
-async def test_respond_writes_the_response_file_the_supervisor_reads(stack, mcp_http):
+async def test_respond_writes_the_response_file_the_supervisor_reads(stack, mcp_http, settings):
     async with session("http", stack, mcp_http) as s:
         run_id = (await call(s, "submit_run", workflow="flaky"))["run_id"]
         await _wait_status(s, run_id, {"completed", "failed"})
@@ -177,7 +179,7 @@ async def test_respond_writes_the_response_file_the_supervisor_reads(stack, mcp_
         assert answer["key"].endswith(".json")
         assert "no run" in await refused(s, "respond", run_id="r-never-submitted", decision="approve")
         assert "decision" in await refused(s, "respond", run_id=run_id, decision="maybe")
-    async with Storage.connect(_settings(stack)) as storage:
+    async with Storage.connect(settings) as storage:
         head = await storage.head(answer["key"])
         body = json.loads(await storage.get(head))
     assert body["decision"] == "reject" and body["text"] == "needs sources"
@@ -243,8 +245,3 @@ async def _wait_status(s: ClientSession, run_id: str, until: set[str], timeout: 
         await asyncio.sleep(0.1)
 
 
-def _settings(stack):
-    from baton.dev import settings_kwargs
-    from shared.settings import Settings
-
-    return Settings(**settings_kwargs(stack.env))
