@@ -31,6 +31,7 @@ from shared.events import (
     parse_event,
     utcnow,
 )
+from shared.runs import get_run
 from shared.search import SearchHit, request_search
 from shared.settings import Settings
 from shared.storage import Storage
@@ -182,17 +183,15 @@ async def respond(
 
 async def list_runs(settings: Settings, waiting: bool = False, limit: int = 20) -> list[dict]:
     """Recent runs (or those waiting for a person), newest first, with their status."""
-    from services.supervisor.state import WAITING, RunStore
-
     client = aioredis.Redis.from_url(settings.redis_url)
     try:
         if waiting:
-            ids = [i.decode() for i in await client.smembers(WAITING)]
+            ids = [i.decode() for i in await client.smembers(streams.RUNS_WAITING)]
         else:
             ids = [i.decode() for i in await client.zrevrange(streams.RUN_INDEX, 0, limit - 1)]
         rows = []
         for run_id in ids:
-            state = await RunStore(client).get(run_id)
+            state = await get_run(client, run_id)
             if state is None or (waiting and state.status != "waiting_for_human"):
                 continue
             rows.append(
@@ -242,13 +241,13 @@ async def run_status(settings: Settings, run_id: str, last: int = 20) -> dict[st
     """
     client = aioredis.Redis.from_url(settings.redis_url)
     try:
-        raw_state = await client.get(streams.run_state(run_id))
+        run = await get_run(client, run_id)
         entries = await client.xrevrange(streams.run_events(run_id), count=max(last, 1))
     finally:
         await client.aclose()
-    if raw_state is None and not entries:
+    if run is None and not entries:
         raise BatonError(f"no run {run_id!r} (a run just submitted appears once the supervisor has taken it)")
-    state: dict[str, Any] = json.loads(raw_state) if raw_state else {}
+    state: dict[str, Any] = run.model_dump(mode="json") if run is not None else {}
     events: list[dict[str, Any]] = []
     seen: set = set()
     for _entry_id, fields in reversed(entries):

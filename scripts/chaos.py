@@ -141,7 +141,7 @@ async def _run(args, tmp, settings, stack, webhook, token, minio_port, servers_u
         ended: dict[str, tuple[str, float, str]] = {}
         while time.monotonic() < deadline and len(ended) < len(submitted):
             for run_id in [x for x in submitted if x not in ended]:
-                raw = await r.get(streams.run_state(run_id))
+                raw = await r.hget(streams.run_state(run_id), "core")
                 status = json.loads(raw)["status"] if raw else None
                 if status in ("completed", "failed"):
                     ended[run_id] = status

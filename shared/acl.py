@@ -84,15 +84,14 @@ def _consumer(why: str, *subscriptions: tuple[str, str]) -> list[Grant]:
 
 
 def _supervisor_grants() -> list[Grant]:
-    from services.supervisor.state import WAITING
-
     group = streams.SUPERVISOR_GROUP
     return [
         *_consumer(
-            "consume runs, results and bucket changes",
+            "consume runs, results, bucket changes and dead letters",
             (streams.RUNS, group),
             (streams.RESULTS, group),
             (streams.OBJECTS, group),
+            (streams.DLQ, group),
         ),
         Grant(
             "assign tasks, fail tasks past their deadline, start triggered runs, record every step",
@@ -106,36 +105,43 @@ def _supervisor_grants() -> list[Grant]:
             ),
             ("xadd",),
         ),
-        # EVAL: a run's new state and the tasks and events its decision sends, in one script
-        # (services/supervisor/state.py); the GET, SET and XADDs inside are checked again against the
-        # grants for their own keys.
+        # EVAL: a run's commit (services/supervisor/store.py) touches only the run's own keys; the outbox
+        # appends entries with a script; timers are taken with one. The commands inside are checked again
+        # against the grants for their own keys.
         Grant(
-            "commit a decision together with what it sends; dead letters (the batched outbox's script)",
+            "commit a run's step; append entries (the outbox's script); take a due timer",
             (
-                streams.DLQ,
                 streams.run_state("*"),
                 streams.run_events("*"),
                 streams.run_done("*"),
+                streams.run_cancelled("*"),
                 streams.ROUTE,
                 streams.agent_stream("*"),
+                streams.RESULTS,
+                streams.RUNS,
+                streams.DLQ,
+                streams.TIMERS,
             ),
             ("eval",),
         ),
-        Grant("expire an ended run's done-marks", (streams.run_done("*"),), ("expire",)),
         Grant(
-            "check that an ended run's end was recorded (a supervisor may die in between)",
-            (streams.run_events("*"),),
-            ("xrevrange",),
-            read_only=True,
+            "run state, a few fields at a time",
+            (streams.run_state("*"),),
+            ("hget", "hmget", "hgetall", "hset", "hdel", "hkeys", "expire"),
         ),
         Grant(
-            "run state and the run index",
-            (streams.run_state("*"), streams.RUN_INDEX),
-            ("get", "set", "zadd"),
+            "expire an ended run's keys (retention)",
+            (streams.run_events("*"), streams.run_done("*"), streams.run_cancelled("*")),
+            ("expire",),
         ),
+        Grant("the run index", (streams.RUN_INDEX,), ("zadd", "zremrangebyscore")),
         Grant("mark cancelled runs", (streams.run_cancelled("*"),), ("set",)),
-        Grant("delayed retries and deadlines", (streams.TIMERS,), ("zadd", "zrangebyscore", "zrem")),
-        Grant("index of runs waiting for a person", (WAITING,), ("sadd", "srem")),
+        Grant(
+            "delayed retries and deadlines",
+            (streams.TIMERS,),
+            ("zadd", "zrangebyscore", "zrem", "zscore"),
+        ),
+        Grant("index of runs waiting for a person", (streams.RUNS_WAITING,), ("sadd", "srem")),
     ]
 
 
@@ -207,7 +213,7 @@ def _mcp_grants() -> list[Grant]:
     return [
         Grant("submit runs", (streams.RUNS,), ("xadd",)),
         *_search_client(),
-        Grant("run status", (streams.run_state("*"),), ("get",), read_only=True),
+        Grant("run status", (streams.run_state("*"),), ("hgetall",), read_only=True),
         Grant("run events", (streams.run_events("*"),), ("xrevrange",), read_only=True),
     ]
 
@@ -216,8 +222,6 @@ WORK_STREAMS = (streams.RUNS, streams.ROUTE, streams.RESULTS, streams.OBJECTS)
 
 
 def _cli_grants() -> list[Grant]:
-    from services.supervisor.state import WAITING
-
     agents = streams.agent_stream("*")
     return [
         Grant("submit and cancel runs", (streams.RUNS,), ("xadd",)),
@@ -227,8 +231,13 @@ def _cli_grants() -> list[Grant]:
             ("xread", "xrange", "xrevrange"),
             read_only=True,
         ),
-        Grant("run status", (streams.run_state("*"),), ("get",), read_only=True),
-        Grant("list runs", (streams.RUN_INDEX, WAITING), ("zrevrange", "smembers"), read_only=True),
+        Grant("run status", (streams.run_state("*"),), ("hgetall",), read_only=True),
+        Grant(
+            "list runs",
+            (streams.RUN_INDEX, streams.RUNS_WAITING),
+            ("zrevrange", "smembers"),
+            read_only=True,
+        ),
         *_search_client(),
         Grant(
             "dead letters: list, show, replay (MULTI: XADD back, XDEL)",

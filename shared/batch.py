@@ -388,9 +388,17 @@ class Batched:
         return self._outbox
 
     def subscribe(
-        self, broker, stream: str, group: str, model: Any, handler, size: int | None = None
+        self,
+        broker,
+        stream: str,
+        group: str,
+        model: Any,
+        handler,
+        size: int | None = None,
+        max_event_bytes: int | None = None,
     ) -> None:
-        """`size`: most entries in flight (and read at once) for this stream; default `settings.batch`."""
+        """`size`: most entries in flight (and read at once) for this stream; default `settings.batch`.
+        `max_event_bytes`: larger entries are dead-lettered; default `settings.max_event_bytes`."""
         bound = bind_handler(handler)
         consumer = BatchConsumer(
             stream=stream,
@@ -400,7 +408,7 @@ class Batched:
             model=model,
             handler=bound,
             service=self.service,
-            max_event_bytes=self.settings.max_event_bytes,
+            max_event_bytes=max_event_bytes or self.settings.max_event_bytes,
             heartbeat_s=self.settings.heartbeat_s,
         )
         self.consumers.append(consumer)

@@ -112,6 +112,11 @@ class TaskAssigned(BaseEvent):
     intent: str | None = Field(None, description="Label the router maps to an agent when `agent` is None.")
     instruction: str = Field("", description="What to do, in words.")
     inputs: dict[str, ObjectRef] = Field(default_factory=dict, description="Input objects, by name.")
+    inputs_manifest: ObjectRef | None = Field(
+        None,
+        description="Inputs too many for one event: a JSON object of name -> ObjectRef in the run's "
+        "workspace, read by the worker into the handler's inputs (with `inputs`).",
+    )
     output_prefix: str = Field(description="Workspace prefix under which outputs are written.")
     output_format: str | None = Field(None, description="Expected output format, e.g. text/markdown.")
     acceptance_criteria: str | None = Field(None, description="What a reviewer will check.")

@@ -26,11 +26,20 @@ class Resources:
         if storage:
             self.storage = await self.stack.enter_async_context(Storage.connect(self.settings))
         if redis:
-            self.redis = aioredis.Redis.from_url(self.settings.redis_url)
+            self.redis = redis_client(self.settings)
             self.stack.push_async_callback(self.redis.aclose)
 
     async def close(self) -> None:
         await self.stack.aclose()
+
+
+def redis_client(settings: Settings, **kw) -> aioredis.Redis:
+    """A client whose pool is bounded and blocking: under load, callers wait for a connection instead of
+    failing (redis-py's default pool raises past 100 connections)."""
+    pool = aioredis.BlockingConnectionPool.from_url(
+        settings.redis_url, max_connections=settings.redis_max_connections, timeout=30, **kw
+    )
+    return aioredis.Redis.from_pool(pool)
 
 
 def build_app(

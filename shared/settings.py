@@ -61,6 +61,12 @@ class Settings(BaseSettings):
         30_000, ge=100, description="A message pending this long without a heartbeat is redelivered."
     )
     max_deliveries: int = Field(5, ge=1, description="Deliveries before a failing message is dead-lettered.")
+    retention_days: float = Field(
+        7.0, gt=0, description="An ended run's state, events and marks are kept this long, then expire."
+    )
+    redis_max_connections: int = Field(
+        64, ge=4, description="Connections one process opens at most; past it, callers wait (backpressure)."
+    )
     ready_file: Path | None = Field(
         None, description="Touched once the service is ready (health checks, `baton dev up`)."
     )

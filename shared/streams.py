@@ -1,7 +1,7 @@
 """Every Redis key and stream name Baton uses, in one place.
 
-Keys that one transaction touches together share the `{<run_id>}` hash tag, so the same code runs on a
-Redis Cluster.
+Every key of one run shares the `{<run_id>}` hash tag, and every atomic step (a script or transaction)
+touches the keys of one run only, so each step stays in one hash slot, as a Redis Cluster requires.
 """
 
 RUNS = "baton:runs"  # RunSubmitted: consumed by the supervisor
@@ -16,6 +16,7 @@ ROUTER_GROUP = "router"
 INDEXER_GROUP = "indexer"  # reads OBJECTS (to index) and SEARCH (to answer)
 
 RUN_INDEX = "baton:runs:index"  # sorted set of run ids by submission time
+RUNS_WAITING = "baton:runs:waiting"  # set of runs waiting for a person (advisory: check each run's state)
 OBJECTS_SEEN_PREFIX = "baton:objects:seen:"  # notifier: S3 events already published (expiring marks)
 
 
@@ -30,7 +31,7 @@ def run_events(run_id: str) -> str:
 
 
 def run_state(run_id: str) -> str:
-    """The supervisor's durable state of one run."""
+    """The supervisor's durable state of one run (a hash: `shared/runs.py`)."""
     return f"baton:{{{run_id}}}:state"
 
 

@@ -394,7 +394,9 @@ class HierarchicalWorkflow(_WorkflowBase):
     alternates: dict[AgentName, list[AgentName]] = Field(
         default_factory=dict, description="Who may take over a subtask after `max_attempts` rejections."
     )
-    max_subtasks: int = Field(50, ge=1, le=1000)
+    max_subtasks: int = Field(
+        50, ge=1, le=100_000, description="Most subtasks a plan may have (a larger plan fails the run)."
+    )
 
     def agents_used(self) -> list[str]:
         extra = [a for alts in self.alternates.values() for a in alts]

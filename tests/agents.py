@@ -153,3 +153,27 @@ async def sleepy(ctx: AgentContext) -> None:
     if ctx.task.attempt == 1:
         await asyncio.sleep(4)
     await ctx.write("work/sleepy.txt", f"attempt {ctx.task.attempt}\n", name="sleepy")
+
+
+# --- scale -------------------------------------------------------------------------------------------
+async def noop(ctx: AgentContext) -> None:
+    """Does nothing: a hop's cost is Baton's own."""
+
+
+async def wide_planner(ctx: AgentContext) -> None:
+    """A plan of `params.width` independent subtasks, each handed the run's `seed` input."""
+    width = int(ctx.params["width"])
+    plan = [{"id": f"s{i}", "agent": "passer", "inputs": ["seed"]} for i in range(width)]
+    await ctx.write("plans/plan.json", json.dumps({"subtasks": plan}), name="plan")
+
+
+async def passer(ctx: AgentContext) -> None:
+    """A subtask that writes nothing: its output is the input it was handed (a ref, no bytes moved)."""
+    ctx.outputs["result"] = ctx.inputs["seed"]
+
+
+async def counter(ctx: AgentContext) -> None:
+    """The aggregator of a wide plan: how many inputs it sees, and that each one reads."""
+    names = sorted(ctx.inputs)
+    first, last = await ctx.read(names[0]), await ctx.read(names[-1])
+    await ctx.write("work/count.txt", f"{len(names)} inputs; {len(first) + len(last)} bytes\n", name="count")

@@ -42,7 +42,7 @@ def expected(service: str) -> dict[str, set[str]]:
             streams.ROUTE: {SEND},  # tasks that need a route
             streams.agent_stream("{agent}"): {SEND},  # tasks for a known agent
             RUN_EVENTS: {SEND},
-            **dead_letters,
+            **dead_letters,  # (it also reads them, on its own consumer: see supervisor/deadletters.py)
         }
     if service == "router":
         return {

@@ -8,11 +8,11 @@ oscillation (a version repeats the one two turns back: A -> B -> A), or after `m
 from __future__ import annotations
 
 from shared.events import ObjectChanged, ObjectRef, TaskCompleted, TaskFailed
+from shared.runs import RunState, TaskSlot
 from shared.workflow import BidirectionalWorkflow, WorkflowFile
 from shared.workspace import run_prefix
 
 from .decisions import Decision, add_task, complete, fail, new_task, retry_or_fail, take
-from .state import RunState, TaskSlot
 
 
 def doc_key(state: RunState, wf: BidirectionalWorkflow) -> str:
@@ -29,7 +29,7 @@ def start(state: RunState, wf: BidirectionalWorkflow, workflows: WorkflowFile) -
 
 
 def _end(state: RunState, why: str) -> Decision:
-    state.history.append(f"collaboration ended: {why}")
+    state.note(f"collaboration ended: {why}")
     return Decision(
         state=complete(state, {"document": state.document} if state.document else {}, ended_by=why)
     )

@@ -5,11 +5,10 @@ from __future__ import annotations
 import posixpath
 from dataclasses import dataclass, field
 
-from shared.events import ObjectRef, TaskAssigned, TaskCompleted, TaskFailed
+from shared.events import BaseEvent, ObjectRef, TaskAssigned, TaskCompleted, TaskFailed
+from shared.runs import RunState, TaskSlot
 from shared.workflow import AgentSpec, WorkflowFile
 from shared.workspace import run_prefix
-
-from .state import RunState, TaskSlot
 
 
 @dataclass
@@ -34,6 +33,7 @@ class Decision:
     notes: list = field(default_factory=list)  # events for the run's stream (e.g. review verdicts)
     copies: list[tuple[ObjectRef, str]] = field(default_factory=list)  # server-side copies to make
     retry: bool = False  # the assigned tasks are retries: publish them after the workflow's backoff
+    human_event: BaseEvent | None = None  # set by the engine once the request file is written
 
     @staticmethod
     def ignore(why: str) -> Decision:
@@ -137,7 +137,7 @@ def retry_or_fail(
     overrule it, and the agent's or the workflow's `max_attempts` bounds the attempts.
     """
     policy = wf.retry_policy(workflows.agents.get(ev.agent or slot.task.agent or ""))
-    state.history.append(f"{what} attempt {ev.attempt} failed: {ev.error}")
+    state.note(f"{what} attempt {ev.attempt} failed: {ev.error}")
     if policy.retries(ev.retryable, ev.error, ev.attempt):
         task = slot.task.model_copy(update={"attempt": ev.attempt + 1})
         add_task(state, task, slot.role, slot.key)

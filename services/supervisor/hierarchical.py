@@ -6,10 +6,10 @@ from __future__ import annotations
 from pydantic import BaseModel, Field, ValidationError
 
 from shared.events import ObjectRef, ReviewVerdict, TaskCompleted, TaskFailed
+from shared.runs import RunState, Subtask, SubtaskState, TaskSlot
 from shared.workflow import HierarchicalWorkflow, WorkflowFile
 
 from .decisions import Decision, add_task, complete, fail, new_task, retry_or_fail, take
-from .state import RunState, Subtask, SubtaskState, TaskSlot
 
 
 class Plan(BaseModel):
@@ -41,8 +41,10 @@ def parse_plan(raw: bytes, wf: HierarchicalWorkflow, input_names: set[str]) -> l
     if len(subs) > wf.max_subtasks:
         raise ValueError(f"{len(subs)} subtasks, more than max_subtasks={wf.max_subtasks}")
     ids = [s.id for s in subs]
-    if len(set(ids)) != len(ids):
-        raise ValueError(f"duplicate subtask ids in {ids}")
+    known = set(ids)
+    if len(known) != len(ids):
+        dupes = sorted({i for i in ids if ids.count(i) > 1}) if len(ids) < 1000 else "(several)"
+        raise ValueError(f"duplicate subtask ids: {dupes}")
     allowed = set(wf.workers)
     for s in subs:
         if s.agent not in allowed:
@@ -50,18 +52,29 @@ def parse_plan(raw: bytes, wf: HierarchicalWorkflow, input_names: set[str]) -> l
                 f"subtask {s.id!r}: agent {s.agent!r} is not one of the workers {sorted(allowed)}"
             )
         for dep in s.depends_on:
-            if dep not in ids:
+            if dep not in known:
                 raise ValueError(f"subtask {s.id!r} depends on unknown subtask {dep!r}")
         for name in s.inputs:
-            if name not in input_names and name not in ids:
+            if name not in input_names and name not in known:
                 raise ValueError(f"subtask {s.id!r}: input {name!r} is neither a run input nor a subtask")
-    deps = {s.id: set(s.depends_on) | {i for i in s.inputs if i in ids} for s in subs}
-    done: set[str] = set()
-    while len(done) < len(ids):
-        ready = [i for i in ids if i not in done and deps[i] <= done]
-        if not ready:
-            raise ValueError(f"the plan has a dependency cycle among {sorted(set(ids) - done)}")
-        done.update(ready)
+    # Kahn's algorithm: linear in the plan's size, whatever its shape
+    waiting = {s.id: len(_deps(s, known)) for s in subs}
+    dependents: dict[str, list[str]] = {}
+    for s in subs:
+        for dep in _deps(s, known):
+            dependents.setdefault(dep, []).append(s.id)
+    ready = [i for i, n in waiting.items() if n == 0]
+    done = 0
+    while ready:
+        current = ready.pop()
+        done += 1
+        for nxt in dependents.get(current, ()):
+            waiting[nxt] -= 1
+            if waiting[nxt] == 0:
+                ready.append(nxt)
+    if done < len(ids):
+        stuck = sorted(i for i, n in waiting.items() if n > 0)
+        raise ValueError(f"the plan has a dependency cycle among {stuck[:20]}")
     return subs
 
 
@@ -79,16 +92,20 @@ def start(state: RunState, wf: HierarchicalWorkflow, workflows: WorkflowFile) ->
     return Decision(state=state, assign=[task])
 
 
-def _deps(st: SubtaskState, state: RunState) -> set[str]:
-    return set(st.spec.depends_on) | {i for i in st.spec.inputs if i in state.subtasks}
+def _deps(spec: Subtask, ids) -> set[str]:
+    return set(spec.depends_on) | {i for i in spec.inputs if i in ids}
 
 
 def _subtask_task(state: RunState, workflows: WorkflowFile, st: SubtaskState):
+    """The task for a subtask whose dependencies are accepted (their outputs are its inputs)."""
     inputs: dict[str, ObjectRef] = {}
+    deps = set(st.spec.depends_on)
     for name in st.spec.inputs:
         if name in state.inputs:
             inputs[name] = state.inputs[name]
-    for dep in sorted(_deps(st, state)):
+        else:
+            deps.add(name)  # (parse_plan checked: a run input or a subtask)
+    for dep in sorted(deps):
         for out, ref in state.subtasks[dep].outputs.items():
             inputs[f"{dep}.{out}"] = ref
     if st.feedback:
@@ -109,17 +126,22 @@ def _subtask_task(state: RunState, workflows: WorkflowFile, st: SubtaskState):
     return add_task(state, task, "subtask", st.spec.id)
 
 
-def _progress(state: RunState, wf: HierarchicalWorkflow, workflows: WorkflowFile) -> Decision:
-    """Start every subtask whose dependencies are accepted; aggregate when all are."""
-    accepted = {i for i, st in state.subtasks.items() if st.status == "accepted"}
-    tasks = [
-        _subtask_task(state, workflows, st)
-        for st in state.subtasks.values()
-        if st.status == "pending" and _deps(st, state) <= accepted
-    ]
-    if tasks or len(accepted) < len(state.subtasks):
+def _accept(state: RunState, wf: HierarchicalWorkflow, workflows: WorkflowFile, st: SubtaskState) -> Decision:
+    """A subtask is accepted: start the subtasks that waited only for it; aggregate after the last one.
+
+    Touches only this subtask's dependents (a hop's cost does not grow with the plan), and the whole plan
+    once, to gather the results."""
+    st.status = "accepted"
+    state.n_accepted += 1
+    tasks = []
+    for dep_id in st.dependents:
+        dependent = state.subtasks[dep_id]
+        dependent.waiting_on -= 1
+        if dependent.waiting_on == 0 and dependent.status == "pending":
+            tasks.append(_subtask_task(state, workflows, dependent))
+    if state.n_accepted < state.n_subtasks:
         return Decision(state=state, assign=tasks)
-    results = {f"{i}.{name}": ref for i, st in state.subtasks.items() for name, ref in st.outputs.items()}
+    results = {f"{i}.{name}": ref for i, s in state.subtasks.items() for name, ref in s.outputs.items()}
     if not wf.aggregator:
         return Decision(state=complete(state, results))
     state.phase = "aggregating"
@@ -135,6 +157,11 @@ def _progress(state: RunState, wf: HierarchicalWorkflow, workflows: WorkflowFile
     return Decision(state=state, assign=[task])
 
 
+def _again(state: RunState, workflows: WorkflowFile, st: SubtaskState, retry: bool = False) -> Decision:
+    """The subtask's next attempt (its dependencies were accepted before its first)."""
+    return Decision(state=state, assign=[_subtask_task(state, workflows, st)], retry=retry)
+
+
 def _reject(
     state: RunState,
     wf: HierarchicalWorkflow,
@@ -148,17 +175,16 @@ def _reject(
     st.feedback = feedback
     if st.attempt < wf.max_attempts:
         st.attempt += 1
-        st.status = "pending"
-        return _progress(state, wf, workflows)
+        return _again(state, workflows, st)
     st.tried.append(st.agent)
     candidates = [a for a in wf.alternates.get(st.spec.agent, []) if a not in st.tried]
     if candidates:
-        state.history.append(
+        state.note(
             f"subtask {st.spec.id} reassigned from {st.agent} to {candidates[0]} "
             f"after {st.attempt} rejected attempts"
         )
-        st.agent, st.attempt, st.status = candidates[0], 1, "pending"
-        return _progress(state, wf, workflows)
+        st.agent, st.attempt = candidates[0], 1
+        return _again(state, workflows, st)
     st.status = "failed"
     history = "; ".join(st.rejections)
     return Decision(
@@ -182,18 +208,27 @@ def on_completed(
             subtasks = parse_plan(docs.get("plan", b""), wf, set(state.inputs))
         except ValueError as exc:
             return Decision(state=fail(state, f"the plan from {wf.manager} is invalid: {exc}"))
-        state.subtasks = {s.id: SubtaskState(spec=s, agent=s.agent) for s in subtasks}
+        ids = {s.id for s in subtasks}
+        plan = {s.id: SubtaskState(spec=s, agent=s.agent) for s in subtasks}
+        for st in plan.values():
+            deps = _deps(st.spec, ids)
+            st.waiting_on = len(deps)
+            for dep in sorted(deps):
+                plan[dep].dependents.append(st.spec.id)
+        for sid, st in plan.items():
+            state.subtasks[sid] = st
+        state.n_subtasks, state.n_accepted = len(plan), 0
         state.phase = "executing"
-        state.history.append(f"planned {len(subtasks)} subtasks")
-        return _progress(state, wf, workflows)
+        state.note(f"planned {len(subtasks)} subtasks")
+        ready = [_subtask_task(state, workflows, st) for st in plan.values() if st.waiting_on == 0]
+        return Decision(state=state, assign=ready)
     if slot.role == "aggregate":
         return Decision(state=complete(state, ev.outputs))
     st = state.subtasks[slot.key]
     if slot.role == "subtask":
         st.outputs = dict(ev.outputs)
         if not wf.reviewer:
-            st.status = "accepted"
-            return _progress(state, wf, workflows)
+            return _accept(state, wf, workflows, st)
         st.status = "reviewing"
         task = new_task(
             state,
@@ -227,8 +262,7 @@ def on_completed(
         sender="supervisor",
     )
     if verdict.accepted:
-        st.status = "accepted"
-        decision = _progress(state, wf, workflows)
+        decision = _accept(state, wf, workflows, st)
     else:
         decision = _reject(
             state, wf, workflows, st, verdict.feedback or "rejected", ev.outputs.get("verdict")
@@ -245,9 +279,9 @@ def on_failed(
         st = state.subtasks[slot.key]
         policy = wf.retry_policy(workflows.agents.get(ev.agent or slot.task.agent or ""))
         if policy.retries(ev.retryable, ev.error, st.attempt):
-            state.history.append(f"subtask {st.spec.id} attempt {st.attempt} failed, retrying: {ev.error}")
-            st.attempt, st.status = st.attempt + 1, "pending"
-            return _progress(state, wf, workflows)
+            state.note(f"subtask {st.spec.id} attempt {st.attempt} failed, retrying: {ev.error}")
+            st.attempt += 1
+            return _again(state, workflows, st, retry=True)  # after the retry policy's backoff
         st.attempt = wf.max_attempts  # out of attempts (or a permanent failure): an alternate, if any
         return _reject(state, wf, workflows, st, f"failed: {ev.error}", None)
     what = {

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from shared.events import ObjectRef, RouteDecided, TaskCompleted, TaskFailed
+from shared.runs import RunState, TaskSlot
 from shared.workflow import HUMAN, RouterWorkflow, WorkflowFile
 
 from .decisions import Decision, HumanRequest, add_task, complete, fail, new_task, retry_or_fail, take
-from .state import RunState, TaskSlot
 
 
 def start(state: RunState, wf: RouterWorkflow, workflows: WorkflowFile) -> Decision:
@@ -45,7 +45,7 @@ def on_completed(
     state: RunState, wf: RouterWorkflow, workflows: WorkflowFile, ev: TaskCompleted, docs: dict | None = None
 ) -> Decision:
     take(state, ev)
-    state.history.append(f"handled by {ev.agent}")
+    state.note(f"handled by {ev.agent}")
     return Decision(state=complete(state, ev.outputs))
 
 

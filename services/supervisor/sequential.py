@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from shared.events import ObjectRef, TaskCompleted, TaskFailed
+from shared.runs import RunState, TaskSlot
 from shared.workflow import HUMAN, SequentialWorkflow, WorkflowFile
 
 from .decisions import (
@@ -16,7 +17,6 @@ from .decisions import (
     retry_or_fail,
     take,
 )
-from .state import RunState, TaskSlot
 
 
 def stage_agent(wf: SequentialWorkflow, workflows: WorkflowFile, stage: int) -> str:
@@ -33,7 +33,7 @@ def enter(state: RunState, wf: SequentialWorkflow, workflows: WorkflowFile, stag
     state.stage = stage
     spec = wf.stages[stage]
     available = {**state.inputs, **state.outputs}
-    loop = sum(1 for h in state.history if h.startswith(f"back to stage {stage} "))
+    loop = state.loops.get(str(stage), 0)
     if spec.agent == HUMAN:
         question = spec.instruction or f"Stage {stage + 1} of {state.workflow}: approve or reject?"
         return Decision(
@@ -82,7 +82,7 @@ def on_completed(
     docs: dict | None = None,
 ) -> Decision:
     take(state, ev)
-    state.history.append(f"stage {state.stage} ({ev.agent}) completed on attempt {ev.attempt}")
+    state.note(f"stage {state.stage} ({ev.agent}) completed on attempt {ev.attempt}")
     return _advance(state, wf, workflows, ev.outputs)
 
 
@@ -106,7 +106,7 @@ def on_human(
     on_reject = state.waiting.on_reject
     state.waiting, state.status = None, "running"
     if approved:
-        state.history.append(f"stage {stage} approved by a person")
+        state.note(f"stage {stage} approved by a person")
         return _advance(state, wf, workflows, {**state.final, "response": response})
     if on_reject == "fail":
         return Decision(
@@ -114,5 +114,6 @@ def on_human(
         )
     back = max(i for i in range(stage) if wf.stages[i].agent == on_reject)
     state.outputs["feedback"] = response
-    state.history.append(f"back to stage {back} ({on_reject}): rejected at stage {stage}: {text}")
+    state.loops[str(back)] = state.loops.get(str(back), 0) + 1
+    state.note(f"back to stage {back} ({on_reject}): rejected at stage {stage}: {text}")
     return enter(state, wf, workflows, back)

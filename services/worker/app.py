@@ -126,7 +126,7 @@ def create_app(settings: Settings | None = None):
             ctx = AgentContext(event, agent, spec, res.storage, report=publish, cancelled=cancelled)
             started = time.perf_counter()
             try:
-                ctx.check_inputs()
+                await ctx.load_inputs()
                 result = func(ctx)
                 if inspect.isawaitable(result):
                     await result

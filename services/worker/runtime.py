@@ -10,6 +10,8 @@ import mimetypes
 import posixpath
 from collections.abc import Awaitable, Callable
 
+from pydantic import TypeAdapter, ValidationError
+
 from shared.errors import CancelledError, KeyValidationError, PreconditionFailedError
 from shared.events import ObjectRef, TaskAssigned, TaskProgress, Usage
 from shared.storage import Storage
@@ -34,6 +36,7 @@ class AgentContext:
         self.spec = spec
         self.storage = storage
         self.outputs: dict[str, ObjectRef] = {}
+        self._inputs: dict[str, ObjectRef] = dict(task.inputs)
         self.usage = Usage()  # model tokens/cost this task spent; the worker adds the seconds
         self._report = report
         self._cancelled = cancelled
@@ -57,11 +60,24 @@ class AgentContext:
 
     @property
     def inputs(self) -> dict[str, ObjectRef]:
-        return self.task.inputs
+        return self._inputs
+
+    async def load_inputs(self) -> None:
+        """Read the task's input manifest, if it has one, then check every input."""
+        manifest = self.task.inputs_manifest
+        if manifest is not None:
+            if not manifest.key.startswith(f"{run_prefix(self.task.run_id)}manifests/"):
+                raise KeyValidationError(f"input manifest {manifest.key!r} is not in the run's manifests/")
+            try:
+                listed = TypeAdapter(dict[str, ObjectRef]).validate_json(await self.storage.get(manifest))
+            except ValidationError as exc:
+                raise KeyValidationError(f"input manifest {manifest.uri()} is not valid: {exc}") from exc
+            self._inputs = {**listed, **self.task.inputs}
+        self.check_inputs()
 
     def check_inputs(self) -> None:
         """Every input must lie in the run's workspace and in the agent's read prefixes."""
-        for name, ref in self.task.inputs.items():
+        for name, ref in self._inputs.items():
             try:
                 check_in_workspace(self.task.run_id, ref.key, self.spec.reads)
             except KeyValidationError as exc:
@@ -72,9 +88,9 @@ class AgentContext:
     async def read(self, name: str) -> bytes:
         await self.checkpoint()
         try:
-            ref = self.task.inputs[name]
+            ref = self._inputs[name]
         except KeyError:
-            raise KeyError(f"no input named {name!r}; this task has {sorted(self.task.inputs)}") from None
+            raise KeyError(f"no input named {name!r}; this task has {sorted(self._inputs)}") from None
         return await self.storage.get(ref)
 
     async def read_text(self, name: str) -> str:
@@ -82,7 +98,7 @@ class AgentContext:
 
     def input_stem(self, name: str) -> str:
         """File name of an input without its extension (e.g. `topic` for `inputs/topic.md`)."""
-        return posixpath.splitext(posixpath.basename(self.task.inputs[name].key))[0]
+        return posixpath.splitext(posixpath.basename(self._inputs[name].key))[0]
 
     async def write(
         self, path: str, data: bytes | str, *, name: str | None = None, content_type: str | None = None
@@ -106,7 +122,7 @@ class AgentContext:
         If-Match on its etag; if someone else wrote in between, it is applied again to the newest version.
         """
         await self.checkpoint()
-        ref = self.task.inputs[name]
+        ref = self._inputs[name]
         relative = self.workspace_path(ref)
         workspace_key(self.task.run_id, relative, self.spec.writes)  # may this agent write it at all?
         current, data = ref, await self.storage.get(ref)

@@ -102,8 +102,8 @@ async def test_a_worker_reports_results_but_cannot_touch_the_supervisors_keys(st
         await _refused(r.xadd(streams.RUNS, encode(progress)))
         await _refused(r.xadd(streams.ROUTE, encode(progress)))
         await _refused(r.xadd(streams.OBJECTS, encode(progress)))
-        await _refused(r.get(streams.run_state(run_id)))
-        await _refused(r.set(streams.run_state(run_id), "{}"))
+        await _refused(r.hgetall(streams.run_state(run_id)))
+        await _refused(r.hset(streams.run_state(run_id), "core", "{}"))
         await _refused(r.zadd(streams.TIMERS, {"x": 1}))
         await _refused(r.zrange(streams.TIMERS, 0, -1))
         await _refused(r.set(streams.run_cancelled(run_id), "1"))  # read only
@@ -164,7 +164,7 @@ async def test_the_notifier_has_no_storage_credentials_and_publishes_only(stack,
         await _refused(r.xrange(streams.OBJECTS))
         await _refused(r.xadd(streams.RUNS, {"__data__": "{}"}))
         await _refused(r.xadd(streams.RESULTS, {"__data__": "{}"}))
-        await _refused(r.get(streams.run_state("x")))
+        await _refused(r.hgetall(streams.run_state("x")))
         await _refused(r.get(streams.OBJECTS_SEEN_PREFIX + "x"))  # marks are set and deleted, never read
 
 
@@ -190,8 +190,8 @@ async def test_the_mcp_server_writes_only_its_prefixes_run_inputs_and_responses(
         await _s3_denied(mcp.put(_key("runs/lp-mcp/drafts/"), b"an agent's output"))
         await _s3_denied(mcp.client.delete_object(Bucket=settings.bucket, Key=_key("shared/")))
     async with _redis(stack, "mcp") as r:
-        assert await r.get(streams.run_state("lp-none")) is None  # run_status
-        await _refused(r.set(streams.run_state("lp-none"), "{}"))
+        assert await r.hgetall(streams.run_state("lp-none")) == {}  # run_status
+        await _refused(r.hset(streams.run_state("lp-none"), "core", "{}"))
         await _refused(r.xadd(streams.ROUTE, {"__data__": "{}"}))
         await _refused(r.xadd(streams.RESULTS, {"__data__": "{}"}))
         await _refused(r.xrange(streams.DLQ))
@@ -199,13 +199,13 @@ async def test_the_mcp_server_writes_only_its_prefixes_run_inputs_and_responses(
 
 async def test_router_indexer_and_supervisor_are_limited_too(stack, settings):
     async with _redis(stack, "router") as r:
-        await _refused(r.get(streams.run_state("x")))
+        await _refused(r.hgetall(streams.run_state("x")))
         await _refused(r.xadd(streams.RUNS, {"__data__": "{}"}))
         await _refused(r.zadd(streams.TIMERS, {"x": 1}))
     async with _redis(stack, "indexer") as r:
         await _refused(r.xadd(streams.OBJECTS, {"__data__": "{}"}))  # reads bucket changes, never makes them
         await _refused(r.xadd(streams.RUNS, {"__data__": "{}"}))
-        await _refused(r.get(streams.run_state("x")))
+        await _refused(r.hgetall(streams.run_state("x")))
     async with _redis(stack, "supervisor") as r:
         await _refused(r.execute_command("ACL", "SETUSER", "baton-supervisor", "+@all"))
         await _refused(r.flushall())
@@ -244,7 +244,7 @@ async def test_the_cli_user_runs_a_workflow_and_the_operator_commands(stack, tmp
     await client.dlq_list(cli, 5)
     assert isinstance(await client.trim(cli), dict)
     async with _redis(stack, "cli") as r:
-        await _refused(r.set(streams.run_state(run_id), "{}"))
+        await _refused(r.hset(streams.run_state(run_id), "core", "{}"))
         await _refused(r.xreadgroup(streams.SUPERVISOR_GROUP, "thief", {streams.RUNS: ">"}, count=1))
         await _refused(r.zadd(streams.TIMERS, {"x": 1}))
         await _refused(r.flushall())

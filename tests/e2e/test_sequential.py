@@ -60,7 +60,7 @@ async def test_dropping_a_brief_into_the_watched_prefix_publishes_the_article(se
     name = f"drop-{tmp_path.name}"
     body = BRIEF.read_bytes().replace(b"Event-driven agent teams", b"Dropped brief")
     put = s3.put_object(Bucket=settings.bucket, Key=f"briefs/{name}.md", Body=body)
-    from services.supervisor.app import trigger_run_id
+    from services.supervisor.runs import trigger_run_id
 
     run_id = trigger_run_id(settings.bucket, f"briefs/{name}.md", put["VersionId"])
     events = await wait_for_end(settings, run_id, timeout=30)
@@ -106,7 +106,7 @@ async def test_a_completed_state_and_its_run_completed_event_are_written_togethe
         pending = set(run_ids)
         for _ in range(6000):
             for run_id in list(pending):
-                raw = await r.get(streams.run_state(run_id))
+                raw = await r.hget(streams.run_state(run_id), "core")
                 if raw and json.loads(raw)["status"] == "completed":
                     entries = await r.xrange(streams.run_events(run_id))
                     types = [json.loads(f[DATA_FIELD.encode()])["type"] for _i, f in entries]

@@ -58,7 +58,7 @@ def test_braces_in_key_patterns_are_literal() -> None:
 def test_only_the_supervisor_writes_run_state_and_timers() -> None:
     for service in acl.SERVICES:
         expected = service == "supervisor"
-        assert _may(service, "set", streams.run_state("r")) == expected, service
+        assert _may(service, "hset", streams.run_state("r")) == expected, service
         assert _may(service, "zadd", streams.TIMERS) == expected, service
 
 

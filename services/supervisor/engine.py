@@ -1,0 +1,322 @@
+"""The supervisor's one way to change a run: load a few fields, decide, commit, then send.
+
+1. Load `rev`, `core` and the fields the event names (`shared/runs.py`); a decision that touches more
+   raises `Need` and the field is loaded before deciding again.
+2. Decide with a pattern's pure function.
+3. Before the commit, write what must exist when the new state is visible: a human request file, a ref
+   manifest for a task too big for one event, a triggered run's published outputs.
+4. Commit (`Store.commit`): the changed fields and what the run's own streams get (notes, assignments,
+   the end), in one script in the run's hash slot, if no other handler committed meanwhile. With it goes
+   `c:<event_id>`: the tasks and copies the commit caused.
+5. After the commit, the effects outside the run's slot: tasks appended to their agents' streams, timers
+   for retries in backoff, the waiting index, create-only copies. The handler returns (and its event is
+   acknowledged) only after they are written, so a supervisor that dies in between leaves the event
+   pending; its redelivery finds `c:<event_id>` and sends the same effects again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import timedelta
+
+from shared import streams
+from shared.events import (
+    BaseEvent,
+    HumanInputRequested,
+    RunCancelled,
+    RunCompleted,
+    RunFailed,
+    TaskAssigned,
+    new_id,
+    utcnow,
+)
+from shared.runs import CAUSE, TASK, Effects, HumanWait, Need, RunState, sync_waiting
+from shared.settings import Settings
+from shared.workflow import WorkflowFile
+from shared.workspace import run_prefix
+
+from . import bidirectional, hierarchical, routed, sequential
+from .decisions import Decision, backoff, fail, published_key
+from .store import Loaded, Store, append, expire, set_with_ttl
+
+PATTERNS = {
+    "sequential": sequential,
+    "router": routed,
+    "hierarchical": hierarchical,
+    "bidirectional": bidirectional,
+}
+MAX_NEEDS = 20  # loads one decision may ask for; more means a decision that walks the whole run
+
+
+def human_request_key(run_id: str, task_id: str) -> str:
+    return f"{run_prefix(run_id)}human/requests/{task_id}.json"
+
+
+def manifest_key(task: TaskAssigned) -> str:
+    return f"{run_prefix(task.run_id)}manifests/{task.task_id}.{task.attempt}.json"
+
+
+@dataclass
+class Outcome:
+    """What `Engine.decide` did: the committed state (None if nothing changed) and the decision."""
+
+    state: RunState | None
+    decision: Decision | None
+    loaded: Loaded
+
+
+class Engine:
+    """The resources and the commit path every supervisor handler shares."""
+
+    def __init__(self, settings: Settings, workflows: WorkflowFile, log, sender: str) -> None:
+        self.settings, self.workflows, self.log, self.sender = settings, workflows, log, sender
+        self.storage = None
+        self.redis = None  # plain client: timers and the waiting index
+        self.db = None  # the Outbox: every handler's commands, group-committed
+        self.store: Store | None = None
+        self.retention_s = int(settings.retention_days * 86400)
+        self.any_deadlines = any(wf.task_timeout for wf in workflows.workflows.values())
+        self.on_waiting = None  # async (engine, state): a run just started waiting for a person
+
+    def bind(self, storage, redis, outbox) -> None:
+        self.storage, self.redis, self.db = storage, redis, outbox
+        self.store = Store(outbox)
+
+    # --- helpers -------------------------------------------------------------------------------------
+    def pattern_of(self, state: RunState):
+        wf = self.workflows.workflows[state.workflow]
+        return wf, PATTERNS[wf.pattern]
+
+    def dispatch_stream(self, task: TaskAssigned) -> str:
+        """A task for a known agent goes straight to its stream; one that needs a route to the router."""
+        return streams.agent_stream(task.agent) if task.agent in self.workflows.agents else streams.ROUTE
+
+    async def record(self, event: BaseEvent) -> None:
+        await self.db.send(streams.run_events(event.run_id), event)
+
+    def end_event(self, state: RunState) -> BaseEvent:
+        common = dict(run_id=state.run_id, trace_id=state.trace_id, sender=self.sender)
+        if state.status == "completed":
+            return RunCompleted(**common, outputs=state.final, usage=state.usage, ended_by=state.ended_by)
+        if state.status == "failed":
+            return RunFailed(**common, reason=state.reason or "failed")
+        return RunCancelled(**common, reason=state.reason or "cancelled")
+
+    def publishes(self, state: RunState) -> dict[str, str]:
+        """Where a triggered run's outputs are published when it completes (before run.completed)."""
+        wf = self.workflows.workflows.get(state.workflow)
+        if state.status != "completed" or not (wf and wf.trigger and wf.trigger.publish_to and state.trigger):
+            return {}
+        return published_key(wf.trigger.publish_to, state.trigger.key, state.final)
+
+    # --- the commit path -----------------------------------------------------------------------------
+    async def decide(
+        self,
+        run_id: str,
+        choose: Callable[[RunState], Decision],
+        *,
+        cause: str,
+        loaded: Loaded | None = None,
+        want: tuple[str, ...] = (),
+    ) -> Outcome:
+        """Apply `choose(state) -> Decision` atomically (retried on a conflict), then carry it out.
+
+        `cause`: the id of the event being handled; `loaded`: what the caller already read."""
+        if loaded is None:
+            loaded = await self.store.load(run_id, *want, CAUSE + cause)
+        needs = 0
+        while True:
+            if not loaded.exists:
+                return Outcome(None, None, loaded)
+            state = loaded.view()
+            was_waiting = state.status == "waiting_for_human"
+            try:
+                decision = choose(state)
+            except Need as need:
+                needs += 1
+                if needs > MAX_NEEDS:
+                    raise RuntimeError(f"decision for run {run_id} kept asking for more fields") from None
+                await self.store.load_more(loaded, need.field)
+                continue
+            if decision.ignored or decision.state is None:
+                await self.redo(loaded, cause)
+                if decision.ignored:
+                    self.log.info("event_ignored", reason=decision.ignored)
+                return Outcome(None, decision, loaded)
+            new = decision.state
+            ops, effects = await self.prepare(new, decision, was_waiting)
+            if loaded.rev is None:  # a new run: listed in the run index once committed
+                effects.created = new.created_at.timestamp()
+            if await self.store.commit(loaded, new, ops, (cause, effects) if effects.owed else None):
+                break
+            # Another handler or replica committed meanwhile: read what we had read again, decide again.
+            loaded = await self.store.load(run_id, *(f for f in loaded.fields if f not in ("rev", "core")))
+        await self.after_commit(new, decision, effects, was_waiting, cause)
+        return Outcome(new, decision, loaded)
+
+    async def prepare(self, new: RunState, d: Decision, was_waiting: bool):
+        """The decision's writes before its commit, and the operations that go with it."""
+        now = utcnow()
+        wf = self.workflows.workflows.get(new.workflow)
+        if d.retry and wf is not None:
+            for task in d.assign:
+                policy = wf.retry_policy(self.workflows.agents.get(task.agent or ""))
+                wait = backoff(policy.backoff, policy.max_delay, task.attempt, random.random())
+                new.tasks[task.task_id].not_before = now + timedelta(seconds=wait)
+        events = streams.run_events(new.run_id)
+        ops = [append(events, note) for note in d.notes]
+        effects = Effects(copies=list(d.copies), index=was_waiting or d.human is not None)
+        sendable = []
+        for task in d.assign:
+            try:
+                sendable.append(
+                    await self.fit(task.model_copy(update={"created_at": now, "event_id": new_id()}))
+                )
+            except ValueError as exc:  # never send what a consumer would refuse: the run fails instead
+                self.log.warning("task_not_sendable", task=task.task_id, error=str(exc))
+                fail(new, str(exc))
+                d.assign, d.human, d.copies, sendable = [], None, [], []
+                effects = Effects(index=was_waiting)
+                break
+        d.assign = sendable
+        for task in sendable:
+            slot = new.tasks.get(task.task_id)
+            if slot is not None and slot.task.attempt == task.attempt:
+                slot.task = task
+            effects.tasks.append(task.task_id)
+            if slot is None or slot.not_before is None:
+                ops.append(append(events, task))  # recorded first: a watcher sees it before its start
+        if d.human and new.active:
+            await self.ask(new, d)
+            ops.append(append(events, d.human_event))
+        if not new.active:
+            for name, key in self.publishes(new).items():
+                await self.storage.copy(new.final[name], key)
+            ops.append(append(events, self.end_event(new)))
+            if new.status == "cancelled":  # workers drop the run's queued tasks
+                reason = new.reason or "cancelled"
+                ops.append(set_with_ttl(streams.run_cancelled(new.run_id), reason, self.retention_s))
+            for key in (streams.run_state(new.run_id), events, streams.run_done(new.run_id)):
+                ops.append(expire(key, self.retention_s))
+        return ops, effects
+
+    async def fit(self, task: TaskAssigned) -> TaskAssigned:
+        """The task as it can be sent: inputs too many for one event go in a manifest object (the worker
+        reads it into `ctx.inputs`); a task still too big is refused with the reason."""
+        limit = self.settings.max_event_bytes
+        size = len(task.model_dump_json())
+        if size <= limit:
+            return task
+        if task.inputs:
+            body = json.dumps({n: r.model_dump(mode="json") for n, r in task.inputs.items()}).encode()
+            ref = await self.storage.put(manifest_key(task), body, content_type="application/json")
+            task = task.model_copy(update={"inputs": {}, "inputs_manifest": ref})
+            size = len(task.model_dump_json())
+            if size <= limit:
+                return task
+        raise ValueError(
+            f"task {task.task_id} for {task.agent or 'the router'} is {size} bytes, over the "
+            f"{limit}-byte event limit even with its inputs in a manifest: shorten its instruction or params"
+        )
+
+    async def ask(self, state: RunState, d: Decision) -> None:
+        """Write the request file a person answers, before the run is seen waiting."""
+        h = d.human
+        key = human_request_key(state.run_id, h.task_id)
+        body = {
+            "run_id": state.run_id,
+            "workflow": state.workflow,
+            "task_id": h.task_id,
+            "question": h.question,
+            "inputs": {n: r.uri() for n, r in h.inputs.items()},
+            "respond": f'write JSON {{"decision": "approve"|"reject", "text": ...}} under '
+            f"{run_prefix(state.run_id)}human/responses/ (or: baton respond {state.run_id} --approve)",
+        }
+        ref = await self.storage.put(
+            key, json.dumps(body, indent=2).encode(), content_type="application/json"
+        )
+        state.status = "waiting_for_human"
+        state.waiting = HumanWait(
+            task_id=h.task_id, question=h.question, key=h.key, on_reject=h.on_reject, request=ref
+        )
+        d.human_event = HumanInputRequested(
+            run_id=state.run_id,
+            task_id=h.task_id,
+            question=h.question,
+            request=ref,
+            inputs=h.inputs,
+            trace_id=state.trace_id,
+            sender=self.sender,
+        )
+
+    async def after_commit(
+        self, state: RunState, d: Decision, effects: Effects, was_waiting: bool, cause: str
+    ) -> None:
+        if effects.index:
+            await sync_waiting(self.redis, state)
+        if effects.created is not None:
+            await self.db.call("ZADD", streams.RUN_INDEX, effects.created, state.run_id)
+        await self.send(state, d.assign)
+        await self.copy_once(effects.copies)
+        if effects.owed:  # done: what a redelivery would re-send is no longer needed
+            self.db.call("HDEL", streams.run_state(state.run_id), CAUSE + cause)
+        if state.status == "completed":
+            self.log.info("run_completed", outputs=sorted(state.final), ended_by=state.ended_by)
+        elif state.status == "failed":
+            self.log.warning("run_failed", reason=state.reason)
+        elif state.status == "cancelled":
+            self.log.info("run_cancelled", reason=state.reason)
+        elif state.status == "waiting_for_human" and not was_waiting:
+            self.log.info("waiting_for_human", question=state.waiting.question if state.waiting else None)
+            if self.on_waiting is not None:
+                await self.on_waiting(self, state)
+
+    async def send(self, state: RunState, tasks: list[TaskAssigned]) -> None:
+        """Append tasks to their streams, or time them if their retry waits out a backoff."""
+        writes = []
+        now = utcnow()
+        for task in tasks:
+            slot = state.tasks.get(task.task_id)
+            if slot is not None and slot.not_before is not None and slot.not_before > now:
+                writes.append(self.schedule(slot.not_before.timestamp(), "dispatch", task))
+            else:
+                writes.append(self.db.send(self.dispatch_stream(task), task))
+        if writes:
+            await asyncio.gather(*writes)
+
+    async def copy_once(self, copies) -> None:
+        """Create-only copies: a redone copy does not make a second version."""
+        for source, key in copies:
+            if await self.storage.head(key) is None:
+                await self.storage.copy(source, key)
+
+    async def redo(self, loaded: Loaded, cause: str) -> None:
+        """The event was handled before: send again what its commit caused (if it is still owed)."""
+        effects = loaded.effects(cause)
+        if effects is None:
+            return
+        state = loaded.view()
+        if effects.index:
+            await sync_waiting(self.redis, state)
+        if effects.created is not None:
+            await self.db.call("ZADD", streams.RUN_INDEX, effects.created, state.run_id)
+        missing = [TASK + t for t in effects.tasks if TASK + t not in loaded.fields]
+        for name in missing:
+            await self.store.load_more(loaded, name)
+        state = loaded.view()
+        tasks = [state.tasks[t].task for t in effects.tasks if dict.get(state.tasks, t) is not None]
+        if state.active:
+            self.log.warning("resending", tasks=[t.task_id for t in tasks], copies=len(effects.copies))
+            await self.send(state, tasks)
+            await self.copy_once(effects.copies)
+        self.db.call("HDEL", streams.run_state(state.run_id), CAUSE + cause)
+
+    async def schedule(self, when: float, kind: str, task: TaskAssigned) -> None:
+        member = json.dumps(
+            {"kind": kind, "run_id": task.run_id, "task_id": task.task_id, "attempt": task.attempt}
+        )
+        await self.db.call("ZADD", streams.TIMERS, "NX", when, member)

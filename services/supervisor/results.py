@@ -1,0 +1,60 @@
+"""Task outcomes and progress (`baton:results`): record them, and decide a run's next step."""
+
+from __future__ import annotations
+
+from shared import streams
+from shared.events import RouteDecided, TaskCompleted, TaskFailed, TaskResult, TaskStarted, utcnow
+from shared.runs import CAUSE, TASK
+
+from .decisions import Decision, outstanding
+from .engine import Engine
+
+
+async def on_result(eng: Engine, event: TaskResult) -> None:
+    """Record a task's progress; on an outcome, decide the run's next step."""
+    recorded = eng.db.send(streams.run_events(event.run_id), event)
+    if isinstance(event, TaskStarted):
+        if eng.any_deadlines:  # the common case, no deadlines, needs no state read at all
+            await schedule_deadline(eng, event)
+        await recorded
+        return
+    if not isinstance(event, TaskCompleted | TaskFailed | RouteDecided):
+        await recorded
+        return
+    loaded = await eng.store.load(event.run_id, TASK + event.task_id, CAUSE + event.event_id)
+    await recorded
+    if not loaded.exists:
+        eng.log.warning("result_for_unknown_run")
+        return
+    state = loaded.view()
+    wf, module = eng.pattern_of(state)
+    slot = outstanding(state, event)
+    docs = {}
+    if isinstance(event, TaskCompleted) and not isinstance(slot, str):
+        wanted = getattr(module, "DOCS", {}).get(slot.role)
+        if wanted and wanted in event.outputs:
+            docs[wanted] = await eng.storage.get(event.outputs[wanted])
+
+    def choose(s) -> Decision:
+        slot = outstanding(s, event)
+        if isinstance(slot, str):
+            return Decision.ignore(slot)
+        if isinstance(event, RouteDecided):
+            return module.on_route(s, wf, eng.workflows, event)
+        if isinstance(event, TaskCompleted):
+            return module.on_completed(s, wf, eng.workflows, event, docs)
+        return module.on_failed(s, wf, eng.workflows, event, slot)
+
+    await eng.decide(event.run_id, choose, cause=event.event_id, loaded=loaded)
+
+
+async def schedule_deadline(eng: Engine, event: TaskStarted) -> None:
+    loaded = await eng.store.load(event.run_id, TASK + event.task_id)
+    if not loaded.exists:
+        return
+    state = loaded.view()
+    wf = eng.workflows.workflows.get(state.workflow)
+    slot = dict.get(state.tasks, event.task_id)
+    if state.active and wf is not None and wf.task_timeout and slot is not None:
+        task = slot.task.model_copy(update={"attempt": event.attempt})
+        await eng.schedule(utcnow().timestamp() + wf.task_timeout, "deadline", task)

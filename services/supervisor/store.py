@@ -1,0 +1,193 @@
+"""Loading and committing one run's state a few fields at a time (layout: `shared/runs.py`).
+
+`Loaded` holds the raw fields a handler read; `view()` parses them into a `RunState` whose tasks and
+subtasks are `Partial` maps; `commit()` writes back only the fields whose bytes changed, with the events
+the decision appends, in one script that first compares the revision it read.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from pydantic import BaseModel
+
+from shared.runs import CAUSE, SUBTASK, TASK, Effects, Partial, RunState, SubtaskState, TaskSlot, state_key
+
+# Compare-and-set of one run's state, with what its decision appends to the run's own keys (its event
+# stream, its done-marks, its cancellation mark: all in the run's hash slot). A supervisor dying at any
+# instruction leaves either the old state and nothing appended, or the new state and everything.
+# KEYS[1]: the state hash, KEYS[2..]: the run's other keys. ARGV: expected rev ('' = the run must not
+# exist yet), new rev, then counted groups: prefixes of fields to drop, fields to drop, field/value pairs
+# to set, and operations (op, key index, value): `x` append an entry (value = its `__data__`), `e`
+# expire (seconds), `s` set the key to the value (`|`-separated: value|seconds). Returns 1, or 0 if the
+# revision differs (nothing written).
+COMMIT = """
+local rev = redis.call('HGET', KEYS[1], 'rev')
+if ARGV[1] == '' then
+  if rev then return 0 end
+elseif rev ~= ARGV[1] then return 0 end
+local i = 3
+local n = tonumber(ARGV[i]) i = i + 1
+if n > 0 then
+  local prefixes = {}
+  for j = 1, n do prefixes[j] = ARGV[i] i = i + 1 end
+  for _, f in ipairs(redis.call('HKEYS', KEYS[1])) do
+    for _, p in ipairs(prefixes) do
+      if string.sub(f, 1, #p) == p then redis.call('HDEL', KEYS[1], f) break end
+    end
+  end
+end
+n = tonumber(ARGV[i]) i = i + 1
+for j = 1, n do redis.call('HDEL', KEYS[1], ARGV[i]) i = i + 1 end
+n = tonumber(ARGV[i]) i = i + 1
+for j = 1, n do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) i = i + 2 end
+redis.call('HSET', KEYS[1], 'rev', ARGV[2])
+while i <= #ARGV do
+  local op, key, value = ARGV[i], KEYS[tonumber(ARGV[i + 1])], ARGV[i + 2]
+  if op == 'x' then redis.call('XADD', key, '*', '__data__', value)
+  elseif op == 'e' then redis.call('EXPIRE', key, value)
+  else
+    local sep = string.find(value, '|', 1, true)
+    redis.call('SET', key, string.sub(value, 1, sep - 1), 'EX', string.sub(value, sep + 1))
+  end
+  i = i + 3
+end
+return 1
+"""
+
+
+def append(stream: str, event: BaseModel) -> tuple[str, str, str]:
+    """An operation for `commit`: append `event` to `stream` (one of the run's own streams)."""
+    return ("x", stream, event.model_dump_json())
+
+
+def expire(key: str, seconds: int) -> tuple[str, str, str]:
+    return ("e", key, str(seconds))
+
+
+def set_with_ttl(key: str, value: str, seconds: int) -> tuple[str, str, str]:
+    return ("s", key, f"{value}|{seconds}")
+
+
+@dataclass
+class Loaded:
+    """The fields of one run's hash a handler has read (None: the field does not exist)."""
+
+    run_id: str
+    rev: bytes | None = None
+    fields: dict[str, bytes | None] = field(default_factory=dict)
+    all_tasks: bool = False
+    all_subtasks: bool = False
+
+    @property
+    def exists(self) -> bool:
+        return self.fields.get("core") is not None
+
+    def view(self) -> RunState:
+        """A fresh, mutable `RunState` from what was read (parsed again each time: decisions mutate it)."""
+        state = RunState.model_validate_json(self.fields["core"])
+        state.tasks = self._partial(TASK, TaskSlot, self.all_tasks)
+        state.subtasks = self._partial(SUBTASK, SubtaskState, self.all_subtasks)
+        return state
+
+    def _partial(self, prefix: str, model, complete: bool) -> Partial:
+        items, absent = {}, set()
+        for name, raw in self.fields.items():
+            if name.startswith(prefix):
+                if raw is None:
+                    absent.add(name[2:])
+                else:
+                    items[name[2:]] = model.model_validate_json(raw)
+        return Partial(prefix, items, complete=complete, absent=absent)
+
+    def effects(self, event_id: str) -> Effects | None:
+        raw = self.fields.get(CAUSE + event_id)
+        return Effects.model_validate_json(raw) if raw else None
+
+
+class Store:
+    """Reads and commits run states through `db` (the service's `Commands`: group-committed)."""
+
+    def __init__(self, db) -> None:
+        self.db = db
+
+    async def load(self, run_id: str, *names: str) -> Loaded:
+        """`rev`, `core` and the named fields, in one command."""
+        names = tuple(dict.fromkeys(("rev", "core", *names)))
+        values = await self.db.call("HMGET", state_key(run_id), *names)
+        loaded = Loaded(run_id, rev=values[0])
+        loaded.fields = dict(zip(names[1:], values[1:], strict=True))
+        return loaded
+
+    async def load_more(self, loaded: Loaded, name: str) -> None:
+        """Add a field, or every field of a kind (`t:` / `s:`), to what was read."""
+        if name in (TASK, SUBTASK):
+            raw = await self.db.call("HGETALL", state_key(loaded.run_id))
+            pairs = raw.items() if isinstance(raw, dict) else zip(raw[::2], raw[1::2], strict=True)
+            for key, value in pairs:
+                key = key.decode() if isinstance(key, bytes) else key
+                if key.startswith(name):
+                    loaded.fields[key] = value
+            if name == TASK:
+                loaded.all_tasks = True
+            else:
+                loaded.all_subtasks = True
+            return
+        (value,) = await self.db.call("HMGET", state_key(loaded.run_id), name)
+        loaded.fields[name] = value
+
+    async def commit(
+        self,
+        loaded: Loaded,
+        new: RunState,
+        ops: list[tuple[str, str, str]] = (),
+        effects: tuple[str, Effects] | None = None,
+    ) -> bool:
+        """Write what changed in `new` since `loaded`, plus `ops` and the cause's `effects`, if the run's
+        revision is still the one read. False: it changed meanwhile (nothing was written)."""
+        key = state_key(loaded.run_id)
+        clear: list[str] = []
+        drop: list[str] = []
+        sets: list[str] = ["core", new.model_dump_json()]
+        for prefix, items in ((TASK, new.tasks), (SUBTASK, new.subtasks)):
+            if getattr(items, "cleared", False):
+                clear.append(prefix)
+                if prefix == TASK:
+                    clear.append(CAUSE)
+            current = dict.items(items) if isinstance(items, Partial) else items.items()
+            present = set()
+            for name, value in current:
+                field_name = prefix + name
+                present.add(field_name)
+                data = value.model_dump_json()
+                if loaded.fields.get(field_name) != data.encode():
+                    sets += [field_name, data]
+            if not getattr(items, "cleared", False):
+                drop += [
+                    f
+                    for f, raw in loaded.fields.items()
+                    if f.startswith(prefix) and raw is not None and f not in present
+                ]
+        if effects is not None and not clear:
+            sets += [CAUSE + effects[0], effects[1].model_dump_json()]
+        keys: dict[str, int] = {key: 1}
+        args: list = []
+        for op, target, value in ops:
+            args += [op, keys.setdefault(target, len(keys) + 1), value]
+        rev = int(loaded.rev or 0)
+        reply = await self.db.call(
+            "EVAL",
+            COMMIT,
+            len(keys),
+            *keys,
+            str(rev) if loaded.rev is not None else "",
+            str(rev + 1),
+            len(clear),
+            *clear,
+            len(drop),
+            *drop,
+            len(sets) // 2,
+            *sets,
+            *args,
+        )
+        return bool(reply)

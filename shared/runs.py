@@ -1,0 +1,237 @@
+"""A run's durable state: a Redis hash per run, read and written a field at a time.
+
+Layout of `baton:{<run_id>}:state` (every key of one run shares the `{<run_id>}` hash tag, so an atomic
+step on a run touches one hash slot and the same code runs on a Redis Cluster):
+
+- `rev`: the revision, +1 per commit (the compare in compare-and-set);
+- `core`: `RunState` without its tasks and subtasks (JSON), whose size does not grow with a plan's;
+- `t:<task_id>`: one outstanding task (`TaskSlot`, JSON);
+- `s:<subtask_id>`: one subtask of a hierarchical plan (`SubtaskState`, JSON);
+- `c:<event_id>`: what the commit caused by that event sends outside the run's slot (`Effects`, JSON),
+  until it is sent: a redelivery of the event sends it again.
+
+A hop reads `core`, `rev` and the few fields its decision touches, and writes back only what changed, so
+its cost does not grow with the run. A decision that touches a field it did not load raises `Need`; the
+supervisor loads it and decides again (decisions are pure functions of the state).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from . import streams
+from .events import ObjectRef, TaskAssigned, Usage, utcnow
+
+RunStatus = Literal["running", "waiting_for_human", "completed", "failed", "cancelled"]
+ACTIVE = ("running", "waiting_for_human")
+HISTORY_KEPT = 50  # a run's history notes: the newest are kept, so the core stays small
+WAITING = streams.RUNS_WAITING
+
+TASK, SUBTASK, CAUSE = "t:", "s:", "c:"
+
+
+class TaskSlot(BaseModel):
+    """A task the run is waiting on. Kept whole so a crash between commit and send can re-send it."""
+
+    task: TaskAssigned
+    role: str = Field("stage", description="stage, planner, subtask, review, aggregate, turn, route")
+    key: str = Field("", description="What the task is for: a stage index, subtask id, ...")
+    since: datetime = Field(default_factory=utcnow, description="When the slot was created.")
+    not_before: datetime | None = Field(None, description="A retry's backoff: not sent before this.")
+    usage_counted: bool = Field(False, description="A model classifier's usage for it is in the run's.")
+
+
+class HumanWait(BaseModel):
+    """What a paused run asked of a person."""
+
+    task_id: str
+    question: str
+    request: ObjectRef
+    key: str = ""
+    on_reject: str = "fail"
+
+
+class Subtask(BaseModel):
+    """One subtask of a hierarchical plan, as the planner wrote it (validated)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    id: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
+    agent: str
+    instruction: str = ""
+    inputs: list[str] = Field(default_factory=list, description="Run input names or ids of other subtasks.")
+    depends_on: list[str] = Field(default_factory=list)
+    acceptance_criteria: str | None = None
+
+
+class SubtaskState(BaseModel):
+    spec: Subtask
+    status: Literal["pending", "running", "reviewing", "accepted", "failed"] = "pending"
+    agent: str
+    attempt: int = 1  # attempts with the current agent
+    total_attempts: int = 0
+    tried: list[str] = Field(default_factory=list, description="Agents that gave up or were rejected.")
+    outputs: dict[str, ObjectRef] = Field(default_factory=dict)
+    feedback: ObjectRef | None = None
+    rejections: list[str] = Field(default_factory=list)
+    dependents: list[str] = Field(default_factory=list, description="Subtasks that wait for this one.")
+    waiting_on: int = Field(0, description="Dependencies not accepted yet.")
+
+
+class Effects(BaseModel):
+    """What one commit sent outside the run's slot, so a redelivery of its event can send it again."""
+
+    tasks: list[str] = Field(default_factory=list, description="Task ids assigned (sent or timed).")
+    copies: list[tuple[ObjectRef, str]] = Field(default_factory=list, description="Create-only copies.")
+    index: bool = Field(False, description="The waiting index follows the new status.")
+    created: float | None = Field(None, description="A new run: its place in the run index.")
+
+    @property
+    def owed(self) -> bool:
+        return bool(self.tasks or self.copies or self.index or self.created is not None)
+
+
+class Need(Exception):  # noqa: N818 - a request, not a failure
+    """A decision touched a part of the run that was not loaded: load `field` (or all of a kind) and
+    decide again."""
+
+    def __init__(self, field: str) -> None:
+        super().__init__(field)
+        self.field = field
+
+
+class Partial(dict):
+    """A run's tasks or subtasks as far as they were loaded. Reading a key that was not loaded (and may
+    exist) raises `Need`, and so does iterating before everything is loaded."""
+
+    def __init__(self, prefix: str, items: dict, complete: bool = False, absent: set | None = None) -> None:
+        super().__init__(items)
+        self.prefix, self.complete, self.absent = prefix, complete, set(absent or ())
+        self.cleared = False
+
+    def _load(self, key) -> None:
+        if not self.complete and key not in self.absent and not dict.__contains__(self, key):
+            raise Need(self.prefix + key)
+
+    def _all(self) -> None:
+        if not self.complete:
+            raise Need(self.prefix)
+
+    def __missing__(self, key):
+        self._load(key)
+        raise KeyError(key)
+
+    def __contains__(self, key) -> bool:
+        self._load(key)
+        return dict.__contains__(self, key)
+
+    def get(self, key, default=None):
+        self._load(key)
+        return dict.get(self, key, default)
+
+    def pop(self, key, *default):
+        self._load(key)
+        return dict.pop(self, key, *default)
+
+    def __iter__(self):
+        self._all()
+        return dict.__iter__(self)
+
+    def __len__(self) -> int:
+        self._all()
+        return dict.__len__(self)
+
+    def keys(self):
+        self._all()
+        return dict.keys(self)
+
+    def values(self):
+        self._all()
+        return dict.values(self)
+
+    def items(self):
+        self._all()
+        return dict.items(self)
+
+    def clear(self) -> None:
+        """Drop them all, loaded or not (a run that ended)."""
+        dict.clear(self)
+        self.cleared = True
+
+
+class RunState(BaseModel):
+    run_id: str
+    workflow: str
+    pattern: str
+    status: RunStatus = "running"
+    trace_id: str
+    inputs: dict[str, ObjectRef] = Field(default_factory=dict)
+    params: dict[str, Any] = Field(default_factory=dict)
+    waiting: HumanWait | None = None
+    responses_used: list[str] = Field(default_factory=list, description="Response files already applied.")
+    # sequential
+    stage: int = 0
+    loops: dict[str, int] = Field(default_factory=dict, description="Times a stage was re-entered.")
+    outputs: dict[str, ObjectRef] = Field(default_factory=dict, description="All outputs so far, by name.")
+    # hierarchical
+    phase: str = "start"
+    n_subtasks: int = 0
+    n_accepted: int = 0
+    # bidirectional
+    turns: int = 0
+    versions: list[str] = Field(default_factory=list, description="Document versions seen (etags), in order.")
+    document: ObjectRef | None = None
+    # results
+    final: dict[str, ObjectRef] = Field(default_factory=dict, description="The run's result.")
+    ended_by: str | None = None
+    usage: Usage = Field(default_factory=Usage)
+    trigger: ObjectRef | None = None
+    reason: str | None = None
+    history: list[str] = Field(default_factory=list, description=f"Notes, the newest {HISTORY_KEPT}.")
+    created_at: datetime = Field(default_factory=utcnow)
+    updated_at: datetime = Field(default_factory=utcnow)
+    # stored one field each, not in the core (see the module's docstring)
+    tasks: dict[str, TaskSlot] = Field(default_factory=dict, exclude=True, description="Outstanding tasks.")
+    subtasks: dict[str, SubtaskState] = Field(default_factory=dict, exclude=True)
+
+    @property
+    def active(self) -> bool:
+        return self.status in ACTIVE
+
+    def note(self, text: str) -> None:
+        self.history.append(text)
+        del self.history[:-HISTORY_KEPT]
+
+
+def state_key(run_id: str) -> str:
+    return streams.run_state(run_id)
+
+
+def parse_fields(fields: dict[bytes | str, bytes | None]) -> RunState | None:
+    """A whole run state from its hash fields (HGETALL), or None if there is no core."""
+    text = {(k.decode() if isinstance(k, bytes) else k): v for k, v in fields.items() if v is not None}
+    core = text.get("core")
+    if core is None:
+        return None
+    state = RunState.model_validate_json(core)
+    state.tasks = {k[2:]: TaskSlot.model_validate_json(v) for k, v in text.items() if k.startswith(TASK)}
+    state.subtasks = {
+        k[2:]: SubtaskState.model_validate_json(v) for k, v in text.items() if k.startswith(SUBTASK)
+    }
+    return state
+
+
+async def get_run(redis, run_id: str) -> RunState | None:
+    """The whole state of one run (for clients: it reads every field)."""
+    return parse_fields(await redis.hgetall(state_key(run_id)))
+
+
+async def sync_waiting(redis, state: RunState) -> None:
+    """The waiting index follows the state (advisory: readers check each run's status)."""
+    if state.status == "waiting_for_human":
+        await redis.sadd(WAITING, state.run_id)
+    else:
+        await redis.srem(WAITING, state.run_id)
