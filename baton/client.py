@@ -17,7 +17,7 @@ from botocore.exceptions import ClientError
 from pydantic import ValidationError
 
 from baton.servers import FAST_WEBHOOK_ARN, WEBHOOK_ARN
-from shared import streams
+from shared import streams, waits
 from shared.broker import DATA_FIELD, encode
 from shared.errors import BatonError
 from shared.events import (
@@ -105,30 +105,33 @@ async def publish_run(
         await client.aclose()
 
 
+def follower_name(run_id: str) -> str:
+    """The CLIENT LIST name of the connection following `run_id` (an operator can find it by name)."""
+    return f"baton-follow:{run_id}"
+
+
 async def follow(settings: Settings, run_id: str, block_ms: int = 5000) -> AsyncIterator[Event]:
     """Yield a run's events from the start, blocking for new ones (no polling), until the run ends.
 
-    Each event once: a supervisor that dies before acknowledging a message records it again when the
-    message is redelivered (same event id), and that copy is skipped here."""
-    client = aioredis.Redis.from_url(settings.redis_url)
-    last = "0"
+    Waits as long as the run takes: quiet stages longer than the block and dropped connections are
+    outlasted (shared/waits.py), resuming after the last entry read. Each event once: a supervisor that
+    dies before acknowledging a message records it again when the message is redelivered (same event
+    id), and that copy is skipped here."""
+    block = block_ms / 1000
+    client = waits.client(settings.redis_url, block=block, name=follower_name(run_id))
     seen: set[str] = set()
     try:
-        while True:
-            reply = await client.xread({streams.run_events(run_id): last}, block=block_ms, count=100)
-            for _stream, entries in reply or []:
-                for entry_id, fields in entries:
-                    last = entry_id
-                    raw = fields.get(DATA_FIELD.encode())
-                    if raw is None:
-                        continue
-                    event = parse_event(raw)
-                    if event.event_id in seen:
-                        continue
-                    seen.add(event.event_id)
-                    yield event
-                    if event.type in TERMINAL_RUN_EVENTS:
-                        return
+        async for _entry_id, fields in waits.follow_stream(client, streams.run_events(run_id), block=block):
+            raw = fields.get(DATA_FIELD.encode())
+            if raw is None:
+                continue
+            event = parse_event(raw)
+            if event.event_id in seen:
+                continue
+            seen.add(event.event_id)
+            yield event
+            if event.type in TERMINAL_RUN_EVENTS:
+                return
     finally:
         await client.aclose()
 
@@ -220,7 +223,7 @@ async def search(
     sender: str = "cli",
 ) -> list[SearchHit]:
     """Full-text search through the indexer (request/reply over Redis), best hits first."""
-    client = aioredis.Redis.from_url(settings.redis_url)
+    client = waits.client(settings.redis_url, block=settings.search_timeout)
     try:
         return await request_search(
             client,

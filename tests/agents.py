@@ -153,3 +153,11 @@ async def sleepy(ctx: AgentContext) -> None:
     if ctx.task.attempt == 1:
         await asyncio.sleep(4)
     await ctx.write("work/sleepy.txt", f"attempt {ctx.task.attempt}\n", name="sleepy")
+
+
+# --- clients ------------------------------------------------------------------------------------------
+async def silent(ctx: AgentContext) -> None:
+    """Emits nothing for `params.sleep` seconds (default 60), then writes a note: a quiet stage for
+    clients that wait on the run's events."""
+    await asyncio.sleep(float(ctx.params.get("sleep", 60)))
+    await ctx.write("work/silent.txt", "done after a long silence\n", name="silent")

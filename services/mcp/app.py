@@ -31,6 +31,7 @@ from mcp.server.mcpserver.exceptions import ToolError
 from pydantic import BaseModel, Field
 
 from baton import client
+from shared import waits
 from shared.errors import BatonError, KeyValidationError, PreconditionFailedError
 from shared.events import ID_PATTERN, ObjectRef, utcnow
 from shared.logging import configure_logging
@@ -169,7 +170,10 @@ class BatonMCP:
 
     @contextlib.asynccontextmanager
     async def open(self) -> AsyncIterator[BatonMCP]:
-        await self.res.open(storage=True, redis=True)
+        await self.res.open(storage=True)
+        # its socket outlasts a search's BLPOP (redis-py's default of 5 s would race the wait)
+        self.res.redis = waits.client(self.settings.redis_url, block=self.settings.search_timeout)
+        self.res.stack.push_async_callback(self.res.redis.aclose)
         try:
             yield self
         finally:
