@@ -238,6 +238,9 @@ async def search(
         await client.aclose()
 
 
+END_STATUS = {"run.completed": "completed", "run.failed": "failed", "run.cancelled": "cancelled"}
+
+
 async def run_status(settings: Settings, run_id: str, last: int = 20) -> dict[str, Any]:
     """Where a run stands: status, outputs (refs), what it waits for, and its last `last` events.
 
@@ -264,7 +267,7 @@ async def run_status(settings: Settings, run_id: str, last: int = 20) -> dict[st
             events.append(event)
     terminal = next((e for e in reversed(events) if e.get("type") in TERMINAL_RUN_EVENTS), None)
     if terminal is not None:
-        status = "completed" if terminal["type"] == "run.completed" else "failed"
+        status = END_STATUS.get(terminal["type"], "failed")
     else:
         status = state.get("status") or "submitted"
     outputs = (terminal or {}).get("outputs") or state.get("final") or {}

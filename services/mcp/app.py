@@ -113,10 +113,10 @@ class SubmittedRun(BaseModel):
 
 class RunStatus(BaseModel):
     run_id: str
-    status: str = Field(description="submitted, running, waiting_for_human, completed or failed.")
+    status: str = Field(description="submitted, running, waiting_for_human, completed, failed or cancelled.")
     workflow: str | None = None
     pattern: str | None = None
-    reason: str | None = Field(None, description="Why the run failed, when it did.")
+    reason: str | None = Field(None, description="Why the run failed or was cancelled, when it was.")
     outputs: dict[str, ObjectRef] = Field(default_factory=dict, description="Output files, by name.")
     waiting: dict[str, Any] | None = Field(None, description="What the run asks of a person, if it waits.")
     events: list[dict[str, Any]] = Field(

@@ -16,6 +16,7 @@ import pytest
 from mcp import ClientSession, StdioServerParameters, stdio_client
 from mcp.client.streamable_http import streamable_http_client
 
+from baton import client
 from shared.storage import Storage
 from shared.workflow import load_workflows
 from tests.conftest import TEST_WORKFLOWS
@@ -197,6 +198,16 @@ async def test_a_run_waiting_for_a_person_resumes_after_respond(stack, mcp_http)
         await call(s, "respond", run_id=run_id, decision="approve", text="ship it")
         done = await _wait_status(s, run_id, {"completed", "failed"})
         assert done["status"] == "completed", done
+
+
+async def test_run_status_reports_a_cancelled_run_as_cancelled(stack, mcp_http, settings):
+    async with session("http", stack, mcp_http) as s:
+        run_id = (await call(s, "submit_run", workflow="slow-pair", params={"sleep": 5}))["run_id"]
+        await _wait_status(s, run_id, {"running"})
+        await client.cancel(settings, run_id, reason="not needed any more")
+        status = await _wait_status(s, run_id, {"cancelled", "completed", "failed"})
+    assert status["status"] == "cancelled", status
+    assert "not needed any more" in status["reason"]
 
 
 async def test_http_without_the_bearer_token_is_refused(mcp_http):
