@@ -19,7 +19,7 @@ from pydantic import ValidationError
 from baton.servers import FAST_WEBHOOK_ARN, WEBHOOK_ARN
 from shared import streams, waits
 from shared.broker import DATA_FIELD, encode
-from shared.errors import BatonError
+from shared.errors import BatonError, NotWaitingError
 from shared.events import (
     TERMINAL_RUN_EVENTS,
     DeadLetter,
@@ -170,7 +170,11 @@ async def download(settings: Settings, run_id: str, out_dir: Path) -> dict[str, 
 async def respond(
     settings: Settings, run_id: str, approve: bool, text: str = "", attachment: Path | None = None
 ) -> ObjectRef:
-    """Answer a run that waits for a person: the response file's creation event resumes it."""
+    """Answer a run that waits for a person: the response file's creation event resumes it.
+
+    Refused (`NotWaitingError`) unless the run waits for a person now: a response written earlier would
+    be ignored by the supervisor, and the person would believe they had answered."""
+    await ensure_waiting(settings, run_id)
     stamp = utcnow().strftime("%Y%m%dT%H%M%S%fZ")
     body: dict = {"decision": "approve" if approve else "reject", "text": text}
     async with Storage.connect(settings) as storage:
@@ -181,6 +185,14 @@ async def respond(
             body["attachment"] = (await storage.put(key, attachment.read_bytes())).uri()
         key = f"{run_prefix(run_id)}human/responses/response-{stamp}.json"
         return await storage.put(key, json.dumps(body).encode(), content_type="application/json")
+
+
+async def ensure_waiting(settings: Settings, run_id: str) -> dict[str, Any]:
+    """The run's status if it waits for a person; else `NotWaitingError` (BatonError if there is no run)."""
+    status = await run_status(settings, run_id, last=1)
+    if status["status"] != "waiting_for_human":
+        raise NotWaitingError(f"run {run_id} is not waiting for a person (it is {status['status']})")
+    return status
 
 
 async def list_runs(settings: Settings, waiting: bool = False, limit: int = 20) -> list[dict]:

@@ -410,10 +410,11 @@ class BatonMCP:
         """Answer a run that waits for a person (status waiting_for_human): approve or reject, with text.
 
         Writes the response file under runs/<run_id>/human/responses/; the run resumes when it lands.
+        Refused when the run is not waiting for a person (the answer would be ignored).
         """
         self._check_run_id(run_id)
         try:
-            status = await client.run_status(self.settings, run_id, last=1)
+            status = await client.ensure_waiting(self.settings, run_id)
         except BatonError as exc:
             raise ToolError(str(exc)) from exc
         stamp = utcnow().strftime("%Y%m%dT%H%M%S%fZ")
