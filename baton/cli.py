@@ -142,15 +142,13 @@ def submit(
     if not as_json:
         typer.echo(run_id)
     final = asyncio.run(_follow(cfg, run_id, quiet=as_json))
-    status = {"run.completed": "completed", "run.failed": "failed"}.get(
-        final.type if final else "", "unknown"
-    )
+    status = client.END_STATUS.get(final.type if final else "", "unknown")
     if as_json:
         out = {"run_id": run_id, "status": status, "outputs": {}}
         if final is not None and final.type == "run.completed":
             out["outputs"] = {n: r.uri() for n, r in final.outputs.items()}
             out["usage"] = final.usage.model_dump()
-        if final is not None and final.type == "run.failed":
+        if final is not None and final.type in ("run.failed", "run.cancelled"):
             out["reason"] = final.reason
         typer.echo(json.dumps(out))
     raise typer.Exit(0 if status == "completed" else 1)

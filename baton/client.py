@@ -17,9 +17,9 @@ from botocore.exceptions import ClientError
 from pydantic import ValidationError
 
 from baton.servers import FAST_WEBHOOK_ARN, WEBHOOK_ARN
-from shared import streams
+from shared import streams, waits
 from shared.broker import DATA_FIELD, encode
-from shared.errors import BatonError
+from shared.errors import BatonError, NotWaitingError
 from shared.events import (
     TERMINAL_RUN_EVENTS,
     DeadLetter,
@@ -106,30 +106,33 @@ async def publish_run(
         await client.aclose()
 
 
+def follower_name(run_id: str) -> str:
+    """The CLIENT LIST name of the connection following `run_id` (an operator can find it by name)."""
+    return f"baton-follow:{run_id}"
+
+
 async def follow(settings: Settings, run_id: str, block_ms: int = 5000) -> AsyncIterator[Event]:
     """Yield a run's events from the start, blocking for new ones (no polling), until the run ends.
 
-    Each event once: a supervisor that dies before acknowledging a message records it again when the
-    message is redelivered (same event id), and that copy is skipped here."""
-    client = aioredis.Redis.from_url(settings.redis_url)
-    last = "0"
+    Waits as long as the run takes: quiet stages longer than the block and dropped connections are
+    outlasted (shared/waits.py), resuming after the last entry read. Each event once: a supervisor that
+    dies before acknowledging a message records it again when the message is redelivered (same event
+    id), and that copy is skipped here."""
+    block = block_ms / 1000
+    client = waits.client(settings.redis_url, block=block, name=follower_name(run_id))
     seen: set[str] = set()
     try:
-        while True:
-            reply = await client.xread({streams.run_events(run_id): last}, block=block_ms, count=100)
-            for _stream, entries in reply or []:
-                for entry_id, fields in entries:
-                    last = entry_id
-                    raw = fields.get(DATA_FIELD.encode())
-                    if raw is None:
-                        continue
-                    event = parse_event(raw)
-                    if event.event_id in seen:
-                        continue
-                    seen.add(event.event_id)
-                    yield event
-                    if event.type in TERMINAL_RUN_EVENTS:
-                        return
+        async for _entry_id, fields in waits.follow_stream(client, streams.run_events(run_id), block=block):
+            raw = fields.get(DATA_FIELD.encode())
+            if raw is None:
+                continue
+            event = parse_event(raw)
+            if event.event_id in seen:
+                continue
+            seen.add(event.event_id)
+            yield event
+            if event.type in TERMINAL_RUN_EVENTS:
+                return
     finally:
         await client.aclose()
 
@@ -168,7 +171,11 @@ async def download(settings: Settings, run_id: str, out_dir: Path) -> dict[str, 
 async def respond(
     settings: Settings, run_id: str, approve: bool, text: str = "", attachment: Path | None = None
 ) -> ObjectRef:
-    """Answer a run that waits for a person: the response file's creation event resumes it."""
+    """Answer a run that waits for a person: the response file's creation event resumes it.
+
+    Refused (`NotWaitingError`) unless the run waits for a person now: a response written earlier would
+    be ignored by the supervisor, and the person would believe they had answered."""
+    await ensure_waiting(settings, run_id)
     stamp = utcnow().strftime("%Y%m%dT%H%M%S%fZ")
     body: dict = {"decision": "approve" if approve else "reject", "text": text}
     async with Storage.connect(settings) as storage:
@@ -179,6 +186,14 @@ async def respond(
             body["attachment"] = (await storage.put(key, attachment.read_bytes())).uri()
         key = f"{run_prefix(run_id)}human/responses/response-{stamp}.json"
         return await storage.put(key, json.dumps(body).encode(), content_type="application/json")
+
+
+async def ensure_waiting(settings: Settings, run_id: str) -> dict[str, Any]:
+    """The run's status if it waits for a person; else `NotWaitingError` (BatonError if there is no run)."""
+    status = await run_status(settings, run_id, last=1)
+    if status["status"] != "waiting_for_human":
+        raise NotWaitingError(f"run {run_id} is not waiting for a person (it is {status['status']})")
+    return status
 
 
 async def list_runs(settings: Settings, waiting: bool = False, limit: int = 20) -> list[dict]:
@@ -219,7 +234,7 @@ async def search(
     sender: str = "cli",
 ) -> list[SearchHit]:
     """Full-text search through the indexer (request/reply over Redis), best hits first."""
-    client = aioredis.Redis.from_url(settings.redis_url)
+    client = waits.client(settings.redis_url, block=settings.search_timeout)
     try:
         return await request_search(
             client,
@@ -232,6 +247,9 @@ async def search(
         )
     finally:
         await client.aclose()
+
+
+END_STATUS = {"run.completed": "completed", "run.failed": "failed", "run.cancelled": "cancelled"}
 
 
 async def run_status(settings: Settings, run_id: str, last: int = 20) -> dict[str, Any]:
@@ -260,7 +278,7 @@ async def run_status(settings: Settings, run_id: str, last: int = 20) -> dict[st
             events.append(event)
     terminal = next((e for e in reversed(events) if e.get("type") in TERMINAL_RUN_EVENTS), None)
     if terminal is not None:
-        status = "completed" if terminal["type"] == "run.completed" else "failed"
+        status = END_STATUS.get(terminal["type"], "failed")
     else:
         status = state.get("status") or "submitted"
     outputs = (terminal or {}).get("outputs") or state.get("final") or {}

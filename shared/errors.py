@@ -31,3 +31,7 @@ class PreconditionFailedError(BatonError):
 
 class CancelledError(PermanentError):
     """The run was cancelled: stop at the next checkpoint."""
+
+
+class NotWaitingError(BatonError):
+    """A person's response to a run that is not waiting for one."""

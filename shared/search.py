@@ -19,7 +19,7 @@ from typing import Literal
 import redis.asyncio as aioredis
 from pydantic import BaseModel, ConfigDict, Field
 
-from . import streams
+from . import streams, waits
 from .broker import DATA_FIELD
 from .errors import BatonError
 from .events import ID_PATTERN, new_id, utcnow
@@ -93,7 +93,10 @@ async def request_search(
     timeout: float = 5.0,
     sender: str = "client",
 ) -> list[SearchHit]:
-    """Ask the indexer and wait (BLPOP, no polling) for its answer; raises BatonError on a bad query."""
+    """Ask the indexer and wait (BLPOP, no polling) for its answer; raises BatonError on a bad query.
+
+    Waits the whole `timeout`, also on a client whose socket timeout is shorter (`waits.client` makes one
+    that outlasts it) and across a dropped connection."""
     request_id = new_id()
     request = SearchRequest(
         request_id=request_id,
@@ -111,13 +114,13 @@ async def request_search(
         maxlen=SEARCH_STREAM_MAXLEN,
         approximate=True,
     )
-    reply = await redis.blpop([request.reply_to], timeout=timeout)
+    reply = await waits.pop(redis, request.reply_to, timeout)
     if reply is None:
         raise SearchUnavailableError(
             f"the indexer did not answer within {timeout:g}s: is it running? (python -m services.indexer)"
         )
     await redis.delete(request.reply_to)
-    response = SearchResponse.model_validate(json.loads(reply[1]))
+    response = SearchResponse.model_validate(json.loads(reply))
     if response.error:
         raise BatonError(f"search {query!r}: {response.error}")
     return response.hits

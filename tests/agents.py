@@ -177,3 +177,10 @@ async def counter(ctx: AgentContext) -> None:
     names = sorted(ctx.inputs)
     first, last = await ctx.read(names[0]), await ctx.read(names[-1])
     await ctx.write("work/count.txt", f"{len(names)} inputs; {len(first) + len(last)} bytes\n", name="count")
+
+# --- clients ------------------------------------------------------------------------------------------
+async def silent(ctx: AgentContext) -> None:
+    """Emits nothing for `params.sleep` seconds (default 60), then writes a note: a quiet stage for
+    clients that wait on the run's events."""
+    await asyncio.sleep(float(ctx.params.get("sleep", 60)))
+    await ctx.write("work/silent.txt", "done after a long silence\n", name="silent")

@@ -31,6 +31,7 @@ from mcp.server.mcpserver.exceptions import ToolError
 from pydantic import BaseModel, Field
 
 from baton import client
+from shared import waits
 from shared.errors import BatonError, KeyValidationError, PreconditionFailedError
 from shared.events import ID_PATTERN, ObjectRef, utcnow
 from shared.logging import configure_logging
@@ -112,10 +113,10 @@ class SubmittedRun(BaseModel):
 
 class RunStatus(BaseModel):
     run_id: str
-    status: str = Field(description="submitted, running, waiting_for_human, completed or failed.")
+    status: str = Field(description="submitted, running, waiting_for_human, completed, failed or cancelled.")
     workflow: str | None = None
     pattern: str | None = None
-    reason: str | None = Field(None, description="Why the run failed, when it did.")
+    reason: str | None = Field(None, description="Why the run failed or was cancelled, when it was.")
     outputs: dict[str, ObjectRef] = Field(default_factory=dict, description="Output files, by name.")
     waiting: dict[str, Any] | None = Field(None, description="What the run asks of a person, if it waits.")
     events: list[dict[str, Any]] = Field(
@@ -169,7 +170,10 @@ class BatonMCP:
 
     @contextlib.asynccontextmanager
     async def open(self) -> AsyncIterator[BatonMCP]:
-        await self.res.open(storage=True, redis=True)
+        await self.res.open(storage=True)
+        # its socket outlasts a search's BLPOP (redis-py's default of 5 s would race the wait)
+        self.res.redis = waits.client(self.settings.redis_url, block=self.settings.search_timeout)
+        self.res.stack.push_async_callback(self.res.redis.aclose)
         try:
             yield self
         finally:
@@ -406,10 +410,11 @@ class BatonMCP:
         """Answer a run that waits for a person (status waiting_for_human): approve or reject, with text.
 
         Writes the response file under runs/<run_id>/human/responses/; the run resumes when it lands.
+        Refused when the run is not waiting for a person (the answer would be ignored).
         """
         self._check_run_id(run_id)
         try:
-            status = await client.run_status(self.settings, run_id, last=1)
+            status = await client.ensure_waiting(self.settings, run_id)
         except BatonError as exc:
             raise ToolError(str(exc)) from exc
         stamp = utcnow().strftime("%Y%m%dT%H%M%S%fZ")

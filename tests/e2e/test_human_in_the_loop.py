@@ -4,12 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
 from baton import client
+from shared.errors import NotWaitingError
 from tests.helpers import of_type, s3_client, wait_for_end
 
+ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.e2e
 
 
@@ -88,3 +94,41 @@ async def test_the_router_fallback_can_be_a_person(settings):
     await client.respond(settings, run_id, approve=True, text="refunded")
     events = await wait_for_end(settings, run_id)
     assert events[-1].type == "run.completed" and "response" in events[-1].outputs
+
+
+def _baton(stack, *args: str) -> subprocess.CompletedProcess:
+    """The `baton` command, as the CLI's own users."""
+    return subprocess.run(
+        [sys.executable, "-m", "baton.cli", *args],
+        env={**os.environ, **stack.service_env("cli")},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+    )
+
+
+async def test_a_response_to_a_run_not_waiting_for_a_person_is_refused(settings, stack):
+    # a run still at its first stage (the issue's lost answer: written before the run asked)
+    run_id = await client.submit(settings, "slow-approval", {}, {"sleep": 6})
+    await _until(settings, run_id, "task.started")
+    early = _baton(stack, "respond", run_id, "--approve", "--text", "too early")
+    assert early.returncode != 0
+    assert f"run {run_id} is not waiting for a person" in early.stderr
+    with pytest.raises(NotWaitingError, match=f"run {run_id} is not waiting for a person"):
+        await client.respond(settings, run_id, approve=True)
+
+    await _until(settings, run_id, "human.requested")
+    answered = _baton(stack, "respond", run_id, "--approve", "--text", "now")
+    assert answered.returncode == 0, answered.stderr
+    events = await wait_for_end(settings, run_id)
+    assert events[-1].type == "run.completed" and "slow2" in events[-1].outputs
+    late = _baton(stack, "respond", run_id, "--reject")
+    assert late.returncode != 0 and f"run {run_id} is not waiting for a person" in late.stderr
+    responses = s3_client(settings).list_objects_v2(
+        Bucket=settings.bucket, Prefix=f"runs/{run_id}/human/responses/"
+    )
+    assert len(responses["Contents"]) == 1  # only the answer given while the run waited
+
+    missing = _baton(stack, "respond", "r-never-submitted", "--approve")
+    assert missing.returncode != 0 and "no run 'r-never-submitted'" in missing.stderr

@@ -16,9 +16,8 @@ import pytest
 from mcp import ClientSession, StdioServerParameters, stdio_client
 from mcp.client.streamable_http import streamable_http_client
 
+from baton import client
 from shared.storage import Storage
-from shared.workflow import load_workflows
-from tests.conftest import TEST_WORKFLOWS
 
 ROOT = Path(__file__).resolve().parents[2]
 TOOLS = {"list_files", "read_file", "write_file", "search_files", "submit_run", "run_status", "respond"}
@@ -170,33 +169,38 @@ async def test_submit_a_run_follow_it_and_read_its_output(transport, stack, mcp_
         assert "not valid" in await refused(s, "run_status", run_id="../etc")
 
 
-async def test_respond_writes_the_response_file_the_supervisor_reads(stack, mcp_http, settings):
-    async with session("http", stack, mcp_http) as s:
-        run_id = (await call(s, "submit_run", workflow="flaky"))["run_id"]
-        await _wait_status(s, run_id, {"completed", "failed"})
-        answer = await call(s, "respond", run_id=run_id, decision="reject", text="needs sources")
-        assert answer["key"].startswith(f"runs/{run_id}/human/responses/response-")
-        assert answer["key"].endswith(".json")
-        assert "no run" in await refused(s, "respond", run_id="r-never-submitted", decision="approve")
-        assert "decision" in await refused(s, "respond", run_id=run_id, decision="maybe")
-    async with Storage.connect(settings) as storage:
-        head = await storage.head(answer["key"])
-        body = json.loads(await storage.get(head))
-    assert body["decision"] == "reject" and body["text"] == "needs sources"
-
-
-@pytest.mark.skipif(
-    "approval-strict" not in load_workflows(TEST_WORKFLOWS).workflows, reason="no human-in-the-loop workflow"
-)
-async def test_a_run_waiting_for_a_person_resumes_after_respond(stack, mcp_http):
+async def test_respond_answers_a_run_waiting_for_a_person_which_then_completes(stack, mcp_http, settings):
     async with session("http", stack, mcp_http) as s:
         run_id = (await call(s, "submit_run", workflow="approval-strict"))["run_id"]
         waiting = await _wait_status(s, run_id, {"waiting_for_human", "completed", "failed"})
         assert waiting["status"] == "waiting_for_human", waiting
-        assert waiting["waiting"]["question"]
-        await call(s, "respond", run_id=run_id, decision="approve", text="ship it")
+        assert waiting["waiting"]["question"] == "Ship it?"
+        assert "decision" in await refused(s, "respond", run_id=run_id, decision="maybe")
+        answer = await call(s, "respond", run_id=run_id, decision="approve", text="ship it")
+        assert answer["key"].startswith(f"runs/{run_id}/human/responses/response-")
+        assert answer["key"].endswith(".json") and answer["run_status"] == "waiting_for_human"
         done = await _wait_status(s, run_id, {"completed", "failed"})
         assert done["status"] == "completed", done
+        assert "final" in done["outputs"]  # the stage after the person's approval ran
+        # the run no longer waits: another answer is refused, and nothing more is written
+        message = await refused(s, "respond", run_id=run_id, decision="reject", text="too late")
+        assert f"run {run_id} is not waiting for a person" in message
+        assert "no run" in await refused(s, "respond", run_id="r-never-submitted", decision="approve")
+    async with Storage.connect(settings) as storage:
+        body = json.loads(await storage.get(await storage.head(answer["key"])))
+        responses = await storage.list(f"runs/{run_id}/human/responses/")
+    assert body["decision"] == "approve" and body["text"] == "ship it"
+    assert [r.key for r in responses] == [answer["key"]]
+
+
+async def test_run_status_reports_a_cancelled_run_as_cancelled(stack, mcp_http, settings):
+    async with session("http", stack, mcp_http) as s:
+        run_id = (await call(s, "submit_run", workflow="slow-pair", params={"sleep": 5}))["run_id"]
+        await _wait_status(s, run_id, {"running"})
+        await client.cancel(settings, run_id, reason="not needed any more")
+        status = await _wait_status(s, run_id, {"cancelled", "completed", "failed"})
+    assert status["status"] == "cancelled", status
+    assert "not needed any more" in status["reason"]
 
 
 async def test_http_without_the_bearer_token_is_refused(mcp_http):

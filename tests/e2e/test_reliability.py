@@ -50,7 +50,8 @@ async def test_a_poison_message_is_dead_lettered_after_max_deliveries_and_the_gr
     since = await last_id(settings, streams.DLQ)
     try:
         # A valid event whose handling always fails: the run's stored state is corrupt.
-        await r.hset(streams.run_state("r-poisoned"), mapping={"rev": 1, "core": b'{"this is": "not a run state"}'})
+        corrupt = {"rev": 1, "core": b'{"this is": "not a run state"}'}
+        await r.hset(streams.run_state("r-poisoned"), mapping=corrupt)
         poison = TaskCompleted(run_id="r-poisoned", task_id="r-poisoned.0.x", agent="x")
         poison_id = (await r.xadd(streams.RESULTS, encode(poison))).decode()
     finally:
