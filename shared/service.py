@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 import redis.asyncio as aioredis
 from faststream import FastStream
 
+from . import faults
 from .reclaim import Reclaimer
 from .settings import Settings
 from .storage import Storage
@@ -38,6 +39,7 @@ def build_app(
     **info,
 ):
     """A FastStream app whose lifespan opens and closes `resources`."""
+    faults.arm(resources.settings.faults)
     app = FastStream(broker, logger=None)
     reclaimer = Reclaimer(broker, resources.settings, service)
 

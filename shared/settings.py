@@ -91,6 +91,11 @@ class Settings(BaseSettings):
     mcp_max_read_bytes: int = Field(
         1024 * 1024, ge=1, description="Largest object the MCP read_file tool returns."
     )
+    faults: str = Field(
+        "",
+        description="Tests only: fault points to arm, `<point>=exit|raise[*N]`, comma-separated "
+        "(shared/faults.py). Empty in production.",
+    )
     acl_passwords: dict[str, str] = Field(
         default_factory=dict,
         description="`baton init`: JSON object of service -> password (supervisor, router, worker, notifier, "
