@@ -147,6 +147,11 @@ def _router_grants() -> list[Grant]:
             (streams.agent_stream("*"), streams.RESULTS, streams.run_events("*"), streams.DLQ),
             ("xadd",),
         ),
+        Grant(
+            "decide each task's route once (a redelivery forwards to the same agent)",
+            (streams.route_decision("*", "*", "*"),),
+            ("get", "set"),
+        ),
     ]
 
 

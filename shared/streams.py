@@ -53,3 +53,8 @@ def run_cancelled(run_id: str) -> str:
 def run_done(run_id: str) -> str:
     """Hash of task attempts whose outcome a worker has sent (so a redelivery is not done twice)."""
     return f"baton:{{{run_id}}}:done"
+
+
+def route_decision(run_id: str, task_id: str, attempt: int) -> str:
+    """The router's decision for one attempt of a task: a redelivery forwards to the same agent."""
+    return f"baton:{{{run_id}}}:route:{task_id}:{attempt}"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import re
 
 from services.worker.runtime import AgentContext
@@ -52,6 +53,12 @@ def keyword_classifier(request):
         if word in text:
             return {"label": label, "confidence": 0.9}
     return {"label": "unknown", "confidence": 0.0}
+
+
+def fickle_classifier(request):
+    """A classifier that answers differently in different processes (as a sampled model may): the label
+    is whatever `BATON_TEST_LABEL` says in the router that asks."""
+    return {"label": os.environ.get("BATON_TEST_LABEL", "billing"), "confidence": 0.9}
 
 
 async def answer(ctx: AgentContext) -> None:

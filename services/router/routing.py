@@ -9,8 +9,9 @@ never to a guess.
 from __future__ import annotations
 
 import inspect
+import json
 import re
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 from pydantic import ValidationError
 
@@ -27,6 +28,15 @@ class Route:
     classifier: str
     reason: str = ""
     usage: Usage | None = None  # what a model classifier spent
+
+    def dumps(self) -> str:
+        return json.dumps({**asdict(self), "usage": self.usage and self.usage.model_dump(mode="json")})
+
+    @classmethod
+    def loads(cls, data: bytes | str) -> Route:
+        fields = json.loads(data)
+        usage = fields.pop("usage", None)
+        return cls(**fields, usage=Usage.model_validate(usage) if usage else None)
 
 
 def decide(task: TaskAssigned, workflows: WorkflowFile) -> Route:
