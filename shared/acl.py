@@ -182,10 +182,12 @@ def _notifier_grants() -> list[Grant]:
         Grant(
             "publish bucket changes and unreadable notifications", (streams.OBJECTS, streams.DLQ), ("xadd",)
         ),
+        Grant("mark S3 events published (expiring marks)", (streams.OBJECTS_SEEN_PREFIX + "*",), ("set",)),
+        # EVAL: the mark and the entry in one script (services/notifier/app.py); its SET and XADD are
+        # checked again against the grants above.
         Grant(
-            "publish each S3 event once (expiring marks)",
-            (streams.OBJECTS_SEEN_PREFIX + "*",),
-            ("set", "del"),
+            "publish each S3 event once, with its mark", (streams.OBJECTS, streams.OBJECTS_SEEN_PREFIX + "*"),
+            ("eval",),
         ),
     ]
 

@@ -16,7 +16,9 @@ ROUTER_GROUP = "router"
 INDEXER_GROUP = "indexer"  # reads OBJECTS (to index) and SEARCH (to answer)
 
 RUN_INDEX = "baton:runs:index"  # sorted set of run ids by submission time
-OBJECTS_SEEN_PREFIX = "baton:objects:seen:"  # notifier: S3 events already published (expiring marks)
+# notifier: S3 events already published (expiring marks). The hash tag is OBJECTS' name: a mark is set in
+# one script with the entry it marks, so both must be in one slot.
+OBJECTS_SEEN_PREFIX = "{baton:objects}:seen:"
 
 
 def agent_stream(agent: str) -> str:

@@ -4,12 +4,17 @@ nothing twice, or differently, when its work is redelivered."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import http.client
+import json
 import time
+import uuid
 
 import pytest
 
-from baton import client
-from tests.helpers import of_type, wait_for_end
+from baton import client, servers
+from shared import streams
+from tests.helpers import last_id, objects_since, of_type, post_webhook, s3_notification, wait_for_end
 
 pytestmark = pytest.mark.e2e
 
@@ -48,3 +53,21 @@ async def test_a_router_killed_after_deciding_forwards_the_redelivery_to_the_sam
     assert events[-1].type == "run.completed", events[-1]
     assert {e.agent for e in of_type(events, "task.completed")} == {"billing"}
     assert {e.agent for e in of_type(events, "route.decided")} == {"billing"}
+
+
+async def test_a_notifier_killed_while_publishing_publishes_on_minios_retry(settings, stack, real_servers):
+    port = servers.free_port()
+    crashing = stack.start(
+        "notifier", {"BATON_FAULTS": "notifier.publish=exit", "BATON_NOTIFIER_PORT": str(port)}
+    )
+    key = f"scratch/crash-{uuid.uuid4().hex}.md"
+    body = json.dumps(s3_notification(key)).encode()
+    since = await last_id(settings, streams.OBJECTS)
+    with contextlib.suppress(OSError, http.client.HTTPException):  # it dies before answering
+        post_webhook(f"http://127.0.0.1:{port}/minio/events", body, real_servers.webhook_token)
+    assert await asyncio.to_thread(wait_exit, stack, crashing) != 0
+    # MinIO retries (its queue target), here reaching the session's notifier
+    url = f"http://127.0.0.1:{real_servers.notifier_port}/minio/events"
+    assert post_webhook(url, body, real_servers.webhook_token) == 200
+    assert [e.key for _i, e in await objects_since(settings, since) if e.key == key] == [key]
+
