@@ -6,6 +6,7 @@ import asyncio
 import json
 import os
 import re
+import time
 
 from services.worker.runtime import AgentContext
 
@@ -155,6 +156,15 @@ async def finisher(ctx: AgentContext) -> None:
 
 
 # --- reliability -------------------------------------------------------------------------------------
+def burn(ctx: AgentContext) -> None:
+    """CPU-bound and synchronous: spins for `params.burn` seconds without yielding, then writes."""
+    deadline = time.thread_time() + float(ctx.params.get("burn", 2.5))  # CPU time: wall time is longer
+    n = 0
+    while time.thread_time() < deadline:
+        n += 1
+    ctx.sync(ctx.write("work/burn.txt", f"spun {n} times\n", name="burn"))
+
+
 async def sleepy(ctx: AgentContext) -> None:
     """Hangs (4 s) on the first attempt, answers at once on the next: for deadlines."""
     if ctx.task.attempt == 1:

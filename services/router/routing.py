@@ -8,6 +8,7 @@ never to a guess.
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import json
 import re
@@ -61,8 +62,12 @@ def match_rules(text: str, wf: RouterWorkflow) -> Classification | None:
 
 
 async def call_classifier(handler, request: ClassifyRequest) -> Classification:
-    """Run a classifier handler (sync or async) and validate what it returns."""
-    result = handler(request)
+    """Run a classifier handler (sync or async) and validate what it returns. A sync one runs in a thread:
+    a slow classifier must not stall the router's other messages and their heartbeats."""
+    if inspect.iscoroutinefunction(handler) or inspect.iscoroutinefunction(type(handler).__call__):
+        result = handler(request)
+    else:
+        result = await asyncio.to_thread(handler, request)
     if inspect.isawaitable(result):
         result = await result
     if isinstance(result, Classification):

@@ -8,9 +8,12 @@ reference, writes its outputs, and reports started / completed / failed on `bato
 from __future__ import annotations
 
 import asyncio
+import contextvars
+import functools
 import gc
 import inspect
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 from shared import streams
 from shared.batch import Batched
@@ -55,9 +58,30 @@ def create_app(settings: Settings | None = None):
         else:
             await results.publish(event)
 
+    pools: list[ThreadPoolExecutor] = []
+
+    def runner(agent: str):
+        """How to call the agent's handler: awaited on the loop if it is async; in a thread of the agent's
+        own pool (as many threads as it may run tasks at once) if it is a plain function, so a CPU-bound
+        handler cannot starve the event loop, and with it every other task's heartbeat in this process."""
+        func = handlers[agent]
+        if inspect.iscoroutinefunction(func) or inspect.iscoroutinefunction(type(func).__call__):
+            return func
+        size = workflows.agents[agent].concurrency or settings.batch or settings.max_records
+        pool = ThreadPoolExecutor(max_workers=size, thread_name_prefix=f"agent-{agent}")
+        pools.append(pool)
+
+        async def in_thread(ctx: AgentContext):
+            loop = asyncio.get_running_loop()
+            ctx._loop = loop
+            call = functools.partial(contextvars.copy_context().run, func, ctx)  # log context goes along
+            return await loop.run_in_executor(pool, call)
+
+        return in_thread
+
     def make_handler(agent: str):
         spec = workflows.agents[agent]
-        func = handlers[agent]
+        func = runner(agent)
 
         async def run_task(event: TaskAssigned) -> None:
             """Run one task of this agent and report its outcome."""
@@ -169,6 +193,11 @@ def create_app(settings: Settings | None = None):
     app = build_app(broker, res, log, service=SERVICE, agents=hosted, consumer=settings.consumer)
     if batched:
         batched.attach(app)
+
+    @app.after_shutdown
+    async def _stop_threads() -> None:
+        for pool in pools:  # a thread cannot be interrupted: one still running ends with the process
+            pool.shutdown(wait=False, cancel_futures=True)
 
     @app.after_startup
     async def _freeze() -> None:

@@ -266,3 +266,31 @@ async def test_the_per_message_worker_path_marks_outcomes_and_acknowledges_a_red
     finally:
         await r.aclose()
     assert not [e for e in again if e["task_id"] == first.task_id], "the task ran twice"
+
+
+async def _wait_nothing_pending(settings, stream: str, group: str, timeout: float = 20) -> None:
+    r = aioredis.Redis.from_url(settings.redis_url)
+    try:
+        for _ in range(int(timeout / 0.1)):
+            if not (await r.xpending(stream, group))["pending"]:
+                return
+            await asyncio.sleep(0.1)
+    finally:
+        await r.aclose()
+    raise AssertionError(f"entries of {stream} still pending in group {group!r}")
+
+
+async def test_a_cpu_bound_sync_agent_starves_no_heartbeat_and_no_task_runs_twice(settings):
+    """A plain `def` handler spinning longer than reclaim_idle_ms (1.5 s here) runs in a thread: the
+    worker's heartbeats go on, so neither its task nor the others in that process are taken over."""
+    run_ids = [await client.submit(settings, "burn", {}, {"burn": 2.5})]
+    run_ids += [await client.submit(settings, "slow-pair", {}, {"sleep": 1}) for _ in range(2)]
+    ends = await asyncio.gather(*(wait_for_end(settings, r, timeout=40) for r in run_ids))
+    assert [events[-1].type for events in ends] == ["run.completed"] * 3, [e[-1] for e in ends]
+    # every task was read (the runs ended) and none is held by a second runner any more
+    await _wait_nothing_pending(settings, streams.agent_stream("burn"), "burn")
+    await _wait_nothing_pending(settings, streams.agent_stream("slow"), "slow")
+    for run_id in run_ids:
+        types = await _types(settings, run_id)
+        assert types.count(("task.started", 1)) == types.count(("task.assigned", 1)), (run_id, types)
+        assert types.count(("task.completed", 1)) == types.count(("task.assigned", 1)), (run_id, types)
