@@ -39,6 +39,7 @@ from .broker import (
     DATA_FIELD,
     Subscription,
     bind_handler,
+    create_group,
     dead_letter_event,
     describe_validation_error,
     encode,
@@ -259,13 +260,9 @@ class BatchConsumer:
         self._tasks: list[asyncio.Task] = []
 
     async def declare(self, redis, outbox: Outbox) -> None:
-        """Create the group if needed (reading new entries only, as FastStream does)."""
+        """Create the group if needed, reading from the stream's start (`create_group`)."""
         self.redis, self.outbox = redis, outbox
-        try:
-            await redis.xgroup_create(self.stream, self.group, id="$", mkstream=True)
-        except Exception as exc:  # noqa: BLE001 - BUSYGROUP: it exists already
-            if "BUSYGROUP" not in str(exc):
-                raise
+        await create_group(redis, self.stream, self.group)
 
     def start(self) -> None:
         self._tasks = [asyncio.create_task(self._read_loop()), asyncio.create_task(self._heartbeat())]

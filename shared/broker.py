@@ -23,6 +23,7 @@ from faststream._internal.middlewares import BaseMiddleware
 from faststream.redis import RedisBroker, StreamSub
 from faststream.redis.parser.message import MessageFormat
 from pydantic import BaseModel, TypeAdapter, ValidationError
+from redis.exceptions import ResponseError
 
 from . import streams
 from .events import DeadLetter
@@ -204,14 +205,18 @@ def group_sub(stream: str, group: str, settings: Settings) -> StreamSub:
     )
 
 
-def subscribe(broker: RedisBroker, stream: str, group: str, settings: Settings, handler, **kw):
-    """Register `handler` on `stream` through consumer group `group`; binds run/task ids for logs."""
+def subscribe(
+    broker: RedisBroker, stream: str, group: str, settings: Settings, handler, start: str = "0", **kw
+):
+    """Register `handler` on `stream` through consumer group `group`; binds run/task ids for logs.
+    `start`: where the group reads from when it is first created (`create_groups`)."""
 
     bound = bind_handler(handler)
     bound.__annotations__ = {"event": typing.get_type_hints(handler, include_extras=True)["event"]}
     bound.__doc__ = handler.__doc__
     subscriber = broker.subscriber(stream=group_sub(stream, group, settings), **kw)(bound)
-    registry(broker).append(Subscription(stream, group, bound, TypeAdapter(bound.__annotations__["event"])))
+    adapter = TypeAdapter(bound.__annotations__["event"])
+    registry(broker).append(Subscription(stream, group, bound, adapter, start))
     return subscriber
 
 
@@ -223,6 +228,27 @@ class Subscription:
     group: str
     handler: Callable[[Any], Awaitable[Any]]
     adapter: TypeAdapter
+    start: str = "0"  # where the group starts reading when it is first created
+
+
+async def create_group(redis, stream: str, group: str, start: str = "0") -> None:
+    """Create `group` on `stream` (and the stream) reading from `start`; an existing group is left as is.
+
+    From `0` by default: work appended before the group existed (a task for an agent whose workers have
+    never run yet) is delivered, not skipped as it would be from `$`.
+    """
+    try:
+        await redis.xgroup_create(stream, group, id=start, mkstream=True)
+    except ResponseError as exc:
+        if "BUSYGROUP" not in str(exc):
+            raise
+
+
+async def create_groups(redis, broker) -> None:
+    """Create the groups of every subscription of `broker` before its subscribers start (FastStream's own
+    subscribers would create them at `$`, then find them existing)."""
+    for sub in registry(broker):
+        await create_group(redis, sub.stream, sub.group, sub.start)
 
 
 def registry(broker: RedisBroker) -> list[Subscription]:

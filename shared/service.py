@@ -9,6 +9,7 @@ import redis.asyncio as aioredis
 from faststream import FastStream
 
 from . import faults
+from .broker import create_groups
 from .reclaim import Reclaimer
 from .settings import Settings
 from .storage import Storage
@@ -46,6 +47,11 @@ def build_app(
     @app.on_startup
     async def _open() -> None:
         await resources.open(storage=storage, redis=redis)
+        client = aioredis.Redis.from_url(resources.settings.redis_url)
+        try:
+            await create_groups(client, broker)
+        finally:
+            await client.aclose()
         log.info("service_starting", **info)
 
     @app.after_startup

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import uuid
 from pathlib import Path
 
 import pytest
@@ -12,7 +13,7 @@ import redis.asyncio as aioredis
 from baton import client
 from shared import streams
 from shared.broker import DATA_FIELD, encode
-from shared.events import DeadLetter, TaskCompleted
+from shared.events import DeadLetter, TaskAssigned, TaskCompleted
 from tests.helpers import dead_letters, last_id, of_type, run, wait_for_end
 
 pytestmark = pytest.mark.e2e
@@ -294,3 +295,43 @@ async def test_a_cpu_bound_sync_agent_starves_no_heartbeat_and_no_task_runs_twic
         types = await _types(settings, run_id)
         assert types.count(("task.started", 1)) == types.count(("task.assigned", 1)), (run_id, types)
         assert types.count(("task.completed", 1)) == types.count(("task.assigned", 1)), (run_id, types)
+
+
+async def test_a_task_queued_before_its_agent_group_exists_runs_once_a_worker_starts(
+    settings, stack, tmp_path
+):
+    """An agent added to the workflow file gets tasks before any worker that knows it has started: its
+    group is created from the stream's start, so the queued task is not skipped (on both worker paths)."""
+    suffix = uuid.uuid4().hex[:8]
+    agents = {f"late-batched-{suffix}": "100", f"late-permsg-{suffix}": "0"}  # name -> BATON_BATCH
+    workflows = tmp_path / "workflows.yaml"
+    lines = ["agents:"] + [f'  {name}: {{handler: "tests.agents:echo", writes: [work/]}}' for name in agents]
+    lines += ["workflows:", f"  late: {{pattern: sequential, stages: [{next(iter(agents))}]}}"]
+    workflows.write_text("\n".join(lines) + "\n")
+    since = await last_id(settings, streams.RESULTS)
+    r = aioredis.Redis.from_url(settings.redis_url)
+    try:
+        for name in agents:
+            task = TaskAssigned(
+                run_id=f"r-{name}", task_id=f"r-{name}.0", agent=name, workflow="late", output_prefix=""
+            )
+            await r.xadd(streams.agent_stream(name), encode(task))  # the stream exists, its group doesn't
+        env = {"BATON_WORKFLOWS": str(workflows)}
+        handles = [
+            stack.start("worker", {**env, "BATON_AGENTS": a, "BATON_BATCH": b})
+            for a, b in agents.items()
+        ]
+        try:
+            for _ in range(100):
+                entries = await r.xrange(streams.RESULTS, min=since)
+                results = [json.loads(f[DATA_FIELD.encode()]) for _i, f in entries]
+                done = {e["agent"] for e in results if e["type"] == "task.completed"}
+                if set(agents) <= done:
+                    break
+                await asyncio.sleep(0.1)
+        finally:
+            for handle in handles:
+                stack.kill(handle)
+    finally:
+        await r.aclose()
+    assert set(agents) <= done, f"tasks queued before the group existed never ran: {set(agents) - done}"
