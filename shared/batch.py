@@ -385,10 +385,18 @@ class Batched:
         return self._outbox
 
     def subscribe(
-        self, broker, stream: str, group: str, model: Any, handler, size: int | None = None
+        self,
+        broker,
+        stream: str,
+        group: str,
+        model: Any,
+        handler,
+        size: int | None = None,
+        timeout: float | None = None,
     ) -> None:
-        """`size`: most entries in flight (and read at once) for this stream; default `settings.batch`."""
-        bound = bind_handler(handler)
+        """`size`: most entries in flight (and read at once) for this stream; default `settings.batch`.
+        `timeout`: the handler's time limit; default `settings.handler_timeout_s`."""
+        bound = bind_handler(handler, timeout or self.settings.handler_timeout_s)
         consumer = BatchConsumer(
             stream=stream,
             group=group,

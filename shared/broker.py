@@ -25,7 +25,8 @@ from faststream.redis.parser.message import MessageFormat
 from pydantic import BaseModel, TypeAdapter, ValidationError
 from redis.exceptions import ResponseError
 
-from . import streams
+from . import faults, streams
+from .errors import HandlerTimeout, is_transient
 from .events import DeadLetter
 from .logging import bind_event
 from .settings import Settings
@@ -120,14 +121,46 @@ def dead_letter_event(
     )
 
 
-def bind_handler(handler):
-    """`handler` with the event's run and task ids bound for logging, and a ValidationError raised inside
-    it (a bug or bad state, not a malformed message) turned into a HandlerError."""
+TRANSIENT_RETRIES = (0.05, 0.2, 1.0)  # seconds before each in-process retry of a transient failure
+
+
+async def call_handler(handler, event, timeout: float | None, retries=TRANSIENT_RETRIES):
+    """Call `handler(event)` under its time limit; retry a transient failure a few times, at once.
+
+    A dropped connection or an exhausted pool usually heals within a second: retrying here, while the
+    message's heartbeat goes on, avoids leaving it for the reclaimer (`reclaim_idle_ms`, 30 s by default).
+    Past `timeout` seconds the handler is cancelled and HandlerTimeout raised (never retried here): the
+    message stays pending, and the reclaimer redelivers it or dead-letters it after `max_deliveries`.
+    """
+    for delay in (*retries, None):
+        limit = asyncio.timeout(timeout or None)
+        try:
+            async with limit:
+                faults.point("handler")
+                return await handler(event)
+        except TimeoutError as exc:
+            if limit.expired():
+                raise HandlerTimeout(f"the handler ran past its time limit of {timeout:g} s") from exc
+            if delay is None:
+                raise
+            error = exc
+        except Exception as exc:
+            if delay is None or not is_transient(exc):
+                raise
+            error = exc
+        log.warning("handler_retrying", error=f"{type(error).__name__}: {error}", in_seconds=delay)
+        await asyncio.sleep(delay)
+
+
+def bind_handler(handler, timeout: float | None = None):
+    """`handler` with the event's run and task ids bound for logging, run by `call_handler` (time limit,
+    prompt retries of transient faults), and a ValidationError raised inside it (a bug or bad state, not
+    a malformed message) turned into a HandlerError."""
 
     async def bound(event):
         bind_event(event)
         try:
-            return await handler(event)
+            return await call_handler(handler, event, timeout)
         except ValidationError as exc:
             raise HandlerError(f"{type(exc).__name__}: {exc}") from exc
 
@@ -206,12 +239,20 @@ def group_sub(stream: str, group: str, settings: Settings) -> StreamSub:
 
 
 def subscribe(
-    broker: RedisBroker, stream: str, group: str, settings: Settings, handler, start: str = "0", **kw
+    broker: RedisBroker,
+    stream: str,
+    group: str,
+    settings: Settings,
+    handler,
+    start: str = "0",
+    timeout: float | None = None,
+    **kw,
 ):
     """Register `handler` on `stream` through consumer group `group`; binds run/task ids for logs.
-    `start`: where the group reads from when it is first created (`create_groups`)."""
+    `start`: where the group reads from when it is first created (`create_groups`); `timeout`: the
+    handler's time limit (default `settings.handler_timeout_s`)."""
 
-    bound = bind_handler(handler)
+    bound = bind_handler(handler, timeout or settings.handler_timeout_s)
     bound.__annotations__ = {"event": typing.get_type_hints(handler, include_extras=True)["event"]}
     bound.__doc__ = handler.__doc__
     subscriber = broker.subscriber(stream=group_sub(stream, group, settings), **kw)(bound)

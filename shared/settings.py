@@ -61,6 +61,13 @@ class Settings(BaseSettings):
         30_000, ge=100, description="A message pending this long without a heartbeat is redelivered."
     )
     max_deliveries: int = Field(5, ge=1, description="Deliveries before a failing message is dead-lettered.")
+    handler_timeout_s: float = Field(
+        900.0,
+        ge=0,
+        description="Most seconds one handler may run on one message (an agent's own `time_limit` wins for "
+        "its tasks). Past it the handler is cancelled: a task fails as retryable, another message is left "
+        "for the reclaimer. 0: no limit.",
+    )
     ready_file: Path | None = Field(
         None, description="Touched once the service is ready (health checks, `baton dev up`)."
     )

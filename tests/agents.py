@@ -156,6 +156,13 @@ async def finisher(ctx: AgentContext) -> None:
 
 
 # --- reliability -------------------------------------------------------------------------------------
+async def hang(ctx: AgentContext) -> None:
+    """Hangs on the first attempt (past its agent's `time_limit`), answers at once on the next."""
+    if ctx.task.attempt == 1:
+        await asyncio.Event().wait()
+    await ctx.write("work/hang.txt", f"attempt {ctx.task.attempt}\n", name="hang")
+
+
 def burn(ctx: AgentContext) -> None:
     """CPU-bound and synchronous: spins for `params.burn` seconds without yielding, then writes."""
     deadline = time.thread_time() + float(ctx.params.get("burn", 2.5))  # CPU time: wall time is longer

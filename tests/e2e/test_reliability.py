@@ -297,29 +297,26 @@ async def test_a_cpu_bound_sync_agent_starves_no_heartbeat_and_no_task_runs_twic
         assert types.count(("task.completed", 1)) == types.count(("task.assigned", 1)), (run_id, types)
 
 
-async def test_a_task_queued_before_its_agent_group_exists_runs_once_a_worker_starts(
-    settings, stack, tmp_path
-):
-    """An agent added to the workflow file gets tasks before any worker that knows it has started: its
-    group is created from the stream's start, so the queued task is not skipped (on both worker paths)."""
+async def _new_agents_run(settings, stack, tmp_path, env: dict | None = None) -> tuple[set, set, str]:
+    """Two agents no worker has hosted yet, one per worker path: a task is queued for each before any
+    group exists, then a worker (with `env`) starts for each. (agents, agents that completed, logs)."""
     suffix = uuid.uuid4().hex[:8]
-    agents = {f"late-batched-{suffix}": "100", f"late-permsg-{suffix}": "0"}  # name -> BATON_BATCH
+    agents = {f"new-batched-{suffix}": "100", f"new-permsg-{suffix}": "0"}  # name -> BATON_BATCH
     workflows = tmp_path / "workflows.yaml"
     lines = ["agents:"] + [f'  {name}: {{handler: "tests.agents:echo", writes: [work/]}}' for name in agents]
-    lines += ["workflows:", f"  late: {{pattern: sequential, stages: [{next(iter(agents))}]}}"]
+    lines += ["workflows:", f"  new: {{pattern: sequential, stages: [{next(iter(agents))}]}}"]
     workflows.write_text("\n".join(lines) + "\n")
     since = await last_id(settings, streams.RESULTS)
     r = aioredis.Redis.from_url(settings.redis_url)
     try:
         for name in agents:
             task = TaskAssigned(
-                run_id=f"r-{name}", task_id=f"r-{name}.0", agent=name, workflow="late", output_prefix=""
+                run_id=f"r-{name}", task_id=f"r-{name}.0", agent=name, workflow="new", output_prefix=""
             )
             await r.xadd(streams.agent_stream(name), encode(task))  # the stream exists, its group doesn't
-        env = {"BATON_WORKFLOWS": str(workflows)}
+        env = {**(env or {}), "BATON_WORKFLOWS": str(workflows)}
         handles = [
-            stack.start("worker", {**env, "BATON_AGENTS": a, "BATON_BATCH": b})
-            for a, b in agents.items()
+            stack.start("worker", {**env, "BATON_AGENTS": a, "BATON_BATCH": b}) for a, b in agents.items()
         ]
         try:
             for _ in range(100):
@@ -330,8 +327,39 @@ async def test_a_task_queued_before_its_agent_group_exists_runs_once_a_worker_st
                     break
                 await asyncio.sleep(0.1)
         finally:
+            logs = "".join(stack.log_path(h).read_text() for h in handles)
             for handle in handles:
                 stack.kill(handle)
     finally:
         await r.aclose()
-    assert set(agents) <= done, f"tasks queued before the group existed never ran: {set(agents) - done}"
+    return set(agents), done, logs
+
+
+async def test_a_task_queued_before_its_agent_group_exists_runs_once_a_worker_starts(
+    settings, stack, tmp_path
+):
+    """An agent added to the workflow file gets tasks before any worker that knows it has started: its
+    group is created from the stream's start, so the queued task is not skipped (on both worker paths)."""
+    agents, done, _logs = await _new_agents_run(settings, stack, tmp_path)
+    assert agents <= done, f"tasks queued before the group existed never ran: {agents - done}"
+
+
+async def test_a_transient_handler_failure_is_retried_at_once_not_left_for_the_reclaimer(
+    settings, stack, tmp_path
+):
+    """The handler's first two calls raise a ConnectionError (a fault point): retried in-process after 50
+    and 200 ms on both worker paths, the task completes without waiting for the reclaimer."""
+    agents, done, logs = await _new_agents_run(settings, stack, tmp_path, {"BATON_FAULTS": "handler=raise*2"})
+    assert agents <= done, f"never completed: {agents - done}"
+    assert logs.count('"handler_retrying"') == 4, logs[-3000:]
+    assert '"redelivering"' not in logs  # not the reclaimer's doing
+
+
+async def test_a_task_past_its_agents_time_limit_is_stopped_and_retried(settings):
+    """No deadline in the workflow: the agent's `time_limit` alone ends a hanging attempt, with a reason,
+    and the retry policy takes over (a hanging handler used to keep its heartbeat for ever)."""
+    _run_id, events = await run(settings, "hang", timeout=30)
+    assert events[-1].type == "run.completed", events[-1]
+    (failed,) = of_type(events, "task.failed")
+    assert failed.attempt == 1 and failed.retryable
+    assert "ran past its time limit of 1 s" in failed.error
