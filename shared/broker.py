@@ -32,7 +32,6 @@ from .logging import bind_event
 from .settings import Settings
 
 DATA_FIELD = "__data__"
-RAW_LIMIT = 64 * 1024
 _INVALID = "__baton_invalid__"
 
 log = structlog.get_logger()
@@ -109,14 +108,18 @@ def _run_id_of(raw: bytes) -> str | None:
 def dead_letter_event(
     stream: str, group: str | None, message_id: str | None, service: str, reason: str, raw: bytes
 ) -> DeadLetter:
-    """The dead letter for one entry: its reason, the start of its raw payload, its run if readable."""
+    """The dead letter for one entry: its reason, its whole raw payload, its run if readable.
+
+    Whole, however large: an oversized event is dead-lettered for its size, and `baton dlq replay` can
+    only put back what was kept (the stream it came from already held it, so the DLQ holds it once more).
+    """
     return DeadLetter(
         stream=stream,
         group=group,
         message_id=message_id,
         service=service,
         reason=reason,
-        raw=raw[:RAW_LIMIT].decode("utf-8", "backslashreplace"),
+        raw=raw.decode("utf-8", "backslashreplace"),
         run_id=_run_id_of(raw),
     )
 

@@ -17,7 +17,7 @@ from faststream.asgi import AsgiFastStream, AsgiResponse
 from faststream.asgi.request import AsgiRequest
 
 from shared import faults, streams
-from shared.broker import DATA_FIELD, RAW_LIMIT, encode, make_broker
+from shared.broker import DATA_FIELD, encode, make_broker
 from shared.events import DeadLetter, ObjectChanged
 from shared.logging import configure_logging
 from shared.service import Resources, mark_ready
@@ -87,7 +87,7 @@ def create_app(settings: Settings | None = None) -> AsgiFastStream:
                     stream="webhook",
                     service=SERVICE,
                     reason=reason,
-                    raw=body[:RAW_LIMIT].decode("utf-8", "backslashreplace"),
+                    raw=body.decode("utf-8", "backslashreplace"),
                 ),
                 stream=streams.DLQ,
             )

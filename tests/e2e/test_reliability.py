@@ -363,3 +363,37 @@ async def test_a_task_past_its_agents_time_limit_is_stopped_and_retried(settings
     (failed,) = of_type(events, "task.failed")
     assert failed.attempt == 1 and failed.retryable
     assert "ran past its time limit of 1 s" in failed.error
+
+
+async def test_an_oversized_dead_letter_keeps_its_whole_payload_and_replays_it(settings):
+    """An event refused for its size is the one most needing its payload back: the letter keeps it whole
+    (it was cut at 64 KiB), and replaying it puts the whole original back on its stream."""
+    big = TaskAssigned(
+        run_id="r-oversized",
+        task_id=f"r-oversized.{uuid.uuid4().hex[:8]}",
+        workflow="flaky",
+        agent="echo",
+        instruction="x" * (settings.max_event_bytes + 10_000),
+        output_prefix="runs/r-oversized/",
+    )
+    stream = streams.agent_stream("echo")
+    since = await last_id(settings, streams.DLQ)
+    r = aioredis.Redis.from_url(settings.redis_url)
+    try:
+        original = encode(big)[DATA_FIELD]
+        entry = (await r.xadd(stream, {DATA_FIELD: original})).decode()
+        for _ in range(100):
+            letters = [(i, d) for i, d in await dead_letters(settings, since) if d.message_id == entry]
+            if letters:
+                break
+            await asyncio.sleep(0.1)
+        assert letters, "the oversized task was not dead-lettered"
+        (letter_id, letter), = letters
+        assert "over the 65536-byte limit" in letter.reason and letter.raw.encode() == original
+        outcome = await client.dlq_replay(settings, [letter_id])
+        assert outcome[letter_id].startswith(f"replayed to {stream} as ")
+        replayed = outcome[letter_id].rsplit(" ", 1)[1]
+        (_i, fields), = await r.xrange(stream, min=replayed, max=replayed)
+    finally:
+        await r.aclose()
+    assert TaskAssigned.model_validate_json(fields[DATA_FIELD.encode()]) == big
