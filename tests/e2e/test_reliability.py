@@ -14,7 +14,7 @@ from baton import client
 from shared import streams
 from shared.broker import DATA_FIELD, encode
 from shared.events import DeadLetter, TaskAssigned, TaskCompleted
-from tests.helpers import dead_letters, last_id, of_type, run, wait_for_end
+from tests.helpers import dead_letters, last_id, of_type, run, wait_for_end, wait_handled
 
 pytestmark = pytest.mark.e2e
 
@@ -229,14 +229,10 @@ async def test_a_duplicate_outcome_is_acknowledged_and_ignored(settings):
     r = aioredis.Redis.from_url(settings.redis_url)
     try:
         entry = (await r.xadd(streams.RESULTS, encode(first))).decode()
-        for _ in range(50):
-            pending = await r.xpending_range(streams.RESULTS, streams.SUPERVISOR_GROUP, entry, entry, 1)
-            if not pending:
-                break
-            await asyncio.sleep(0.1)
     finally:
         await r.aclose()
-    assert not pending, "the duplicate outcome was not acknowledged"
+    # read by the group (not merely not pending yet) and acknowledged
+    await wait_handled(settings, streams.RESULTS, streams.SUPERVISOR_GROUP, entry)
 
 
 async def test_the_per_message_worker_path_marks_outcomes_and_acknowledges_a_redelivery(settings, stack):
@@ -256,12 +252,7 @@ async def test_the_per_message_worker_path_marks_outcomes_and_acknowledges_a_red
         stream = streams.agent_stream("permsg")
         since = await last_id(settings, streams.RESULTS)
         entry = (await r.xadd(stream, encode(first))).decode()
-        for _ in range(50):
-            pending = await r.xpending_range(stream, "permsg", entry, entry, 1)
-            if not pending:
-                break
-            await asyncio.sleep(0.1)
-        assert not pending, "the redelivered task was not acknowledged"
+        await wait_handled(settings, stream, "permsg", entry)  # read by the group and acknowledged
         since = f"({since}" if since != "0" else "-"
         again = [json.loads(f[DATA_FIELD.encode()]) for _i, f in await r.xrange(streams.RESULTS, min=since)]
     finally:
