@@ -67,23 +67,53 @@ def _raw_payload(msg) -> bytes:
     return msg.body if isinstance(msg.body, bytes) else bytes(str(msg.body), "utf-8")
 
 
+def payload_of(fields: dict[bytes, bytes]) -> bytes:
+    """An entry's event JSON: its `__data__` field, or (as FastStream reads an entry without that field)
+    the JSON of all its fields."""
+    body = fields.get(DATA_FIELD.encode())
+    if body is None:
+        body = json.dumps(
+            {k.decode("utf-8", "replace"): v.decode("utf-8", "replace") for k, v in fields.items()}
+        ).encode()
+    return body
+
+
+def check_payload(body: bytes, max_bytes: int) -> tuple[dict | None, str | None]:
+    """(the JSON object, None), or (None, why the payload must be dead-lettered)."""
+    if len(body) > max_bytes:
+        return None, (
+            f"event is {len(body)} bytes, over the {max_bytes}-byte limit: "
+            "put content in the bucket and send an ObjectRef"
+        )
+    try:
+        value = json.loads(body)
+    except (UnicodeDecodeError, ValueError) as exc:
+        return None, f"payload is not valid UTF-8 JSON: {exc}"
+    if not isinstance(value, dict):
+        return None, f"payload must be a JSON object, got {type(value).__name__}"
+    return value, None
+
+
+def decode_event(body: bytes, adapter: TypeAdapter, max_bytes: int) -> tuple[Any, str | None]:
+    """(event, None) for a valid payload; (None, why it must be dead-lettered) otherwise. The one
+    decoder of every consumer path: FastStream's (through `make_decoder`), the batched one, the reclaimer.
+    A valid payload is parsed once (pydantic straight from the bytes); only a refused one is looked at
+    again to say why."""
+    if len(body) > max_bytes:
+        return None, check_payload(body, max_bytes)[1]
+    try:
+        return adapter.validate_json(body), None
+    except ValidationError as exc:
+        return None, check_payload(body, max_bytes)[1] or describe_validation_error(exc)
+
+
 def make_decoder(max_bytes: int) -> Callable[[Any], Awaitable[Any]]:
-    """Decode an entry's JSON, turning anything undecodable into a marker the middleware dead-letters."""
+    """FastStream's decoder: an entry's JSON object, or a marker (with the reason) the middleware
+    dead-letters; FastStream validates the object against the handler's event type afterwards."""
 
     async def decode(msg, original=None) -> Any:
-        body = msg.body
-        if len(body) > max_bytes:
-            return {
-                _INVALID: f"event is {len(body)} bytes, over the {max_bytes}-byte limit: "
-                "put content in the bucket and send an ObjectRef"
-            }
-        try:
-            value = json.loads(body)
-        except (UnicodeDecodeError, ValueError) as exc:
-            return {_INVALID: f"payload is not valid UTF-8 JSON: {exc}"}
-        if not isinstance(value, dict):
-            return {_INVALID: f"payload must be a JSON object, got {type(value).__name__}"}
-        return value
+        value, reason = check_payload(msg.body, max_bytes)
+        return {_INVALID: reason} if reason is not None else value
 
     return decode
 
@@ -178,7 +208,18 @@ def make_broker(settings: Settings, service: str, logger=None) -> RedisBroker:
     class DeadLetterMiddleware(BaseMiddleware):
         async def consume_scope(self, call_next, msg):
             structlog.contextvars.unbind_contextvars("run_id", "task_id", "event_type")
-            keepalive = asyncio.create_task(_keep_alive(holder["broker"], msg, settings))
+            group, mid = getattr(msg, "group", None), _message_id(msg)
+            beat = [mid] if group and mid else []
+            keepalive = asyncio.create_task(
+                keep_claimed(
+                    client_of(holder["broker"]),
+                    _stream_of(msg),
+                    group,
+                    settings.consumer,
+                    lambda: beat,
+                    settings.heartbeat_s,
+                )
+            )
             try:
                 decoded = await msg.decode()
                 if isinstance(decoded, dict) and _INVALID in decoded:
@@ -323,21 +364,25 @@ async def record_error(
         log.warning("could_not_record_error", stream=stream, message_id=message_id)
 
 
-async def _keep_alive(broker: RedisBroker, msg, settings: Settings) -> None:
-    """While a handler runs, reset its message's idle time so the reclaimer leaves it alone.
+async def keep_claimed(redis, stream: str, group: str, consumer: str, ids, every: float) -> None:
+    """The heartbeat: every `every` seconds, reset the idle time of the entries `ids()` names (one XCLAIM
+    ... JUSTID for them all), so the reclaimer leaves them alone while they are being handled.
 
-    This is the heartbeat: a consumer that dies stops refreshing, its message goes idle, and another
-    consumer reclaims it after `reclaim_idle_ms`.
+    A consumer that dies stops refreshing, its entries go idle, and another consumer reclaims them after
+    `reclaim_idle_ms`. Used by FastStream's path (one entry), the batched consumer (every entry in
+    flight) and the reclaimer (the entries it claimed and has not handled yet). Runs until cancelled.
     """
-    group, mid, stream = getattr(msg, "group", None), _message_id(msg), _stream_of(msg)
-    if not group or not mid:
-        return
     while True:
-        await asyncio.sleep(settings.heartbeat_s)
+        await asyncio.sleep(every)
+        current = list(ids())
+        if not current:
+            continue
         try:
-            await client_of(broker).xclaim(stream, group, settings.consumer, 0, [mid], justid=True)
-        except Exception:  # noqa: BLE001
-            log.warning("heartbeat_failed", stream=stream, message_id=mid)
+            await redis.xclaim(stream, group, consumer, 0, current, justid=True)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - Redis briefly away: the next beat tries again
+            log.warning("heartbeat_failed", stream=stream, error=str(exc))
 
 
 def _stream_of(msg) -> str:
