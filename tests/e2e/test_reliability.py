@@ -388,3 +388,30 @@ async def test_an_oversized_dead_letter_keeps_its_whole_payload_and_replays_it(s
     finally:
         await r.aclose()
     assert TaskAssigned.model_validate_json(fields[DATA_FIELD.encode()]) == big
+
+
+async def test_a_write_a_stalled_holder_lands_after_its_lease_is_detected_by_the_next_holder(settings):
+    """The documented limit of LeaseLocks: the store does not check the token, so a holder stalled between
+    its lease check and its PUT can land one write; the next holder's conditional write then fails."""
+    from shared.errors import PreconditionFailedError
+    from shared.locks import LeaseLocks
+    from shared.storage import Storage
+
+    r = aioredis.Redis.from_url(settings.redis_url)
+    locks = LeaseLocks(r)
+    key = f"runs/r-lease/drafts/stall-{uuid.uuid4().hex[:8]}.md"
+    try:
+        async with Storage.connect(settings) as storage:
+            first = await locks.acquire(key, ttl_ms=300)
+            v1 = await locks.put(storage, first, b"one", None)
+            await locks.renew(first)  # the check `put` makes ... then the holder stalls
+            await asyncio.sleep(0.5)
+            second = await locks.acquire(key, ttl_ms=5000)
+            assert second is not None
+            await storage.put(key, b"stale", if_match=v1.etag)  # ... and its PUT lands after all
+            with pytest.raises(PreconditionFailedError):
+                await locks.put(storage, second, b"two", v1.etag)
+            assert await storage.get(await storage.head(key)) == b"stale"
+            await locks.release(second)
+    finally:
+        await r.aclose()
