@@ -153,6 +153,11 @@ def _router_grants() -> list[Grant]:
             (streams.agent_stream("*"), streams.RESULTS, streams.run_events("*"), streams.DLQ),
             ("xadd",),
         ),
+        Grant(
+            "decide each task's route once (a redelivery forwards to the same agent)",
+            (streams.route_decision("*", "*", "*"),),
+            ("get", "set"),
+        ),
     ]
 
 
@@ -183,10 +188,12 @@ def _notifier_grants() -> list[Grant]:
         Grant(
             "publish bucket changes and unreadable notifications", (streams.OBJECTS, streams.DLQ), ("xadd",)
         ),
+        Grant("mark S3 events published (expiring marks)", (streams.OBJECTS_SEEN_PREFIX + "*",), ("set",)),
+        # EVAL: the mark and the entry in one script (services/notifier/app.py); its SET and XADD are
+        # checked again against the grants above.
         Grant(
-            "publish each S3 event once (expiring marks)",
-            (streams.OBJECTS_SEEN_PREFIX + "*",),
-            ("set", "del"),
+            "publish each S3 event once, with its mark", (streams.OBJECTS, streams.OBJECTS_SEEN_PREFIX + "*"),
+            ("eval",),
         ),
     ]
 

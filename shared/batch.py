@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -31,7 +30,7 @@ except ImportError:  # redis-py works without it, only slower
 
 import redis.asyncio as aioredis
 import structlog
-from pydantic import BaseModel, TypeAdapter, ValidationError
+from pydantic import BaseModel, TypeAdapter
 from redis.exceptions import ResponseError
 
 from . import streams
@@ -39,16 +38,18 @@ from .broker import (
     DATA_FIELD,
     Subscription,
     bind_handler,
+    create_group,
     dead_letter_event,
-    describe_validation_error,
+    decode_event,
     encode,
+    keep_claimed,
+    payload_of,
     record_error,
     registry,
 )
 
 log = structlog.get_logger()
 
-_DATA = DATA_FIELD.encode()
 READ_ERROR_BACKOFF = 1.0
 PIPELINE_TIMEOUT = 10.0
 READ_COMMANDS = frozenset({"exists"})  # identical ones queued together share one command
@@ -200,34 +201,6 @@ def _resolve(future: asyncio.Future, reply) -> None:
         future.set_result(reply)
 
 
-def _decode(
-    fields: dict[bytes, bytes], adapter: TypeAdapter, max_bytes: int
-) -> tuple[Any, str | None, bytes]:
-    """(event, None, raw) for a valid entry; (None, reason, raw) for one to dead-letter."""
-    body = fields.get(_DATA)
-    if body is None:  # FastStream reads an entry without the field as the JSON of all its fields
-        body = json.dumps(
-            {k.decode("utf-8", "replace"): v.decode("utf-8", "replace") for k, v in fields.items()}
-        )
-        body = body.encode()
-    if len(body) > max_bytes:
-        reason = (
-            f"event is {len(body)} bytes, over the {max_bytes}-byte limit: "
-            "put content in the bucket and send an ObjectRef"
-        )
-        return None, reason, body
-    try:
-        return adapter.validate_json(body), None, body
-    except ValidationError as exc:
-        try:
-            value = json.loads(body)
-        except (UnicodeDecodeError, ValueError) as json_exc:
-            return None, f"payload is not valid UTF-8 JSON: {json_exc}", body
-        if not isinstance(value, dict):
-            return None, f"payload must be a JSON object, got {type(value).__name__}", body
-        return None, describe_validation_error(exc), body
-
-
 class BatchConsumer:
     """One consumer of one stream in one consumer group, with up to `size` handlers in flight."""
 
@@ -259,13 +232,9 @@ class BatchConsumer:
         self._tasks: list[asyncio.Task] = []
 
     async def declare(self, redis, outbox: Outbox) -> None:
-        """Create the group if needed (reading new entries only, as FastStream does)."""
+        """Create the group if needed, reading from the stream's start (`create_group`)."""
         self.redis, self.outbox = redis, outbox
-        try:
-            await redis.xgroup_create(self.stream, self.group, id="$", mkstream=True)
-        except Exception as exc:  # noqa: BLE001 - BUSYGROUP: it exists already
-            if "BUSYGROUP" not in str(exc):
-                raise
+        await create_group(redis, self.stream, self.group)
 
     def start(self) -> None:
         self._tasks = [asyncio.create_task(self._read_loop()), asyncio.create_task(self._heartbeat())]
@@ -310,7 +279,8 @@ class BatchConsumer:
 
     async def _handle(self, entry_id: bytes, fields: dict[bytes, bytes]) -> None:
         # (its own task, its own copy of the read loop's context: no ids of another entry are bound)
-        event, reason, raw = _decode(fields, self.adapter, self.max_event_bytes)
+        raw = payload_of(fields)
+        event, reason = decode_event(raw, self.adapter, self.max_event_bytes)
         try:
             if reason is not None:
                 await self._dead_letter(entry_id, raw, reason)
@@ -328,18 +298,10 @@ class BatchConsumer:
         log.warning("dead_lettered", stream=self.stream, reason=reason, message_id=letter.message_id)
 
     async def _heartbeat(self) -> None:
-        """Reset the idle time of every entry in flight (one XCLAIM JUSTID), so none is reclaimed."""
-        while True:
-            await asyncio.sleep(self.heartbeat_s)
-            ids = list(self._inflight.values())
-            if not ids:
-                continue
-            try:
-                await self.redis.xclaim(self.stream, self.group, self.consumer, 0, ids, justid=True)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # noqa: BLE001
-                log.warning("heartbeat_failed", stream=self.stream, error=str(exc))
+        """Keep every entry in flight claimed (one XCLAIM JUSTID for the lot), so none is reclaimed."""
+        await keep_claimed(
+            self.redis, self.stream, self.group, self.consumer, self._inflight.values, self.heartbeat_s
+        )
 
 
 class InOrder:
@@ -396,10 +358,12 @@ class Batched:
         handler,
         size: int | None = None,
         max_event_bytes: int | None = None,
+        timeout: float | None = None,
     ) -> None:
         """`size`: most entries in flight (and read at once) for this stream; default `settings.batch`.
-        `max_event_bytes`: larger entries are dead-lettered; default `settings.max_event_bytes`."""
-        bound = bind_handler(handler)
+        `max_event_bytes`: larger entries are dead-lettered; default `settings.max_event_bytes`.
+        `timeout`: the handler's time limit; default `settings.handler_timeout_s`."""
+        bound = bind_handler(handler, timeout or self.settings.handler_timeout_s)
         consumer = BatchConsumer(
             stream=stream,
             group=group,

@@ -23,14 +23,15 @@ from faststream._internal.middlewares import BaseMiddleware
 from faststream.redis import RedisBroker, StreamSub
 from faststream.redis.parser.message import MessageFormat
 from pydantic import BaseModel, TypeAdapter, ValidationError
+from redis.exceptions import ResponseError
 
-from . import streams
+from . import faults, streams
+from .errors import HandlerTimeout, is_transient
 from .events import DeadLetter
 from .logging import bind_event
 from .settings import Settings
 
 DATA_FIELD = "__data__"
-RAW_LIMIT = 64 * 1024
 _INVALID = "__baton_invalid__"
 
 log = structlog.get_logger()
@@ -66,23 +67,53 @@ def _raw_payload(msg) -> bytes:
     return msg.body if isinstance(msg.body, bytes) else bytes(str(msg.body), "utf-8")
 
 
+def payload_of(fields: dict[bytes, bytes]) -> bytes:
+    """An entry's event JSON: its `__data__` field, or (as FastStream reads an entry without that field)
+    the JSON of all its fields."""
+    body = fields.get(DATA_FIELD.encode())
+    if body is None:
+        body = json.dumps(
+            {k.decode("utf-8", "replace"): v.decode("utf-8", "replace") for k, v in fields.items()}
+        ).encode()
+    return body
+
+
+def check_payload(body: bytes, max_bytes: int) -> tuple[dict | None, str | None]:
+    """(the JSON object, None), or (None, why the payload must be dead-lettered)."""
+    if len(body) > max_bytes:
+        return None, (
+            f"event is {len(body)} bytes, over the {max_bytes}-byte limit: "
+            "put content in the bucket and send an ObjectRef"
+        )
+    try:
+        value = json.loads(body)
+    except (UnicodeDecodeError, ValueError) as exc:
+        return None, f"payload is not valid UTF-8 JSON: {exc}"
+    if not isinstance(value, dict):
+        return None, f"payload must be a JSON object, got {type(value).__name__}"
+    return value, None
+
+
+def decode_event(body: bytes, adapter: TypeAdapter, max_bytes: int) -> tuple[Any, str | None]:
+    """(event, None) for a valid payload; (None, why it must be dead-lettered) otherwise. The one
+    decoder of every consumer path: FastStream's (through `make_decoder`), the batched one, the reclaimer.
+    A valid payload is parsed once (pydantic straight from the bytes); only a refused one is looked at
+    again to say why."""
+    if len(body) > max_bytes:
+        return None, check_payload(body, max_bytes)[1]
+    try:
+        return adapter.validate_json(body), None
+    except ValidationError as exc:
+        return None, check_payload(body, max_bytes)[1] or describe_validation_error(exc)
+
+
 def make_decoder(max_bytes: int) -> Callable[[Any], Awaitable[Any]]:
-    """Decode an entry's JSON, turning anything undecodable into a marker the middleware dead-letters."""
+    """FastStream's decoder: an entry's JSON object, or a marker (with the reason) the middleware
+    dead-letters; FastStream validates the object against the handler's event type afterwards."""
 
     async def decode(msg, original=None) -> Any:
-        body = msg.body
-        if len(body) > max_bytes:
-            return {
-                _INVALID: f"event is {len(body)} bytes, over the {max_bytes}-byte limit: "
-                "put content in the bucket and send an ObjectRef"
-            }
-        try:
-            value = json.loads(body)
-        except (UnicodeDecodeError, ValueError) as exc:
-            return {_INVALID: f"payload is not valid UTF-8 JSON: {exc}"}
-        if not isinstance(value, dict):
-            return {_INVALID: f"payload must be a JSON object, got {type(value).__name__}"}
-        return value
+        value, reason = check_payload(msg.body, max_bytes)
+        return {_INVALID: reason} if reason is not None else value
 
     return decode
 
@@ -107,26 +138,62 @@ def _run_id_of(raw: bytes) -> str | None:
 def dead_letter_event(
     stream: str, group: str | None, message_id: str | None, service: str, reason: str, raw: bytes
 ) -> DeadLetter:
-    """The dead letter for one entry: its reason, the start of its raw payload, its run if readable."""
+    """The dead letter for one entry: its reason, its whole raw payload, its run if readable.
+
+    Whole, however large: an oversized event is dead-lettered for its size, and `baton dlq replay` can
+    only put back what was kept (the stream it came from already held it, so the DLQ holds it once more).
+    """
     return DeadLetter(
         stream=stream,
         group=group,
         message_id=message_id,
         service=service,
         reason=reason,
-        raw=raw[:RAW_LIMIT].decode("utf-8", "backslashreplace"),
+        raw=raw.decode("utf-8", "backslashreplace"),
         run_id=_run_id_of(raw),
     )
 
 
-def bind_handler(handler):
-    """`handler` with the event's run and task ids bound for logging, and a ValidationError raised inside
-    it (a bug or bad state, not a malformed message) turned into a HandlerError."""
+TRANSIENT_RETRIES = (0.05, 0.2, 1.0)  # seconds before each in-process retry of a transient failure
+
+
+async def call_handler(handler, event, timeout: float | None, retries=TRANSIENT_RETRIES):
+    """Call `handler(event)` under its time limit; retry a transient failure a few times, at once.
+
+    A dropped connection or an exhausted pool usually heals within a second: retrying here, while the
+    message's heartbeat goes on, avoids leaving it for the reclaimer (`reclaim_idle_ms`, 30 s by default).
+    Past `timeout` seconds the handler is cancelled and HandlerTimeout raised (never retried here): the
+    message stays pending, and the reclaimer redelivers it or dead-letters it after `max_deliveries`.
+    """
+    for delay in (*retries, None):
+        limit = asyncio.timeout(timeout or None)
+        try:
+            async with limit:
+                faults.point("handler")
+                return await handler(event)
+        except TimeoutError as exc:
+            if limit.expired():
+                raise HandlerTimeout(f"the handler ran past its time limit of {timeout:g} s") from exc
+            if delay is None:
+                raise
+            error = exc
+        except Exception as exc:
+            if delay is None or not is_transient(exc):
+                raise
+            error = exc
+        log.warning("handler_retrying", error=f"{type(error).__name__}: {error}", in_seconds=delay)
+        await asyncio.sleep(delay)
+
+
+def bind_handler(handler, timeout: float | None = None):
+    """`handler` with the event's run and task ids bound for logging, run by `call_handler` (time limit,
+    prompt retries of transient faults), and a ValidationError raised inside it (a bug or bad state, not
+    a malformed message) turned into a HandlerError."""
 
     async def bound(event):
         bind_event(event)
         try:
-            return await handler(event)
+            return await call_handler(handler, event, timeout)
         except ValidationError as exc:
             raise HandlerError(f"{type(exc).__name__}: {exc}") from exc
 
@@ -141,7 +208,18 @@ def make_broker(settings: Settings, service: str, logger=None) -> RedisBroker:
     class DeadLetterMiddleware(BaseMiddleware):
         async def consume_scope(self, call_next, msg):
             structlog.contextvars.unbind_contextvars("run_id", "task_id", "event_type")
-            keepalive = asyncio.create_task(_keep_alive(holder["broker"], msg, settings))
+            group, mid = getattr(msg, "group", None), _message_id(msg)
+            beat = [mid] if group and mid else []
+            keepalive = asyncio.create_task(
+                keep_claimed(
+                    client_of(holder["broker"]),
+                    _stream_of(msg),
+                    group,
+                    settings.consumer,
+                    lambda: beat,
+                    settings.heartbeat_s,
+                )
+            )
             try:
                 decoded = await msg.decode()
                 if isinstance(decoded, dict) and _INVALID in decoded:
@@ -204,14 +282,26 @@ def group_sub(stream: str, group: str, settings: Settings) -> StreamSub:
     )
 
 
-def subscribe(broker: RedisBroker, stream: str, group: str, settings: Settings, handler, **kw):
-    """Register `handler` on `stream` through consumer group `group`; binds run/task ids for logs."""
+def subscribe(
+    broker: RedisBroker,
+    stream: str,
+    group: str,
+    settings: Settings,
+    handler,
+    start: str = "0",
+    timeout: float | None = None,
+    **kw,
+):
+    """Register `handler` on `stream` through consumer group `group`; binds run/task ids for logs.
+    `start`: where the group reads from when it is first created (`create_groups`); `timeout`: the
+    handler's time limit (default `settings.handler_timeout_s`)."""
 
-    bound = bind_handler(handler)
+    bound = bind_handler(handler, timeout or settings.handler_timeout_s)
     bound.__annotations__ = {"event": typing.get_type_hints(handler, include_extras=True)["event"]}
     bound.__doc__ = handler.__doc__
     subscriber = broker.subscriber(stream=group_sub(stream, group, settings), **kw)(bound)
-    registry(broker).append(Subscription(stream, group, bound, TypeAdapter(bound.__annotations__["event"])))
+    adapter = TypeAdapter(bound.__annotations__["event"])
+    registry(broker).append(Subscription(stream, group, bound, adapter, start))
     return subscriber
 
 
@@ -223,6 +313,27 @@ class Subscription:
     group: str
     handler: Callable[[Any], Awaitable[Any]]
     adapter: TypeAdapter
+    start: str = "0"  # where the group starts reading when it is first created
+
+
+async def create_group(redis, stream: str, group: str, start: str = "0") -> None:
+    """Create `group` on `stream` (and the stream) reading from `start`; an existing group is left as is.
+
+    From `0` by default: work appended before the group existed (a task for an agent whose workers have
+    never run yet) is delivered, not skipped as it would be from `$`.
+    """
+    try:
+        await redis.xgroup_create(stream, group, id=start, mkstream=True)
+    except ResponseError as exc:
+        if "BUSYGROUP" not in str(exc):
+            raise
+
+
+async def create_groups(redis, broker) -> None:
+    """Create the groups of every subscription of `broker` before its subscribers start (FastStream's own
+    subscribers would create them at `$`, then find them existing)."""
+    for sub in registry(broker):
+        await create_group(redis, sub.stream, sub.group, sub.start)
 
 
 def registry(broker: RedisBroker) -> list[Subscription]:
@@ -253,21 +364,25 @@ async def record_error(
         log.warning("could_not_record_error", stream=stream, message_id=message_id)
 
 
-async def _keep_alive(broker: RedisBroker, msg, settings: Settings) -> None:
-    """While a handler runs, reset its message's idle time so the reclaimer leaves it alone.
+async def keep_claimed(redis, stream: str, group: str, consumer: str, ids, every: float) -> None:
+    """The heartbeat: every `every` seconds, reset the idle time of the entries `ids()` names (one XCLAIM
+    ... JUSTID for them all), so the reclaimer leaves them alone while they are being handled.
 
-    This is the heartbeat: a consumer that dies stops refreshing, its message goes idle, and another
-    consumer reclaims it after `reclaim_idle_ms`.
+    A consumer that dies stops refreshing, its entries go idle, and another consumer reclaims them after
+    `reclaim_idle_ms`. Used by FastStream's path (one entry), the batched consumer (every entry in
+    flight) and the reclaimer (the entries it claimed and has not handled yet). Runs until cancelled.
     """
-    group, mid, stream = getattr(msg, "group", None), _message_id(msg), _stream_of(msg)
-    if not group or not mid:
-        return
     while True:
-        await asyncio.sleep(settings.heartbeat_s)
+        await asyncio.sleep(every)
+        current = list(ids())
+        if not current:
+            continue
         try:
-            await client_of(broker).xclaim(stream, group, settings.consumer, 0, [mid], justid=True)
-        except Exception:  # noqa: BLE001
-            log.warning("heartbeat_failed", stream=stream, message_id=mid)
+            await redis.xclaim(stream, group, consumer, 0, current, justid=True)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - Redis briefly away: the next beat tries again
+            log.warning("heartbeat_failed", stream=stream, error=str(exc))
 
 
 def _stream_of(msg) -> str:

@@ -1,5 +1,10 @@
 """Baton's error hierarchy: shallow on purpose, one line each."""
 
+from __future__ import annotations
+
+import botocore.exceptions
+import redis.exceptions
+
 
 class BatonError(Exception):
     """Base class of every error Baton raises on purpose."""
@@ -35,3 +40,24 @@ class CancelledError(PermanentError):
 
 class NotWaitingError(BatonError):
     """A person's response to a run that is not waiting for one."""
+
+
+class HandlerTimeout(BatonError):
+    """A handler ran past its time limit and was cancelled."""
+
+
+# Faults that a second try a moment later usually does not meet: a dropped or refused connection, a pool
+# momentarily exhausted, a timed-out round trip (to Redis, or to S3 through botocore).
+TRANSIENT = (
+    ConnectionError,
+    TimeoutError,
+    redis.exceptions.ConnectionError,  # MaxConnectionsError is one
+    redis.exceptions.TimeoutError,
+    botocore.exceptions.ConnectionError,  # EndpointConnectionError, ConnectTimeoutError, ...
+    botocore.exceptions.HTTPClientError,  # ReadTimeoutError, ConnectionClosedError, ...
+)
+
+
+def is_transient(exc: BaseException) -> bool:
+    """A fault worth retrying at once: the kinds above, or a bare OSError (a socket's; not a file's)."""
+    return isinstance(exc, TRANSIENT) or type(exc) is OSError

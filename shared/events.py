@@ -324,6 +324,6 @@ class DeadLetter(BaseModel):
     message_id: str | None = Field(None, description="Stream entry id of the original message.")
     service: str = Field(description="Service that refused it.")
     reason: str = Field(description="Why it was refused, for a person.")
-    raw: str = Field(description="The original payload (non-UTF-8 bytes escaped, cut at 64 KiB).")
+    raw: str = Field(description="The whole original payload (non-UTF-8 bytes escaped).")
     run_id: str | None = Field(None, description="Run id, if one could be read from the payload.")
     created_at: datetime = Field(default_factory=utcnow)

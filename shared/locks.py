@@ -2,9 +2,16 @@
 
 `If-Match` protects one read-modify-write. An agent that reads, thinks for a while and writes several
 times takes a lease instead: `acquire` returns a fencing token (a number that only grows); every write
-under the lease checks, atomically in Redis, that the lease is still held with that token, and then
-writes with If-Match on the version it last saw. A holder whose lease expired — and whose file someone
-else may since have taken — is refused on write.
+under the lease checks and renews the lease in one Redis step (still held, with that token), then writes
+with If-Match on the version it last saw (or If-None-Match: * for a new object), stamping the token on
+the version it writes (metadata `fence`).
+
+What that guarantees, and what not: a holder whose lease expired or was taken over before it writes is
+refused (LeaseLostError), and no write replaces a version its writer had not seen (412). The check and
+the PUT are two steps on two systems and S3 cannot compare a token, so a holder that stalls between them
+for longer than its lease, while the next holder has not written yet, still lands that one write; the
+next holder's conditional write then fails (PreconditionFailedError) and it must re-read
+(`tests/e2e/test_reliability.py` shows both).
 """
 
 from __future__ import annotations

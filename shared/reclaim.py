@@ -13,16 +13,16 @@ import asyncio
 import time
 
 import structlog
-from pydantic import ValidationError
 
 from . import streams
 from .broker import (
-    DATA_FIELD,
     Subscription,
     client_of,
     dead_letter_event,
-    describe_validation_error,
+    decode_event,
     errors_key,
+    keep_claimed,
+    payload_of,
     record_error,
     registry,
 )
@@ -89,7 +89,16 @@ class Reclaimer:
             # with the rest (the heartbeat), or another consumer would claim it again meanwhile and both
             # would run it (found by make chaos: a slow first entry, e.g. while MinIO restarts).
             waiting = [entry_id for entry_id, _fields in entries]
-            heartbeat = asyncio.create_task(self._keep_claimed(sub, waiting))
+            heartbeat = asyncio.create_task(
+                keep_claimed(
+                    redis,
+                    sub.stream,
+                    sub.group,
+                    self.settings.consumer,
+                    waiting.copy,
+                    self.settings.heartbeat_s,
+                )
+            )
             try:
                 for entry_id, fields in entries:
                     claimed_total += 1
@@ -100,27 +109,13 @@ class Reclaimer:
             if start in (b"0-0", "0-0"):
                 return claimed_total
 
-    async def _keep_claimed(self, sub: Subscription, ids: list) -> None:
-        """Every third of the idle time, reset the idle time of the claimed entries not yet handled."""
-        redis = client_of(self.broker)
-        while True:
-            await asyncio.sleep(max(self.settings.reclaim_idle_ms / 3000, 0.05))
-            if not ids:
-                continue
-            try:
-                await redis.xclaim(sub.stream, sub.group, self.settings.consumer, 0, list(ids), justid=True)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # noqa: BLE001
-                log.warning("heartbeat_failed", stream=sub.stream, error=str(exc))
-
     async def deliveries(self, sub: Subscription, entry_id: str) -> int:
         info = await client_of(self.broker).xpending_range(sub.stream, sub.group, entry_id, entry_id, 1)
         return int(info[0]["times_delivered"]) if info else 1
 
     async def handle(self, sub: Subscription, entry_id: str, fields: dict | None) -> None:
         redis = client_of(self.broker)
-        raw = (fields or {}).get(DATA_FIELD.encode(), b"")
+        raw = payload_of(fields or {})
         count = await self.deliveries(sub, entry_id)
         if count > self.settings.max_deliveries:
             last = await redis.hget(errors_key(sub.stream, sub.group), entry_id)
@@ -133,10 +128,9 @@ class Reclaimer:
                 f"last error: {last}",
             )
             return
-        try:
-            event = sub.adapter.validate_json(raw)
-        except ValidationError as exc:  # bad JSON too
-            await self.dead_letter(sub, entry_id, raw, describe_validation_error(exc))
+        event, reason = decode_event(raw, sub.adapter, self.settings.max_event_bytes)
+        if reason is not None:
+            await self.dead_letter(sub, entry_id, raw, reason)
             return
         log.info("redelivering", stream=sub.stream, group=sub.group, message_id=entry_id, delivery=count)
         bind_event(event)

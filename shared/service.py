@@ -8,6 +8,8 @@ from dataclasses import dataclass, field
 import redis.asyncio as aioredis
 from faststream import FastStream
 
+from . import faults
+from .broker import create_groups
 from .reclaim import Reclaimer
 from .settings import Settings
 from .storage import Storage
@@ -47,12 +49,18 @@ def build_app(
     **info,
 ):
     """A FastStream app whose lifespan opens and closes `resources`."""
+    faults.arm(resources.settings.faults)
     app = FastStream(broker, logger=None)
     reclaimer = Reclaimer(broker, resources.settings, service)
 
     @app.on_startup
     async def _open() -> None:
         await resources.open(storage=storage, redis=redis)
+        client = aioredis.Redis.from_url(resources.settings.redis_url)
+        try:
+            await create_groups(client, broker)
+        finally:
+            await client.aclose()
         log.info("service_starting", **info)
 
     @app.after_startup

@@ -67,6 +67,13 @@ class Settings(BaseSettings):
     redis_max_connections: int = Field(
         64, ge=4, description="Connections one process opens at most; past it, callers wait (backpressure)."
     )
+    handler_timeout_s: float = Field(
+        900.0,
+        ge=0,
+        description="Most seconds one handler may run on one message (an agent's own `time_limit` wins for "
+        "its tasks). Past it the handler is cancelled: a task fails as retryable, another message is left "
+        "for the reclaimer. 0: no limit.",
+    )
     ready_file: Path | None = Field(
         None, description="Touched once the service is ready (health checks, `baton dev up`)."
     )
@@ -96,6 +103,11 @@ class Settings(BaseSettings):
     )
     mcp_max_read_bytes: int = Field(
         1024 * 1024, ge=1, description="Largest object the MCP read_file tool returns."
+    )
+    faults: str = Field(
+        "",
+        description="Tests only: fault points to arm, `<point>=exit|raise[*N]`, comma-separated "
+        "(shared/faults.py). Empty in production.",
     )
     acl_passwords: dict[str, str] = Field(
         default_factory=dict,

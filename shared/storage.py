@@ -23,7 +23,14 @@ def _strip(etag: str | None) -> str | None:
     return etag.strip('"') if etag else etag
 
 
-MISSING = ("NoSuchKey", "NoSuchVersion", "404", "InvalidArgument")  # S3 codes for a missing object or version
+# S3 codes for a missing object or version (HEAD has no body, so only "404"/"NotFound"; MinIO answers an
+# unknown version id with InvalidArgument).
+MISSING = frozenset({"NoSuchKey", "NoSuchVersion", "NotFound", "404", "InvalidArgument"})
+
+
+def is_missing(exc: ClientError) -> bool:
+    """The one not-found check: the object, or the version asked for, does not exist."""
+    return _code(exc) in MISSING
 
 
 class Storage:
@@ -108,10 +115,9 @@ class Storage:
             async with resp["Body"] as body:
                 data = await body.read()
         except ClientError as exc:
-            code = _code(exc)
-            if code in MISSING:
+            if is_missing(exc):
                 raise ObjectMissingError(f"object {ref.uri()} does not exist") from exc
-            if code in ("PreconditionFailed", "412"):
+            if _code(exc) in ("PreconditionFailed", "412"):
                 raise ObjectMissingError(
                     f"object {ref.uri()} changed: its etag is no longer {ref.etag!r}"
                 ) from exc
@@ -125,7 +131,7 @@ class Storage:
         try:
             resp = await self.client.head_object(Bucket=self.bucket, Key=key)
         except ClientError as exc:
-            if _code(exc) in ("NoSuchKey", "404", "NotFound"):
+            if is_missing(exc):
                 return None
             raise
         return ObjectRef(
@@ -146,7 +152,7 @@ class Storage:
         try:
             resp = await self.client.copy_object(Bucket=self.bucket, Key=dest_key, CopySource=source)
         except ClientError as exc:  # anything else (MinIO restarting, a 503) is transient: raised as is
-            if _code(exc) in MISSING:
+            if is_missing(exc):
                 raise ObjectMissingError(f"object {ref.uri()} does not exist") from exc
             raise
         return ObjectRef(

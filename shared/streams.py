@@ -17,7 +17,9 @@ INDEXER_GROUP = "indexer"  # reads OBJECTS (to index) and SEARCH (to answer)
 
 RUN_INDEX = "baton:runs:index"  # sorted set of run ids by submission time
 RUNS_WAITING = "baton:runs:waiting"  # set of runs waiting for a person (advisory: check each run's state)
-OBJECTS_SEEN_PREFIX = "baton:objects:seen:"  # notifier: S3 events already published (expiring marks)
+# notifier: S3 events already published (expiring marks). The hash tag is OBJECTS' name: a mark is set in
+# one script with the entry it marks, so both must be in one slot.
+OBJECTS_SEEN_PREFIX = "{baton:objects}:seen:"
 
 
 def agent_stream(agent: str) -> str:
@@ -54,3 +56,8 @@ def run_cancelled(run_id: str) -> str:
 def run_done(run_id: str) -> str:
     """Hash of task attempts whose outcome a worker has sent (so a redelivery is not done twice)."""
     return f"baton:{{{run_id}}}:done"
+
+
+def route_decision(run_id: str, task_id: str, attempt: int) -> str:
+    """The router's decision for one attempt of a task: a redelivery forwards to the same agent."""
+    return f"baton:{{{run_id}}}:route:{task_id}:{attempt}"

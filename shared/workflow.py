@@ -79,6 +79,12 @@ class AgentSpec(_Strict):
         None,
         description="This agent's retry policy (attempts, backoff, permanent errors) over the workflow's.",
     )
+    time_limit: float | None = Field(
+        None,
+        gt=0,
+        description="Most seconds one task of this agent may run; default BATON_HANDLER_TIMEOUT_S. Past it "
+        "the task is stopped and fails as retryable (the workflow's retry policy decides what follows).",
+    )
     concurrency: int | None = Field(
         None,
         ge=1,

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import re
+import time
 
 from services.worker.runtime import AgentContext
 
@@ -52,6 +54,12 @@ def keyword_classifier(request):
         if word in text:
             return {"label": label, "confidence": 0.9}
     return {"label": "unknown", "confidence": 0.0}
+
+
+def fickle_classifier(request):
+    """A classifier that answers differently in different processes (as a sampled model may): the label
+    is whatever `BATON_TEST_LABEL` says in the router that asks."""
+    return {"label": os.environ.get("BATON_TEST_LABEL", "billing"), "confidence": 0.9}
 
 
 async def answer(ctx: AgentContext) -> None:
@@ -148,6 +156,22 @@ async def finisher(ctx: AgentContext) -> None:
 
 
 # --- reliability -------------------------------------------------------------------------------------
+async def hang(ctx: AgentContext) -> None:
+    """Hangs on the first attempt (past its agent's `time_limit`), answers at once on the next."""
+    if ctx.task.attempt == 1:
+        await asyncio.Event().wait()
+    await ctx.write("work/hang.txt", f"attempt {ctx.task.attempt}\n", name="hang")
+
+
+def burn(ctx: AgentContext) -> None:
+    """CPU-bound and synchronous: spins for `params.burn` seconds without yielding, then writes."""
+    deadline = time.thread_time() + float(ctx.params.get("burn", 2.5))  # CPU time: wall time is longer
+    n = 0
+    while time.thread_time() < deadline:
+        n += 1
+    ctx.sync(ctx.write("work/burn.txt", f"spun {n} times\n", name="burn"))
+
+
 async def sleepy(ctx: AgentContext) -> None:
     """Hangs (4 s) on the first attempt, answers at once on the next: for deadlines."""
     if ctx.task.attempt == 1:

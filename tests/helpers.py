@@ -14,7 +14,7 @@ import redis.asyncio as aioredis
 from baton import client
 from shared import streams
 from shared.broker import DATA_FIELD
-from shared.events import DeadLetter, Event
+from shared.events import DeadLetter, Event, ObjectChanged
 from shared.settings import Settings
 
 
@@ -89,3 +89,50 @@ def post_webhook(url: str, body: bytes, token: str | None) -> int:
             return resp.status
     except urllib.error.HTTPError as exc:
         return exc.code
+
+
+def _entry_id(value) -> tuple[int, int]:
+    ms, _, seq = (value.decode() if isinstance(value, bytes) else str(value)).partition("-")
+    return int(ms), int(seq or 0)
+
+
+async def wait_handled(
+    settings: Settings, stream: str, group: str, entry_id: str, timeout: float = 10
+) -> None:
+    """Until `group` has read `entry_id` (its last-delivered id is at or past it) and acknowledged it.
+
+    An empty XPENDING alone proves nothing: it also holds before the group has read the entry.
+    """
+    r = aioredis.Redis.from_url(settings.redis_url)
+    try:
+        deadline = asyncio.get_running_loop().time() + timeout
+        while True:
+            groups = {g["name"].decode(): g for g in await r.xinfo_groups(stream)}
+            read = group in groups and _entry_id(groups[group]["last-delivered-id"]) >= _entry_id(entry_id)
+            if read and not await r.xpending_range(stream, group, entry_id, entry_id, 1):
+                return
+            if asyncio.get_running_loop().time() > deadline:
+                state = "read but still pending" if read else "not read"
+                raise AssertionError(f"{stream} entry {entry_id} was {state} by group {group!r}")
+            await asyncio.sleep(0.05)
+    finally:
+        await r.aclose()
+
+
+def s3_notification(
+    key: str, version: str = "v1", etag: str = "e1", sequencer: str | None = "17F0A1B2C3D4E5F6"
+) -> dict:
+    """A MinIO webhook body with one S3 event record."""
+    obj = {"key": key, "size": 3, "eTag": etag, "versionId": version, "sequencer": sequencer}
+    record = {"eventName": "s3:ObjectCreated:Put", "s3": {"bucket": {"name": "baton"}, "object": obj}}
+    return {"EventName": "s3:ObjectCreated:Put", "Key": f"baton/{key}", "Records": [record]}
+
+
+async def objects_since(settings: Settings, since: str) -> list[tuple[str, ObjectChanged]]:
+    """(entry id, event) of the ObjectChanged entries after `since`."""
+    r = aioredis.Redis.from_url(settings.redis_url)
+    try:
+        entries = await r.xrange(streams.OBJECTS, min=f"({since}" if since != "0" else "-")
+    finally:
+        await r.aclose()
+    return [(i.decode(), ObjectChanged.model_validate_json(f[DATA_FIELD.encode()])) for i, f in entries]

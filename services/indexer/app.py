@@ -11,10 +11,8 @@ from __future__ import annotations
 
 import asyncio
 
-from redis.exceptions import ResponseError
-
 from shared import streams
-from shared.broker import make_broker, subscribe
+from shared.broker import create_group, make_broker, subscribe
 from shared.errors import KeyValidationError, ObjectMissingError
 from shared.events import ObjectChanged, utcnow
 from shared.logging import configure_logging
@@ -139,6 +137,7 @@ def create_app(settings: Settings | None = None):
         streams.INDEXER_GROUP,
         settings,
         on_object,
+        start="$",
         title="objects",
         description="Bucket changes from the notifier.",
     )
@@ -148,6 +147,7 @@ def create_app(settings: Settings | None = None):
         streams.INDEXER_GROUP,
         settings,
         on_search,
+        start="$",
         title="search",
         description="Full-text queries; each is answered on its `reply_to` list.",
     )
@@ -158,12 +158,9 @@ def create_app(settings: Settings | None = None):
         holder["index"] = SearchIndex(settings.index_dir / INDEX_FILE)
         # The group exists before the sync lists the bucket, so a change landing during the sync is
         # delivered afterwards instead of falling between the listing and the group's creation.
+        # From `$`: the listing covers what is already there (and old search requests are stale).
         for stream in (streams.OBJECTS, streams.SEARCH):
-            try:
-                await res.redis.xgroup_create(stream, streams.INDEXER_GROUP, id="$", mkstream=True)
-            except ResponseError as exc:
-                if "BUSYGROUP" not in str(exc):
-                    raise
+            await create_group(res.redis, stream, streams.INDEXER_GROUP, "$")
         await sync()
 
     @app.after_shutdown

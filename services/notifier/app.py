@@ -16,8 +16,8 @@ import json
 from faststream.asgi import AsgiFastStream, AsgiResponse
 from faststream.asgi.request import AsgiRequest
 
-from shared import streams
-from shared.broker import RAW_LIMIT, make_broker
+from shared import faults, streams
+from shared.broker import DATA_FIELD, encode, make_broker
 from shared.events import DeadLetter, ObjectChanged
 from shared.logging import configure_logging
 from shared.service import Resources, mark_ready
@@ -28,6 +28,13 @@ from .s3events import BadNotification, parse_records
 SERVICE = "notifier"
 WEBHOOK_PATH = "/minio/events"
 SEEN_TTL_SECONDS = 3600  # how long a published S3 event is remembered, to drop its second copy
+# The mark and the entry in one script: a notifier dying, or a connection dropping, leaves both or neither,
+# so an event is never marked without being published (MinIO's retry would then be answered 200 and the
+# change lost). The marks' hash tag is the stream's name: one slot, as a Redis Cluster needs.
+PUBLISH_ONCE = (
+    "if redis.call('SET', KEYS[2], '1', 'NX', 'EX', ARGV[2]) then "
+    "return redis.call('XADD', KEYS[1], '*', '__data__', ARGV[1]) end return false"
+)
 
 
 def seen_key(event: ObjectChanged) -> str | None:
@@ -41,6 +48,7 @@ def seen_key(event: ObjectChanged) -> str | None:
 def create_app(settings: Settings | None = None) -> AsgiFastStream:
     settings = settings or Settings()
     log = configure_logging(SERVICE, settings.log_format, settings.log_level)
+    faults.arm(settings.faults)
     broker = make_broker(settings, SERVICE)
     sender = f"{SERVICE}:{settings.consumer}"
     objects = broker.publisher(
@@ -79,7 +87,7 @@ def create_app(settings: Settings | None = None) -> AsgiFastStream:
                     stream="webhook",
                     service=SERVICE,
                     reason=reason,
-                    raw=body[:RAW_LIMIT].decode("utf-8", "backslashreplace"),
+                    raw=body.decode("utf-8", "backslashreplace"),
                 ),
                 stream=streams.DLQ,
             )
@@ -87,14 +95,13 @@ def create_app(settings: Settings | None = None) -> AsgiFastStream:
             return AsgiResponse(reason.encode(), 400)
         for event in events:
             mark = seen_key(event)
-            if mark and not await res.redis.set(mark, b"1", nx=True, ex=SEEN_TTL_SECONDS):
-                continue  # the other webhook target delivered it first
-            try:
+            faults.point("notifier.publish")
+            if mark is None:
                 await objects.publish(event)
-            except BaseException:
-                if mark:
-                    await res.redis.delete(mark)  # not published: let MinIO's retry publish it
-                raise
+            elif not await res.redis.eval(
+                PUBLISH_ONCE, 2, streams.OBJECTS, mark, encode(event)[DATA_FIELD], SEEN_TTL_SECONDS
+            ):
+                continue  # the other webhook target delivered it first
             log.info("object_changed", key=event.key, event_name=event.event_name, version=event.version_id)
         return AsgiResponse(b"ok", 200)
 

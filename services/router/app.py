@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import asyncio
 
-from shared import streams
-from shared.broker import make_broker, subscribe
+from shared import faults, streams
+from shared.broker import client_of, make_broker, subscribe
 from shared.classification import ClassifyRequest
 from shared.events import RouteDecided, TaskAssigned, TaskFailed
 from shared.logging import configure_logging
@@ -17,6 +17,7 @@ from .routing import Route, call_classifier, choose, decide, match_rules
 
 SERVICE = "router"
 MAX_TEXT = 20_000  # characters of a request a classifier sees
+DECISION_TTL_S = 7 * 24 * 3600  # a stored decision outlives any redelivery of its task
 
 
 def create_app(settings: Settings | None = None):
@@ -74,13 +75,31 @@ def create_app(settings: Settings | None = None):
             return choose(wf, None, wf.classifier, f"{type(exc).__name__}: {exc}")
         return choose(wf, found, wf.classifier)
 
-    async def route(event: TaskAssigned) -> None:
-        """Pick the agent for a task and hand it over."""
+    async def decide_once(event: TaskAssigned) -> Route:
+        """The decision for this attempt of the task, made once: a redelivery (the router died before
+        acknowledging) reads the stored one instead of classifying again, so it forwards to the same
+        agent. SET NX GET is one command on one key in the run's slot."""
+        redis = client_of(broker)
+        key = streams.route_decision(event.run_id, event.task_id, event.attempt)
         wf = workflows.workflows.get(event.workflow)
         if not event.agent and not event.intent and isinstance(wf, RouterWorkflow):
+            stored = await redis.get(key)  # a classifier may be a paid model: not asked twice
+            if stored is not None:
+                log.info("route_already_decided")
+                return Route.loads(stored)
             decision = await classify(event, wf)
         else:
             decision = decide(event, workflows)
+        stored = await redis.set(key, decision.dumps(), nx=True, get=True, ex=DECISION_TTL_S)
+        if stored is not None:
+            log.info("route_already_decided")
+            return Route.loads(stored)
+        return decision
+
+    async def route(event: TaskAssigned) -> None:
+        """Pick the agent for a task (once per attempt) and hand it over."""
+        decision = await decide_once(event)
+        faults.point("router.after_decision")
         sender = f"{SERVICE}:{settings.consumer}"
         common = dict(
             run_id=event.run_id,
@@ -108,6 +127,8 @@ def create_app(settings: Settings | None = None):
             await results.publish(decided)
         else:  # observability only: straight to the run's stream
             await broker.publish(decided, stream=streams.run_events(event.run_id))
+        # After the decision is recorded: the supervisor counts a classifier's usage only while the task
+        # is outstanding. A redelivery may record it twice (the supervisor counts it once per attempt).
         if decision.agent != HUMAN:
             await agents[decision.agent].publish(
                 event.model_copy(update={"agent": decision.agent, "sender": sender})

@@ -8,9 +8,11 @@ never to a guess.
 
 from __future__ import annotations
 
+import asyncio
 import inspect
+import json
 import re
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 from pydantic import ValidationError
 
@@ -27,6 +29,15 @@ class Route:
     classifier: str
     reason: str = ""
     usage: Usage | None = None  # what a model classifier spent
+
+    def dumps(self) -> str:
+        return json.dumps({**asdict(self), "usage": self.usage and self.usage.model_dump(mode="json")})
+
+    @classmethod
+    def loads(cls, data: bytes | str) -> Route:
+        fields = json.loads(data)
+        usage = fields.pop("usage", None)
+        return cls(**fields, usage=Usage.model_validate(usage) if usage else None)
 
 
 def decide(task: TaskAssigned, workflows: WorkflowFile) -> Route:
@@ -51,8 +62,12 @@ def match_rules(text: str, wf: RouterWorkflow) -> Classification | None:
 
 
 async def call_classifier(handler, request: ClassifyRequest) -> Classification:
-    """Run a classifier handler (sync or async) and validate what it returns."""
-    result = handler(request)
+    """Run a classifier handler (sync or async) and validate what it returns. A sync one runs in a thread:
+    a slow classifier must not stall the router's other messages and their heartbeats."""
+    if inspect.iscoroutinefunction(handler) or inspect.iscoroutinefunction(type(handler).__call__):
+        result = handler(request)
+    else:
+        result = await asyncio.to_thread(handler, request)
     if inspect.isawaitable(result):
         result = await result
     if isinstance(result, Classification):

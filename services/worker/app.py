@@ -8,9 +8,12 @@ reference, writes its outputs, and reports started / completed / failed on `bato
 from __future__ import annotations
 
 import asyncio
+import contextvars
+import functools
 import gc
 import inspect
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 from shared import streams
 from shared.batch import Batched
@@ -26,6 +29,7 @@ from .runtime import AgentContext
 
 SERVICE = "worker"
 EMPTY_USAGE = Usage()
+OUTCOME_GRACE_S = 30.0  # past an agent's time limit, time to write the task's outcome
 
 
 def create_app(settings: Settings | None = None):
@@ -55,9 +59,36 @@ def create_app(settings: Settings | None = None):
         else:
             await results.publish(event)
 
+    pools: list[ThreadPoolExecutor] = []
+
+    def runner(agent: str):
+        """How to call the agent's handler: awaited on the loop if it is async; in a thread of the agent's
+        own pool (as many threads as it may run tasks at once) if it is a plain function, so a CPU-bound
+        handler cannot starve the event loop, and with it every other task's heartbeat in this process."""
+        func = handlers[agent]
+        if inspect.iscoroutinefunction(func) or inspect.iscoroutinefunction(type(func).__call__):
+            return func
+        if not callable(func):
+            raise ConfigError(f"handler of agent {agent!r} is not callable: {func!r}")
+        size = workflows.agents[agent].concurrency or settings.batch or settings.max_records
+        pool = ThreadPoolExecutor(max_workers=size, thread_name_prefix=f"agent-{agent}")
+        pools.append(pool)
+
+        async def in_thread(ctx: AgentContext):
+            loop = asyncio.get_running_loop()
+            ctx._loop = loop
+            call = functools.partial(contextvars.copy_context().run, func, ctx)  # log context goes along
+            return await loop.run_in_executor(pool, call)
+
+        return in_thread
+
+    def time_limit(agent: str) -> float | None:
+        return workflows.agents[agent].time_limit or settings.handler_timeout_s or None
+
     def make_handler(agent: str):
         spec = workflows.agents[agent]
-        func = handlers[agent]
+        func = runner(agent)
+        limit = time_limit(agent)
 
         async def run_task(event: TaskAssigned) -> None:
             """Run one task of this agent and report its outcome."""
@@ -125,18 +156,26 @@ def create_app(settings: Settings | None = None):
 
             ctx = AgentContext(event, agent, spec, res.storage, report=publish, cancelled=cancelled)
             started = time.perf_counter()
+            deadline = asyncio.timeout(limit)
             try:
                 await ctx.load_inputs()
-                result = func(ctx)
-                if inspect.isawaitable(result):
-                    await result
+                async with deadline:
+                    result = await func(ctx)
+                    if inspect.isawaitable(result):
+                        await result
             except (KeyValidationError, PermanentError, KeyError, TypeError, ValueError) as exc:
                 log.warning("task_failed", agent=agent, error=str(exc), retryable=False)
                 await report(TaskFailed(**common, error=f"{type(exc).__name__}: {exc}"))
                 return
             except Exception as exc:  # an agent's bug or a transient fault: another attempt may work
-                log.exception("task_error", agent=agent)
-                await report(TaskFailed(**common, error=f"{type(exc).__name__}: {exc}", retryable=True))
+                error = f"{type(exc).__name__}: {exc}"
+                if isinstance(exc, TimeoutError) and deadline.expired():
+                    error = f"agent {agent!r} ran past its time limit of {limit:g} s and was stopped"
+                    ctx.stop(error)
+                    log.warning("task_timed_out", agent=agent, limit=limit)
+                else:
+                    log.exception("task_error", agent=agent)
+                await report(TaskFailed(**common, error=error, retryable=True))
                 return
             seconds = time.perf_counter() - started
             usage = Usage(seconds=round(seconds, 6))
@@ -150,10 +189,14 @@ def create_app(settings: Settings | None = None):
         return run_task
 
     for agent in hosted:
+        # The task's own limit (above) writes its TaskFailed; this one only catches a worker stuck after
+        # it, e.g. writing the outcome to a Redis that does not answer.
+        limit = time_limit(agent)
+        backstop = limit + OUTCOME_GRACE_S if limit else None
         if batched:
             size = workflows.agents[agent].concurrency
             batched.subscribe(
-                broker, streams.agent_stream(agent), agent, TaskAssigned, make_handler(agent), size=size
+                broker, streams.agent_stream(agent), agent, TaskAssigned, make_handler(agent), size, backstop
             )
             continue
         subscribe(
@@ -162,6 +205,7 @@ def create_app(settings: Settings | None = None):
             agent,
             settings,
             make_handler(agent),
+            timeout=backstop,
             title=f"agent:{agent}",
             description=f"Tasks for agent {agent!r}.",
         )
@@ -169,6 +213,11 @@ def create_app(settings: Settings | None = None):
     app = build_app(broker, res, log, service=SERVICE, agents=hosted, consumer=settings.consumer)
     if batched:
         batched.attach(app)
+
+    @app.after_shutdown
+    async def _stop_threads() -> None:
+        for pool in pools:  # a thread cannot be interrupted: one still running ends with the process
+            pool.shutdown(wait=False, cancel_futures=True)
 
     @app.after_startup
     async def _freeze() -> None:

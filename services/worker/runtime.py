@@ -5,6 +5,7 @@ A handler never sees the run's history: only the slice it was handed.
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import mimetypes
 import posixpath
@@ -40,9 +41,25 @@ class AgentContext:
         self.usage = Usage()  # model tokens/cost this task spent; the worker adds the seconds
         self._report = report
         self._cancelled = cancelled
+        self._loop: asyncio.AbstractEventLoop | None = None  # set while a sync handler runs in a thread
+        self._stopped: str | None = None  # why the worker stopped this task (its time limit)
+
+    def stop(self, reason: str) -> None:
+        """The task is over for the worker: whatever the handler still tries (a sync handler's thread
+        cannot be interrupted) is refused at its next read, write or progress report."""
+        self._stopped = reason
+
+    def sync(self, awaitable: Awaitable):
+        """From a plain `def` handler (which the worker runs in a thread): run one of this context's async
+        methods on the worker's event loop and return its result, e.g. `ctx.sync(ctx.write(key, text))`."""
+        if self._loop is None:
+            raise RuntimeError("ctx.sync is for sync handlers (run in a thread); an async handler awaits")
+        return asyncio.run_coroutine_threadsafe(awaitable, self._loop).result()
 
     async def checkpoint(self) -> None:
         """Stop here if the run was cancelled (called by read, write, update and progress)."""
+        if self._stopped:
+            raise CancelledError(self._stopped)
         if self._cancelled is not None and await self._cancelled():
             raise CancelledError(f"run {self.task.run_id} was cancelled")
 

@@ -11,7 +11,7 @@ import redis.asyncio as aioredis
 
 from shared import streams
 from shared.batch import BatchConsumer, Outbox
-from shared.broker import DATA_FIELD, encode, errors_key
+from shared.broker import DATA_FIELD, bind_handler, encode, errors_key
 from shared.events import DeadLetter, TaskAssigned
 
 pytestmark = pytest.mark.e2e
@@ -168,3 +168,45 @@ async def test_a_failing_handler_leaves_its_entry_pending_with_the_error(real_se
 
 def _key(ids: dict[str, str], label: str) -> str:
     return next(i for i, v in ids.items() if v == label)
+
+
+async def test_a_handler_past_its_time_limit_is_cancelled_and_its_entry_left_pending(real_servers):
+    r = await _redis(real_servers)
+    stream, group = f"test:batch:{secrets.token_hex(4)}", "g"
+    cancelled = asyncio.Event()
+
+    async def hangs(event: TaskAssigned) -> None:
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            cancelled.set()
+            raise
+
+    consumer = BatchConsumer(
+        stream=stream,
+        group=group,
+        consumer="c1",
+        size=10,
+        model=TaskAssigned,
+        handler=bind_handler(hangs, timeout=0.3),
+        service="test",
+        max_event_bytes=65536,
+        heartbeat_s=0.05,
+        block_ms=100,
+    )
+    await consumer.declare(r, Outbox(r))
+    try:
+        entry = (await r.xadd(stream, encode(_task(0)))).decode()
+        consumer.start()
+        for _ in range(100):
+            if await r.hget(errors_key(stream, group), entry):
+                break
+            await asyncio.sleep(0.05)
+        assert cancelled.is_set()
+        assert (await r.hget(errors_key(stream, group), entry)).startswith(b"HandlerTimeout: ")
+        pending = await r.xpending_range(stream, group, "-", "+", 10)
+        assert [p["message_id"].decode() for p in pending] == [entry]  # left for the reclaimer
+    finally:
+        await consumer.stop()
+        await r.delete(stream, errors_key(stream, group))
+        await r.aclose()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import uuid
 from pathlib import Path
 
 import pytest
@@ -12,8 +13,8 @@ import redis.asyncio as aioredis
 from baton import client
 from shared import streams
 from shared.broker import DATA_FIELD, encode
-from shared.events import DeadLetter, TaskCompleted
-from tests.helpers import dead_letters, last_id, of_type, run, wait_for_end
+from shared.events import DeadLetter, TaskAssigned, TaskCompleted
+from tests.helpers import dead_letters, last_id, of_type, run, wait_for_end, wait_handled
 
 pytestmark = pytest.mark.e2e
 
@@ -229,14 +230,10 @@ async def test_a_duplicate_outcome_is_acknowledged_and_ignored(settings):
     r = aioredis.Redis.from_url(settings.redis_url)
     try:
         entry = (await r.xadd(streams.RESULTS, encode(first))).decode()
-        for _ in range(50):
-            pending = await r.xpending_range(streams.RESULTS, streams.SUPERVISOR_GROUP, entry, entry, 1)
-            if not pending:
-                break
-            await asyncio.sleep(0.1)
     finally:
         await r.aclose()
-    assert not pending, "the duplicate outcome was not acknowledged"
+    # read by the group (not merely not pending yet) and acknowledged
+    await wait_handled(settings, streams.RESULTS, streams.SUPERVISOR_GROUP, entry)
 
 
 async def test_the_per_message_worker_path_marks_outcomes_and_acknowledges_a_redelivery(settings, stack):
@@ -256,14 +253,166 @@ async def test_the_per_message_worker_path_marks_outcomes_and_acknowledges_a_red
         stream = streams.agent_stream("permsg")
         since = await last_id(settings, streams.RESULTS)
         entry = (await r.xadd(stream, encode(first))).decode()
-        for _ in range(50):
-            pending = await r.xpending_range(stream, "permsg", entry, entry, 1)
-            if not pending:
-                break
-            await asyncio.sleep(0.1)
-        assert not pending, "the redelivered task was not acknowledged"
+        await wait_handled(settings, stream, "permsg", entry)  # read by the group and acknowledged
         since = f"({since}" if since != "0" else "-"
         again = [json.loads(f[DATA_FIELD.encode()]) for _i, f in await r.xrange(streams.RESULTS, min=since)]
     finally:
         await r.aclose()
     assert not [e for e in again if e["task_id"] == first.task_id], "the task ran twice"
+
+
+async def _wait_nothing_pending(settings, stream: str, group: str, timeout: float = 20) -> None:
+    r = aioredis.Redis.from_url(settings.redis_url)
+    try:
+        for _ in range(int(timeout / 0.1)):
+            if not (await r.xpending(stream, group))["pending"]:
+                return
+            await asyncio.sleep(0.1)
+    finally:
+        await r.aclose()
+    raise AssertionError(f"entries of {stream} still pending in group {group!r}")
+
+
+async def test_a_cpu_bound_sync_agent_starves_no_heartbeat_and_no_task_runs_twice(settings):
+    """A plain `def` handler spinning longer than reclaim_idle_ms (1.5 s here) runs in a thread: the
+    worker's heartbeats go on, so neither its task nor the others in that process are taken over."""
+    run_ids = [await client.submit(settings, "burn", {}, {"burn": 2.5})]
+    run_ids += [await client.submit(settings, "slow-pair", {}, {"sleep": 1}) for _ in range(2)]
+    ends = await asyncio.gather(*(wait_for_end(settings, r, timeout=40) for r in run_ids))
+    assert [events[-1].type for events in ends] == ["run.completed"] * 3, [e[-1] for e in ends]
+    # every task was read (the runs ended) and none is held by a second runner any more
+    await _wait_nothing_pending(settings, streams.agent_stream("burn"), "burn")
+    await _wait_nothing_pending(settings, streams.agent_stream("slow"), "slow")
+    for run_id in run_ids:
+        types = await _types(settings, run_id)
+        assert types.count(("task.started", 1)) == types.count(("task.assigned", 1)), (run_id, types)
+        assert types.count(("task.completed", 1)) == types.count(("task.assigned", 1)), (run_id, types)
+
+
+async def _new_agents_run(settings, stack, tmp_path, env: dict | None = None) -> tuple[set, set, str]:
+    """Two agents no worker has hosted yet, one per worker path: a task is queued for each before any
+    group exists, then a worker (with `env`) starts for each. (agents, agents that completed, logs)."""
+    suffix = uuid.uuid4().hex[:8]
+    agents = {f"new-batched-{suffix}": "100", f"new-permsg-{suffix}": "0"}  # name -> BATON_BATCH
+    workflows = tmp_path / "workflows.yaml"
+    lines = ["agents:"] + [f'  {name}: {{handler: "tests.agents:echo", writes: [work/]}}' for name in agents]
+    lines += ["workflows:", f"  new: {{pattern: sequential, stages: [{next(iter(agents))}]}}"]
+    workflows.write_text("\n".join(lines) + "\n")
+    since = await last_id(settings, streams.RESULTS)
+    r = aioredis.Redis.from_url(settings.redis_url)
+    try:
+        for name in agents:
+            task = TaskAssigned(
+                run_id=f"r-{name}", task_id=f"r-{name}.0", agent=name, workflow="new", output_prefix=""
+            )
+            await r.xadd(streams.agent_stream(name), encode(task))  # the stream exists, its group doesn't
+        env = {**(env or {}), "BATON_WORKFLOWS": str(workflows)}
+        handles = [
+            stack.start("worker", {**env, "BATON_AGENTS": a, "BATON_BATCH": b}) for a, b in agents.items()
+        ]
+        try:
+            for _ in range(100):
+                entries = await r.xrange(streams.RESULTS, min=since)
+                results = [json.loads(f[DATA_FIELD.encode()]) for _i, f in entries]
+                done = {e["agent"] for e in results if e["type"] == "task.completed"}
+                if set(agents) <= done:
+                    break
+                await asyncio.sleep(0.1)
+        finally:
+            logs = "".join(stack.log_path(h).read_text() for h in handles)
+            for handle in handles:
+                stack.kill(handle)
+    finally:
+        await r.aclose()
+    return set(agents), done, logs
+
+
+async def test_a_task_queued_before_its_agent_group_exists_runs_once_a_worker_starts(
+    settings, stack, tmp_path
+):
+    """An agent added to the workflow file gets tasks before any worker that knows it has started: its
+    group is created from the stream's start, so the queued task is not skipped (on both worker paths)."""
+    agents, done, _logs = await _new_agents_run(settings, stack, tmp_path)
+    assert agents <= done, f"tasks queued before the group existed never ran: {agents - done}"
+
+
+async def test_a_transient_handler_failure_is_retried_at_once_not_left_for_the_reclaimer(
+    settings, stack, tmp_path
+):
+    """The handler's first two calls raise a ConnectionError (a fault point): retried in-process after 50
+    and 200 ms on both worker paths, the task completes without waiting for the reclaimer."""
+    agents, done, logs = await _new_agents_run(settings, stack, tmp_path, {"BATON_FAULTS": "handler=raise*2"})
+    assert agents <= done, f"never completed: {agents - done}"
+    assert logs.count('"handler_retrying"') == 4, logs[-3000:]
+    assert '"redelivering"' not in logs  # not the reclaimer's doing
+
+
+async def test_a_task_past_its_agents_time_limit_is_stopped_and_retried(settings):
+    """No deadline in the workflow: the agent's `time_limit` alone ends a hanging attempt, with a reason,
+    and the retry policy takes over (a hanging handler used to keep its heartbeat for ever)."""
+    _run_id, events = await run(settings, "hang", timeout=30)
+    assert events[-1].type == "run.completed", events[-1]
+    (failed,) = of_type(events, "task.failed")
+    assert failed.attempt == 1 and failed.retryable
+    assert "ran past its time limit of 1 s" in failed.error
+
+
+async def test_an_oversized_dead_letter_keeps_its_whole_payload_and_replays_it(settings):
+    """An event refused for its size is the one most needing its payload back: the letter keeps it whole
+    (it was cut at 64 KiB), and replaying it puts the whole original back on its stream."""
+    big = TaskAssigned(
+        run_id="r-oversized",
+        task_id=f"r-oversized.{uuid.uuid4().hex[:8]}",
+        workflow="flaky",
+        agent="echo",
+        instruction="x" * (settings.max_event_bytes + 10_000),
+        output_prefix="runs/r-oversized/",
+    )
+    stream = streams.agent_stream("echo")
+    since = await last_id(settings, streams.DLQ)
+    r = aioredis.Redis.from_url(settings.redis_url)
+    try:
+        original = encode(big)[DATA_FIELD]
+        entry = (await r.xadd(stream, {DATA_FIELD: original})).decode()
+        for _ in range(100):
+            letters = [(i, d) for i, d in await dead_letters(settings, since) if d.message_id == entry]
+            if letters:
+                break
+            await asyncio.sleep(0.1)
+        assert letters, "the oversized task was not dead-lettered"
+        (letter_id, letter), = letters
+        assert "over the 65536-byte limit" in letter.reason and letter.raw.encode() == original
+        outcome = await client.dlq_replay(settings, [letter_id])
+        assert outcome[letter_id].startswith(f"replayed to {stream} as ")
+        replayed = outcome[letter_id].rsplit(" ", 1)[1]
+        (_i, fields), = await r.xrange(stream, min=replayed, max=replayed)
+    finally:
+        await r.aclose()
+    assert TaskAssigned.model_validate_json(fields[DATA_FIELD.encode()]) == big
+
+
+async def test_a_write_a_stalled_holder_lands_after_its_lease_is_detected_by_the_next_holder(settings):
+    """The documented limit of LeaseLocks: the store does not check the token, so a holder stalled between
+    its lease check and its PUT can land one write; the next holder's conditional write then fails."""
+    from shared.errors import PreconditionFailedError
+    from shared.locks import LeaseLocks
+    from shared.storage import Storage
+
+    r = aioredis.Redis.from_url(settings.redis_url)
+    locks = LeaseLocks(r)
+    key = f"runs/r-lease/drafts/stall-{uuid.uuid4().hex[:8]}.md"
+    try:
+        async with Storage.connect(settings) as storage:
+            first = await locks.acquire(key, ttl_ms=300)
+            v1 = await locks.put(storage, first, b"one", None)
+            await locks.renew(first)  # the check `put` makes ... then the holder stalls
+            await asyncio.sleep(0.5)
+            second = await locks.acquire(key, ttl_ms=5000)
+            assert second is not None
+            await storage.put(key, b"stale", if_match=v1.etag)  # ... and its PUT lands after all
+            with pytest.raises(PreconditionFailedError):
+                await locks.put(storage, second, b"two", v1.etag)
+            assert await storage.get(await storage.head(key)) == b"stale"
+            await locks.release(second)
+    finally:
+        await r.aclose()

@@ -14,7 +14,17 @@ from shared import streams
 from shared.broker import DATA_FIELD
 from shared.events import RunCompleted
 from shared.storage import Storage
-from tests.helpers import of_type, run, s3_client, wait_for_end
+from tests.helpers import (
+    last_id,
+    objects_since,
+    of_type,
+    post_webhook,
+    run,
+    s3_client,
+    s3_notification,
+    wait_for_end,
+    wait_handled,
+)
 
 BRIEF = Path(__file__).resolve().parents[2] / "examples" / "briefs" / "topic.md"
 pytestmark = pytest.mark.e2e
@@ -67,6 +77,35 @@ async def test_dropping_a_brief_into_the_watched_prefix_publishes_the_article(se
     assert events[-1].type == "run.completed", events[-1]
     published = s3.get_object(Bucket=settings.bucket, Key=f"published/{name}.md")["Body"].read().decode()
     assert "title: Dropped brief" in published
+
+
+async def test_a_duplicate_notification_starts_one_run(settings, real_servers, tmp_path):
+    """MinIO delivers an event through two targets, and retries: the notifier publishes it once, and a
+    copy that gets through anyway (no sequencer, or after the mark expired) names the same run."""
+    from services.supervisor.app import trigger_run_id
+
+    s3 = s3_client(settings)
+    key = f"briefs/dup-{tmp_path.name}.md"
+    put = s3.put_object(Bucket=settings.bucket, Key=key, Body=BRIEF.read_bytes())
+    run_id = trigger_run_id(settings.bucket, key, put["VersionId"])
+    assert (await wait_for_end(settings, run_id, timeout=30))[-1].type == "run.completed"
+    url = f"http://127.0.0.1:{real_servers.notifier_port}/minio/events"
+    since = await last_id(settings, streams.OBJECTS)
+    for sequencer in ("dup-1", "dup-1", None):  # one event delivered twice, then one the notifier can't tell
+        body = s3_notification(key, put["VersionId"], put["ETag"].strip('"'), sequencer)
+        assert post_webhook(url, json.dumps(body).encode(), real_servers.webhook_token) == 200
+    published = [(i, e) for i, e in await objects_since(settings, since) if e.key == key]
+    assert [e.sequencer for _i, e in published] == ["dup-1", None]
+    await wait_handled(settings, streams.OBJECTS, streams.SUPERVISOR_GROUP, published[-1][0])
+    submitted = await last_id(settings, streams.RUNS)  # the copy's RunSubmitted, for the same run id
+    await wait_handled(settings, streams.RUNS, streams.SUPERVISOR_GROUP, submitted)
+    r = aioredis.Redis.from_url(settings.redis_url)
+    try:
+        entries = await r.xrange(streams.run_events(run_id))
+    finally:
+        await r.aclose()
+    types = [json.loads(f[DATA_FIELD.encode()])["type"] for _i, f in entries]
+    assert types.count("run.completed") == 1 and types.count("task.assigned") == 3, types
 
 
 async def test_input_is_read_at_the_exact_version_handed_over(settings, tmp_path):
