@@ -23,7 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 
-from shared import streams
+from shared import faults, streams
 from shared.events import (
     BaseEvent,
     HumanInputRequested,
@@ -149,13 +149,16 @@ class Engine:
                 return Outcome(None, decision, loaded)
             new = decision.state
             ops, effects = await self.prepare(new, decision, was_waiting)
+            faults.point("supervisor.before_commit")  # the decision's files written, nothing committed
             if loaded.rev is None:  # a new run: listed in the run index once committed
                 effects.created = new.created_at.timestamp()
             if await self.store.commit(loaded, new, ops, (cause, effects) if effects.owed else None):
                 break
             # Another handler or replica committed meanwhile: read what we had read again, decide again.
             loaded = await self.store.load(run_id, *(f for f in loaded.fields if f not in ("rev", "core")))
+        faults.point("supervisor.after_commit")  # committed, nothing sent: a redelivery sends it
         await self.after_commit(new, decision, effects, was_waiting, cause)
+        faults.point("supervisor.after_send")  # sent, not acknowledged: a redelivery may send it again
         return Outcome(new, decision, loaded)
 
     async def prepare(self, new: RunState, d: Decision, was_waiting: bool):

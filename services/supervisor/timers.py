@@ -14,7 +14,7 @@ import json
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from shared import streams
+from shared import faults, streams
 from shared.events import TaskFailed, new_id, utcnow
 from shared.runs import TASK
 
@@ -59,6 +59,7 @@ async def fire_due(eng: Engine) -> int:
         if not await eng.redis.eval(TAKE, 1, streams.TIMERS, member, repr(score), now + LEASE_S):
             continue  # another replica took it
         try:
+            faults.point("supervisor.timer_taken")  # taken, not acted on: it comes due after the lease
             await fire(eng, json.loads(member))
         except TRANSIENT:
             eng.log.warning("timer_failed", timer=member.decode(), exc_info=True)
