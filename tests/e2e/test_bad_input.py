@@ -73,7 +73,7 @@ async def test_malformed_events_on_every_consumed_stream_are_dead_lettered(setti
 
     # and the services go on serving the next good run
     _run_id, events = await run(settings, "content-factory", {"brief": BRIEF})
-    assert events[-1].type == "run.completed"
+    assert events[-1].type == "run.completed", events[-1]
 
 
 def _id_of(sent, stream, label):

@@ -82,7 +82,7 @@ async def test_dropping_a_brief_into_the_watched_prefix_publishes_the_article(se
 async def test_a_duplicate_notification_starts_one_run(settings, real_servers, tmp_path):
     """MinIO delivers an event through two targets, and retries: the notifier publishes it once, and a
     copy that gets through anyway (no sequencer, or after the mark expired) names the same run."""
-    from services.supervisor.app import trigger_run_id
+    from services.supervisor.runs import trigger_run_id
 
     s3 = s3_client(settings)
     key = f"briefs/dup-{tmp_path.name}.md"
