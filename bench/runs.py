@@ -34,7 +34,6 @@ import redis
 import yaml
 
 from bench import stack as full_stack
-from bench.baselines import celery_runs
 from bench.baselines import counter as done_counter
 from bench.common import ROOT, Procs, cpu_seconds, descendants, percentile, python
 from shared import streams
@@ -150,7 +149,7 @@ class RunWatch:
         self._read(block_ms)
         if self.candidates:
             self._check(self.candidates)
-        if time.time() - self.swept_at > 3.0:  # the safety net: a run that failed before any task ran
+        if time.time() - self.swept_at > 5.0:  # the safety net: a run that failed before any task ran
             self.swept_at = time.time()
             self._check(self.pending)
 
@@ -321,7 +320,7 @@ def _wait_count(client: redis.Redis, n: int, procs: Procs, deadline: float) -> i
 
 def _reset_counters(client: redis.Redis) -> None:
     client.delete(
-        done_counter.DONE_KEY, done_counter.LAST_KEY, done_counter.PUBLISH_KEY, celery_runs.CHORD_DONE_KEY
+        done_counter.DONE_KEY, done_counter.LAST_KEY, done_counter.PUBLISH_KEY, done_counter.CHORD_DONE_KEY
     )
 
 
@@ -547,7 +546,8 @@ def baton_fanout(srv: Servers, width: int, workers: int, timeout: float) -> dict
     try:
         load_workflows(path)
     except Exception as exc:  # a ceiling below W: say so instead of starting anything
-        return {"ok": False, "width": width, "error": f"workflow refused: {str(exc).splitlines()[0][:300]}"}
+        reason = " ".join(line.strip() for line in str(exc).splitlines()[1:]) or str(exc)
+        return {"ok": False, "width": width, "error": f"the workflow file is refused: {reason[:300]}"}
     client = srv.clean()
     stack = srv.stack(f"fanout-{width}", workers=workers, workflows=path)
     try:
@@ -617,7 +617,7 @@ def celery_chord(srv: Servers, widths: list[int], workers: int, timeout_of) -> d
 
 def _chord_done(client: redis.Redis, width: int, procs: Procs, deadline: float) -> float | None:
     while time.time() < deadline:
-        done = client.hgetall(celery_runs.CHORD_DONE_KEY)
+        done = client.hgetall(done_counter.CHORD_DONE_KEY)
         if done and int(done[b"parts"]) == width:
             return float(done[b"at"])
         procs.check_alive()

@@ -16,10 +16,9 @@ import time
 import redis
 from celery import Celery, chain, chord
 
-from bench.baselines.counter import DoneCounter, mark_published
+from bench.baselines.counter import CHORD_DONE_KEY, DoneCounter, mark_published
 
 URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/0")
-CHORD_DONE_KEY = "bench:chord:done"  # hash: at (callback's time), parts (results it received)
 
 app = Celery("bench-runs", broker=URL, backend=URL)
 app.conf.update(

@@ -15,6 +15,7 @@ DONE_KEY = "bench:done"  # completions so far (INCRBY)
 FIRST_KEY = "bench:first"  # hash: consumer process -> time of its first completion
 LAST_KEY = "bench:last"  # hash: consumer process -> time of its latest completion (with `last=True`)
 PUBLISH_KEY = "bench:publish"  # hash: start, end (a publisher's own clock, after its imports)
+CHORD_DONE_KEY = "bench:chord:done"  # hash: at (a chord callback's time), parts (results it received)
 FLUSH_EVERY = 0.005
 
 
