@@ -486,7 +486,8 @@ def runs_table(results: dict) -> list[str]:
             f"Burst: {burst['runs']:,} runs of {burst['stages']} no-op stages published at once, "
             f"{burst['workers']} worker processes each (Baton: + 1 supervisor, router, notifier); "
             "Baton/peer: Baton's runs/s over the peer's",
-            f"{'system':38} {'runs/s':>8} {'Baton/peer':>10} {'seconds':>8} {'publish s':>9}  notes",
+            f"{'system':38} {'runs/s':>8} {'Baton/peer':>10} {'seconds':>8} {'publish s':>9} "
+            f"{'other':>6}  notes",
         ]
         for system, r in burst["systems"].items():
             ratio = burst.get("baton_over_peer", {}).get(system)
@@ -495,7 +496,8 @@ def runs_table(results: dict) -> list[str]:
                 note = (note + f" supervisor logged {r['supervisor_log']['error']:,} errors").strip()
             lines.append(
                 f"{_burst_label(system):38} {_fmt(r.get('runs_per_s')):>8} {_fmt(ratio, '.2f'):>10} "
-                f"{_fmt(r.get('seconds'), '.2f'):>8} {_fmt(r.get('publish_s'), '.2f'):>9}  {note}"
+                f"{_fmt(r.get('seconds'), '.2f'):>8} {_fmt(r.get('publish_s'), '.2f'):>9} "
+                f"{_other(r):>6}  {note}"
             )
     for k, sw in (results.get("sweep") or {}).items():
         if not sw.get("steps"):
@@ -509,14 +511,14 @@ def runs_table(results: dict) -> list[str]:
             f"rate: capacity {_fmt(capacity, ',.0f', 'none')} runs/s (highest rate with p99 hop < "
             f"{sw['hop_budget_ms']:g} ms{capped})",
             f"{'runs/s target':>14} {'achieved':>9} {'hop p50 ms':>11} {'hop p99 ms':>11} {'e2e p99 ms':>11} "
-            f"{'sup cores':>9} {'unfinished':>10}",
+            f"{'sup cores':>9} {'unfinished':>10} {'other':>6}",
         ]
         for st in sw["steps"]:
             lines.append(
                 f"{st['target_runs_per_s']:>14,g} {st['achieved_runs_per_s']:>9,.1f} "
                 f"{_fmt(st['hop_p50_ms'], '.1f'):>11} {_fmt(st['hop_p99_ms'], '.1f'):>11} "
                 f"{_fmt(st['end_to_end_p99_ms'], '.1f'):>11} {st.get('supervisor_cores', 0):>9.2f} "
-                f"{st['unfinished']:>10}{'' if st['ok'] else '  over'}"
+                f"{st['unfinished']:>10} {_other(st):>6}{'' if st['ok'] else '  over'}"
             )
     fan = results.get("fanout")
     if fan:
@@ -525,7 +527,7 @@ def runs_table(results: dict) -> list[str]:
             f"Fan-out: one hierarchical run of W no-op subtasks and an aggregator ({fan['workers']} "
             "workers), beside a Celery chord of W no-op tasks and a callback",
             f"{'W':>7} {'Baton s':>9} {'subtasks/s':>11} {'sup ms CPU/subtask':>19} {'chord s':>9} "
-            f"{'chord worker ms CPU/subtask':>28}",
+            f"{'chord worker ms CPU/subtask':>28} {'other':>6}",
         ]
         chords = fan.get("celery_chord") or {}
         for w, r in fan["baton"].items():
@@ -535,7 +537,7 @@ def runs_table(results: dict) -> list[str]:
             lines.append(
                 f"{int(w):>7,} {baton_s:>9} {_fmt(r.get('subtasks_per_s')):>11} "
                 f"{_fmt(r.get('supervisor_cpu_ms_per_subtask'), '.3f'):>19} {chord_s:>9} "
-                f"{_fmt(c.get('worker_cpu_ms_per_subtask'), '.3f'):>28}"
+                f"{_fmt(c.get('worker_cpu_ms_per_subtask'), '.3f'):>28} {_other(r):>6}"
             )
             if not r.get("ok"):
                 lines.append(f"{'':7} Baton W={int(w):,}: {r.get('error', '')[:150]}")
@@ -546,7 +548,15 @@ def runs_table(results: dict) -> list[str]:
                 f"supervisor CPU per subtask, widest over narrowest: {fan['cpu_per_subtask_growth']:.2f}x "
                 "(target: within 1.5x)"
             )
+    if any("!" in line for line in lines):
+        lines.append(f"! something else used more than {BUSY_CORES} cores meanwhile: those figures are low")
     return lines
+
+
+def _other(r: dict) -> str:
+    """Cores something else used meanwhile, flagged above BUSY_CORES."""
+    other = r.get("other_cpu_cores")
+    return "-" if other is None else f"{other:.2f}" + ("!" if other > BUSY_CORES else "")
 
 
 def markdown(results: dict) -> str:

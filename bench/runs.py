@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import resource
 import secrets
 import subprocess
 import time
@@ -35,7 +36,7 @@ import yaml
 
 from bench import stack as full_stack
 from bench.baselines import counter as done_counter
-from bench.common import ROOT, Procs, cpu_seconds, descendants, percentile, python
+from bench.common import ROOT, Procs, cpu_seconds, descendants, machine_busy_seconds, percentile, python
 from shared import streams
 from shared.broker import DATA_FIELD, encode
 from shared.events import TERMINAL_RUN_EVENTS, RunSubmitted
@@ -84,6 +85,25 @@ def _cpu(pids: list[int]) -> float:
 
 def _pids(stack: full_stack.Stack, service: str) -> list[int]:
     return [p.pid for h, p in stack.procs.items() if h.startswith(service + "-")]
+
+
+class Elsewhere:
+    """Cores the rest of the machine used meanwhile: everything but this process and what it started (the
+    servers, the stacks, the peers' workers, and publishers that have exited). Above 0.25 a figure is low."""
+
+    def __enter__(self) -> Elsewhere:
+        self.start = (time.time(), machine_busy_seconds(), self._ours())
+        return self
+
+    @staticmethod
+    def _ours() -> float:
+        gone = resource.getrusage(resource.RUSAGE_CHILDREN)
+        return _cpu([os.getpid()]) + gone.ru_utime + gone.ru_stime
+
+    def __exit__(self, *exc) -> None:
+        t0, machine0, ours0 = self.start
+        other = (machine_busy_seconds() - machine0) - (self._ours() - ours0)
+        self.cores = round(max(other, 0.0) / max(time.time() - t0, 1e-6), 2)
 
 
 def _log_problems(stack: full_stack.Stack, service: str) -> dict[str, int]:
@@ -210,11 +230,12 @@ def baton_burst(srv: Servers, n: int, workers: int, timeout: float) -> dict:
         watch = RunWatch(client, list(runs))
         supervisor, worker = _pids(stack, "supervisor"), _pids(stack, "worker")
         cpu0 = (_cpu(supervisor), _cpu(worker), _cpu(list(p.pid for p in stack.procs.values())))
-        t0 = time.time()
-        _submit_all(client, list(runs.values()))
-        published = time.time()
-        finished = watch.wait(timeout)
-        cpu1 = (_cpu(supervisor), _cpu(worker), _cpu(list(p.pid for p in stack.procs.values())))
+        with Elsewhere() as elsewhere:
+            t0 = time.time()
+            _submit_all(client, list(runs.values()))
+            published = time.time()
+            finished = watch.wait(timeout)
+            cpu1 = (_cpu(supervisor), _cpu(worker), _cpu(list(p.pid for p in stack.procs.values())))
         problems = _log_problems(stack, "supervisor")
     finally:
         stack.stop_all()
@@ -237,6 +258,7 @@ def baton_burst(srv: Servers, n: int, workers: int, timeout: float) -> dict:
         "worker_cpu_s": round(cpu1[1] - cpu0[1], 2),
         "stack_cpu_s": round(cpu1[2] - cpu0[2], 2),
         "supervisor_log": problems,
+        "other_cpu_cores": elsewhere.cores,
         "workers": workers,
         "supervisors": 1,
         "done_at": "run.completed (created_at, stamped by the supervisor)",
@@ -334,11 +356,12 @@ def peer_burst(srv: Servers, name: str, n: int, workers: int, timeout: float) ->
             raise RuntimeError(f"{name}: the warm-up runs did not finish in 60 s")
         _reset_counters(client)
         cpu0 = _cpu(procs.pids)
-        _publisher(srv, name, "publish", n, timeout)
-        publish = {k.decode(): float(v) for k, v in client.hgetall(done_counter.PUBLISH_KEY).items()}
-        count = _wait_count(client, n, procs, publish["start"] + timeout)
-        time.sleep(0.02)  # the counters' last flush
-        cpu1 = _cpu(procs.pids)
+        with Elsewhere() as elsewhere:
+            _publisher(srv, name, "publish", n, timeout)
+            publish = {k.decode(): float(v) for k, v in client.hgetall(done_counter.PUBLISH_KEY).items()}
+            count = _wait_count(client, n, procs, publish["start"] + timeout)
+            time.sleep(0.02)  # the counters' last flush
+            cpu1 = _cpu(procs.pids)
         ends = [float(v) for v in client.hvals(done_counter.LAST_KEY)]
     finally:
         procs.stop()
@@ -352,6 +375,7 @@ def peer_burst(srv: Servers, name: str, n: int, workers: int, timeout: float) ->
         "seconds": round(seconds, 3),
         "publish_s": round(publish["end"] - publish["start"], 3),
         "worker_cpu_s": round(cpu1 - cpu0, 2),
+        "other_cpu_cores": elsewhere.cores,
         "workers": workers,
         "done_at": "the last task of the run finished (its own clock, flushed every 5 ms)",
     }
@@ -472,7 +496,9 @@ def sweep(srv: Servers, supervisors: int, rates: list[float], seconds: float, wo
         _warm(client)
         for rate in rates:
             cpu0, t0 = _cpu(_pids(stack, "supervisor")), time.time()
-            step = _step(client, rate, seconds)
+            with Elsewhere() as elsewhere:
+                step = _step(client, rate, seconds)
+            step["other_cpu_cores"] = elsewhere.cores
             used = _cpu(_pids(stack, "supervisor")) - cpu0
             step["supervisor_cores"] = round(used / (time.time() - t0), 2)
             steps.append(step)
@@ -554,11 +580,12 @@ def baton_fanout(srv: Servers, width: int, workers: int, timeout: float) -> dict
         [(run_id, fields)] = _runs(f"fan{width}", 1, "fanout", {"width": width}).items()
         supervisor, worker = _pids(stack, "supervisor"), _pids(stack, "worker")
         cpu0 = (_cpu(supervisor), _cpu(worker))
-        t0 = time.time()
-        client.xadd(streams.RUNS, fields)
-        end = _wait_run(client, run_id, t0 + timeout)
-        waited = time.time() - t0
-        cpu1 = (_cpu(supervisor), _cpu(worker))
+        with Elsewhere() as elsewhere:
+            t0 = time.time()
+            client.xadd(streams.RUNS, fields)
+            end = _wait_run(client, run_id, t0 + timeout)
+            waited = time.time() - t0
+            cpu1 = (_cpu(supervisor), _cpu(worker))
         problems = _log_problems(stack, "supervisor")
     finally:
         stack.stop_all()
@@ -569,6 +596,7 @@ def baton_fanout(srv: Servers, width: int, workers: int, timeout: float) -> dict
         "supervisor_cpu_ms_per_subtask": round(sup / width * 1000, 3),
         "worker_cpu_s": round(cpu1[1] - cpu0[1], 2),
         "supervisor_log": problems,
+        "other_cpu_cores": elsewhere.cores,
     }
     if end is None:
         return {**result, "ok": False, "error": f"no terminal event after {timeout:g} s", "seconds": waited}
@@ -593,15 +621,17 @@ def celery_chord(srv: Servers, widths: list[int], workers: int, timeout_of) -> d
             _reset_counters(client)
             cpu0 = _cpu(procs.pids)
             try:
-                _publisher(srv, "celery", "chord", width, timeout_of(width))
-                start = float(client.hget(done_counter.PUBLISH_KEY, "start"))
-                at = _chord_done(client, width, procs, start + timeout_of(width))
+                with Elsewhere() as elsewhere:
+                    _publisher(srv, "celery", "chord", width, timeout_of(width))
+                    start = float(client.hget(done_counter.PUBLISH_KEY, "start"))
+                    at = _chord_done(client, width, procs, start + timeout_of(width))
             except Exception as exc:
                 out[str(width)] = {"ok": False, "width": width, "error": f"{type(exc).__name__}: {exc}"[:500]}
                 print(f": FAILED {out[str(width)]['error'][:200]}", flush=True)
                 continue
             cpu = _cpu(procs.pids) - cpu0
             r = {"ok": at is not None, "width": width, "worker_cpu_s": round(cpu, 2)}
+            r["other_cpu_cores"] = elsewhere.cores
             r["worker_cpu_ms_per_subtask"] = round(cpu / width * 1000, 3)
             if at is None:
                 r["error"] = f"the callback had not run after {timeout_of(width):g} s"
