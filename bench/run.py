@@ -534,10 +534,12 @@ def runs_table(results: dict) -> list[str]:
             c = chords.get(w, {}) if isinstance(chords, dict) else {}
             baton_s = _fmt(r.get("seconds"), ".2f") if r.get("ok") else "failed"
             chord_s = _fmt(c.get("seconds"), ".2f") if c.get("ok") else ("failed" if c else "-")
+            others = [x["other_cpu_cores"] for x in (r, c) if x.get("other_cpu_cores") is not None]
+            busiest = {"other_cpu_cores": max(others)} if others else {}
             lines.append(
                 f"{int(w):>7,} {baton_s:>9} {_fmt(r.get('subtasks_per_s')):>11} "
                 f"{_fmt(r.get('supervisor_cpu_ms_per_subtask'), '.3f'):>19} {chord_s:>9} "
-                f"{_fmt(c.get('worker_cpu_ms_per_subtask'), '.3f'):>28} {_other(r):>6}"
+                f"{_fmt(c.get('worker_cpu_ms_per_subtask'), '.3f'):>28} {_other(busiest):>6}"
             )
             if not r.get("ok"):
                 lines.append(f"{'':7} Baton W={int(w):,}: {r.get('error', '')[:150]}")

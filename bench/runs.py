@@ -129,7 +129,7 @@ class RunWatch:
         self.ended: dict[str, tuple[str, float]] = {}
         last = client.xrevrange(streams.RESULTS, count=1)
         self.cursor = last[0][0] if last else b"0-0"  # only what comes after this point
-        self.swept_at = time.time()
+        self.swept_at = self.checked_at = time.time()
 
     def _read(self, block_ms: int | None) -> None:
         reply = self.client.xread({streams.RESULTS: self.cursor}, count=5000, block=block_ms)
@@ -167,7 +167,8 @@ class RunWatch:
     def poll(self, block_ms: int | None = 20) -> None:
         """Read what the workers reported since the last call (waiting up to `block_ms`; None: not at all)."""
         self._read(block_ms)
-        if self.candidates:
+        if self.candidates and time.time() - self.checked_at >= 0.05:  # a late run.completed: not too often
+            self.checked_at = time.time()
             self._check(self.candidates)
         if time.time() - self.swept_at > 5.0:  # the safety net: a run that failed before any task ran
             self.swept_at = time.time()
@@ -599,7 +600,12 @@ def baton_fanout(srv: Servers, width: int, workers: int, timeout: float) -> dict
         "other_cpu_cores": elsewhere.cores,
     }
     if end is None:
-        return {**result, "ok": False, "error": f"no terminal event after {timeout:g} s", "seconds": waited}
+        return {
+            **result,
+            "ok": False,
+            "error": f"no terminal event after {timeout:g} s",
+            "waited_s": round(waited, 1),
+        }
     seconds = _ts(end["created_at"]) - t0
     result.update(ok=end["type"] == "run.completed", seconds=round(seconds, 3))
     result["subtasks_per_s"] = round(width / seconds, 1) if seconds > 0 else None
