@@ -63,6 +63,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--peers", default=",".join(whole_runs.PEERS), help="burst peers (Dramatiq, Celery, Taskiq pipelines)"
     )
     p.add_argument(
+        "--burst-supervisors",
+        default="1",
+        help="Baton's burst with these supervisor replica counts (e.g. 1,2)",
+    )
+    p.add_argument(
         "--run-workers", type=int, default=2, help="worker processes in the whole-run scenarios (all systems)"
     )
     p.add_argument(
@@ -301,7 +306,9 @@ def main(argv: list[str] | None = None) -> None:
         if "burst" in only:
             timeout = args.burst_timeout or 60 + args.burst_n / 40
             peers = [p.strip() for p in args.peers.split(",") if p.strip()]
-            results["burst"] = whole_runs.burst(srv, args.burst_n, args.run_workers, peers, timeout)
+            results["burst"] = whole_runs.burst(
+                srv, args.burst_n, args.run_workers, peers, timeout, _ints(args.burst_supervisors)
+            )
         if "sweep" in only:
             rates = [float(r) for r in args.sweep_rates.split(",") if r.strip()]
             results["sweep"] = {}
@@ -469,7 +476,11 @@ def table(results: dict) -> str:
 
 
 def _burst_label(system: str) -> str:
-    return "Baton (XADD RunSubmitted)" if system == "baton" else whole_runs.PEER_LABELS.get(system, system)
+    if system == "baton":
+        return "Baton (XADD RunSubmitted)"
+    if system.startswith("baton-"):
+        return f"Baton, {system.removeprefix('baton-')} supervisors"
+    return whole_runs.PEER_LABELS.get(system, system)
 
 
 def _fmt(x, spec: str = ",.0f", none: str = "-") -> str:
@@ -492,7 +503,7 @@ def runs_table(results: dict) -> list[str]:
         for system, r in burst["systems"].items():
             ratio = burst.get("baton_over_peer", {}).get(system)
             note = "" if r.get("ok") else f"FAILED: {r.get('error', '')[:70]}"
-            if system == "baton" and r.get("supervisor_log", {}).get("error"):
+            if r.get("supervisor_log", {}).get("error"):
                 note = (note + f" supervisor logged {r['supervisor_log']['error']:,} errors").strip()
             lines.append(
                 f"{_burst_label(system):38} {_fmt(r.get('runs_per_s')):>8} {_fmt(ratio, '.2f'):>10} "

@@ -222,9 +222,9 @@ def _summary(seconds: list[float]) -> dict:
 # --- 6. burst -------------------------------------------------------------------------------------------
 
 
-def baton_burst(srv: Servers, n: int, workers: int, timeout: float) -> dict:
+def baton_burst(srv: Servers, n: int, workers: int, timeout: float, supervisors: int = 1) -> dict:
     client = srv.clean()
-    stack = srv.stack("burst-baton", workers=workers)
+    stack = srv.stack(f"burst-baton-{supervisors}", workers=workers, supervisors=supervisors)
     try:
         _warm(client)
         runs = _runs("burst", n)
@@ -261,7 +261,7 @@ def baton_burst(srv: Servers, n: int, workers: int, timeout: float) -> dict:
         "supervisor_log": problems,
         "other_cpu_cores": elsewhere.cores,
         "workers": workers,
-        "supervisors": 1,
+        "supervisors": supervisors,
         "done_at": "run.completed (created_at, stamped by the supervisor)",
     }
     if not finished:
@@ -385,20 +385,27 @@ def peer_burst(srv: Servers, name: str, n: int, workers: int, timeout: float) ->
     return result
 
 
-def burst(srv: Servers, n: int, workers: int, peers: list[str], timeout: float) -> dict:
+def burst(
+    srv: Servers, n: int, workers: int, peers: list[str], timeout: float, supervisors: list[int] = (1,)
+) -> dict:
+    """Baton with each count of supervisor replicas (`baton`, `baton-2`...), then each peer; the ratios
+    are one supervisor's runs/s over each peer's."""
     out: dict = {"runs": n, "stages": STAGES, "workers": workers, "systems": {}}
-    systems = [("baton", lambda: baton_burst(srv, n, workers, timeout))]
+    systems = [
+        ("baton" if k == 1 else f"baton-{k}", lambda k=k: baton_burst(srv, n, workers, timeout, k))
+        for k in supervisors
+    ]
     systems += [(p, lambda p=p: peer_burst(srv, p, n, workers, timeout)) for p in peers]
     for name, run in systems:
         print(f"- burst of {n:,} runs: {name}", end="", flush=True)
         r = _attempt(run)
         out["systems"][name] = r
         print(f": {r['runs_per_s']:,.0f} runs/s" if r.get("ok") else f": FAILED {r.get('error', '')[:300]}")
-    baton = out["systems"]["baton"]
+    baton = out["systems"].get("baton", {})
     out["baton_over_peer"] = {
         p: round(baton["runs_per_s"] / r["runs_per_s"], 2)
         for p, r in out["systems"].items()
-        if p != "baton" and r.get("ok") and baton.get("ok") and r["runs_per_s"]
+        if not p.startswith("baton") and r.get("ok") and baton.get("ok") and r["runs_per_s"]
     }
     return out
 
