@@ -266,8 +266,12 @@ def baton_burst(srv: Servers, n: int, workers: int, timeout: float, supervisors:
     }
     if not finished:
         result["error"] = f"{len(watch.pending)} of {n} runs had not ended after {timeout:g} s"
-    elif failed:
-        result["error"] = f"{failed} of {n} runs failed"
+        result["unfinished_sample"] = sorted(watch.pending)[:5]
+    if failed:
+        result["error"] = (result.get("error", "") + f"; {failed} of {n} runs failed").lstrip("; ")
+        result["failed_sample"] = sorted(
+            r for r, (kind, _t) in watch.ended.items() if kind != "run.completed"
+        )[:5]
     return result
 
 
