@@ -154,15 +154,15 @@ class RunWatch:
             chunk = run_ids[start : start + 500]
             pipe = self.client.pipeline(transaction=False)
             for run_id in chunk:
-                pipe.xrevrange(streams.run_events(run_id), count=1)
+                pipe.xrevrange(streams.run_events(run_id), count=3)  # a late note may follow the end
             for run_id, last in zip(chunk, pipe.execute(), strict=True):
-                if not last:
-                    continue
-                event = json.loads(last[0][1][DATA])
-                if event.get("type") in TERMINAL_RUN_EVENTS:
-                    self.ended[run_id] = (event["type"], _ts(event["created_at"]))
-                    self.pending.discard(run_id)
-                    self.candidates.discard(run_id)
+                for _id, fields in last:
+                    event = json.loads(fields[DATA])
+                    if event.get("type") in TERMINAL_RUN_EVENTS:
+                        self.ended[run_id] = (event["type"], _ts(event["created_at"]))
+                        self.pending.discard(run_id)
+                        self.candidates.discard(run_id)
+                        break
 
     def poll(self, block_ms: int | None = 20) -> None:
         """Read what the workers reported since the last call (waiting up to `block_ms`; None: not at all)."""
