@@ -76,7 +76,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--sweep-rates",
         default=",".join(str(r) for r in whole_runs.RATES),
-        help="runs/s of the sustained sweep, in order; it stops after two steps over the hop budget",
+        help="runs/s of the sweep, in order; it stops once saturated or after three steps over budget",
     )
     p.add_argument("--sweep-seconds", type=float, default=5.0, help="seconds each sweep step submits")
     p.add_argument("--supervisors", default="1,2", help="supervisor replicas to sweep")

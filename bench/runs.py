@@ -499,8 +499,20 @@ def _step(client: redis.Redis, rate: float, seconds: float) -> dict:
     }
 
 
+def saturated(step: dict) -> bool:
+    """Past capacity for sure: runs left unfinished, the typical hop over budget, or the rate not kept."""
+    p50 = step.get("hop_p50_ms")
+    return bool(
+        step["unfinished"]
+        or p50 is None
+        or p50 >= HOP_BUDGET_MS
+        or step["achieved_runs_per_s"] < 0.95 * step["target_runs_per_s"]
+    )
+
+
 def sweep(srv: Servers, supervisors: int, rates: list[float], seconds: float, workers: int) -> dict:
-    """Step the rate up until two steps in a row miss the budget (or one leaves runs unfinished)."""
+    """Step the rate up until the supervisor is saturated (`saturated`), or three steps in a row missed the
+    budget: a noisy p99 at one rate does not end the sweep, a queue that grows does."""
     client = srv.clean()
     stack = srv.stack(f"sweep-{supervisors}", workers=workers, supervisors=supervisors)
     steps, misses = [], 0
@@ -520,7 +532,7 @@ def sweep(srv: Servers, supervisors: int, rates: list[float], seconds: float, wo
                 flush=True,
             )
             misses = 0 if step["ok"] else misses + 1
-            if misses >= 2 or step["unfinished"]:
+            if misses >= 3 or saturated(step):
                 break
             time.sleep(0.5)
         problems = _log_problems(stack, "supervisor")

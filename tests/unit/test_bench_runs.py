@@ -111,3 +111,20 @@ def test_tables_render_failures_instead_of_crashing():
     md = "\n".join(bench_run.runs_markdown(RESULTS))
     assert "| Dramatiq pipeline, 8 threads/process | 600 | 1.50 | 0.50 |" in md
     assert "| 10,000 | failed |" in md
+
+
+def step(p50, unfinished=0, achieved=100.0):
+    return {
+        "hop_p50_ms": p50,
+        "unfinished": unfinished,
+        "target_runs_per_s": 100.0,
+        "achieved_runs_per_s": achieved,
+    }
+
+
+def test_a_sweep_goes_on_past_a_noisy_step_and_stops_at_saturation():
+    assert not runs.saturated(step(3.0))  # a p99 spike alone is noise
+    assert runs.saturated(step(25.0))  # the typical hop is over budget: the queue grows
+    assert runs.saturated(step(3.0, unfinished=4))
+    assert runs.saturated(step(3.0, achieved=80.0))  # the submitter could not keep the rate
+    assert runs.saturated(step(None))  # no run completed
