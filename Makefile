@@ -73,7 +73,7 @@ test-unit: install  ## the fast tests only (no servers)
 	$(BIN)/python -m pytest tests/unit
 
 lint: install
-	$(BIN)/ruff check shared services baton examples tests scripts
+	$(BIN)/ruff check shared services baton examples tests scripts bench
 
 docs: install  ## AsyncAPI documents per service, generated from the code
 	$(BIN)/python -m baton.docs --out docs/asyncapi

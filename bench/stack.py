@@ -45,14 +45,18 @@ def start_stack(
     token: str,
     workers: int = 2,
     extra: dict[str, str] | None = None,
+    supervisors: int = 1,
+    workflows: Path = WORKFLOWS,
 ) -> Stack:
-    env = local_env(redis_url, s3_url, WORKFLOWS, notifier_port, token)
+    """The services as `baton dev up` starts them; replicas of a service share its group under their own
+    consumer names (the handle, e.g. `supervisor-2`)."""
+    env = local_env(redis_url, s3_url, workflows, notifier_port, token)
     env["BATON_CWD"] = str(ROOT)
     env.update(extra or {})
     asyncio.run(init_workspace(Settings(**settings_kwargs(env))))
     stack = Stack(root, env)
     try:
-        for name in ("notifier", "supervisor", "router", *["worker"] * workers):
+        for name in ("notifier", *["supervisor"] * supervisors, "router", *["worker"] * workers):
             stack.start(name)
     except BaseException:
         stack.stop_all()

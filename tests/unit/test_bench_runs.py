@@ -1,0 +1,130 @@
+"""The whole-run benchmark's own logic (bench/runs.py), without servers: hop arithmetic, the generated
+fan-out workflow, and tables that still render when a system failed. No timing is asserted."""
+
+from bench import run as bench_run
+from bench import runs
+from shared.workflow import load_workflows
+
+
+def at(ms: float) -> str:
+    return f"2026-01-01T00:00:00.{int(ms * 1000):06d}+00:00"
+
+
+def test_hops_run_from_each_stage_to_the_next_and_the_last_to_run_completed():
+    events = [
+        {"type": "run.started", "created_at": at(0)},
+        {"type": "task.assigned", "stage": 0, "created_at": at(1)},
+        {"type": "task.completed", "created_at": at(2)},
+        {"type": "task.assigned", "stage": 1, "created_at": at(4)},
+        {"type": "task.assigned", "stage": 1, "created_at": at(9)},  # a second attempt: the first counts
+        {"type": "task.assigned", "stage": 2, "created_at": at(10)},
+        {"type": "run.completed", "created_at": at(13)},
+    ]
+    assert [round(h * 1000, 3) for h in runs.hops(events)] == [3.0, 6.0, 3.0]
+
+
+def test_a_run_that_did_not_complete_has_no_hops():
+    events = [{"type": "task.assigned", "stage": 0, "created_at": at(1)}, {"type": "run.failed"}]
+    assert runs.hops(events) == []
+
+
+def test_fanout_workflow_sets_max_subtasks_to_the_width(tmp_path):
+    path = runs.fanout_workflows(tmp_path, 100)
+    wf = load_workflows(path).workflows["fanout"]
+    assert (wf.pattern, wf.max_subtasks, wf.workers, wf.aggregator) == (
+        "hierarchical",
+        100,
+        ["noop"],
+        "collect",
+    )
+
+
+def test_a_width_over_the_ceiling_is_reported_not_started(tmp_path):
+    srv = runs.Servers("redis://127.0.0.1:1/0", "http://127.0.0.1:1", 1, "t", tmp_path)
+    r = runs.baton_fanout(srv, 10**7, workers=2, timeout=1)  # no server is reached: refused first
+    assert r["ok"] is False and "max_subtasks" in r["error"]
+
+
+RESULTS = {
+    "burst": {
+        "runs": 300,
+        "stages": 3,
+        "workers": 2,
+        "systems": {
+            "baton": {"ok": True, "runs_per_s": 900.0, "seconds": 0.33, "publish_s": 0.01},
+            "dramatiq": {"ok": True, "runs_per_s": 600.0, "seconds": 0.5, "publish_s": 0.1},
+            "celery": {"ok": False, "error": "RuntimeError: celery exited", "runs_per_s": 0},
+        },
+        "baton_over_peer": {"dramatiq": 1.5},
+    },
+    "sweep": {
+        "1": {
+            "workers": 2,
+            "seconds_per_step": 5,
+            "hop_budget_ms": 20.0,
+            "capacity_runs_per_s": 100.0,
+            "steps": [
+                {
+                    "target_runs_per_s": 100.0,
+                    "achieved_runs_per_s": 99.8,
+                    "hop_p50_ms": 2.0,
+                    "hop_p99_ms": 6.0,
+                    "end_to_end_p99_ms": 20.0,
+                    "unfinished": 0,
+                    "ok": True,
+                },
+                {
+                    "target_runs_per_s": 200.0,
+                    "achieved_runs_per_s": 150.0,
+                    "hop_p50_ms": None,
+                    "hop_p99_ms": None,
+                    "end_to_end_p99_ms": None,
+                    "unfinished": 12,
+                    "ok": False,
+                },
+            ],
+        },
+        "2": {"ok": False, "error": "ServerError: supervisor-3 exited"},
+    },
+    "fanout": {
+        "workers": 2,
+        "baton": {
+            "100": {
+                "ok": True,
+                "seconds": 1.0,
+                "subtasks_per_s": 100.0,
+                "supervisor_cpu_ms_per_subtask": 2.0,
+            },
+            "10000": {"ok": False, "error": "the workflow file is refused: max_subtasks"},
+        },
+        "celery_chord": {"100": {"ok": True, "seconds": 0.3, "worker_cpu_ms_per_subtask": 1.0}},
+    },
+}
+
+
+def test_tables_render_failures_instead_of_crashing():
+    text = "\n".join(bench_run.runs_table(RESULTS))
+    assert "FAILED: RuntimeError: celery exited" in text
+    assert "capacity 100 runs/s" in text
+    assert "Sustained sweep, 2 supervisor(s): FAILED" in text
+    assert "Baton W=10,000: the workflow file is refused" in text
+    md = "\n".join(bench_run.runs_markdown(RESULTS))
+    assert "| Dramatiq pipeline, 8 threads/process | 600 | 1.50 | 0.50 |" in md
+    assert "| 10,000 | failed |" in md
+
+
+def step(p50, unfinished=0, achieved=100.0):
+    return {
+        "hop_p50_ms": p50,
+        "unfinished": unfinished,
+        "target_runs_per_s": 100.0,
+        "achieved_runs_per_s": achieved,
+    }
+
+
+def test_a_sweep_goes_on_past_a_noisy_step_and_stops_at_saturation():
+    assert not runs.saturated(step(3.0))  # a p99 spike alone is noise
+    assert runs.saturated(step(25.0))  # the typical hop is over budget: the queue grows
+    assert runs.saturated(step(3.0, unfinished=4))
+    assert runs.saturated(step(3.0, achieved=80.0))  # the submitter could not keep the rate
+    assert runs.saturated(step(None))  # no run completed
