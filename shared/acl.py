@@ -168,10 +168,14 @@ def _worker_grants() -> list[Grant]:
         # EVAL: the batched outbox appends a batch of entries, with the done-marks of the outcomes among
         # them, in one small script (shared/batch.py); the XADD and HSET inside it are checked again
         # against the grants for their own keys.
-        Grant("report outcomes and dead letters", (streams.RESULTS, streams.DLQ), ("xadd",)),
+        Grant(
+            "report outcomes and dead letters; starts and progress straight to the run's own stream",
+            (streams.RESULTS, streams.DLQ, streams.run_events("*")),
+            ("xadd",),
+        ),
         Grant(
             "append outcomes together with their done-marks, atomically",
-            (streams.RESULTS, streams.DLQ, streams.run_done("*")),
+            (streams.RESULTS, streams.DLQ, streams.run_done("*"), streams.run_events("*")),
             ("eval",),
         ),
         Grant("see whether a run was cancelled", (streams.run_cancelled("*"),), ("exists",), read_only=True),

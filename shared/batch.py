@@ -96,12 +96,18 @@ class Outbox:
         return future
 
     def send(
-        self, stream: str, event: BaseModel, mark: tuple[str, str, str] | None = None
+        self,
+        stream: str,
+        event: BaseModel | None,
+        mark: tuple[str, str, str] | None = None,
+        data: bytes | None = None,
     ) -> asyncio.Future:
         """Append `event` to `stream` with the next pipeline. `mark` (hash key, field, value) is set in the
-        same script as the append: either both happen or neither."""
+        same script as the append: either both happen or neither. `data`: the event's JSON, if the caller
+        has it already."""
         future = asyncio.get_running_loop().create_future()
-        self._entries.setdefault(stream, []).append((encode(event)[DATA_FIELD], mark, future))
+        body = data if data is not None else encode(event)[DATA_FIELD]
+        self._entries.setdefault(stream, []).append((body, mark, future))
         self._schedule()
         return future
 

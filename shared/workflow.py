@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib
 import os
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Literal
@@ -25,6 +26,15 @@ from .errors import ConfigError
 from .events import ID_PATTERN
 from .llm import ENV_NAME, LLMConfig, Price
 from .workspace import normalize_prefix, validate_key
+
+# Runtimes of agent kinds other than `python`, registered by the layer that implements them
+# (`services/worker/llm.py` registers `llm`), so this module does not reach up into the services.
+RUNTIMES: dict[str, Callable[[AgentSpec], Callable]] = {}
+
+
+def register_runtime(kind: str, factory: Callable[[AgentSpec], Callable]) -> None:
+    """Make `kind: <kind>` agents loadable: `factory(spec)` returns the agent's handler."""
+    RUNTIMES[kind] = factory
 
 AgentName = Annotated[str, Field(pattern=ID_PATTERN)]
 
@@ -227,10 +237,13 @@ class AgentSpec(_Strict):
         )
 
     def load_handler(self):
-        if self.kind == "llm":
-            from services.worker.llm import make_handler  # the runtime of every `kind: llm` agent
-
-            return make_handler(self)
+        if self.kind != "python":
+            factory = RUNTIMES.get(self.kind)
+            if factory is None:
+                raise ConfigError(
+                    f"agent kind {self.kind!r} has no runtime here; registered: {sorted(RUNTIMES)}"
+                )
+            return factory(self)
         module, _, name = (self.handler or "").partition(":")
         try:
             return getattr(importlib.import_module(module), name)

@@ -55,6 +55,7 @@ def expected(service: str) -> dict[str, set[str]]:
     if service == "worker":
         return {
             streams.RESULTS: {SEND},
+            RUN_EVENTS: {SEND},  # a task's start and progress, straight to its run's stream
             **{streams.agent_stream(name): {RECEIVE} for name in python_agents},
             **dead_letters,
         }

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
+from services.worker import llm as _llm  # noqa: F401 - registers the runtime of `kind: llm` agents
 from shared import faults, streams
 from shared.broker import client_of, make_broker, subscribe
 from shared.classification import ClassifyRequest

@@ -5,7 +5,7 @@ from __future__ import annotations
 import posixpath
 from dataclasses import dataclass, field
 
-from shared.events import BaseEvent, ObjectRef, TaskAssigned, TaskCompleted, TaskFailed
+from shared.events import BaseEvent, ObjectRef, TaskAssigned, TaskCompleted, TaskFailed, new_id, utcnow
 from shared.runs import RunState, TaskSlot
 from shared.workflow import AgentSpec, WorkflowFile
 from shared.workspace import run_prefix
@@ -34,6 +34,7 @@ class Decision:
     copies: list[tuple[ObjectRef, str]] = field(default_factory=list)  # server-side copies to make
     retry: bool = False  # the assigned tasks are retries: publish them after the workflow's backoff
     human_event: BaseEvent | None = None  # set by the engine once the request file is written
+    encoded: dict[str, str] = field(default_factory=dict)  # the engine's JSON of each task, sent as is
 
     @staticmethod
     def ignore(why: str) -> Decision:
@@ -139,7 +140,9 @@ def retry_or_fail(
     policy = wf.retry_policy(workflows.agents.get(ev.agent or slot.task.agent or ""))
     state.note(f"{what} attempt {ev.attempt} failed: {ev.error}")
     if policy.retries(ev.retryable, ev.error, ev.attempt):
-        task = slot.task.model_copy(update={"attempt": ev.attempt + 1})
+        task = slot.task.model_copy(
+            update={"attempt": ev.attempt + 1, "event_id": new_id(), "created_at": utcnow()}
+        )
         add_task(state, task, slot.role, slot.key)
         return Decision(state=state, assign=[task], retry=True)
     tries = f"{ev.attempt} attempt{'s' if ev.attempt > 1 else ''}"

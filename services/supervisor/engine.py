@@ -31,7 +31,6 @@ from shared.events import (
     RunCompleted,
     RunFailed,
     TaskAssigned,
-    new_id,
     utcnow,
 )
 from shared.runs import CAUSE, TASK, Effects, HumanWait, Need, RunState, sync_waiting
@@ -122,6 +121,7 @@ class Engine:
         cause: str,
         loaded: Loaded | None = None,
         want: tuple[str, ...] = (),
+        first: RunState | None = None,
     ) -> Outcome:
         """Apply `choose(state) -> Decision` atomically (retried on a conflict), then carry it out.
 
@@ -132,7 +132,7 @@ class Engine:
         while True:
             if not loaded.exists:
                 return Outcome(None, None, loaded)
-            state = loaded.view()
+            state, first = first or loaded.view(), None  # (`first`: the caller's unchanged view of `loaded`)
             was_waiting = state.status == "waiting_for_human"
             try:
                 decision = choose(state)
@@ -176,23 +176,22 @@ class Engine:
         sendable = []
         for task in d.assign:
             try:
-                sendable.append(
-                    await self.fit(task.model_copy(update={"created_at": now, "event_id": new_id()}))
-                )
+                sendable.append(await self.fit(task))  # (a new event: decisions make each task anew)
             except ValueError as exc:  # never send what a consumer would refuse: the run fails instead
                 self.log.warning("task_not_sendable", task=task.task_id, error=str(exc))
                 fail(new, str(exc))
                 d.assign, d.human, d.copies, sendable = [], None, [], []
                 effects = Effects(index=was_waiting)
                 break
-        d.assign = sendable
-        for task in sendable:
+        d.assign = [task for task, _data in sendable]
+        d.encoded = {task.task_id: data for task, data in sendable}
+        for task, data in sendable:
             slot = new.tasks.get(task.task_id)
             if slot is not None and slot.task.attempt == task.attempt:
                 slot.task = task
             effects.tasks.append(task.task_id)
             if slot is None or slot.not_before is None:
-                ops.append(append(events, task))  # recorded first: a watcher sees it before its start
+                ops.append(("x", events, data))  # recorded first: a watcher sees it before its start
         if d.human and new.active:
             await self.ask(new, d)
             ops.append(append(events, d.human_event))
@@ -207,22 +206,22 @@ class Engine:
                 ops.append(expire(key, self.retention_s))
         return ops, effects
 
-    async def fit(self, task: TaskAssigned) -> TaskAssigned:
-        """The task as it can be sent: inputs too many for one event go in a manifest object (the worker
-        reads it into `ctx.inputs`); a task still too big is refused with the reason."""
+    async def fit(self, task: TaskAssigned) -> tuple[TaskAssigned, str]:
+        """The task as it can be sent, and its JSON: inputs too many for one event go in a manifest object
+        (the worker reads it into `ctx.inputs`); a task still too big is refused with the reason."""
         limit = self.settings.max_event_bytes
-        size = len(task.model_dump_json())
-        if size <= limit:
-            return task
+        data = task.model_dump_json()
+        if len(data) <= limit:
+            return task, data
         if task.inputs:
             body = json.dumps({n: r.model_dump(mode="json") for n, r in task.inputs.items()}).encode()
             ref = await self.storage.put(manifest_key(task), body, content_type="application/json")
             task = task.model_copy(update={"inputs": {}, "inputs_manifest": ref})
-            size = len(task.model_dump_json())
-            if size <= limit:
-                return task
+            data = task.model_dump_json()
+            if len(data) <= limit:
+                return task, data
         raise ValueError(
-            f"task {task.task_id} for {task.agent or 'the router'} is {size} bytes, over the "
+            f"task {task.task_id} for {task.agent or 'the router'} is {len(data)} bytes, over the "
             f"{limit}-byte event limit even with its inputs in a manifest: shorten its instruction or params"
         )
 
@@ -263,7 +262,7 @@ class Engine:
             await sync_waiting(self.redis, state)
         if effects.created is not None:
             await self.db.call("ZADD", streams.RUN_INDEX, effects.created, state.run_id)
-        await self.send(state, d.assign)
+        await self.send(state, d.assign, d.encoded)
         await self.copy_once(effects.copies)
         if effects.owed:  # done: what a redelivery would re-send is no longer needed
             self.db.call("HDEL", streams.run_state(state.run_id), CAUSE + cause)
@@ -278,7 +277,7 @@ class Engine:
             if self.on_waiting is not None:
                 await self.on_waiting(self, state)
 
-    async def send(self, state: RunState, tasks: list[TaskAssigned]) -> None:
+    async def send(self, state: RunState, tasks: list[TaskAssigned], encoded: dict | None = None) -> None:
         """Append tasks to their streams, or time them if their retry waits out a backoff."""
         writes = []
         now = utcnow()
@@ -287,7 +286,10 @@ class Engine:
             if slot is not None and slot.not_before is not None and slot.not_before > now:
                 writes.append(self.schedule(slot.not_before.timestamp(), "dispatch", task))
             else:
-                writes.append(self.db.send(self.dispatch_stream(task), task))
+                data = (encoded or {}).get(task.task_id)
+                writes.append(
+                    self.db.send(self.dispatch_stream(task), task, data=data.encode() if data else None)
+                )
         if writes:
             await asyncio.gather(*writes)
 

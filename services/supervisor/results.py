@@ -45,7 +45,7 @@ async def on_result(eng: Engine, event: TaskResult) -> None:
             return module.on_completed(s, wf, eng.workflows, event, docs)
         return module.on_failed(s, wf, eng.workflows, event, slot)
 
-    await eng.decide(event.run_id, choose, cause=event.event_id, loaded=loaded)
+    await eng.decide(event.run_id, choose, cause=event.event_id, loaded=loaded, first=state)
 
 
 async def schedule_deadline(eng: Engine, event: TaskStarted) -> None:

@@ -2,7 +2,8 @@
 
 Each hosted agent is a consumer group (named after the agent) on `baton:agent:<name>`; N worker processes
 share each group, so adding processes spreads the work. A worker is stateless: it reads its inputs by
-reference, writes its outputs, and reports started / completed / failed on `baton:results`.
+reference, writes its outputs, and reports completed / failed on `baton:results` (started and progress
+go straight to the run's own stream `baton:{<run_id>}:events`).
 """
 
 from __future__ import annotations
@@ -19,12 +20,21 @@ from shared import streams
 from shared.batch import Batched
 from shared.broker import client_of, encode, make_broker, subscribe
 from shared.errors import ConfigError, KeyValidationError, PermanentError
-from shared.events import TaskAssigned, TaskCompleted, TaskFailed, TaskResult, TaskStarted, Usage
+from shared.events import (
+    TaskAssigned,
+    TaskCompleted,
+    TaskFailed,
+    TaskProgress,
+    TaskResult,
+    TaskStarted,
+    Usage,
+)
 from shared.logging import configure_logging
 from shared.service import Resources, build_app
 from shared.settings import Settings
 from shared.workflow import load_workflows
 
+from . import llm as _llm  # noqa: F401 - registers the runtime of `kind: llm` agents
 from .runtime import AgentContext
 
 SERVICE = "worker"
@@ -43,8 +53,13 @@ def create_app(settings: Settings | None = None):
     handlers = {name: workflows.agents[name].load_handler() for name in hosted}
 
     broker = make_broker(settings, SERVICE)
-    results = broker.publisher(
-        stream=streams.RESULTS, title="results", schema=TaskResult, description="Task outcomes."
+    # Declared for the AsyncAPI document: events are written with `publish` below.
+    broker.publisher(stream=streams.RESULTS, title="results", schema=TaskResult, description="Task outcomes.")
+    broker.publisher(
+        stream=streams.run_events("{run_id}"),
+        title="task-news",
+        schema=TaskStarted | TaskProgress,
+        description="Starts and progress, to the run's stream (to results if its workflow times tasks).",
     )
     res = Resources(settings)
     # Batch mode (the default): each agent's consumer reads up to `batch` tasks at a time and runs them
@@ -52,12 +67,19 @@ def create_app(settings: Settings | None = None):
     # one round trip. With `batch` 0: one FastStream handler call per task.
     batched = Batched(settings, SERVICE) if settings.batch else None
 
-    async def publish(event) -> None:
+    async def publish(event, stream: str = streams.RESULTS) -> None:
         """Write one result event; it is durable when this returns."""
         if batched:
-            await batched.outbox.publish(streams.RESULTS, event)
+            await batched.outbox.publish(stream, event)
         else:
-            await results.publish(event)
+            await broker.publish(event, stream=stream)
+
+    def news_stream(event: TaskAssigned) -> str:
+        """Where a task's start and progress go: straight to the run's own stream (only the supervisor
+        would read them from `baton:results`, to copy them there), unless the supervisor must see the
+        start to time the task (its workflow has a `task_timeout`)."""
+        wf = workflows.workflows.get(event.workflow)
+        return streams.RESULTS if wf is not None and wf.task_timeout else streams.run_events(event.run_id)
 
     pools: list[ThreadPoolExecutor] = []
 
@@ -131,10 +153,11 @@ def create_app(settings: Settings | None = None):
                 await publish(TaskFailed(**common, error="run cancelled before the task started"))
                 return
             started_written = None
+            news = news_stream(event)
             if batched:  # written with the next pipeline: at the latest, in the same one as the outcome
-                started_written = batched.outbox.send(streams.RESULTS, TaskStarted(**common))
+                started_written = batched.outbox.send(news, TaskStarted(**common))
             else:
-                await results.publish(TaskStarted(**common))
+                await publish(TaskStarted(**common), news)
 
             async def report(outcome) -> None:
                 """Write the outcome and the attempt's done-mark atomically (one script, or MULTI/EXEC):
@@ -154,7 +177,9 @@ def create_app(settings: Settings | None = None):
                     if started_written is not None:
                         await started_written
 
-            ctx = AgentContext(event, agent, spec, res.storage, report=publish, cancelled=cancelled)
+            ctx = AgentContext(
+                event, agent, spec, res.storage, report=lambda p: publish(p, news), cancelled=cancelled
+            )
             started = time.perf_counter()
             deadline = asyncio.timeout(limit)
             try:

@@ -36,7 +36,7 @@ from shared.llm import (
     parse_classification,
     parse_json,
 )
-from shared.workflow import AgentSpec
+from shared.workflow import AgentSpec, register_runtime
 
 from .runtime import AgentContext
 
@@ -305,3 +305,6 @@ def output_path(ctx: AgentContext, spec: AgentSpec, kind: OutputKind) -> str:
         except (KeyError, IndexError) as exc:
             raise KeyError(f"output_path {spec.output_path!r}: this task has no input {exc}") from None
     return f"{spec.writes[0]}{ctx.agent}{'.json' if kind.structured else '.md'}"
+
+
+register_runtime("llm", make_handler)
