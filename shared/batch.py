@@ -235,6 +235,7 @@ class BatchConsumer:
         self.redis = None
         self.outbox: Outbox | None = None
         self._inflight: dict[asyncio.Task, bytes] = {}
+        self._freed = asyncio.Event()  # set when a handler finishes (O(1), where asyncio.wait is O(n))
         self._tasks: list[asyncio.Task] = []
 
     async def declare(self, redis, outbox: Outbox) -> None:
@@ -264,7 +265,8 @@ class BatchConsumer:
         while True:
             free = self.size - len(self._inflight)
             if free <= 0:
-                await asyncio.wait(list(self._inflight), return_when=asyncio.FIRST_COMPLETED)
+                self._freed.clear()
+                await self._freed.wait()
                 continue
             try:
                 async with asyncio.timeout(self.block_ms / 1000 + PIPELINE_TIMEOUT):
@@ -281,7 +283,11 @@ class BatchConsumer:
                 for entry_id, fields in entries:
                     task = asyncio.create_task(self._handle(entry_id, fields))
                     self._inflight[task] = entry_id
-                    task.add_done_callback(self._inflight.pop)
+                    task.add_done_callback(self._finished)
+
+    def _finished(self, task: asyncio.Task) -> None:
+        self._inflight.pop(task, None)
+        self._freed.set()
 
     async def _handle(self, entry_id: bytes, fields: dict[bytes, bytes]) -> None:
         # (its own task, its own copy of the read loop's context: no ids of another entry are bound)
