@@ -243,9 +243,10 @@ def cancel(
 
 @app.command("trim")
 def trim_() -> None:
-    """Trim the work streams below the oldest entry any consumer group still needs (never unacked work)."""
+    """Trim the work streams below the oldest entry any consumer group still needs (never unacked work);
+    drop dead letters and idle consumer names older than BATON_RETENTION_DAYS."""
     for stream, removed in asyncio.run(client.trim(settings())).items():
-        typer.echo(f"{stream}: {removed} entries removed")
+        typer.echo(f"{stream}: {removed} removed")
 
 
 dlq_app = typer.Typer(

@@ -365,14 +365,20 @@ async def dlq_replay(settings: Settings, entry_ids: list[str] | None = None) -> 
 REPLAYABLE = {streams.RUNS, streams.ROUTE, streams.RESULTS, streams.OBJECTS}
 
 
-async def trim(settings: Settings) -> dict[str, int]:
-    """Trim Baton's work streams below the oldest entry any consumer group still needs.
+async def trim(settings: Settings, now_ms: int | None = None) -> dict[str, int]:
+    """Trim Baton's work streams below the oldest entry any consumer group still needs; drop dead letters
+    and idle consumers older than the retention (`BATON_RETENTION_DAYS`).
 
     An entry is needed while it is pending in some group, or not yet delivered to some group; nothing
-    at or above that point is ever removed (XTRIM MINID), so unacknowledged work cannot be lost.
+    at or above that point is ever removed (XTRIM MINID), so unacknowledged work cannot be lost. A dead
+    letter goes once it is older than the retention and the supervisor has read it. A consumer name goes
+    once it has nothing pending and has not been seen for the retention (every restarted process has a
+    new name, so the names would otherwise pile up).
     """
     client = aioredis.Redis.from_url(settings.redis_url)
     removed: dict[str, int] = {}
+    keep_ms = int(settings.retention_days * 86_400_000)
+    now_ms = now_ms if now_ms is not None else int(utcnow().timestamp() * 1000)
     try:
         names = [streams.RUNS, streams.ROUTE, streams.RESULTS, streams.OBJECTS]
         async for key in client.scan_iter(match="baton:agent:*", _type="stream"):
@@ -381,6 +387,23 @@ async def trim(settings: Settings) -> dict[str, int]:
             floor = await safe_floor(client, name)
             if floor is not None:
                 removed[name] = await client.xtrim(name, minid=floor, approximate=False)
+        floor = await safe_floor(client, streams.DLQ)
+        cutoff = (now_ms - keep_ms, 0)
+        if floor is not None:
+            cutoff = min(cutoff, _id(floor))
+        minid = f"{cutoff[0]}-{cutoff[1]}"
+        removed[streams.DLQ] = await client.xtrim(streams.DLQ, minid=minid, approximate=False)
+        gone = 0
+        for name in [*names, streams.DLQ]:
+            try:
+                groups = await client.xinfo_groups(name)
+            except aioredis.ResponseError:
+                continue
+            for group in groups:
+                for consumer in await client.xinfo_consumers(name, group["name"]):
+                    if not consumer["pending"] and consumer["idle"] > keep_ms:
+                        gone += await client.xgroup_delconsumer(name, group["name"], consumer["name"])
+        removed["idle consumers"] = gone
     finally:
         await client.aclose()
     return removed

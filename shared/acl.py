@@ -257,9 +257,9 @@ def _cli_grants() -> list[Grant]:
         ),
         Grant("replay dead letters to the streams they came from", (*WORK_STREAMS, agents), ("xadd",)),
         Grant(
-            "trim below what every group still needs",
-            (*WORK_STREAMS, agents),
-            ("xinfo|groups", "xpending", "xtrim"),
+            "trim below what every group still needs; old dead letters; idle consumer names",
+            (*WORK_STREAMS, agents, streams.DLQ),
+            ("xinfo|groups", "xinfo|consumers", "xpending", "xtrim", "xgroup|delconsumer"),
         ),
     ]
 

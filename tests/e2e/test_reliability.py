@@ -196,6 +196,33 @@ async def test_trim_never_removes_unacknowledged_entries(settings):
     assert removed[stream] == 2 and left == ids[2:]
 
 
+async def test_trim_drops_old_dead_letters_and_idle_consumers_but_nothing_still_needed(settings):
+    short = settings.model_copy(update={"retention_days": 1 / 86_400})  # one second
+    r = aioredis.Redis.from_url(settings.redis_url)
+    stream = "baton:agent:trim-consumers"
+    try:
+        await r.delete(stream)
+        await r.xgroup_create(stream, "g", id="0", mkstream=True)
+        await r.xadd(stream, {"n": "1"})
+        await r.xreadgroup("g", "busy", {stream: ">"}, count=1)  # one entry pending on `busy`
+        await r.xreadgroup("g", "idle", {stream: ">"}, count=1)  # nothing for `idle`
+        letter = (await r.xadd(streams.DLQ, {"__data__": '{"note": "an old letter"}'})).decode()
+        await asyncio.sleep(1.5)
+        removed = await client.trim(short)
+        consumers = {c["name"].decode() for c in await r.xinfo_consumers(stream, "g")}
+        for _ in range(50):  # the supervisor reads dead letters too: once it has, the letter may go
+            removed = await client.trim(short)
+            if not await r.xrange(streams.DLQ, min=letter, max=letter):
+                break
+            await asyncio.sleep(0.1)
+        letters_left = await r.xrange(streams.DLQ, min=letter, max=letter)
+    finally:
+        await r.delete(stream)
+        await r.aclose()
+    assert consumers == {"busy"}, consumers  # the idle one went; the one with pending work stays
+    assert not letters_left and removed["idle consumers"] >= 0
+
+
 async def test_an_expired_lease_holder_is_refused_on_write(settings):
     from shared.locks import LeaseLocks, LeaseLostError
     from shared.storage import Storage
