@@ -48,7 +48,8 @@ PATTERNS = {
     "hierarchical": hierarchical,
     "bidirectional": bidirectional,
 }
-MAX_NEEDS = 20  # loads one decision may ask for; more means a decision that walks the whole run
+FIELDS_ONE_BY_ONE = 4  # fields a decision may ask for one at a time before all of their kind are read
+MAX_NEEDS = 20  # a guard: past FIELDS_ONE_BY_ONE, a decision can ask for at most one read per kind
 
 
 def human_request_key(run_id: str, task_id: str) -> str:
@@ -140,7 +141,9 @@ class Engine:
                 needs += 1
                 if needs > MAX_NEEDS:
                     raise RuntimeError(f"decision for run {run_id} kept asking for more fields") from None
-                await self.store.load_more(loaded, need.field)
+                # A few fields one by one (a subtask's dependents); past that, all of the kind at once
+                field = need.field if needs <= FIELDS_ONE_BY_ONE else need.field[:2]
+                await self.store.load_more(loaded, field)
                 continue
             if decision.ignored or decision.state is None:
                 await self.redo(loaded, cause)

@@ -83,3 +83,12 @@ async def test_an_invalid_plan_fails_the_run_clearly(settings):
     assert "dependency cycle" in events[-1].reason
     _run_id, events = await run(settings, "build", params={"plan": [sub("a", agent="stranger")]})
     assert "agent 'stranger' is not one of the workers" in events[-1].reason
+
+
+async def test_a_subtask_with_many_dependents_starts_them_all_when_accepted(settings):
+    """Accepting one subtask touches its dependents: a handful are read one by one, more all at once."""
+    plan = [sub("root")] + [sub(f"leaf{i}", inputs=["root"]) for i in range(30)]
+    _run_id, events = await run(settings, "build", params={"plan": plan}, timeout=90)
+    assert events[-1].type == "run.completed", events[-1]
+    leaves = {e.task_id for e in of_type(events, "task.completed") if ".sub.leaf" in e.task_id}
+    assert len(leaves) == 30
