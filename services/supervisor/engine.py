@@ -123,15 +123,19 @@ class Engine:
         loaded: Loaded | None = None,
         want: tuple[str, ...] = (),
         first: RunState | None = None,
+        record: BaseEvent | None = None,
     ) -> Outcome:
         """Apply `choose(state) -> Decision` atomically (retried on a conflict), then carry it out.
 
-        `cause`: the id of the event being handled; `loaded`: what the caller already read."""
+        `cause`: the id of the event being handled; `loaded`: what the caller already read; `record`: an
+        event for the run's stream, appended by the commit (or on its own if nothing is committed)."""
         if loaded is None:
             loaded = await self.store.load(run_id, *want, CAUSE + cause)
         needs = 0
         while True:
             if not loaded.exists:
+                if record is not None:
+                    await self.record(record)
                 return Outcome(None, None, loaded)
             state, first = first or loaded.view(), None  # (`first`: the caller's unchanged view of `loaded`)
             was_waiting = state.status == "waiting_for_human"
@@ -146,12 +150,16 @@ class Engine:
                 await self.store.load_more(loaded, field)
                 continue
             if decision.ignored or decision.state is None:
+                if record is not None:
+                    await self.record(record)
                 await self.redo(loaded, cause)
                 if decision.ignored:
                     self.log.info("event_ignored", reason=decision.ignored)
                 return Outcome(None, decision, loaded)
             new = decision.state
             ops, effects = await self.prepare(new, decision, was_waiting)
+            if record is not None:
+                ops.insert(0, append(streams.run_events(run_id), record))
             faults.point("supervisor.before_commit")  # the decision's files written, nothing committed
             if loaded.rev is None:  # a new run: listed in the run index once committed
                 effects.created = new.created_at.timestamp()

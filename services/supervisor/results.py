@@ -12,19 +12,16 @@ from .engine import Engine
 
 async def on_result(eng: Engine, event: TaskResult) -> None:
     """Record a task's progress; on an outcome, decide the run's next step."""
-    recorded = eng.db.send(streams.run_events(event.run_id), event)
-    if isinstance(event, TaskStarted):
-        if eng.any_deadlines:  # the common case, no deadlines, needs no state read at all
+    if not isinstance(event, TaskCompleted | TaskFailed | RouteDecided):
+        recorded = eng.db.send(streams.run_events(event.run_id), event)
+        if isinstance(event, TaskStarted) and eng.any_deadlines:
             await schedule_deadline(eng, event)
         await recorded
         return
-    if not isinstance(event, TaskCompleted | TaskFailed | RouteDecided):
-        await recorded
-        return
     loaded = await eng.store.load(event.run_id, TASK + event.task_id, CAUSE + event.event_id)
-    await recorded
     if not loaded.exists:
         eng.log.warning("result_for_unknown_run")
+        await eng.record(event)
         return
     state = loaded.view()
     wf, module = eng.pattern_of(state)
@@ -45,7 +42,8 @@ async def on_result(eng: Engine, event: TaskResult) -> None:
             return module.on_completed(s, wf, eng.workflows, event, docs)
         return module.on_failed(s, wf, eng.workflows, event, slot)
 
-    await eng.decide(event.run_id, choose, cause=event.event_id, loaded=loaded, first=state)
+    # the outcome is recorded in the run's stream by the commit it causes (or alone, if it causes none)
+    await eng.decide(event.run_id, choose, cause=event.event_id, loaded=loaded, first=state, record=event)
 
 
 async def schedule_deadline(eng: Engine, event: TaskStarted) -> None:
