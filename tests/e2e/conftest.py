@@ -54,3 +54,13 @@ def mcp_http(stack: Stack, indexer: Indexer) -> McpHttp:
         },
     )
     return McpHttp(f"http://127.0.0.1:{port}/mcp", token, handle)
+
+
+@pytest.fixture(scope="session")
+def a2a_agents(stack: Stack):
+    """The tests' remote A2A agents (tests/a2a_agents.py), at the URL the workers were given."""
+    from tests.a2a_agents import AgentsServer
+
+    server = AgentsServer(stack.env["A2A_TEST_URL"]).start()
+    yield server
+    server.stop()
