@@ -325,6 +325,10 @@ def dev_up(
             f"with header 'Authorization: Bearer {env['BATON_MCP_TOKEN']}'",
             err=True,
         )
+    if env.get("BATON_GATEWAY_PORT"):
+        typer.echo(
+            f"# A2A: http://127.0.0.1:{env['BATON_GATEWAY_PORT']}/ token {env['BATON_A2A_TOKEN']}", err=True
+        )
     for key in (
         "REDIS_URL",
         "S3_ENDPOINT_URL",

@@ -21,7 +21,7 @@ from baton.client import init_workspace
 from shared import acl
 from shared.settings import Settings
 
-SERVICES = ("notifier", "supervisor", "router", "worker", "indexer", "mcp")
+SERVICES = ("notifier", "supervisor", "router", "worker", "indexer", "mcp", "gateway")
 
 
 def service_command(name: str) -> list[str]:
@@ -198,6 +198,9 @@ def up(root: Path, workflows: Path, workers: int = 2) -> dict[str, str]:
         env["BATON_MCP_TOKEN"] = secrets.token_hex(16)
         # streamable HTTP on loopback; desktop clients spawn their own over stdio
         launch("mcp", {"BATON_MCP_TRANSPORT": "http", "BATON_MCP_HOST": "127.0.0.1"})
+        env["BATON_GATEWAY_PORT"] = str(servers.free_port())
+        env["BATON_A2A_TOKEN"] = secrets.token_hex(16)
+        launch("gateway", {"BATON_GATEWAY_HOST": "127.0.0.1"})  # A2A agents: one per workflow
     except BaseException:
         for pid in reversed(pids.values()):
             servers.stop_pid(pid)

@@ -15,6 +15,7 @@ comes from `shared/streams.py` (or the helpers next to the code that uses it).
 MinIO: one policy per user on the workspace bucket. Workers and the router read only `runs/*` (workers
 also write there); the notifier has no MinIO user at all; the indexer reads everything; the MCP server
 reads its readable prefixes and writes its writable ones plus run inputs and human responses; the
+A2A gateway reads runs and writes run inputs and human responses; the
 supervisor reads everything (it adopts inputs from anywhere) and writes `runs/*` and the workflows'
 `publish_to` prefixes; the CLI reads and writes objects. Nobody but the admin may change the bucket's
 configuration (versioning, notifications, policies) or delete objects.
@@ -32,7 +33,7 @@ from urllib.parse import quote, unquote, urlsplit, urlunsplit
 from . import streams
 from .errors import ConfigError
 
-SERVICES = ("supervisor", "router", "worker", "notifier", "indexer", "mcp", "cli")
+SERVICES = ("supervisor", "router", "worker", "notifier", "indexer", "mcp", "gateway", "cli")
 NO_STORAGE = frozenset({"notifier"})  # services that must not hold any S3 credentials
 
 
@@ -229,6 +230,19 @@ def _mcp_grants() -> list[Grant]:
     ]
 
 
+def _gateway_grants() -> list[Grant]:
+    return [
+        Grant("submit and cancel runs", (streams.RUNS,), ("xadd",)),
+        Grant("run status", (streams.run_state("*"),), ("hgetall",), read_only=True),
+        Grant(
+            "follow runs and read their status",
+            (streams.run_events("*"),),
+            ("xread", "xrange", "xrevrange"),
+            read_only=True,
+        ),
+    ]
+
+
 WORK_STREAMS = (streams.RUNS, streams.ROUTE, streams.RESULTS, streams.OBJECTS)
 
 
@@ -271,6 +285,7 @@ _GRANTS = {
     "notifier": _notifier_grants,
     "indexer": _indexer_grants,
     "mcp": _mcp_grants,
+    "gateway": _gateway_grants,
     "cli": _cli_grants,
 }
 # Root permissions beyond CONNECTION (commands without keys).
@@ -414,6 +429,12 @@ def s3_policy(
             _statement(READ, _objects(bucket, reads)),
             _statement(WRITE, _objects(bucket, writes)),
             _listing(bucket, reads),
+        ]
+    elif service == "gateway":
+        # reads the runs' outputs (and presigns them); writes uploaded inputs and people's answers
+        statements = [
+            _statement(READ, _objects(bucket, [runs])),
+            _statement(WRITE, _objects(bucket, [f"{runs}*/inputs/", f"{runs}*/human/responses/"])),
         ]
     else:  # cli: a person's client reads and writes the workspace (submit, get, respond, drop a brief)
         statements = [_statement([*READ, *WRITE], _objects(bucket, [""])), _listing(bucket, [""])]

@@ -104,6 +104,17 @@ class Settings(BaseSettings):
     mcp_max_read_bytes: int = Field(
         1024 * 1024, ge=1, description="Largest object the MCP read_file tool returns."
     )
+    gateway_host: str = Field("127.0.0.1", description="Where the A2A gateway listens.")
+    gateway_port: int = Field(9913, description="Port of the A2A gateway.")
+    gateway_url: str = Field(
+        "", description="The A2A gateway's public base URL, for its cards; empty: http://HOST:PORT/."
+    )
+    a2a_token: str = Field(
+        "", description="Bearer token A2A clients must send to the gateway; required unless on loopback."
+    )
+    a2a_inline_bytes: int = Field(
+        256 * 1024, ge=0, description="Gateway: outputs up to this size go back as bytes, larger as URLs."
+    )
     faults: str = Field(
         "",
         description="Tests only: fault points to arm, `<point>=exit|raise[*N]`, comma-separated "
@@ -112,8 +123,8 @@ class Settings(BaseSettings):
     acl_passwords: dict[str, str] = Field(
         default_factory=dict,
         description="`baton init`: JSON object of service -> password (supervisor, router, worker, notifier, "
-        "indexer, mcp, cli). Each gets a Redis ACL user and a MinIO user `baton-<service>` allowed only what "
-        "it needs (shared/acl.py); empty: no users are created.",
+        "indexer, mcp, gateway, cli). Each gets a Redis ACL user and a MinIO user `baton-<service>` allowed "
+        "only what it needs (shared/acl.py); empty: no users are created.",
     )
 
     @property

@@ -127,6 +127,15 @@ class Storage:
             raise ObjectMissingError(f"object {ref.uri()} has etag {etag!r}, expected {ref.etag!r}")
         return data
 
+    async def presign(self, ref: ObjectRef, expires: int = 3600) -> str:
+        """A URL that reads exactly this version without credentials, for `expires` seconds (signed with
+        this client's keys, so it reads only what this service may read)."""
+        validate_key(ref.key)
+        params = {"Bucket": ref.bucket, "Key": ref.key}
+        if ref.version_id:
+            params["VersionId"] = ref.version_id
+        return await self.client.generate_presigned_url("get_object", Params=params, ExpiresIn=expires)
+
     async def head(self, key: str) -> ObjectRef | None:
         try:
             resp = await self.client.head_object(Bucket=self.bucket, Key=key)

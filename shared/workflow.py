@@ -74,12 +74,15 @@ class AgentSpec(_Strict):
     """One agent: what it is, and which workspace prefixes it may read and write.
 
     `kind: python` runs `handler`; `kind: llm` sends `prompt` (rendered with the task's instruction and
-    the agent's input objects) to `model` at any OpenAI-compatible `base_url` and writes the reply.
-    Swapping the model is a config change as long as the agent reads and writes the same paths.
+    the agent's input objects) to `model` at any OpenAI-compatible `base_url` and writes the reply;
+    `kind: a2a` hands the task to the remote A2A agent at `url` and writes the artifacts it returns.
+    Swapping the model (or the agent) is a config change as long as it reads and writes the same paths.
     """
 
-    kind: Literal["python", "llm"] = Field(
-        "python", description="How the agent runs: python (a handler) or llm (a prompt sent to a model)."
+    kind: Literal["python", "llm", "a2a"] = Field(
+        "python",
+        description="How the agent runs: python (a handler), llm (a prompt sent to a model) or a2a (a remote "
+        "A2A agent).",
     )
     handler: str | None = Field(None, description="`module:function` of a python agent.")
     description: str = ""
@@ -101,6 +104,17 @@ class AgentSpec(_Strict):
         description="Most tasks of this agent one worker process runs at once (and reads at once); "
         "default BATON_BATCH. 1 spreads a fan-out over worker processes: for CPU-bound handlers.",
     )
+    url: str | None = Field(
+        None,
+        description="kind a2a: the remote agent's base URL; its card is read from "
+        "`<url>/.well-known/agent-card.json` (`${VAR}` and `${VAR:-default}` read the environment).",
+    )
+    max_inline_bytes: int = Field(
+        256 * 1024,
+        ge=0,
+        description="kind a2a: input files up to this size are sent as bytes, larger ones as presigned URLs "
+        "of their exact versions.",
+    )
     # kind: llm (a python agent may carry these too, and call the model itself via `llm_config()`).
     prompt: str | None = Field(
         None,
@@ -112,11 +126,18 @@ class AgentSpec(_Strict):
         None, description="OpenAI-compatible base URL (`${VAR}` and `${VAR:-default}` read the environment)."
     )
     api_key_env: str | None = Field(
-        None, description="Name of the environment variable holding the API key (never the key itself)."
+        None,
+        description="Name of the environment variable holding the API key (never the key itself); for an "
+        "a2a agent, the bearer token the remote agent's card asks for.",
     )
     temperature: float = Field(0.2, ge=0, le=2)
     max_tokens: int = Field(512, ge=1, description="Most tokens the model may generate per reply.")
-    timeout: float = Field(60.0, gt=0, description="Seconds one model request may take.")
+    timeout: float = Field(
+        60.0,
+        gt=0,
+        description="Seconds one model request may take; for an a2a agent, to connect and to fetch the card "
+        "(the remote task itself is bounded by `time_limit`).",
+    )
     max_retries: int = Field(3, ge=0, le=20, description="Extra tries for timeouts, 429 and 5xx.")
     max_input_chars: int = Field(
         20_000, ge=1, description="Characters of each input that go into the prompt; longer ones are cut."
@@ -178,7 +199,11 @@ class AgentSpec(_Strict):
                 raise ValueError("a python agent needs `handler: module:function`")
             return self
         if self.handler:
-            raise ValueError("an llm agent has no `handler` (it is run by the llm runtime)")
+            raise ValueError(f"an {self.kind} agent has no `handler` (it is run by the {self.kind} runtime)")
+        if self.kind == "a2a":
+            if not self.url:
+                raise ValueError("an a2a agent needs `url`: the remote agent's base URL")
+            return self
         missing = [f for f in ("prompt", "model", "base_url") if not getattr(self, f)]
         if missing:
             raise ValueError(

@@ -129,8 +129,10 @@ def stack(real_servers: Servers, tmp_path_factory):
     # (BATON_BATCH=0): both paths of the worker run under the same tests and ACL users.
     agents = load_workflows(TEST_WORKFLOWS).agents
     env["BATON_AGENTS"] = ",".join(
-        n for n, a in agents.items() if a.kind in ("python", "llm") and n != PER_MESSAGE_AGENT
+        n for n, a in agents.items() if a.kind in ("python", "llm", "a2a") and n != PER_MESSAGE_AGENT
     )
+    # Where the tests serve their A2A agents (tests/a2a_agents.py); the workers' `kind: a2a` agents call it.
+    env["A2A_TEST_URL"] = f"http://127.0.0.1:{servers.free_port()}"
     import asyncio
 
     passwords = new_passwords()

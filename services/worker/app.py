@@ -34,11 +34,13 @@ from shared.service import Resources, build_app
 from shared.settings import Settings
 from shared.workflow import load_workflows
 
+from . import a2a as _a2a  # noqa: F401 - registers the runtime of `kind: a2a` agents
 from . import llm as _llm  # noqa: F401 - registers the runtime of `kind: llm` agents
 from .runtime import AgentContext
 
 SERVICE = "worker"
 EMPTY_USAGE = Usage()
+RUNTIME_KINDS = ("python", "llm", "a2a")  # the agent kinds a worker hosts
 OUTCOME_GRACE_S = 30.0  # past an agent's time limit, time to write the task's outcome
 
 
@@ -46,7 +48,7 @@ def create_app(settings: Settings | None = None):
     settings = settings or Settings()
     log = configure_logging(SERVICE, settings.log_format, settings.log_level)
     workflows = load_workflows(settings.workflows)
-    hosted = settings.agent_list or [n for n, a in workflows.agents.items() if a.kind in ("python", "llm")]
+    hosted = settings.agent_list or [n for n, a in workflows.agents.items() if a.kind in RUNTIME_KINDS]
     unknown = [a for a in hosted if a not in workflows.agents]
     if unknown:
         raise ConfigError(f"BATON_AGENTS names unknown agents {unknown}; known: {sorted(workflows.agents)}")

@@ -54,3 +54,37 @@ def mcp_http(stack: Stack, indexer: Indexer) -> McpHttp:
         },
     )
     return McpHttp(f"http://127.0.0.1:{port}/mcp", token, handle)
+
+
+@pytest.fixture(scope="session")
+def a2a_agents(stack: Stack):
+    """The tests' remote A2A agents (tests/a2a_agents.py), at the URL the workers were given."""
+    from tests.a2a_agents import AgentsServer
+
+    server = AgentsServer(stack.env["A2A_TEST_URL"]).start()
+    yield server
+    server.stop()
+
+
+@dataclass
+class Gateway:
+    url: str
+    token: str
+    handle: str
+
+
+@pytest.fixture(scope="session")
+def gateway(stack: Stack) -> Gateway:
+    """The A2A gateway, logged in as its own users, with small outputs inlined below 64 bytes."""
+    port = servers.free_port()
+    token = secrets.token_hex(16)
+    handle = stack.start(
+        "gateway",
+        {
+            "BATON_GATEWAY_HOST": "127.0.0.1",
+            "BATON_GATEWAY_PORT": str(port),
+            "BATON_A2A_TOKEN": token,
+            "BATON_A2A_INLINE_BYTES": "64",
+        },
+    )
+    return Gateway(f"http://127.0.0.1:{port}/", token, handle)

@@ -197,6 +197,22 @@ async def test_the_mcp_server_writes_only_its_prefixes_run_inputs_and_responses(
         await _refused(r.xrange(streams.DLQ))
 
 
+async def test_the_a2a_gateway_writes_only_run_inputs_and_responses_and_reads_only_runs(stack, settings):
+    async with Storage.connect(_settings(stack, "gateway")) as gateway:
+        ref = await gateway.put(_key("runs/lp-gw/inputs/"), b"an uploaded input", if_none_match=True)
+        assert await gateway.get(ref) == b"an uploaded input"
+        await gateway.put(_key("runs/lp-gw/human/responses/"), b"{}", if_none_match=True)
+        await _s3_denied(gateway.put(_key("runs/lp-gw/drafts/"), b"an agent's output"))
+        await _s3_denied(gateway.put(_key("shared/"), b"x"))
+        await _s3_denied(gateway.client.get_object(Bucket=settings.bucket, Key=_key("shared/")))
+    async with _redis(stack, "gateway") as r:
+        assert await r.hgetall(streams.run_state("lp-none")) == {}  # run status
+        assert await r.xrevrange(streams.run_events("lp-none")) == []  # follow a run
+        await _refused(r.hset(streams.run_state("lp-none"), "core", "{}"))
+        await _refused(r.xadd(streams.ROUTE, {"__data__": "{}"}))
+        await _refused(r.xadd(streams.RESULTS, {"__data__": "{}"}))
+
+
 async def test_router_indexer_and_supervisor_are_limited_too(stack, settings):
     async with _redis(stack, "router") as r:
         await _refused(r.hgetall(streams.run_state("x")))

@@ -1,0 +1,195 @@
+"""One workflow as an A2A agent: a message starts a run, the run's events become the task's updates.
+
+Mapping (A2A task <-> Baton run; the run id is kept in the task's metadata as `baton_run_id`):
+  file parts        -> the run's inputs (uploaded to runs/<run_id>/inputs/, named by the part's
+                       metadata `name` or the file's stem)
+  text parts        -> params `text` (and `instruction`); a data part's object -> params
+  task/stage events -> `working` status updates
+  human.requested   -> `input-required` with the question; the next message on the task answers it
+                       (a response file, as `baton respond` writes: `reject ...`/`no ...` rejects)
+  run.completed     -> one artifact per output: bytes up to BATON_A2A_INLINE_BYTES, else a presigned URL
+                       of the exact version; then `completed`
+  run.failed        -> `failed` with the reason; run.cancelled / tasks/cancel -> `canceled` (baton cancel)
+"""
+
+from __future__ import annotations
+
+import json
+import posixpath
+import secrets
+
+import httpx
+from a2a.server.agent_execution import AgentExecutor, RequestContext
+from a2a.server.events import EventQueue
+from a2a.server.tasks import TaskUpdater
+from a2a.types import Message, Part, Task, TaskState, TaskStatus
+from google.protobuf import json_format
+
+from baton import client
+from shared.errors import BatonError, KeyValidationError, PreconditionFailedError
+from shared.events import ObjectRef, utcnow
+from shared.storage import Storage
+from shared.workspace import run_prefix
+
+SENDER = "gateway"
+RUN_KEY = "baton_run_id"
+ASKED_KEY = "baton_request_event"  # on an input-required status: the human.requested it stands for
+REJECT_WORDS = ("reject", "rejected", "no")
+
+
+class GatewayError(BatonError):
+    """A message the gateway cannot turn into a run (or an answer)."""
+
+
+class WorkflowExecutor(AgentExecutor):
+    """Runs one workflow per A2A task; holds nothing but its settings and the storage client."""
+
+    def __init__(self, workflow: str, settings, storage: Storage, log) -> None:
+        self.workflow, self.settings, self.storage, self.log = workflow, settings, storage, log
+
+    async def execute(self, context: RequestContext, event_queue: EventQueue) -> None:
+        task = context.current_task
+        if task is None:
+            run_id = client.new_run_id()
+            task = Task(
+                id=context.task_id,
+                context_id=context.context_id,
+                status=TaskStatus(state=TaskState.TASK_STATE_SUBMITTED),
+                history=[context.message],
+                metadata={RUN_KEY: run_id, "baton_workflow": self.workflow},
+            )
+            await event_queue.enqueue_event(task)
+            up = TaskUpdater(event_queue, task.id, task.context_id)
+            try:
+                inputs, params = await self.inputs(run_id, context.message)
+            except (GatewayError, KeyValidationError, PreconditionFailedError) as exc:
+                await up.reject(up.new_agent_message([Part(text=str(exc))]))
+                return
+            await client.publish_run(self.settings, run_id, self.workflow, inputs, params, sender=SENDER)
+            self.log.info("a2a_run_submitted", submitted_run=run_id, workflow=self.workflow, task=task.id)
+            await up.update_status(
+                TaskState.TASK_STATE_WORKING, up.new_agent_message([Part(text=f"run {run_id} submitted")])
+            )
+            answered = None
+        else:
+            run_id = task.metadata[RUN_KEY]
+            up = TaskUpdater(event_queue, task.id, task.context_id)
+            answered = await self.answer(run_id, task, context.message)
+        await self.follow(run_id, up, answered)
+
+    async def inputs(self, run_id: str, message: Message) -> tuple[dict[str, ObjectRef], dict]:
+        refs: dict[str, ObjectRef] = {}
+        params: dict = {}
+        texts: list[str] = []
+        for i, part in enumerate(message.parts):
+            if part.HasField("text"):
+                texts.append(part.text)
+            elif part.HasField("data"):
+                value = json_format.MessageToDict(part.data)
+                if not isinstance(value, dict):
+                    raise GatewayError(f"data part {i} is not an object: its fields become the run's params")
+                params.update(value)
+            elif part.HasField("raw") or part.HasField("url"):
+                data = part.raw if part.HasField("raw") else await fetch(part.url)
+                filename = posixpath.basename(part.filename or f"input-{i + 1}")
+                name = _meta(part).get("name") or posixpath.splitext(filename)[0]
+                if name in refs:
+                    raise GatewayError(f"two file parts are named {name!r}: give each a metadata `name`")
+                refs[name] = await self.storage.put(
+                    f"{run_prefix(run_id)}inputs/{filename}",
+                    data,
+                    content_type=part.media_type or "application/octet-stream",
+                    if_none_match=True,
+                )
+        if texts:
+            text = "\n\n".join(texts)
+            params.setdefault("text", text)
+            params.setdefault("instruction", text)
+        return refs, params
+
+    async def answer(self, run_id: str, task: Task, message: Message) -> str | None:
+        """The next message on an input-required task answers the run's question; returns the event id of
+        the question answered (the events before it were already reported)."""
+        if task.status.state != TaskState.TASK_STATE_INPUT_REQUIRED:
+            raise GatewayError(f"task {task.id} does not wait for input (run {run_id})")
+        text = " ".join(p.text for p in message.parts if p.HasField("text")).strip()
+        decision = next(
+            (json_format.MessageToDict(p.data).get("decision") for p in message.parts if p.HasField("data")),
+            None,
+        )
+        if decision not in ("approve", "reject"):
+            first = text.split(maxsplit=1)[0].strip(".,!:").lower() if text else ""
+            decision = "reject" if first in REJECT_WORDS else "approve"
+        await client.ensure_waiting(self.settings, run_id)
+        stamp = utcnow().strftime("%Y%m%dT%H%M%S%fZ")
+        key = f"{run_prefix(run_id)}human/responses/response-{stamp}-{secrets.token_hex(3)}.json"
+        body = {"decision": decision, "text": text, "sender": SENDER, "responded_at": utcnow().isoformat()}
+        await self.storage.put(
+            key, json.dumps(body).encode(), content_type="application/json", if_none_match=True
+        )
+        self.log.info("a2a_responded", responded_run=run_id, decision=decision, key=key)
+        asked = task.status.message.metadata[ASKED_KEY] if task.status.HasField("message") else None
+        return asked or None
+
+    async def follow(self, run_id: str, up: TaskUpdater, answered: str | None) -> None:
+        """Turn the run's events into task updates until it ends or waits for a person."""
+        skipping = answered is not None
+        async for event in client.follow(self.settings, run_id, block_ms=2000):
+            if skipping:  # already reported before the question that was just answered
+                skipping = event.event_id != answered
+                continue
+            kind = event.type
+            say = lambda text: up.new_agent_message([Part(text=text)])  # noqa: E731
+            if kind == "human.requested":
+                message = say(event.question or "a person is asked to approve")
+                message.metadata.update({ASKED_KEY: event.event_id, RUN_KEY: run_id})
+                await up.requires_input(message)
+                return
+            if kind == "run.completed":
+                for name, ref in event.outputs.items():
+                    await up.add_artifact([await self.part(ref)], name=name)
+                await up.complete(say(f"run {run_id} completed"))
+                return
+            if kind == "run.failed":
+                await up.failed(say(f"run {run_id} failed: {event.reason}"))
+                return
+            if kind == "run.cancelled":
+                await up.cancel(say(f"run {run_id} cancelled: {getattr(event, 'reason', '')}"))
+                return
+            if kind in ("task.started", "task.progress", "task.completed", "task.failed"):
+                agent = getattr(event, "agent", None) or "?"
+                detail = getattr(event, "message", "") or getattr(event, "error", "") or kind.split(".", 1)[1]
+                await up.update_status(TaskState.TASK_STATE_WORKING, say(f"{agent}: {detail}"))
+
+    async def part(self, ref: ObjectRef) -> Part:
+        filename = posixpath.basename(ref.key)
+        media = (ref.content_type or "application/octet-stream").split(";")[0].strip()
+        meta = {"key": ref.key, "version_id": ref.version_id or "", "size": ref.size or 0}
+        if ref.size is not None and ref.size > self.settings.a2a_inline_bytes:
+            link = await self.storage.presign(ref)
+            return Part(url=link, filename=filename, media_type=media, metadata=meta)
+        return Part(raw=await self.storage.get(ref), filename=filename, media_type=media, metadata=meta)
+
+    async def cancel(self, context: RequestContext, event_queue: EventQueue) -> None:
+        task = context.current_task
+        if task is None:
+            return
+        run_id = task.metadata[RUN_KEY]
+        await client.cancel(self.settings, run_id, reason="cancelled by an A2A client")
+        self.log.info("a2a_run_cancelled", cancelled_run=run_id, task=task.id)
+        up = TaskUpdater(event_queue, task.id, task.context_id)
+        await up.cancel(up.new_agent_message([Part(text=f"run {run_id} cancelled")]))
+
+
+def _meta(part: Part) -> dict:
+    return json_format.MessageToDict(part.metadata) if part.HasField("metadata") else {}
+
+
+async def fetch(url: str) -> bytes:
+    if not url.startswith(("http://", "https://")):
+        raise GatewayError(f"file part URL {url!r}: only http(s) URLs are fetched")
+    async with httpx.AsyncClient(timeout=30) as http:
+        resp = await http.get(url)
+    if resp.status_code >= 400:
+        raise GatewayError(f"file part URL {url!r} answered HTTP {resp.status_code}")
+    return resp.content

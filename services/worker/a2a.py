@@ -1,0 +1,334 @@
+"""The runtime of every `kind: a2a` agent: the task handed to a remote A2A agent, its artifacts written back.
+
+The remote agent gets what any agent gets, and no more: one message with the instruction (and acceptance
+criteria) as text, the params as a data part, and each input file as a file part (bytes up to
+`max_inline_bytes`, else a presigned URL of the exact version). Its status updates become the task's
+progress; the artifacts it returns are written under the agent's first `writes` prefix and named after
+the artifact, so the next stage sees them like any agent's outputs.
+
+Remote states map onto Baton's outcomes: `completed` -> the task completes; `failed` and `canceled` ->
+`A2ATaskFailed`, retryable unless the agent lists it in `retry.permanent_errors`; `rejected` ->
+`A2ATaskRejected` (permanent); `input-required` and `auth-required` -> `A2AInputRequired` (permanent:
+a remote agent's question to a person is not relayed yet). A card that cannot be read as an agent card is
+permanent; an agent that cannot be reached is retryable. When the task stops early (its time limit, the
+run cancelled) the remote task is cancelled too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import mimetypes
+import os
+import posixpath
+import re
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+import httpx
+from a2a.client import A2ACardResolver, A2AClientError, AgentCardResolutionError, ClientConfig, ClientFactory
+from a2a.types import (
+    AgentCard,
+    Artifact,
+    CancelTaskRequest,
+    GetTaskRequest,
+    Message,
+    Part,
+    Role,
+    SendMessageRequest,
+    StreamResponse,
+    TaskState,
+)
+from google.protobuf import json_format, struct_pb2
+
+from shared.errors import ConfigError, PermanentError, RetryableError
+from shared.workflow import AgentSpec, expand_env, register_runtime
+
+from .runtime import AgentContext
+
+CARD_TTL_S = 300.0  # a card is read again after this long (an agent may move or change its skills)
+POLL_S = 1.0  # how often a task is polled when the remote agent does not stream it to the end
+CANCEL_S = 5.0  # time given to cancelling the remote task when ours stops early
+STATES = {
+    TaskState.TASK_STATE_SUBMITTED: "submitted",
+    TaskState.TASK_STATE_WORKING: "working",
+    TaskState.TASK_STATE_COMPLETED: "completed",
+    TaskState.TASK_STATE_FAILED: "failed",
+    TaskState.TASK_STATE_CANCELED: "canceled",
+    TaskState.TASK_STATE_REJECTED: "rejected",
+    TaskState.TASK_STATE_INPUT_REQUIRED: "input-required",
+    TaskState.TASK_STATE_AUTH_REQUIRED: "auth-required",
+}
+DONE = {
+    TaskState.TASK_STATE_COMPLETED,
+    TaskState.TASK_STATE_FAILED,
+    TaskState.TASK_STATE_CANCELED,
+    TaskState.TASK_STATE_REJECTED,
+    TaskState.TASK_STATE_INPUT_REQUIRED,
+    TaskState.TASK_STATE_AUTH_REQUIRED,
+}
+_UNSAFE = re.compile(r"[^\w.-]+")
+
+
+class A2AUnreachable(RetryableError):
+    """The remote A2A agent (or its card) could not be reached."""
+
+
+class A2ACardError(PermanentError):
+    """The remote agent's card is not a valid A2A agent card."""
+
+
+class A2ATaskFailed(RetryableError):
+    """The remote agent's task failed or was cancelled on its side."""
+
+
+class A2ATaskRejected(PermanentError):
+    """The remote agent rejected the task."""
+
+
+class A2AInputRequired(PermanentError):
+    """The remote agent asked for input (or authentication) that a Baton task cannot give it."""
+
+
+@dataclass
+class CardCache:
+    """One agent's card, read on first use and again after `CARD_TTL_S` or a failed connection."""
+
+    url: str
+    card: AgentCard | None = None
+    read_at: float = 0.0
+
+    async def get(self, http: httpx.AsyncClient) -> AgentCard:
+        if self.card is not None and time.monotonic() - self.read_at < CARD_TTL_S:
+            return self.card
+        try:
+            card = await A2ACardResolver(http, self.url).get_agent_card()
+        except AgentCardResolutionError as exc:
+            cause = exc.__cause__
+            if isinstance(cause, httpx.RequestError) or (exc.status_code or 0) >= 500:
+                raise A2AUnreachable(f"A2A agent at {self.url} cannot be reached: {exc}") from exc
+            raise A2ACardError(f"A2A agent at {self.url}: {exc}") from exc
+        if not card.supported_interfaces:
+            raise A2ACardError(
+                f"A2A agent at {self.url}: its card lists no interface (`supportedInterfaces`)"
+            )
+        self.card, self.read_at = card, time.monotonic()
+        return card
+
+    def forget(self) -> None:
+        self.card = None
+
+
+@dataclass
+class Outcome:
+    """What the remote agent has said so far about our task."""
+
+    task_id: str | None = None
+    state: TaskState = TaskState.TASK_STATE_SUBMITTED
+    last_text: str = ""
+    artifacts: dict[str, Artifact] = field(default_factory=dict)
+
+    def take_artifact(self, artifact: Artifact, append: bool = False) -> None:
+        held = self.artifacts.get(artifact.artifact_id)
+        if append and held is not None:
+            held.parts.extend(artifact.parts)
+        else:
+            self.artifacts[artifact.artifact_id] = artifact
+
+
+def text_of(message: Message) -> str:
+    return " ".join(p.text for p in message.parts if p.HasField("text")).strip()
+
+
+def make_handler(spec: AgentSpec) -> Callable[[AgentContext], Awaitable[None]]:
+    """The handler the worker runs for a `kind: a2a` agent (a bad `url` or token variable fails here)."""
+    url = expand_env(spec.url or "", "url").rstrip("/") + "/"
+    token_env = spec.api_key_env
+    if token_env and not os.environ.get(token_env):
+        raise ConfigError(f"a2a agent at {url}: api_key_env {token_env!r} is not set in the environment")
+    cards = CardCache(url)
+
+    async def run_a2a_agent(ctx: AgentContext) -> None:
+        headers = {"Authorization": f"Bearer {os.environ[token_env]}"} if token_env else {}
+        # The whole remote task is bounded by the agent's time limit (the worker's), not by a read timeout.
+        timeout = httpx.Timeout(spec.timeout, read=None)
+        async with httpx.AsyncClient(headers=headers, timeout=timeout) as http:
+            card = await cards.get(http)
+            client = ClientFactory(ClientConfig(httpx_client=http, streaming=True)).create(card)
+            message = await build_message(ctx, spec)
+            outcome = Outcome()
+            try:
+                await ctx.progress(f"sent to A2A agent {card.name!r} at {url}", 1)
+                async for response in client.send_message(SendMessageRequest(message=message)):
+                    await follow(ctx, card, response, outcome)
+                while outcome.state not in DONE:  # a remote agent that returned before it was done
+                    if outcome.task_id is None:
+                        raise A2ATaskFailed(
+                            f"A2A agent {card.name!r} at {url} returned neither a task nor a message"
+                        )
+                    await asyncio.sleep(POLL_S)
+                    task = await client.get_task(GetTaskRequest(id=outcome.task_id))
+                    await follow(ctx, card, StreamResponse(task=task), outcome)
+            except (httpx.RequestError, A2AClientError) as exc:
+                cards.forget()
+                raise A2AUnreachable(
+                    f"A2A agent {card.name!r} at {url}: {type(exc).__name__}: {exc}"
+                ) from exc
+            except BaseException:
+                # Our task stops early (time limit, run cancelled, worker stopping): so does the remote one.
+                if outcome.task_id and outcome.state not in DONE:
+                    await cancel_remote(client, outcome.task_id)
+                raise
+            await settle(ctx, spec, card, url, outcome, http)
+
+    run_a2a_agent.__name__ = "run_a2a_agent"
+    run_a2a_agent.__qualname__ = "run_a2a_agent"
+    return run_a2a_agent
+
+
+async def build_message(ctx: AgentContext, spec: AgentSpec) -> Message:
+    """The one message the remote agent gets: instruction, params, and the input files."""
+    text = ctx.instruction or f"Task {ctx.task.task_id} of run {ctx.task.run_id}."
+    if ctx.task.acceptance_criteria:
+        text += f"\n\nAcceptance criteria: {ctx.task.acceptance_criteria}"
+    if ctx.task.output_format:
+        text += f"\n\nOutput format: {ctx.task.output_format}"
+    parts = [Part(text=text)]
+    if ctx.params:
+        parts.append(Part(data=json_format.ParseDict(json.loads(json.dumps(ctx.params)), struct_pb2.Value())))
+    for name, ref in ctx.inputs.items():
+        filename = posixpath.basename(ref.key)
+        media_type = (ref.content_type or "application/octet-stream").split(";")[0].strip()
+        meta = {"name": name, "key": ctx.workspace_path(ref)}
+        if ref.size is not None and ref.size > spec.max_inline_bytes:
+            link = await ctx.storage.presign(ref)
+            parts.append(Part(url=link, filename=filename, media_type=media_type, metadata=meta))
+            continue
+        data = await ctx.read(name)
+        if len(data) > spec.max_inline_bytes:
+            link = await ctx.storage.presign(ref)
+            parts.append(Part(url=link, filename=filename, media_type=media_type, metadata=meta))
+        else:
+            parts.append(Part(raw=data, filename=filename, media_type=media_type, metadata=meta))
+    task = ctx.task
+    return Message(
+        role=Role.ROLE_USER,
+        message_id=f"{task.task_id}.{task.attempt}",
+        # One context per Baton task: every attempt of it is one conversation on the remote side.
+        context_id=f"{task.run_id}.{task.task_id}",
+        parts=parts,
+        metadata={"baton_run_id": task.run_id, "baton_task_id": task.task_id, "baton_attempt": task.attempt},
+    )
+
+
+async def follow(ctx: AgentContext, card: AgentCard, response: StreamResponse, outcome: Outcome) -> None:
+    """Take one streamed event: remember the task's state and artifacts, report its messages as progress."""
+    kind = response.WhichOneof("payload")
+    if kind == "task":
+        task = response.task
+        outcome.task_id = task.id
+        outcome.state = task.status.state
+        for artifact in task.artifacts:
+            outcome.take_artifact(artifact)
+        said = text_of(task.status.message) if task.status.HasField("message") else ""
+    elif kind == "status_update":
+        update = response.status_update
+        outcome.task_id = update.task_id or outcome.task_id
+        outcome.state = update.status.state
+        said = text_of(update.status.message) if update.status.HasField("message") else ""
+    elif kind == "artifact_update":
+        update = response.artifact_update
+        outcome.take_artifact(update.artifact, append=update.append)
+        await ctx.progress(f"{card.name}: artifact {update.artifact.name or update.artifact.artifact_id}")
+        return
+    elif kind == "message":  # a direct answer, without a task: its parts are the result
+        message = response.message
+        outcome.take_artifact(Artifact(artifact_id="reply", name="reply", parts=message.parts))
+        outcome.state = TaskState.TASK_STATE_COMPLETED
+        return
+    else:
+        return
+    if said:
+        outcome.last_text = said
+    state = STATES.get(outcome.state, str(outcome.state))
+    await ctx.progress(f"{card.name} ({state}): {said}" if said else f"{card.name}: {state}")
+
+
+async def cancel_remote(client, task_id: str) -> None:
+    try:
+        await asyncio.wait_for(client.cancel_task(CancelTaskRequest(id=task_id)), CANCEL_S)
+    except Exception:  # best effort: the remote agent may already be gone
+        pass
+
+
+async def settle(
+    ctx: AgentContext, spec: AgentSpec, card: AgentCard, url: str, outcome: Outcome, http: httpx.AsyncClient
+) -> None:
+    """Write the artifacts of a completed task, or raise the error its final state maps to."""
+    said = f": {outcome.last_text}" if outcome.last_text else ""
+    who = f"A2A agent {card.name!r} at {url}"
+    state = outcome.state
+    if state == TaskState.TASK_STATE_REJECTED:
+        raise A2ATaskRejected(f"{who} rejected task {outcome.task_id}{said}")
+    if state in (TaskState.TASK_STATE_FAILED, TaskState.TASK_STATE_CANCELED):
+        raise A2ATaskFailed(f"{who}: task {outcome.task_id} {STATES[state]}{said}")
+    if state in (TaskState.TASK_STATE_INPUT_REQUIRED, TaskState.TASK_STATE_AUTH_REQUIRED):
+        raise A2AInputRequired(
+            f"{who} needs {'input' if state == TaskState.TASK_STATE_INPUT_REQUIRED else 'authentication'} "
+            f"for task {outcome.task_id}{said} (a kind: a2a agent cannot answer a remote agent's questions)"
+        )
+    if not outcome.artifacts:
+        raise A2ATaskFailed(f"{who} completed task {outcome.task_id} without any artifact{said}")
+    written = 0
+    for artifact in outcome.artifacts.values():
+        for i, part in enumerate(artifact.parts):
+            data = await part_bytes(part, http)
+            if data is None:
+                continue
+            filename = part_filename(artifact, part, i)
+            name = (
+                artifact.name
+                if artifact.name and len(artifact.parts) == 1
+                else posixpath.splitext(filename)[0]
+            )
+            ctype = part.media_type or None
+            await ctx.write(f"{spec.writes[0]}{filename}", data, name=name, content_type=ctype)
+            written += 1
+    await ctx.progress(f"{card.name}: {written} artifact file(s) written under {spec.writes[0]}", 100)
+
+
+async def part_bytes(part: Part, http: httpx.AsyncClient) -> bytes | None:
+    if part.HasField("raw"):
+        return part.raw
+    if part.HasField("text"):
+        return part.text.encode("utf-8")
+    if part.HasField("data"):
+        return (json.dumps(json_format.MessageToDict(part.data), indent=2) + "\n").encode()
+    if part.HasField("url"):
+        # Without our bearer token: the URL may point anywhere.
+        async with httpx.AsyncClient(timeout=http.timeout) as plain:
+            resp = await plain.get(part.url)
+        if resp.status_code >= 400:
+            raise A2ATaskFailed(f"artifact URL {part.url} answered HTTP {resp.status_code}")
+        return resp.content
+    return None
+
+
+def part_filename(artifact: Artifact, part: Part, index: int) -> str:
+    if part.filename:
+        base = posixpath.basename(part.filename)
+    else:
+        stem = artifact.name or artifact.artifact_id or "artifact"
+        if len(artifact.parts) > 1:
+            stem = f"{stem}-{index + 1}"
+        ext = ".json" if part.HasField("data") else None
+        if ext is None:
+            media = part.media_type or ("text/markdown" if part.HasField("text") else "")
+            ext = ".md" if media == "text/markdown" else mimetypes.guess_extension(media or "") or ".txt"
+        base = stem + ext
+    base = _UNSAFE.sub("-", base).strip(".-") or f"artifact-{index + 1}"
+    return base
+
+
+register_runtime("a2a", make_handler)

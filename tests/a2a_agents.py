@@ -1,0 +1,136 @@
+"""Small A2A agents for the tests, built with a2a-sdk and served in-process on a loopback port.
+
+Each agent lives at `/<name>/` with its card at `/<name>/.well-known/agent-card.json`:
+  echo    - streams two status updates, returns `review.md` quoting the instruction and every file part
+  flaky   - fails the first attempt of each Baton task, then behaves like echo
+  fail    - always fails
+  reject  - rejects every task
+  asks    - asks for input (input-required)
+  slow    - works for a minute, unless cancelled
+  badcard - serves a card that is not an agent card
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+
+import httpx
+import uvicorn
+from a2a.helpers import new_task_from_user_message
+from a2a.server.agent_execution import AgentExecutor, RequestContext
+from a2a.server.events import EventQueue
+from a2a.server.request_handlers import DefaultRequestHandler
+from a2a.server.routes import create_agent_card_routes, create_jsonrpc_routes
+from a2a.server.tasks import InMemoryTaskStore, TaskUpdater
+from a2a.types import AgentCapabilities, AgentCard, AgentInterface, AgentSkill, Part, TaskState
+from starlette.applications import Starlette
+from starlette.responses import JSONResponse
+from starlette.routing import Mount, Route
+
+BEHAVIOURS = ("echo", "flaky", "fail", "reject", "asks", "slow")
+
+
+def describe(part: Part) -> str:
+    if part.HasField("text"):
+        return f"text: {part.text}"
+    if part.HasField("raw"):
+        return f"file {part.filename} ({part.media_type}): {part.raw.decode(errors='replace')}"
+    if part.HasField("url"):
+        body = httpx.get(part.url, timeout=10).content.decode(errors="replace")
+        return f"url {part.filename} ({part.media_type}): {body}"
+    if part.HasField("data"):
+        return f"data: {part.data}"
+    return "unknown part"
+
+
+class Behaviour(AgentExecutor):
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.seen: dict[str, int] = {}
+
+    async def execute(self, context: RequestContext, event_queue: EventQueue) -> None:
+        task = context.current_task or new_task_from_user_message(context.message)
+        if context.current_task is None:
+            await event_queue.enqueue_event(task)
+        up = TaskUpdater(event_queue, task.id, task.context_id)
+        say = lambda text: up.new_agent_message([Part(text=text)])  # noqa: E731
+        await up.start_work(say(f"{self.name}: reading {len(context.message.parts)} parts"))
+        tries = self.seen[context.context_id] = self.seen.get(context.context_id, 0) + 1
+        if self.name == "fail" or (self.name == "flaky" and tries == 1):
+            await up.failed(say(f"{self.name}: the remote model is overloaded (try {tries})"))
+            return
+        if self.name == "reject":
+            await up.reject(say("reject: I do not review poetry"))
+            return
+        if self.name == "asks":
+            await up.requires_input(say("asks: which style guide?"))
+            return
+        if self.name == "slow":
+            await asyncio.sleep(60)
+        lines = [describe(p) for p in context.message.parts]
+        await up.update_status(TaskState.TASK_STATE_WORKING, say(f"{self.name}: writing the review"))
+        body = "# Review\n\n" + "\n".join(f"- {line}" for line in lines) + "\n"
+        await up.add_artifact(
+            [Part(raw=body.encode(), filename="review.md", media_type="text/markdown")], name="review"
+        )
+        await up.complete()
+
+    async def cancel(self, context: RequestContext, event_queue: EventQueue) -> None:
+        task = context.current_task
+        if task is not None:
+            await TaskUpdater(event_queue, task.id, task.context_id).cancel()
+
+
+def card(name: str, base: str) -> AgentCard:
+    return AgentCard(
+        name=f"test {name}",
+        description=f"A test agent that behaves like {name!r}.",
+        version="1.0.0",
+        supported_interfaces=[
+            AgentInterface(url=f"{base}/{name}/", protocol_binding="JSONRPC", protocol_version="1.0")
+        ],
+        capabilities=AgentCapabilities(streaming=True),
+        default_input_modes=["text/plain", "text/markdown"],
+        default_output_modes=["text/markdown"],
+        skills=[AgentSkill(id="review", name="review", description="reviews", tags=["review"])],
+    )
+
+
+def build_app(base: str) -> Starlette:
+    mounts = []
+    for name in BEHAVIOURS:
+        the_card = card(name, base)
+        handler = DefaultRequestHandler(
+            agent_executor=Behaviour(name), task_store=InMemoryTaskStore(), agent_card=the_card
+        )
+        routes = [*create_agent_card_routes(the_card), *create_jsonrpc_routes(handler, "/")]
+        mounts.append(Mount(f"/{name}", routes=routes))
+
+    async def bad_card(request):
+        return JSONResponse({"name": 42, "skills": "none", "capabilities": [1, 2]})
+
+    return Starlette(routes=[Route("/badcard/.well-known/agent-card.json", bad_card), *mounts])
+
+
+class AgentsServer:
+    """The test agents, served by uvicorn in a thread of its own (its own event loop)."""
+
+    def __init__(self, base: str) -> None:
+        self.base = base.rstrip("/")
+        host, port = self.base.rsplit("//", 1)[1].split(":")
+        config = uvicorn.Config(build_app(self.base), host=host, port=int(port), log_level="warning")
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, name="a2a-test-agents", daemon=True)
+
+    def start(self) -> AgentsServer:
+        self.thread.start()
+        for _ in range(200):
+            if self.server.started:
+                return self
+            self.thread.join(0.05)
+        raise RuntimeError(f"the test A2A agents did not start at {self.base}")
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(10)

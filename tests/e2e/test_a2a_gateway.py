@@ -1,0 +1,113 @@
+"""The A2A gateway, driven by a2a-sdk's own client: each workflow is an A2A agent."""
+
+from __future__ import annotations
+
+import contextlib
+import uuid
+
+import httpx
+import pytest
+from a2a.client import A2ACardResolver, ClientConfig, ClientFactory
+from a2a.types import CancelTaskRequest, GetTaskRequest, Message, Part, Role, SendMessageRequest, TaskState
+
+from baton import client as baton
+
+pytestmark = pytest.mark.e2e
+
+
+@contextlib.asynccontextmanager
+async def agent(gateway, workflow: str, streaming: bool = True, token: str | None = None):
+    headers = {"Authorization": f"Bearer {token or gateway.token}"}
+    async with httpx.AsyncClient(headers=headers, timeout=httpx.Timeout(30, read=120)) as http:
+        card = await A2ACardResolver(http, f"{gateway.url}{workflow}/").get_agent_card()
+        yield card, ClientFactory(ClientConfig(httpx_client=http, streaming=streaming)).create(card)
+
+
+def message(*parts: Part, task_id: str = "", context_id: str = "") -> SendMessageRequest:
+    msg = Message(role=Role.ROLE_USER, message_id=uuid.uuid4().hex, parts=parts, task_id=task_id)
+    if context_id:
+        msg.context_id = context_id
+    return SendMessageRequest(message=msg)
+
+
+async def drain(stream) -> list:
+    return [event async for event in stream]
+
+
+def last_task_state(events) -> tuple[str, TaskState]:
+    task_id, state = "", TaskState.TASK_STATE_UNSPECIFIED
+    for event in events:
+        kind = event.WhichOneof("payload")
+        if kind == "task":
+            task_id, state = event.task.id, event.task.status.state
+        elif kind == "status_update":
+            task_id, state = event.status_update.task_id, event.status_update.status.state
+    return task_id, state
+
+
+async def test_the_root_lists_every_workflow_and_each_card_declares_the_bearer_token(gateway):
+    async with httpx.AsyncClient() as http:
+        listing = (await http.get(gateway.url)).json()["agents"]
+    assert {"copy-files", "approval", "a2a-review"} <= {a["name"] for a in listing}
+    async with agent(gateway, "copy-files") as (card, _client):
+        assert card.supported_interfaces[0].url == f"{gateway.url}copy-files/"
+        assert card.security_schemes["bearer"].http_auth_security_scheme.scheme.lower() == "bearer"
+        assert "Copies every input file" in card.skills[0].description
+
+
+@pytest.mark.parametrize("streaming", [False, True], ids=["send", "stream"])
+async def test_a_message_starts_a_run_and_its_outputs_come_back_as_artifacts(gateway, streaming):
+    small = Part(raw=b"hello\n", filename="note.txt", media_type="text/plain")
+    large = Part(raw=b"x" * 500, filename="big.txt", media_type="text/plain")  # over the 64-byte inline limit
+    async with agent(gateway, "copy-files", streaming) as (_card, a2a):
+        events = await drain(a2a.send_message(message(Part(text="copy these"), small, large)))
+        task_id, state = last_task_state(events)
+        assert state == TaskState.TASK_STATE_COMPLETED, events[-1]
+        task = await a2a.get_task(GetTaskRequest(id=task_id))
+    assert task.status.state == TaskState.TASK_STATE_COMPLETED
+    parts = {a.name: a.parts[0] for a in task.artifacts}
+    assert parts["note"].raw == b"hello\n"
+    assert parts["big"].url and not parts["big"].raw  # a presigned URL of that exact version
+    async with httpx.AsyncClient() as http:
+        assert (await http.get(parts["big"].url)).content == b"x" * 500
+    if streaming:
+        assert any(e.WhichOneof("payload") == "status_update" for e in events)
+
+
+async def test_a_wrong_token_is_refused(gateway):
+    with pytest.raises(Exception, match="401|nauthori"):
+        async with agent(gateway, "copy-files", token="not-the-token") as (_card, a2a):
+            await drain(a2a.send_message(message(Part(text="hi"))))
+
+
+async def test_a_run_waiting_for_a_person_is_input_required_and_the_next_message_resumes_it(gateway):
+    async with agent(gateway, "approval") as (_card, a2a):
+        events = await drain(a2a.send_message(message(Part(text="draft something"))))
+        task_id, state = last_task_state(events)
+        assert state == TaskState.TASK_STATE_INPUT_REQUIRED
+        task = await a2a.get_task(GetTaskRequest(id=task_id))
+        assert task.status.message.parts[0].text == "Approve the draft?"
+        run_id = task.metadata["baton_run_id"]
+        assert run_id.startswith("r-")
+        events = await drain(
+            a2a.send_message(
+                message(Part(text="approve, looks good"), task_id=task_id, context_id=task.context_id)
+            )
+        )
+        assert last_task_state(events)[1] == TaskState.TASK_STATE_COMPLETED
+        task = await a2a.get_task(GetTaskRequest(id=task_id))
+    assert [a.name for a in task.artifacts] == ["final"]
+
+
+async def test_cancelling_the_task_cancels_the_run(gateway, settings):
+    async with agent(gateway, "approval") as (_card, a2a):
+        events = await drain(a2a.send_message(message(Part(text="draft something"))))
+        task_id, state = last_task_state(events)
+        assert state == TaskState.TASK_STATE_INPUT_REQUIRED
+        task = await a2a.cancel_task(CancelTaskRequest(id=task_id))
+        assert task.status.state == TaskState.TASK_STATE_CANCELED
+        run_id = task.metadata["baton_run_id"]
+    result = None
+    async for event in baton.follow(settings, run_id, block_ms=500):
+        result = event
+    assert result.type == "run.cancelled"
