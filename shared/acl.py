@@ -181,9 +181,10 @@ def _worker_grants() -> list[Grant]:
         ),
         Grant("see whether a run was cancelled", (streams.run_cancelled("*"),), ("exists",), read_only=True),
         Grant(
-            "remember which attempts' outcomes were sent, so a redelivery is not done twice",
+            "remember which attempts' outcomes were sent and which entry owns each attempt, so neither a "
+            "redelivery nor a second entry with the same work is done twice",
             (streams.run_done("*"),),
-            ("hexists", "hset"),
+            ("hexists", "hset", "hsetnx", "hget"),
         ),
     ]
 

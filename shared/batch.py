@@ -35,6 +35,7 @@ from redis.exceptions import ResponseError
 
 from . import streams
 from .broker import (
+    CURRENT_ENTRY,
     DATA_FIELD,
     Subscription,
     bind_handler,
@@ -297,6 +298,7 @@ class BatchConsumer:
             if reason is not None:
                 await self._dead_letter(entry_id, raw, reason)
             else:
+                CURRENT_ENTRY.set(entry_id.decode())
                 await self.handler(event)
         except Exception as exc:  # noqa: BLE001 - left pending: the reclaimer redelivers it
             log.exception("handler_failed", stream=self.stream, message_id=entry_id.decode())

@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import json
 import logging
 import typing
@@ -32,6 +33,9 @@ from .logging import bind_event
 from .settings import Settings
 
 DATA_FIELD = "__data__"
+# The stream entry id of the message being handled (set by every consumer path before the handler runs):
+# a handler can tell a redelivery of its entry from a second entry carrying the same work.
+CURRENT_ENTRY: contextvars.ContextVar[str | None] = contextvars.ContextVar("baton_entry", default=None)
 _INVALID = "__baton_invalid__"
 
 log = structlog.get_logger()
@@ -209,6 +213,7 @@ def make_broker(settings: Settings, service: str, logger=None) -> RedisBroker:
         async def consume_scope(self, call_next, msg):
             structlog.contextvars.unbind_contextvars("run_id", "task_id", "event_type")
             group, mid = getattr(msg, "group", None), _message_id(msg)
+            CURRENT_ENTRY.set(mid)
             beat = [mid] if group and mid else []
             keepalive = asyncio.create_task(
                 keep_claimed(

@@ -16,6 +16,7 @@ import structlog
 
 from . import streams
 from .broker import (
+    CURRENT_ENTRY,
     Subscription,
     client_of,
     dead_letter_event,
@@ -136,6 +137,7 @@ class Reclaimer:
         bind_event(event)
         started = time.monotonic()
         try:
+            CURRENT_ENTRY.set(entry_id)
             await sub.handler(event)
         except Exception as exc:  # stays pending; claimed again after reclaim_idle_ms
             await record_error(redis, sub.stream, sub.group, entry_id, exc)

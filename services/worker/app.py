@@ -18,7 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from shared import streams
 from shared.batch import Batched
-from shared.broker import client_of, encode, make_broker, subscribe
+from shared.broker import CURRENT_ENTRY, client_of, encode, make_broker, subscribe
 from shared.errors import ConfigError, KeyValidationError, PermanentError
 from shared.events import (
     TaskAssigned,
@@ -141,14 +141,26 @@ def create_app(settings: Settings | None = None):
             # An attempt whose outcome this group already sent (its worker died before acknowledging)
             # is acknowledged again, not done twice.
             done_key, attempt_id = streams.run_done(event.run_id), f"{event.task_id}:{event.attempt}"
-            if batched:  # both reads in one round trip, as futures of the outbox (no task per read)
+            # One entry owns an attempt: a second entry with the same work (a task sent again after a
+            # supervisor, router or timer died between sending and acknowledging) is dropped, even while
+            # the first one is still running; a redelivery of the owner's own entry goes on.
+            entry = CURRENT_ENTRY.get() or event.event_id
+            if batched:  # all reads in one round trip, as futures of the outbox (no task per read)
                 done = batched.outbox.call("hexists", done_key, attempt_id)
+                claim = batched.outbox.call("hsetnx", done_key, f"{attempt_id}@", entry)
+                owner = batched.outbox.call("hget", done_key, f"{attempt_id}@")
                 is_cancelled = batched.outbox.call("exists", streams.run_cancelled(event.run_id))
-                done, is_cancelled = bool(await done), bool(await is_cancelled)  # resolved together
+                await claim
+                done, owner, is_cancelled = bool(await done), await owner, bool(await is_cancelled)
             else:
-                done, is_cancelled = await redis("hexists", done_key, attempt_id), await cancelled()
+                done = await redis("hexists", done_key, attempt_id)
+                await redis("hsetnx", done_key, f"{attempt_id}@", entry)
+                owner, is_cancelled = await redis("hget", done_key, f"{attempt_id}@"), await cancelled()
             if done:
                 log.info("already_done", attempt=event.attempt)
+                return
+            if owner is not None and owner.decode() != entry:
+                log.info("duplicate_entry", attempt=event.attempt, owner=owner.decode())
                 return
 
             if is_cancelled:  # a queued task of a cancelled run is dropped, with a trace

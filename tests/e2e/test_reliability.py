@@ -275,7 +275,9 @@ async def test_the_per_message_worker_path_marks_outcomes_and_acknowledges_a_red
     r = aioredis.Redis.from_url(settings.redis_url)
     try:
         marks = await r.hgetall(streams.run_done(run_id))
-        assert marks == {f"{e.task_id}:{e.attempt}".encode(): b"task.completed" for e in done}
+        outcomes = {k: v for k, v in marks.items() if not k.endswith(b"@")}  # (`@`: the owning entry)
+        assert outcomes == {f"{e.task_id}:{e.attempt}".encode(): b"task.completed" for e in done}
+        assert {k for k in marks if k.endswith(b"@")} == {k + b"@" for k in outcomes}
         first = next(e for e in events if e.type == "task.assigned")
         stream = streams.agent_stream("permsg")
         since = await last_id(settings, streams.RESULTS)
@@ -443,3 +445,29 @@ async def test_a_write_a_stalled_holder_lands_after_its_lease_is_detected_by_the
             await locks.release(second)
     finally:
         await r.aclose()
+
+
+async def test_a_second_entry_with_the_same_task_is_dropped_while_the_first_runs(settings):
+    """A task sent twice (a supervisor that died between sending it and acknowledging its cause sends it
+    again on the redelivery) runs once: the first entry owns the attempt."""
+    from shared.runs import get_run
+
+    run_id = await client.submit(settings, "slow-pair", {}, {"sleep": 2})
+    r = aioredis.Redis.from_url(settings.redis_url)
+    try:
+        task = None
+        for _ in range(100):
+            state = await get_run(r, run_id)
+            if state is not None and state.tasks:
+                (slot,) = state.tasks.values()
+                task = slot.task
+                break
+            await asyncio.sleep(0.05)
+        assert task is not None
+        await r.xadd(streams.agent_stream("slow"), encode(task))  # the same assignment, a second entry
+    finally:
+        await r.aclose()
+    events = await wait_for_end(settings, run_id, timeout=30)
+    assert events[-1].type == "run.completed", events[-1]
+    first = [e for e in events if e.type == "task.started" and e.task_id == task.task_id]
+    assert len(first) == 1, [(e.type, e.sender) for e in first]
