@@ -208,3 +208,15 @@ async def silent(ctx: AgentContext) -> None:
     clients that wait on the run's events."""
     await asyncio.sleep(float(ctx.params.get("sleep", 60)))
     await ctx.write("work/silent.txt", "done after a long silence\n", name="silent")
+
+
+# --- supervisor windows ------------------------------------------------------------------------------
+async def slow_planner(ctx: AgentContext) -> None:
+    """The planner, after `params.plan_sleep` seconds (default 2)."""
+    await asyncio.sleep(float(ctx.params.get("plan_sleep", 2)))
+    await planner(ctx)
+
+
+async def broken(ctx: AgentContext) -> None:
+    """Always fails, permanently (a ValueError is not retried)."""
+    raise ValueError(f"{ctx.agent} cannot do {ctx.task.task_id}")
