@@ -12,17 +12,23 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+import uuid
 
 import pytest
 import redis.asyncio as aioredis
 
 from baton import client
+from services.supervisor.decisions import Decision, add_task, new_task
+from services.supervisor.engine import Engine
+from services.supervisor.store import Loaded
 from services.supervisor.timers import LEASE_S
 from shared import streams
+from shared.batch import Outbox
 from shared.broker import DATA_FIELD
 from shared.errors import NotWaitingError
-from shared.events import Event, TaskAssigned
-from shared.runs import RunState, TaskSlot
+from shared.events import Event, TaskAssigned, TaskProgress
+from shared.runs import RunState, TaskSlot, get_run
+from shared.workflow import parse_workflows
 from tests.helpers import last_id, of_type, s3_client, wait_for_end
 
 pytestmark = pytest.mark.e2e
@@ -486,3 +492,107 @@ async def test_a_subtask_failing_permanently_with_no_alternate_fails_the_run_nam
     assert "subtask 'c' could not be done by anyone (doomed)" in events[-1].reason
     assert "doomed cannot do" in events[-1].reason
     assert len([e for e in of_type(events, "task.assigned") if ".sub.c." in e.task_id]) == 1
+
+
+# --- 6. the compare-and-set retry ------------------------------------------------------------------------
+CAS_WORKFLOWS = """
+agents:
+  cas-probe: {handler: "tests.agents:noop", writes: [work/]}  # no worker reads its stream
+workflows:
+  cas: {pattern: sequential, stages: [cas-probe]}
+"""
+
+
+class Quiet:
+    def __getattr__(self, _name):
+        return lambda *args, **kwargs: None
+
+
+async def test_two_handlers_racing_on_one_run_one_commits_and_the_other_decides_again(settings):
+    workflows = parse_workflows(CAS_WORKFLOWS)
+    run_id = f"r-cas-{uuid.uuid4().hex[:12]}"
+    redis = aioredis.Redis.from_url(settings.redis_url, socket_timeout=None)
+    eng = Engine(settings, workflows, Quiet(), sender="supervisor:cas-test")
+    eng.bind(None, redis, Outbox(redis))
+    state = RunState(run_id=run_id, workflow="cas", pattern="sequential", trace_id=run_id)
+
+    def task(name: str) -> TaskAssigned:
+        return new_task(state, workflows, task_id=f"{run_id}.{name}", agent="cas-probe", inputs={})
+
+    calls: list[str] = []
+
+    def finish(name: str, then: str | None = None):
+        """A handler's decision: its task is done (a note says so); `then` is assigned next."""
+
+        def choose(s: RunState) -> Decision:
+            calls.append(name)
+            s.tasks.pop(f"{run_id}.{name}")
+            s.note(f"{name} done")
+            note = TaskProgress(run_id=run_id, task_id=f"{run_id}.{name}", agent="cas-probe", message=name)
+            decision = Decision(state=s, notes=[note])
+            if then:
+                decision.assign.append(add_task(s, task(then), "stage"))
+            return decision
+
+        return choose
+
+    try:
+        for name in ("t1", "t2"):
+            add_task(state, task(name), "stage")
+        assert await eng.store.commit(Loaded(run_id), state)
+        # both handlers read revision 1 before either commits: exactly one compare-and-set can win
+        first = await eng.store.load(run_id, f"t:{run_id}.t1")
+        second = await eng.store.load(run_id, f"t:{run_id}.t2")
+        await asyncio.gather(
+            eng.decide(run_id, finish("t1", then="t3"), cause="e1", loaded=first),
+            eng.decide(run_id, finish("t2"), cause="e2", loaded=second),
+        )
+        await eng.db.drain()
+        assert sorted(calls) in (["t1", "t1", "t2"], ["t1", "t2", "t2"])  # the loser decided again
+        final = await get_run(redis, run_id)
+        assert set(final.tasks) == {f"{run_id}.t3"}
+        assert sorted(final.history) == ["t1 done", "t2 done"]
+        stored = await fields(settings, run_id)
+        assert stored["rev"] == b"3" and not causes(stored)
+        raw = await raw_events(settings, run_id)
+        assert sorted(e["message"] for e in raw if e["type"] == "task.progress") == ["t1", "t2"]
+        assert [e["task_id"] for e in raw if e["type"] == "task.assigned"] == [f"{run_id}.t3"]
+        assert await sent(settings, "cas-probe", run_id) == [(f"{run_id}.t3", 1)]
+    finally:
+        await redis.delete(
+            streams.run_state(run_id), streams.run_events(run_id), streams.agent_stream("cas-probe")
+        )
+        await redis.aclose()
+
+
+# --- 7. retention ----------------------------------------------------------------------------------------
+async def ttls(settings, run_id: str) -> dict[str, int]:
+    r = aioredis.Redis.from_url(settings.redis_url)
+    try:
+        keys = (streams.run_state(run_id), streams.run_events(run_id), streams.run_done(run_id))
+        return {key: await r.ttl(key) for key in keys}
+    finally:
+        await r.aclose()
+
+
+async def test_an_ended_runs_keys_expire_after_the_retention(settings):
+    retention = int(settings.retention_days * 86400)
+    run_id = await client.submit(settings, "relay", {})
+    assert (await wait_for_end(settings, run_id))[-1].type == "run.completed"
+    for key, ttl in (await ttls(settings, run_id)).items():
+        assert retention - 120 < ttl <= retention, (key, ttl)
+
+
+async def test_a_cancelled_runs_late_outcome_does_not_outlive_the_retention(settings):
+    retention = int(settings.retention_days * 86400)
+    run_id = await client.submit(settings, "slow-pair", {}, {"sleep": 1.5})
+    await until(settings, run_id, started(".0.slow"))
+    await client.cancel(settings, run_id)
+    assert (await wait_for_end(settings, run_id))[-1].type == "run.cancelled"
+
+    async def stopped():  # the running task's outcome (and its done-mark) come after the end
+        return any(e["type"] == "task.failed" for e in await raw_events(settings, run_id))
+
+    await eventually(stopped, what="the cancelled task's outcome")
+    for key, ttl in (await ttls(settings, run_id)).items():
+        assert retention - 120 < ttl <= retention, (key, ttl)
