@@ -29,7 +29,7 @@ from shared.errors import NotWaitingError
 from shared.events import Event, TaskAssigned, TaskProgress
 from shared.runs import RunState, TaskSlot, get_run
 from shared.workflow import parse_workflows
-from tests.helpers import last_id, of_type, s3_client, wait_for_end
+from tests.helpers import last_id, objects_since, of_type, s3_client, wait_for_end, wait_handled
 
 pytestmark = pytest.mark.e2e
 
@@ -325,19 +325,27 @@ async def test_a_retry_timer_taken_by_a_supervisor_that_dies_fires_after_its_lea
 
 
 # --- 2. a response written before the run asks -----------------------------------------------------------
-def write_response(settings, run_id: str, name: str, text: str) -> None:
-    """Straight to the bucket, as any S3 tool would (the CLI refuses a run that is not waiting)."""
+async def write_response(settings, run_id: str, name: str, text: str) -> None:
+    """Straight to the bucket, as any S3 tool would (the CLI refuses a run that is not waiting); returns
+    once the supervisor has handled its ObjectChanged (kept it: the run is not waiting yet)."""
+    key = f"runs/{run_id}/human/responses/{name}"
+    since = await last_id(settings, streams.OBJECTS)
     s3_client(settings).put_object(
-        Bucket=settings.bucket,
-        Key=f"runs/{run_id}/human/responses/{name}",
-        Body=json.dumps({"decision": "approve", "text": text}).encode(),
+        Bucket=settings.bucket, Key=key, Body=json.dumps({"decision": "approve", "text": text}).encode()
     )
+
+    async def published():
+        return [i for i, e in await objects_since(settings, since) if e.key == key]
+
+    (entry_id, *_) = await eventually(published, what=f"the ObjectChanged of {key}")
+    await wait_handled(settings, streams.OBJECTS, streams.SUPERVISOR_GROUP, entry_id)
+    assert core(await fields(settings, run_id))["status"] == "running"  # it came before the ask
 
 
 async def test_a_response_written_before_the_run_asks_is_applied_when_it_asks(settings):
     run_id = await client.submit(settings, "slow-approval", {}, {"sleep": 3})
     await until(settings, run_id, started(".0.slow"))
-    write_response(settings, run_id, "early.json", "answered early")
+    await write_response(settings, run_id, "early.json", "answered early")
     events = await wait_for_end(settings, run_id, timeout=40)
     assert events[-1].type == "run.completed", events[-1]
     types = [e.type for e in events]
@@ -352,7 +360,7 @@ async def test_a_response_written_before_the_ask_is_applied_when_the_asker_dies_
 ):
     run_id = await client.submit(settings, "slow-approval", {}, {"sleep": 3})
     await until(settings, run_id, started(".0.slow"))
-    write_response(settings, run_id, "early.json", "answered early")
+    await write_response(settings, run_id, "early.json", "answered early")
     armed = supervisors.replace("supervisor.after_commit=exit")
     assert await supervisors.exited(armed) != 0  # the run is waiting; nothing after the commit ran
     assert core(await fields(settings, run_id))["status"] == "waiting_for_human"
