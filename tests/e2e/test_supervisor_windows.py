@@ -11,6 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import subprocess
+import sys
 import time
 import uuid
 
@@ -163,6 +166,18 @@ async def eventually(check, timeout: float = 20, what: str = "condition"):
         await asyncio.sleep(0.1)
 
 
+def baton(stack, *args: str) -> subprocess.CompletedProcess:
+    """The `baton` command, as the CLI's own users."""
+    return subprocess.run(
+        [sys.executable, "-m", "baton.cli", *args],
+        env={**os.environ, **stack.service_env("cli")},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=stack.env.get("BATON_CWD"),
+    )
+
+
 def sub(id_, agent="maker", instruction="", **kw):
     return {"id": id_, "agent": agent, "instruction": instruction, **kw}
 
@@ -230,6 +245,8 @@ async def test_killed_after_committing_a_human_request_the_run_waits_listed_with
         return any(r["run_id"] == run_id for r in await client.list_runs(settings, waiting=True))
 
     await eventually(listed, what=f"{run_id} listed as waiting")
+    cli = await asyncio.to_thread(baton, supervisors.stack, "runs", "--waiting", "--json")
+    assert cli.returncode == 0 and run_id in [r["run_id"] for r in json.loads(cli.stdout)], cli.stderr
     await client.respond(settings, run_id, approve=True, text="go")
     events = await wait_for_end(settings, run_id, timeout=40)
     assert events[-1].type == "run.completed", events[-1]
@@ -262,6 +279,43 @@ async def test_killed_after_committing_a_fan_out_every_subtask_runs_once(setting
     final = s3_client(settings).get_object(Bucket=settings.bucket, Key=events[-1].outputs["final"].key)
     text = final["Body"].read().decode()
     assert all(f"subtask={s}" in text for s in "abc")
+
+
+async def test_killed_after_committing_a_bidirectional_turn_the_next_turn_is_still_sent(
+    settings, supervisors, tmp_path
+):
+    seed = tmp_path / "doc.md"
+    seed.write_text("first line\n")
+    run_id = await client.submit(settings, "slow-co-write", {"document": seed}, {"turn_sleep": 3})
+    await until(settings, run_id, started(".turn.1"))
+    armed = supervisors.replace("supervisor.after_commit=exit")
+    assert await supervisors.exited(armed) != 0  # died committing turn 2 (on turn 1's new version)
+    turn2 = f"{run_id}.turn.2"
+    state = await fields(settings, run_id)
+    assert f"t:{turn2}" in state and [c["tasks"] for c in causes(state).values()] == [[turn2]]
+
+    supervisors.add()
+    events = await wait_for_end(settings, run_id, timeout=40)
+    assert events[-1].type == "run.completed" and events[-1].ended_by == "converged", events[-1]
+    turns = [e.task_id for e in of_type(events, "task.assigned")]
+    assert turns[:2] == [f"{run_id}.turn.1", turn2] and len(turns) == len(set(turns))
+
+
+async def test_killed_after_committing_a_persons_answer_the_next_stage_is_still_sent(settings, supervisors):
+    run_id = await client.submit(settings, "slow-approval", {}, {"sleep": 0.5})
+    await until(settings, run_id, lambda e: e.type == "human.requested")
+    await eventually(lambda: is_waiting_indexed(settings, run_id), what="waiting index")
+    armed = supervisors.replace("supervisor.after_commit=exit")
+    await client.respond(settings, run_id, approve=True, text="go on")
+    assert await supervisors.exited(armed) != 0  # died committing the answer and stage 3
+    last = f"{run_id}.2.slow"
+    state = await fields(settings, run_id)
+    assert f"t:{last}" in state and [last] in [c["tasks"] for c in causes(state).values()]
+
+    supervisors.add()
+    events = await wait_for_end(settings, run_id, timeout=30)
+    assert events[-1].type == "run.completed", events[-1]
+    assert [e.task_id for e in of_type(events, "task.started")] == [f"{run_id}.0.slow", last]
 
 
 async def test_killed_before_committing_a_human_request_nothing_is_committed_and_the_redelivery_asks(
