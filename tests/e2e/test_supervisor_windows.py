@@ -451,7 +451,7 @@ async def _late_completion(settings, run_id: str) -> bool:
 
 
 async def test_poison_timers_do_not_block_a_later_valid_one(settings):
-    gone = "r-timer-of-a-renamed-workflow"
+    gone = f"r-renamed-{uuid.uuid4().hex[:12]}"
     r = aioredis.Redis.from_url(settings.redis_url)
     try:
         # a run whose workflow was renamed away since, with the task the timer names outstanding
@@ -487,7 +487,7 @@ async def test_poison_timers_do_not_block_a_later_valid_one(settings):
         gone_events = await wait_for_end(settings, gone, timeout=30)
         assert gone_events[-1].type == "run.failed" and "dead-lettered" in gone_events[-1].reason
     finally:
-        await r.delete(streams.run_state(gone))
+        await r.delete(streams.run_state(gone), streams.run_events(gone))
         await r.aclose()
 
 
