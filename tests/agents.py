@@ -208,3 +208,23 @@ async def silent(ctx: AgentContext) -> None:
     clients that wait on the run's events."""
     await asyncio.sleep(float(ctx.params.get("sleep", 60)))
     await ctx.write("work/silent.txt", "done after a long silence\n", name="silent")
+
+
+# --- supervisor windows ------------------------------------------------------------------------------
+async def slow_planner(ctx: AgentContext) -> None:
+    """The planner, after `params.plan_sleep` seconds (default 2)."""
+    await asyncio.sleep(float(ctx.params.get("plan_sleep", 2)))
+    await planner(ctx)
+
+
+async def broken(ctx: AgentContext) -> None:
+    """Always fails, permanently (a ValueError is not retried)."""
+    raise ValueError(f"{ctx.agent} cannot do {ctx.task.task_id}")
+
+
+async def slow_grow(ctx: AgentContext) -> None:
+    """`grow` after `params.turn_sleep` seconds (default 2), and returning 1.5 s after its write, so the
+    new version's event is handled before the turn's completion."""
+    await asyncio.sleep(float(ctx.params.get("turn_sleep", 2)))
+    await grow(ctx)
+    await asyncio.sleep(1.5)
