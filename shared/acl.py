@@ -135,6 +135,7 @@ def _supervisor_grants() -> list[Grant]:
             (streams.run_events("*"), streams.run_done("*"), streams.run_cancelled("*")),
             ("expire",),
         ),
+        Grant("make an ended run's done-marks exist, so they expire", (streams.run_done("*"),), ("hsetnx",)),
         Grant("the run index", (streams.RUN_INDEX,), ("zadd", "zremrangebyscore")),
         Grant("mark cancelled runs", (streams.run_cancelled("*"),), ("set",)),
         Grant(

@@ -88,10 +88,11 @@ class Effects(BaseModel):
     copies: list[tuple[ObjectRef, str]] = Field(default_factory=list, description="Create-only copies.")
     index: bool = Field(False, description="The waiting index follows the new status.")
     created: float | None = Field(None, description="A new run: its place in the run index.")
+    ask: bool = Field(False, description="The run started waiting: apply a response already there.")
 
     @property
     def owed(self) -> bool:
-        return bool(self.tasks or self.copies or self.index or self.created is not None)
+        return bool(self.tasks or self.copies or self.index or self.ask or self.created is not None)
 
 
 class Need(Exception):  # noqa: N818 - a request, not a failure

@@ -12,7 +12,7 @@ import re
 from typing import Any
 
 from shared import streams
-from shared.runs import TASK, RunState
+from shared.runs import CAUSE, TASK, RunState
 
 from .decisions import Decision, fail
 from .engine import Engine
@@ -37,7 +37,8 @@ async def on_dead_letter(eng: Engine, letter: dict[str, Any]) -> None:
     task_id, attempt = payload.get("task_id"), payload.get("attempt", 1)
     if kind not in OUTCOMES and not (stream.startswith(streams.agent_stream("")) or stream == streams.ROUTE):
         return  # progress, a start: the run goes on without it
-    loaded = await eng.store.load(run_id, *([TASK + task_id] if isinstance(task_id, str) else []))
+    fields = [TASK + task_id] if isinstance(task_id, str) else []
+    loaded = await eng.store.load(run_id, *fields, CAUSE + cause)
 
     def choose(s: RunState) -> Decision:
         if not s.active:

@@ -183,7 +183,9 @@ class Engine:
                 new.tasks[task.task_id].not_before = now + timedelta(seconds=wait)
         events = streams.run_events(new.run_id)
         ops = [append(events, note) for note in d.notes]
-        effects = Effects(copies=list(d.copies), index=was_waiting or d.human is not None)
+        effects = Effects(
+            copies=list(d.copies), index=was_waiting or d.human is not None, ask=d.human is not None
+        )
         sendable = []
         for task in d.assign:
             try:
@@ -213,6 +215,8 @@ class Engine:
             if new.status == "cancelled":  # workers drop the run's queued tasks
                 reason = new.reason or "cancelled"
                 ops.append(set_with_ttl(streams.run_cancelled(new.run_id), reason, self.retention_s))
+            # (the done-marks' hash may not exist yet: a late outcome would create it without a TTL)
+            ops.append(("n", streams.run_done(new.run_id), new.status))
             for key in (streams.run_state(new.run_id), events, streams.run_done(new.run_id)):
                 ops.append(expire(key, self.retention_s))
         return ops, effects
@@ -275,8 +279,6 @@ class Engine:
             await self.db.call("ZADD", streams.RUN_INDEX, effects.created, state.run_id)
         await self.send(state, d.assign, d.encoded)
         await self.copy_once(effects.copies)
-        if effects.owed:  # done: what a redelivery would re-send is no longer needed
-            self.db.call("HDEL", streams.run_state(state.run_id), CAUSE + cause)
         if state.status == "completed":
             self.log.info("run_completed", outputs=sorted(state.final), ended_by=state.ended_by)
         elif state.status == "failed":
@@ -285,8 +287,15 @@ class Engine:
             self.log.info("run_cancelled", reason=state.reason)
         elif state.status == "waiting_for_human" and not was_waiting:
             self.log.info("waiting_for_human", question=state.waiting.question if state.waiting else None)
-            if self.on_waiting is not None:
-                await self.on_waiting(self, state)
+        if effects.ask:
+            await self.asked(state)
+        if effects.owed:  # done: what a redelivery would re-send is no longer needed
+            self.db.call("HDEL", streams.run_state(state.run_id), CAUSE + cause)
+
+    async def asked(self, state: RunState) -> None:
+        """A run started waiting for a person: a response already in the bucket answers it."""
+        if self.on_waiting is not None and state.status == "waiting_for_human":
+            await self.on_waiting(self, state)
 
     async def send(self, state: RunState, tasks: list[TaskAssigned], encoded: dict | None = None) -> None:
         """Append tasks to their streams, or time them if their retry waits out a backoff."""
@@ -329,6 +338,8 @@ class Engine:
             self.log.warning("resending", tasks=[t.task_id for t in tasks], copies=len(effects.copies))
             await self.send(state, tasks)
             await self.copy_once(effects.copies)
+            if effects.ask:
+                await self.asked(state)
         self.db.call("HDEL", streams.run_state(state.run_id), CAUSE + cause)
 
     async def schedule(self, when: float, kind: str, task: TaskAssigned) -> None:

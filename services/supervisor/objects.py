@@ -6,7 +6,7 @@ import json
 
 from shared import streams
 from shared.events import HumanInputReceived, ObjectChanged, ObjectRef, RunSubmitted
-from shared.runs import RunState
+from shared.runs import CAUSE, RunState
 from shared.workspace import run_of_key, run_prefix
 
 from .decisions import Decision
@@ -44,7 +44,7 @@ async def on_object(eng: Engine, event: ObjectChanged) -> None:
         if event.created:
             await apply_response(eng, run_id, event.ref())
         return
-    loaded = await eng.store.load(run_id)
+    loaded = await eng.store.load(run_id, CAUSE + event.event_id)
     if not loaded.exists:
         return
     state = loaded.view()
@@ -67,14 +67,16 @@ async def on_object(eng: Engine, event: ObjectChanged) -> None:
 async def apply_response(eng: Engine, run_id: str, response: ObjectRef) -> bool:
     """Resume a run waiting for a person with this response file. A response that lands while the run is
     not waiting yet is kept, and applied when the run asks (`check_responses`)."""
-    loaded = await eng.store.load(run_id)
+    cause = f"response:{response.key}@{response.version_id}"
+    loaded = await eng.store.load(run_id, CAUSE + cause)
     if not loaded.exists:
         return False
     state = loaded.view()
+    if response.key in state.responses_used:  # applied before: a redelivery sends what it still owes
+        await eng.redo(loaded, cause)
+        return False
     if state.status != "waiting_for_human" or state.waiting is None:
         eng.log.info("response_kept", reason=f"run is {state.status}", key=response.key)
-        return False
-    if response.key in state.responses_used:
         return False
     approved, text = parse_response(await eng.storage.get(response))
     task_id = state.waiting.task_id
@@ -102,9 +104,7 @@ async def apply_response(eng: Engine, run_id: str, response: ObjectRef) -> bool:
         )
         return decision
 
-    out = await eng.decide(
-        run_id, choose, cause=f"response:{response.key}@{response.version_id}", loaded=loaded
-    )
+    out = await eng.decide(run_id, choose, cause=cause, loaded=loaded)
     return out.state is not None
 
 
