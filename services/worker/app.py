@@ -196,7 +196,13 @@ def create_app(settings: Settings | None = None):
         if batched:
             size = workflows.agents[agent].concurrency
             batched.subscribe(
-                broker, streams.agent_stream(agent), agent, TaskAssigned, make_handler(agent), size, backstop
+                broker,
+                streams.agent_stream(agent),
+                agent,
+                TaskAssigned,
+                make_handler(agent),
+                size=size,
+                timeout=backstop,
             )
             continue
         subscribe(
