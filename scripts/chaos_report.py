@@ -23,6 +23,7 @@ class RunReport:
     seconds: float | None = None
     done_twice: list[dict] = field(default_factory=list)
     ends: int = 0  # distinct end events: more than one is a run ended twice
+    responses: list[tuple[str, float]] = field(default_factory=list)  # (response key, applied at)
 
 
 def analyse(run_id: str, workflow: str, entries: list, submitted_at: float) -> RunReport:
@@ -51,6 +52,9 @@ def analyse(run_id: str, workflow: str, entries: list, submitted_at: float) -> R
                     ],
                 }
             )
+    for entry_id, e in events:
+        if e.get("type") == "human.received" and e.get("response"):
+            report.responses.append((e["response"]["key"], entry_seconds(entry_id)))
     ends = {}
     for entry_id, e in events:
         if e.get("type") in END_TYPES and e["event_id"] not in ends:
@@ -60,9 +64,24 @@ def analyse(run_id: str, workflow: str, entries: list, submitted_at: float) -> R
         entry_id, first = next(iter(ends.values()))
         report.end = first["type"].split(".", 1)[1]
         report.reason = first.get("reason") or ""
-        stamp = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
-        report.seconds = int(stamp.split("-")[0]) / 1000 - submitted_at
+        report.seconds = entry_seconds(entry_id) - submitted_at
     return report
+
+
+def entry_seconds(entry_id) -> float:
+    """When Redis appended a stream entry (epoch seconds, from its id)."""
+    stamp = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
+    return int(stamp.split("-")[0]) / 1000
+
+
+def response_latency(reports: list[RunReport], written: dict[str, float]) -> dict:
+    """From a person's response file written to the run taking it (human.received): p50/p99 seconds."""
+    seconds = sorted(at - written[key] for r in reports for key, at in r.responses if key in written)
+    return {
+        "responses": len(seconds),
+        "p50_s": round(statistics.median(seconds), 2) if seconds else None,
+        "p99_s": percentile(seconds, 0.99),
+    }
 
 
 async def read_reports(redis, submitted: dict[str, tuple[str, float]]) -> list[RunReport]:
