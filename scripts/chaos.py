@@ -386,7 +386,8 @@ async def _run(args, settings: Settings, stack: Stack, srv: Servers) -> dict:
 
 
 async def _chaos(args, settings: Settings, stack: Stack, srv: Servers, storage: Storage, refs: dict) -> dict:
-    r = aioredis.Redis.from_url(settings.redis_url)
+    # bounded: a command on a connection cut by a Redis kill fails and is retried instead of hanging
+    r = aioredis.Redis.from_url(settings.redis_url, socket_timeout=15, socket_connect_timeout=5)
     rng = random.Random(args.seed)
     runs = [new_run(i, rng, refs) for i in range(args.burst or args.runs)]
     submitted: dict[str, tuple[str, float]] = {}
