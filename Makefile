@@ -12,7 +12,7 @@ WHEEL_CACHE ?= $(HOME)/.cache/baton/wheels/$(CPU_KEY)
 LLM_STAMP := $(VENV)/.llm-installed
 LLM_PORT ?= 8080
 
-.PHONY: install llm llm-serve servers demo test test-unit lint docs up down dev-down clean bench chaos
+.PHONY: install llm llm-serve servers demo test test-unit lint docs up down dev-down clean bench chaos chaos-burst
 
 install: $(STAMP)  ## create the virtualenv and install Baton with its test tools (pinned)
 
@@ -66,8 +66,11 @@ bench: servers  ## benchmarks: Baton vs Celery, Dramatiq, Taskiq and raw redis-p
 	$(BIN)/pip install --quiet -e ".[bench]"
 	$(BIN)/python -m bench
 
-chaos: servers  ## N runs (default 1,000) while workers, the supervisor and MinIO are killed; prints a table
-	$(BIN)/python scripts/chaos.py --runs $(or $(RUNS),1000)
+chaos: servers  ## RUNS runs (default 1,000; or BURST=N at once) of every pattern while processes, Redis and MinIO are killed
+	$(BIN)/python scripts/chaos.py $(if $(BURST),--burst $(BURST),--runs $(or $(RUNS),1000))
+
+chaos-burst: servers  ## BURST runs (default 5,000) submitted at once while processes, Redis and MinIO are killed
+	$(BIN)/python scripts/chaos.py --burst $(or $(BURST),5000)
 
 test-unit: install  ## the fast tests only (no servers)
 	$(BIN)/python -m pytest tests/unit

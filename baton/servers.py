@@ -158,9 +158,16 @@ def write_private(path: Path, text: str) -> None:
 
 
 def start_redis(
-    data_dir: Path, port: int | None = None, appendonly: bool = False, password: str | None = None
+    data_dir: Path,
+    port: int | None = None,
+    appendonly: bool = False,
+    password: str | None = None,
+    appendfsync: str = "everysec",
 ) -> Server:
-    """Start Redis on loopback. With `password`, user `default` (the admin) needs it, and the URL has it."""
+    """Start Redis on loopback. With `password`, user `default` (the admin) needs it, and the URL has it.
+
+    `appendfsync="always"` (with `appendonly`) fsyncs the AOF before Redis replies, so even a SIGKILL
+    loses nothing a client was told was written (`make chaos` kills Redis that way)."""
     port = port or free_port()
     data_dir = data_dir.resolve()  # redis changes into --dir before opening --logfile
     data_dir.mkdir(parents=True, exist_ok=True)
@@ -181,7 +188,7 @@ def start_redis(
         "--appendonly",
         "yes" if appendonly else "no",
         "--appendfsync",
-        "everysec",
+        appendfsync,
         "--logfile",
         str(log),
         "--protected-mode",

@@ -1,8 +1,26 @@
-"""`make chaos`: many runs while workers, the supervisor and MinIO are killed and restarted at random.
+"""`make chaos`: runs of every pattern while processes and servers are killed, at random and at named windows.
 
-Prints: submitted, completed, failed-with-reason, lost (must be 0), done twice (must be 0), p50/p99 run
-time. Servers are its own (Redis and MinIO on free ports, data in a temporary folder); every process it
-starts is stopped by PID. Usage: python scripts/chaos.py [--runs 1000] [--workers 3] [--rate 40]
+The runs: a mix of scripts/chaos_workflows.yaml (sequential, sequential with a retry, router, hierarchical
+with a review, bidirectional, and a sequential run with a person, answered by this script as `baton
+respond` does once the run waits). Each completes when nothing is killed, so any run that fails under
+chaos failed unexpectedly.
+
+The stack: two supervisors (one group, two consumer names), a router, a notifier and N workers, with Redis
+and MinIO of its own (free ports, data in a temporary folder). Meanwhile it
+- kills a worker every 1.5-3.5 s, a supervisor every 6-12 s, the router and the notifier every 20-40 s;
+- every 2-4 s restarts one process armed with `BATON_FAULTS=<point>=exit`, rotating through the named
+  windows (supervisor.before_commit, .after_commit, .after_send, .timer_taken, router.after_decision,
+  notifier.publish, handler), so it dies exactly there, and then starts it again unarmed;
+- restarts MinIO, and SIGKILLs Redis and starts it again on its data: Redis runs with `appendonly yes` and
+  `appendfsync always`, so a reply means the write is on disk and a SIGKILL loses nothing acknowledged;
+- restarts any process that exited on its own, and reports it.
+
+Schedules: steady (`--runs N` at `--rate` runs/s) or a burst (`--burst N`: N runs in one pipeline of XADDs).
+Prints, per workflow: runs, completed, failed (reasons grouped), lost, tasks done twice, runs ended twice,
+p50/p99 run time. Exits 1 on any lost, failed or cancelled run, any task done twice or run ended twice.
+Every process it starts is stopped by PID.
+
+Usage: python scripts/chaos.py [--runs 1000 | --burst 5000] [--workers 3] [--rate 40] [--seed 7]
 """
 
 from __future__ import annotations
@@ -10,10 +28,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import random
 import secrets
 import signal
-import statistics
 import sys
 import tempfile
 import time
@@ -21,47 +39,322 @@ from collections import Counter
 from pathlib import Path
 
 import redis.asyncio as aioredis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from baton import servers  # noqa: E402
+import chaos_report  # noqa: E402
+
+from baton import client, servers  # noqa: E402
 from baton.client import init_workspace  # noqa: E402
 from baton.dev import Stack, local_env, settings_kwargs  # noqa: E402
 from shared import streams  # noqa: E402
-from shared.broker import DATA_FIELD, encode  # noqa: E402
-from shared.events import ObjectRef, RunSubmitted  # noqa: E402
+from shared.broker import encode  # noqa: E402
+from shared.events import ObjectRef, RunSubmitted, utcnow  # noqa: E402
 from shared.settings import Settings  # noqa: E402
 from shared.storage import Storage  # noqa: E402
+from shared.workflow import load_workflows  # noqa: E402
+from shared.workspace import run_prefix  # noqa: E402
 
-WORKFLOWS = """
-agents:
-  outliner: {handler: "examples.content:outline", reads: [inputs/], writes: [drafts/]}
-  writer: {handler: "examples.content:draft", reads: [inputs/, drafts/], writes: [drafts/]}
-  seo: {handler: "examples.content:seo", reads: [inputs/, drafts/], writes: [published/]}
-workflows:
-  content-factory:
-    pattern: sequential
-    stages: [outliner, writer, seo]
-    max_attempts: 6
-    retry_backoff: 1.0
-    retry_max_delay: 8
-"""
+WORKFLOWS = Path(__file__).with_name("chaos_workflows.yaml")
+MIX = {"content-factory": 3, "retry": 1, "support": 2, "build": 2, "co-write": 2, "approval": 2}
+TEXTS = ["Where is my invoice?", "My laptop will not boot", "The parcel delivery is late", "hello there"]
+PLAN = [  # b waits for a; its first attempt is rejected by the reviewer, the second accepted
+    {"id": "a", "agent": "maker", "acceptance_criteria": "accept"},
+    {"id": "b", "agent": "maker", "inputs": ["a"], "acceptance_criteria": "accept-after:2"},
+]
+# (service, point): one process of the service is restarted armed to exit at the point
+FAULTS = [
+    ("supervisor", "supervisor.before_commit"),
+    ("supervisor", "supervisor.after_commit"),
+    ("supervisor", "supervisor.after_send"),
+    ("supervisor", "supervisor.timer_taken"),
+    ("router", "router.after_decision"),
+    ("notifier", "notifier.publish"),
+    ("worker", "handler"),
+    ("supervisor", "handler"),
+]
+REDIS_DOWN = (RedisConnectionError, RedisTimeoutError, ConnectionError, OSError)
+ENDED = ("completed", "failed", "cancelled")
 
 
 def log(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
+class Servers:
+    """The chaos run's own Redis and MinIO, restarted on the same ports and data."""
+
+    def __init__(self, tmp: Path, webhook: str, token: str) -> None:
+        self.tmp, self.webhook, self.token = tmp, webhook, token
+        self.redis = servers.start_redis(tmp / "redis", appendonly=True, appendfsync="always")
+        self.redis_port = self.redis.extra["port"]
+        self.minio_port = servers.free_port()
+        self.minio = servers.start_minio(tmp / "minio", webhook, token, port=self.minio_port)
+
+    def restart_minio(self) -> None:
+        self.minio.stop()
+        time.sleep(1.0)
+        self.minio = servers.start_minio(self.tmp / "minio", self.webhook, self.token, port=self.minio_port)
+
+    def restart_redis(self) -> None:
+        """SIGKILL, then start again on the same data (what an acknowledged write survives)."""
+        self.redis.proc.kill()
+        self.redis.proc.wait(10)
+        time.sleep(1.0)
+        self.redis = servers.start_redis(
+            self.tmp / "redis", port=self.redis_port, appendonly=True, appendfsync="always"
+        )
+
+    def stop(self) -> None:
+        for server in (self.minio, self.redis):
+            server.stop()
+
+
+class Monkey:
+    """Kills and restarts: at random, at named windows, and whatever exited on its own."""
+
+    def __init__(self, args, stack: Stack, srv: Servers) -> None:
+        self.args, self.stack, self.srv = args, stack, srv
+        self.rng = random.Random(args.seed)
+        self.kills: Counter = Counter()
+        self.fired: Counter = Counter()  # point -> armed processes that died there
+        self.not_fired: Counter = Counter()  # point -> armed processes that never reached it in time
+        self.armed: dict[str, tuple[str, float]] = {}  # handle -> (point, armed at)
+        self.unexpected: list[dict] = []  # processes that exited on their own
+        self.turn = 0
+
+    def handles(self, service: str, armed: bool = False) -> list[str]:
+        return [
+            h for h in self.stack.procs if h.rsplit("-", 1)[0] == service and (armed or h not in self.armed)
+        ]
+
+    def replace(self, service: str, extra: dict | None = None) -> str | None:
+        victims = self.handles(service)
+        if not victims:
+            return None
+        self.stack.kill(self.rng.choice(victims), hard=True)
+        return self.stack.start(service, extra, wait=False)
+
+    def arm_next(self) -> None:
+        service, point = FAULTS[self.turn % len(FAULTS)]
+        self.turn += 1
+        handle = self.replace(service, {"BATON_FAULTS": f"{point}=exit"})
+        if handle:
+            self.armed[handle] = (point, time.monotonic())
+
+    def exit_record(self, handle: str, code: int | None, **extra) -> dict:
+        """An exit worth reporting: was the process serving (ready) or still starting, and where it died."""
+        text = self.stack.log_path(handle).read_text(errors="replace")
+        frames = [ln.strip() for ln in text.splitlines() if 'File "' in ln and ".venv" not in ln]
+        lines = [ln for ln in text.splitlines() if ln.strip()]
+        return {
+            "handle": handle,
+            "code": code,
+            "was_ready": self.stack.ready_path(handle).exists(),
+            "where": frames[-3:],
+            "last_line": lines[-1][:300] if lines else "",
+            **extra,
+        }
+
+    def check(self) -> None:
+        """Armed processes that died at their point (or never got there); anything else that exited."""
+        for handle, proc in list(self.stack.procs.items()):
+            service = handle.rsplit("-", 1)[0]
+            if handle in self.armed:
+                point, since = self.armed[handle]
+                if proc.poll() is not None:
+                    text = self.stack.log_path(handle).read_text(errors="replace")
+                    if f"fault injected: exit at {point}" in text:
+                        self.fired[point] += 1
+                    else:
+                        self.unexpected.append(self.exit_record(handle, proc.returncode, armed=point))
+                elif time.monotonic() - since < self.args.fault_wait:
+                    continue
+                else:
+                    self.not_fired[point] += 1
+                del self.armed[handle]
+                self.stack.kill(handle, hard=True)
+                self.stack.start(service, wait=False)
+            elif proc.poll() is not None:
+                self.unexpected.append(self.exit_record(handle, proc.returncode))
+                log(f"{handle} exited on its own (code {proc.returncode}); started again")
+                self.stack.kill(handle, hard=True)
+                self.stack.start(service, wait=False)
+        if len(self.unexpected) > self.args.max_unexpected:
+            raise RuntimeError(f"{len(self.unexpected)} processes exited on their own: stopping the chaos")
+
+    async def run(self, stop: asyncio.Event) -> None:
+        rng, now = self.rng, time.monotonic()
+        due = {
+            "worker": now + rng.uniform(1.5, 3.5),
+            "supervisor": now + rng.uniform(6, 12),
+            "router": now + rng.uniform(20, 40),
+            "notifier": now + rng.uniform(20, 40),
+            "fault": now + rng.uniform(2, 4),
+            "minio": now + 8,
+            "redis": now + 16,
+        }
+        spans = {"worker": (1.5, 3.5), "supervisor": (6, 12), "router": (20, 40), "notifier": (20, 40)}
+        deadline = now + self.args.timeout + 3600  # bounded even if `stop` were never set
+        while not stop.is_set() and time.monotonic() < deadline:
+            await asyncio.sleep(0.25)
+            self.check()
+            now = time.monotonic()
+            for service, (low, high) in spans.items():
+                if now >= due[service]:
+                    if self.replace(service):
+                        self.kills[service] += 1
+                    due[service] = now + rng.uniform(low, high)
+            if now >= due["fault"] and not self.armed:
+                self.arm_next()
+                due["fault"] = now + rng.uniform(2, 4)
+            if now >= due["minio"] and self.kills["minio"] < self.args.minio_restarts:
+                log("restarting MinIO")
+                await asyncio.to_thread(self.srv.restart_minio)
+                self.kills["minio"] += 1
+                due["minio"] = time.monotonic() + 20
+            if now >= due["redis"] and self.kills["redis"] < self.args.redis_restarts:
+                log("killing Redis (SIGKILL) and starting it again on its AOF")
+                await asyncio.to_thread(self.srv.restart_redis)
+                self.kills["redis"] += 1
+                due["redis"] = time.monotonic() + 20
+
+    def calm(self) -> None:
+        """Unarm what is armed and start what is down: the stack whole again, nothing killed."""
+        for handle in list(self.armed):
+            service = handle.rsplit("-", 1)[0]
+            self.stack.kill(handle, hard=True)
+            self.stack.start(service, wait=False)
+        self.armed.clear()
+        self.check()
+
+
+def new_run(i: int, rng: random.Random, refs: dict[str, ObjectRef]) -> RunSubmitted:
+    workflow = rng.choices(list(MIX), weights=list(MIX.values()))[0]
+    inputs, params = {}, {}
+    if workflow == "content-factory":
+        inputs = {"brief": refs["brief"]}
+    elif workflow == "support":
+        params = {"text": TEXTS[i % len(TEXTS)]}
+    elif workflow == "build":
+        params = {"plan": PLAN}
+    elif workflow == "co-write":
+        inputs = {"document": refs["doc"]}
+    return RunSubmitted(run_id=f"chaos-{i:05d}", workflow=workflow, inputs=inputs, params=params)
+
+
+async def submit(r, events: list[RunSubmitted], deadline: float) -> None:
+    """XADD the runs in one pipeline; retried while Redis is down (the supervisor drops a duplicate)."""
+    while True:
+        try:
+            pipe = r.pipeline(transaction=False)
+            for event in events:
+                pipe.xadd(streams.RUNS, encode(event))
+            await pipe.execute()
+            return
+        except REDIS_DOWN:
+            if time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(0.5)
+
+
+class People:
+    """Answers the runs that wait for a person, as a person would: once each time they are asked.
+
+    As `baton respond` does (`client.ensure_waiting`, then the response file under the run's
+    human/responses/), through one S3 client: a client per answer costs a botocore model load each."""
+
+    def __init__(self, settings: Settings, storage: Storage) -> None:
+        self.settings, self.storage = settings, storage
+        self.sent: Counter = Counter()  # run -> responses written
+        self.busy: set[str] = set()
+        self.errors: Counter = Counter()
+        self.limit = asyncio.Semaphore(16)
+        self.tasks: set[asyncio.Task] = set()
+        self.written: dict[str, float] = {}  # response key -> when it was written (epoch seconds)
+
+    def consider(self, run_id: str, core: dict) -> None:
+        if core.get("status") != "waiting_for_human" or run_id in self.busy:
+            return
+        if len(core.get("responses_used") or []) < self.sent[run_id]:
+            return  # our answer is on its way (or lost: then the run hangs and is reported lost)
+        self.busy.add(run_id)
+        task = asyncio.create_task(self.answer(run_id))
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    async def respond(self, run_id: str, approve: bool) -> str:
+        await client.ensure_waiting(self.settings, run_id)
+        stamp = utcnow().strftime("%Y%m%dT%H%M%S%fZ")
+        body = {"decision": "approve" if approve else "reject", "text": f"chaos says {approve}"}
+        key = f"{run_prefix(run_id)}human/responses/response-{stamp}.json"
+        await self.storage.put(key, json.dumps(body).encode(), content_type="application/json")
+        return key
+
+    async def answer(self, run_id: str) -> None:
+        approve = not (self.sent[run_id] == 0 and int(run_id.rsplit("-", 1)[1]) % 4 == 0)
+        try:
+            async with self.limit:
+                # bounded: a call that hangs on a server being restarted is given up and asked again
+                key = await asyncio.wait_for(self.respond(run_id, approve), 10)
+            self.written[key] = time.time()
+            self.sent[run_id] += 1
+        except Exception as exc:  # noqa: BLE001 - Redis or MinIO down, or raced: asked again next poll
+            self.errors[type(exc).__name__] += 1
+        finally:
+            self.busy.discard(run_id)
+
+
+async def watch(r, pending: set[str], people: People, deadline: float, stall: float | None = None) -> None:
+    """Until every run has ended, the deadline, or `stall` seconds without a run ending: read each run's
+    status, answer those that wait for a person."""
+    last_log = 0.0
+    left, moved = len(pending), time.monotonic()
+    while pending and time.monotonic() < deadline:
+        if len(pending) != left:
+            left, moved = len(pending), time.monotonic()
+        elif stall is not None and time.monotonic() - moved > stall:
+            log(f"no run ended for {stall:g} s: {len(pending)} runs hang")
+            return
+        ids = list(pending)
+        try:
+            for start in range(0, len(ids), 1000):
+                chunk = ids[start : start + 1000]
+                pipe = r.pipeline(transaction=False)
+                for run_id in chunk:
+                    pipe.hget(streams.run_state(run_id), "core")
+                for run_id, raw in zip(chunk, await pipe.execute(), strict=True):
+                    core = json.loads(raw) if raw else {}
+                    if core.get("status") in ENDED:
+                        pending.discard(run_id)
+                    else:
+                        people.consider(run_id, core)
+        except REDIS_DOWN:
+            pass
+        if time.monotonic() - last_log > 10:
+            log(f"{len(pending)} runs not ended")
+            last_log = time.monotonic()
+        if pending:
+            await asyncio.sleep(1)
+
+
+def _quiet(loop, context) -> None:
+    """An S3 client's request cut by a MinIO restart leaves a background task failed with a connection
+    error nobody awaits; that is expected here, anything else is printed."""
+    if not isinstance(context.get("exception"), ConnectionError):
+        loop.default_exception_handler(context)
+
+
 async def chaos(args) -> dict:
+    asyncio.get_running_loop().set_exception_handler(_quiet)
     tmp = Path(tempfile.mkdtemp(prefix="baton-chaos-"))
-    (tmp / "workflows.yaml").write_text(WORKFLOWS)
     port, token = servers.free_port(), secrets.token_hex(8)
-    redis_server = servers.start_redis(tmp / "redis", appendonly=True)
-    minio_port = servers.free_port()
     webhook = f"http://127.0.0.1:{port}/minio/events"
-    servers_up = {"minio": servers.start_minio(tmp / "minio", webhook, token, port=minio_port)}
-    env = local_env(redis_server.url, servers_up["minio"].url, tmp / "workflows.yaml", port, token)
+    srv = Servers(tmp, webhook, token)
+    env = local_env(srv.redis.url, srv.minio.url, WORKFLOWS, port, token)
     env.update(
         BATON_CWD=str(ROOT),
         BATON_RECLAIM_IDLE_MS="2000",
@@ -72,150 +365,107 @@ async def chaos(args) -> dict:
     stack = Stack(tmp / "stack", env)
     result = None
     try:
-        result = await _run(args, tmp, settings, stack, webhook, token, minio_port, servers_up)
+        result = await _run(args, settings, stack, srv)
         return result
     finally:
-        if args.keep and result and (result["lost"] or result["tasks_done_twice"]):
+        if args.keep and result and result["exit_code"]:
             print(f"kept for inspection: {tmp} (REDIS_URL={settings.redis_url}); stop its processes by PID")
             return result  # noqa: B012
         stack.stop_all()
-        for server in (servers_up["minio"], redis_server):  # the MinIO running now: it is restarted
-            server.stop()
+        srv.stop()
 
 
-async def _run(args, tmp, settings, stack, webhook, token, minio_port, servers_up: dict) -> dict:
+async def _run(args, settings: Settings, stack: Stack, srv: Servers) -> dict:
     await init_workspace(settings)
-    for name in ["notifier", "supervisor", "router", *["worker"] * args.workers]:
+    for name in ["notifier", "supervisor", "supervisor", "router", *["worker"] * args.workers]:
         stack.start(name)
     async with Storage.connect(settings) as storage:
         brief = await storage.put("incoming/brief.md", (ROOT / "examples/briefs/topic.md").read_bytes())
-    r = aioredis.Redis.from_url(settings.redis_url)
-    kills: Counter = Counter()
-    stop = asyncio.Event()
+        doc = await storage.put("incoming/doc.md", b"first line\n")
+        return await _chaos(args, settings, stack, srv, storage, {"brief": brief, "doc": doc})
 
-    async def killer():
-        rng = random.Random(args.seed)
-        next_supervisor, next_minio = time.monotonic() + 8, time.monotonic() + 15
-        while not stop.is_set():
-            await asyncio.sleep(rng.uniform(1.5, 3.5))
-            workers = [h for h in stack.procs if h.startswith("worker")]
-            victim = rng.choice(workers)
-            stack.kill(victim, hard=True)
-            kills["worker"] += 1
-            stack.start("worker", wait=False)
-            if time.monotonic() > next_supervisor:
-                sup = next(h for h in stack.procs if h.startswith("supervisor"))
-                stack.kill(sup, hard=True)
-                kills["supervisor"] += 1
-                await asyncio.sleep(0.5)
-                stack.start("supervisor", wait=False)
-                next_supervisor = time.monotonic() + rng.uniform(8, 14)
-            if time.monotonic() > next_minio and kills["minio"] < args.minio_restarts:
-                servers_up["minio"].stop()
-                kills["minio"] += 1
-                await asyncio.sleep(1.0)
-                servers_up["minio"] = await asyncio.to_thread(
-                    servers.start_minio, tmp / "minio", webhook, token, minio_port
-                )
-                next_minio = time.monotonic() + 20
 
-    submitted: dict[str, float] = {}
-    killer_task = asyncio.create_task(killer())
+async def _chaos(args, settings: Settings, stack: Stack, srv: Servers, storage: Storage, refs: dict) -> dict:
+    # bounded: a command on a connection cut by a Redis kill fails and is retried instead of hanging
+    r = aioredis.Redis.from_url(settings.redis_url, socket_timeout=15, socket_connect_timeout=5)
+    rng = random.Random(args.seed)
+    runs = [new_run(i, rng, refs) for i in range(args.burst or args.runs)]
+    submitted: dict[str, tuple[str, float]] = {}
+    monkey, people, stop = Monkey(args, stack, srv), People(settings, storage), asyncio.Event()
+    monkey_task = asyncio.create_task(monkey.run(stop))
     started = time.monotonic()
+    pending: set[str] = set()
+    watcher = None
     try:
-        for i in range(args.runs):
-            run_id = f"chaos-{i:05d}"
-            event = RunSubmitted(
-                run_id=run_id,
-                workflow="content-factory",
-                inputs={
-                    "brief": ObjectRef(bucket=settings.bucket, key=brief.key, version_id=brief.version_id)
-                },
-            )
-            await r.xadd(streams.RUNS, encode(event))
-            submitted[run_id] = time.time()
-            await asyncio.sleep(1 / args.rate)
-            if i and i % 200 == 0:
-                log(f"submitted {i}; kills so far {dict(kills)}")
-        deadline = time.monotonic() + args.timeout
-        ended: dict[str, tuple[str, float, str]] = {}
-        while time.monotonic() < deadline and len(ended) < len(submitted):
-            for run_id in [x for x in submitted if x not in ended]:
-                raw = await r.hget(streams.run_state(run_id), "core")
-                status = json.loads(raw)["status"] if raw else None
-                if status in ("completed", "failed"):
-                    ended[run_id] = status
-            log(f"ended {len(ended)}/{len(submitted)}")
-            if len(ended) < len(submitted):
-                await asyncio.sleep(2)
+        if args.burst:
+            log(f"submitting {len(runs)} runs at once")
+            now = time.time()
+            await submit(r, runs, time.monotonic() + 60)
+            submitted = {e.run_id: (e.workflow, now) for e in runs}
+            pending = set(submitted)
+        else:
+            watcher = asyncio.create_task(watch(r, pending, people, time.monotonic() + 10**6))
+            for i, event in enumerate(runs):
+                at = time.time()
+                await submit(r, [event], time.monotonic() + 60)
+                submitted[event.run_id] = (event.workflow, at)
+                pending.add(event.run_id)
+                await asyncio.sleep(1 / args.rate)
+                if i and i % 200 == 0:
+                    log(f"submitted {i}; kills so far {dict(monkey.kills)}")
+            watcher.cancel()
+        watching = asyncio.create_task(watch(r, pending, people, time.monotonic() + args.timeout, args.stall))
+        await asyncio.wait({watching, monkey_task}, return_when=asyncio.FIRST_COMPLETED)
+        if monkey_task.done():
+            monkey_task.result()  # raises what stopped the chaos
+        await watching
     finally:
         stop.set()
-        killer_task.cancel()
-        try:
-            await killer_task
-        except asyncio.CancelledError:
-            pass
+        for task in (monkey_task, watcher):
+            if task is not None and not task.done():
+                task.cancel()
+        await asyncio.gather(*[t for t in (monkey_task, watcher) if t], return_exceptions=True)
     elapsed = time.monotonic() - started
-    # The end event may not be the newest one (a late, ignored result can follow): scan whole streams.
-    twice = runs_completed_twice = 0
-    doubles: list[dict] = []
-    durations, reasons = [], Counter()
-    completed = failed = 0
-    for run_id in submitted:
-        entries = await r.xrange(streams.run_events(run_id))
-        events = [json.loads(f[DATA_FIELD.encode()]) for _i, f in entries]
-        # Distinct events: a supervisor that dies before acknowledging re-records the same event (same
-        # event id) in the run's stream; that is a duplicate log line, not work done twice.
-        completions = {e["event_id"]: e for e in events if e["type"] == "task.completed"}
-        done = Counter((e["task_id"], e["attempt"]) for e in completions.values())
-        for (task_id, attempt), n in done.items():
-            if n > 1:
-                twice += 1
-                who = [
-                    (e["sender"], e["created_at"])
-                    for e in events
-                    if e["type"] in ("task.started", "task.completed") and e["task_id"] == task_id
-                ]
-                doubles.append({"task_id": task_id, "attempt": attempt, "by": who})
-        ends = [
-            (e, i)
-            for e, (i, _f) in zip(events, entries, strict=True)
-            if e["type"] in ("run.completed", "run.failed")
-        ]
-        runs_completed_twice += sum(1 for e, _i in ends if e["type"] == "run.completed") > 1
-        if ends:
-            e, entry_id = ends[0]
-            completed += e["type"] == "run.completed"
-            if e["type"] == "run.failed":
-                failed += 1
-                reasons[e["reason"][:80]] += 1
-            durations.append(int(entry_id.decode().split("-")[0]) / 1000 - submitted[run_id])
-    lost = len(submitted) - completed - failed
-    for double in doubles:  # how many entries carried the task to its agent (a double dispatch?)
-        agent = double["task_id"].rsplit(".", 1)[-1]
-        copies = [
-            i.decode()
-            for i, f in await r.xrange(streams.agent_stream(agent))
-            if json.loads(f[DATA_FIELD.encode()]).get("task_id") == double["task_id"]
-        ]
-        double["agent_stream_entries"] = copies
+    monkey.calm()
+    log(f"chaos over after {elapsed:.0f} s; {args.settle} s quiet for late duplicates")
+    await asyncio.sleep(args.settle)
+    monkey.check()
+    reports = await chaos_report.read_reports(r, submitted)
+    patterns = {name: wf.pattern for name, wf in load_workflows(WORKFLOWS).workflows.items()}
+    patterns.update(approval="sequential + person", retry="sequential, retried")
+    rows = chaos_report.summarise(reports, patterns)
+    lost = [await chaos_report.lost_detail(r, rep) for rep in reports if rep.end == "lost"][:20]
+    doubles = [{"run_id": rep.run_id, **d} for rep in reports for d in rep.done_twice]
+    ended_twice = [rep.run_id for rep in reports if rep.ends > 1]
     await r.aclose()
-    durations.sort()
+    total = rows["all"]
+    bad = (
+        total["lost"]
+        + total["failed"]
+        + total["cancelled"]
+        + total["tasks_done_twice"]
+        + total["runs_ended_twice"]
+    )
     return {
-        "submitted": len(submitted),
-        "completed": completed,
-        "failed_with_reason": failed,
-        "lost": lost,
-        "tasks_done_twice": twice,
-        "runs_completed_twice": runs_completed_twice,
-        "p50_s": round(statistics.median(durations), 2) if durations else None,
-        "p99_s": round(durations[int(0.99 * (len(durations) - 1))], 2) if durations else None,
+        "schedule": f"burst {args.burst}" if args.burst else f"steady {args.runs} at {args.rate}/s",
+        "exit_code": 1 if bad else 0,
+        "per_workflow": rows,
         "elapsed_s": round(elapsed, 1),
-        "kills": dict(kills),
-        "failure_reasons": dict(reasons),
+        "kills": dict(monkey.kills),
+        "faults_fired": dict(monkey.fired),
+        "faults_not_reached": dict(monkey.not_fired),
+        "exited_on_their_own": monkey.unexpected,
+        "responses": {
+            "written": sum(people.sent.values()),
+            "errors": dict(people.errors),
+            "applied_after": chaos_report.response_latency(reports, people.written),
+        },
         "workers": args.workers,
-        "rate_per_s": args.rate,
-        "done_twice": doubles,
+        "supervisors": 2,
+        "seed": args.seed,
+        "lost_runs": lost,
+        "done_twice": doubles[:50],
+        "ended_twice": ended_twice[:50],
     }
 
 
@@ -229,40 +479,50 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--runs", type=int, default=1000)
+    parser.add_argument("--runs", type=int, default=1000, help="Runs on the steady schedule.")
+    parser.add_argument("--burst", type=int, default=0, help="Submit this many runs at once instead.")
     parser.add_argument("--workers", type=int, default=3)
-    parser.add_argument("--rate", type=float, default=40.0, help="Runs submitted per second.")
-    parser.add_argument("--timeout", type=float, default=600.0, help="Seconds to wait for the last run.")
+    parser.add_argument("--rate", type=float, default=40.0, help="Runs submitted per second (steady).")
+    parser.add_argument("--timeout", type=float, default=900.0, help="Seconds to wait for the last run.")
     parser.add_argument("--minio-restarts", type=int, default=2)
-    parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--redis-restarts", type=int, default=2)
+    parser.add_argument("--fault-wait", type=float, default=20.0, help="Seconds an armed process may live.")
+    parser.add_argument("--max-unexpected", type=int, default=100, help="Stop after this many crashes.")
     parser.add_argument(
-        "--keep", action="store_true", help="Leave everything running if a run is lost or a task done twice."
+        "--stall", type=float, default=120.0, help="Stop waiting after this long without a run ending."
     )
+    parser.add_argument("--settle", type=float, default=5.0, help="Quiet seconds before counting.")
+    parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--keep", action="store_true", help="Leave everything running if anything is wrong.")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "chaos.json")
     args = parser.parse_args()
     result = asyncio.run(chaos(args))
-    rows = [
-        ("submitted", result["submitted"]),
-        ("completed", result["completed"]),
-        ("failed with reason", result["failed_with_reason"]),
-        ("lost (must be 0)", result["lost"]),
-        ("tasks done twice (must be 0)", result["tasks_done_twice"]),
-        ("runs completed twice (must be 0)", result["runs_completed_twice"]),
-        ("p50 run time (s)", result["p50_s"]),
-        ("p99 run time (s)", result["p99_s"]),
-        ("kills", result["kills"]),
-        ("elapsed (s)", result["elapsed_s"]),
-    ]
-    width = max(len(k) for k, _v in rows)
     print()
-    for key, value in rows:
-        print(f"{key:<{width}}  {value}")
-    for reason, n in result["failure_reasons"].items():
-        print(f"  failed x{n}: {reason}")
+    print(chaos_report.table(result["per_workflow"]))
+    for name, row in result["per_workflow"].items():
+        for reason, n in row["failure_reasons"].items():
+            print(f"  {name} failed x{n}: {reason}")
+    for key in ("schedule", "elapsed_s", "kills", "faults_fired", "faults_not_reached", "responses"):
+        print(f"{key}: {result[key]}")
+    print(f"exited on their own: {len(result['exited_on_their_own'])}")
+    for gone in result["exited_on_their_own"][:10]:
+        state = "serving" if gone["was_ready"] else "starting"
+        print(f"  {gone['handle']} (code {gone['code']}, while {state}): {gone['last_line'][:160]}")
+    for lost in result["lost_runs"]:
+        print(
+            f"lost {lost['run_id']} ({lost['workflow']}, {lost['status']}): "
+            + " | ".join(lost["events"][-3:])
+        )
+    for double in result["done_twice"][:10]:
+        print(
+            f"done twice: {double['run_id']} {double['task_id']} attempt {double['attempt']}: {double['by']}"
+        )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2))
-    sys.exit(0 if result["lost"] == 0 and result["runs_completed_twice"] == 0 else 1)
+    print(f"written to {args.out}; exit code {result['exit_code']}")
+    sys.exit(result["exit_code"])
 
 
 if __name__ == "__main__":
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
     main()
