@@ -241,6 +241,9 @@ def start_minio(
         "MINIO_ROOT_PASSWORD": root_password or MINIO_PASSWORD,
         "MINIO_BROWSER": "off",
         "MINIO_UPDATE": "off",
+        # Store (or post) each event before the PUT returns: MinIO otherwise holds events in memory
+        # first and drops them if it stops (make chaos lost notifications around MinIO restarts).
+        "MINIO_API_SYNC_EVENTS": "on",
         f"MINIO_NOTIFY_WEBHOOK_ENABLE_{WEBHOOK_TARGET.upper()}": "on",
         f"MINIO_NOTIFY_WEBHOOK_ENDPOINT_{WEBHOOK_TARGET.upper()}": webhook_url,
         f"MINIO_NOTIFY_WEBHOOK_QUEUE_DIR_{WEBHOOK_TARGET.upper()}": str(queue_dir),

@@ -44,18 +44,26 @@ def on_object(
         return _end(state, "approved") if state.document else Decision.ignore("approval before any version")
     if ev.key != doc_key(state, wf):
         return Decision.ignore("not the shared document")
+    return _new_version(state, wf, workflows, ev.ref())
+
+
+def _new_version(
+    state: RunState, wf: BidirectionalWorkflow, workflows: WorkflowFile, ref: ObjectRef
+) -> Decision:
+    """A version of the document, seen once (from its notification or from the turn that wrote it,
+    whichever comes first): the next turn, or the end."""
     seen = [v.split("|", 1)[0] for v in state.versions]
-    if ev.version_id in seen:
-        return Decision.ignore(f"version {ev.version_id} already seen")
+    if ref.version_id in seen:
+        return Decision.ignore(f"version {ref.version_id} already seen")
     etags = [v.split("|", 1)[1] for v in state.versions]
-    state.versions.append(f"{ev.version_id}|{ev.etag}")
-    state.document = ev.ref()
+    state.versions.append(f"{ref.version_id}|{ref.etag}")
+    state.document = ref
     for task_id in [t for t, slot in state.tasks.items() if slot.role == "turn"]:
         state.tasks.pop(task_id)  # the turn's write landed; its completion event is now informational
     if etags:
-        if ev.etag == etags[-1]:
+        if ref.etag == etags[-1]:
             return _end(state, "converged")
-        if len(etags) >= 2 and ev.etag == etags[-2]:
+        if len(etags) >= 2 and ref.etag == etags[-2]:
             return _end(state, "oscillation")
     if state.turns >= wf.max_rounds:
         return _end(state, "max_rounds")
@@ -87,10 +95,15 @@ def on_completed(
     docs: dict | None = None,
 ) -> Decision:
     take(state, ev)
-    if any(r.key == doc_key(state, wf) for r in ev.outputs.values()):
-        return Decision(state=state)  # the new version's event gives the next turn
+    # The turn's outputs name the version it wrote: act on it now rather than wait for its notification
+    # (which then finds the version seen), so a notification lost around a MinIO restart stalls nothing.
+    written = [r for r in ev.outputs.values() if r.key == doc_key(state, wf) and r.version_id]
+    if written:
+        return _new_version(state, wf, workflows, written[-1])
     if any(r.key.startswith(run_prefix(state.run_id) + wf.approval) for r in ev.outputs.values()):
-        return Decision(state=state)  # the approval file's event ends the run
+        return _end(state, "approved") if state.document else Decision(state=state)
+    if any(r.key == doc_key(state, wf) for r in ev.outputs.values()):
+        return Decision(state=state)  # a version without an id: its notification gives the next turn
     return _end(state, "converged")  # a turn that wrote nothing changed nothing
 
 
