@@ -14,79 +14,87 @@ from tests.helpers import wait_for_end
 pytestmark = pytest.mark.e2e
 
 
-@contextlib.contextmanager
-def _session(console):
-    """A logged-in browser-like client (cookie session)."""
-    with httpx.Client(base_url=console.url, follow_redirects=False, timeout=10) as http:
-        page = http.get("/login")
-        done = http.post("/login", data={"csrf": _csrf(page.text), "token": console.token, "next": "/runs"})
-        assert done.status_code == 303 and done.headers["location"] == "/runs"
-        yield http
-
-
 def _csrf(page: str) -> str:
     return re.search(r'name="csrf" value="([^"]+)"', page).group(1)
 
 
-def test_a_wrong_token_is_refused_and_no_page_shows_without_one(console):
-    with httpx.Client(base_url=console.url, timeout=10) as http:
-        assert http.get("/health").text == "ok"
-        page = http.get("/login")
-        wrong = http.post("/login", data={"csrf": _csrf(page.text), "token": "not-it", "next": "/runs"})
+@contextlib.asynccontextmanager
+async def _session(console):
+    """A logged-in browser-like client (cookie session)."""
+    async with httpx.AsyncClient(base_url=console.url, timeout=10) as http:
+        page = await http.get("/login")
+        form = {"csrf": _csrf(page.text), "token": console.token, "next": "/runs"}
+        done = await http.post("/login", data=form)
+        assert done.status_code == 303 and done.headers["location"] == "/runs"
+        yield http
+
+
+def _bearer(console, **headers) -> httpx.AsyncClient:
+    headers["authorization"] = f"Bearer {console.token}"
+    return httpx.AsyncClient(base_url=console.url, headers=headers, timeout=10)
+
+
+async def test_a_wrong_token_is_refused_and_no_page_shows_without_one(console):
+    async with httpx.AsyncClient(base_url=console.url, timeout=10) as http:
+        assert (await http.get("/health")).text == "ok"
+        page = await http.get("/login")
+        wrong = await http.post("/login", data={"csrf": _csrf(page.text), "token": "not-it", "next": "/"})
         assert wrong.status_code == 401 and "Wrong token" in wrong.text
         assert "baton_console" not in http.cookies
-        assert http.get("/runs", headers={"accept": "application/json"}).status_code == 401
-        assert http.get("/runs", headers={"authorization": "Bearer nope"}).status_code == 401
-        redirect = http.get("/inbox", headers={"accept": "text/html"}, follow_redirects=False)
+        assert (await http.get("/runs", headers={"accept": "application/json"})).status_code == 401
+        assert (await http.get("/runs", headers={"authorization": "Bearer nope"})).status_code == 401
+        redirect = await http.get("/inbox", headers={"accept": "text/html"})
         assert redirect.status_code == 303 and redirect.headers["location"].startswith("/login?next=")
-        ok = http.get("/runs?format=json", headers={"authorization": f"Bearer {console.token}"})
+    forged = {"baton_console": "abc.def"}
+    async with httpx.AsyncClient(base_url=console.url, timeout=10, cookies=forged) as http:
+        assert (await http.get("/runs", headers={"accept": "application/json"})).status_code == 401
+    async with _bearer(console) as http:
+        ok = await http.get("/runs?format=json")
         assert ok.status_code == 200 and "runs" in ok.json()
 
 
-async def test_an_output_with_a_script_is_shown_as_text_and_downloaded_at_its_version(console, settings, tmp_path):
+async def test_an_output_with_a_script_is_shown_as_text_and_downloaded_at_its_version(
+    console, settings, tmp_path
+):
     evil = tmp_path / "evil.md"
     evil.write_text("# Title\n\n<script>window.pwned = 1</script>\n")
     run_id = await client.submit(settings, "copy-files", {"evil": evil})
     events = await wait_for_end(settings, run_id)
     assert events[-1].type == "run.completed", events[-1]
     ref = events[-1].outputs["evil"]
-    with _session(console) as http:
-        run_page = http.get(f"/runs/{run_id}")
+    async with _session(console) as http:
+        run_page = await http.get(f"/runs/{run_id}")
         assert run_page.status_code == 200 and console.token not in run_page.text
         assert "script-src 'self'" in run_page.headers["content-security-policy"]
-        summary = http.get(f"/runs/{run_id}/panel/summary").text
-        assert ref.version_id in summary
-        view = http.get(f"/runs/{run_id}/file", params={"key": ref.key, "version": ref.version_id})
+        assert ref.version_id in (await http.get(f"/runs/{run_id}/panel/summary")).text
+        exact = {"key": ref.key, "version": ref.version_id}
+        view = await http.get(f"/runs/{run_id}/file", params=exact)
         assert "&lt;script&gt;window.pwned = 1&lt;/script&gt;" in view.text
         assert "<script>window" not in view.text
-        got = http.get(f"/runs/{run_id}/file", params={"key": ref.key, "version": ref.version_id, "download": 1})
+        got = await http.get(f"/runs/{run_id}/file", params={**exact, "download": 1})
         assert got.headers["content-type"] == "application/octet-stream"
         assert got.content == evil.read_bytes()
-        outside = http.get(f"/runs/{run_id}/file", params={"key": "shared/secret.md"})
+        outside = await http.get(f"/runs/{run_id}/file", params={"key": "shared/secret.md"})
         assert outside.status_code == 403
 
 
 async def test_forms_need_the_sessions_csrf_token_and_bearer_scripts_act_without_one(console, settings):
-    with _session(console) as http:
-        refused = http.post("/submit", data={"workflow": "copy-files", "params": "{}"})
+    async with _session(console) as http:
+        refused = await http.post("/submit", data={"workflow": "copy-files", "params": "{}"})
         assert refused.status_code == 403
-        form = http.get("/submit").text
-        posted = http.post("/submit", data={"workflow": "copy-files", "params": "{}", "csrf": _csrf(form)})
+        form = (await http.get("/submit")).text
+        posted = await http.post(
+            "/submit", data={"workflow": "copy-files", "params": "{}", "csrf": _csrf(form)}
+        )
         assert posted.status_code == 303
         run_id = posted.headers["location"].rsplit("/", 1)[1]
     events = await wait_for_end(settings, run_id)
-    assert events[0].sender == "console" or any(e.type == "run.started" for e in events)
-    scripted = httpx.post(
-        f"{console.url}/submit",
-        data={"workflow": "slow-pair", "params": '{"sleep": 5}'},
-        headers={"authorization": f"Bearer {console.token}"},
-    )
-    assert scripted.status_code == 201
-    run_id = scripted.json()["run_id"]
-    cancelled = httpx.post(
-        f"{console.url}/runs/{run_id}/cancel", headers={"authorization": f"Bearer {console.token}"}
-    )
-    assert cancelled.status_code == 303
+    assert events[-1].type == "run.completed", events[-1]
+    async with _bearer(console) as http:
+        scripted = await http.post("/submit", data={"workflow": "slow-pair", "params": '{"sleep": 5}'})
+        assert scripted.status_code == 201
+        run_id = scripted.json()["run_id"]
+        assert (await http.post(f"/runs/{run_id}/cancel")).status_code == 303
     events = await wait_for_end(settings, run_id)
     assert events[-1].type == "run.cancelled", events[-1]
 
@@ -95,11 +103,9 @@ async def test_the_runs_list_pages_and_filters(console, settings):
     ids = [await client.submit(settings, "copy-files", {}) for _ in range(3)]
     for run_id in ids:
         await wait_for_end(settings, run_id)
-    headers = {"authorization": f"Bearer {console.token}", "accept": "application/json"}
-    with httpx.Client(base_url=console.url, headers=headers, timeout=10) as http:
-        first = http.get("/runs", params={"workflow": "copy-files"}).json()
+    async with _bearer(console, accept="application/json") as http:
+        first = (await http.get("/runs", params={"workflow": "copy-files"})).json()
         assert [r["run_id"] for r in first["runs"][:3]] == list(reversed(ids))
-        failed = http.get("/runs", params={"status": "failed", "workflow": "copy-files"}).json()
+        failed = (await http.get("/runs", params={"status": "failed", "workflow": "copy-files"})).json()
         assert not {r["run_id"] for r in failed["runs"]} & set(ids)
-        status = http.get(f"/runs/{ids[0]}").json()
-        assert status["status"] == "completed"
+        assert (await http.get(f"/runs/{ids[0]}")).json()["status"] == "completed"
