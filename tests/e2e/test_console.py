@@ -109,3 +109,20 @@ async def test_the_runs_list_pages_and_filters(console, settings):
         failed = (await http.get("/runs", params={"status": "failed", "workflow": "copy-files"})).json()
         assert not {r["run_id"] for r in failed["runs"]} & set(ids)
         assert (await http.get(f"/runs/{ids[0]}")).json()["status"] == "completed"
+
+
+async def test_a_router_run_shows_its_decision_and_a_bidirectional_run_its_diffs(console, settings, tmp_path):
+    request = tmp_path / "request.md"
+    request.write_text("My invoice is wrong\n")
+    routed = await client.submit(settings, "support", {"request": request})
+    brief = tmp_path / "doc.md"
+    brief.write_text("first line\n")
+    together = await client.submit(settings, "co-write", {"document": brief})
+    for run_id in (routed, together):
+        events = await wait_for_end(settings, run_id, timeout=40)
+        assert events[-1].type == "run.completed", events[-1]
+    async with _session(console) as http:
+        route = (await http.get(f"/runs/{routed}/panel/pattern")).text
+        assert "billing" in route and "90%" in route and "kwclassifier" in route
+        versions = (await http.get(f"/runs/{together}/panel/pattern")).text
+        assert "version 2" in versions and 'class="add"' in versions
