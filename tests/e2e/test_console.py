@@ -126,3 +126,27 @@ async def test_a_router_run_shows_its_decision_and_a_bidirectional_run_its_diffs
         assert "billing" in route and "90%" in route and "kwclassifier" in route
         versions = (await http.get(f"/runs/{together}/panel/pattern")).text
         assert "version 2" in versions and 'class="add"' in versions
+
+
+async def test_a_page_of_runs_is_read_from_an_index_of_100000(settings):
+    import redis.asyncio as aioredis
+
+    from services.console import runs as console_runs
+    from shared import streams
+
+    r = aioredis.Redis.from_url(settings.redis_url)
+    fake = [f"lp-idx-{i:06d}" for i in range(100_000)]
+    try:
+        for start in range(0, len(fake), 10_000):  # scored before every real run: at the index's end
+            await r.zadd(
+                streams.RUN_INDEX, {f: i / 1e9 for i, f in enumerate(fake[start : start + 10_000], start)}
+            )
+        total = await r.zcard(streams.RUN_INDEX)
+        page = await console_runs.page_runs(r, cursor=total - 10, size=50)
+        assert page.scanned == 10 and page.next_cursor is None  # no state: listed as nothing, not an error
+        page = await console_runs.page_runs(r, cursor=total - 100_000, size=50, status="failed")
+        assert page.scanned == console_runs.SCAN_LIMIT and page.next_cursor == total - 100_000 + page.scanned
+    finally:
+        for start in range(0, len(fake), 10_000):
+            await r.zrem(streams.RUN_INDEX, *fake[start : start + 10_000])
+        await r.aclose()
