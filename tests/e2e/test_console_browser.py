@@ -139,6 +139,8 @@ async def test_a_hierarchical_run_is_drawn_as_its_plan_and_an_output_script_stay
         assert await page.evaluate("document.documentElement.scrollWidth") <= 390
         assert await page.locator("header.top nav a[href='/inbox']").is_visible()
         await page.screenshot(path=ARTIFACTS / "plan-390px.png", full_page=True)
+        await page.set_viewport_size({"width": 1280, "height": 900})
+        await page.screenshot(path=ARTIFACTS / "plan.png", full_page=True)  # the README's (docs/console.png)
 
         events = await wait_for_end(settings, evil_run)
         ref = events[-1].outputs["evil"]
