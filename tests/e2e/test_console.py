@@ -150,3 +150,14 @@ async def test_a_page_of_runs_is_read_from_an_index_of_100000(settings):
         for start in range(0, len(fake), 10_000):
             await r.zrem(streams.RUN_INDEX, *fake[start : start + 10_000])
         await r.aclose()
+
+
+async def test_the_event_stream_resumes_after_the_last_event_id_and_ends_with_the_run(console, settings):
+    run_id = await client.submit(settings, "copy-files", {})
+    await wait_for_end(settings, run_id)
+    async with _bearer(console) as http:
+        whole = (await http.get(f"/runs/{run_id}/stream")).text
+        ids = re.findall(r"^id: (\S+)$", whole, re.M)
+        assert len(ids) >= 4 and whole.rstrip().endswith("event: end\ndata: {}")
+        rest = (await http.get(f"/runs/{run_id}/stream", headers={"last-event-id": ids[1]})).text
+        assert re.findall(r"^id: (\S+)$", rest, re.M) == ids[2:]
