@@ -36,10 +36,9 @@ from starlette.staticfiles import StaticFiles
 
 from baton import client
 from services.mcp.app import _guess_type, _Server, is_loopback
-from shared import streams, waits
-from shared.broker import DATA_FIELD
+from shared import streams
 from shared.errors import BatonError, KeyValidationError, ObjectMissingError, PreconditionFailedError
-from shared.events import ID_PATTERN, TERMINAL_RUN_EVENTS, ObjectRef, utcnow
+from shared.events import ID_PATTERN, ObjectRef, utcnow
 from shared.logging import configure_logging
 from shared.service import mark_ready, redis_client
 from shared.settings import Settings
@@ -47,12 +46,11 @@ from shared.storage import Storage
 from shared.workflow import load_workflows
 from shared.workspace import run_prefix
 
-from . import render, runs
+from . import live, render, runs
 from .auth import COOKIE, LOGIN_COOKIE, ConsoleAuth, SecurityHeaders, csrf_ok, new_session
 
 SERVICE = "console"
 HERE = Path(__file__).parent
-STREAM_BLOCK = 15.0  # seconds an event stream waits in XREAD before a keep-alive comment
 _RUN_ID = re.compile(ID_PATTERN)
 
 
@@ -225,45 +223,10 @@ class Console:
         if not _entry_id(after):
             after = "0"
         return StreamingResponse(
-            self._events(run_id, after),
+            live.sse(self.settings.redis_url, run_id, after),
             media_type="text/event-stream",
             headers={"cache-control": "no-store", "x-accel-buffering": "no"},
         )
-
-    async def _events(self, run_id: str, after: str):
-        redis = waits.client(self.settings.redis_url, block=STREAM_BLOCK, name=f"baton-console:{run_id}")
-        key, last = streams.run_events(run_id), after
-        retry = waits.Retrier()
-        try:
-            yield "retry: 1000\n\n"
-            while True:
-                try:
-                    reply = await redis.xread({key: last}, block=int(STREAM_BLOCK * 1000), count=500)
-                except waits.TRANSIENT as exc:
-                    await retry.failed(exc)
-                    continue
-                retry.succeeded()
-                if not reply:
-                    yield ": keep-alive\n\n"
-                    continue
-                chunk, ended = [], False
-                for _stream, entries in reply:
-                    for entry_id, fields in entries:
-                        last = entry_id.decode()
-                        raw = fields.get(DATA_FIELD.encode())
-                        if raw is None:
-                            continue
-                        event = json.loads(raw)
-                        event["entry"] = last
-                        chunk.append(f"id: {last}\ndata: {json.dumps(event)}\n\n")
-                        ended = ended or event.get("type") in TERMINAL_RUN_EVENTS
-                if ended:
-                    chunk.append("event: end\ndata: {}\n\n")
-                yield "".join(chunk)
-                if ended:
-                    return
-        finally:
-            await redis.aclose()
 
     async def file(self, request: Request) -> Response:
         """One of a run's files at its exact version: viewed (rendered) or downloaded."""
