@@ -329,6 +329,11 @@ def dev_up(
         typer.echo(
             f"# A2A: http://127.0.0.1:{env['BATON_GATEWAY_PORT']}/ token {env['BATON_A2A_TOKEN']}", err=True
         )
+    if env.get("BATON_CONSOLE_PORT"):
+        typer.echo(
+            f"# console: http://127.0.0.1:{env['BATON_CONSOLE_PORT']}/ token {env['BATON_CONSOLE_TOKEN']}",
+            err=True,
+        )
     for key in (
         "REDIS_URL",
         "S3_ENDPOINT_URL",

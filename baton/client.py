@@ -184,8 +184,15 @@ async def respond(
                 raise BatonError(f"--file {attachment}: no such file")
             key = f"{run_prefix(run_id)}human/attachments/{stamp}-{attachment.name}"
             body["attachment"] = (await storage.put(key, attachment.read_bytes())).uri()
-        key = f"{run_prefix(run_id)}human/responses/response-{stamp}.json"
-        return await storage.put(key, json.dumps(body).encode(), content_type="application/json")
+        return await write_response(storage, run_id, body, stamp)
+
+
+async def write_response(storage: Storage, run_id: str, body: dict, stamp: str | None = None) -> ObjectRef:
+    """The response file a waiting run resumes on (`baton respond`, the console): `{"decision", "text"}`
+    under `runs/<run_id>/human/responses/`."""
+    stamp = stamp or utcnow().strftime("%Y%m%dT%H%M%S%fZ")
+    key = f"{run_prefix(run_id)}human/responses/response-{stamp}.json"
+    return await storage.put(key, json.dumps(body).encode(), content_type="application/json")
 
 
 async def ensure_waiting(settings: Settings, run_id: str) -> dict[str, Any]:
@@ -295,12 +302,14 @@ async def run_status(settings: Settings, run_id: str, last: int = 20) -> dict[st
     }
 
 
-async def cancel(settings: Settings, run_id: str, reason: str = "cancelled by a user") -> None:
+async def cancel(
+    settings: Settings, run_id: str, reason: str = "cancelled by a user", sender: str = "cli"
+) -> None:
     """Ask the supervisor to stop a run; it ends `cancelled` and its tasks are dropped."""
     client = aioredis.Redis.from_url(settings.redis_url)
     try:
         await client.xadd(
-            streams.RUNS, encode(RunCancelRequested(run_id=run_id, reason=reason, sender="cli"))
+            streams.RUNS, encode(RunCancelRequested(run_id=run_id, reason=reason, sender=sender))
         )
     finally:
         await client.aclose()

@@ -21,7 +21,7 @@ from baton.client import init_workspace
 from shared import acl
 from shared.settings import Settings
 
-SERVICES = ("notifier", "supervisor", "router", "worker", "indexer", "mcp", "gateway")
+SERVICES = ("notifier", "supervisor", "router", "worker", "indexer", "mcp", "gateway", "console")
 
 
 def service_command(name: str) -> list[str]:
@@ -201,6 +201,9 @@ def up(root: Path, workflows: Path, workers: int = 2) -> dict[str, str]:
         env["BATON_GATEWAY_PORT"] = str(servers.free_port())
         env["BATON_A2A_TOKEN"] = secrets.token_hex(16)
         launch("gateway", {"BATON_GATEWAY_HOST": "127.0.0.1"})  # A2A agents: one per workflow
+        env["BATON_CONSOLE_PORT"] = str(servers.free_port())
+        env["BATON_CONSOLE_TOKEN"] = secrets.token_hex(16)
+        launch("console", {"BATON_CONSOLE_HOST": "127.0.0.1"})  # the web console, for people
     except BaseException:
         for pid in reversed(pids.values()):
             servers.stop_pid(pid)

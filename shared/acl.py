@@ -15,7 +15,8 @@ comes from `shared/streams.py` (or the helpers next to the code that uses it).
 MinIO: one policy per user on the workspace bucket. Workers and the router read only `runs/*` (workers
 also write there); the notifier has no MinIO user at all; the indexer reads everything; the MCP server
 reads its readable prefixes and writes its writable ones plus run inputs and human responses; the
-A2A gateway reads runs and writes run inputs and human responses; the
+A2A gateway reads runs and writes run inputs and human responses; the web console reads runs (exact
+versions) and writes run inputs and human responses; the
 supervisor reads everything (it adopts inputs from anywhere) and writes `runs/*` and the workflows'
 `publish_to` prefixes; the CLI reads and writes objects. Nobody but the admin may change the bucket's
 configuration (versioning, notifications, policies) or delete objects.
@@ -33,7 +34,7 @@ from urllib.parse import quote, unquote, urlsplit, urlunsplit
 from . import streams
 from .errors import ConfigError
 
-SERVICES = ("supervisor", "router", "worker", "notifier", "indexer", "mcp", "gateway", "cli")
+SERVICES = ("supervisor", "router", "worker", "notifier", "indexer", "mcp", "gateway", "console", "cli")
 NO_STORAGE = frozenset({"notifier"})  # services that must not hold any S3 credentials
 
 
@@ -248,6 +249,38 @@ def _gateway_grants() -> list[Grant]:
 WORK_STREAMS = (streams.RUNS, streams.ROUTE, streams.RESULTS, streams.OBJECTS)
 
 
+def _console_grants() -> list[Grant]:
+    agents = streams.agent_stream("*")
+    return [
+        Grant("submit and cancel runs", (streams.RUNS,), ("xadd",)),
+        Grant(
+            "run pages: the state whole, or only its core (the runs list)",
+            (streams.run_state("*"),),
+            ("hgetall", "hget"),
+            read_only=True,
+        ),
+        Grant(
+            "live timelines (blocking XREAD) and run pages",
+            (streams.run_events("*"),),
+            ("xread", "xrange", "xrevrange"),
+            read_only=True,
+        ),
+        Grant(
+            "the runs list, paged; the inbox",
+            (streams.RUN_INDEX, streams.RUNS_WAITING),
+            ("zrevrange", "zcard", "smembers"),
+            read_only=True,
+        ),
+        *_search_client(),
+        Grant(
+            "dead letters: list, show, replay (MULTI: XADD back, XDEL)",
+            (streams.DLQ,),
+            ("xrange", "xrevrange", "xdel"),
+        ),
+        Grant("replay dead letters to the streams they came from", (*WORK_STREAMS, agents), ("xadd",)),
+    ]
+
+
 def _cli_grants() -> list[Grant]:
     agents = streams.agent_stream("*")
     return [
@@ -288,6 +321,7 @@ _GRANTS = {
     "indexer": _indexer_grants,
     "mcp": _mcp_grants,
     "gateway": _gateway_grants,
+    "console": _console_grants,
     "cli": _cli_grants,
 }
 # Root permissions beyond CONNECTION (commands without keys).
@@ -295,6 +329,7 @@ _ROOT = {
     "supervisor": TRANSACTIONS,
     "worker": TRANSACTIONS,  # outcome + done-mark in one MULTI/EXEC on the per-message path (BATON_BATCH=0)
     "indexer": TRANSACTIONS,
+    "console": TRANSACTIONS,  # a dead letter's replay: XADD back and XDEL in one MULTI/EXEC
     "cli": (*TRANSACTIONS, "scan"),  # `baton trim` finds the agent streams with SCAN ... TYPE stream
 }
 
@@ -434,6 +469,13 @@ def s3_policy(
         ]
     elif service == "gateway":
         # reads the runs' outputs (and presigns them); writes uploaded inputs and people's answers
+        statements = [
+            _statement(READ, _objects(bucket, [runs])),
+            _statement(WRITE, _objects(bucket, [f"{runs}*/inputs/", f"{runs}*/human/responses/"])),
+        ]
+    elif service == "console":
+        # reads runs' files at exact versions (outputs, requests, inputs); writes what the CLI writes for a
+        # run: uploaded inputs and people's answers
         statements = [
             _statement(READ, _objects(bucket, [runs])),
             _statement(WRITE, _objects(bucket, [f"{runs}*/inputs/", f"{runs}*/human/responses/"])),

@@ -115,6 +115,12 @@ class Settings(BaseSettings):
     a2a_inline_bytes: int = Field(
         256 * 1024, ge=0, description="Gateway: outputs up to this size go back as bytes, larger as URLs."
     )
+    console_host: str = Field("127.0.0.1", description="Where the web console listens.")
+    console_port: int = Field(9914, description="Port of the web console.")
+    console_token: str = Field(
+        "", description="The token people log in to the console with (also a bearer token for scripts)."
+    )
+    console_page_size: int = Field(50, ge=1, le=500, description="Console: runs per page of the runs list.")
     faults: str = Field(
         "",
         description="Tests only: fault points to arm, `<point>=exit|raise[*N]`, comma-separated "
@@ -123,8 +129,8 @@ class Settings(BaseSettings):
     acl_passwords: dict[str, str] = Field(
         default_factory=dict,
         description="`baton init`: JSON object of service -> password (supervisor, router, worker, notifier, "
-        "indexer, mcp, gateway, cli). Each gets a Redis ACL user and a MinIO user `baton-<service>` allowed "
-        "only what it needs (shared/acl.py); empty: no users are created.",
+        "indexer, mcp, gateway, console, cli). Each gets a Redis ACL user and a MinIO user `baton-<service>` "
+        "allowed only what it needs (shared/acl.py); empty: no users are created.",
     )
 
     @property

@@ -88,3 +88,22 @@ def gateway(stack: Stack) -> Gateway:
         },
     )
     return Gateway(f"http://127.0.0.1:{port}/", token, handle)
+
+
+@dataclass
+class ConsoleServer:
+    url: str
+    token: str
+    handle: str
+
+
+@pytest.fixture(scope="session")
+def console(stack: Stack) -> ConsoleServer:
+    """The web console, logged in to Redis and MinIO as its own users (baton-console)."""
+    port = servers.free_port()
+    token = secrets.token_hex(16)
+    handle = stack.start(
+        "console",
+        {"BATON_CONSOLE_HOST": "127.0.0.1", "BATON_CONSOLE_PORT": str(port), "BATON_CONSOLE_TOKEN": token},
+    )
+    return ConsoleServer(f"http://127.0.0.1:{port}", token, handle)

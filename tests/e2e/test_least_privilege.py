@@ -213,6 +213,35 @@ async def test_the_a2a_gateway_writes_only_run_inputs_and_responses_and_reads_on
         await _refused(r.xadd(streams.RESULTS, {"__data__": "{}"}))
 
 
+async def test_the_console_reads_runs_and_writes_only_run_inputs_and_responses(stack, settings):
+    async with Storage.connect(settings) as admin:
+        hidden = await admin.put(_key("shared/"), b"not for the console")
+    async with Storage.connect(_settings(stack, "console")) as console:
+        ref = await console.put(_key("runs/lp-console/inputs/"), b"an uploaded input", if_none_match=True)
+        assert await console.get(ref) == b"an uploaded input"
+        await console.put(_key("runs/lp-console/human/responses/"), b"{}", if_none_match=True)
+        await _s3_denied(console.put(_key("runs/lp-console/drafts/"), b"an agent's output"))
+        await _s3_denied(console.put(_key("shared/"), b"x"))
+        await _s3_denied(console.get(hidden))
+        await _s3_denied(console.client.list_objects_v2(Bucket=settings.bucket))
+        await _s3_denied(console.client.delete_object(Bucket=settings.bucket, Key=ref.key))
+    async with _redis(stack, "console") as r:
+        assert await r.hgetall(streams.run_state("lp-none")) == {}
+        assert await r.hget(streams.run_state("lp-none"), "core") is None  # the runs list reads cores
+        assert await r.xread({streams.run_events("lp-none"): "0"}, block=1) == []  # the live timeline
+        assert isinstance(await r.zrevrange(streams.RUN_INDEX, 0, 9), list)
+        assert isinstance(await r.smembers(streams.RUNS_WAITING), set)
+        assert isinstance(await r.xrevrange(streams.DLQ, count=1), list)
+        await _refused(r.hset(streams.run_state("lp-none"), "core", "{}"))
+        await _refused(r.xadd(streams.run_events("lp-none"), {"__data__": "{}"}))
+        await _refused(r.xadd(streams.RESULTS + "x", {"__data__": "{}"}))
+        await _refused(r.zadd(streams.RUN_INDEX, {"x": 1}))
+        await _refused(r.srem(streams.RUNS_WAITING, "x"))
+        await _refused(r.xreadgroup(streams.SUPERVISOR_GROUP, "thief", {streams.RUNS: ">"}, count=1))
+        await _refused(r.keys("*"))
+        await _refused(r.set(streams.run_cancelled("lp-none"), "1"))
+
+
 async def test_router_indexer_and_supervisor_are_limited_too(stack, settings):
     async with _redis(stack, "router") as r:
         await _refused(r.hgetall(streams.run_state("x")))

@@ -1,0 +1,169 @@
+"""What the console reads about runs: a page of the run index, the inbox, one run and its parts.
+
+Functions of their resources (a Redis client, a Storage), so tests call them without the app.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from shared import streams
+from shared.broker import DATA_FIELD
+from shared.events import ObjectRef
+from shared.runs import RunState, get_run
+from shared.storage import Storage
+from shared.workspace import run_prefix
+
+CHUNK = 200  # index entries read per round trip while filling a page
+SCAN_LIMIT = 5000  # index entries one page looks at before it stops (filtered pages stay bounded)
+STATUSES = ("running", "waiting_for_human", "completed", "failed", "cancelled")
+
+
+@dataclass
+class RunsPage:
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    next_cursor: int | None = None
+    total: int = 0
+    scanned: int = 0
+
+
+def _row(run_id: str, core: dict[str, Any]) -> dict[str, Any]:
+    waiting = core.get("waiting") or {}
+    usage = core.get("usage") or {}
+    return {
+        "run_id": run_id,
+        "workflow": core.get("workflow"),
+        "pattern": core.get("pattern"),
+        "status": core.get("status"),
+        "created_at": core.get("created_at"),
+        "updated_at": core.get("updated_at"),
+        "question": waiting.get("question"),
+        "reason": core.get("reason"),
+        "tokens": (usage.get("prompt_tokens") or 0) + (usage.get("completion_tokens") or 0),
+        "cost": usage.get("cost"),
+    }
+
+
+async def page_runs(
+    redis, *, cursor: int = 0, size: int = 50, status: str = "", workflow: str = "", waiting: bool = False
+) -> RunsPage:
+    """One page of runs, newest first: ZREVRANGE over the run index from `cursor`, each run's core only
+    (HGET), filtered. A page reads at most SCAN_LIMIT index entries, so a rare filter over 100,000 runs
+    returns a short page with a cursor to go on, instead of reading them all."""
+    if waiting:
+        return await _waiting_page(redis, cursor, size, workflow)
+    page = RunsPage(total=await redis.zcard(streams.RUN_INDEX))
+    pos = cursor
+    while len(page.rows) < size and page.scanned < SCAN_LIMIT:
+        ids = [i.decode() for i in await redis.zrevrange(streams.RUN_INDEX, pos, pos + CHUNK - 1)]
+        if not ids:
+            return page
+        async with redis.pipeline(transaction=False) as pipe:
+            for run_id in ids:
+                pipe.hget(streams.run_state(run_id), "core")
+            cores = await pipe.execute()
+        for run_id, raw in zip(ids, cores, strict=True):
+            pos += 1
+            page.scanned += 1
+            if raw is None:
+                continue
+            core = json.loads(raw)
+            if (status and core.get("status") != status) or (workflow and core.get("workflow") != workflow):
+                continue
+            page.rows.append(_row(run_id, core))
+            if len(page.rows) >= size:
+                break
+    page.next_cursor = pos if pos < page.total else None
+    return page
+
+
+async def _waiting_page(redis, cursor: int, size: int, workflow: str) -> RunsPage:
+    rows = [r for r in await waiting_runs(redis) if not workflow or r["workflow"] == workflow]
+    page = RunsPage(rows=rows[cursor : cursor + size], total=len(rows), scanned=len(rows))
+    page.next_cursor = cursor + size if cursor + size < len(rows) else None
+    return page
+
+
+async def waiting_runs(redis) -> list[dict[str, Any]]:
+    """Runs waiting for a person (the waiting set is advisory: each run's core decides), newest first."""
+    ids = sorted(i.decode() for i in await redis.smembers(streams.RUNS_WAITING))
+    if not ids:
+        return []
+    async with redis.pipeline(transaction=False) as pipe:
+        for run_id in ids:
+            pipe.hget(streams.run_state(run_id), "core")
+        cores = await pipe.execute()
+    rows = [
+        _row(run_id, json.loads(raw))
+        for run_id, raw in zip(ids, cores, strict=True)
+        if raw is not None and json.loads(raw).get("status") == "waiting_for_human"
+    ]
+    return sorted(rows, key=lambda r: r["created_at"] or "", reverse=True)
+
+
+async def events(redis, run_id: str, count: int | None = None, reverse: bool = False) -> list[dict]:
+    """A run's events as dicts (oldest first; the newest `count` with `reverse`), each with its `entry`."""
+    key = streams.run_events(run_id)
+    if reverse:
+        entries = list(reversed(await redis.xrevrange(key, count=count)))
+    else:
+        entries = await redis.xrange(key, count=count)
+    out = []
+    for entry_id, fields in entries:
+        try:
+            event = json.loads(fields[DATA_FIELD.encode()])
+        except (KeyError, ValueError):
+            continue
+        event["entry"] = entry_id.decode()
+        out.append(event)
+    return out
+
+
+def last_of(evs: list[dict], type_: str) -> dict | None:
+    return next((e for e in reversed(evs) if e.get("type") == type_), None)
+
+
+async def human_request(redis, state: RunState) -> dict | None:
+    """What a waiting run asks: the question, the request file and the files to review (exact refs)."""
+    if state.waiting is None:
+        return None
+    recent = await events(redis, state.run_id, count=200, reverse=True)
+    asked = next(
+        (
+            e
+            for e in reversed(recent)
+            if e.get("type") == "human.requested" and e.get("task_id") == state.waiting.task_id
+        ),
+        None,
+    )
+    inputs = {n: ObjectRef.model_validate(r) for n, r in ((asked or {}).get("inputs") or {}).items()}
+    return {"question": state.waiting.question, "request": state.waiting.request, "inputs": inputs}
+
+
+def readable(run_id: str, key: str) -> bool:
+    """The console shows only a run's own files (its MinIO user reads `runs/` only)."""
+    return key.startswith(run_prefix(run_id)) and ".." not in key.split("/")
+
+
+async def read(storage: Storage, ref: ObjectRef) -> bytes:
+    return await storage.get(ref)
+
+
+async def document_versions(storage: Storage, state: RunState, key: str) -> list[dict[str, Any]]:
+    """A bidirectional run's document, version by version (`version_id|etag` in the state), as text."""
+    out = []
+    for n, entry in enumerate(state.versions, 1):
+        version_id, _, etag = entry.partition("|")
+        ref = ObjectRef(bucket=storage.bucket, key=key, version_id=version_id or None, etag=etag or None)
+        try:
+            text = (await storage.get(ref)).decode("utf-8", "replace")
+        except Exception as exc:  # noqa: BLE001 - a version gone (retention) is shown, not fatal
+            text = f"(unreadable: {exc})"
+        out.append({"n": n, "ref": ref, "text": text})
+    return out
+
+
+async def load(redis, run_id: str) -> RunState | None:
+    return await get_run(redis, run_id)

@@ -1,0 +1,163 @@
+"""The web console over HTTP (no browser): login and bearer, CSRF, escaping, exact versions, acting."""
+
+from __future__ import annotations
+
+import contextlib
+import re
+
+import httpx
+import pytest
+
+from baton import client
+from tests.helpers import wait_for_end
+
+pytestmark = pytest.mark.e2e
+
+
+def _csrf(page: str) -> str:
+    return re.search(r'name="csrf" value="([^"]+)"', page).group(1)
+
+
+@contextlib.asynccontextmanager
+async def _session(console):
+    """A logged-in browser-like client (cookie session)."""
+    async with httpx.AsyncClient(base_url=console.url, timeout=10) as http:
+        page = await http.get("/login")
+        form = {"csrf": _csrf(page.text), "token": console.token, "next": "/runs"}
+        done = await http.post("/login", data=form)
+        assert done.status_code == 303 and done.headers["location"] == "/runs"
+        yield http
+
+
+def _bearer(console, **headers) -> httpx.AsyncClient:
+    headers["authorization"] = f"Bearer {console.token}"
+    return httpx.AsyncClient(base_url=console.url, headers=headers, timeout=10)
+
+
+async def test_a_wrong_token_is_refused_and_no_page_shows_without_one(console):
+    async with httpx.AsyncClient(base_url=console.url, timeout=10) as http:
+        assert (await http.get("/health")).text == "ok"
+        page = await http.get("/login")
+        wrong = await http.post("/login", data={"csrf": _csrf(page.text), "token": "not-it", "next": "/"})
+        assert wrong.status_code == 401 and "Wrong token" in wrong.text
+        assert "baton_console" not in http.cookies
+        assert (await http.get("/runs", headers={"accept": "application/json"})).status_code == 401
+        assert (await http.get("/runs", headers={"authorization": "Bearer nope"})).status_code == 401
+        redirect = await http.get("/inbox", headers={"accept": "text/html"})
+        assert redirect.status_code == 303 and redirect.headers["location"].startswith("/login?next=")
+    forged = {"baton_console": "abc.def"}
+    async with httpx.AsyncClient(base_url=console.url, timeout=10, cookies=forged) as http:
+        assert (await http.get("/runs", headers={"accept": "application/json"})).status_code == 401
+    async with _bearer(console) as http:
+        ok = await http.get("/runs?format=json")
+        assert ok.status_code == 200 and "runs" in ok.json()
+
+
+async def test_an_output_with_a_script_is_shown_as_text_and_downloaded_at_its_version(
+    console, settings, tmp_path
+):
+    evil = tmp_path / "evil.md"
+    evil.write_text("# Title\n\n<script>window.pwned = 1</script>\n")
+    run_id = await client.submit(settings, "copy-files", {"evil": evil})
+    events = await wait_for_end(settings, run_id)
+    assert events[-1].type == "run.completed", events[-1]
+    ref = events[-1].outputs["evil"]
+    async with _session(console) as http:
+        run_page = await http.get(f"/runs/{run_id}")
+        assert run_page.status_code == 200 and console.token not in run_page.text
+        assert "script-src 'self'" in run_page.headers["content-security-policy"]
+        assert ref.version_id in (await http.get(f"/runs/{run_id}/panel/summary")).text
+        exact = {"key": ref.key, "version": ref.version_id}
+        view = await http.get(f"/runs/{run_id}/file", params=exact)
+        assert "&lt;script&gt;window.pwned = 1&lt;/script&gt;" in view.text
+        assert "<script>window" not in view.text
+        got = await http.get(f"/runs/{run_id}/file", params={**exact, "download": 1})
+        assert got.headers["content-type"] == "application/octet-stream"
+        assert got.content == evil.read_bytes()
+        outside = await http.get(f"/runs/{run_id}/file", params={"key": "shared/secret.md"})
+        assert outside.status_code == 403
+
+
+async def test_forms_need_the_sessions_csrf_token_and_bearer_scripts_act_without_one(console, settings):
+    async with _session(console) as http:
+        refused = await http.post("/submit", data={"workflow": "copy-files", "params": "{}"})
+        assert refused.status_code == 403
+        form = (await http.get("/submit")).text
+        posted = await http.post(
+            "/submit", data={"workflow": "copy-files", "params": "{}", "csrf": _csrf(form)}
+        )
+        assert posted.status_code == 303
+        run_id = posted.headers["location"].rsplit("/", 1)[1]
+    events = await wait_for_end(settings, run_id)
+    assert events[-1].type == "run.completed", events[-1]
+    async with _bearer(console) as http:
+        scripted = await http.post("/submit", data={"workflow": "slow-pair", "params": '{"sleep": 5}'})
+        assert scripted.status_code == 201
+        run_id = scripted.json()["run_id"]
+        assert (await http.post(f"/runs/{run_id}/cancel")).status_code == 303
+    events = await wait_for_end(settings, run_id)
+    assert events[-1].type == "run.cancelled", events[-1]
+
+
+async def test_the_runs_list_pages_and_filters(console, settings):
+    ids = [await client.submit(settings, "copy-files", {}) for _ in range(3)]
+    for run_id in ids:
+        await wait_for_end(settings, run_id)
+    async with _bearer(console, accept="application/json") as http:
+        first = (await http.get("/runs", params={"workflow": "copy-files"})).json()
+        assert [r["run_id"] for r in first["runs"][:3]] == list(reversed(ids))
+        failed = (await http.get("/runs", params={"status": "failed", "workflow": "copy-files"})).json()
+        assert not {r["run_id"] for r in failed["runs"]} & set(ids)
+        assert (await http.get(f"/runs/{ids[0]}")).json()["status"] == "completed"
+
+
+async def test_a_router_run_shows_its_decision_and_a_bidirectional_run_its_diffs(console, settings, tmp_path):
+    request = tmp_path / "request.md"
+    request.write_text("My invoice is wrong\n")
+    routed = await client.submit(settings, "support", {"request": request})
+    brief = tmp_path / "doc.md"
+    brief.write_text("first line\n")
+    together = await client.submit(settings, "co-write", {"document": brief})
+    for run_id in (routed, together):
+        events = await wait_for_end(settings, run_id, timeout=40)
+        assert events[-1].type == "run.completed", events[-1]
+    async with _session(console) as http:
+        route = (await http.get(f"/runs/{routed}/panel/pattern")).text
+        assert "billing" in route and "90%" in route and "kwclassifier" in route
+        versions = (await http.get(f"/runs/{together}/panel/pattern")).text
+        assert "version 2" in versions and 'class="add"' in versions
+
+
+async def test_a_page_of_runs_is_read_from_an_index_of_100000(settings):
+    import redis.asyncio as aioredis
+
+    from services.console import runs as console_runs
+    from shared import streams
+
+    r = aioredis.Redis.from_url(settings.redis_url)
+    fake = [f"lp-idx-{i:06d}" for i in range(100_000)]
+    try:
+        for start in range(0, len(fake), 10_000):  # scored before every real run: at the index's end
+            await r.zadd(
+                streams.RUN_INDEX, {f: i / 1e9 for i, f in enumerate(fake[start : start + 10_000], start)}
+            )
+        total = await r.zcard(streams.RUN_INDEX)
+        page = await console_runs.page_runs(r, cursor=total - 10, size=50)
+        assert page.scanned == 10 and page.next_cursor is None  # no state: listed as nothing, not an error
+        page = await console_runs.page_runs(r, cursor=total - 100_000, size=50, status="failed")
+        assert page.scanned == console_runs.SCAN_LIMIT and page.next_cursor == total - 100_000 + page.scanned
+    finally:
+        for start in range(0, len(fake), 10_000):
+            await r.zrem(streams.RUN_INDEX, *fake[start : start + 10_000])
+        await r.aclose()
+
+
+async def test_the_event_stream_resumes_after_the_last_event_id_and_ends_with_the_run(console, settings):
+    run_id = await client.submit(settings, "copy-files", {})
+    await wait_for_end(settings, run_id)
+    async with _bearer(console) as http:
+        whole = (await http.get(f"/runs/{run_id}/stream")).text
+        ids = re.findall(r"^id: (\S+)$", whole, re.M)
+        assert len(ids) >= 4 and whole.rstrip().endswith("event: end\ndata: {}")
+        rest = (await http.get(f"/runs/{run_id}/stream", headers={"last-event-id": ids[1]})).text
+        assert re.findall(r"^id: (\S+)$", rest, re.M) == ids[2:]
