@@ -1,5 +1,8 @@
 # One image for every Baton service and the `baton` CLI; the service is chosen by the command.
-FROM python:3.11-slim
+# The base is an argument, so a site with its own registry (or `make images-offline`) can substitute it:
+#   docker build --build-arg PYTHON_IMAGE=registry.example/python:3.11-slim .
+ARG PYTHON_IMAGE=python:3.11-slim
+FROM ${PYTHON_IMAGE}
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \

@@ -31,13 +31,9 @@ COMPOSE = yaml.safe_load(COMPOSE_FILE.read_text())  # resolves the anchors and `
 SERVICES: dict[str, dict] = COMPOSE["services"]
 
 
-def _builds_here(service: dict) -> bool:
-    build = service.get("build")
-    context = build.get("context", ".") if isinstance(build, dict) else build
-    return context in (".", "./")
-
-
-BATON_SERVICES = sorted(name for name, svc in SERVICES.items() if _builds_here(svc))
+BATON_IMAGE = "baton:local"
+BATON_SERVICES = sorted(name for name, svc in SERVICES.items() if svc.get("image") == BATON_IMAGE)
+LONG_RUNNING = [name for name in BATON_SERVICES if name != "init"]
 
 
 def _env(service: dict) -> dict[str, str]:
@@ -87,9 +83,44 @@ def test_no_obsolete_version_key() -> None:
     assert "version" not in COMPOSE
 
 
-def test_services_share_one_image() -> None:
-    assert {"init", "notifier", "supervisor", "router", "worker"} <= set(BATON_SERVICES)
-    assert len({SERVICES[name].get("image") for name in BATON_SERVICES}) == 1
+def test_one_service_builds_the_image_every_baton_service_runs() -> None:
+    assert {"init", "notifier", "supervisor", "router", "worker", "indexer", "mcp"} <= set(BATON_SERVICES)
+    builders = [name for name, svc in SERVICES.items() if svc.get("build")]
+    assert builders == ["init"], f"built by {builders}: each build makes its own image id"
+    build = SERVICES["init"]["build"]
+    assert build["context"] == "." and "PYTHON_IMAGE" in build["args"]
+    for name in LONG_RUNNING:
+        assert SERVICES[name].get("pull_policy") == "never", f"{name}: {BATON_IMAGE} is built, not pulled"
+        assert SERVICES[name]["depends_on"]["init"]["condition"] == "service_completed_successfully"
+
+
+def test_dockerfile_base_image_is_a_build_argument() -> None:
+    (base,) = _dockerfile_instructions("FROM")
+    (arg,) = [a for a in _dockerfile_instructions("ARG") if a.startswith("PYTHON_IMAGE=")]
+    assert base == "${PYTHON_IMAGE}"
+    default = arg.split("=", 1)[1]
+    assert _default(SERVICES["init"]["build"]["args"]["PYTHON_IMAGE"]) == default
+
+
+@pytest.mark.parametrize("name", LONG_RUNNING)
+def test_health_check_means_ready(name: str) -> None:
+    """Each service touches its ready file once its groups are joined (and its HTTP listens): on a tmpfs,
+    so a restarted container is not healthy before it is ready again."""
+    service = SERVICES[name]
+    ready = _env(service)["BATON_READY_FILE"]
+    assert Path(ready).parent.as_posix() in service.get("tmpfs", []), f"{name}: ready file not on a tmpfs"
+    test = " ".join(service["healthcheck"]["test"])
+    assert ready in test, f"{name}: the health check does not read {ready}"
+    if name == "notifier":
+        port = _env(service)["BATON_NOTIFIER_PORT"]
+        assert f"127.0.0.1:{port}/health" in test, "the notifier is ready when its webhook answers"
+
+
+def test_offline_images_are_the_ones_compose_and_the_dockerfile_name() -> None:
+    script = (ROOT / "scripts" / "images-offline.sh").read_text()
+    (arg,) = [a for a in _dockerfile_instructions("ARG") if a.startswith("PYTHON_IMAGE=")]
+    for image in (SERVICES["redis"]["image"], SERVICES["minio"]["image"], arg.split("=", 1)[1]):
+        assert f"={image}\n" in script, f"scripts/images-offline.sh builds no stand-in for {image}"
 
 
 @pytest.mark.parametrize("name", BATON_SERVICES)
@@ -139,6 +170,8 @@ def test_indexer_keeps_its_index_on_a_volume_and_mcp_needs_a_token() -> None:
     env = _env(mcp)
     assert env["BATON_MCP_TRANSPORT"] == "http" and env["BATON_MCP_HOST"] == "0.0.0.0"
     assert env["BATON_MCP_TOKEN"] == "${BATON_MCP_TOKEN:-}", "no default token: it must be set in .env"
+    assert mcp["profiles"] == ["mcp"], "opt-in: without a token it cannot start"
+    assert mcp["restart"].startswith("on-failure:"), "a refusal must fail `up --wait`, not loop"
     assert any(str(p).endswith(f":{env['BATON_MCP_PORT']}") for p in mcp.get("ports", []))
 
 
@@ -163,8 +196,9 @@ def test_dockerfile_copies_every_package() -> None:
 
 
 def _default(value: str) -> str:
-    """A value as compose resolves it when no variable is set: each `${VAR:-default}` is its default."""
-    return re.sub(r"\$\{[A-Za-z0-9_]+:-([^}]*)\}", r"\1", value)
+    """A value as compose resolves it when no variable is set: each `${VAR:-default}` (or `${VAR-default}`)
+    is its default."""
+    return re.sub(r"\$\{[A-Za-z0-9_]+:?-([^}]*)\}", r"\1", value)
 
 
 def test_each_service_logs_in_as_its_own_least_privilege_users() -> None:
