@@ -5,16 +5,20 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import sys
 from pathlib import Path
 from typing import Annotated
 from urllib.parse import urlsplit, urlunsplit
 
 import typer
-from botocore.exceptions import EndpointConnectionError
+from botocore.exceptions import ClientError, EndpointConnectionError
+from pydantic_settings import SettingsError
+from redis.exceptions import AuthenticationError
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from baton import client, dev, servers
+from shared import acl
 from shared.errors import BatonError
 from shared.events import Event, Usage
 from shared.settings import Settings
@@ -301,11 +305,57 @@ def init(notifications: bool = typer.Option(True, help="Route bucket events to t
     With BATON_ACL_PASSWORDS (a JSON object of service -> password), also create each service's Redis ACL
     user and MinIO user, allowed only what that service needs. Needs admin credentials for both.
     """
-    cfg = settings(admin=True)
-    for warning in asyncio.run(client.init_workspace(cfg, notifications)):
+    try:
+        cfg = settings(admin=True)
+    except SettingsError as exc:
+        if "acl_passwords" not in str(exc):
+            raise
+        raw = os.environ.get("BATON_ACL_PASSWORDS", "")
+        found = {m["service"]: m["password"] for m in _PASSWORD_ENTRY.finditer(raw)}
+        fail("BATON_ACL_PASSWORDS is not a JSON object of service -> password. " + (
+            "; ".join(password_problems(found)) or "In docker compose it is built from the "
+            "BATON_<SERVICE>_PASSWORD variables in .env (letters, digits, - and _ only)."))
+    if problems := password_problems(cfg.acl_passwords):
+        fail("; ".join(problems))
+    try:
+        warnings = asyncio.run(client.init_workspace(cfg, notifications))
+    except AuthenticationError as exc:
+        fail(f"Redis refused the admin login in REDIS_URL ({exc}). In docker compose that password is "
+             "BATON_REDIS_PASSWORD in .env, and it must be the one this Redis volume was first set up with.")
+    except ClientError as exc:
+        code = exc.response.get("Error", {}).get("Code", "")
+        if code not in ("InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied"):
+            raise
+        fail(f"the S3 endpoint refused the admin credentials S3_ACCESS_KEY / S3_SECRET_KEY ({code}). "
+             "In docker compose they are MINIO_ROOT_USER / MINIO_ROOT_PASSWORD in .env.")
+    for warning in warnings:
         typer.secho(f"warning: {warning}", fg="yellow", err=True)
     users = f"; users for {', '.join(sorted(cfg.acl_passwords))}" if cfg.acl_passwords else ""
     typer.echo(f"bucket {cfg.bucket} ready{users}")
+
+
+# A service's password goes into REDIS_URL and JSON as it is, and is a MinIO secret key (8-40 characters).
+_PASSWORD = re.compile(r"[A-Za-z0-9_-]{8,40}")
+# Entries of a BATON_ACL_PASSWORDS that is not valid JSON (a quote inside a password), to name the culprit.
+_PASSWORD_ENTRY = re.compile(
+    rf'"(?P<service>{"|".join(acl.SERVICES)})"\s*:\s*"(?P<password>.*?)"\s*[,}}]', re.S
+)
+
+
+def password_problems(passwords: dict[str, str]) -> list[str]:
+    """What is wrong with `BATON_ACL_PASSWORDS`, each naming the .env variable docker-compose.yml fills it
+    from (`BATON_<SERVICE>_PASSWORD`)."""
+    problems = []
+    for service, password in passwords.items():
+        variable = f"BATON_{service.upper()}_PASSWORD"
+        if not password:
+            problems.append(f"{variable} is empty: set a password for the {service} users")
+        elif not _PASSWORD.fullmatch(password):
+            problems.append(
+                f"{variable} must be 8-40 letters, digits, - or _ (it goes into REDIS_URL as it is; "
+                f"got {len(password)} characters)"
+            )
+    return problems
 
 
 @dev_app.command("up")
