@@ -11,8 +11,12 @@ CPU_KEY := $(shell (uname -m; grep -m1 '^flags' /proc/cpuinfo 2>/dev/null) | sha
 WHEEL_CACHE ?= $(HOME)/.cache/baton/wheels/$(CPU_KEY)
 LLM_STAMP := $(VENV)/.llm-installed
 LLM_PORT ?= 8080
+# Docker: BuildKit needs the buildx plugin; without it (Debian's docker.io) builds use the classic builder.
+DOCKER_BUILDKIT ?= $(shell docker buildx version >/dev/null 2>&1 && echo 1 || echo 0)
+export DOCKER_BUILDKIT
 
-.PHONY: install llm llm-serve servers demo test test-unit lint docs up down dev-down clean bench chaos chaos-burst
+.PHONY: install llm llm-serve servers demo test test-unit test-compose lint docs up down dev-down clean bench chaos \
+	chaos-burst images-offline docker-engine
 
 install: $(STAMP)  ## create the virtualenv and install Baton with its test tools (pinned)
 
@@ -59,8 +63,23 @@ demo: servers  ## start everything locally, run the content factory, print where
 	@echo "--- the stack is still running; its client settings are in .baton/env."
 	@echo "--- stop it with: $(BIN)/baton dev down"
 
-test: servers llm  ## all tests: unit, and end to end on real Redis, MinIO and a local model
+test: servers llm  ## all tests: unit, end to end on real Redis, MinIO and a local model, compose if Docker answers
 	BATON_REQUIRE_LLM=1 $(BIN)/python -m pytest
+	@if docker info >/dev/null 2>&1 && docker compose version >/dev/null 2>&1; then \
+		$(MAKE) --no-print-directory test-compose; \
+	else \
+		echo "--- compose tests skipped: no Docker engine with Compose v2 answers (docker info)." \
+			"scripts/docker-engine.sh start installs one (root); make images-offline without a registry"; \
+	fi
+
+test-compose: install  ## docker-compose.yml on a Docker engine: up --build --wait, scale, kill, restart (minutes)
+	BATON_REQUIRE_DOCKER=1 $(BIN)/python -m pytest -m compose tests/compose
+
+docker-engine:  ## (root) Debian's docker.io and Compose v2 (built with Go, once); starts dockerd unless one answers
+	scripts/docker-engine.sh start
+
+images-offline: servers  ## stand-in python, redis and minio images where no registry answers (minutes, once)
+	scripts/images-offline.sh
 
 bench: servers  ## benchmarks: Baton vs Celery, Dramatiq, Taskiq and raw redis-py (own servers; minutes)
 	$(BIN)/pip install --quiet -e ".[bench]"
@@ -81,8 +100,8 @@ lint: install
 docs: install  ## AsyncAPI documents per service, generated from the code
 	$(BIN)/python -m baton.docs --out docs/asyncapi
 
-up:  ## the same stack in Docker (needs a Docker engine)
-	docker compose up -d --build
+up:  ## the same stack in Docker, returning once it is ready (needs a Docker engine; see images-offline)
+	docker compose up -d --build --wait
 
 down:
 	docker compose down
