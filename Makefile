@@ -66,20 +66,20 @@ demo: servers  ## start everything locally, run the content factory, print where
 test: servers llm  ## all tests: unit, end to end on real Redis, MinIO and a local model, compose if Docker answers
 	BATON_REQUIRE_LLM=1 $(BIN)/python -m pytest
 	@if docker info >/dev/null 2>&1 && docker compose version >/dev/null 2>&1; then \
-		$(MAKE) --no-print-directory test-compose; \
+		$(MAKE) --no-print-directory test-compose BATON_REQUIRE_LLM=1; \
 	else \
 		echo "--- compose tests skipped: no Docker engine with Compose v2 answers (docker info)." \
 			"scripts/docker-engine.sh start installs one (root); make images-offline without a registry"; \
 	fi
 
 test-compose: install  ## docker-compose.yml on a Docker engine: up --build --wait, scale, kill, restart (minutes)
-	BATON_REQUIRE_DOCKER=1 $(BIN)/python -m pytest -m compose tests/compose
+	BATON_REQUIRE_DOCKER=1 BATON_REQUIRE_LLM=$(BATON_REQUIRE_LLM) $(BIN)/python -m pytest -m compose tests/compose
 
 docker-engine:  ## (root) Debian's docker.io and Compose v2 (built with Go, once); starts dockerd unless one answers
 	scripts/docker-engine.sh start
 
-images-offline: servers  ## stand-in python, redis and minio images where no registry answers (minutes, once)
-	scripts/images-offline.sh
+images-offline: servers  ## stand-in python, redis, minio (and llama.cpp) images where no registry answers
+	WHEEL_CACHE="$(WHEEL_CACHE)" scripts/images-offline.sh
 
 bench: servers  ## benchmarks: Baton vs Celery, Dramatiq, Taskiq and raw redis-py (own servers; minutes)
 	$(BIN)/pip install --quiet -e ".[bench]"

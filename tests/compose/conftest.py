@@ -21,12 +21,14 @@ import pytest
 
 from baton import servers
 from shared import acl
+from shared.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
 FILES = (ROOT / "docker-compose.yml", ROOT / "tests" / "compose" / "docker-compose.test.yml")
 BATON = str(Path(sys.executable).parent / "baton")
 # The classic builder: Debian's docker.io has no buildx, and BuildKit without it fails.
 DOCKER_ENV = {"DOCKER_BUILDKIT": "0"}
+IMAGE_LABEL = "org.opencontainers.image.title=baton"  # set by the Dockerfile
 
 
 def engine_problem() -> str | None:
@@ -71,6 +73,7 @@ class Compose:
             "MINIO_HOST_PORT": str(servers.free_port()),
             "MINIO_CONSOLE_HOST_PORT": str(servers.free_port()),
             "MCP_HOST_PORT": str(servers.free_port()),
+            "MODEL_HOST_PORT": str(servers.free_port()),
             "BATON_REDIS_PASSWORD": secrets.token_hex(12),
             "MINIO_ROOT_USER": "baton-root",
             "MINIO_ROOT_PASSWORD": secrets.token_hex(12),
@@ -125,6 +128,13 @@ class Compose:
             "BATON_LOG_FORMAT": "console",
         }
 
+    def settings(self) -> Settings:
+        """The host CLI's settings, for the client API (`baton.client`)."""
+        env = self.cli_env()
+        return Settings(REDIS_URL=env["REDIS_URL"], S3_ENDPOINT_URL=env["S3_ENDPOINT_URL"],
+                        S3_ACCESS_KEY=env["S3_ACCESS_KEY"], S3_SECRET_KEY=env["S3_SECRET_KEY"],
+                        bucket="baton")
+
     @property
     def admin_redis_url(self) -> str:
         return f"redis://default:{self.env['BATON_REDIS_PASSWORD']}@127.0.0.1:{self.env['REDIS_HOST_PORT']}/0"
@@ -147,4 +157,7 @@ def compose(tmp_path_factory):
     finally:
         stack("--profile", "mcp", "down", "-v", "--remove-orphans", "--timeout", "10", check=False,
               timeout=300)
+        # Each code change leaves the previous baton:local untagged; drop those (never one in use).
+        subprocess.run(["docker", "image", "prune", "--force", "--filter", f"label={IMAGE_LABEL}"],
+                       capture_output=True, timeout=120, check=False)
         print("\ncompose timings:\n  " + "\n  ".join(stack.log))

@@ -20,3 +20,19 @@ def test_an_empty_password_fails_init_by_name_and_no_service_starts(tmp_path):
         assert running <= {"redis", "minio"}, f"started half-configured: {sorted(running)}"
     finally:
         bad("down", "-v", "--remove-orphans", "--timeout", "10", check=False, timeout=300)
+
+
+def test_a_changed_redis_admin_password_fails_init_by_name(tmp_path):
+    require_engine()
+    stack = Compose.create(tmp_path, prefix="baton-test-bad")
+    try:
+        stack("run", "--rm", "init", timeout=900)  # sets up the Redis volume with the first password
+        stack.env["BATON_REDIS_PASSWORD"] = "another-admin-password"
+        (stack.root / ".env").write_text("".join(f"{k}={v}\n" for k, v in stack.env.items()))
+        proc = stack("up", "-d", "--wait", "--wait-timeout", "180", check=False, timeout=900)
+        assert proc.returncode != 0, "up --wait succeeded with the wrong Redis admin password"
+        assert "BATON_REDIS_PASSWORD" in stack.logs("init")
+        running = {r["Service"] for r in stack.containers()}
+        assert running <= {"redis", "minio"}, f"started half-configured: {sorted(running)}"
+    finally:
+        stack("down", "-v", "--remove-orphans", "--timeout", "10", check=False, timeout=300)

@@ -22,24 +22,12 @@ import redis.asyncio as aioredis
 from baton import client
 from shared import streams
 from shared.broker import DATA_FIELD
-from shared.settings import Settings
 from tests.compose.conftest import ROOT, Compose
 from tests.helpers import of_type, wait_for_end
 
 pytestmark = [pytest.mark.compose, pytest.mark.timeout(1200)]  # the first test builds the image
 BATON_SERVICES = {"notifier", "supervisor", "router", "worker", "indexer"}
 BRIEF = ROOT / "examples" / "briefs" / "topic.md"
-
-
-def settings(compose: Compose) -> Settings:
-    env = compose.cli_env()
-    return Settings(
-        REDIS_URL=env["REDIS_URL"],
-        S3_ENDPOINT_URL=env["S3_ENDPOINT_URL"],
-        S3_ACCESS_KEY=env["S3_ACCESS_KEY"],
-        S3_SECRET_KEY=env["S3_SECRET_KEY"],
-        bucket="baton",
-    )
 
 
 def sub(id_: str, instruction: str = "") -> dict:
@@ -159,7 +147,7 @@ def test_scaled_workers_share_a_hierarchical_fanout(compose):
     # `maker` runs one task at a time per worker process (concurrency: 1), so eight one-second subtasks
     # are spread over whichever workers are free.
     plan = [sub(f"s{i}", "sleep=1") for i in range(8)]
-    cfg = settings(compose)
+    cfg = compose.settings()
     run_id = asyncio.run(client.submit(cfg, "build", {}, {"plan": plan}))
     events = asyncio.run(wait_for_end(cfg, run_id, timeout=180))
     assert events[-1].type == "run.completed", events[-1]
@@ -169,7 +157,7 @@ def test_scaled_workers_share_a_hierarchical_fanout(compose):
 
 
 def test_a_worker_killed_mid_task_and_the_run_still_completes(compose):
-    cfg = settings(compose)
+    cfg = compose.settings()
     run_id = asyncio.run(client.submit(cfg, "build", {}, {"plan": [sub("k", "sleep=8")]}))
     started = asyncio.run(wait_started(compose, run_id, ".sub.k."))
     victim = host(started["sender"])
@@ -181,7 +169,7 @@ def test_a_worker_killed_mid_task_and_the_run_still_completes(compose):
 
 
 def test_redis_then_minio_restarted_mid_run_lose_nothing(compose):
-    cfg = settings(compose)
+    cfg = compose.settings()
     # Earlier runs: their records must survive the restarts (append-only file, ACL file on the volume).
     earlier = asyncio.run(client.list_runs(cfg, limit=50))
     runs = [asyncio.run(client.submit(cfg, "slow-pair", {}, {"sleep": "3"})) for _ in range(3)]
