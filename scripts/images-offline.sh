@@ -87,7 +87,7 @@ go_binary() {  # go_binary <name> <module> <version> -> path on stdout
     local name=$1 module=$2 version=$3 host
     host=$(go env GOPATH)/bin/$name
     if [ -x "$host" ] && go version -m "$host" | grep -q "mod[[:space:]]*$module[[:space:]]*$version" \
-        && { file "$host" | grep -q 'statically linked' || grep -q '^VERSION_CODENAME=bookworm' /etc/os-release; }
+        && { go version -m "$host" | grep -q 'CGO_ENABLED=0' || grep -q '^VERSION_CODENAME=bookworm' /etc/os-release; }
     then
         echo "$host"
         return
