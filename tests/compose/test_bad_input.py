@@ -13,7 +13,7 @@ def test_an_empty_password_fails_init_by_name_and_no_service_starts(tmp_path):
     require_engine()
     bad = Compose.create(tmp_path, prefix="baton-test-bad", BATON_WORKER_PASSWORD="")
     try:
-        proc = bad("up", "-d", "--wait", "--wait-timeout", "180", check=False, timeout=900)
+        proc = bad("up", "-d", "--build", "--wait", "--wait-timeout", "180", check=False, timeout=900)
         assert proc.returncode != 0, "up --wait succeeded with an empty worker password"
         assert "BATON_WORKER_PASSWORD is empty" in bad.logs("init")
         running = {r["Service"] for r in bad.containers()}
@@ -26,7 +26,8 @@ def test_a_changed_redis_admin_password_fails_init_by_name(tmp_path):
     require_engine()
     stack = Compose.create(tmp_path, prefix="baton-test-bad")
     try:
-        stack("run", "--rm", "init", timeout=900)  # sets up the Redis volume with the first password
+        # sets up the Redis volume with the first password
+        stack("run", "--build", "--rm", "init", timeout=900)
         stack.env["BATON_REDIS_PASSWORD"] = "another-admin-password"
         (stack.root / ".env").write_text("".join(f"{k}={v}\n" for k, v in stack.env.items()))
         proc = stack("up", "-d", "--wait", "--wait-timeout", "180", check=False, timeout=900)
