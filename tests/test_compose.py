@@ -111,9 +111,10 @@ def test_health_check_means_ready(name: str) -> None:
     assert Path(ready).parent.as_posix() in service.get("tmpfs", []), f"{name}: ready file not on a tmpfs"
     test = " ".join(service["healthcheck"]["test"])
     assert ready in test, f"{name}: the health check does not read {ready}"
-    if name == "notifier":
-        port = _env(service)["BATON_NOTIFIER_PORT"]
-        assert f"127.0.0.1:{port}/health" in test, "the notifier is ready when its webhook answers"
+    for http, port_env in (("notifier", "BATON_NOTIFIER_PORT"), ("gateway", "BATON_GATEWAY_PORT")):
+        if name == http:
+            port = _env(service)[port_env]
+            assert f"127.0.0.1:{port}/health" in test, f"{name}: ready when its HTTP answers"
 
 
 def test_offline_images_are_the_ones_compose_and_the_dockerfile_name() -> None:
@@ -170,8 +171,11 @@ def test_indexer_keeps_its_index_on_a_volume_and_mcp_needs_a_token() -> None:
     env = _env(mcp)
     assert env["BATON_MCP_TRANSPORT"] == "http" and env["BATON_MCP_HOST"] == "0.0.0.0"
     assert env["BATON_MCP_TOKEN"] == "${BATON_MCP_TOKEN:-}", "no default token: it must be set in .env"
-    assert mcp["profiles"] == ["mcp"], "opt-in: without a token it cannot start"
-    assert mcp["restart"].startswith("on-failure:"), "a refusal must fail `up --wait`, not loop"
+    for name, profile, token in (("mcp", "mcp", "BATON_MCP_TOKEN"), ("gateway", "a2a", "BATON_A2A_TOKEN")):
+        service = SERVICES[name]
+        assert service["profiles"] == [profile], f"{name} is opt-in: without a token it cannot start"
+        assert service["restart"].startswith("on-failure:"), f"{name}: a refusal must fail `up --wait`"
+        assert _env(service)[token] == f"${{{token}:-}}", f"{name}: no default token, it must be set in .env"
     assert any(str(p).endswith(f":{env['BATON_MCP_PORT']}") for p in mcp.get("ports", []))
 
 

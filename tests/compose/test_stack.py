@@ -113,11 +113,16 @@ def test_a_brief_dropped_with_boto3_starts_a_run(compose):
     assert article.strip()
 
 
-def test_mcp_without_a_token_fails_up_wait_and_its_log_names_the_variable(compose):
-    proc = compose("--profile", "mcp", "up", "-d", "--wait", "--wait-timeout", "120", "mcp", check=False,
+@pytest.mark.parametrize(("profile", "service", "variable"),
+                         [("mcp", "mcp", "BATON_MCP_TOKEN"), ("a2a", "gateway", "BATON_A2A_TOKEN")])
+def test_without_its_token_an_opt_in_server_fails_up_wait_and_its_log_names_the_variable(
+    compose, profile, service, variable
+):
+    proc = compose("--profile", profile, "up", "-d", "--wait", "--wait-timeout", "120", service, check=False,
                    timeout=300)
-    assert proc.returncode != 0, "up --wait succeeded with an MCP server that cannot start"
-    assert "BATON_MCP_TOKEN" in compose.logs("mcp")
+    assert proc.returncode != 0, f"up --wait succeeded with a {service} that cannot start"
+    assert variable in compose.logs(service)
+    compose("--profile", profile, "rm", "--stop", "--force", service)
 
 
 def test_mcp_with_a_token_is_ready_and_checks_it(compose):
@@ -134,6 +139,27 @@ def test_mcp_with_a_token_is_ready_and_checks_it(compose):
     with contextlib.suppress(urllib.error.HTTPError):  # no session yet: any answer but 401 will do
         urllib.request.urlopen(request, timeout=10)
     compose("--profile", "mcp", "rm", "--stop", "--force", "mcp")
+
+
+def test_a2a_gateway_with_a_token_is_ready_and_checks_it(compose):
+    token = secrets.token_hex(16)
+    compose("--profile", "a2a", "up", "-d", "--wait", "--wait-timeout", "120", "gateway",
+            env={"BATON_A2A_TOKEN": token})
+    base = f"http://127.0.0.1:{compose.env['GATEWAY_HOST_PORT']}"
+    with urllib.request.urlopen(f"{base}/", timeout=10) as listing:  # public: which agents there are
+        assert "content-factory" in listing.read().decode()
+    body = json.dumps({"jsonrpc": "2.0", "id": 1, "method": "GetTask", "params": {"id": "none"}}).encode()
+    headers = {"Content-Type": "application/json"}
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(urllib.request.Request(f"{base}/content-factory/", body, headers), timeout=10)
+    assert refused.value.code == 401
+    authorized = {**headers, "Authorization": f"Bearer {token}"}
+    request = urllib.request.Request(f"{base}/content-factory/", body, authorized)
+    try:
+        urllib.request.urlopen(request, timeout=10).close()
+    except urllib.error.HTTPError as exc:
+        assert exc.code != 401, "the gateway refused its own token"
+    compose("--profile", "a2a", "rm", "--stop", "--force", "gateway")
 
 
 def test_scaled_workers_share_a_hierarchical_fanout(compose):
