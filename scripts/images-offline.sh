@@ -136,4 +136,6 @@ python_image
 redis_image
 minio_image
 llama_image
+# stand-ins replaced by a rebuild (untagged now); never an image a container uses
+docker image prune --force --filter label=org.baton.stand-in >/dev/null
 log "done in $(elapsed "$start")"
