@@ -111,7 +111,8 @@ def test_health_check_means_ready(name: str) -> None:
     assert Path(ready).parent.as_posix() in service.get("tmpfs", []), f"{name}: ready file not on a tmpfs"
     test = " ".join(service["healthcheck"]["test"])
     assert ready in test, f"{name}: the health check does not read {ready}"
-    for http, port_env in (("notifier", "BATON_NOTIFIER_PORT"), ("gateway", "BATON_GATEWAY_PORT")):
+    for http, port_env in (("notifier", "BATON_NOTIFIER_PORT"), ("gateway", "BATON_GATEWAY_PORT"),
+                           ("console", "BATON_CONSOLE_PORT")):
         if name == http:
             port = _env(service)[port_env]
             assert f"127.0.0.1:{port}/health" in test, f"{name}: ready when its HTTP answers"
@@ -171,7 +172,8 @@ def test_indexer_keeps_its_index_on_a_volume_and_mcp_needs_a_token() -> None:
     env = _env(mcp)
     assert env["BATON_MCP_TRANSPORT"] == "http" and env["BATON_MCP_HOST"] == "0.0.0.0"
     assert env["BATON_MCP_TOKEN"] == "${BATON_MCP_TOKEN:-}", "no default token: it must be set in .env"
-    for name, profile, token in (("mcp", "mcp", "BATON_MCP_TOKEN"), ("gateway", "a2a", "BATON_A2A_TOKEN")):
+    for name, profile, token in (("mcp", "mcp", "BATON_MCP_TOKEN"), ("gateway", "a2a", "BATON_A2A_TOKEN"),
+                                 ("console", "console", "BATON_CONSOLE_TOKEN")):
         service = SERVICES[name]
         assert service["profiles"] == [profile], f"{name} is opt-in: without a token it cannot start"
         assert service["restart"].startswith("on-failure:"), f"{name}: a refusal must fail `up --wait`"

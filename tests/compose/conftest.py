@@ -75,6 +75,7 @@ class Compose:
             "MCP_HOST_PORT": str(servers.free_port()),
             "MODEL_HOST_PORT": str(servers.free_port()),
             "GATEWAY_HOST_PORT": str(servers.free_port()),
+            "CONSOLE_HOST_PORT": str(servers.free_port()),
             "BATON_REDIS_PASSWORD": secrets.token_hex(12),
             "MINIO_ROOT_USER": "baton-root",
             "MINIO_ROOT_PASSWORD": secrets.token_hex(12),
@@ -156,8 +157,8 @@ def compose(tmp_path_factory):
         stack("up", "-d", "--build", "--wait", "--wait-timeout", "300", timeout=1200)
         yield stack
     finally:
-        stack("--profile", "mcp", "--profile", "a2a", "down", "-v", "--remove-orphans", "--timeout", "10",
-              check=False, timeout=300)
+        profiles = ("--profile", "mcp", "--profile", "a2a", "--profile", "console")
+        stack(*profiles, "down", "-v", "--remove-orphans", "--timeout", "10", check=False, timeout=300)
         # Each code change leaves the previous baton:local untagged; drop those (never one in use).
         subprocess.run(["docker", "image", "prune", "--force", "--filter", f"label={IMAGE_LABEL}"],
                        capture_output=True, timeout=120, check=False)

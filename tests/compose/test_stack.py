@@ -114,7 +114,8 @@ def test_a_brief_dropped_with_boto3_starts_a_run(compose):
 
 
 @pytest.mark.parametrize(("profile", "service", "variable"),
-                         [("mcp", "mcp", "BATON_MCP_TOKEN"), ("a2a", "gateway", "BATON_A2A_TOKEN")])
+                         [("mcp", "mcp", "BATON_MCP_TOKEN"), ("a2a", "gateway", "BATON_A2A_TOKEN"),
+                          ("console", "console", "BATON_CONSOLE_TOKEN")])
 def test_without_its_token_an_opt_in_server_fails_up_wait_and_its_log_names_the_variable(
     compose, profile, service, variable
 ):
@@ -160,6 +161,23 @@ def test_a2a_gateway_with_a_token_is_ready_and_checks_it(compose):
     except urllib.error.HTTPError as exc:
         assert exc.code != 401, "the gateway refused its own token"
     compose("--profile", "a2a", "rm", "--stop", "--force", "gateway")
+
+
+def test_console_with_a_token_is_ready_and_checks_it(compose):
+    token = secrets.token_hex(16)
+    compose("--profile", "console", "up", "-d", "--wait", "--wait-timeout", "120", "console",
+            env={"BATON_CONSOLE_TOKEN": token})
+    runs = f"http://127.0.0.1:{compose.env['CONSOLE_HOST_PORT']}/runs?format=json"
+    try:
+        with urllib.request.urlopen(runs, timeout=10) as anonymous:
+            assert "/login" in anonymous.geturl(), "the runs list answered without a login"
+    except urllib.error.HTTPError as exc:
+        assert exc.code in (401, 403), exc
+    headers = {"Authorization": f"Bearer {token}", "Accept": "application/json"}
+    request = urllib.request.Request(runs, headers=headers)
+    with urllib.request.urlopen(request, timeout=10) as answer:
+        assert answer.status == 200 and "/login" not in answer.geturl()
+    compose("--profile", "console", "rm", "--stop", "--force", "console")
 
 
 def test_scaled_workers_share_a_hierarchical_fanout(compose):
