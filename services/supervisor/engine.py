@@ -208,6 +208,9 @@ class Engine:
         if d.human and new.active:
             await self.ask(new, d)
             ops.append(append(events, d.human_event))
+            # Listed before the request is visible: whoever sees `human.requested` finds the run in
+            # `baton runs --waiting` (the index is advisory: readers check each run's status).
+            await sync_waiting(self.redis, new)
         if not new.active:
             for name, key in self.publishes(new).items():
                 await self.storage.copy(new.final[name], key)
