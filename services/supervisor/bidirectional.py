@@ -47,6 +47,15 @@ def on_object(
     return _new_version(state, wf, workflows, ev.ref())
 
 
+def on_copied(
+    state: RunState, wf: BidirectionalWorkflow, workflows: WorkflowFile, ref: ObjectRef
+) -> Decision:
+    """The seed the supervisor copied: the first version, without waiting for its notification."""
+    if ref.key != doc_key(state, wf):
+        return Decision.ignore("not the shared document")
+    return _new_version(state, wf, workflows, ref)
+
+
 def _new_version(
     state: RunState, wf: BidirectionalWorkflow, workflows: WorkflowFile, ref: ObjectRef
 ) -> Decision:

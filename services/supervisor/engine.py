@@ -281,7 +281,7 @@ class Engine:
         if effects.created is not None:
             await self.db.call("ZADD", streams.RUN_INDEX, effects.created, state.run_id)
         await self.send(state, d.assign, d.encoded)
-        await self.copy_once(effects.copies)
+        await self.copy_once(state, effects.copies)
         if state.status == "completed":
             self.log.info("run_completed", outputs=sorted(state.final), ended_by=state.ended_by)
         elif state.status == "failed":
@@ -316,11 +316,23 @@ class Engine:
         if writes:
             await asyncio.gather(*writes)
 
-    async def copy_once(self, copies) -> None:
-        """Create-only copies: a redone copy does not make a second version."""
+    async def copy_once(self, state: RunState, copies) -> None:
+        """Create-only copies (a redone copy makes no second version), then what the run's pattern does
+        with each new object (`on_copied`): it does not wait for the object's notification, which a
+        MinIO restart can lose; the notification then finds the version seen."""
+        wf, module = self.pattern_of(state) if copies else (None, None)
         for source, key in copies:
-            if await self.storage.head(key) is None:
-                await self.storage.copy(source, key)
+            ref = await self.storage.head(key)
+            if ref is None:
+                ref = await self.storage.copy(source, key)
+            if hasattr(module, "on_copied"):
+
+                def choose(s: RunState, ref=ref) -> Decision:
+                    if not s.active:
+                        return Decision.ignore(f"run is {s.status}")
+                    return module.on_copied(s, wf, self.workflows, ref)
+
+                await self.decide(state.run_id, choose, cause=f"copied:{key}@{ref.version_id}")
 
     async def redo(self, loaded: Loaded, cause: str) -> None:
         """The event was handled before: send again what its commit caused (if it is still owed)."""
@@ -340,7 +352,7 @@ class Engine:
         if state.active:
             self.log.warning("resending", tasks=[t.task_id for t in tasks], copies=len(effects.copies))
             await self.send(state, tasks)
-            await self.copy_once(effects.copies)
+            await self.copy_once(state, effects.copies)
             if effects.ask:
                 await self.asked(state)
         self.db.call("HDEL", streams.run_state(state.run_id), CAUSE + cause)
