@@ -381,7 +381,8 @@ def table(results: dict, busy_cores: float) -> list[str]:
             f"Supervisor hop latency at {hops['rate_runs_per_s']:g} runs/s ({hops['seconds']:g} s each) with "
             f"K open SSE streams (a rolling window on the runs being submitted); live: event -> reader",
             f"{'K':>4} {'achieved':>9} {'hop p50':>8} {'hop p99':>8} {'p50 x':>6} {'p99 x':>6} "
-            f"{'live p50':>9} {'live p99':>9} {'events':>7} {'sup':>5} {'console':>7} {'other':>6}",
+            f"{'live p50':>9} {'live p99':>9} {'events':>7} {'sup':>5} {'console':>7} {'reader':>6} "
+            f"{'other':>6}",
         ]
         for s in steps:
             live = s.get("live") or {}
@@ -390,10 +391,14 @@ def table(results: dict, busy_cores: float) -> list[str]:
                 f"{_f(s['hop_p99_ms']):>8} {_f(s.get('hop_p50_over_none'), '.2f'):>6} "
                 f"{_f(s.get('hop_p99_over_none'), '.2f'):>6} {_f(live.get('p50_ms')):>9} "
                 f"{_f(live.get('p99_ms')):>9} {_f(live.get('count'), ',d'):>7} {s['supervisor_cores']:>5.2f} "
-                f"{s['console_cores']:>7.2f} {_busy(s, busy_cores):>6}"
+                f"{s['console_cores']:>7.2f} {_f(live.get('reader_cores'), '.2f'):>6} "
+                f"{_busy(s, busy_cores):>6}"
                 + ("" if s["completed"] == s["runs"] else f"  {s['runs'] - s['completed']} unfinished")
             )
-        lines.append("(ms; sup, console: their cores during the step; other: the rest of the machine)")
+        lines.append(
+            "(ms; sup, console, reader (the SSE clients, a thread of the benchmark): cores during the step; "
+            "other: the rest of the machine)"
+        )
         if hops.get("hop_p50_ratio") is not None:
             lines.append(
                 f"{hops['streams']} open streams over none (means of the steps): hop p50 "
