@@ -92,7 +92,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--console-requests", type=int, default=5, help="page loads and replays of the big run")
     p.add_argument(
-        "--console-pages", default="0,50,0,50", help="open SSE streams in each hop-latency step, in order"
+        "--console-pages",
+        default="0,50,0,50,w50",
+        help="open SSE streams in each hop-latency step, in order (wK: on runs waiting for a person)",
     )
     p.add_argument("--console-rate", type=float, default=50.0, help="runs/s of the console's hop steps")
     p.add_argument(
@@ -340,7 +342,7 @@ def main(argv: list[str] | None = None) -> None:
                 srv,
                 args.console_events,
                 args.console_requests,
-                _ints(args.console_pages),
+                [x.strip() for x in args.console_pages.split(",") if x.strip()],
                 args.console_rate,
                 args.console_seconds,
                 args.run_workers,
