@@ -307,7 +307,7 @@ def hop_overhead(
         steps.append(step)
         live = step.get("live", {})
         print(
-            f"    {k} open streams: hop p50 {step['hop_p50_ms']} ms, p99 {step['hop_p99_ms']} ms"
+            f"    {spec} open streams: hop p50 {step['hop_p50_ms']} ms, p99 {step['hop_p99_ms']} ms"
             + (f"; live p50 {live['p50_ms']} ms, p99 {live['p99_ms']} ms" if live else ""),
             flush=True,
         )
