@@ -18,12 +18,13 @@ from pathlib import Path
 import redis
 
 from baton import servers
+from bench import console as console_bench
 from bench import runs as whole_runs
 from bench import stack as full_stack
 from bench import throughput
 from bench.common import ROOT, cpu_seconds, descendants, machine_busy_seconds
 
-SCENARIOS = ("hop", "baselines", "latency", "ref", "burst", "sweep", "fanout")
+SCENARIOS = ("hop", "baselines", "latency", "ref", "burst", "sweep", "fanout", "console")
 BASELINES = ("raw", "celery", "dramatiq", "taskiq")
 PACKAGES = (
     "faststream",
@@ -86,6 +87,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--fanout-timeout", type=float, default=0, help="seconds each fan-out may take (default 60 + 0.012 W)"
     )
+    p.add_argument(
+        "--console-events", type=int, default=10_000, help="events in the console's big run page (about)"
+    )
+    p.add_argument("--console-requests", type=int, default=5, help="page loads and replays of the big run")
+    p.add_argument(
+        "--console-pages",
+        default="0,50,0,50,w50",
+        help="open SSE streams in each hop-latency step, in order (wK: on runs waiting for a person)",
+    )
+    p.add_argument("--console-rate", type=float, default=50.0, help="runs/s of the console's hop steps")
+    p.add_argument(
+        "--console-seconds", type=float, default=10.0, help="seconds each console hop step submits"
+    )
     p.add_argument("--out", type=Path, default=ROOT / "bench" / "results.json")
     p.add_argument("--keep", action="store_true", help="keep the work folder (logs) after the run")
     p.add_argument(
@@ -107,6 +121,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.burst_n = min(args.burst_n, 1000)
         args.sweep_seconds = min(args.sweep_seconds, 2.0)
         args.widths = "10,100"
+        args.console_events = min(args.console_events, 1000)
+        args.console_seconds = min(args.console_seconds, 3.0)
     return args
 
 
@@ -321,6 +337,16 @@ def main(argv: list[str] | None = None) -> None:
             results["fanout"] = whole_runs.fanout(
                 srv, _ints(args.widths), args.run_workers, args.fanout_timeout
             )
+        if "console" in only:
+            results["console"] = console_bench.scenario(
+                srv,
+                args.console_events,
+                args.console_requests,
+                [x.strip() for x in args.console_pages.split(",") if x.strip()],
+                args.console_rate,
+                args.console_seconds,
+                args.run_workers,
+            )
     finally:
         for stop in reversed(stops):
             stop()
@@ -472,6 +498,7 @@ def table(results: dict) -> str:
     elif ref:
         lines += ["", f"by reference vs inline: failed: {ref.get('error')}"]
     lines += runs_table(results)
+    lines += console_bench.table(results, BUSY_CORES)
     return "\n".join(lines)
 
 
@@ -625,6 +652,7 @@ def markdown(results: dict) -> str:
                 f"{r['median_seconds']:.2f} |"
             )
     out += runs_markdown(results)
+    out += console_bench.markdown(results)
     return "\n".join(out)
 
 

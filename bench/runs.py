@@ -452,8 +452,9 @@ def hops(events: list[dict]) -> list[float]:
     return [b - assigned[s] for s, b in zip(stages, nexts, strict=True)]
 
 
-def _step(client: redis.Redis, rate: float, seconds: float) -> dict:
-    runs = _runs(f"rate{rate:g}", max(1, int(rate * seconds)))
+def _step(client: redis.Redis, rate: float, seconds: float, runs: dict[str, dict] | None = None) -> dict:
+    """One step at `rate` for `seconds` (or of `runs`, made beforehand by `_runs`, e.g. to watch them)."""
+    runs = runs or _runs(f"rate{rate:g}", max(1, int(rate * seconds)))
     ids, entries = list(runs), list(runs.values())
     watch = RunWatch(client, ids)
     submitted: dict[str, float] = {}

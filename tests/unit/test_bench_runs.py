@@ -128,3 +128,63 @@ def test_a_sweep_goes_on_past_a_noisy_step_and_stops_at_saturation():
     assert runs.saturated(step(3.0, unfinished=4))
     assert runs.saturated(step(3.0, achieved=80.0))  # the submitter could not keep the rate
     assert runs.saturated(step(None))  # no run completed
+
+
+def test_the_console_tables_render_a_real_result_and_failures():
+    import json
+
+    from bench import console
+
+    real = {
+        "console": {
+            "page": {"ok": False, "error": "RuntimeError: the replay did not end", "other_cpu_cores": 0.1},
+            "hops": {
+                "rate_runs_per_s": 50.0,
+                "seconds": 10.0,
+                "budget": 1.05,
+                "steps": [
+                    {
+                        "open_streams": 0,
+                        "streams_on": None,
+                        "achieved_runs_per_s": 50.0,
+                        "hop_p50_ms": 2.0,
+                        "hop_p99_ms": 5.0,
+                        "runs": 500,
+                        "completed": 500,
+                        "supervisor_cores": 0.2,
+                        "console_cores": 0.0,
+                        "other_cpu_cores": 0.1,
+                    },
+                    {
+                        "open_streams": 50,
+                        "streams_on": "rolling",
+                        "achieved_runs_per_s": 50.0,
+                        "hop_p50_ms": None,
+                        "hop_p99_ms": None,
+                        "runs": 500,
+                        "completed": 490,
+                        "supervisor_cores": 0.2,
+                        "console_cores": 0.3,
+                        "other_cpu_cores": 0.5,
+                        "live": {"p50_ms": 1.0, "p99_ms": 9.0, "count": 10, "reader_cores": 0.2},
+                    },
+                ],
+                "live": {
+                    "p50_ms": 1.0,
+                    "p99_ms": 9.0,
+                    "max_ms": 9.5,
+                    "count": 10,
+                    "budget_ms": 100.0,
+                    "from_stream_entry": {"p50_ms": 0.5, "p99_ms": 8.0, "max_ms": 8.0, "count": 10},
+                },
+            },
+        }
+    }
+    text = "\n".join(console.table(json.loads(json.dumps(real)), 0.25))
+    assert "run page: FAILED RuntimeError" in text and "10 unfinished" in text and "0.50!" in text
+    assert "p99 9.0 ms" in text and "of which after the event entered" in text
+    md = "\n".join(console.markdown(real))
+    assert "| 50 | - / - | - | 1.0 / 9.0 |" in md
+    assert console.table({"console": {"page": {}, "hops": {"ok": False, "error": "boom"}}}, 0.25)[
+        -1
+    ].endswith("boom")

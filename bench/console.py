@@ -1,0 +1,533 @@
+"""Scenario 9 (`console`): the web console's performance targets (issue 14), on the full stack plus a
+console process (`python -m services.console`), read over HTTP with the bearer token.
+
+1. A run page with 10,000 events is usable within 1 s: one real hierarchical run of W no-op subtasks
+   (the fan-out planner, `bench.agents:fanout_plan`), W chosen so its stream holds about `--console-events`
+   events. Then, a few times each: GET of the run page (until its last byte), GET of its pattern panel
+   (the plan graph the page loads next) and the SSE replay of its whole history (`/runs/<run>/stream`,
+   until `event: end`). p50 and max against 1 s.
+2. Live updates reach the page within 100 ms: SSE streams opened on runs before they are submitted; for
+   each event, its arrival in the reader minus its `created_at` (one machine, one clock). p50/p99 against
+   100 ms.
+3. 50 open run pages add under 5% to the supervisor's hop latency: the sweep's step (bench/runs.py: per hop,
+   stage assigned -> next stage assigned, from each run's own events) at one fixed rate, with 0 and with K
+   SSE streams open all along: a rolling window on the runs being submitted (each stream is opened on a run
+   ahead of its submission and ends with the run; the next one opens then). The readers run in a thread of
+   the benchmark process; their and the console's CPU are reported.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import secrets
+import statistics
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import redis
+import yaml
+
+from baton import servers
+from bench import runs as whole_runs
+from bench import stack as full_stack
+from bench.common import cpu_seconds, percentile
+from shared import streams
+from shared.broker import encode
+from shared.events import RunCancelRequested
+
+Q = ("p50", "p99")
+PAGE_BUDGET_S = 1.0
+LIVE_BUDGET_MS = 100.0
+HOP_OVERHEAD_BUDGET = 0.05
+# task.assigned, task.started, task.completed per subtask (the stream's real length is reported)
+EVENTS_PER_SUBTASK = 3
+
+
+def _workflows(work: Path, width: int) -> Path:
+    """The bench workflow file plus `fanout` (W subtasks for `noop`, then `collect`)."""
+    spec = yaml.safe_load(full_stack.WORKFLOWS.read_text())
+    spec["workflows"]["fanout"] = {
+        "pattern": "hierarchical",
+        "manager": "fanout-planner",
+        "workers": ["noop"],
+        "aggregator": "collect",
+        "max_subtasks": max(width, 10),
+        "max_attempts": 1,
+    }
+    spec["workflows"]["wait"] = {  # runs that wait for a person: pages open on them stay open, quiet
+        "pattern": "sequential",
+        "stages": [{"agent": "human", "instruction": "nothing to decide: the benchmark cancels this run"}],
+        "max_attempts": 1,
+    }
+    path = work / f"console-{width}.yaml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    return path
+
+
+def _seconds(values: list[float]) -> dict:
+    return {
+        "p50_s": round(percentile(values, 50), 3) if values else None,
+        "max_s": round(max(values), 3) if values else None,
+        "count": len(values),
+    }
+
+
+def _ms(values: list[float]) -> dict:
+    return {
+        "p50_ms": round(percentile(values, 50) * 1000, 2) if values else None,
+        "p99_ms": round(percentile(values, 99) * 1000, 2) if values else None,
+        "max_ms": round(max(values) * 1000, 2) if values else None,
+        "count": len(values),
+    }
+
+
+def _replay(http: httpx.Client, run_id: str, timeout: float) -> tuple[float, int, int]:
+    """Seconds from the request to `event: end`, events received, bytes."""
+    t0 = time.perf_counter()
+    events = size = 0
+    with http.stream("GET", f"/runs/{run_id}/stream", timeout=timeout) as resp:
+        resp.raise_for_status()
+        for line in resp.iter_lines():
+            size += len(line) + 1
+            if line.startswith("data: ") and line != "data: {}":
+                events += 1
+            elif line == "event: end":
+                return time.perf_counter() - t0, events, size
+            if time.perf_counter() - t0 > timeout:
+                break
+    raise RuntimeError(f"the replay of {run_id} did not end within {timeout:g} s ({events} events)")
+
+
+def big_page(stack, client: redis.Redis, url: str, token: str, events: int, requests: int) -> dict:
+    width = max(1, events // EVENTS_PER_SUBTASK)
+    [(run_id, fields)] = whole_runs._runs("page", 1, "fanout", {"width": width}).items()
+    timeout = 60 + 0.012 * width
+    t0 = time.time()
+    client.xadd(streams.RUNS, fields)
+    end = whole_runs._wait_run(client, run_id, t0 + timeout)
+    if end is None or end["type"] != "run.completed":
+        why = "no terminal event" if end is None else f"{end['type']}: {end.get('reason') or ''}"[:300]
+        return {"ok": False, "width": width, "error": f"the {width}-subtask run: {why} after {timeout:g} s"}
+    length = client.xlen(streams.run_events(run_id))
+    timings: dict[str, list[float]] = {
+        "page": [],
+        "pattern_panel": [],
+        "sse_replay": [],
+        "page_then_replay": [],
+    }
+    sizes: dict[str, int] = {}
+    replayed = 0
+    headers = {"authorization": f"Bearer {token}", "accept": "text/html"}
+    with httpx.Client(base_url=url, headers=headers, timeout=30) as http:
+        for _ in range(requests):
+            for name, path in (
+                ("page", f"/runs/{run_id}"),
+                ("pattern_panel", f"/runs/{run_id}/panel/pattern"),
+            ):
+                t = time.perf_counter()
+                resp = http.get(path)
+                timings[name].append(time.perf_counter() - t)
+                resp.raise_for_status()
+                sizes[name] = len(resp.content)
+            seconds, replayed, sizes["sse_replay"] = _replay(http, run_id, 30)
+            timings["sse_replay"].append(seconds)
+            timings["page_then_replay"].append(timings["page"][-1] + seconds)
+    out = {k: {**_seconds(v), "bytes": sizes.get(k)} for k, v in timings.items()}
+    worst = max(out[k]["max_s"] for k in out)
+    return {
+        "ok": replayed == length,
+        "width": width,
+        "events": length,
+        "events_replayed": replayed,
+        "run_seconds": round(whole_runs._ts(end["created_at"]) - t0, 2),
+        "requests": requests,
+        **out,
+        "budget_s": PAGE_BUDGET_S,
+        "within_budget": worst < PAGE_BUDGET_S,
+    }
+
+
+class Pages:
+    """K SSE streams kept open on `run_ids` in order (a rolling window: when one run's stream ends, the next
+    run's opens), read in a thread; every event's arrival minus its `created_at`."""
+
+    def __init__(self, url: str, token: str, run_ids: list[str], k: int, deadline: float) -> None:
+        self.url, self.token, self.run_ids, self.k, self.deadline = url, token, run_ids, k, deadline
+        self.latency: list[float] = []
+        self.from_stream: list[float] = []  # arrival minus the XADD to the run's stream (Redis' clock, ms)
+        self.early = 0  # events made before their stream was connected (history, not live): not counted
+        self.opened = self.ended = self.errors = 0
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=lambda: asyncio.run(self._main()), daemon=True)
+        self.connected = threading.Event()
+        self.cpu = 0.0
+
+    def __enter__(self) -> Pages:
+        self.thread.start()
+        if not self.connected.wait(30):
+            raise RuntimeError(f"the first {self.k} SSE streams were not connected in 30 s")
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop.set()
+        self.thread.join(15)
+
+    async def _page(self, http: httpx.AsyncClient, run_id: str, ready: asyncio.Event) -> None:
+        self.opened += 1
+        try:
+            async with http.stream("GET", f"/runs/{run_id}/stream") as resp:
+                resp.raise_for_status()
+                connected = None
+                async for line in resp.aiter_lines():
+                    now = time.time()
+                    if connected is None:  # the first line (`retry:`) comes once the stream is open
+                        connected = now
+                        ready.set()
+                    if line.startswith("data: ") and line != "data: {}":
+                        event = json.loads(line[6:])
+                        created = whole_runs._ts(event["created_at"])
+                        if created < connected:
+                            self.early += 1
+                        else:
+                            self.latency.append(now - created)
+                            # the entry id's time: when Redis appended it to the run's stream
+                            self.from_stream.append(now - int(event["entry"].split("-")[0]) / 1000)
+                    elif line == "event: end":
+                        self.ended += 1
+                        return
+        except Exception:  # noqa: BLE001 - counted; the window goes on
+            self.errors += 1
+        finally:
+            ready.set()
+
+    async def _main(self) -> None:
+        limits = httpx.Limits(max_connections=self.k + 5, max_keepalive_connections=self.k + 5)
+        headers = {"authorization": f"Bearer {self.token}", "accept": "text/event-stream"}
+        t0 = time.thread_time()
+        async with httpx.AsyncClient(
+            base_url=self.url, headers=headers, limits=limits, timeout=httpx.Timeout(30, read=None)
+        ) as http:
+            todo = iter(self.run_ids)
+            live: set[asyncio.Task] = set()
+
+            def open_next() -> asyncio.Event | None:
+                run_id = next(todo, None)
+                if run_id is None:
+                    return None
+                ready = asyncio.Event()
+                live.add(asyncio.create_task(self._page(http, run_id, ready)))
+                return ready
+
+            firsts = [e for e in (open_next() for _ in range(self.k)) if e is not None]
+            await asyncio.gather(*(e.wait() for e in firsts))
+            self.connected.set()
+            while live and not self.stop.is_set() and time.time() < self.deadline:
+                done, _pending = await asyncio.wait(live, timeout=0.1, return_when=asyncio.FIRST_COMPLETED)
+                for task in done:
+                    live.discard(task)
+                    open_next()
+            for task in live:
+                task.cancel()
+            await asyncio.gather(*live, return_exceptions=True)
+        self.cpu = time.thread_time() - t0
+
+
+def _waiting(client: redis.Redis, n: int, timeout: float = 30) -> list[str]:
+    """`n` runs of `wait`, each waiting for a person (its `human.requested` in its stream)."""
+    runs = whole_runs._runs("wait", n, "wait")
+    whole_runs._submit_all(client, list(runs.values()))
+    deadline, pending = time.time() + timeout, set(runs)
+    while pending and time.time() < deadline:
+        for run_id in list(pending):
+            last = client.xrevrange(streams.run_events(run_id), count=1)
+            if last and b'"human.requested"' in last[0][1][whole_runs.DATA]:
+                pending.discard(run_id)
+        time.sleep(0.05)
+    if pending:
+        raise RuntimeError(f"{len(pending)} of {n} runs were not waiting for a person after {timeout:g} s")
+    return list(runs)
+
+
+def _cancel(client: redis.Redis, run_ids: list[str]) -> None:
+    pipe = client.pipeline(transaction=False)
+    for run_id in run_ids:
+        pipe.xadd(streams.RUNS, encode(RunCancelRequested(run_id=run_id, reason="bench", sender="bench")))
+    pipe.execute()
+
+
+def hop_overhead(
+    stack, client: redis.Redis, url: str, token: str, pages: list[str], rate: float, seconds: float
+) -> dict:
+    """Steps of `pages`: `K` streams on the runs being submitted (a rolling window), `wK` K streams open all
+    along on runs waiting for a person (quiet pages). The waiting runs exist during every step."""
+    steps, all_live, all_from_stream = [], [], []
+    console_pid = next(p.pid for h, p in stack.procs.items() if h.startswith("console-"))
+    quiet = max([int(p[1:]) for p in pages if p.startswith("w")], default=0)
+    waiting = _waiting(client, quiet) if quiet else []
+    for spec in pages:
+        mode, k = ("waiting", int(spec[1:])) if spec.startswith("w") else ("rolling", int(spec))
+        runs = whole_runs._runs(f"pages{k}", max(1, int(rate * seconds)))
+        sup0 = whole_runs._cpu(whole_runs._pids(stack, "supervisor"))
+        con0, t0 = cpu_seconds(console_pid), time.time()
+        watch = None
+        if k:
+            ids = waiting[:k] if mode == "waiting" else list(runs)
+            watch = Pages(url, token, ids, k, deadline=time.time() + seconds + 60)
+            watch.__enter__()
+        try:
+            with whole_runs.Elsewhere() as elsewhere:
+                step = whole_runs._step(client, rate, seconds, runs)
+        finally:
+            if watch is not None:
+                time.sleep(0.5)  # the last runs' streams deliver their ends
+                watch.__exit__()
+        wall = time.time() - t0
+        step["open_streams"] = k
+        step["streams_on"] = mode if k else None
+        step["other_cpu_cores"] = elsewhere.cores
+        step["supervisor_cores"] = round(
+            (whole_runs._cpu(whole_runs._pids(stack, "supervisor")) - sup0) / wall, 2
+        )
+        step["console_cores"] = round((cpu_seconds(console_pid) - con0) / wall, 2)
+        if watch is not None:
+            all_live += watch.latency
+            all_from_stream += watch.from_stream
+            step["live"] = {
+                **_ms(watch.latency),
+                "history_events_skipped": watch.early,
+                "streams_opened": watch.opened,
+                "streams_ended": watch.ended,
+                "stream_errors": watch.errors,
+                "reader_cores": round(watch.cpu / wall, 2),
+            }
+        steps.append(step)
+        live = step.get("live", {})
+        print(
+            f"    {spec} open streams: hop p50 {step['hop_p50_ms']} ms, p99 {step['hop_p99_ms']} ms"
+            + (f"; live p50 {live['p50_ms']} ms, p99 {live['p99_ms']} ms" if live else ""),
+            flush=True,
+        )
+        time.sleep(0.5)
+    base = None
+    for s in steps:  # each step with streams against the step without them before it (0,50,0,50: pairs)
+        if s["open_streams"] == 0:
+            base = s
+        elif base is not None:
+            s["hop_p50_over_none"] = _ratio(s["hop_p50_ms"], base["hop_p50_ms"])
+            s["hop_p99_over_none"] = _ratio(s["hop_p99_ms"], base["hop_p99_ms"])
+    if waiting:
+        _cancel(client, waiting)
+    out = {"rate_runs_per_s": rate, "seconds": seconds, "steps": steps, "budget": 1 + HOP_OVERHEAD_BUDGET}
+    without = {q: [s[f"hop_{q}_ms"] for s in steps if not s["open_streams"] and s[f"hop_{q}_ms"]] for q in Q}
+    for mode in ("rolling", "waiting"):  # the mean of the steps with the most streams over the mean of none
+        mine = [s for s in steps if s["streams_on"] == mode]
+        most = max((s["open_streams"] for s in mine), default=0)
+        summary: dict = {"streams": most}
+        for q in Q:
+            with_ = [s[f"hop_{q}_ms"] for s in mine if s["open_streams"] == most and s[f"hop_{q}_ms"]]
+            if with_ and without[q]:
+                summary[f"hop_{q}_ratio"] = round(statistics.mean(with_) / statistics.mean(without[q]), 3)
+        if "hop_p50_ratio" in summary:
+            worst = max(summary["hop_p50_ratio"], summary.get("hop_p99_ratio", 0))
+            summary["within_budget"] = worst < out["budget"]
+            out[mode] = summary
+    if all_live:
+        out["live"] = {**_ms(all_live), "budget_ms": LIVE_BUDGET_MS}
+        out["live"]["within_budget"] = out["live"]["p99_ms"] < LIVE_BUDGET_MS
+        # the part after the event entered the run's stream (the console and the reader; Redis stamps ms)
+        out["live"]["from_stream_entry"] = _ms(all_from_stream)
+    return out
+
+
+def _ratio(a, b) -> float | None:
+    return round(a / b, 3) if a is not None and b else None
+
+
+def scenario(
+    srv: whole_runs.Servers,
+    events: int,
+    requests: int,
+    pages: list[str],
+    rate: float,
+    seconds: float,
+    workers: int,
+) -> dict:
+    client = srv.clean()
+    width = max(1, events // EVENTS_PER_SUBTASK)
+    path = _workflows(srv.work, width)
+    stack = srv.stack("console", workers=workers, workflows=path)
+    port, token = servers.free_port(), secrets.token_hex(16)
+    out: dict = {"workers": workers}
+    try:
+        stack.start(
+            "console",
+            {
+                "BATON_CONSOLE_HOST": "127.0.0.1",
+                "BATON_CONSOLE_PORT": str(port),
+                "BATON_CONSOLE_TOKEN": token,
+            },
+        )
+        url = f"http://127.0.0.1:{port}"
+        whole_runs._warm(client)
+        print(f"- console: a run of ~{events:,} events, {requests} page loads and replays", flush=True)
+        with whole_runs.Elsewhere() as elsewhere:
+            out["page"] = whole_runs._attempt(lambda: big_page(stack, client, url, token, events, requests))
+        out["page"]["other_cpu_cores"] = elsewhere.cores
+        print(f"- console: hop latency at {rate:g} runs/s with {pages} open SSE streams", flush=True)
+        out["hops"] = whole_runs._attempt(
+            lambda: hop_overhead(stack, client, url, token, pages, rate, seconds)
+        )
+        out["console_log"] = whole_runs._log_problems(stack, "console")
+    finally:
+        stack.stop_all()
+    return out
+
+
+# --- the table and the README's markdown ----------------------------------------------------------------
+
+
+def _f(x, spec: str = ".1f") -> str:
+    return "-" if x is None else format(x, spec)
+
+
+def _busy(r: dict, limit: float) -> str:
+    other = r.get("other_cpu_cores")
+    return "-" if other is None else f"{other:.2f}" + ("!" if other > limit else "")
+
+
+def table(results: dict, busy_cores: float) -> list[str]:
+    con = results.get("console")
+    if not con:
+        return []
+    lines = ["", "Console (issue 14's targets), read over HTTP with the bearer token"]
+    page = con.get("page") or {}
+    if page.get("events"):
+        lines += [
+            f"A run page with {page['events']:,} events (a hierarchical run of {page['width']:,} no-op "
+            f"subtasks), {page['requests']} requests each; target: usable within {page['budget_s']:g} s"
+            + ("" if page.get("ok") else f"  [replayed {page['events_replayed']:,} of {page['events']:,}]"),
+            f"{'':40} {'p50 s':>7} {'max s':>7} {'bytes':>11} {'other':>6}",
+        ]
+        for key, label in (
+            ("page", "GET /runs/<run> (to the last byte)"),
+            ("pattern_panel", "GET its pattern panel (the plan graph)"),
+            ("sse_replay", "SSE replay of the history (to its end)"),
+            ("page_then_replay", "the page, then the replay (sum)"),
+        ):
+            r = page[key]
+            lines.append(
+                f"{label:40} {_f(r['p50_s'], '.3f'):>7} {_f(r['max_s'], '.3f'):>7} "
+                f"{_f(r.get('bytes'), ',d'):>11} {_busy(page, busy_cores):>6}"
+            )
+    elif page:
+        lines.append(f"run page: FAILED {page.get('error', '')[:200]}")
+    hops = con.get("hops") or {}
+    steps = hops.get("steps") or []
+    if steps:
+        lines += [
+            f"Supervisor hop latency at {hops['rate_runs_per_s']:g} runs/s ({hops['seconds']:g} s each) with "
+            f"K open SSE streams (K: a rolling window on the runs being submitted; wK: on runs waiting for a "
+            "person); live: event -> reader",
+            f"{'K':>4} {'achieved':>9} {'hop p50':>8} {'hop p99':>8} {'p50 x':>6} {'p99 x':>6} "
+            f"{'live p50':>9} {'live p99':>9} {'events':>7} {'sup':>5} {'console':>7} {'reader':>6} "
+            f"{'other':>6}",
+        ]
+        for s in steps:
+            live = s.get("live") or {}
+            k = ("w" if s.get("streams_on") == "waiting" else "") + str(s["open_streams"])
+            lines.append(
+                f"{k:>4} {s['achieved_runs_per_s']:>9.1f} {_f(s['hop_p50_ms']):>8} "
+                f"{_f(s['hop_p99_ms']):>8} {_f(s.get('hop_p50_over_none'), '.2f'):>6} "
+                f"{_f(s.get('hop_p99_over_none'), '.2f'):>6} {_f(live.get('p50_ms')):>9} "
+                f"{_f(live.get('p99_ms')):>9} {_f(live.get('count'), ',d'):>7} {s['supervisor_cores']:>5.2f} "
+                f"{s['console_cores']:>7.2f} {_f(live.get('reader_cores'), '.2f'):>6} "
+                f"{_busy(s, busy_cores):>6}"
+                + ("" if s["completed"] == s["runs"] else f"  {s['runs'] - s['completed']} unfinished")
+            )
+        lines.append(
+            "(ms; sup, console, reader (the SSE clients, a thread of the benchmark): cores during the step; "
+            "other: the rest of the machine)"
+        )
+        for mode, what in (("rolling", "on the runs being submitted"), ("waiting", "on waiting runs")):
+            r = hops.get(mode)
+            if r:
+                lines.append(
+                    f"{r['streams']} open streams {what} over none (means of the steps): hop p50 "
+                    f"{r['hop_p50_ratio']:.3f}x, p99 {_f(r.get('hop_p99_ratio'), '.3f')}x "
+                    f"(target < {hops['budget']:.2f}x)"
+                )
+        live = hops.get("live")
+        if live:
+            lines.append(
+                f"live updates, every step's events ({live['count']:,}): p50 {live['p50_ms']:.1f} ms, p99 "
+                f"{live['p99_ms']:.1f} ms, max {live['max_ms']:.1f} ms (target < {live['budget_ms']:g} ms)"
+            )
+            entry = live.get("from_stream_entry") or {}
+            if entry.get("count"):
+                lines.append(
+                    f"  of which after the event entered the run's stream (console + reader; ms clock): p50 "
+                    f"{entry['p50_ms']:.1f} ms, p99 {entry['p99_ms']:.1f} ms, max {entry['max_ms']:.1f} ms"
+                )
+    elif hops:
+        lines.append(f"hop latency with open streams: FAILED {hops.get('error', '')[:200]}")
+    return lines
+
+
+def markdown(results: dict) -> list[str]:
+    con = results.get("console")
+    if not con:
+        return []
+    out: list[str] = []
+    page = con.get("page") or {}
+    if page.get("events"):
+        out += [
+            "",
+            f"| console: a run page with {page['events']:,} events ({page['requests']} requests) "
+            "| p50 s | max s | target |",
+            "| --- | ---: | ---: | ---: |",
+        ]
+        for key, label in (
+            ("page", "the page, to its last byte"),
+            ("pattern_panel", "its plan graph panel"),
+            ("sse_replay", "the SSE replay of its history"),
+            ("page_then_replay", "the page, then the replay"),
+        ):
+            r = page[key]
+            out.append(
+                f"| {label} | {_f(r['p50_s'], '.3f')} | {_f(r['max_s'], '.3f')} | < {page['budget_s']:g} |"
+            )
+    steps = (con.get("hops") or {}).get("steps") or []
+    if steps:
+        rate = con["hops"]["rate_runs_per_s"]
+        out += [
+            "",
+            f"| console: open SSE streams, at {rate:g} runs/s | hop p50 / p99 ms | vs none (p50 / p99) "
+            "| live event -> page p50 / p99 ms |",
+            "| ---: | ---: | ---: | ---: |",
+        ]
+        for s in steps:
+            live = s.get("live") or {}
+            vs = (
+                f"{_f(s.get('hop_p50_over_none'), '.2f')}× / {_f(s.get('hop_p99_over_none'), '.2f')}×"
+                if s.get("hop_p50_over_none") is not None
+                else "-"
+            )
+            lv = f"{_f(live.get('p50_ms'))} / {_f(live.get('p99_ms'))}" if live else "-"
+            k = ("w" if s.get("streams_on") == "waiting" else "") + str(s["open_streams"])
+            out.append(f"| {k} | {_f(s['hop_p50_ms'])} / {_f(s['hop_p99_ms'])} | {vs} | {lv} |")
+        hops = con["hops"]
+        for mode, what in (("rolling", "on submitted runs"), ("waiting", "on waiting runs")):
+            r = hops.get(mode)
+            if r:
+                out.append(
+                    f"| {r['streams']} {what} over none, means of the steps (target < {hops['budget']:.2f}×) "
+                    f"| | {r['hop_p50_ratio']:.2f}× / {_f(r.get('hop_p99_ratio'), '.2f')}× | |"
+                )
+        live = hops.get("live")
+        if live:
+            out.append(f"| live updates, all steps | | | {_f(live['p50_ms'])} / {_f(live['p99_ms'])} |")
+    return out
