@@ -292,7 +292,8 @@ async def test_killed_after_committing_a_bidirectional_turn_the_next_turn_is_sti
     assert await supervisors.exited(armed) != 0  # died committing turn 2 (on turn 1's new version)
     turn2 = f"{run_id}.turn.2"
     state = await fields(settings, run_id)
-    assert f"t:{turn2}" in state and [c["tasks"] for c in causes(state).values()] == [[turn2]]
+    # (a start's copy may also still be owed, if the killed supervisor had not yet deleted that record)
+    assert f"t:{turn2}" in state and [turn2] in [c["tasks"] for c in causes(state).values()]
 
     supervisors.add()
     events = await wait_for_end(settings, run_id, timeout=40)
