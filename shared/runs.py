@@ -207,10 +207,6 @@ class RunState(BaseModel):
         del self.history[:-HISTORY_KEPT]
 
 
-def state_key(run_id: str) -> str:
-    return streams.run_state(run_id)
-
-
 def parse_fields(fields: dict[bytes | str, bytes | None]) -> RunState | None:
     """A whole run state from its hash fields (HGETALL), or None if there is no core."""
     text = {(k.decode() if isinstance(k, bytes) else k): v for k, v in fields.items() if v is not None}
@@ -227,7 +223,7 @@ def parse_fields(fields: dict[bytes | str, bytes | None]) -> RunState | None:
 
 async def get_run(redis, run_id: str) -> RunState | None:
     """The whole state of one run (for clients: it reads every field)."""
-    return parse_fields(await redis.hgetall(state_key(run_id)))
+    return parse_fields(await redis.hgetall(streams.run_state(run_id)))
 
 
 async def sync_waiting(redis, state: RunState) -> None:

@@ -276,10 +276,7 @@ class Engine:
     async def after_commit(
         self, state: RunState, d: Decision, effects: Effects, was_waiting: bool, cause: str
     ) -> None:
-        if effects.index:
-            await sync_waiting(self.redis, state)
-        if effects.created is not None:
-            await self.db.call("ZADD", streams.RUN_INDEX, effects.created, state.run_id)
+        await self.update_indexes(state, effects)
         await self.send(state, d.assign, d.encoded)
         await self.copy_once(state, effects.copies)
         if state.status == "completed":
@@ -294,6 +291,13 @@ class Engine:
             await self.asked(state)
         if effects.owed:  # done: what a redelivery would re-send is no longer needed
             self.db.call("HDEL", streams.run_state(state.run_id), CAUSE + cause)
+
+    async def update_indexes(self, state: RunState, effects: Effects) -> None:
+        """The waiting index and the run index, which live outside the run's slot."""
+        if effects.index:
+            await sync_waiting(self.redis, state)
+        if effects.created is not None:
+            await self.db.call("ZADD", streams.RUN_INDEX, effects.created, state.run_id)
 
     async def asked(self, state: RunState) -> None:
         """A run started waiting for a person: a response already in the bucket answers it."""
@@ -339,11 +343,7 @@ class Engine:
         effects = loaded.effects(cause)
         if effects is None:
             return
-        state = loaded.view()
-        if effects.index:
-            await sync_waiting(self.redis, state)
-        if effects.created is not None:
-            await self.db.call("ZADD", streams.RUN_INDEX, effects.created, state.run_id)
+        await self.update_indexes(loaded.view(), effects)
         missing = [TASK + t for t in effects.tasks if TASK + t not in loaded.fields]
         for name in missing:
             await self.store.load_more(loaded, name)

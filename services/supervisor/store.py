@@ -11,7 +11,8 @@ from dataclasses import dataclass, field
 
 from pydantic import BaseModel
 
-from shared.runs import CAUSE, SUBTASK, TASK, Effects, Partial, RunState, SubtaskState, TaskSlot, state_key
+from shared import streams
+from shared.runs import CAUSE, SUBTASK, TASK, Effects, Partial, RunState, SubtaskState, TaskSlot
 
 # Compare-and-set of one run's state, with what its decision appends to the run's own keys (its event
 # stream, its done-marks, its cancellation mark: all in the run's hash slot). A supervisor dying at any
@@ -116,7 +117,7 @@ class Store:
     async def load(self, run_id: str, *names: str) -> Loaded:
         """`rev`, `core` and the named fields, in one command."""
         names = tuple(dict.fromkeys(("rev", "core", *names)))
-        values = await self.db.call("HMGET", state_key(run_id), *names)
+        values = await self.db.call("HMGET", streams.run_state(run_id), *names)
         loaded = Loaded(run_id, rev=values[0])
         loaded.fields = dict(zip(names[1:], values[1:], strict=True))
         return loaded
@@ -124,7 +125,7 @@ class Store:
     async def load_more(self, loaded: Loaded, name: str) -> None:
         """Add a field, or every field of a kind (`t:` / `s:`), to what was read."""
         if name in (TASK, SUBTASK):
-            raw = await self.db.call("HGETALL", state_key(loaded.run_id))
+            raw = await self.db.call("HGETALL", streams.run_state(loaded.run_id))
             pairs = raw.items() if isinstance(raw, dict) else zip(raw[::2], raw[1::2], strict=True)
             for key, value in pairs:
                 key = key.decode() if isinstance(key, bytes) else key
@@ -135,7 +136,7 @@ class Store:
             else:
                 loaded.all_subtasks = True
             return
-        (value,) = await self.db.call("HMGET", state_key(loaded.run_id), name)
+        (value,) = await self.db.call("HMGET", streams.run_state(loaded.run_id), name)
         loaded.fields[name] = value
 
     async def commit(
@@ -147,7 +148,7 @@ class Store:
     ) -> bool:
         """Write what changed in `new` since `loaded`, plus `ops` and the cause's `effects`, if the run's
         revision is still the one read. False: it changed meanwhile (nothing was written)."""
-        key = state_key(loaded.run_id)
+        key = streams.run_state(loaded.run_id)
         clear: list[str] = []
         drop: list[str] = []
         sets: list[str] = ["core", new.model_dump_json()]
