@@ -63,8 +63,8 @@ class Grant:
 # What redis-py sends on connecting (CLIENT SETINFO; SELECT for a database other than 0; HELLO with RESP3),
 # and PING, which FastStream's subscribers and health checks send. None of them touches a key.
 CONNECTION = ("ping", "hello", "client|setinfo", "client|setname", "select")
-# What a cluster client asks every node to learn the slot map (harmless on one server: no keys).
-CLUSTER_TOPOLOGY = ("cluster|slots", "cluster|shards", "cluster|nodes", "cluster|info", "readonly")
+# What a cluster client asks every node to learn the slot map and the commands' key positions (no keys).
+CLUSTER_TOPOLOGY = ("cluster|slots", "cluster|shards", "cluster|nodes", "cluster|info", "readonly", "command")
 TRANSACTIONS = ("multi", "exec", "discard", "unwatch")
 # A consumer group member: create the group (MKSTREAM) on start-up, read, acknowledge, and the reclaimer's
 # XAUTOCLAIM / XPENDING plus the heartbeat's XCLAIM ... JUSTID (shared/broker.py, shared/reclaim.py).
@@ -535,7 +535,7 @@ async def apply(settings, passwords: Mapping[str, str]) -> list[str]:
     """Create every user of `passwords` in Redis and MinIO with its rules; returns warnings."""
     import redis.asyncio as aioredis
 
-    from .redisconn import cluster_parts, connect
+    from .redisconn import all_nodes, cluster_parts, connect
 
     for service, password in passwords.items():
         _check(service)
@@ -562,12 +562,7 @@ async def apply(settings, passwords: Mapping[str, str]) -> list[str]:
     if settings.cluster:  # users are per node: every master and every replica gets them
         seeds, auth = cluster_parts(settings.redis_url)
         admin_password = auth.get("password") if (auth.get("username") or "default") == "default" else None
-        cluster = connect(settings.redis_url)
-        try:
-            await cluster.initialize()
-            nodes = [(n.host, n.port) for n in cluster.get_nodes()]
-        finally:
-            await cluster.aclose()
+        nodes = await all_nodes(settings.redis_url)
         warnings: list[str] = []
         for host, port in nodes:
             client = aioredis.Redis(host=host, port=port, **auth)

@@ -14,7 +14,7 @@ from urllib.parse import unquote, urlsplit
 
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import ClusterNode, RedisCluster
-from redis.exceptions import RedisClusterException, RedisError
+from redis.exceptions import AuthenticationError, RedisClusterException, RedisError, ResponseError
 
 from .errors import ConfigError
 
@@ -113,13 +113,15 @@ async def verify(url: str) -> None:
     for host, port in seeds:
         client = aioredis.Redis(host=host, port=port, socket_connect_timeout=5, socket_timeout=5, **auth)
         try:
-            info = await client.info("cluster")
-            if not info.get("cluster_enabled"):
+            try:
+                state = await client.execute_command("CLUSTER", "INFO")
+            except ResponseError as exc:
+                if "cluster support disabled" not in str(exc):
+                    raise
                 raise ConfigError(
                     f"REDIS_CLUSTER_URL: node {host}:{port} is a plain server, not in cluster mode "
                     "(use REDIS_URL for one server)"
-                )
-            state = await client.execute_command("CLUSTER", "INFO")
+                ) from exc
             state = state.decode() if isinstance(state, bytes) else str(state)
             fields = dict(line.split(":", 1) for line in state.split() if ":" in line)
             if fields.get("cluster_slots_assigned") != "16384":
@@ -131,12 +133,43 @@ async def verify(url: str) -> None:
                 raise ConfigError(f"REDIS_CLUSTER_URL: node {host}:{port} says cluster_state:"
                                   f"{fields.get('cluster_state')}")
             return
+        except AuthenticationError as exc:
+            raise ConfigError(
+                f"REDIS_CLUSTER_URL: node {host}:{port} refused the credentials: {exc}"
+            ) from exc
         except (RedisError, OSError) as exc:
             last = ConfigError(f"REDIS_CLUSTER_URL: node {host}:{port} is unreachable: {exc}")
             continue
         finally:
             await client.aclose()
     raise last
+
+
+async def all_nodes(url: str) -> list[tuple[str, int]]:
+    """Every node of the cluster, masters and replicas (CLUSTER NODES from the first seed that answers):
+    what is kept per node (ACL users, ACL logs) must be applied to each."""
+    seeds, auth = cluster_parts(url)
+    last: Exception | None = None
+    for host, port in seeds:
+        client = aioredis.Redis(host=host, port=port, socket_connect_timeout=5, socket_timeout=5, **auth)
+        try:
+            text = await client.execute_command("CLUSTER", "NODES")
+        except (RedisError, OSError) as exc:
+            last = exc
+            continue
+        finally:
+            await client.aclose()
+        text = text.decode() if isinstance(text, bytes) else str(text)
+        found = []
+        for line in text.splitlines():  # <id> <ip:port@cport[,hostname]> <flags> ...
+            parts = line.split()
+            if len(parts) < 3 or "fail" in parts[2] or "noaddr" in parts[2]:
+                continue
+            address = parts[1].split("@")[0]
+            node_host, _, node_port = address.rpartition(":")
+            found.append((node_host or host, int(node_port)))
+        return sorted(set(found))
+    raise ConfigError(f"REDIS_CLUSTER_URL: no seed node answers CLUSTER NODES: {last}")
 
 
 async def verify_nodes(client) -> None:

@@ -15,9 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from baton import servers
+from baton import cluster, servers
 from baton.client import init_workspace
 from baton.dev import Stack, acl_credentials, local_env, new_passwords, settings_kwargs
+from shared.redisconn import all_nodes, as_cluster_url, cluster_parts, connect, is_cluster
 from shared.settings import Settings
 from shared.workflow import load_workflows
 from tests import containers
@@ -26,6 +27,13 @@ pytest_plugins = ["tests.llm_fixtures"]
 ROOT = Path(__file__).resolve().parent.parent
 TEST_WORKFLOWS = ROOT / "tests" / "workflows.yaml"
 PER_MESSAGE_AGENT = "permsg"
+
+
+LOCAL_CLUSTER: list = []  # the session's Valkey cluster, when BATON_TEST_SERVERS=cluster
+
+
+def cluster_mode() -> bool:
+    return os.environ.get("BATON_TEST_SERVERS") == "cluster"
 
 
 @dataclass
@@ -43,6 +51,11 @@ def _redis(tmp: Path, stack: list) -> str:
     # The admin (user `default`) needs a password, as in `baton dev up`: the services log in as their own
     # ACL users, and nothing reaches Redis with every right by just connecting.
     password = secrets.token_urlsafe(16)
+    if cluster_mode():  # 3 masters + 3 replicas on loopback (baton.cluster)
+        local = cluster.start_local(tmp / "cluster", password=password)
+        LOCAL_CLUSTER.append(local)
+        stack.append(local.stop)
+        return as_cluster_url(local.url)
     local_error = None
     if not containers.enabled():
         try:
@@ -119,6 +132,8 @@ def stack(real_servers: Servers, tmp_path_factory):
     # Short recovery times so that crash tests run in seconds (production defaults: 30 s, 5 deliveries).
     env["BATON_RECLAIM_IDLE_MS"] = "1500"
     env["BATON_MAX_DELIVERIES"] = "3"
+    if cluster_mode():  # outcomes spread over the shards
+        env["BATON_RESULT_PARTITIONS"] = "4"
     # The workers host every agent but one, which a third worker runs on FastStream's per-message path
     # (BATON_BATCH=0): both paths of the worker run under the same tests and ACL users.
     agents = load_workflows(TEST_WORKFLOWS).agents
@@ -154,11 +169,18 @@ async def acl_refusals(redis_url: str) -> list[dict]:
     """ACL LOG entries of Baton's service users, except those provoked by `PROBE` connections."""
     import redis.asyncio as aioredis
 
-    r = aioredis.Redis.from_url(redis_url)
-    try:
-        entries = await r.acl_log(count=1000)
-    finally:
-        await r.aclose()
+    if is_cluster(redis_url):  # every node keeps its own log
+        _seeds, auth = cluster_parts(redis_url)
+        nodes = await all_nodes(redis_url)
+    else:
+        nodes, auth = [None], {}
+    entries = []
+    for node in nodes:
+        r = aioredis.Redis(host=node[0], port=node[1], **auth) if node else connect(redis_url)
+        try:
+            entries += await r.acl_log(count=1000)
+        finally:
+            await r.aclose()
     return [
         {k: e.get(k) for k in ("username", "reason", "context", "object", "count")}
         for e in entries

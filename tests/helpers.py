@@ -9,12 +9,12 @@ import urllib.request
 from pathlib import Path
 
 import boto3
-import redis.asyncio as aioredis
 
 from baton import client
 from shared import streams
 from shared.broker import DATA_FIELD
 from shared.events import DeadLetter, Event, ObjectChanged
+from shared.redisconn import connect
 from shared.settings import Settings
 
 
@@ -47,7 +47,7 @@ async def run(
 
 
 async def dead_letters(settings: Settings, since: str = "0") -> list[tuple[str, DeadLetter]]:
-    r = aioredis.Redis.from_url(settings.redis_url)
+    r = connect(settings.redis_url)
     try:
         entries = await r.xrange(streams.DLQ, min=since)
     finally:
@@ -56,7 +56,7 @@ async def dead_letters(settings: Settings, since: str = "0") -> list[tuple[str, 
 
 
 async def last_id(settings: Settings, stream: str) -> str:
-    r = aioredis.Redis.from_url(settings.redis_url)
+    r = connect(settings.redis_url)
     try:
         entries = await r.xrevrange(stream, count=1)
     finally:
@@ -103,7 +103,7 @@ async def wait_handled(
 
     An empty XPENDING alone proves nothing: it also holds before the group has read the entry.
     """
-    r = aioredis.Redis.from_url(settings.redis_url)
+    r = connect(settings.redis_url)
     try:
         deadline = asyncio.get_running_loop().time() + timeout
         while True:
@@ -130,7 +130,7 @@ def s3_notification(
 
 async def objects_since(settings: Settings, since: str) -> list[tuple[str, ObjectChanged]]:
     """(entry id, event) of the ObjectChanged entries after `since`."""
-    r = aioredis.Redis.from_url(settings.redis_url)
+    r = connect(settings.redis_url)
     try:
         entries = await r.xrange(streams.OBJECTS, min=f"({since}" if since != "0" else "-")
     finally:

@@ -38,7 +38,7 @@ def expected(service: str) -> dict[str, set[str]]:
         return {
             streams.RUNS: {RECEIVE, SEND},  # sends the runs its triggers start
             streams.results_stream(0): {RECEIVE},  # each results partition (one by default)
-            streams.RESULTS_DOC: {SEND},  # a retryable TaskFailed when a deadline passes, to the run's partition
+            streams.RESULTS_DOC: {SEND},  # a retryable TaskFailed when a deadline passes
             streams.OBJECTS: {RECEIVE},
             streams.ROUTE: {SEND},  # tasks that need a route
             streams.agent_stream("{agent}"): {SEND},  # tasks for a known agent

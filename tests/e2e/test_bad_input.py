@@ -7,11 +7,11 @@ import uuid
 from pathlib import Path
 
 import pytest
-import redis.asyncio as aioredis
 
 from shared import streams
 from shared.broker import DATA_FIELD, encode
 from shared.events import ObjectRef, RunSubmitted
+from shared.redisconn import connect
 from shared.storage import Storage
 from tests.helpers import dead_letters, last_id, post_webhook, run, wait_for_end
 
@@ -47,7 +47,7 @@ GARBAGE = {
 
 async def test_malformed_events_on_every_consumed_stream_are_dead_lettered(settings):
     since = await last_id(settings, streams.DLQ)
-    r = aioredis.Redis.from_url(settings.redis_url)
+    r = connect(settings.redis_url)
     sent = {}
     try:
         for stream in CONSUMED:
@@ -118,7 +118,7 @@ async def test_agent_writing_outside_its_prefixes_is_refused(settings):
 
 async def _submit_raw(settings, event: RunSubmitted) -> list:
     """Publish a run the way any client may (a plain XADD, no checks on the way), wait for its end."""
-    r = aioredis.Redis.from_url(settings.redis_url)
+    r = connect(settings.redis_url)
     try:
         await r.xadd(streams.RUNS, encode(event))
     finally:

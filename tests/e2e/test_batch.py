@@ -13,6 +13,7 @@ from shared import streams
 from shared.batch import BatchConsumer, Outbox
 from shared.broker import DATA_FIELD, bind_handler, encode, errors_key
 from shared.events import DeadLetter, TaskAssigned
+from shared.redisconn import connect
 
 pytestmark = pytest.mark.e2e
 
@@ -24,7 +25,7 @@ def _task(i: int) -> TaskAssigned:
 
 
 async def _redis(real_servers) -> aioredis.Redis:
-    return aioredis.Redis.from_url(real_servers.redis_url, socket_timeout=None)
+    return connect(real_servers.redis_url, socket_timeout=None)
 
 
 async def test_outbox_writes_each_stream_in_order_in_one_round_trip(real_servers):

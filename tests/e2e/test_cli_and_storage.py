@@ -9,10 +9,10 @@ import sys
 from pathlib import Path
 
 import pytest
-import redis.asyncio as aioredis
 
 from shared import streams
 from shared.errors import PreconditionFailedError
+from shared.redisconn import connect
 from shared.storage import Storage
 from tests.helpers import wait_for_end
 
@@ -81,7 +81,7 @@ async def test_a_run_submitted_with_a_plain_xadd_completes(settings):
     payload = (
         payload.replace("RUN", run_id).replace("BUCKET", settings.bucket).replace("VERSION", ref.version_id)
     )
-    r = aioredis.Redis.from_url(settings.redis_url)
+    r = connect(settings.redis_url)
     try:
         await r.xadd(streams.RUNS, {"__data__": payload})
     finally:
@@ -113,7 +113,7 @@ async def test_follow_yields_an_event_recorded_twice_once(settings):
     run_id = "r-recorded-twice"
     started = TaskStarted(run_id=run_id, task_id=f"{run_id}.0.x", agent="x")
     stream = streams.run_events(run_id)
-    r = aioredis.Redis.from_url(settings.redis_url)
+    r = connect(settings.redis_url)
     try:
         await r.delete(stream)
         for event in (

@@ -129,12 +129,12 @@ async def test_a_router_run_shows_its_decision_and_a_bidirectional_run_its_diffs
 
 
 async def test_a_page_of_runs_is_read_from_an_index_of_100000(settings):
-    import redis.asyncio as aioredis
 
     from services.console import runs as console_runs
     from shared import streams
+    from shared.redisconn import connect
 
-    r = aioredis.Redis.from_url(settings.redis_url)
+    r = connect(settings.redis_url)
     fake = [f"lp-idx-{i:06d}" for i in range(100_000)]
     try:
         for start in range(0, len(fake), 10_000):  # scored before every real run: at the index's end

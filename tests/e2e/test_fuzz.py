@@ -7,7 +7,6 @@ import asyncio
 import json
 
 import pytest
-import redis.asyncio as aioredis
 from hypothesis import HealthCheck, given
 from hypothesis import settings as hsettings
 from hypothesis import strategies as st
@@ -15,6 +14,7 @@ from hypothesis import strategies as st
 from shared import streams
 from shared.broker import DATA_FIELD
 from shared.events import parse_event
+from shared.redisconn import connect
 from tests.helpers import dead_letters, last_id, run
 
 pytestmark = pytest.mark.e2e
@@ -75,7 +75,7 @@ async def test_thousands_of_malformed_messages_all_land_in_the_dlq(settings, sta
     collect()
     assert len(batch) > 400
     since = await last_id(settings, streams.DLQ)
-    r = aioredis.Redis.from_url(settings.redis_url)
+    r = connect(settings.redis_url)
     sent: set[tuple[str, str]] = set()
     try:
         async with r.pipeline(transaction=False) as pipe:

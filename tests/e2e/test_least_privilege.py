@@ -19,6 +19,7 @@ from baton.dev import settings_kwargs
 from shared import acl, streams
 from shared.broker import encode, errors_key
 from shared.events import TaskProgress
+from shared.redisconn import connect
 from shared.settings import Settings
 from shared.storage import Storage
 from tests.conftest import PROBE, acl_refusals
@@ -78,7 +79,7 @@ async def test_each_service_runs_as_its_own_users(stack, settings):
         assert creds["REDIS_URL"].startswith(f"redis://{acl.username(service)}:")
         expected = "" if service == "notifier" else acl.username(service)
         assert creds["S3_ACCESS_KEY"] == expected
-    r = aioredis.Redis.from_url(settings.redis_url)
+    r = connect(settings.redis_url)
     try:
         users = {c["user"] for c in await r.client_list()}
     finally:

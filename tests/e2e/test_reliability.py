@@ -8,12 +8,12 @@ import uuid
 from pathlib import Path
 
 import pytest
-import redis.asyncio as aioredis
 
 from baton import client
 from shared import streams
 from shared.broker import DATA_FIELD, encode
 from shared.events import DeadLetter, TaskAssigned, TaskCompleted
+from shared.redisconn import connect
 from tests.helpers import dead_letters, last_id, of_type, run, wait_for_end, wait_handled
 
 RESULTS = streams.results_stream(0)  # (one results partition: the default)
@@ -49,7 +49,7 @@ async def test_a_worker_killed_mid_task_is_reclaimed_and_the_task_completes_once
 
 
 async def test_a_poison_message_is_dead_lettered_after_max_deliveries_and_the_group_keeps_flowing(settings):
-    r = aioredis.Redis.from_url(settings.redis_url)
+    r = connect(settings.redis_url)
     since = await last_id(settings, streams.DLQ)
     try:
         # A valid event whose handling always fails: the run's stored state is corrupt.
@@ -91,7 +91,7 @@ async def test_a_task_past_its_deadline_is_reassigned_and_the_late_result_ignore
 
 async def _types(settings, run_id) -> list[tuple[str, int | None]]:
     """(type, attempt) of every event in a run's stream, including those after its end."""
-    r = aioredis.Redis.from_url(settings.redis_url)
+    r = connect(settings.redis_url)
     try:
         entries = await r.xrange(streams.run_events(run_id))
     finally:
@@ -126,7 +126,7 @@ async def test_cancel_stops_a_running_run_and_drops_its_queued_work(settings):
     kinds = [t for t, _a in types]
     assert "task.failed" in kinds and "task.completed" not in kinds
     assert kinds.count("task.assigned") == 1
-    r = aioredis.Redis.from_url(settings.redis_url)
+    r = connect(settings.redis_url)
     try:
         entries = await r.xrange(streams.run_events(run_id))
     finally:
@@ -148,7 +148,7 @@ async def test_two_supervisors_one_killed_mid_run_every_run_completes_once(setti
     finally:
         stack.start("supervisor")
         stack.kill(extra)
-    r = aioredis.Redis.from_url(settings.redis_url)
+    r = connect(settings.redis_url)
     try:
         for run_id, events in zip(run_ids, results, strict=True):
             assert events[-1].type == "run.completed", events[-1]
@@ -167,7 +167,7 @@ async def test_dlq_replay_requeues_what_now_validates_and_keeps_the_rest(setting
         DeadLetter(stream=streams.RUNS, service="test", reason="was failing", raw=good.model_dump_json()),
         DeadLetter(stream=streams.RUNS, service="test", reason="garbage", raw="{not json"),
     ]
-    r = aioredis.Redis.from_url(settings.redis_url)
+    r = connect(settings.redis_url)
     try:
         ids = [(await r.xadd(streams.DLQ, encode(letter))).decode() for letter in letters]
     finally:
@@ -181,7 +181,7 @@ async def test_dlq_replay_requeues_what_now_validates_and_keeps_the_rest(setting
 
 
 async def test_trim_never_removes_unacknowledged_entries(settings):
-    r = aioredis.Redis.from_url(settings.redis_url)
+    r = connect(settings.redis_url)
     stream = "baton:agent:trim-test"
     try:
         await r.delete(stream)
@@ -200,7 +200,7 @@ async def test_trim_never_removes_unacknowledged_entries(settings):
 
 async def test_trim_drops_old_dead_letters_and_idle_consumers_but_nothing_still_needed(settings):
     short = settings.model_copy(update={"retention_days": 1 / 86_400})  # one second
-    r = aioredis.Redis.from_url(settings.redis_url)
+    r = connect(settings.redis_url)
     stream = "baton:agent:trim-consumers"
     try:
         await r.delete(stream)
@@ -229,7 +229,7 @@ async def test_an_expired_lease_holder_is_refused_on_write(settings):
     from shared.locks import LeaseLocks, LeaseLostError
     from shared.storage import Storage
 
-    r = aioredis.Redis.from_url(settings.redis_url)
+    r = connect(settings.redis_url)
     locks = LeaseLocks(r)
     key = "runs/r-lease/drafts/doc.md"
     try:
@@ -256,7 +256,7 @@ async def test_a_duplicate_outcome_is_acknowledged_and_ignored(settings):
     run_id, events = await run(settings, "slow-pair", params={"sleep": 0})
     assert events[-1].type == "run.completed"
     first = of_type(events, "task.completed")[0]
-    r = aioredis.Redis.from_url(settings.redis_url)
+    r = connect(settings.redis_url)
     try:
         entry = (await r.xadd(RESULTS, encode(first))).decode()
     finally:
@@ -274,7 +274,7 @@ async def test_the_per_message_worker_path_marks_outcomes_and_acknowledges_a_red
     done = of_type(events, "task.completed")
     assert len(done) == 2
     assert {e.sender for e in done} == {f"worker:{stack.per_message_worker}"}
-    r = aioredis.Redis.from_url(settings.redis_url)
+    r = connect(settings.redis_url)
     try:
         marks = await r.hgetall(streams.run_done(run_id, 1))
         # (`…@`: the entry that owns an attempt; `.ended`: the run's end, so the hash exists to expire)
@@ -294,7 +294,7 @@ async def test_the_per_message_worker_path_marks_outcomes_and_acknowledges_a_red
 
 
 async def _wait_nothing_pending(settings, stream: str, group: str, timeout: float = 20) -> None:
-    r = aioredis.Redis.from_url(settings.redis_url)
+    r = connect(settings.redis_url)
     try:
         for _ in range(int(timeout / 0.1)):
             if not (await r.xpending(stream, group))["pending"]:
@@ -331,7 +331,7 @@ async def _new_agents_run(settings, stack, tmp_path, env: dict | None = None) ->
     lines += ["workflows:", f"  new: {{pattern: sequential, stages: [{next(iter(agents))}]}}"]
     workflows.write_text("\n".join(lines) + "\n")
     since = await last_id(settings, RESULTS)
-    r = aioredis.Redis.from_url(settings.redis_url)
+    r = connect(settings.redis_url)
     try:
         for name in agents:
             task = TaskAssigned(
@@ -402,7 +402,7 @@ async def test_an_oversized_dead_letter_keeps_its_whole_payload_and_replays_it(s
     )
     stream = streams.agent_stream("echo")
     since = await last_id(settings, streams.DLQ)
-    r = aioredis.Redis.from_url(settings.redis_url)
+    r = connect(settings.redis_url)
     try:
         original = encode(big)[DATA_FIELD]
         entry = (await r.xadd(stream, {DATA_FIELD: original})).decode()
@@ -430,7 +430,7 @@ async def test_a_write_a_stalled_holder_lands_after_its_lease_is_detected_by_the
     from shared.locks import LeaseLocks
     from shared.storage import Storage
 
-    r = aioredis.Redis.from_url(settings.redis_url)
+    r = connect(settings.redis_url)
     locks = LeaseLocks(r)
     key = f"runs/r-lease/drafts/stall-{uuid.uuid4().hex[:8]}.md"
     try:
@@ -456,7 +456,7 @@ async def test_a_second_entry_with_the_same_task_is_dropped_while_the_first_runs
     from shared.runs import get_run
 
     run_id = await client.submit(settings, "slow-pair", {}, {"sleep": 2})
-    r = aioredis.Redis.from_url(settings.redis_url)
+    r = connect(settings.redis_url)
     try:
         task = None
         for _ in range(100):

@@ -7,12 +7,12 @@ import asyncio
 import json
 
 import pytest
-import redis.asyncio as aioredis
 
 from baton import client
 from shared import streams
 from shared.broker import encode
 from shared.events import RunSubmitted, TaskAssigned
+from shared.redisconn import connect
 from shared.runs import get_run
 from shared.storage import Storage
 from tests.helpers import of_type, run, wait_for_end
@@ -37,7 +37,7 @@ async def test_a_burst_of_runs_published_at_once_all_complete_without_a_handler_
     exhausted from about 300 runs on (MaxConnectionsError, then a reclaim's wait per run)."""
     before = _supervisor_log(stack).count("handler_failed")
     run_ids = [f"burst-{i}-{client.new_run_id()}" for i in range(1500)]
-    r = aioredis.Redis.from_url(settings.redis_url)
+    r = connect(settings.redis_url)
     try:
         async with r.pipeline(transaction=False) as pipe:
             for run_id in run_ids:
@@ -76,7 +76,7 @@ async def test_a_plan_of_two_thousand_subtasks_completes_and_its_aggregator_sees
     assert aggregate.inputs_manifest.key.startswith(f"runs/{run_id}/manifests/")
     async with Storage.connect(settings) as storage:
         assert (await storage.get(events[-1].outputs["count"])).decode() == "2000 inputs; 14 bytes\n"
-    r = aioredis.Redis.from_url(settings.redis_url)
+    r = connect(settings.redis_url)
     try:
         state = await get_run(r, run_id)
     finally:
@@ -104,7 +104,7 @@ async def test_a_task_too_big_to_send_fails_its_run_instead_of_being_sent(settin
 
 async def test_a_submission_too_big_to_read_fails_its_run_with_the_reason(settings):
     run_id = client.new_run_id()
-    r = aioredis.Redis.from_url(settings.redis_url)
+    r = connect(settings.redis_url)
     try:
         big = RunSubmitted(run_id=run_id, workflow="relay", params={"blob": "x" * 70_000})
         await r.xadd(streams.RUNS, encode(big))
@@ -120,7 +120,7 @@ async def test_a_task_that_dies_in_the_dead_letter_stream_fails_its_run_within_s
     """A worker refuses the run's outstanding task (here: oversized); the run fails with that reason,
     and the dead letter can still be replayed."""
     run_id = await client.submit(settings, "slow-pair", {}, {"sleep": 20})
-    r = aioredis.Redis.from_url(settings.redis_url)
+    r = connect(settings.redis_url)
     try:
         task = None
         for _ in range(100):

@@ -12,11 +12,11 @@ import uuid
 from pathlib import Path
 
 import pytest
-import redis.asyncio as aioredis
 
 from baton import client
 from shared import streams
 from shared.broker import DATA_FIELD
+from shared.redisconn import connect
 from shared.search import SearchResponse
 from shared.settings import Settings
 from tests.helpers import last_id, s3_client
@@ -123,7 +123,7 @@ async def test_changes_made_while_the_indexer_was_down_are_caught_up_at_start(se
 
     await eventually(both, timeout=5)
     indexer.stop()
-    r = aioredis.Redis.from_url(settings.redis_url)
+    r = connect(settings.redis_url)
     try:
         since = await last_id(settings, streams.OBJECTS)
         client_s3.delete_object(Bucket=settings.bucket, Key=f"{folder}goes.md")
@@ -184,7 +184,7 @@ async def test_search_wire_format_from_a_plain_redis_client(settings, indexer):
     """XADD a request, BLPOP the reply: what any language does."""
     term, key = word(), f"shared/wire-{uuid.uuid4().hex[:8]}.md"
     s3_client(settings).put_object(Bucket=settings.bucket, Key=key, Body=f"wire {term}".encode())
-    r = aioredis.Redis.from_url(settings.redis_url)
+    r = connect(settings.redis_url)
     try:
         for _ in range(50):
             reply_to = streams.search_reply(uuid.uuid4().hex)

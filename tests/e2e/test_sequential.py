@@ -7,12 +7,12 @@ import json
 from pathlib import Path
 
 import pytest
-import redis.asyncio as aioredis
 
 from baton import client
 from shared import streams
 from shared.broker import DATA_FIELD
 from shared.events import RunCompleted
+from shared.redisconn import connect
 from shared.storage import Storage
 from tests.helpers import (
     last_id,
@@ -99,7 +99,7 @@ async def test_a_duplicate_notification_starts_one_run(settings, real_servers, t
     await wait_handled(settings, streams.OBJECTS, streams.SUPERVISOR_GROUP, published[-1][0])
     submitted = await last_id(settings, streams.RUNS)  # the copy's RunSubmitted, for the same run id
     await wait_handled(settings, streams.RUNS, streams.SUPERVISOR_GROUP, submitted)
-    r = aioredis.Redis.from_url(settings.redis_url)
+    r = connect(settings.redis_url)
     try:
         entries = await r.xrange(streams.run_events(run_id))
     finally:
@@ -140,7 +140,7 @@ async def test_a_completed_state_and_its_run_completed_event_are_written_togethe
     """Whoever reads `completed` (baton status, the MCP server) finds run.completed in the run's stream:
     the supervisor writes the end event in the same script as the state (regression: it came after)."""
     run_ids = [await client.submit(settings, "slow-pair", {}, {"sleep": 0}) for _ in range(5)]
-    r = aioredis.Redis.from_url(settings.redis_url)
+    r = connect(settings.redis_url)
     try:
         pending = set(run_ids)
         for _ in range(6000):

@@ -18,7 +18,6 @@ import time
 import uuid
 
 import pytest
-import redis.asyncio as aioredis
 
 from baton import client
 from services.supervisor.decisions import Decision, add_task, new_task
@@ -30,6 +29,7 @@ from shared.batch import Outbox
 from shared.broker import DATA_FIELD
 from shared.errors import NotWaitingError
 from shared.events import Event, TaskAssigned, TaskProgress
+from shared.redisconn import connect
 from shared.runs import RunState, TaskSlot, get_run
 from shared.workflow import parse_workflows
 from tests.helpers import last_id, objects_since, of_type, s3_client, wait_for_end, wait_handled
@@ -110,7 +110,7 @@ def started(task_part: str):
 
 async def raw_events(settings, run_id: str) -> list[dict]:
     """Every entry of the run's stream as JSON, duplicates and entries after its end included."""
-    r = aioredis.Redis.from_url(settings.redis_url)
+    r = connect(settings.redis_url)
     try:
         entries = await r.xrange(streams.run_events(run_id))
     finally:
@@ -120,7 +120,7 @@ async def raw_events(settings, run_id: str) -> list[dict]:
 
 async def sent(settings, agent: str, run_id: str, since: str = "0") -> list[tuple[str, int]]:
     """(task id, attempt) of every task of `run_id` appended to `agent`'s stream after `since`."""
-    r = aioredis.Redis.from_url(settings.redis_url)
+    r = connect(settings.redis_url)
     try:
         entries = await r.xrange(streams.agent_stream(agent), min=f"({since}" if since != "0" else "-")
     finally:
@@ -130,7 +130,7 @@ async def sent(settings, agent: str, run_id: str, since: str = "0") -> list[tupl
 
 
 async def fields(settings, run_id: str) -> dict[str, bytes]:
-    r = aioredis.Redis.from_url(settings.redis_url)
+    r = connect(settings.redis_url)
     try:
         raw = await r.hgetall(streams.run_state(run_id))
     finally:
@@ -148,7 +148,7 @@ def causes(state_fields: dict[str, bytes]) -> dict[str, dict]:
 
 
 async def is_waiting_indexed(settings, run_id: str) -> bool:
-    r = aioredis.Redis.from_url(settings.redis_url)
+    r = connect(settings.redis_url)
     try:
         return bool(await r.sismember(streams.RUNS_WAITING, run_id))
     finally:
@@ -343,7 +343,7 @@ async def test_killed_before_committing_a_human_request_nothing_is_committed_and
 
 async def no_timers(settings) -> None:
     """Until no timer of an earlier test is left (so an armed supervisor takes this test's)."""
-    r = aioredis.Redis.from_url(settings.redis_url)
+    r = connect(settings.redis_url)
     try:
         for _ in range(150):
             if not await r.zcard(streams.TIMERS):
@@ -359,7 +359,7 @@ async def test_a_retry_timer_taken_by_a_supervisor_that_dies_fires_after_its_lea
     armed = supervisors.replace("supervisor.timer_taken=exit")
     run_id = await client.submit(settings, "flaky", {})
     assert await supervisors.exited(armed) != 0
-    r = aioredis.Redis.from_url(settings.redis_url)
+    r = connect(settings.redis_url)
     try:
         timers = [(json.loads(m), s) for m, s in await r.zrange(streams.TIMERS, 0, -1, withscores=True)]
     finally:
@@ -453,7 +453,7 @@ async def _late_completion(settings, run_id: str) -> bool:
 
 async def test_poison_timers_do_not_block_a_later_valid_one(settings):
     gone = f"r-renamed-{uuid.uuid4().hex[:12]}"
-    r = aioredis.Redis.from_url(settings.redis_url)
+    r = connect(settings.redis_url)
     try:
         # a run whose workflow was renamed away since, with the task the timer names outstanding
         state = RunState(run_id=gone, workflow="renamed-away", pattern="sequential", trace_id=gone)
@@ -574,7 +574,7 @@ class Quiet:
 async def test_two_handlers_racing_on_one_run_one_commits_and_the_other_decides_again(settings):
     workflows = parse_workflows(CAS_WORKFLOWS)
     run_id = f"r-cas-{uuid.uuid4().hex[:12]}"
-    redis = aioredis.Redis.from_url(settings.redis_url, socket_timeout=None)
+    redis = connect(settings.redis_url, socket_timeout=None)
     eng = Engine(settings, workflows, Quiet(), sender="supervisor:cas-test")
     eng.bind(None, redis, Outbox(redis))
     state = RunState(run_id=run_id, workflow="cas", pattern="sequential", trace_id=run_id)
@@ -630,7 +630,7 @@ async def test_two_handlers_racing_on_one_run_one_commits_and_the_other_decides_
 
 # --- 7. retention ----------------------------------------------------------------------------------------
 async def ttls(settings, run_id: str) -> dict[str, int]:
-    r = aioredis.Redis.from_url(settings.redis_url)
+    r = connect(settings.redis_url)
     try:
         keys = (streams.run_state(run_id), streams.run_events(run_id), streams.run_done(run_id, 1))
         return {key: await r.ttl(key) for key in keys}

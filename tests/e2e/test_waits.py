@@ -11,13 +11,13 @@ import time
 from pathlib import Path
 
 import pytest
-import redis.asyncio as aioredis
 
 from baton import client
 from baton.dev import settings_kwargs
 from shared import streams
 from shared.broker import DATA_FIELD
 from shared.events import parse_event
+from shared.redisconn import connect
 from shared.search import SearchHit, SearchRequest, SearchResponse, SearchUnavailableError, request_search
 from shared.settings import Settings
 from tests.helpers import last_id
@@ -69,7 +69,7 @@ async def test_a_stage_silent_for_a_minute_is_followed_by_submit_wait_watch_and_
 async def test_a_follow_whose_connection_is_killed_resumes_with_no_event_lost_or_repeated(stack, settings):
     cli = as_cli(stack)
     run_id = await client.submit(cli, "slow-pair", {}, {"sleep": 1.5})
-    admin = aioredis.Redis.from_url(settings.redis_url)
+    admin = connect(settings.redis_url)
     kills = 0
 
     async def kill_while_blocked() -> None:
@@ -110,7 +110,7 @@ async def test_a_search_answer_later_than_the_socket_timeout_is_waited_for(setti
     """With the indexer down, this test answers one request itself, 6.5 s late: the asker, on a client
     with redis-py's default 5 s socket timeout, still gets it; another asker waits its 6 s and is told
     the indexer did not answer (not a socket timeout)."""
-    plain = aioredis.Redis.from_url(settings.redis_url)  # socket timeout: redis-py's default, 5 s
+    plain = connect(settings.redis_url)  # socket timeout: redis-py's default, 5 s
     hit = SearchHit(key="shared/late.md", snippet="a **late** answer", score=1.0)
     indexer.stop()
     try:
