@@ -78,6 +78,11 @@ test-compose: install  ## docker-compose.yml on a Docker engine: up --build --wa
 test-containers: install  ## the end-to-end tests on Redis and MinIO containers of the compose images (testcontainers)
 	BATON_TEST_SERVERS=containers $(BIN)/python -m pytest tests/e2e
 
+CLUSTER_E2E = tests/e2e/test_sequential.py tests/e2e/test_router_pattern.py tests/e2e/test_hierarchical_pattern.py \
+	tests/e2e/test_bidirectional_pattern.py tests/e2e/test_human_in_the_loop.py tests/e2e/test_scale.py
+test-cluster: servers  ## the pattern tests on a local Valkey cluster (3 masters + 3 replicas), then failover tests
+	BATON_TEST_SERVERS=cluster $(BIN)/python -m pytest -m 'e2e or cluster' $(CLUSTER_E2E) tests/cluster
+
 docker-engine:  ## (root) Debian's docker.io and Compose v2 (built with Go, once); starts dockerd unless one answers
 	scripts/docker-engine.sh start
 

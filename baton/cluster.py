@@ -218,6 +218,7 @@ def _start_node(directory: Path, port: int | None, password: str | None, appendo
         port=port or _cluster_port(),
         password=password,
         appendonly=appendonly,
+        aclfile=True,  # the service users survive a node's restart
         extra_args=["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
                     "--cluster-node-timeout", str(NODE_TIMEOUT_MS)],
     )

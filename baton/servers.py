@@ -7,6 +7,7 @@ MinIO: a `minio` on PATH (or in $(go env GOPATH)/bin), else built once with MinI
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import signal
@@ -164,6 +165,7 @@ def start_redis(
     password: str | None = None,
     appendfsync: str = "everysec",
     extra_args: list[str] | None = None,
+    aclfile: bool = False,
 ) -> Server:
     """Start Redis on loopback. With `password`, user `default` (the admin) needs it, and the URL has it.
 
@@ -175,7 +177,16 @@ def start_redis(
     log = data_dir / "redis.log"
     config = data_dir / "redis.conf"  # the password stays out of the process list
     # masterauth: a replica (in a cluster) authenticates to its master with the same password
-    write_private(config, f"requirepass {password}\nmasterauth {password}\n" if password else "")
+    text = f"requirepass {password}\nmasterauth {password}\n" if password else ""
+    if aclfile:
+        # Users kept in a file (`baton init` saves them there with ACL SAVE), so they survive a restart;
+        # with a file, `requirepass` is ignored: user `default` is written there, once.
+        users = data_dir / "users.acl"
+        if not users.exists():
+            digest = hashlib.sha256(password.encode()).hexdigest() if password else None
+            write_private(users, f"user default on {'#' + digest if digest else 'nopass'} ~* &* +@all\n")
+        text = (f"masterauth {password}\n" if password else "") + f"aclfile {users}\n"
+    write_private(config, text)
     args = [
         redis_binary(),
         str(config),

@@ -62,7 +62,7 @@ class Grant:
 
 # What redis-py sends on connecting (CLIENT SETINFO; SELECT for a database other than 0; HELLO with RESP3),
 # and PING, which FastStream's subscribers and health checks send. None of them touches a key.
-CONNECTION = ("ping", "hello", "client|setinfo", "client|setname", "select")
+CONNECTION = ("ping", "hello", "client|setinfo", "client|setname", "select", "wait", "role")
 # What a cluster client asks every node to learn the slot map and the commands' key positions (no keys).
 CLUSTER_TOPOLOGY = ("cluster|slots", "cluster|shards", "cluster|nodes", "cluster|info", "readonly", "command")
 TRANSACTIONS = ("multi", "exec", "discard", "unwatch")

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -55,6 +56,7 @@ log = structlog.get_logger()
 READ_ERROR_BACKOFF = 1.0
 # A command refused by a cluster without running: sent again once the slot map is refreshed.
 REDIRECTED = (MovedError, AskError, TryAgainError, ClusterDownError)
+WAIT_MS = 2000  # most a pipeline waits for its replicas (loopback: well under a millisecond)
 CLUSTER_ATTEMPTS = 8  # ~6 s of backoff: a master's replica takes over within a few node timeouts
 PIPELINE_TIMEOUT = 10.0
 READ_COMMANDS = frozenset({"exists"})  # identical ones queued together share one command
@@ -80,9 +82,12 @@ class Outbox:
     the client ~10 µs of redis-py, an entry in the script ~1 µs.
     """
 
-    def __init__(self, redis, timeout: float = PIPELINE_TIMEOUT) -> None:
+    def __init__(self, redis, timeout: float = PIPELINE_TIMEOUT, wait_replicas: int = 0) -> None:
         self.redis = redis
         self.timeout = timeout
+        # With replicas to wait for, each pipeline ends with WAIT on every connection it wrote on: its
+        # replies (and so every acknowledgement that follows) come once that many replicas have the writes.
+        self.wait = ReplicaWait(wait_replicas) if wait_replicas else None
         # stream -> (__data__, mark or None, future)
         self._entries: dict[str, list[tuple[bytes, tuple | None, asyncio.Future]]] = {}
         self._ops: list[tuple[str, tuple, asyncio.Future]] = []
@@ -172,7 +177,7 @@ class Outbox:
         pool = self.redis.connection_pool
         connection = await pool.get_connection()
         try:
-            return await _exchange(connection, commands)
+            return await _exchange(connection, commands, self.wait)
         except BaseException:
             await connection.disconnect()  # replies may be left unread: never reuse it
             raise
@@ -194,7 +199,10 @@ class Outbox:
                 slot = cluster.keyslot(_key_of(commands[i]))
                 groups.setdefault(cluster.nodes_manager.get_node_from_slot(slot), []).append(i)
             outcomes = await asyncio.gather(
-                *(_node_exchange(node, [commands[i] for i in idx]) for node, idx in groups.items()),
+                *(
+                    _node_exchange(node, [commands[i] for i in idx], self.wait)
+                    for node, idx in groups.items()
+                ),
                 return_exceptions=True,
             )
             again: list[int] = []
@@ -213,21 +221,67 @@ class Outbox:
         return replies
 
 
-async def _exchange(connection, commands: list[tuple]) -> list:
-    await connection.send_packed_command(_pack(connection, commands))
+class ReplicaWait:
+    """WAIT for `replicas` replicas after a pipeline, or for as many as the master has when it has fewer
+    (a promoted master before the old one is back as its replica): then every copy that exists has the
+    writes, and no failover can lose them (there is no one to fail over to). Each master's count of
+    replicas is learned from ROLE and looked at again every `refresh` seconds."""
+
+    def __init__(self, replicas: int, timeout_ms: int = WAIT_MS, refresh: float = 1.0) -> None:
+        self.replicas, self.timeout_ms, self.refresh = replicas, timeout_ms, refresh
+        self._present: dict[tuple, tuple[int, float]] = {}  # (host, port) -> (replicas, when learned)
+
+    def command(self, connection) -> tuple | None:
+        present, learned = self._present.get((connection.host, connection.port), (self.replicas, 0.0))
+        if time.monotonic() - learned > self.refresh:
+            return None  # learn the count first (ROLE), then WAIT for it
+        return ("WAIT", min(self.replicas, present), self.timeout_ms) if present else None
+
+    async def learn(self, connection) -> None:
+        await connection.send_packed_command(_pack(connection, [("ROLE",)]))
+        role = await connection.read_response()
+        present = len(role[2]) if role and role[0] == b"master" else 0
+        self._present[(connection.host, connection.port)] = (present, time.monotonic())
+
+    def stale(self, connection) -> bool:
+        _present, learned = self._present.get((connection.host, connection.port), (0, 0.0))
+        return time.monotonic() - learned > self.refresh
+
+
+async def _exchange(connection, commands: list[tuple], wait: ReplicaWait | None = None) -> list:
+    """Send the commands (then WAIT, if asked) and read their replies. Replicas short of the WAIT fail
+    every command of the pipeline: written on the master, maybe lost by a failover, so not acknowledged."""
+    if wait is not None and wait.stale(connection):
+        await wait.learn(connection)
+    wait_command = wait.command(connection) if wait is not None else None
+    await connection.send_packed_command(
+        _pack(connection, commands + [wait_command] if wait_command else commands)
+    )
     replies: list = []
     for _ in commands:
         try:
             replies.append(await connection.read_response())
         except ResponseError as exc:
             replies.append(exc)
+    if wait_command:
+        acked = await connection.read_response()
+        if acked < wait_command[1]:
+            await wait.learn(connection)  # maybe a replica went away: the next pipelines wait for the rest
+            short = NotReplicated(
+                f"{acked} of {wait_command[1]} replicas confirmed the writes within {wait_command[2]} ms"
+            )
+            replies = [short] * len(commands)
     return replies
 
 
-async def _node_exchange(node, commands: list[tuple]) -> list:
+class NotReplicated(ResponseError):
+    """WAIT returned fewer replicas than asked: the writes may not survive a failover."""
+
+
+async def _node_exchange(node, commands: list[tuple], wait: ReplicaWait | None = None) -> list:
     connection = node.acquire_connection()
     try:
-        return await _exchange(connection, commands)
+        return await _exchange(connection, commands, wait)
     except BaseException:
         await connection.disconnect()
         raise
@@ -459,7 +513,7 @@ class Batched:
             # Its own client, without redis-py's per-command socket timeout (a timer per reply read): the
             # outbox puts one deadline on each pipeline, and reads block for at most `block_ms`.
             self._redis = connect(self.settings.redis_url, socket_timeout=None, socket_connect_timeout=5)
-            self._outbox = Outbox(self._redis)
+            self._outbox = Outbox(self._redis, wait_replicas=self.settings.redis_wait_replicas)
             for consumer in self.consumers:
                 await consumer.declare(self._redis, self._outbox)
 

@@ -160,7 +160,9 @@ def dead_letter_event(
     )
 
 
-TRANSIENT_RETRIES = (0.05, 0.2, 1.0)  # seconds before each in-process retry of a transient failure
+# Seconds before each in-process retry of a transient failure: ~7 s in all, past a cluster's failover (a
+# replica takes over a few node timeouts after its master died; 2 s each in `baton dev up --cluster`).
+TRANSIENT_RETRIES = (0.05, 0.2, 1.0, 2.0, 4.0)
 
 
 async def call_handler(handler, event, timeout: float | None, retries=TRANSIENT_RETRIES):

@@ -31,6 +31,13 @@ class Settings(BaseSettings):
         description="A Redis/Valkey Cluster instead of one server: redis://[user:password@]host:port"
         "[,host:port...] (any nodes, as seeds). Wins over REDIS_URL.",
     )
+    redis_wait_replicas: int = Field(
+        0,
+        ge=0,
+        description="After each batch of writes (run commits, tasks, outcomes, acknowledgements), WAIT until "
+        "this many replicas have them before going on: a master's failover then loses no acknowledged step. "
+        "0: Redis' asynchronous replication (a failover may lose the last milliseconds of writes).",
+    )
     result_partitions: int = Field(
         1,
         ge=1,

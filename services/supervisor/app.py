@@ -127,7 +127,7 @@ def create_app(settings: Settings | None = None):
         # The handlers' commands go through one outbox: what they queue in one loop turn is one pipeline
         # on one connection, however many runs are in flight (bounded use, no pool to exhaust).
         own["redis"] = connect(settings.redis_url, socket_timeout=None, socket_connect_timeout=5)
-        eng.bind(res.storage, res.redis, Outbox(own["redis"]))
+        eng.bind(res.storage, res.redis, Outbox(own["redis"], wait_replicas=settings.redis_wait_replicas))
 
     @app.after_startup
     async def _start() -> None:

@@ -1,0 +1,281 @@
+"""Baton on a real Valkey cluster (3 masters + 3 replicas on loopback) while its nodes fail.
+
+Run by `make test-cluster` (BATON_TEST_SERVERS=cluster): the session's services run on the cluster with
+4 results partitions and BATON_REDIS_WAIT_REPLICAS=1. These tests change the cluster (a master is killed
+and comes back as a replica; every node restarts), so they run after the pattern tests in that target.
+Figures go to tests/artifacts/cluster/ for the README.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from pathlib import Path
+
+import pytest
+import redis.asyncio as aioredis
+
+from baton import client
+from shared import streams
+from shared.broker import encode
+from shared.events import RunSubmitted
+from shared.redisconn import cluster_parts, connect
+from tests.conftest import LOCAL_CLUSTER, cluster_mode
+
+pytestmark = [pytest.mark.cluster, pytest.mark.e2e]
+
+ARTIFACTS = Path(__file__).resolve().parent.parent / "artifacts" / "cluster"
+ENDED = {"completed", "failed", "cancelled"}
+
+
+@pytest.fixture
+def local_cluster():
+    assert cluster_mode() and LOCAL_CLUSTER, (
+        "these tests need the session on a Valkey cluster: BATON_TEST_SERVERS=cluster (make test-cluster)"
+    )
+    return LOCAL_CLUSTER[0]
+
+
+def _save(name: str, figures: dict) -> None:
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    (ARTIFACTS / f"{name}.json").write_text(json.dumps(figures, indent=2) + "\n")
+
+
+async def _statuses(r, run_ids: list[str]) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for i in range(0, len(run_ids), 500):
+        chunk = run_ids[i : i + 500]
+        async with r.pipeline(transaction=False) as pipe:
+            for run_id in chunk:
+                pipe.hget(streams.run_state(run_id), "core")
+            raws = await pipe.execute()
+        out.update({rid: json.loads(raw)["status"] for rid, raw in zip(chunk, raws, strict=True) if raw})
+    return out
+
+
+async def _submit(r, run_ids: list[str]) -> None:
+    async with r.pipeline(transaction=False) as pipe:
+        for run_id in run_ids:
+            pipe.xadd(streams.RUNS, encode(RunSubmitted(run_id=run_id, workflow="relay")))
+        await pipe.execute()
+
+
+async def _until_ended(r, run_ids: list[str], timeout: float) -> dict[str, str]:
+    deadline = time.monotonic() + timeout
+    statuses: dict[str, str] = {}
+    while time.monotonic() < deadline:
+        try:
+            statuses = await _statuses(r, run_ids)
+        except Exception:  # noqa: BLE001 - the cluster is failing over: ask again
+            await asyncio.sleep(0.5)
+            continue
+        if len(statuses) == len(run_ids) and all(s in ENDED for s in statuses.values()):
+            break
+        await asyncio.sleep(0.5)
+    return statuses
+
+
+def _count(statuses: dict[str, str], run_ids: list[str]) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for run_id in run_ids:
+        status = statuses.get(run_id, "never seen")
+        counts[status] = counts.get(status, 0) + 1
+    return counts
+
+
+def _admin(local, index: int) -> aioredis.Redis:
+    host, port = local.addresses[index]
+    return aioredis.Redis(host=host, port=port, password=local.password, socket_timeout=5)
+
+
+async def _role(local, index: int) -> tuple[str, str | None]:
+    """(master|slave, the master's address for a replica)."""
+    r = _admin(local, index)
+    try:
+        info = await r.info("replication")
+    finally:
+        await r.aclose()
+    if info["role"] == "master":
+        return "master", None
+    return "slave", f"{info['master_host']}:{info['master_port']}"
+
+
+async def _wait(check, what: str, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    last: object = None
+    while time.monotonic() < deadline:
+        try:
+            if await check():
+                return
+        except Exception as exc:  # noqa: BLE001 - a node still starting
+            last = exc
+        await asyncio.sleep(0.2)
+    raise AssertionError(f"{what}: not within {timeout}s (last error: {last})")
+
+
+async def _replica_of(local, master: int) -> int:
+    address = "%s:%d" % local.addresses[master]
+    for i in range(len(local.nodes)):
+        if i != master and i not in local.down and (await _role(local, i)) == ("slave", address):
+            return i
+    raise AssertionError(f"node {address} has no replica")
+
+
+async def _healthy(local) -> bool:
+    """Every node up, cluster_state ok on each, every replica's link to its master up."""
+    for i in range(len(local.nodes)):
+        r = _admin(local, i)
+        try:
+            state = (await r.execute_command("CLUSTER", "INFO")).decode()
+            if "cluster_state:ok" not in state:
+                return False
+            info = await r.info("replication")
+            if info["role"] == "slave" and info.get("master_link_status") != "up":
+                return False
+        finally:
+            await r.aclose()
+    return True
+
+
+@pytest.mark.timeout(600)
+async def test_a_master_killed_during_a_burst_is_replaced_by_its_replica_and_every_run_ends(
+    settings, stack, local_cluster
+):
+    r = connect(settings.redis_url)
+    run_ids = [f"failover-{i}-{client.new_run_id()}" for i in range(1000)]
+    try:
+        await r.initialize()
+        # the master that holds `baton:runs` (and the supervisor's group on it): the hottest one
+        node = r.nodes_manager.get_node_from_slot(r.keyslot(streams.RUNS))
+        victim = local_cluster.addresses.index((node.host, node.port))
+        replica = await _replica_of(local_cluster, victim)
+        started = time.monotonic()
+        await _submit(r, run_ids)
+
+        async def some_completed() -> bool:
+            return sum(s == "completed" for s in (await _statuses(r, run_ids)).values()) >= 100
+
+        await _wait(some_completed, "100 runs completed before the kill", 120)
+        done_before = sum(s == "completed" for s in (await _statuses(r, run_ids)).values())
+        local_cluster.kill(victim)
+        killed_at = time.monotonic()
+
+        async def promoted() -> bool:
+            return (await _role(local_cluster, replica))[0] == "master"
+
+        await _wait(promoted, f"replica node {replica} promoted", 60)
+        promoted_after = time.monotonic() - killed_at
+        statuses = await _until_ended(r, run_ids, 240)
+        ended_after = time.monotonic() - started
+    finally:
+        await r.aclose()
+    counts = _count(statuses, run_ids)
+    _save(
+        "master-killed",
+        {
+            "runs": len(run_ids),
+            "completed_before_kill": done_before,
+            "promoted_after_s": round(promoted_after, 2),
+            "all_ended_after_s": round(ended_after, 2),
+            "statuses": counts,
+            "wait_replicas": int(stack.env.get("BATON_REDIS_WAIT_REPLICAS", "0")),
+        },
+    )
+    assert set(counts) <= ENDED, counts  # none still running, none never seen
+    failed = {rid: s for rid, s in statuses.items() if s != "completed"}
+    assert not failed, f"{len(failed)} runs did not complete: {counts}"
+
+    # the killed master comes back as a replica of the node that took over
+    local_cluster.restart(victim)
+    address = "%s:%d" % local_cluster.addresses[replica]
+
+    async def rejoined() -> bool:
+        return await _role(local_cluster, victim) == ("slave", address) and await _healthy(local_cluster)
+
+    await _wait(rejoined, "the old master rejoined as a replica", 60)
+
+
+@pytest.mark.timeout(900)
+async def test_a_rolling_restart_of_every_node_loses_no_run(settings, stack, local_cluster):
+    """Each node in turn: a master hands over to its replica first (CLUSTER FAILOVER, no write lost),
+    then the node is stopped, started again on its AOF and nodes.conf, and waited for until it is synced.
+    Runs keep arriving throughout; every one completes."""
+    await _wait(lambda: _healthy(local_cluster), "cluster healthy before the restart", 60)
+    r = connect(settings.redis_url)
+    run_ids: list[str] = []
+    stop = asyncio.Event()
+
+    async def feed() -> None:
+        while not stop.is_set():
+            wave = [f"rolling-{len(run_ids) + i}-{client.new_run_id()}" for i in range(20)]
+            try:
+                await _submit(r, wave)
+                run_ids.extend(wave)
+            except Exception:  # noqa: BLE001 - a submission refused mid-failover is not a run
+                pass
+            await asyncio.sleep(0.5)
+
+    feeder = asyncio.create_task(feed())
+    timings = []
+    try:
+        for index in range(len(local_cluster.nodes)):
+            began = time.monotonic()
+            if (await _role(local_cluster, index))[0] == "master":
+                replica = await _replica_of(local_cluster, index)
+                takeover = _admin(local_cluster, replica)
+                try:
+                    await takeover.execute_command("CLUSTER", "FAILOVER")
+                finally:
+                    await takeover.aclose()
+
+                async def handed_over(replica=replica) -> bool:
+                    return (await _role(local_cluster, replica))[0] == "master"
+
+                await _wait(handed_over, f"node {replica} took over from node {index}", 60)
+            local_cluster.nodes[index].stop()
+            local_cluster.restart(index)
+            await _wait(lambda: _healthy(local_cluster), f"node {index} back and synced", 90)
+            timings.append(round(time.monotonic() - began, 2))
+        stop.set()
+        await feeder
+        statuses = await _until_ended(r, run_ids, 180)
+    finally:
+        stop.set()
+        await feeder
+        await r.aclose()
+    counts = _count(statuses, run_ids)
+    _save("rolling-restart", {"runs": len(run_ids), "seconds_per_node": timings, "statuses": counts})
+    assert len(run_ids) > 100, "runs must keep arriving during the restart"
+    assert counts == {"completed": len(run_ids)}, counts
+
+
+async def test_a_bad_cluster_url_fails_at_start_naming_the_node(real_servers, local_cluster, tmp_path):
+    """A plain server given as a cluster, a node that never answers: each a clear error before any
+    consumer starts (shared.redisconn.verify, called by every service at start-up)."""
+    from baton import servers
+    from shared.errors import ConfigError
+    from shared.redisconn import as_cluster_url, verify
+
+    plain = servers.start_redis(tmp_path / "plain", password="pw")
+    try:
+        port = plain.extra["port"]
+        with pytest.raises(ConfigError, match=f"127.0.0.1:{port} is a plain server"):
+            await verify(as_cluster_url(f"redis://default:pw@127.0.0.1:{port}"))
+    finally:
+        plain.stop()
+    dead = servers.free_port()
+    with pytest.raises(ConfigError, match=f"127.0.0.1:{dead} is unreachable"):
+        await verify(as_cluster_url(f"redis://127.0.0.1:{dead}"))
+    from baton.cluster import _start_node
+
+    lone = _start_node(tmp_path / "unformed", None, "pw", appendonly=False)  # cluster mode, no slots yet
+    try:
+        port = lone.extra["port"]
+        with pytest.raises(ConfigError, match=f"127.0.0.1:{port} reports 0 of 16384 slots assigned"):
+            await verify(as_cluster_url(f"redis://default:pw@127.0.0.1:{port}"))
+    finally:
+        lone.stop()
+    _seeds, auth = cluster_parts(as_cluster_url(local_cluster.url))
+    with pytest.raises(ConfigError, match="refused the credentials"):
+        await verify(as_cluster_url(local_cluster.url.replace(auth["password"], "wrong")))
