@@ -115,7 +115,7 @@ async def _wait(check, what: str, timeout: float = 60) -> None:
 
 
 async def _replica_of(local, master: int) -> int:
-    address = "%s:%d" % local.addresses[master]
+    address = "{}:{}".format(*local.addresses[master])
     for i in range(len(local.nodes)):
         if i != master and i not in local.down and (await _role(local, i)) == ("slave", address):
             return i
@@ -188,7 +188,7 @@ async def test_a_master_killed_during_a_burst_is_replaced_by_its_replica_and_eve
 
     # the killed master comes back as a replica of the node that took over
     local_cluster.restart(victim)
-    address = "%s:%d" % local_cluster.addresses[replica]
+    address = "{}:{}".format(*local_cluster.addresses[replica])
 
     async def rejoined() -> bool:
         return await _role(local_cluster, victim) == ("slave", address) and await _healthy(local_cluster)
