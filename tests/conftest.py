@@ -127,6 +127,7 @@ def stack(real_servers: Servers, tmp_path_factory):
     )
     # Where the tests serve their A2A agents (tests/a2a_agents.py); the workers' `kind: a2a` agents call it.
     env["A2A_TEST_URL"] = f"http://127.0.0.1:{servers.free_port()}"
+    env["A2A_TEST_TOKEN"] = "not-the-token"  # the guarded test agent takes another one
     import asyncio
 
     passwords = new_passwords()
