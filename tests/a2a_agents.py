@@ -157,13 +157,13 @@ def build_app(base: str, behaviours: dict[str, Behaviour]) -> Starlette:
 
 
 class AgentsServer:
-    """The test agents, served by uvicorn in a thread of its own (its own event loop)."""
+    """The test agents (or `app`), served by uvicorn in a thread of its own (its own event loop)."""
 
-    def __init__(self, base: str) -> None:
+    def __init__(self, base: str, app=None) -> None:
         self.base = base.rstrip("/")
         host, port = self.base.rsplit("//", 1)[1].split(":")
         self.behaviours: dict[str, Behaviour] = {}
-        app = build_app(self.base, self.behaviours)
+        app = app or build_app(self.base, self.behaviours)
         config = uvicorn.Config(app, host=host, port=int(port), log_level="warning")
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, name="a2a-test-agents", daemon=True)
