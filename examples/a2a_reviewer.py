@@ -79,7 +79,7 @@ async def read(message: Message) -> tuple[str, dict, str]:
 
 
 def review(draft: str, audience: str) -> str:
-    paragraphs = [p for p in draft.split("\n\n") if p.strip() and not p.lstrip().startswith("#")]
+    paragraphs = [line for line in draft.splitlines() if line.strip() and not line.lstrip().startswith("#")]
     sentences = [s for s in re.split(r"(?<=[.!?])\s+", " ".join(paragraphs)) if s.strip()]
     long = [s for s in sentences if len(s.split()) > LONG_SENTENCE]
     longest = max(paragraphs, key=len, default="")
