@@ -97,6 +97,8 @@ def describe(event: Event) -> str:
         case "task.failed":
             kind = "retryable" if event.retryable else "permanent"
             return f"{t}   {event.agent or 'task'} failed ({kind}): {event.error}"
+        case "task.input_required":
+            return f"{t}   {event.agent} asks a person: {event.question}"
         case "review.verdict":
             verdict = "accepted" if event.accepted else f"rejected: {event.feedback}"
             return f"{t}   review of {event.subtask} by {event.agent}: {verdict}"

@@ -245,6 +245,8 @@ def _gateway_grants() -> list[Grant]:
             ("xread", "xrange", "xrevrange"),
             read_only=True,
         ),
+        Grant("its A2A tasks, kept across restarts", (streams.a2a_task("*"),), ("get", "set", "del")),
+        Grant("list them", (streams.a2a_tasks("*"),), ("zadd", "zrevrange", "zrem", "zremrangebyscore")),
     ]
 
 

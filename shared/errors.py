@@ -42,6 +42,14 @@ class NotWaitingError(BatonError):
     """A person's response to a run that is not waiting for one."""
 
 
+class InputRequired(BatonError):
+    """An agent needs a person's answer: the run asks, and the task comes back with it (`ctx.answer`)."""
+
+    def __init__(self, question: str, resume: dict[str, str] | None = None) -> None:
+        super().__init__(question)
+        self.question, self.resume = question, dict(resume or {})
+
+
 class HandlerTimeout(BatonError):
     """A handler ran past its time limit and was cancelled."""
 

@@ -100,6 +100,14 @@ class RunStarted(BaseEvent):
     stages: list[str] = Field(default_factory=list, description="Agents in order (sequential).")
 
 
+class HumanAnswer(BaseModel):
+    """A person's answer, handed back to the agent that asked for it."""
+
+    approved: bool = Field(description="The response's decision: approve (True) or reject (False).")
+    text: str = Field("", description="What the person wrote.")
+    response: ObjectRef = Field(description="The response file.")
+
+
 class TaskAssigned(BaseEvent):
     """One slice of work for one agent. If `agent` is empty the router picks it from `intent`."""
 
@@ -122,6 +130,13 @@ class TaskAssigned(BaseEvent):
     acceptance_criteria: str | None = Field(None, description="What a reviewer will check.")
     params: dict[str, Any] = Field(default_factory=dict, description="The run's parameters.")
     deadline: datetime | None = Field(None, description="When the task is considered late.")
+    answer: HumanAnswer | None = Field(
+        None, description="A person's answer to the question this task's agent asked (`task.input_required`)."
+    )
+    resume: dict[str, str] = Field(
+        default_factory=dict,
+        description="What the agent's runtime kept to go on after its question (e.g. the remote A2A task).",
+    )
 
 
 class RouteDecided(BaseEvent):
@@ -180,6 +195,20 @@ class TaskFailed(BaseEvent):
     agent: str | None = None
     error: str = Field(description="What went wrong, for a person.")
     retryable: bool = Field(False, description="Whether another attempt may succeed.")
+
+
+class TaskInputRequired(BaseEvent):
+    """An agent needs a person's answer to go on: the run waits for one (`human.requested`), and the task
+    is assigned again with the answer and `resume` (a new attempt, not counted as a retry)."""
+
+    type: Literal["task.input_required"] = "task.input_required"
+    run_id: RunId
+    task_id: str
+    agent: str
+    question: str = Field(description="What the agent asks, for a person.")
+    resume: dict[str, str] = Field(
+        default_factory=dict, description="What the agent's runtime needs to go on (kept in the run's state)."
+    )
 
 
 class ObjectChanged(BaseEvent):
@@ -290,6 +319,7 @@ Event = Annotated[
     | TaskProgress
     | TaskCompleted
     | TaskFailed
+    | TaskInputRequired
     | ObjectChanged
     | ReviewVerdict
     | HumanInputRequested
@@ -302,7 +332,8 @@ Event = Annotated[
 ]
 RunRequest = Annotated[RunSubmitted | RunCancelRequested, Field(discriminator="type")]
 TaskResult = Annotated[
-    TaskStarted | TaskProgress | TaskCompleted | TaskFailed | RouteDecided, Field(discriminator="type")
+    TaskStarted | TaskProgress | TaskCompleted | TaskFailed | TaskInputRequired | RouteDecided,
+    Field(discriminator="type"),
 ]
 
 EVENT_ADAPTER: TypeAdapter[Event] = TypeAdapter(Event)

@@ -42,6 +42,9 @@ class TaskSlot(BaseModel):
     since: datetime = Field(default_factory=utcnow, description="When the slot was created.")
     not_before: datetime | None = Field(None, description="A retry's backoff: not sent before this.")
     usage_counted: bool = Field(False, description="A model classifier's usage for it is in the run's.")
+    question: str | None = Field(None, description="Its agent asked a person this; waits for the answer.")
+    resume: dict[str, str] = Field(default_factory=dict, description="What the agent needs to go on.")
+    answers: int = Field(0, description="Attempts that carried an answer (not counted as retries).")
 
 
 class HumanWait(BaseModel):
@@ -52,6 +55,7 @@ class HumanWait(BaseModel):
     request: ObjectRef
     key: str = ""
     on_reject: str = "fail"
+    agent: str | None = Field(None, description="The agent that asked (its task gets the answer), if any.")
 
 
 class Subtask(BaseModel):
@@ -176,6 +180,9 @@ class RunState(BaseModel):
     params: dict[str, Any] = Field(default_factory=dict)
     waiting: HumanWait | None = None
     responses_used: list[str] = Field(default_factory=list, description="Response files already applied.")
+    asks: list[str] = Field(
+        default_factory=list, description="Tasks whose agents' questions wait for the current one's answer."
+    )
     # sequential
     stage: int = 0
     loops: dict[str, int] = Field(default_factory=dict, description="Times a stage was re-entered.")

@@ -96,3 +96,13 @@ DONE_PATTERN = "baton:{r*}:done:*"
 def route_decision(run_id: str, task_id: str, attempt: int) -> str:
     """The router's decision for one attempt of a task: a redelivery forwards to the same agent."""
     return f"baton:{{{run_id}}}:route:{task_id}:{attempt}"
+
+
+def a2a_task(run_id: str) -> str:
+    """The A2A gateway's task for the run it started (protobuf `Task`; expires with the run's retention)."""
+    return f"baton:{{{run_id}}}:a2a"
+
+
+def a2a_tasks(workflow: str) -> str:
+    """The A2A gateway's tasks of one workflow, by last update (a sorted set, for `tasks/list`)."""
+    return f"baton:a2a:tasks:{workflow}"

@@ -115,6 +115,12 @@ class AgentSpec(_Strict):
         description="kind a2a: input files up to this size are sent as bytes, larger ones as presigned URLs "
         "of their exact versions.",
     )
+    max_artifact_bytes: int = Field(
+        100 * 1024 * 1024,
+        ge=1,
+        description="kind a2a: the largest file part a remote agent may return (bytes or URL); a larger one "
+        "fails the task (permanently) instead of filling the worker's memory.",
+    )
     # kind: llm (a python agent may carry these too, and call the model itself via `llm_config()`).
     prompt: str | None = Field(
         None,
@@ -525,9 +531,7 @@ class WorkflowFile(_Strict):
         return [(name, wf) for name, wf in self.workflows.items() if wf.trigger]
 
 
-def parse_workflows(
-    text: str, source: str = "<workflow file>", base_dir: Path | None = None
-) -> WorkflowFile:
+def parse_workflows(text: str, source: str = "<workflow file>", base_dir: Path | None = None) -> WorkflowFile:
     """Parse and validate a workflow file; errors name the file and the offending field.
     `base_dir` is where relative prompt files are found (the workflow file's folder)."""
     try:

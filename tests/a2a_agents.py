@@ -5,8 +5,11 @@ Each agent lives at `/<name>/` with its card at `/<name>/.well-known/agent-card.
   flaky   - fails the first attempt of each Baton task, then behaves like echo
   fail    - always fails
   reject  - rejects every task
-  asks    - asks for input (input-required)
-  slow    - works for a minute, unless cancelled
+  asks    - asks which style guide (input-required), then, on the next message on that task, returns
+            `review.md` quoting the answer
+  slow    - works for a minute, unless cancelled (the ids of cancelled tasks are kept in `cancelled`)
+  guarded - echo, behind a bearer token (GUARD_TOKEN) its card declares
+  huge    - returns a 4096-byte artifact (over the limit its test agent declares)
   badcard - serves a card that is not an agent card
 """
 
@@ -23,12 +26,24 @@ from a2a.server.events import EventQueue
 from a2a.server.request_handlers import DefaultRequestHandler
 from a2a.server.routes import create_agent_card_routes, create_jsonrpc_routes
 from a2a.server.tasks import InMemoryTaskStore, TaskUpdater
-from a2a.types import AgentCapabilities, AgentCard, AgentInterface, AgentSkill, Part, TaskState
+from a2a.types import (
+    AgentCapabilities,
+    AgentCard,
+    AgentInterface,
+    AgentSkill,
+    HTTPAuthSecurityScheme,
+    Part,
+    SecurityRequirement,
+    SecurityScheme,
+    StringList,
+    TaskState,
+)
 from starlette.applications import Starlette
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, PlainTextResponse
 from starlette.routing import Mount, Route
 
-BEHAVIOURS = ("echo", "flaky", "fail", "reject", "asks", "slow")
+BEHAVIOURS = ("echo", "flaky", "fail", "reject", "asks", "slow", "huge", "guarded")
+GUARD_TOKEN = "the-guarded-agents-token"
 
 
 def describe(part: Part) -> str:
@@ -48,6 +63,7 @@ class Behaviour(AgentExecutor):
     def __init__(self, name: str) -> None:
         self.name = name
         self.seen: dict[str, int] = {}
+        self.cancelled: list[str] = []
 
     async def execute(self, context: RequestContext, event_queue: EventQueue) -> None:
         task = context.current_task or new_task_from_user_message(context.message)
@@ -63,12 +79,18 @@ class Behaviour(AgentExecutor):
         if self.name == "reject":
             await up.reject(say("reject: I do not review poetry"))
             return
-        if self.name == "asks":
+        if self.name == "asks" and context.current_task is None:
             await up.requires_input(say("asks: which style guide?"))
             return
         if self.name == "slow":
             await asyncio.sleep(60)
+        if self.name == "huge":
+            await up.add_artifact([Part(raw=b"h" * 4096, filename="huge.bin")], name="huge")
+            await up.complete()
+            return
         lines = [describe(p) for p in context.message.parts]
+        if self.name == "asks":  # the answer, on the same task: its history holds the first message
+            lines = [f"task {task.id} context {task.context_id}"] + lines
         await up.update_status(TaskState.TASK_STATE_WORKING, say(f"{self.name}: writing the review"))
         body = "# Review\n\n" + "\n".join(f"- {line}" for line in lines) + "\n"
         await up.add_artifact(
@@ -79,11 +101,21 @@ class Behaviour(AgentExecutor):
     async def cancel(self, context: RequestContext, event_queue: EventQueue) -> None:
         task = context.current_task
         if task is not None:
+            self.cancelled.append(task.id)
             await TaskUpdater(event_queue, task.id, task.context_id).cancel()
 
 
 def card(name: str, base: str) -> AgentCard:
+    guard = {}
+    if name == "guarded":
+        guard = dict(
+            security_schemes={
+                "bearer": SecurityScheme(http_auth_security_scheme=HTTPAuthSecurityScheme(scheme="Bearer"))
+            },
+            security_requirements=[SecurityRequirement(schemes={"bearer": StringList(list=[])})],
+        )
     return AgentCard(
+        **guard,
         name=f"test {name}",
         description=f"A test agent that behaves like {name!r}.",
         version="1.0.0",
@@ -97,12 +129,13 @@ def card(name: str, base: str) -> AgentCard:
     )
 
 
-def build_app(base: str) -> Starlette:
+def build_app(base: str, behaviours: dict[str, Behaviour]) -> Starlette:
     mounts = []
     for name in BEHAVIOURS:
         the_card = card(name, base)
+        behaviours[name] = Behaviour(name)
         handler = DefaultRequestHandler(
-            agent_executor=Behaviour(name), task_store=InMemoryTaskStore(), agent_card=the_card
+            agent_executor=behaviours[name], task_store=InMemoryTaskStore(), agent_card=the_card
         )
         routes = [*create_agent_card_routes(the_card), *create_jsonrpc_routes(handler, "/")]
         mounts.append(Mount(f"/{name}", routes=routes))
@@ -110,16 +143,28 @@ def build_app(base: str) -> Starlette:
     async def bad_card(request):
         return JSONResponse({"name": 42, "skills": "none", "capabilities": [1, 2]})
 
-    return Starlette(routes=[Route("/badcard/.well-known/agent-card.json", bad_card), *mounts])
+    app = Starlette(routes=[Route("/badcard/.well-known/agent-card.json", bad_card), *mounts])
+
+    async def guarded(scope, receive, send):
+        path = scope.get("path", "")
+        if scope["type"] == "http" and path.startswith("/guarded/") and not path.endswith("agent-card.json"):
+            given = dict(scope.get("headers") or []).get(b"authorization", b"")
+            if given != f"Bearer {GUARD_TOKEN}".encode():
+                return await PlainTextResponse("unauthorized", 401)(scope, receive, send)
+        await app(scope, receive, send)
+
+    return guarded
 
 
 class AgentsServer:
-    """The test agents, served by uvicorn in a thread of its own (its own event loop)."""
+    """The test agents (or `app`), served by uvicorn in a thread of its own (its own event loop)."""
 
-    def __init__(self, base: str) -> None:
+    def __init__(self, base: str, app=None) -> None:
         self.base = base.rstrip("/")
         host, port = self.base.rsplit("//", 1)[1].split(":")
-        config = uvicorn.Config(build_app(self.base), host=host, port=int(port), log_level="warning")
+        self.behaviours: dict[str, Behaviour] = {}
+        app = app or build_app(self.base, self.behaviours)
+        config = uvicorn.Config(app, host=host, port=int(port), log_level="warning")
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, name="a2a-test-agents", daemon=True)
 

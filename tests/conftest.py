@@ -26,6 +26,8 @@ from tests import containers
 pytest_plugins = ["tests.llm_fixtures"]
 ROOT = Path(__file__).resolve().parent.parent
 TEST_WORKFLOWS = ROOT / "tests" / "workflows.yaml"
+# Agents a test hosts on a worker of its own (it knows their environment only then: the gateway's URL).
+OWN_WORKER_AGENTS = ("remote-baton",)
 PER_MESSAGE_AGENT = "permsg"
 
 
@@ -139,10 +141,13 @@ def stack(real_servers: Servers, tmp_path_factory):
     # (BATON_BATCH=0): both paths of the worker run under the same tests and ACL users.
     agents = load_workflows(TEST_WORKFLOWS).agents
     env["BATON_AGENTS"] = ",".join(
-        n for n, a in agents.items() if a.kind in ("python", "llm", "a2a") and n != PER_MESSAGE_AGENT
+        n
+        for n, a in agents.items()
+        if a.kind in ("python", "llm", "a2a") and n != PER_MESSAGE_AGENT and n not in OWN_WORKER_AGENTS
     )
     # Where the tests serve their A2A agents (tests/a2a_agents.py); the workers' `kind: a2a` agents call it.
     env["A2A_TEST_URL"] = f"http://127.0.0.1:{servers.free_port()}"
+    env["A2A_TEST_TOKEN"] = "not-the-token"  # the guarded test agent takes another one
     import asyncio
 
     passwords = new_passwords()

@@ -32,7 +32,7 @@ def document(service: str) -> dict:
 
 def expected(service: str) -> dict[str, set[str]]:
     agents = load_workflows(WORKFLOWS).agents
-    python_agents = [name for name, spec in agents.items() if spec.kind == "python"]
+    python_agents = [n for n, spec in agents.items() if spec.kind in ("python", "llm", "a2a")]  # the worker's
     dead_letters = {streams.DLQ: {SEND}}  # every broker's middleware dead-letters what it cannot handle
     if service == "supervisor":
         return {

@@ -13,10 +13,10 @@ import asyncio
 import contextlib
 import hmac
 
+import redis.asyncio as aioredis
 import uvicorn
 from a2a.server.request_handlers import DefaultRequestHandler
 from a2a.server.routes import create_agent_card_routes, create_jsonrpc_routes
-from a2a.server.tasks import InMemoryTaskStore
 from a2a.types import (
     AgentCapabilities,
     AgentCard,
@@ -40,6 +40,7 @@ from shared.storage import Storage
 from shared.workflow import HUMAN, SequentialWorkflow, load_workflows
 
 from .executor import WorkflowExecutor
+from .tasks import RunTaskStore
 
 SERVICE = "gateway"
 SCHEME = "bearer"
@@ -92,16 +93,18 @@ def card(name: str, wf, url: str) -> AgentCard:
     )
 
 
-def create_app(settings: Settings, storage: Storage, log) -> Starlette:
+def create_app(settings: Settings, storage: Storage, redis: aioredis.Redis, log) -> Starlette:
     workflows = load_workflows(settings.workflows).workflows
     root = base_url(settings)
     mounts, listing = [], []
+    live: set[str] = set()  # the tasks this process follows now
     for name, wf in workflows.items():
         url = f"{root}{name}/"
         the_card = card(name, wf, url)
+        executor = WorkflowExecutor(name, settings, storage, log, live)
         handler = DefaultRequestHandler(
-            agent_executor=WorkflowExecutor(name, settings, storage, log),
-            task_store=InMemoryTaskStore(),
+            agent_executor=executor,
+            task_store=RunTaskStore(redis, settings, name, live, executor.part),
             agent_card=the_card,
         )
         routes = [*create_agent_card_routes(the_card), *create_jsonrpc_routes(handler, "/")]
@@ -159,8 +162,9 @@ async def serve(settings: Settings) -> None:
             "(or listen on 127.0.0.1)",
         )
         raise SystemExit(2)
-    async with Storage.connect(settings) as storage:
-        app = create_app(settings, storage, log)
+    redis = aioredis.Redis.from_url(settings.redis_url)
+    async with Storage.connect(settings) as storage, contextlib.aclosing(redis):
+        app = create_app(settings, storage, redis, log)
         config = uvicorn.Config(
             app, host=settings.gateway_host, port=settings.gateway_port, log_level="warning", access_log=False
         )

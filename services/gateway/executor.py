@@ -1,6 +1,7 @@
 """One workflow as an A2A agent: a message starts a run, the run's events become the task's updates.
 
-Mapping (A2A task <-> Baton run; the run id is kept in the task's metadata as `baton_run_id`):
+Mapping (A2A task <-> Baton run `a2a-<task id>`, also kept in the task's metadata as `baton_run_id`; the
+tasks themselves are kept in Redis, `tasks.py`):
   file parts        -> the run's inputs (uploaded to runs/<run_id>/inputs/, named by the part's
                        metadata `name` or the file's stem)
   text parts        -> params `text` (and `instruction`); a data part's object -> params
@@ -31,9 +32,9 @@ from shared.events import ObjectRef, utcnow
 from shared.storage import Storage
 from shared.workspace import run_prefix
 
+from .tasks import ASKED_KEY, RUN_KEY, run_of_task
+
 SENDER = "gateway"
-RUN_KEY = "baton_run_id"
-ASKED_KEY = "baton_request_event"  # on an input-required status: the human.requested it stands for
 REJECT_WORDS = ("reject", "rejected", "no")
 
 
@@ -42,15 +43,24 @@ class GatewayError(BatonError):
 
 
 class WorkflowExecutor(AgentExecutor):
-    """Runs one workflow per A2A task; holds nothing but its settings and the storage client."""
+    """Runs one workflow per A2A task; holds its settings, the storage client, and the ids of the tasks
+    this process follows now (`live`: the task store leaves those to it)."""
 
-    def __init__(self, workflow: str, settings, storage: Storage, log) -> None:
+    def __init__(self, workflow: str, settings, storage: Storage, log, live: set[str]) -> None:
         self.workflow, self.settings, self.storage, self.log = workflow, settings, storage, log
+        self.live = live
 
     async def execute(self, context: RequestContext, event_queue: EventQueue) -> None:
+        self.live.add(context.task_id)
+        try:
+            await self.run(context, event_queue)
+        finally:
+            self.live.discard(context.task_id)
+
+    async def run(self, context: RequestContext, event_queue: EventQueue) -> None:
         task = context.current_task
         if task is None:
-            run_id = client.new_run_id()
+            run_id = run_of_task(context.task_id)
             task = Task(
                 id=context.task_id,
                 context_id=context.context_id,

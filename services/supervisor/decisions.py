@@ -5,7 +5,17 @@ from __future__ import annotations
 import posixpath
 from dataclasses import dataclass, field
 
-from shared.events import BaseEvent, ObjectRef, TaskAssigned, TaskCompleted, TaskFailed, new_id, utcnow
+from shared.events import (
+    BaseEvent,
+    HumanAnswer,
+    ObjectRef,
+    TaskAssigned,
+    TaskCompleted,
+    TaskFailed,
+    TaskInputRequired,
+    new_id,
+    utcnow,
+)
 from shared.runs import RunState, TaskSlot
 from shared.workflow import AgentSpec, WorkflowFile
 from shared.workspace import run_prefix
@@ -20,6 +30,7 @@ class HumanRequest:
     inputs: dict[str, ObjectRef]
     key: str = ""
     on_reject: str = "fail"
+    agent: str | None = None  # an agent's question: the answer goes back to its task (`answer_agent`)
 
 
 @dataclass
@@ -139,7 +150,7 @@ def retry_or_fail(
     """
     policy = wf.retry_policy(workflows.agents.get(ev.agent or slot.task.agent or ""))
     state.note(f"{what} attempt {ev.attempt} failed: {ev.error}")
-    if policy.retries(ev.retryable, ev.error, ev.attempt):
+    if policy.retries(ev.retryable, ev.error, ev.attempt - slot.answers):  # (an answer is no retry)
         task = slot.task.model_copy(
             update={"attempt": ev.attempt + 1, "event_id": new_id(), "created_at": utcnow()}
         )
@@ -153,3 +164,58 @@ def backoff(base: float, cap: float, attempt: int, rand: float) -> float:
     """Seconds to wait before `attempt` (2, 3, ...): exponential, capped, with jitter in [50%, 100%]."""
     delay = min(cap, base * 2 ** max(attempt - 2, 0))
     return delay * (0.5 + rand / 2)
+
+
+# --- an agent asks a person (the same request, wait and response as a workflow's `human` step) ---------
+def agent_asks(state: RunState, slot: TaskSlot, ev: TaskInputRequired) -> Decision:
+    """The task's agent needs a person's answer: the run waits for it, or, if it already waits for
+    another answer, asks next (`ask_next`). The slot stays outstanding, with what the agent needs to go on."""
+    slot.question, slot.resume = ev.question or "(no question given)", dict(ev.resume)
+    state.note(f"{ev.agent} asks a person on attempt {ev.attempt}: {slot.question}")
+    if state.status == "waiting_for_human":
+        state.asks.append(ev.task_id)
+        return Decision(state=state)
+    return Decision(state=state, human=ask_for(slot))
+
+
+def ask_for(slot: TaskSlot) -> HumanRequest:
+    task = slot.task
+    return HumanRequest(
+        task_id=task.task_id,
+        question=f"{task.agent} asks: {slot.question}",
+        inputs=task.inputs,
+        agent=task.agent,
+    )
+
+
+def answer_agent(state: RunState, approved: bool, text: str, response: ObjectRef) -> Decision:
+    """A person answered an agent's question: its task goes back to it with the answer and what it kept
+    (`resume`), as the next attempt (the workers' done-marks are per attempt), not counted as a retry."""
+    task_id = state.waiting.task_id
+    state.waiting, state.status = None, "running"
+    slot = state.tasks.get(task_id)
+    if slot is None or slot.question is None:
+        state.note(f"an answer for task {task_id}, which no longer waits for one")
+        return Decision(state=state)
+    answer = HumanAnswer(approved=approved, text=text, response=response)
+    task = slot.task.model_copy(
+        update={
+            "attempt": slot.task.attempt + 1,
+            "event_id": new_id(),
+            "created_at": utcnow(),
+            "answer": answer,
+            "resume": dict(slot.resume),
+        }
+    )
+    slot.task, slot.question, slot.answers, slot.since = task, None, slot.answers + 1, utcnow()
+    state.note(f"{task.agent} got a person's answer ({'approved' if approved else 'rejected'})")
+    return Decision(state=state, assign=[task])
+
+
+def ask_next(state: RunState, decision: Decision) -> Decision:
+    """Once a run stops waiting, the next agent's question that waited behind the answered one."""
+    while decision.state is state and state.status == "running" and decision.human is None and state.asks:
+        slot = state.tasks.get(state.asks.pop(0))
+        if slot is not None and slot.question is not None:
+            decision.human = ask_for(slot)
+    return decision

@@ -260,7 +260,12 @@ class Engine:
         )
         state.status = "waiting_for_human"
         state.waiting = HumanWait(
-            task_id=h.task_id, question=h.question, key=h.key, on_reject=h.on_reject, request=ref
+            task_id=h.task_id,
+            question=h.question,
+            key=h.key,
+            on_reject=h.on_reject,
+            request=ref,
+            agent=h.agent,
         )
         d.human_event = HumanInputRequested(
             run_id=state.run_id,

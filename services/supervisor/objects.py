@@ -9,7 +9,7 @@ from shared.events import HumanInputReceived, ObjectChanged, ObjectRef, RunSubmi
 from shared.runs import CAUSE, RunState
 from shared.workspace import run_of_key, run_prefix
 
-from .decisions import Decision
+from .decisions import Decision, answer_agent, ask_next
 from .engine import Engine
 from .runs import trigger_run_id
 
@@ -88,7 +88,11 @@ async def apply_response(eng: Engine, run_id: str, response: ObjectRef) -> bool:
         if response.key in s.responses_used:
             return Decision.ignore("response already applied")
         s.responses_used.append(response.key)
-        decision = module.on_human(s, wf, eng.workflows, approved, text, response)
+        if s.waiting.agent is not None:  # an agent's question: the answer goes back to its task
+            decision = answer_agent(s, approved, text, response)
+        else:
+            decision = module.on_human(s, wf, eng.workflows, approved, text, response)
+        ask_next(s, decision)
         # with the decision's own events, so it is never recorded after the run's end
         decision.notes.insert(
             0,

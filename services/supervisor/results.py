@@ -3,16 +3,24 @@
 from __future__ import annotations
 
 from shared import streams
-from shared.events import RouteDecided, TaskCompleted, TaskFailed, TaskResult, TaskStarted, utcnow
+from shared.events import (
+    RouteDecided,
+    TaskCompleted,
+    TaskFailed,
+    TaskInputRequired,
+    TaskResult,
+    TaskStarted,
+    utcnow,
+)
 from shared.runs import CAUSE, TASK
 
-from .decisions import Decision, outstanding
+from .decisions import Decision, agent_asks, outstanding
 from .engine import Engine
 
 
 async def on_result(eng: Engine, event: TaskResult) -> None:
     """Record a task's progress; on an outcome, decide the run's next step."""
-    if not isinstance(event, TaskCompleted | TaskFailed | RouteDecided):
+    if not isinstance(event, TaskCompleted | TaskFailed | TaskInputRequired | RouteDecided):
         recorded = eng.db.send(streams.run_events(event.run_id), event)
         if isinstance(event, TaskStarted) and eng.any_deadlines:
             await schedule_deadline(eng, event)
@@ -38,6 +46,8 @@ async def on_result(eng: Engine, event: TaskResult) -> None:
             return Decision.ignore(slot)
         if isinstance(event, RouteDecided):
             return module.on_route(s, wf, eng.workflows, event)
+        if isinstance(event, TaskInputRequired):  # the same for every pattern: the run asks a person
+            return agent_asks(s, slot, event)
         if isinstance(event, TaskCompleted):
             return module.on_completed(s, wf, eng.workflows, event, docs)
         return module.on_failed(s, wf, eng.workflows, event, slot)

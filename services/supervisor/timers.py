@@ -86,6 +86,8 @@ async def fire(eng: Engine, timer: dict) -> None:
             eng.db.send(eng.dispatch_stream(task), task),
         )
     elif timer["kind"] == "deadline":
+        if slot.question is not None:  # its agent waits for a person: the answer's attempt gets a deadline
+            return
         wf = eng.workflows.workflows.get(state.workflow)
         timeout = wf.task_timeout if wf is not None else None
         await eng.db.send(

@@ -8,15 +8,20 @@ the artifact, so the next stage sees them like any agent's outputs.
 
 Remote states map onto Baton's outcomes: `completed` -> the task completes; `failed` and `canceled` ->
 `A2ATaskFailed`, retryable unless the agent lists it in `retry.permanent_errors`; `rejected` ->
-`A2ATaskRejected` (permanent); `input-required` and `auth-required` -> `A2AInputRequired` (permanent:
-a remote agent's question to a person is not relayed yet). A card that cannot be read as an agent card is
-permanent; an agent that cannot be reached is retryable. When the task stops early (its time limit, the
-run cancelled) the remote task is cancelled too.
+`A2ATaskRejected` (permanent); `input-required` -> a question to a person in the run (`InputRequired`,
+with the remote task and context ids as `resume`): the supervisor asks it like a workflow's `human` step,
+and the person's answer comes back as the next attempt of this task, which sends it as the next message
+on the same remote task and follows that task on. `auth-required` -> `A2AInputRequired` (permanent: a
+person's credentials are not relayed). A card that cannot be read as an agent card is permanent, and so is
+a refused token (HTTP 401/403) and an artifact over `max_artifact_bytes`; an agent that cannot be reached
+is retryable. When the task stops early (its time limit, the run cancelled, seen every `POLL_S`) the
+remote task is cancelled too.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import mimetypes
 import os
@@ -40,15 +45,19 @@ from a2a.types import (
     StreamResponse,
     TaskState,
 )
+from a2a.utils.errors import TaskNotFoundError
 from google.protobuf import json_format, struct_pb2
 
-from shared.errors import ConfigError, PermanentError, RetryableError
+from shared.errors import ConfigError, InputRequired, PermanentError, RetryableError
 from shared.workflow import AgentSpec, expand_env, register_runtime
 
 from .runtime import AgentContext
 
 CARD_TTL_S = 300.0  # a card is read again after this long (an agent may move or change its skills)
-POLL_S = 1.0  # how often a task is polled when the remote agent does not stream it to the end
+POLL_S = 1.0  # how often a task is polled when not streamed to its end, and the run checked for a cancel
+QUESTION_CHARS = 4000  # a remote agent's question, as far as it is relayed to a person
+# What a question keeps for the answer's attempt (`TaskAssigned.resume`): the remote task to answer.
+RESUME_TASK, RESUME_CONTEXT = "a2a_task_id", "a2a_context_id"
 CANCEL_S = 5.0  # time given to cancelling the remote task when ours stops early
 STATES = {
     TaskState.TASK_STATE_SUBMITTED: "submitted",
@@ -88,7 +97,19 @@ class A2ATaskRejected(PermanentError):
 
 
 class A2AInputRequired(PermanentError):
-    """The remote agent asked for input (or authentication) that a Baton task cannot give it."""
+    """The remote agent asked for authentication, which a Baton task does not relay to a person."""
+
+
+class A2AUnauthorized(PermanentError):
+    """The remote agent refused our credentials (HTTP 401 or 403)."""
+
+
+class A2ATaskLost(PermanentError):
+    """The remote task a person's answer was for no longer exists there."""
+
+
+class A2AArtifactTooLarge(PermanentError):
+    """A remote agent returned a file part over the agent's `max_artifact_bytes`."""
 
 
 @dataclass
@@ -125,6 +146,7 @@ class Outcome:
     """What the remote agent has said so far about our task."""
 
     task_id: str | None = None
+    context_id: str | None = None
     state: TaskState = TaskState.TASK_STATE_SUBMITTED
     last_text: str = ""
     artifacts: dict[str, Artifact] = field(default_factory=dict)
@@ -156,10 +178,15 @@ def make_handler(spec: AgentSpec) -> Callable[[AgentContext], Awaitable[None]]:
         async with httpx.AsyncClient(headers=headers, timeout=timeout) as http:
             card = await cards.get(http)
             client = ClientFactory(ClientConfig(httpx_client=http, streaming=True)).create(card)
-            message = await build_message(ctx, spec)
             outcome = Outcome()
-            try:
-                await ctx.progress(f"sent to A2A agent {card.name!r} at {url}", 1)
+            if ctx.resume.get(RESUME_TASK):  # a person answered the remote agent's question: go on
+                outcome.task_id = ctx.resume[RESUME_TASK]
+                outcome.context_id = ctx.resume.get(RESUME_CONTEXT) or None
+                message, said = answer_message(ctx, outcome), "answer sent to"
+            else:
+                message, said = await build_message(ctx, spec), "sent to"
+
+            async def exchange() -> None:
                 async for response in client.send_message(SendMessageRequest(message=message)):
                     await follow(ctx, card, response, outcome)
                 while outcome.state not in DONE:  # a remote agent that returned before it was done
@@ -170,8 +197,22 @@ def make_handler(spec: AgentSpec) -> Callable[[AgentContext], Awaitable[None]]:
                     await asyncio.sleep(POLL_S)
                     task = await client.get_task(GetTaskRequest(id=outcome.task_id))
                     await follow(ctx, card, StreamResponse(task=task), outcome)
+
+            try:
+                await ctx.progress(f"{said} A2A agent {card.name!r} at {url}", 1)
+                await until_cancelled(ctx, exchange())
+            except TaskNotFoundError as exc:
+                raise A2ATaskLost(
+                    f"A2A agent {card.name!r} at {url} no longer has task {outcome.task_id}: {exc}"
+                ) from exc
             except (httpx.RequestError, A2AClientError) as exc:
                 cards.forget()
+                cause = exc.__cause__
+                if isinstance(cause, httpx.HTTPStatusError) and cause.response.status_code in (401, 403):
+                    raise A2AUnauthorized(
+                        f"A2A agent {card.name!r} at {url} refused our credentials "
+                        f"(HTTP {cause.response.status_code}; token from {token_env or 'no api_key_env'})"
+                    ) from exc
                 raise A2AUnreachable(
                     f"A2A agent {card.name!r} at {url}: {type(exc).__name__}: {exc}"
                 ) from exc
@@ -185,6 +226,43 @@ def make_handler(spec: AgentSpec) -> Callable[[AgentContext], Awaitable[None]]:
     run_a2a_agent.__name__ = "run_a2a_agent"
     run_a2a_agent.__qualname__ = "run_a2a_agent"
     return run_a2a_agent
+
+
+async def until_cancelled(ctx: AgentContext, work: Awaitable[None]) -> None:
+    """Run `work`, checking every `POLL_S` that the run was not cancelled (a remote agent may stay silent
+    for long): a cancel stops `work` with the checkpoint's error."""
+    job = asyncio.ensure_future(work)
+    try:
+        while not job.done():
+            await asyncio.wait({job}, timeout=POLL_S)
+            if not job.done():
+                await ctx.checkpoint()
+        job.result()
+    finally:
+        if not job.done():
+            job.cancel()
+            with contextlib.suppress(BaseException):
+                await job
+
+
+def answer_message(ctx: AgentContext, outcome: Outcome) -> Message:
+    """A person's answer, as the next message on the remote task that asked for it."""
+    answer = ctx.answer
+    approved = answer is None or answer.approved
+    decision = "approve" if approved else "reject"
+    parts = [Part(text=(answer.text if answer is not None and answer.text else decision))]
+    parts.append(Part(data=json_format.ParseDict({"decision": decision}, struct_pb2.Value())))
+    task = ctx.task
+    message = Message(
+        role=Role.ROLE_USER,
+        message_id=f"{task.task_id}.{task.attempt}",
+        task_id=outcome.task_id or "",
+        parts=parts,
+        metadata={"baton_run_id": task.run_id, "baton_task_id": task.task_id, "baton_attempt": task.attempt},
+    )
+    if outcome.context_id:
+        message.context_id = outcome.context_id
+    return message
 
 
 async def build_message(ctx: AgentContext, spec: AgentSpec) -> Message:
@@ -227,7 +305,7 @@ async def follow(ctx: AgentContext, card: AgentCard, response: StreamResponse, o
     kind = response.WhichOneof("payload")
     if kind == "task":
         task = response.task
-        outcome.task_id = task.id
+        outcome.task_id, outcome.context_id = task.id, task.context_id or outcome.context_id
         outcome.state = task.status.state
         for artifact in task.artifacts:
             outcome.take_artifact(artifact)
@@ -235,6 +313,7 @@ async def follow(ctx: AgentContext, card: AgentCard, response: StreamResponse, o
     elif kind == "status_update":
         update = response.status_update
         outcome.task_id = update.task_id or outcome.task_id
+        outcome.context_id = update.context_id or outcome.context_id
         outcome.state = update.status.state
         said = text_of(update.status.message) if update.status.HasField("message") else ""
     elif kind == "artifact_update":
@@ -273,20 +352,26 @@ async def settle(
         raise A2ATaskRejected(f"{who} rejected task {outcome.task_id}{said}")
     if state in (TaskState.TASK_STATE_FAILED, TaskState.TASK_STATE_CANCELED):
         raise A2ATaskFailed(f"{who}: task {outcome.task_id} {STATES[state]}{said}")
-    if state in (TaskState.TASK_STATE_INPUT_REQUIRED, TaskState.TASK_STATE_AUTH_REQUIRED):
+    if state == TaskState.TASK_STATE_INPUT_REQUIRED:  # the run asks a person; the answer comes back
+        question = outcome.last_text or f"{card.name} asks for input (task {outcome.task_id})"
+        await ctx.progress(f"{card.name}: waits for a person's answer")
+        raise InputRequired(
+            question[:QUESTION_CHARS],
+            {RESUME_TASK: outcome.task_id or "", RESUME_CONTEXT: outcome.context_id or ""},
+        )
+    if state == TaskState.TASK_STATE_AUTH_REQUIRED:
         raise A2AInputRequired(
-            f"{who} needs {'input' if state == TaskState.TASK_STATE_INPUT_REQUIRED else 'authentication'} "
-            f"for task {outcome.task_id}{said} (a kind: a2a agent cannot answer a remote agent's questions)"
+            f"{who} needs authentication for task {outcome.task_id}{said} (not relayed to a person)"
         )
     if not outcome.artifacts:
         raise A2ATaskFailed(f"{who} completed task {outcome.task_id} without any artifact{said}")
     written = 0
     for artifact in outcome.artifacts.values():
         for i, part in enumerate(artifact.parts):
-            data = await part_bytes(part, http)
+            filename = part_filename(artifact, part, i)
+            data = await part_bytes(part, http, spec.max_artifact_bytes, f"{who}: artifact {filename!r}")
             if data is None:
                 continue
-            filename = part_filename(artifact, part, i)
             name = (
                 artifact.name
                 if artifact.name and len(artifact.parts) == 1
@@ -298,21 +383,37 @@ async def settle(
     await ctx.progress(f"{card.name}: {written} artifact file(s) written under {spec.writes[0]}", 100)
 
 
-async def part_bytes(part: Part, http: httpx.AsyncClient) -> bytes | None:
+async def part_bytes(part: Part, http: httpx.AsyncClient, limit: int, what: str) -> bytes | None:
     if part.HasField("raw"):
-        return part.raw
-    if part.HasField("text"):
-        return part.text.encode("utf-8")
-    if part.HasField("data"):
-        return (json.dumps(json_format.MessageToDict(part.data), indent=2) + "\n").encode()
-    if part.HasField("url"):
-        # Without our bearer token: the URL may point anywhere.
-        async with httpx.AsyncClient(timeout=http.timeout) as plain:
-            resp = await plain.get(part.url)
+        data = part.raw
+    elif part.HasField("text"):
+        data = part.text.encode("utf-8")
+    elif part.HasField("data"):
+        data = (json.dumps(json_format.MessageToDict(part.data), indent=2) + "\n").encode()
+    elif part.HasField("url"):
+        data = await download(part.url, http.timeout, limit, what)
+    else:
+        return None
+    if len(data) > limit:
+        raise A2AArtifactTooLarge(f"{what} is {len(data)} bytes, over max_artifact_bytes={limit}")
+    return data
+
+
+async def download(link: str, timeout: httpx.Timeout, limit: int, what: str) -> bytes:
+    """An artifact's URL, read up to `limit` bytes (without our bearer token: the URL may point anywhere)."""
+    async with httpx.AsyncClient(timeout=timeout) as plain, plain.stream("GET", link) as resp:
         if resp.status_code >= 400:
-            raise A2ATaskFailed(f"artifact URL {part.url} answered HTTP {resp.status_code}")
-        return resp.content
-    return None
+            raise A2ATaskFailed(f"{what}: URL {link} answered HTTP {resp.status_code}")
+        size = int(resp.headers.get("content-length") or 0)
+        if size > limit:
+            raise A2AArtifactTooLarge(f"{what} at {link} is {size} bytes, over max_artifact_bytes={limit}")
+        chunks, got = [], 0
+        async for chunk in resp.aiter_bytes():
+            got += len(chunk)
+            if got > limit:
+                raise A2AArtifactTooLarge(f"{what} at {link} is over max_artifact_bytes={limit}")
+            chunks.append(chunk)
+    return b"".join(chunks)
 
 
 def part_filename(artifact: Artifact, part: Part, index: int) -> str:

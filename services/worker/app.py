@@ -19,11 +19,12 @@ from concurrent.futures import ThreadPoolExecutor
 from shared import streams
 from shared.batch import Batched
 from shared.broker import CURRENT_ENTRY, client_of, encode, make_broker, subscribe
-from shared.errors import ConfigError, KeyValidationError, PermanentError
+from shared.errors import ConfigError, InputRequired, KeyValidationError, PermanentError
 from shared.events import (
     TaskAssigned,
     TaskCompleted,
     TaskFailed,
+    TaskInputRequired,
     TaskProgress,
     TaskResult,
     TaskStarted,
@@ -210,6 +211,10 @@ def create_app(settings: Settings | None = None):
                     result = await func(ctx)
                     if inspect.isawaitable(result):
                         await result
+            except InputRequired as exc:  # the run asks a person; the answer comes back as the next attempt
+                log.info("task_input_required", agent=agent, question=exc.question)
+                await report(TaskInputRequired(**common, question=exc.question, resume=exc.resume))
+                return
             except (KeyValidationError, PermanentError, KeyError, TypeError, ValueError) as exc:
                 log.warning("task_failed", agent=agent, error=str(exc), retryable=False)
                 await report(TaskFailed(**common, error=f"{type(exc).__name__}: {exc}"))

@@ -14,7 +14,7 @@ from collections.abc import Awaitable, Callable
 from pydantic import TypeAdapter, ValidationError
 
 from shared.errors import CancelledError, KeyValidationError, PreconditionFailedError
-from shared.events import ObjectRef, TaskAssigned, TaskProgress, Usage
+from shared.events import HumanAnswer, ObjectRef, TaskAssigned, TaskProgress, Usage
 from shared.storage import Storage
 from shared.workflow import AgentSpec
 from shared.workspace import check_in_workspace, run_prefix, workspace_key
@@ -74,6 +74,16 @@ class AgentContext:
     @property
     def params(self) -> dict:
         return self.task.params
+
+    @property
+    def answer(self) -> HumanAnswer | None:
+        """A person's answer to the question this agent asked (`raise InputRequired(question, resume)`)."""
+        return self.task.answer
+
+    @property
+    def resume(self) -> dict[str, str]:
+        """What this agent kept when it asked (the `resume` of its `InputRequired`)."""
+        return self.task.resume
 
     @property
     def inputs(self) -> dict[str, ObjectRef]:

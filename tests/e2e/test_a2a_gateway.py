@@ -3,14 +3,27 @@
 from __future__ import annotations
 
 import contextlib
+import secrets
 import uuid
 
 import httpx
 import pytest
 from a2a.client import A2ACardResolver, ClientConfig, ClientFactory
-from a2a.types import CancelTaskRequest, GetTaskRequest, Message, Part, Role, SendMessageRequest, TaskState
+from a2a.types import (
+    CancelTaskRequest,
+    GetTaskRequest,
+    ListTasksRequest,
+    Message,
+    Part,
+    Role,
+    SendMessageRequest,
+    TaskState,
+)
 
 from baton import client as baton
+from baton import servers
+from tests.e2e.conftest import Gateway
+from tests.helpers import wait_for_end
 
 pytestmark = pytest.mark.e2e
 
@@ -88,7 +101,7 @@ async def test_a_run_waiting_for_a_person_is_input_required_and_the_next_message
         task = await a2a.get_task(GetTaskRequest(id=task_id))
         assert task.status.message.parts[0].text == "Approve the draft?"
         run_id = task.metadata["baton_run_id"]
-        assert run_id.startswith("r-")
+        assert run_id == f"a2a-{task_id}"
         events = await drain(
             a2a.send_message(
                 message(Part(text="approve, looks good"), task_id=task_id, context_id=task.context_id)
@@ -111,3 +124,42 @@ async def test_cancelling_the_task_cancels_the_run(gateway, settings):
     async for event in baton.follow(settings, run_id, block_ms=500):
         result = event
     assert result.type == "run.cancelled"
+
+
+async def test_a_restarted_gateway_answers_tasks_get_from_the_runs_and_resumes_a_waiting_task(
+    stack, settings
+):
+    port, token = servers.free_port(), secrets.token_hex(16)
+    env = {"BATON_GATEWAY_HOST": "127.0.0.1", "BATON_GATEWAY_PORT": str(port), "BATON_A2A_TOKEN": token}
+    gateway = Gateway(f"http://127.0.0.1:{port}/", token, stack.start("gateway", env))
+    try:
+        async with agent(gateway, "approval") as (_card, a2a):
+            waiting_id, state = last_task_state(await drain(a2a.send_message(message(Part(text="one")))))
+            assert state == TaskState.TASK_STATE_INPUT_REQUIRED
+            answered_id, state = last_task_state(await drain(a2a.send_message(message(Part(text="two")))))
+            assert state == TaskState.TASK_STATE_INPUT_REQUIRED
+            context_id = (await a2a.get_task(GetTaskRequest(id=waiting_id))).context_id
+        stack.kill(gateway.handle)
+        # Answered while no gateway runs: the run goes on without it.
+        await baton.respond(settings, f"a2a-{answered_id}", approve=True, text="fine")
+        ended = await wait_for_end(settings, f"a2a-{answered_id}", timeout=60)
+        assert ended[-1].type == "run.completed", ended[-1]
+        gateway.handle = stack.start("gateway", env)
+        async with agent(gateway, "approval") as (_card, a2a):
+            task = await a2a.get_task(GetTaskRequest(id=answered_id))
+            assert task.status.state == TaskState.TASK_STATE_COMPLETED
+            assert [a.name for a in task.artifacts] == ["final"] and task.artifacts[0].parts[0].raw
+            task = await a2a.get_task(GetTaskRequest(id=waiting_id))
+            assert task.status.state == TaskState.TASK_STATE_INPUT_REQUIRED
+            assert task.status.message.parts[0].text == "Approve the draft?" and task.context_id == context_id
+            listed = await a2a.list_tasks(ListTasksRequest())
+            assert {waiting_id, answered_id} <= {t.id for t in listed.tasks}
+            # the task that waited resumes through the new gateway
+            reply = message(Part(text="approve"), task_id=waiting_id, context_id=context_id)
+            assert last_task_state(await drain(a2a.send_message(reply)))[1] == TaskState.TASK_STATE_COMPLETED
+            task = await a2a.get_task(GetTaskRequest(id=waiting_id))
+        assert task.status.state == TaskState.TASK_STATE_COMPLETED
+        assert [a.name for a in task.artifacts] == ["final"]
+    finally:
+        if gateway.handle in stack.procs:
+            stack.kill(gateway.handle)

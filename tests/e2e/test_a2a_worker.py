@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 
 from baton import client
 from shared.storage import Storage
 from tests.helpers import of_type, wait_for_end
 
+ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.e2e
 
 
@@ -53,10 +60,98 @@ async def test_a_rejection_is_permanent(settings, a2a_agents):
     assert [f.retryable for f in of_type(events, "task.failed")] == [False]
 
 
-async def test_a_remote_agent_asking_for_input_fails_the_task_with_its_question(settings, a2a_agents):
-    _run_id, events = await _ended(settings, "a2a-asks")
+async def _until(settings, run_id: str, type_: str, timeout: float = 30):
+    async def find():
+        async for event in client.follow(settings, run_id, block_ms=500):
+            if event.type == type_:
+                return event
+
+    return await asyncio.wait_for(find(), timeout)
+
+
+def _baton(stack, *args: str) -> subprocess.CompletedProcess:
+    """The `baton` command, as the CLI's own users."""
+    return subprocess.run(
+        [sys.executable, "-m", "baton.cli", *args],
+        env={**os.environ, **stack.service_env("cli")},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+    )
+
+
+async def test_a_remote_agents_question_waits_for_a_person_whose_answer_goes_on_the_same_remote_task(
+    settings, stack, a2a_agents
+):
+    run_id = await client.submit(settings, "a2a-asks", {})
+    asked = await _until(settings, run_id, "human.requested")
+    assert asked.question == "remote-asks asks: asks: which style guide?"
+    waiting = _baton(stack, "runs", "--waiting")
+    assert run_id in waiting.stdout and "which style guide?" in waiting.stdout, waiting.stdout
+    # Nothing waits in a worker: both batched workers are replaced while the run waits for the person.
+    workers = [h for h in stack.procs if h.startswith("worker") and h != stack.per_message_worker]
+    for handle in workers:
+        stack.kill(handle, hard=True)
+    for _ in workers:
+        stack.start("worker")
+    answered = _baton(stack, "respond", run_id, "--approve", "--text", "the house style guide")
+    assert answered.returncode == 0, answered.stderr
+    events = await wait_for_end(settings, run_id, timeout=60)
+    assert events[-1].type == "run.completed", events[-1]
+    asking, answering = of_type(events, "task.assigned")
+    assert (asking.attempt, answering.attempt) == (1, 2) and answering.answer.text == "the house style guide"
+    remote_task = answering.resume["a2a_task_id"]
+    [question] = of_type(events, "task.input_required")
+    assert question.resume["a2a_task_id"] == remote_task and question.attempt == 1
+    assert not of_type(events, "task.failed")
+    async with Storage.connect(settings) as storage:
+        text = (await storage.get(events[-1].outputs["review"])).decode()
+    # the remote agent got the answer as the next message on the task that asked, and finished it
+    assert f"task {remote_task} context {answering.resume['a2a_context_id']}" in text
+    assert "text: the house style guide" in text
+    progress = [e.message for e in of_type(events, "task.progress") if e.attempt == 2]
+    assert any("answer sent to" in m for m in progress) and any("writing the review" in m for m in progress)
+
+
+async def test_a_run_cancelled_while_a_remote_agent_waits_for_a_person_ends_cancelled(settings, a2a_agents):
+    run_id = await client.submit(settings, "a2a-asks", {})
+    await _until(settings, run_id, "human.requested")
+    await client.cancel(settings, run_id, reason="no answer today")
+    events = await wait_for_end(settings, run_id, timeout=30)
+    assert events[-1].type == "run.cancelled" and "no answer today" in events[-1].reason
+    assert run_id not in [r["run_id"] for r in await client.list_runs(settings, waiting=True)]
+
+
+async def test_cancelling_a_run_cancels_its_remote_task(settings, a2a_agents):
+    run_id = await client.submit(settings, "a2a-slow-cancel", {})
+    await _until(settings, run_id, "task.progress")  # the remote task exists
+    slow = a2a_agents.behaviours["slow"]
+    before = len(slow.cancelled)
+    await client.cancel(settings, run_id)
+    events = await wait_for_end(settings, run_id, timeout=30)
+    assert events[-1].type == "run.cancelled"
+    for _ in range(100):  # the worker sees the cancel within POLL_S and cancels the remote task
+        if len(slow.cancelled) > before:
+            break
+        await asyncio.sleep(0.1)
+    assert len(slow.cancelled) == before + 1
+
+
+async def test_an_artifact_over_max_artifact_bytes_fails_the_task_permanently(settings, a2a_agents):
+    _run_id, events = await _ended(settings, "a2a-huge")
     assert events[-1].type == "run.failed"
-    assert "A2AInputRequired" in events[-1].reason and "which style guide?" in events[-1].reason
+    assert "A2AArtifactTooLarge" in events[-1].reason and "4096 bytes" in events[-1].reason
+    assert "max_artifact_bytes=1024" in events[-1].reason
+    assert [f.retryable for f in of_type(events, "task.failed")] == [False]
+
+
+async def test_a_token_the_remote_agent_refuses_is_a_permanent_error(settings, a2a_agents):
+    _run_id, events = await _ended(settings, "a2a-badtoken")
+    assert events[-1].type == "run.failed"
+    assert "A2AUnauthorized" in events[-1].reason and "HTTP 401" in events[-1].reason
+    assert "A2A_TEST_TOKEN" in events[-1].reason
+    assert [f.retryable for f in of_type(events, "task.failed")] == [False]
 
 
 async def test_a_slow_remote_agent_is_stopped_at_the_time_limit(settings, a2a_agents):

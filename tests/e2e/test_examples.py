@@ -11,8 +11,10 @@ import pytest
 from baton import client, servers
 from baton.client import init_workspace
 from baton.dev import Stack, acl_credentials, local_env, new_passwords, settings_kwargs
+from examples import a2a_reviewer
 from shared.settings import Settings
 from shared.storage import Storage
+from tests.a2a_agents import AgentsServer
 from tests.conftest import acl_refusals
 from tests.helpers import of_type, run, wait_for_end
 
@@ -29,8 +31,10 @@ def examples(tmp_path_factory):
     minio = servers.start_minio(tmp / "minio", f"http://127.0.0.1:{port}/minio/events", token)
     env = local_env(redis.url, minio.url, ROOT / "examples" / "workflows.yaml", port, token)
     env["BATON_CWD"] = str(ROOT)
+    env["REVIEWER_URL"] = f"http://127.0.0.1:{servers.free_port()}"  # examples/a2a_reviewer.py, below
     passwords = new_passwords()  # every service as its own least-privilege users, as in `baton dev up`
     stack = Stack(tmp / "stack", env, credentials=acl_credentials(env, passwords))
+    reviewer = AgentsServer(env["REVIEWER_URL"], app=a2a_reviewer.build_app(env["REVIEWER_URL"])).start()
     try:
         asyncio.run(init_workspace(Settings(**settings_kwargs(env), acl_passwords=passwords)))
         for name in ("notifier", "supervisor", "router", "worker", "worker"):
@@ -39,6 +43,7 @@ def examples(tmp_path_factory):
         stack.stop_all()
         assert not asyncio.run(acl_refusals(env["REDIS_URL"])), "a service lacks a grant (ACL LOG)"
     finally:
+        reviewer.stop()
         stack.stop_all()
         minio.stop()
         redis.stop()
@@ -90,3 +95,26 @@ async def test_reviewed_content_waits_for_approval_then_publishes(examples):
     await client.respond(examples, run_id, approve=True)
     events = await wait_for_end(examples, run_id)
     assert events[-1].type == "run.completed" and "article" in events[-1].outputs
+
+
+async def _until(settings, run_id: str, type_: str, timeout: float = 60):
+    async def find():
+        async for event in client.follow(settings, run_id, block_ms=500):
+            if event.type == type_:
+                return event
+
+    return await asyncio.wait_for(find(), timeout)
+
+
+async def test_reviewed_draft_asks_the_person_what_its_remote_reviewer_asks_and_writes_its_review(examples):
+    run_id = await client.submit(examples, "reviewed-draft", {"brief": BRIEF})
+    asked = await _until(examples, run_id, "human.requested")
+    assert asked.question == "remote-reviewer asks: Who is the article for?"
+    await client.respond(examples, run_id, approve=True, text="engineers new to Baton")
+    events = await wait_for_end(examples, run_id, timeout=60)
+    assert events[-1].type == "run.completed", events[-1]
+    review = events[-1].outputs["review"]
+    assert review.key == f"runs/{run_id}/reviews/review.md"
+    async with Storage.connect(examples) as storage:
+        text = (await storage.get(review)).decode()
+    assert text.startswith("# Review for engineers new to Baton\n") and " words, " in text

@@ -16,6 +16,8 @@ def test_batched_agent_streams_keep_the_event_limit_and_get_the_time_limit(monke
     # (a content-factory writer's, a reviewer's) was dead-lettered as oversized.
     calls = []
     monkeypatch.setattr(Batched, "subscribe", lambda self, *a, **kw: calls.append((a, kw)))
+    monkeypatch.setenv("A2A_TEST_TOKEN", "x")  # the guarded test agent's token (tests/conftest.py)
+    monkeypatch.setenv("A2A_GATEWAY_TOKEN", "x")  # remote-baton's (tests/e2e/test_a2a_both_ways.py)
     settings = Settings(workflows=WORKFLOWS, handler_timeout_s=900)
     worker_app.create_app(settings)
     agents = {a[2]: kw for a, kw in calls if a[1].startswith("baton:agent:")}

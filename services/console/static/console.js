@@ -85,6 +85,9 @@
         t.cells.progress.textContent = ev.error || "";
         setState(t, ev.retryable ? "retrying" : "failed");
         break;
+      case "task.input_required":
+        t.cells.progress.textContent = "asks a person: " + (ev.question || "");
+        break;
       case "review.verdict":
         t.cells.progress.textContent = (ev.accepted ? "accepted" : "rejected: ") + (ev.feedback || "");
         break;
@@ -100,6 +103,7 @@
       case "task.progress": return ev.agent + ": " + (ev.message || "");
       case "task.completed": return ev.agent + " wrote " + Object.keys(ev.outputs || {}).join(", ");
       case "task.failed": return (ev.agent || "") + ": " + ev.error;
+      case "task.input_required": return (ev.agent || "") + " asks: " + ev.question;
       case "review.verdict": return ev.subtask + " " + (ev.accepted ? "accepted" : "rejected") + (ev.feedback ? ": " + ev.feedback : "");
       case "human.requested": return ev.question;
       case "human.received": return (ev.approved ? "approved" : "rejected") + (ev.text ? ": " + ev.text : "");
