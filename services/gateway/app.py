@@ -34,6 +34,7 @@ from starlette.routing import Mount, Route
 
 from services.mcp.app import _Server, is_loopback
 from shared.logging import configure_logging
+from shared.redisconn import connect
 from shared.service import mark_ready
 from shared.settings import Settings
 from shared.storage import Storage
@@ -162,7 +163,7 @@ async def serve(settings: Settings) -> None:
             "(or listen on 127.0.0.1)",
         )
         raise SystemExit(2)
-    redis = aioredis.Redis.from_url(settings.redis_url)
+    redis = connect(settings.redis_url)
     async with Storage.connect(settings) as storage, contextlib.aclosing(redis):
         app = create_app(settings, storage, redis, log)
         config = uvicorn.Config(
