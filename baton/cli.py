@@ -364,10 +364,13 @@ def password_problems(passwords: dict[str, str]) -> list[str]:
 def dev_up(
     workflows: Path = typer.Option(Path("examples/workflows.yaml"), help="Workflow file."),
     workers: int = typer.Option(2, min=1, help="Worker processes."),
+    cluster: bool = typer.Option(
+        False, "--cluster", help="A Valkey cluster (3 masters + 3 replicas) instead of one Redis server."
+    ),
 ) -> None:
     """Start local Redis, MinIO and every service in the background; print the client environment."""
     try:
-        env = dev.up(DEV_ROOT, workflows, workers)
+        env = dev.up(DEV_ROOT, workflows, workers, cluster=cluster)
     except (servers.ServerError, BatonError) as exc:
         fail(str(exc))
     typer.echo(f"# Baton is up; logs in {DEV_ROOT / 'logs'}. Stop with: baton dev down", err=True)
@@ -393,8 +396,10 @@ def dev_up(
         "S3_SECRET_KEY",
         "BATON_BUCKET",
         "BATON_WORKFLOWS",
+        "BATON_RESULT_PARTITIONS",
     ):
-        typer.echo(f"export {key}={env[key]}")
+        if key in env:
+            typer.echo(f"export {key}={env[key]}")
 
 
 @dev_app.command("down")
@@ -414,6 +419,8 @@ def dev_env(
         fail("no local stack is running (baton dev up)")
     for key in ("REDIS_URL", "S3_ENDPOINT_URL", "S3_ACCESS_KEY", "S3_SECRET_KEY", "BATON_BUCKET"):
         typer.echo(f"export {key}={env[key]}")
+    if "BATON_RESULT_PARTITIONS" in env:  # (a cluster's)
+        typer.echo(f"export BATON_RESULT_PARTITIONS={env['BATON_RESULT_PARTITIONS']}")
 
 
 @servers_app.command("install")

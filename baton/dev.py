@@ -150,8 +150,11 @@ def load_secrets(root: Path) -> dict:
     return fresh
 
 
-def up(root: Path, workflows: Path, workers: int = 2) -> dict[str, str]:
+def up(root: Path, workflows: Path, workers: int = 2, cluster: bool = False) -> dict[str, str]:
     """Start Redis, MinIO and every service in the background; return the client environment.
+
+    With `cluster`: a Valkey cluster of 3 masters with a replica each (baton.cluster), the services on it
+    with 4 results partitions, waiting for a replica after each batch of writes.
 
     Each service logs in as its own Redis and MinIO users (shared/acl.py); the client environment is the
     CLI's users. The admin credentials and every password stay in `root` (state.json, secrets.json).
@@ -172,8 +175,18 @@ def up(root: Path, workflows: Path, workers: int = 2) -> dict[str, str]:
     keys = load_secrets(root)
     passwords = keys["services"]
     try:
-        redis = servers.start_redis(root / "redis", appendonly=True, password=keys["redis"])
-        pids["redis"] = redis.pid
+        if cluster:
+            from baton.cluster import start_local
+            from shared.redisconn import as_cluster_url
+
+            local = start_local(root / "cluster", password=keys["redis"])
+            for i, node in enumerate(local.nodes):
+                pids[f"redis-{i}"] = node.pid
+            redis_url = as_cluster_url(local.url)
+        else:
+            redis = servers.start_redis(root / "redis", appendonly=True, password=keys["redis"])
+            pids["redis"] = redis.pid
+            redis_url = redis.url
         minio = servers.start_minio(
             root / "minio",
             f"http://127.0.0.1:{notifier_port}/minio/events",
@@ -181,8 +194,11 @@ def up(root: Path, workflows: Path, workers: int = 2) -> dict[str, str]:
             root_password=keys["minio"],
         )
         pids["minio"] = minio.pid
-        env = local_env(redis.url, minio.url, workflows, notifier_port, token)
+        env = local_env(redis_url, minio.url, workflows, notifier_port, token)
         env["S3_SECRET_KEY"] = keys["minio"]
+        if cluster:
+            env["BATON_RESULT_PARTITIONS"] = "4"
+            env["BATON_REDIS_WAIT_REPLICAS"] = "1"
         asyncio.run(init_workspace(Settings(**settings_kwargs(env), acl_passwords=passwords)))
         stack = Stack(root, env, credentials=acl_credentials(env, passwords))
 
@@ -233,7 +249,8 @@ def down(root: Path) -> list[str]:
     if not state_file.exists():
         return []
     pids: dict[str, int] = json.loads(state_file.read_text())["pids"]
-    order = [h for h in pids if h not in ("redis", "minio")] + ["minio", "redis"]
+    servers_last = [h for h in pids if h == "minio" or h.startswith("redis")]
+    order = [h for h in pids if h not in servers_last] + sorted(servers_last, key=lambda h: h != "minio")
     stopped = []
     for handle in order:
         if handle in pids:

@@ -279,3 +279,45 @@ async def test_a_bad_cluster_url_fails_at_start_naming_the_node(real_servers, lo
     _seeds, auth = cluster_parts(as_cluster_url(local_cluster.url))
     with pytest.raises(ConfigError, match="refused the credentials"):
         await verify(as_cluster_url(local_cluster.url.replace(auth["password"], "wrong")))
+
+
+@pytest.mark.timeout(300)
+def test_dev_up_cluster_runs_the_services_on_a_cluster_and_dev_down_stops_every_node(tmp_path):
+    """`baton dev up --cluster`: 6 Valkey nodes formed into a cluster, every service on it unchanged; a
+    content-factory run completes from the CLI; `baton dev down` stops every process it started."""
+    import os
+    import subprocess
+    import sys
+
+    from baton import servers as baton_servers
+
+    root = Path(__file__).resolve().parent.parent.parent
+    env = {**os.environ, "PYTHONPATH": str(root)}
+    for name in ("REDIS_URL", "S3_ENDPOINT_URL", "BATON_TEST_SERVERS"):
+        env.pop(name, None)
+    baton = [sys.executable, "-m", "baton.cli"]
+    up = subprocess.run(
+        [*baton, "dev", "up", "--cluster", "--workflows", str(root / "examples" / "workflows.yaml")],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=240,
+    )
+    state = tmp_path / ".baton" / "dev" / "state.json"
+    try:
+        assert up.returncode == 0, up.stderr[-3000:]
+        exports = dict(
+            line.removeprefix("export ").split("=", 1) for line in up.stdout.splitlines() if "=" in line
+        )
+        assert exports["REDIS_URL"].startswith("redis-cluster://baton-cli:")
+        assert len(exports["REDIS_URL"].rsplit("@", 1)[1].split(",")) == 6
+        pids = json.loads(state.read_text())["pids"]
+        assert sum(h.startswith("redis-") for h in pids) == 6
+        run = subprocess.run(
+            [*baton, "submit", "content-factory", "--input",
+             f"brief={root / 'examples' / 'briefs' / 'topic.md'}", "--wait"],
+            cwd=tmp_path, env={**env, **exports}, capture_output=True, text=True, timeout=120,
+        )
+        assert run.returncode == 0 and "run completed" in run.stdout + run.stderr, run.stderr[-3000:]
+    finally:
+        pids = json.loads(state.read_text())["pids"] if state.exists() else {}
+        down = subprocess.run([*baton, "dev", "down"], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert down.returncode == 0, down.stderr
+    assert pids and not [h for h, pid in pids.items() if baton_servers._alive(pid)]
