@@ -18,13 +18,14 @@ from pathlib import Path
 import redis
 
 from baton import servers
+from bench import cluster as cluster_bench
 from bench import console as console_bench
 from bench import runs as whole_runs
 from bench import stack as full_stack
 from bench import throughput
 from bench.common import ROOT, cpu_seconds, descendants, machine_busy_seconds
 
-SCENARIOS = ("hop", "baselines", "latency", "ref", "burst", "sweep", "fanout", "console")
+SCENARIOS = ("hop", "baselines", "latency", "ref", "burst", "sweep", "fanout", "console", "cluster")
 BASELINES = ("raw", "celery", "dramatiq", "taskiq")
 PACKAGES = (
     "faststream",
@@ -46,6 +47,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--n", type=int, default=20_000, help="tasks per throughput run (default 20000)")
     p.add_argument("--quick", action="store_true", help="smoke run: N=2000, short latency run, 1 repeat")
     p.add_argument("--only", default=",".join(SCENARIOS), help=f"comma-separated subset of {SCENARIOS}")
+    p.add_argument("--cluster-hop-n", type=int, default=20_000, help="cluster scenario: single-hop tasks")
+    p.add_argument("--cluster-burst-n", type=int, default=3000, help="cluster scenario: runs in the burst")
     p.add_argument("--baselines", default=",".join(BASELINES), help=f"comma-separated subset of {BASELINES}")
     p.add_argument("--processes", default="1,2,4", help="Baton worker process counts (scenarios 1 and 5)")
     p.add_argument("--baseline-processes", default="1,2", help="process counts for the baselines")
@@ -347,6 +350,10 @@ def main(argv: list[str] | None = None) -> None:
                 args.console_seconds,
                 args.run_workers,
             )
+        if "cluster" in only:
+            results["cluster"] = cluster_bench.scenario(
+                minio.url, notifier_port, token, work / "cluster", args.cluster_hop_n, args.cluster_burst_n
+            )
     finally:
         for stop in reversed(stops):
             stop()
@@ -499,6 +506,8 @@ def table(results: dict) -> str:
         lines += ["", f"by reference vs inline: failed: {ref.get('error')}"]
     lines += runs_table(results)
     lines += console_bench.table(results, BUSY_CORES)
+    if results.get("cluster"):
+        lines += ["", *cluster_bench.table(results["cluster"])]
     return "\n".join(lines)
 
 
