@@ -136,7 +136,7 @@ def stack(real_servers: Servers, tmp_path_factory):
     env["BATON_MAX_DELIVERIES"] = "3"
     if cluster_mode():  # outcomes spread over the shards; a failover loses no acknowledged step
         env["BATON_RESULT_PARTITIONS"] = "4"
-        env["BATON_REDIS_WAIT_REPLICAS"] = "1"
+        env["BATON_REDIS_WAIT_REPLICAS"] = os.environ.get("BATON_TEST_WAIT_REPLICAS", "1")
     # The workers host every agent but one, which a third worker runs on FastStream's per-message path
     # (BATON_BATCH=0): both paths of the worker run under the same tests and ACL users.
     agents = load_workflows(TEST_WORKFLOWS).agents
