@@ -139,6 +139,37 @@ async def _healthy(local) -> bool:
 
 
 @pytest.mark.timeout(600)
+def _key_on(r, node, prefix: str) -> str:
+    """A key whose slot `node` serves."""
+    for i in range(100_000):
+        key = f"{prefix}:{{{i}}}"
+        if r.nodes_manager.get_node_from_slot(r.keyslot(key)).name == node.name:
+            return key
+    raise AssertionError("no key found on the node")
+
+
+async def _probe(host: str, port: int, password: str, key: str, wait: bool, acked: list, stop) -> None:
+    """Append to `key` on one master as fast as it answers, keeping the ids it acknowledged (with `wait`:
+    only once WAIT 1 confirmed a replica has them), until the master dies or `stop` is set."""
+    r = aioredis.Redis(host=host, port=port, password=password, socket_timeout=5)
+    try:
+        while not stop.is_set():
+            async with r.pipeline(transaction=False) as pipe:
+                for _ in range(20):
+                    pipe.xadd(key, {"v": "x"})
+                if wait:
+                    pipe.execute_command("WAIT", 1, 2000)
+                replies = await pipe.execute()
+            if wait and replies[-1] < 1:
+                continue  # not confirmed: not counted as acknowledged
+            acked.extend(replies[:20])
+    except Exception:  # noqa: BLE001 - the master died: the probe ends
+        pass
+    finally:
+        await r.aclose()
+
+
+@pytest.mark.timeout(600)
 async def test_a_master_killed_during_a_burst_is_replaced_by_its_replica_and_every_run_ends(
     settings, stack, local_cluster
 ):
@@ -150,6 +181,17 @@ async def test_a_master_killed_during_a_burst_is_replaced_by_its_replica_and_eve
         node = r.nodes_manager.get_node_from_slot(r.keyslot(streams.RUNS))
         victim = local_cluster.addresses.index((node.host, node.port))
         replica = await _replica_of(local_cluster, victim)
+        # What asynchronous replication can lose: two probes append to the victim as fast as it answers,
+        # one trusting its replies, one only after WAIT 1; after the failover, count what each lost.
+        stop = asyncio.Event()
+        acked: dict[bool, list] = {False: [], True: []}
+        keys = {w: _key_on(r, node, f"probe-{'wait' if w else 'plain'}") for w in (False, True)}
+        probes = [
+            asyncio.create_task(
+                _probe(node.host, node.port, local_cluster.password, keys[w], w, acked[w], stop)
+            )
+            for w in (False, True)
+        ]
         started = time.monotonic()
         await _submit(r, run_ids)
 
@@ -166,6 +208,12 @@ async def test_a_master_killed_during_a_burst_is_replaced_by_its_replica_and_eve
 
         await _wait(promoted, f"replica node {replica} promoted", 60)
         promoted_after = time.monotonic() - killed_at
+        stop.set()
+        await asyncio.gather(*probes)
+        lost = {}
+        for w in (False, True):
+            kept = {entry_id for entry_id, _f in await r.xrange(keys[w])}
+            lost[w] = sum(1 for entry_id in acked[w] if entry_id not in kept)
         statuses = await _until_ended(r, run_ids, 240)
         ended_after = time.monotonic() - started
     finally:
@@ -180,8 +228,13 @@ async def test_a_master_killed_during_a_burst_is_replaced_by_its_replica_and_eve
             "all_ended_after_s": round(ended_after, 2),
             "statuses": counts,
             "wait_replicas": int(stack.env.get("BATON_REDIS_WAIT_REPLICAS", "0")),
+            "probe_acked_lost": {
+                "plain": [lost[False], len(acked[False])],
+                "wait_1": [lost[True], len(acked[True])],
+            },
         },
     )
+    assert acked[True] and lost[True] == 0, f"WAIT 1 confirmed {len(acked[True])} appends; {lost[True]} lost"
     assert set(counts) <= ENDED, counts  # none still running, none never seen
     failed = {rid: s for rid, s in statuses.items() if s != "completed"}
     assert not failed, f"{len(failed)} runs did not complete: {counts}"
