@@ -77,4 +77,5 @@ async def burst(settings: Settings, runs: int, timeout: float = 120, during=None
         await during()
     ended = await asyncio.gather(*(wait_for_end(settings, r, timeout) for r in run_ids))
     seconds = time.monotonic() - started
-    return Burst(list(run_ids), {r: events[-1].type for r, events in zip(run_ids, ended, strict=True)}, seconds)
+    ends = {run_id: events[-1].type for run_id, events in zip(run_ids, ended, strict=True)}
+    return Burst(list(run_ids), ends, seconds)
