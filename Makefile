@@ -15,7 +15,7 @@ LLM_PORT ?= 8080
 DOCKER_BUILDKIT ?= $(shell docker buildx version >/dev/null 2>&1 && echo 1 || echo 0)
 export DOCKER_BUILDKIT
 
-.PHONY: install llm llm-serve servers demo test test-unit test-compose test-containers lint docs up down dev-down \
+.PHONY: install llm llm-serve servers demo test test-unit test-compose test-containers test-cluster lint docs up down dev-down \
 	clean bench chaos chaos-burst images-offline docker-engine
 
 install: $(STAMP)  ## create the virtualenv and install Baton with its test tools (pinned)
@@ -74,6 +74,9 @@ test: servers llm  ## all tests: unit, end to end on real Redis, MinIO and a loc
 
 test-compose: install  ## docker-compose.yml on a Docker engine: up --build --wait, scale, kill, restart (minutes)
 	BATON_REQUIRE_DOCKER=1 BATON_REQUIRE_LLM=$(BATON_REQUIRE_LLM) $(BIN)/python -m pytest -m compose tests/compose
+
+test-cluster: servers  ## distributed engines with failures: 4 MinIO nodes in containers, one killed mid-run (minutes)
+	BATON_REQUIRE_DOCKER=1 $(BIN)/python -m pytest -m cluster tests/cluster
 
 test-containers: install  ## the end-to-end tests on Redis and MinIO containers of the compose images (testcontainers)
 	BATON_TEST_SERVERS=containers $(BIN)/python -m pytest tests/e2e
