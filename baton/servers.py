@@ -166,6 +166,7 @@ def start_redis(
     appendonly: bool = False,
     password: str | None = None,
     appendfsync: str = "everysec",
+    extra_args: list[str] | None = None,
 ) -> Server:
     """Start Redis on loopback. With `password`, user `default` (the admin) needs it, and the URL has it.
 
@@ -176,7 +177,8 @@ def start_redis(
     data_dir.mkdir(parents=True, exist_ok=True)
     log = data_dir / "redis.log"
     config = data_dir / "redis.conf"  # the password stays out of the process list
-    write_private(config, f"requirepass {password}\n" if password else "")
+    # masterauth: a replica (in a cluster) authenticates to its master with the same password
+    write_private(config, f"requirepass {password}\nmasterauth {password}\n" if password else "")
     args = [
         redis_binary(),
         str(config),
@@ -196,6 +198,7 @@ def start_redis(
         str(log),
         "--protected-mode",
         "no",
+        *(extra_args or []),
     ]
     proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, start_new_session=True)
 
