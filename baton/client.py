@@ -31,6 +31,7 @@ from shared.events import (
     parse_event,
     utcnow,
 )
+from shared.redisconn import connect
 from shared.runs import get_run
 from shared.search import SearchHit, request_search
 from shared.settings import Settings
@@ -99,7 +100,7 @@ async def publish_run(
 ) -> None:
     """Publish `RunSubmitted` for inputs already in the bucket (outside the run's workspace is fine)."""
     event = RunSubmitted(run_id=run_id, workflow=workflow, inputs=inputs, params=params or {}, sender=sender)
-    client = aioredis.Redis.from_url(settings.redis_url)
+    client = connect(settings.redis_url)
     try:
         await client.xadd(streams.RUNS, encode(event))
     finally:
@@ -139,7 +140,7 @@ async def follow(settings: Settings, run_id: str, block_ms: int = 5000) -> Async
 
 async def run_result(settings: Settings, run_id: str) -> Event | None:
     """The run's terminal event, if it has ended."""
-    client = aioredis.Redis.from_url(settings.redis_url)
+    client = connect(settings.redis_url)
     try:
         entries = await client.xrevrange(streams.run_events(run_id), count=50)
     finally:
@@ -205,7 +206,7 @@ async def ensure_waiting(settings: Settings, run_id: str) -> dict[str, Any]:
 
 async def list_runs(settings: Settings, waiting: bool = False, limit: int = 20) -> list[dict]:
     """Recent runs (or those waiting for a person), newest first, with their status."""
-    client = aioredis.Redis.from_url(settings.redis_url)
+    client = connect(settings.redis_url)
     try:
         if waiting:
             ids = [i.decode() for i in await client.smembers(streams.RUNS_WAITING)]
@@ -264,7 +265,7 @@ async def run_status(settings: Settings, run_id: str, last: int = 20) -> dict[st
 
     Read from the run's state key and event stream; tolerant of event types this client does not know.
     """
-    client = aioredis.Redis.from_url(settings.redis_url)
+    client = connect(settings.redis_url)
     try:
         run = await get_run(client, run_id)
         entries = await client.xrevrange(streams.run_events(run_id), count=max(last, 1))
@@ -306,7 +307,7 @@ async def cancel(
     settings: Settings, run_id: str, reason: str = "cancelled by a user", sender: str = "cli"
 ) -> None:
     """Ask the supervisor to stop a run; it ends `cancelled` and its tasks are dropped."""
-    client = aioredis.Redis.from_url(settings.redis_url)
+    client = connect(settings.redis_url)
     try:
         await client.xadd(
             streams.RUNS, encode(RunCancelRequested(run_id=run_id, reason=reason, sender=sender))
@@ -317,7 +318,7 @@ async def cancel(
 
 async def dlq_list(settings: Settings, count: int = 50) -> list[tuple[str, DeadLetter]]:
     """The newest dead letters, newest first, with their entry ids in `baton:dlq`."""
-    client = aioredis.Redis.from_url(settings.redis_url)
+    client = connect(settings.redis_url)
     try:
         entries = await client.xrevrange(streams.DLQ, count=count)
     finally:
@@ -326,7 +327,7 @@ async def dlq_list(settings: Settings, count: int = 50) -> list[tuple[str, DeadL
 
 
 async def dlq_show(settings: Settings, entry_id: str) -> DeadLetter:
-    client = aioredis.Redis.from_url(settings.redis_url)
+    client = connect(settings.redis_url)
     try:
         entries = await client.xrange(streams.DLQ, min=entry_id, max=entry_id)
     finally:
@@ -339,7 +340,7 @@ async def dlq_show(settings: Settings, entry_id: str) -> DeadLetter:
 async def dlq_replay(settings: Settings, entry_ids: list[str] | None = None) -> dict[str, str]:
     """Validate dead letters again; the valid ones go back to their stream and leave the DLQ, the others
     stay. Returns entry id -> what happened."""
-    client = aioredis.Redis.from_url(settings.redis_url)
+    client = connect(settings.redis_url)
     outcome: dict[str, str] = {}
     try:
         if entry_ids is None:
@@ -353,7 +354,11 @@ async def dlq_replay(settings: Settings, entry_ids: list[str] | None = None) -> 
         for entry_id, fields in entries:
             eid = entry_id.decode()
             letter = DeadLetter.model_validate_json(fields[DATA_FIELD.encode()])
-            if letter.stream not in REPLAYABLE and not letter.stream.startswith("baton:agent:"):
+            if not (
+                letter.stream in REPLAYABLE
+                or streams.is_results(letter.stream)
+                or letter.stream.startswith("baton:agent:")
+            ):
                 outcome[eid] = f"kept: {letter.stream} is not a stream Baton consumes"
                 continue
             try:
@@ -361,17 +366,17 @@ async def dlq_replay(settings: Settings, entry_ids: list[str] | None = None) -> 
             except (ValidationError, ValueError) as exc:
                 outcome[eid] = f"kept: still invalid ({str(exc).splitlines()[0]})"
                 continue
-            async with client.pipeline(transaction=True) as pipe:
-                pipe.xadd(letter.stream, encode(event))
-                pipe.xdel(streams.DLQ, entry_id)
-                new_id, _ = await pipe.execute()
+            # (two slots on a cluster: appended first, then deleted; a crash between them leaves the
+            # letter to replay again, and every consumer handles a repeated event once)
+            new_id = await client.xadd(letter.stream, encode(event))
+            await client.xdel(streams.DLQ, entry_id)
             outcome[eid] = f"replayed to {letter.stream} as {new_id.decode()}"
     finally:
         await client.aclose()
     return outcome
 
 
-REPLAYABLE = {streams.RUNS, streams.ROUTE, streams.RESULTS, streams.OBJECTS}
+REPLAYABLE = {streams.RUNS, streams.ROUTE, streams.OBJECTS}  # and every results partition, every agent
 
 
 async def trim(settings: Settings, now_ms: int | None = None) -> dict[str, int]:
@@ -384,12 +389,13 @@ async def trim(settings: Settings, now_ms: int | None = None) -> dict[str, int]:
     once it has nothing pending and has not been seen for the retention (every restarted process has a
     new name, so the names would otherwise pile up).
     """
-    client = aioredis.Redis.from_url(settings.redis_url)
+    client = connect(settings.redis_url)
     removed: dict[str, int] = {}
     keep_ms = int(settings.retention_days * 86_400_000)
     now_ms = now_ms if now_ms is not None else int(utcnow().timestamp() * 1000)
     try:
-        names = [streams.RUNS, streams.ROUTE, streams.RESULTS, streams.OBJECTS]
+        names = [streams.RUNS, streams.ROUTE, streams.OBJECTS]
+        names += streams.result_streams(settings.result_partitions)
         async for key in client.scan_iter(match="baton:agent:*", _type="stream"):
             names.append(key.decode())
         for name in names:

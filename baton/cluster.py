@@ -112,7 +112,8 @@ def form(
             ),
             timeout,
             lambda: "nodes did not all meet: "
-            + ", ".join(f"{n[0]}:{n[1]} knows {_info(n, clients[n]).get('cluster_known_nodes')}" for n in nodes),
+            + ", ".join(f"{h}:{p} knows {_info((h, p), clients[(h, p)]).get('cluster_known_nodes')}"
+                        for h, p in nodes),
         )
         for i, node in enumerate(rest):
             master = masters[i % masters_n]

@@ -127,12 +127,12 @@ class RunWatch:
         self.completed: dict[str, int] = {}
         self.candidates: set[str] = set()
         self.ended: dict[str, tuple[str, float]] = {}
-        last = client.xrevrange(streams.RESULTS, count=1)
+        last = client.xrevrange(streams.results_stream(0), count=1)
         self.cursor = last[0][0] if last else b"0-0"  # only what comes after this point
         self.swept_at = self.checked_at = time.time()
 
     def _read(self, block_ms: int | None) -> None:
-        reply = self.client.xread({streams.RESULTS: self.cursor}, count=5000, block=block_ms)
+        reply = self.client.xread({streams.results_stream(0): self.cursor}, count=5000, block=block_ms)
         for _stream, entries in reply or []:
             for entry_id, fields in entries:
                 self.cursor = entry_id

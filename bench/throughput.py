@@ -183,7 +183,7 @@ def baton(env: Env, n: int, processes: int, label: str, extra_env: dict[str, str
     client.flushall()
     stream = streams.agent_stream(AGENT)
     client.xgroup_create(stream, AGENT, id="0", mkstream=True)
-    client.xgroup_create(streams.RESULTS, STAND_IN_GROUP, id="0", mkstream=True)
+    client.xgroup_create(streams.results_stream(0), STAND_IN_GROUP, id="0", mkstream=True)
     for start in range(0, n, 1000):
         pipe = client.pipeline(transaction=False)
         for i in range(start, min(n, start + 1000)):
@@ -204,7 +204,7 @@ def baton(env: Env, n: int, processes: int, label: str, extra_env: dict[str, str
         for i in range(processes):
             name = f"bench-w{i + 1}"
             procs.start(name, python("-m", "services.worker"), env.baton_env(name, extra_env))
-        types = _read_results(client, streams.RESULTS, window, procs, cpu, _timeout(n))
+        types = _read_results(client, streams.results_stream(0), window, procs, cpu, _timeout(n))
         time.sleep(0.2)  # the last acknowledgements follow the last results
         pending = client.xpending(stream, AGENT)["pending"]
     finally:

@@ -7,10 +7,10 @@ Every service (and the `baton` CLI) has its own Redis ACL user and its own MinIO
 Redis: each user starts from nothing (`reset`, `-@all`, no keys, no channels). Its root permissions hold
 only connection commands (PING, CLIENT SETINFO, SELECT, MULTI/EXEC where it uses transactions); everything
 that touches a key is granted by a *selector*, `(~<keys> +<commands>)`, which allows those commands on those
-keys only. So the worker may XADD to `baton:results` but not to `baton:runs`, and XREADGROUP its task
-streams but not `baton:results`; commands a Lua script runs are checked the same way. Key globs treat `{`
-and `}` literally, so `baton:{*}:state` matches every run's state and nothing else. Every key named here
-comes from `shared/streams.py` (or the helpers next to the code that uses it).
+keys only. So the worker may XADD to the results streams (`baton:{r<N>}:results`) but not to `baton:runs`,
+and XREADGROUP its task streams but not the results; commands a Lua script runs are checked the same way.
+Key globs treat `{` and `}` literally, so `baton:{*}:state` matches every run's state and nothing else.
+Every key named here comes from `shared/streams.py` (or the helpers next to the code that uses it).
 
 MinIO: one policy per user on the workspace bucket. Workers and the router read only `runs/*` (workers
 also write there); the notifier has no MinIO user at all; the indexer reads everything; the MCP server
@@ -63,6 +63,8 @@ class Grant:
 # What redis-py sends on connecting (CLIENT SETINFO; SELECT for a database other than 0; HELLO with RESP3),
 # and PING, which FastStream's subscribers and health checks send. None of them touches a key.
 CONNECTION = ("ping", "hello", "client|setinfo", "client|setname", "select")
+# What a cluster client asks every node to learn the slot map (harmless on one server: no keys).
+CLUSTER_TOPOLOGY = ("cluster|slots", "cluster|shards", "cluster|nodes", "cluster|info", "readonly")
 TRANSACTIONS = ("multi", "exec", "discard", "unwatch")
 # A consumer group member: create the group (MKSTREAM) on start-up, read, acknowledge, and the reclaimer's
 # XAUTOCLAIM / XPENDING plus the heartbeat's XCLAIM ... JUSTID (shared/broker.py, shared/reclaim.py).
@@ -91,7 +93,7 @@ def _supervisor_grants() -> list[Grant]:
         *_consumer(
             "consume runs, results, bucket changes and dead letters",
             (streams.RUNS, group),
-            (streams.RESULTS, group),
+            (streams.RESULTS_PATTERN, group),
             (streams.OBJECTS, group),
             (streams.DLQ, group),
         ),
@@ -100,7 +102,7 @@ def _supervisor_grants() -> list[Grant]:
             (
                 streams.ROUTE,
                 streams.agent_stream("*"),
-                streams.RESULTS,
+                streams.RESULTS_PATTERN,
                 streams.RUNS,
                 streams.run_events("*"),
                 streams.DLQ,
@@ -115,11 +117,11 @@ def _supervisor_grants() -> list[Grant]:
             (
                 streams.run_state("*"),
                 streams.run_events("*"),
-                streams.run_done("*"),
+                streams.DONE_PATTERN,
                 streams.run_cancelled("*"),
                 streams.ROUTE,
                 streams.agent_stream("*"),
-                streams.RESULTS,
+                streams.RESULTS_PATTERN,
                 streams.RUNS,
                 streams.DLQ,
                 streams.TIMERS,
@@ -133,10 +135,10 @@ def _supervisor_grants() -> list[Grant]:
         ),
         Grant(
             "expire an ended run's keys (retention)",
-            (streams.run_events("*"), streams.run_done("*"), streams.run_cancelled("*")),
+            (streams.run_events("*"), streams.DONE_PATTERN, streams.run_cancelled("*")),
             ("expire",),
         ),
-        Grant("make an ended run's done-marks exist, so they expire", (streams.run_done("*"),), ("hsetnx",)),
+        Grant("make an ended run's done-marks exist, so they expire", (streams.DONE_PATTERN,), ("hsetnx",)),
         Grant("the run index", (streams.RUN_INDEX,), ("zadd", "zremrangebyscore")),
         Grant("mark cancelled runs", (streams.run_cancelled("*"),), ("set",)),
         Grant(
@@ -153,7 +155,7 @@ def _router_grants() -> list[Grant]:
         *_consumer("consume tasks awaiting a route", (streams.ROUTE, streams.ROUTER_GROUP)),
         Grant(
             "hand tasks to agents, report routing failures, record the decision",
-            (streams.agent_stream("*"), streams.RESULTS, streams.run_events("*"), streams.DLQ),
+            (streams.agent_stream("*"), streams.RESULTS_PATTERN, streams.run_events("*"), streams.DLQ),
             ("xadd",),
         ),
         Grant(
@@ -173,19 +175,19 @@ def _worker_grants() -> list[Grant]:
         # against the grants for their own keys.
         Grant(
             "report outcomes and dead letters; starts and progress straight to the run's own stream",
-            (streams.RESULTS, streams.DLQ, streams.run_events("*")),
+            (streams.RESULTS_PATTERN, streams.DLQ, streams.run_events("*")),
             ("xadd",),
         ),
         Grant(
             "append outcomes together with their done-marks, atomically",
-            (streams.RESULTS, streams.DLQ, streams.run_done("*"), streams.run_events("*")),
+            (streams.RESULTS_PATTERN, streams.DLQ, streams.DONE_PATTERN, streams.run_events("*")),
             ("eval",),
         ),
         Grant("see whether a run was cancelled", (streams.run_cancelled("*"),), ("exists",), read_only=True),
         Grant(
             "remember which attempts' outcomes were sent and which entry owns each attempt, so neither a "
             "redelivery nor a second entry with the same work is done twice",
-            (streams.run_done("*"),),
+            (streams.DONE_PATTERN,),
             ("hexists", "hset", "hsetnx", "hget"),
         ),
     ]
@@ -246,7 +248,7 @@ def _gateway_grants() -> list[Grant]:
     ]
 
 
-WORK_STREAMS = (streams.RUNS, streams.ROUTE, streams.RESULTS, streams.OBJECTS)
+WORK_STREAMS = (streams.RUNS, streams.ROUTE, streams.RESULTS_PATTERN, streams.OBJECTS)
 
 
 def _console_grants() -> list[Grant]:
@@ -341,7 +343,7 @@ def grants(service: str) -> list[Grant]:
 
 def redis_rules(service: str) -> list[str]:
     """The `ACL SETUSER` rules of one service, without its password and without `on`."""
-    root = [*CONNECTION, *_ROOT.get(service, ())]
+    root = [*CONNECTION, *CLUSTER_TOPOLOGY, *_ROOT.get(service, ())]
     return [
         "reset",
         "resetchannels",
@@ -533,6 +535,8 @@ async def apply(settings, passwords: Mapping[str, str]) -> list[str]:
     """Create every user of `passwords` in Redis and MinIO with its rules; returns warnings."""
     import redis.asyncio as aioredis
 
+    from .redisconn import cluster_parts, connect
+
     for service, password in passwords.items():
         _check(service)
         if not password:
@@ -555,7 +559,26 @@ async def apply(settings, passwords: Mapping[str, str]) -> list[str]:
     admin_password = (
         unquote(url.password) if url.password and (url.username or "default") == "default" else None
     )
-    client = aioredis.Redis.from_url(settings.redis_url)
+    if settings.cluster:  # users are per node: every master and every replica gets them
+        seeds, auth = cluster_parts(settings.redis_url)
+        admin_password = auth.get("password") if (auth.get("username") or "default") == "default" else None
+        cluster = connect(settings.redis_url)
+        try:
+            await cluster.initialize()
+            nodes = [(n.host, n.port) for n in cluster.get_nodes()]
+        finally:
+            await cluster.aclose()
+        warnings: list[str] = []
+        for host, port in nodes:
+            client = aioredis.Redis(host=host, port=port, **auth)
+            try:
+                for warning in await apply_redis(client, passwords, admin_password):
+                    note = f"{warning} (node {host}:{port})"
+                    warnings.append(note)
+            finally:
+                await client.aclose()
+        return warnings
+    client = connect(settings.redis_url)
     try:
         return await apply_redis(client, passwords, admin_password)
     finally:

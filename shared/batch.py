@@ -28,10 +28,10 @@ try:
 except ImportError:  # redis-py works without it, only slower
     hiredis = None
 
-import redis.asyncio as aioredis
 import structlog
 from pydantic import BaseModel, TypeAdapter
-from redis.exceptions import ResponseError
+from redis.asyncio.cluster import RedisCluster
+from redis.exceptions import AskError, ClusterDownError, MovedError, ResponseError, TryAgainError
 
 from . import streams
 from .broker import (
@@ -48,10 +48,14 @@ from .broker import (
     record_error,
     registry,
 )
+from .redisconn import connect
 
 log = structlog.get_logger()
 
 READ_ERROR_BACKOFF = 1.0
+# A command refused by a cluster without running: sent again once the slot map is refreshed.
+REDIRECTED = (MovedError, AskError, TryAgainError, ClusterDownError)
+CLUSTER_ATTEMPTS = 8  # ~6 s of backoff: a master's replica takes over within a few node timeouts
 PIPELINE_TIMEOUT = 10.0
 READ_COMMANDS = frozenset({"exists"})  # identical ones queued together share one command
 # Appends one `__data__` entry per event to the stream KEYS[1], in order, and returns their ids; in the same
@@ -163,22 +167,79 @@ class Outbox:
         redis-py's own pipeline costs ~3 µs more per command (its command stack, response callbacks and a
         chain of awaits per reply), which is a tenth of a task's cost here.
         """
+        if isinstance(self.redis, RedisCluster):
+            return await self._cluster_pipeline(commands)
         pool = self.redis.connection_pool
         connection = await pool.get_connection()
         try:
-            await connection.send_packed_command(_pack(connection, commands))
-            replies: list = []
-            for _ in commands:
-                try:
-                    replies.append(await connection.read_response())
-                except ResponseError as exc:
-                    replies.append(exc)
-            return replies
+            return await _exchange(connection, commands)
         except BaseException:
             await connection.disconnect()  # replies may be left unread: never reuse it
             raise
         finally:
             await pool.release(connection)
+
+    async def _cluster_pipeline(self, commands: list[tuple]) -> list:
+        """The same on a cluster: one pipeline per node, to the nodes at once. A command refused because its
+        slot is elsewhere or the cluster is failing over (MOVED, ASK, TRYAGAIN, CLUSTERDOWN: it did not run)
+        is sent again once the slot map is refreshed; a lost connection fails that node's commands, as on
+        one server (the callers decide: nothing is acknowledged that was not written)."""
+        cluster: RedisCluster = self.redis
+        replies: list = [None] * len(commands)
+        todo = list(range(len(commands)))
+        for attempt in range(CLUSTER_ATTEMPTS):
+            await cluster.initialize()
+            groups: dict = {}
+            for i in todo:
+                slot = cluster.keyslot(_key_of(commands[i]))
+                groups.setdefault(cluster.nodes_manager.get_node_from_slot(slot), []).append(i)
+            outcomes = await asyncio.gather(
+                *(_node_exchange(node, [commands[i] for i in idx]) for node, idx in groups.items()),
+                return_exceptions=True,
+            )
+            again: list[int] = []
+            for (_node, idx), outcome in zip(groups.items(), outcomes, strict=True):
+                for j, i in enumerate(idx):
+                    reply = outcome if isinstance(outcome, BaseException) else outcome[j]
+                    replies[i] = reply
+                    if isinstance(reply, REDIRECTED):
+                        again.append(i)
+            if any(isinstance(o, BaseException) for o in outcomes) or again:
+                await cluster.nodes_manager.initialize()  # a node failed or a slot moved: learn the map
+            if not again:
+                return replies
+            todo = again
+            await asyncio.sleep(min(0.05 * 2**attempt, 1.0))
+        return replies
+
+
+async def _exchange(connection, commands: list[tuple]) -> list:
+    await connection.send_packed_command(_pack(connection, commands))
+    replies: list = []
+    for _ in commands:
+        try:
+            replies.append(await connection.read_response())
+        except ResponseError as exc:
+            replies.append(exc)
+    return replies
+
+
+async def _node_exchange(node, commands: list[tuple]) -> list:
+    connection = node.acquire_connection()
+    try:
+        return await _exchange(connection, commands)
+    except BaseException:
+        await connection.disconnect()
+        raise
+    finally:
+        node.release(connection)
+
+
+def _key_of(command: tuple):
+    """The key a command routes by: EVAL's first key, else its first argument."""
+    if command[0] == "EVAL":
+        return command[3]
+    return command[1]
 
 
 def _pack(connection, commands: list[tuple]) -> list[bytes]:
@@ -397,9 +458,7 @@ class Batched:
         async def _declare() -> None:
             # Its own client, without redis-py's per-command socket timeout (a timer per reply read): the
             # outbox puts one deadline on each pipeline, and reads block for at most `block_ms`.
-            self._redis = aioredis.Redis.from_url(
-                self.settings.redis_url, socket_timeout=None, socket_connect_timeout=5
-            )
+            self._redis = connect(self.settings.redis_url, socket_timeout=None, socket_connect_timeout=5)
             self._outbox = Outbox(self._redis)
             for consumer in self.consumers:
                 await consumer.declare(self._redis, self._outbox)

@@ -22,6 +22,7 @@ from typing import Any
 import structlog
 from faststream._internal.middlewares import BaseMiddleware
 from faststream.redis import RedisBroker, StreamSub
+from faststream.redis.broker.cluster_broker import RedisClusterBroker
 from faststream.redis.parser.message import MessageFormat
 from pydantic import BaseModel, TypeAdapter, ValidationError
 from redis.exceptions import ResponseError
@@ -30,6 +31,7 @@ from . import faults, streams
 from .errors import HandlerTimeout, is_transient
 from .events import DeadLetter
 from .logging import bind_event
+from .redisconn import cluster_parts
 from .settings import Settings
 
 DATA_FIELD = "__data__"
@@ -248,8 +250,10 @@ def make_broker(settings: Settings, service: str, logger=None) -> RedisBroker:
         await holder["broker"].publish(letter, stream=streams.DLQ)
         log.warning("dead_lettered", stream=stream, reason=reason, message_id=letter.message_id)
 
-    broker = RedisBroker(
-        settings.redis_url,
+    target, connection = broker_target(settings)
+    broker = broker_class(settings)(
+        target,
+        **connection,
         message_format=EventFormat,
         middlewares=[DeadLetterMiddleware],
         decoder=make_decoder(settings.max_event_bytes),
@@ -266,6 +270,18 @@ def make_broker(settings: Settings, service: str, logger=None) -> RedisBroker:
         description="Events this service could not handle, with the reason (then acknowledged).",
     )
     return broker
+
+
+def broker_class(settings: Settings) -> type[RedisBroker]:
+    return RedisClusterBroker if settings.cluster else RedisBroker
+
+
+def broker_target(settings: Settings) -> tuple[str, dict]:
+    """The broker's URL (and, for a cluster, its seed nodes and credentials)."""
+    if not settings.cluster:
+        return settings.redis_url, {}
+    seeds, auth = cluster_parts(settings.redis_url)
+    return f"redis://{seeds[0][0]}:{seeds[0][1]}", {"startup_nodes": seeds, **auth}
 
 
 def _message_id(msg) -> str | None:

@@ -89,10 +89,13 @@ class Effects(BaseModel):
     index: bool = Field(False, description="The waiting index follows the new status.")
     created: float | None = Field(None, description="A new run: its place in the run index.")
     ask: bool = Field(False, description="The run started waiting: apply a response already there.")
+    ended: bool = Field(False, description="The run ended: its workers' done-marks expire with it.")
 
     @property
     def owed(self) -> bool:
-        return bool(self.tasks or self.copies or self.index or self.ask or self.created is not None)
+        return bool(
+            self.tasks or self.copies or self.index or self.ask or self.ended or self.created is not None
+        )
 
 
 class Need(Exception):  # noqa: N818 - a request, not a failure

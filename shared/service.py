@@ -8,9 +8,10 @@ from dataclasses import dataclass, field
 import redis.asyncio as aioredis
 from faststream import FastStream
 
-from . import faults
+from . import faults, redisconn
 from .broker import create_groups
 from .reclaim import Reclaimer
+from .redisconn import connect
 from .settings import Settings
 from .storage import Storage
 
@@ -38,10 +39,7 @@ class Resources:
 def redis_client(settings: Settings, **kw) -> aioredis.Redis:
     """A client whose pool is bounded and blocking: under load, callers wait for a connection instead of
     failing (redis-py's default pool raises past 100 connections)."""
-    pool = aioredis.BlockingConnectionPool.from_url(
-        settings.redis_url, max_connections=settings.redis_max_connections, timeout=30, **kw
-    )
-    return aioredis.Redis.from_pool(pool)
+    return connect(settings.redis_url, max_connections=settings.redis_max_connections, **kw)
 
 
 def build_app(
@@ -55,8 +53,9 @@ def build_app(
 
     @app.on_startup
     async def _open() -> None:
+        await redisconn.verify(resources.settings.redis_url)  # a clear error before anything starts
         await resources.open(storage=storage, redis=redis)
-        client = aioredis.Redis.from_url(resources.settings.redis_url)
+        client = connect(resources.settings.redis_url)
         try:
             await create_groups(client, broker)
         finally:

@@ -6,7 +6,7 @@ import os
 import socket
 from pathlib import Path
 
-from pydantic import AliasChoices, Field
+from pydantic import AliasChoices, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -24,6 +24,20 @@ class Settings(BaseSettings):
         "redis://127.0.0.1:6379/0",
         validation_alias=AliasChoices("REDIS_URL", "BATON_REDIS_URL"),
         description="Redis (or Valkey) URL for the streams and run state.",
+    )
+    redis_cluster_url: str | None = Field(
+        None,
+        validation_alias=AliasChoices("REDIS_CLUSTER_URL", "BATON_REDIS_CLUSTER_URL"),
+        description="A Redis/Valkey Cluster instead of one server: redis://[user:password@]host:port"
+        "[,host:port...] (any nodes, as seeds). Wins over REDIS_URL.",
+    )
+    result_partitions: int = Field(
+        1,
+        ge=1,
+        le=1024,
+        description="Outcome streams (`baton:{r<N>}:results`); a run's outcomes and its workers' done-marks "
+        "share one partition's hash slot. More spreads them over a cluster's shards. Every service must "
+        "agree: change it only with no run in flight.",
     )
     s3_endpoint_url: str = Field(
         "http://127.0.0.1:9000",
@@ -132,6 +146,20 @@ class Settings(BaseSettings):
         "indexer, mcp, gateway, console, cli). Each gets a Redis ACL user and a MinIO user `baton-<service>` "
         "allowed only what it needs (shared/acl.py); empty: no users are created.",
     )
+
+    @model_validator(mode="after")
+    def _cluster(self) -> Settings:
+        if self.redis_cluster_url:
+            from .redisconn import as_cluster_url
+
+            self.redis_url = as_cluster_url(self.redis_cluster_url)
+            self.redis_cluster_url = None  # the URL lives in redis_url from here on, marked as a cluster's
+        return self
+
+    @property
+    def cluster(self) -> bool:
+        """Whether Redis is a cluster (REDIS_CLUSTER_URL, or a `redis-cluster://` REDIS_URL)."""
+        return self.redis_url.startswith(("redis-cluster://", "rediss-cluster://"))
 
     @property
     def heartbeat_s(self) -> float:

@@ -2,11 +2,15 @@
 
 Every key of one run shares the `{<run_id>}` hash tag, and every atomic step (a script or transaction)
 touches the keys of one run only, so each step stays in one hash slot, as a Redis Cluster requires.
+One exception by design: a worker writes a task's outcome and its done-mark in one step, and the outcome
+goes to a stream the supervisor reads. So outcomes travel on partitioned streams `baton:{r<N>}:results`,
+and the done-marks of a run live beside its partition's stream (`baton:{r<N>}:done:<run>`): one slot.
 """
+
+import zlib
 
 RUNS = "baton:runs"  # RunSubmitted: consumed by the supervisor
 ROUTE = "baton:route"  # TaskAssigned awaiting a route: consumed by the router
-RESULTS = "baton:results"  # TaskStarted / TaskCompleted / TaskFailed: consumed by the supervisor
 OBJECTS = "baton:objects"  # ObjectChanged from the notifier: consumed by the supervisor
 DLQ = "baton:dlq"  # anything that could not be handled, with its reason
 SEARCH = "baton:search"  # SearchRequest: consumed by the indexer, answered on a reply list
@@ -53,9 +57,40 @@ def run_cancelled(run_id: str) -> str:
     return f"baton:{{{run_id}}}:cancelled"
 
 
-def run_done(run_id: str) -> str:
-    """Hash of task attempts whose outcome a worker has sent (so a redelivery is not done twice)."""
-    return f"baton:{{{run_id}}}:done"
+def results_stream(partition: int) -> str:
+    """One partition of the outcomes (TaskStarted / TaskCompleted / TaskFailed): read by the supervisor."""
+    return f"baton:{{r{partition}}}:results"
+
+
+RESULTS_PATTERN = "baton:{r*}:results"  # every partition (ACLs, listings)
+RESULTS_DOC = "baton:{r{partition}}:results"  # the name documents give every partition
+
+
+def partition_of(run_id: str, partitions: int) -> int:
+    """The results partition a run's outcomes go to (stable across processes and languages: CRC-32)."""
+    return zlib.crc32(run_id.encode()) % partitions if partitions > 1 else 0
+
+
+def results_of(run_id: str, partitions: int) -> str:
+    """The results stream a run's outcomes go to."""
+    return results_stream(partition_of(run_id, partitions))
+
+
+def result_streams(partitions: int) -> list[str]:
+    return [results_stream(p) for p in range(partitions)]
+
+
+def is_results(stream: str) -> bool:
+    return stream.startswith("baton:{r") and stream.endswith("}:results")
+
+
+def run_done(run_id: str, partitions: int) -> str:
+    """Hash of task attempts whose outcome a worker has sent (so a redelivery is not done twice). It
+    shares the hash slot of the run's results partition: the outcome and its mark are one step."""
+    return f"baton:{{r{partition_of(run_id, partitions)}}}:done:{run_id}"
+
+
+DONE_PATTERN = "baton:{r*}:done:*"
 
 
 def route_decision(run_id: str, task_id: str, attempt: int) -> str:

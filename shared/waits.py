@@ -20,6 +20,8 @@ from redis.asyncio.connection import DEFAULT_SOCKET_TIMEOUT
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from .redisconn import connect
+
 SOCKET_MARGIN = 10.0  # seconds a socket outlasts the longest block: a dead server is still noticed
 RECONNECT_FOR = 30.0  # seconds of failing commands, without one success, before giving up
 BACKOFF_FIRST, BACKOFF_MAX = 0.05, 2.0
@@ -29,7 +31,7 @@ TRANSIENT = (RedisConnectionError, RedisTimeoutError)
 def client(url: str, *, block: float = 5.0, name: str | None = None) -> aioredis.Redis:
     """A Redis client whose socket timeout outlasts blocks of `block` seconds (named `name` in CLIENT
     LIST, which lets an operator find and kill a follower's connection)."""
-    return aioredis.Redis.from_url(
+    return connect(
         url,
         socket_timeout=block + SOCKET_MARGIN,
         socket_connect_timeout=5,
@@ -40,7 +42,8 @@ def client(url: str, *, block: float = 5.0, name: str | None = None) -> aioredis
 
 def longest_block(redis: aioredis.Redis) -> float | None:
     """The longest block this client's socket timeout allows (a second less), or None if it has none."""
-    kwargs = redis.connection_pool.connection_kwargs
+    pool = getattr(redis, "connection_pool", None)  # (a cluster client keeps them in its nodes manager)
+    kwargs = pool.connection_kwargs if pool is not None else redis.nodes_manager.connection_kwargs
     timeout = kwargs.get("socket_timeout", DEFAULT_SOCKET_TIMEOUT)
     if timeout is None:
         return None

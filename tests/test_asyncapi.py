@@ -37,7 +37,8 @@ def expected(service: str) -> dict[str, set[str]]:
     if service == "supervisor":
         return {
             streams.RUNS: {RECEIVE, SEND},  # sends the runs its triggers start
-            streams.RESULTS: {RECEIVE, SEND},  # sends a retryable TaskFailed when a deadline passes
+            streams.results_stream(0): {RECEIVE},  # each results partition (one by default)
+            streams.RESULTS_DOC: {SEND},  # a retryable TaskFailed when a deadline passes, to the run's partition
             streams.OBJECTS: {RECEIVE},
             streams.ROUTE: {SEND},  # tasks that need a route
             streams.agent_stream("{agent}"): {SEND},  # tasks for a known agent
@@ -47,14 +48,14 @@ def expected(service: str) -> dict[str, set[str]]:
     if service == "router":
         return {
             streams.ROUTE: {RECEIVE},
-            streams.RESULTS: {SEND},
+            streams.RESULTS_DOC: {SEND},
             RUN_EVENTS: {SEND},
             **{streams.agent_stream(name): {SEND} for name in agents},
             **dead_letters,
         }
     if service == "worker":
         return {
-            streams.RESULTS: {SEND},
+            streams.RESULTS_DOC: {SEND},
             RUN_EVENTS: {SEND},  # a task's start and progress, straight to its run's stream
             **{streams.agent_stream(name): {RECEIVE} for name in python_agents},
             **dead_letters,
@@ -128,7 +129,7 @@ def test_runs_payload_is_a_submission_or_a_cancellation():
 
 
 def test_results_payload_is_the_task_result_union():
-    payload = _only_payload("supervisor", streams.RESULTS, RECEIVE)
+    payload = _only_payload("supervisor", streams.results_stream(0), RECEIVE)
     union = typing.get_args(TaskResult)[0]
     members = {cls.__name__ for cls in typing.get_args(union)}
     refs = {item["$ref"].rsplit("/", 1)[-1] for item in payload.get("oneOf", payload.get("anyOf", []))}

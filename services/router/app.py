@@ -27,8 +27,9 @@ def create_app(settings: Settings | None = None):
     workflows = load_workflows(settings.workflows)
     broker = make_broker(settings, SERVICE)
     res = Resources(settings)
-    results = broker.publisher(
-        stream=streams.RESULTS,
+    # Declared for the AsyncAPI document; the run's results partition is resolved at publish time.
+    broker.publisher(
+        stream=streams.RESULTS_DOC,
         title="results",
         schema=TaskFailed | RouteDecided,
         description="Routing failures, and decisions that hand a request to a person.",
@@ -111,7 +112,10 @@ def create_app(settings: Settings | None = None):
         )
         if decision.agent is None:
             log.warning("route_failed", reason=decision.reason)
-            await results.publish(TaskFailed(**common, error=f"router: {decision.reason}"))
+            await broker.publish(
+                TaskFailed(**common, error=f"router: {decision.reason}"),
+                stream=streams.results_of(event.run_id, settings.result_partitions),
+            )
             return
         decided = RouteDecided(
             **common,
@@ -125,7 +129,7 @@ def create_app(settings: Settings | None = None):
         if decision.agent == HUMAN or decision.usage is not None:
             # Through the supervisor, which records it in the run's stream: it pauses the run for a
             # person, or counts the model classifier's usage in the run's.
-            await results.publish(decided)
+            await broker.publish(decided, stream=streams.results_of(event.run_id, settings.result_partitions))
         else:  # observability only: straight to the run's stream
             await broker.publish(decided, stream=streams.run_events(event.run_id))
         # After the decision is recorded: the supervisor counts a classifier's usage only while the task

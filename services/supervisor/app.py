@@ -1,6 +1,6 @@
 """The supervisor: starts runs, keeps their state in Redis, decides every next step.
 
-Consumes `baton:runs`, `baton:results`, `baton:objects` and `baton:dlq`; appends tasks to
+Consumes `baton:runs`, `baton:{r<N>}:results`, `baton:objects` and `baton:dlq`; appends tasks to
 `baton:agent:<name>` (or to `baton:route` when a task needs a route) and every step of a run to that
 run's own stream `baton:{<run_id>}:events`. The handlers live in role-named modules (`runs`, `results`,
 `objects`, `timers`, `deadletters`) and change runs only through `engine.Engine.decide`; the decisions
@@ -27,6 +27,7 @@ from shared.events import (
     TaskResult,
 )
 from shared.logging import configure_logging
+from shared.redisconn import connect
 from shared.service import Resources, build_app
 from shared.settings import Settings
 from shared.workflow import load_workflows
@@ -78,7 +79,8 @@ def create_app(settings: Settings | None = None):
             await in_order.run(event.run_id, lambda: on_result(event))
 
         batched.subscribe(broker, streams.RUNS, group, RunRequest, runs_in_order)
-        batched.subscribe(broker, streams.RESULTS, group, TaskResult, results_in_order)
+        for stream in streams.result_streams(settings.result_partitions):
+            batched.subscribe(broker, stream, group, TaskResult, results_in_order)
     else:
         subscribe(
             broker,
@@ -89,15 +91,16 @@ def create_app(settings: Settings | None = None):
             title="runs",
             description="Submitted runs and cancellations.",
         )
-        subscribe(
-            broker,
-            streams.RESULTS,
-            group,
-            settings,
-            on_result,
-            title="results",
-            description="Task outcomes from workers and the router.",
-        )
+        for p, stream in enumerate(streams.result_streams(settings.result_partitions)):
+            subscribe(
+                broker,
+                stream,
+                group,
+                settings,
+                on_result,
+                title="results" if p == 0 else f"results-{p}",
+                description="Task outcomes from workers and the router (one partition of them).",
+            )
     subscribe(
         broker,
         streams.OBJECTS,
@@ -123,9 +126,7 @@ def create_app(settings: Settings | None = None):
     async def _bind() -> None:  # (after build_app's own start-up hook has opened `res`)
         # The handlers' commands go through one outbox: what they queue in one loop turn is one pipeline
         # on one connection, however many runs are in flight (bounded use, no pool to exhaust).
-        own["redis"] = aioredis.Redis.from_url(
-            settings.redis_url, socket_timeout=None, socket_connect_timeout=5
-        )
+        own["redis"] = connect(settings.redis_url, socket_timeout=None, socket_connect_timeout=5)
         eng.bind(res.storage, res.redis, Outbox(own["redis"]))
 
     @app.after_startup
@@ -152,7 +153,7 @@ def _declare_publishers(broker) -> None:
     for stream, title, schema, description in (
         (streams.ROUTE, "route", TaskAssigned, "Tasks that need a route (an intent, or a router's request)."),
         (streams.agent_stream("{agent}"), "agent-tasks", TaskAssigned, "Tasks for a known agent."),
-        (streams.RESULTS, "deadlines", TaskFailed, "Tasks past their deadline, failed as retryable."),
+        (streams.RESULTS_DOC, "deadlines", TaskFailed, "Tasks past their deadline, failed as retryable."),
         (streams.RUNS, "triggered-runs", RunSubmitted, "Runs started by triggers."),
         (streams.run_events("{run_id}"), "run-events", Event, "Every step of one run, in order."),
     ):

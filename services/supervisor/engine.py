@@ -218,10 +218,9 @@ class Engine:
             if new.status == "cancelled":  # workers drop the run's queued tasks
                 reason = new.reason or "cancelled"
                 ops.append(set_with_ttl(streams.run_cancelled(new.run_id), reason, self.retention_s))
-            # (the done-marks' hash may not exist yet: a late outcome would create it without a TTL)
-            ops.append(("n", streams.run_done(new.run_id), new.status))
-            for key in (streams.run_state(new.run_id), events, streams.run_done(new.run_id)):
+            for key in (streams.run_state(new.run_id), events):
                 ops.append(expire(key, self.retention_s))
+            effects.ended = True  # the done-marks (in the results partition's slot) expire after the commit
         return ops, effects
 
     async def fit(self, task: TaskAssigned) -> tuple[TaskAssigned, str]:
@@ -293,11 +292,16 @@ class Engine:
             self.db.call("HDEL", streams.run_state(state.run_id), CAUSE + cause)
 
     async def update_indexes(self, state: RunState, effects: Effects) -> None:
-        """The waiting index and the run index, which live outside the run's slot."""
+        """The waiting index, the run index and the done-marks' expiry: keys outside the run's slot."""
         if effects.index:
             await sync_waiting(self.redis, state)
         if effects.created is not None:
             await self.db.call("ZADD", streams.RUN_INDEX, effects.created, state.run_id)
+        if effects.ended:
+            # (the hash may not exist yet: a late outcome would create it without a TTL)
+            done = streams.run_done(state.run_id, self.settings.result_partitions)
+            self.db.call("HSETNX", done, ".ended", state.status)
+            await self.db.call("EXPIRE", done, self.retention_s)
 
     async def asked(self, state: RunState) -> None:
         """A run started waiting for a person: a response already in the bucket answers it."""

@@ -1,4 +1,4 @@
-"""Task outcomes and progress (`baton:results`): record them, and decide a run's next step."""
+"""Task outcomes and progress (`baton:{r<N>}:results`): record them, and decide a run's next step."""
 
 from __future__ import annotations
 

@@ -15,13 +15,12 @@ from shared import streams
 from shared.runs import CAUSE, SUBTASK, TASK, Effects, Partial, RunState, SubtaskState, TaskSlot
 
 # Compare-and-set of one run's state, with what its decision appends to the run's own keys (its event
-# stream, its done-marks, its cancellation mark: all in the run's hash slot). A supervisor dying at any
+# stream, its cancellation mark: all in the run's hash slot). A supervisor dying at any
 # instruction leaves either the old state and nothing appended, or the new state and everything.
 # KEYS[1]: the state hash, KEYS[2..]: the run's other keys. ARGV: expected rev ('' = the run must not
 # exist yet), new rev, then counted groups: prefixes of fields to drop, fields to drop, field/value pairs
 # to set, and operations (op, key index, value): `x` append an entry (value = its `__data__`), `e`
-# expire (seconds), `n` create the hash with a field `.ended` (so it exists to expire), `s` set the key
-# to the value (`|`-separated: value|seconds). Returns 1, or 0 if the
+# expire (seconds), `s` set the key to the value (`|`-separated: value|seconds). Returns 1, or 0 if the
 # revision differs (nothing written).
 COMMIT = """
 local rev = redis.call('HGET', KEYS[1], 'rev')
@@ -48,7 +47,6 @@ while i <= #ARGV do
   local op, key, value = ARGV[i], KEYS[tonumber(ARGV[i + 1])], ARGV[i + 2]
   if op == 'x' then redis.call('XADD', key, '*', '__data__', value)
   elseif op == 'e' then redis.call('EXPIRE', key, value)
-  elseif op == 'n' then redis.call('HSETNX', key, '.ended', value)
   else
     local sep = string.find(value, '|', 1, true)
     redis.call('SET', key, string.sub(value, 1, sep - 1), 'EX', string.sub(value, sep + 1))

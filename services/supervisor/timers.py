@@ -89,7 +89,7 @@ async def fire(eng: Engine, timer: dict) -> None:
         wf = eng.workflows.workflows.get(state.workflow)
         timeout = wf.task_timeout if wf is not None else None
         await eng.db.send(
-            streams.RESULTS,
+            streams.results_of(state.run_id, eng.settings.result_partitions),
             TaskFailed(
                 run_id=state.run_id,
                 task_id=slot.task.task_id,

@@ -2,7 +2,7 @@
 
 Each hosted agent is a consumer group (named after the agent) on `baton:agent:<name>`; N worker processes
 share each group, so adding processes spreads the work. A worker is stateless: it reads its inputs by
-reference, writes its outputs, and reports completed / failed on `baton:results` (started and progress
+reference, writes its outputs, and reports completed / failed on `baton:{r<N>}:results` (started and progress
 go straight to the run's own stream `baton:{<run_id>}:events`).
 """
 
@@ -56,7 +56,9 @@ def create_app(settings: Settings | None = None):
 
     broker = make_broker(settings, SERVICE)
     # Declared for the AsyncAPI document: events are written with `publish` below.
-    broker.publisher(stream=streams.RESULTS, title="results", schema=TaskResult, description="Task outcomes.")
+    broker.publisher(
+        stream=streams.RESULTS_DOC, title="results", schema=TaskResult, description="Task outcomes."
+    )
     broker.publisher(
         stream=streams.run_events("{run_id}"),
         title="task-news",
@@ -69,8 +71,13 @@ def create_app(settings: Settings | None = None):
     # one round trip. With `batch` 0: one FastStream handler call per task.
     batched = Batched(settings, SERVICE) if settings.batch else None
 
-    async def publish(event, stream: str = streams.RESULTS) -> None:
-        """Write one result event; it is durable when this returns."""
+    def results(event) -> str:
+        """The results partition of the event's run."""
+        return streams.results_of(event.run_id, settings.result_partitions)
+
+    async def publish(event, stream: str | None = None) -> None:
+        """Write one result event (to its run's results partition unless `stream`); durable on return."""
+        stream = stream or results(event)
         if batched:
             await batched.outbox.publish(stream, event)
         else:
@@ -78,10 +85,10 @@ def create_app(settings: Settings | None = None):
 
     def news_stream(event: TaskAssigned) -> str:
         """Where a task's start and progress go: straight to the run's own stream (only the supervisor
-        would read them from `baton:results`, to copy them there), unless the supervisor must see the
+        would read them from `baton:{r<N>}:results`, to copy them there), unless the supervisor must see the
         start to time the task (its workflow has a `task_timeout`)."""
         wf = workflows.workflows.get(event.workflow)
-        return streams.RESULTS if wf is not None and wf.task_timeout else streams.run_events(event.run_id)
+        return results(event) if wf is not None and wf.task_timeout else streams.run_events(event.run_id)
 
     pools: list[ThreadPoolExecutor] = []
 
@@ -140,7 +147,8 @@ def create_app(settings: Settings | None = None):
 
             # An attempt whose outcome this group already sent (its worker died before acknowledging)
             # is acknowledged again, not done twice.
-            done_key, attempt_id = streams.run_done(event.run_id), f"{event.task_id}:{event.attempt}"
+            done_key = streams.run_done(event.run_id, settings.result_partitions)
+            attempt_id = f"{event.task_id}:{event.attempt}"
             # One entry owns an attempt: a second entry with the same work (a task sent again after a
             # supervisor, router or timer died between sending and acknowledging) is dropped, even while
             # the first one is still running; a redelivery of the owner's own entry goes on.
@@ -181,10 +189,10 @@ def create_app(settings: Settings | None = None):
                 try:
                     if batched:
                         # (no EXPIRE per task: the supervisor expires the hash when the run ends)
-                        await batched.outbox.send(streams.RESULTS, outcome, mark=mark)
-                    else:
+                        await batched.outbox.send(results(outcome), outcome, mark=mark)
+                    else:  # (the stream and the mark share the results partition's hash slot)
                         async with client_of(broker).pipeline(transaction=True) as pipe:
-                            pipe.xadd(streams.RESULTS, encode(outcome))
+                            pipe.xadd(results(outcome), encode(outcome))
                             pipe.hset(*mark)
                             await pipe.execute()
                 finally:

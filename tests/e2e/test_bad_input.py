@@ -18,7 +18,9 @@ from tests.helpers import dead_letters, last_id, post_webhook, run, wait_for_end
 BRIEF = Path(__file__).resolve().parents[2] / "examples" / "briefs" / "topic.md"
 pytestmark = pytest.mark.e2e
 
-CONSUMED = [streams.RUNS, streams.ROUTE, streams.RESULTS, streams.OBJECTS, streams.agent_stream("outliner")]
+CONSUMED = [
+    streams.RUNS, streams.ROUTE, streams.results_stream(0), streams.OBJECTS, streams.agent_stream("outliner")
+]
 GARBAGE = {
     "not json": {DATA_FIELD: b"\xff\xfe this is not json"},
     "a json list": {DATA_FIELD: b"[1, 2, 3]"},
@@ -67,7 +69,7 @@ async def test_malformed_events_on_every_consumed_stream_are_dead_lettered(setti
         assert letters[key].reason, label
     assert "not valid UTF-8 JSON" in letters[_id_of(sent, streams.RUNS, "not json")].reason
     assert "over the 65536-byte limit" in letters[_id_of(sent, streams.RUNS, "oversized")].reason
-    assert "task.exploded" in letters[_id_of(sent, streams.RESULTS, "unknown type")].reason
+    assert "task.exploded" in letters[_id_of(sent, streams.results_stream(0), "unknown type")].reason
     assert "schema_version" in letters[_id_of(sent, streams.RUNS, "wrong schema version")].reason
     assert letters[_id_of(sent, streams.RUNS, "wrong schema version")].run_id == "r-v99"
 

@@ -19,7 +19,9 @@ from tests.helpers import dead_letters, last_id, run
 
 pytestmark = pytest.mark.e2e
 
-CONSUMED = [streams.RUNS, streams.ROUTE, streams.RESULTS, streams.OBJECTS, streams.agent_stream("outliner")]
+CONSUMED = [
+    streams.RUNS, streams.ROUTE, streams.results_stream(0), streams.OBJECTS, streams.agent_stream("outliner")
+]
 EVENT_TYPES = [
     "run.submitted",
     "task.assigned",

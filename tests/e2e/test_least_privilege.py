@@ -24,6 +24,8 @@ from shared.storage import Storage
 from tests.conftest import PROBE, acl_refusals
 from tests.helpers import post_webhook, wait_for_end
 
+RESULTS = streams.results_stream(0)  # (one results partition: the default)
+
 pytestmark = pytest.mark.e2e
 
 
@@ -97,7 +99,7 @@ async def test_a_worker_reports_results_but_cannot_touch_the_supervisors_keys(st
     run_id = f"lp-{uuid.uuid4().hex[:12]}"
     progress = TaskProgress(run_id=run_id, task_id=f"{run_id}.0.x", agent="x", message="checking the ACL")
     async with _redis(stack, "worker") as r:
-        assert await r.xadd(streams.RESULTS, encode(progress))  # its one way to talk to the supervisor
+        assert await r.xadd(RESULTS, encode(progress))  # its one way to talk to the supervisor
         assert await r.exists(streams.run_cancelled(run_id)) == 0  # may see whether a run was cancelled
         await _refused(r.xadd(streams.RUNS, encode(progress)))
         await _refused(r.xadd(streams.ROUTE, encode(progress)))
@@ -109,15 +111,15 @@ async def test_a_worker_reports_results_but_cannot_touch_the_supervisors_keys(st
         await _refused(r.set(streams.run_cancelled(run_id), "1"))  # read only
         await _refused(r.zadd(streams.RUN_INDEX, {run_id: 1}))
         # nor read or steal others' messages, nor forge a task for another agent
-        await _refused(r.xrange(streams.RESULTS))
-        await _refused(r.xreadgroup(streams.SUPERVISOR_GROUP, "thief", {streams.RESULTS: ">"}, count=1))
-        await _refused(r.xgroup_create(streams.RESULTS, "thief", id="$"))
+        await _refused(r.xrange(RESULTS))
+        await _refused(r.xreadgroup(streams.SUPERVISOR_GROUP, "thief", {RESULTS: ">"}, count=1))
+        await _refused(r.xgroup_create(RESULTS, "thief", id="$"))
         await _refused(r.xrange(streams.DLQ))
-        await _refused(r.hset(errors_key(streams.RESULTS, streams.SUPERVISOR_GROUP), "1-0", "x"))
+        await _refused(r.hset(errors_key(RESULTS, streams.SUPERVISOR_GROUP), "1-0", "x"))
         # a script runs with the same rights
         script = "return redis.call('XADD', KEYS[1], '*', '__data__', ARGV[1])"
         await _refused(r.eval(script, 1, streams.RUNS, "{}"))
-        await _refused(r.eval("return redis.call('SET', KEYS[1], 'x')", 1, streams.RESULTS))
+        await _refused(r.eval("return redis.call('SET', KEYS[1], 'x')", 1, RESULTS))
         # and nothing administrative
         await _refused(r.keys("*"))
         await _refused(r.flushall())
@@ -163,7 +165,7 @@ async def test_the_notifier_has_no_storage_credentials_and_publishes_only(stack,
     async with _redis(stack, "notifier") as r:
         await _refused(r.xrange(streams.OBJECTS))
         await _refused(r.xadd(streams.RUNS, {"__data__": "{}"}))
-        await _refused(r.xadd(streams.RESULTS, {"__data__": "{}"}))
+        await _refused(r.xadd(RESULTS, {"__data__": "{}"}))
         await _refused(r.hgetall(streams.run_state("x")))
         await _refused(r.get(streams.OBJECTS_SEEN_PREFIX + "x"))  # marks are set and deleted, never read
 
@@ -193,7 +195,7 @@ async def test_the_mcp_server_writes_only_its_prefixes_run_inputs_and_responses(
         assert await r.hgetall(streams.run_state("lp-none")) == {}  # run_status
         await _refused(r.hset(streams.run_state("lp-none"), "core", "{}"))
         await _refused(r.xadd(streams.ROUTE, {"__data__": "{}"}))
-        await _refused(r.xadd(streams.RESULTS, {"__data__": "{}"}))
+        await _refused(r.xadd(RESULTS, {"__data__": "{}"}))
         await _refused(r.xrange(streams.DLQ))
 
 
@@ -210,7 +212,7 @@ async def test_the_a2a_gateway_writes_only_run_inputs_and_responses_and_reads_on
         assert await r.xrevrange(streams.run_events("lp-none")) == []  # follow a run
         await _refused(r.hset(streams.run_state("lp-none"), "core", "{}"))
         await _refused(r.xadd(streams.ROUTE, {"__data__": "{}"}))
-        await _refused(r.xadd(streams.RESULTS, {"__data__": "{}"}))
+        await _refused(r.xadd(RESULTS, {"__data__": "{}"}))
 
 
 async def test_the_console_reads_runs_and_writes_only_run_inputs_and_responses(stack, settings):
@@ -234,7 +236,7 @@ async def test_the_console_reads_runs_and_writes_only_run_inputs_and_responses(s
         assert isinstance(await r.xrevrange(streams.DLQ, count=1), list)
         await _refused(r.hset(streams.run_state("lp-none"), "core", "{}"))
         await _refused(r.xadd(streams.run_events("lp-none"), {"__data__": "{}"}))
-        await _refused(r.xadd(streams.RESULTS + "x", {"__data__": "{}"}))
+        await _refused(r.xadd(RESULTS + "x", {"__data__": "{}"}))
         await _refused(r.zadd(streams.RUN_INDEX, {"x": 1}))
         await _refused(r.srem(streams.RUNS_WAITING, "x"))
         await _refused(r.xreadgroup(streams.SUPERVISOR_GROUP, "thief", {streams.RUNS: ">"}, count=1))

@@ -16,6 +16,8 @@ from shared.broker import DATA_FIELD, encode
 from shared.events import DeadLetter, TaskAssigned, TaskCompleted
 from tests.helpers import dead_letters, last_id, of_type, run, wait_for_end, wait_handled
 
+RESULTS = streams.results_stream(0)  # (one results partition: the default)
+
 pytestmark = pytest.mark.e2e
 
 
@@ -54,7 +56,7 @@ async def test_a_poison_message_is_dead_lettered_after_max_deliveries_and_the_gr
         corrupt = {"rev": 1, "core": b'{"this is": "not a run state"}'}
         await r.hset(streams.run_state("r-poisoned"), mapping=corrupt)
         poison = TaskCompleted(run_id="r-poisoned", task_id="r-poisoned.0.x", agent="x")
-        poison_id = (await r.xadd(streams.RESULTS, encode(poison))).decode()
+        poison_id = (await r.xadd(RESULTS, encode(poison))).decode()
     finally:
         await r.aclose()
     # meanwhile, good work flows through the same group
@@ -256,11 +258,11 @@ async def test_a_duplicate_outcome_is_acknowledged_and_ignored(settings):
     first = of_type(events, "task.completed")[0]
     r = aioredis.Redis.from_url(settings.redis_url)
     try:
-        entry = (await r.xadd(streams.RESULTS, encode(first))).decode()
+        entry = (await r.xadd(RESULTS, encode(first))).decode()
     finally:
         await r.aclose()
     # read by the group (not merely not pending yet) and acknowledged
-    await wait_handled(settings, streams.RESULTS, streams.SUPERVISOR_GROUP, entry)
+    await wait_handled(settings, RESULTS, streams.SUPERVISOR_GROUP, entry)
 
 
 async def test_the_per_message_worker_path_marks_outcomes_and_acknowledges_a_redelivery(settings, stack):
@@ -274,18 +276,18 @@ async def test_the_per_message_worker_path_marks_outcomes_and_acknowledges_a_red
     assert {e.sender for e in done} == {f"worker:{stack.per_message_worker}"}
     r = aioredis.Redis.from_url(settings.redis_url)
     try:
-        marks = await r.hgetall(streams.run_done(run_id))
+        marks = await r.hgetall(streams.run_done(run_id, 1))
         # (`…@`: the entry that owns an attempt; `.ended`: the run's end, so the hash exists to expire)
         outcomes = {k: v for k, v in marks.items() if not k.endswith(b"@") and k != b".ended"}
         assert outcomes == {f"{e.task_id}:{e.attempt}".encode(): b"task.completed" for e in done}
         assert {k for k in marks if k.endswith(b"@")} == {k + b"@" for k in outcomes}
         first = next(e for e in events if e.type == "task.assigned")
         stream = streams.agent_stream("permsg")
-        since = await last_id(settings, streams.RESULTS)
+        since = await last_id(settings, RESULTS)
         entry = (await r.xadd(stream, encode(first))).decode()
         await wait_handled(settings, stream, "permsg", entry)  # read by the group and acknowledged
         since = f"({since}" if since != "0" else "-"
-        again = [json.loads(f[DATA_FIELD.encode()]) for _i, f in await r.xrange(streams.RESULTS, min=since)]
+        again = [json.loads(f[DATA_FIELD.encode()]) for _i, f in await r.xrange(RESULTS, min=since)]
     finally:
         await r.aclose()
     assert not [e for e in again if e["task_id"] == first.task_id], "the task ran twice"
@@ -328,7 +330,7 @@ async def _new_agents_run(settings, stack, tmp_path, env: dict | None = None) ->
     lines = ["agents:"] + [f'  {name}: {{handler: "tests.agents:echo", writes: [work/]}}' for name in agents]
     lines += ["workflows:", f"  new: {{pattern: sequential, stages: [{next(iter(agents))}]}}"]
     workflows.write_text("\n".join(lines) + "\n")
-    since = await last_id(settings, streams.RESULTS)
+    since = await last_id(settings, RESULTS)
     r = aioredis.Redis.from_url(settings.redis_url)
     try:
         for name in agents:
@@ -342,7 +344,7 @@ async def _new_agents_run(settings, stack, tmp_path, env: dict | None = None) ->
         ]
         try:
             for _ in range(100):
-                entries = await r.xrange(streams.RESULTS, min=since)
+                entries = await r.xrange(RESULTS, min=since)
                 results = [json.loads(f[DATA_FIELD.encode()]) for _i, f in entries]
                 done = {e["agent"] for e in results if e["type"] == "task.completed"}
                 if set(agents) <= done:

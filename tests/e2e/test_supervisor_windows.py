@@ -632,7 +632,7 @@ async def test_two_handlers_racing_on_one_run_one_commits_and_the_other_decides_
 async def ttls(settings, run_id: str) -> dict[str, int]:
     r = aioredis.Redis.from_url(settings.redis_url)
     try:
-        keys = (streams.run_state(run_id), streams.run_events(run_id), streams.run_done(run_id))
+        keys = (streams.run_state(run_id), streams.run_events(run_id), streams.run_done(run_id, 1))
         return {key: await r.ttl(key) for key in keys}
     finally:
         await r.aclose()

@@ -38,15 +38,15 @@ def test_users_start_from_nothing_and_grant_keys_only_in_selectors() -> None:
 
 def test_the_worker_reports_results_and_touches_nothing_of_the_supervisor() -> None:
     run = "r-1"
-    assert _may("worker", "xadd", streams.RESULTS)
+    assert _may("worker", "xadd", streams.results_stream(0))
     assert _may("worker", "xreadgroup", streams.agent_stream("writer"))
     assert _may("worker", "exists", streams.run_cancelled(run))
     for key in (streams.RUNS, streams.ROUTE, streams.OBJECTS, streams.agent_stream("writer"), streams.TIMERS):
         assert not _may("worker", "xadd", key), key
     for key in (streams.run_state(run), streams.TIMERS, streams.RUN_INDEX, streams.run_cancelled(run)):
         assert not any(fnmatch.fnmatchcase(key, k) for c, k in _grants("worker") if c != "exists"), key
-    assert not _may("worker", "xreadgroup", streams.RESULTS)
-    assert not _may("worker", "hset", "baton:errors:baton:results:supervisor")
+    assert not _may("worker", "xreadgroup", streams.results_stream(0))
+    assert not _may("worker", "hset", "baton:errors:baton:{r0}:results:supervisor")
 
 
 def test_braces_in_key_patterns_are_literal() -> None:

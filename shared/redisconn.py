@@ -1,0 +1,154 @@
+"""Redis clients for one server or a Redis/Valkey Cluster, from one URL.
+
+A cluster is named by `REDIS_CLUSTER_URL=redis://[user:password@]host:port[,host:port...]` (any node,
+or several as seeds). Settings turn it into `redis-cluster://...` in `redis_url`, so every place that hands
+a URL on (a service's own ACL user, a follower's client) keeps saying "cluster". `connect` returns a
+`redis.asyncio.Redis` or a `redis.asyncio.cluster.RedisCluster`; both take the same commands, and every
+atomic step Baton takes touches one hash slot (shared/streams.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from urllib.parse import unquote, urlsplit
+
+import redis.asyncio as aioredis
+from redis.asyncio.cluster import ClusterNode, RedisCluster
+from redis.exceptions import RedisClusterException, RedisError
+
+from .errors import ConfigError
+
+CLUSTER_SCHEMES = {"redis-cluster": "redis", "rediss-cluster": "rediss"}
+
+
+def as_cluster_url(url: str) -> str:
+    """`redis://...` -> `redis-cluster://...` (a cluster URL stays as it is)."""
+    scheme, sep, rest = url.partition("://")
+    if not sep or scheme not in ("redis", "rediss", *CLUSTER_SCHEMES):
+        raise ConfigError(f"REDIS_CLUSTER_URL must start with redis:// or rediss://, got {url!r}")
+    return url if scheme in CLUSTER_SCHEMES else f"{scheme}-cluster://{rest}"
+
+
+def is_cluster(url: str) -> bool:
+    return url.partition("://")[0] in CLUSTER_SCHEMES
+
+
+def cluster_parts(url: str) -> tuple[list[tuple[str, int]], dict]:
+    """A cluster URL -> ([(host, port)] seeds, client keyword arguments: credentials, TLS)."""
+    scheme, _, rest = url.partition("://")
+    netloc = rest.split("/", 1)[0].split("?", 1)[0]
+    userinfo, _, hosts = netloc.rpartition("@")
+    seeds = []
+    for item in hosts.split(","):
+        host, sep, port = item.strip().rpartition(":")
+        if not item.strip():
+            continue
+        if not sep or not host or not port.isdigit():
+            raise ConfigError(f"cluster node {item!r} in REDIS_CLUSTER_URL is not host:port")
+        seeds.append((host.strip("[]"), int(port)))
+    if not seeds:
+        raise ConfigError("REDIS_CLUSTER_URL names no node")
+    db = rest.split("/", 1)[1].split("?", 1)[0] if "/" in rest else ""
+    if db not in ("", "0"):
+        raise ConfigError(f"a Redis Cluster has database 0 only; REDIS_CLUSTER_URL asks for /{db}")
+    kw: dict = {}
+    if userinfo:
+        user, has_password, password = userinfo.partition(":")
+        kw["username"] = unquote(user) or None
+        if has_password:
+            kw["password"] = unquote(password)
+    if CLUSTER_SCHEMES.get(scheme) == "rediss":
+        kw["ssl"] = True
+    return seeds, kw
+
+
+def describe(url: str) -> str:
+    """The URL without its credentials (for errors and logs)."""
+    if is_cluster(url):
+        seeds, _ = cluster_parts(url)
+        return "cluster " + ",".join(f"{h}:{p}" for h, p in seeds)
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.hostname}:{parts.port or 6379}"
+
+
+class BoundedCluster(RedisCluster):
+    """A cluster client whose commands wait for one of `bound` slots (backpressure) instead of failing
+    with MaxConnectionsError past the per-node pool, as redis-py's cluster pool does."""
+
+    def __init__(self, *args, bound: int = 64, **kw) -> None:
+        super().__init__(*args, **kw)
+        self._gate = asyncio.Semaphore(bound)
+
+    async def execute_command(self, *args, **kw):
+        async with self._gate:
+            return await super().execute_command(*args, **kw)
+
+
+def connect(url: str, *, max_connections: int | None = None, blocking: bool = True, **kw):
+    """A client for `url`: `Redis` on a bounded (blocking when `blocking`) pool, or a cluster client."""
+    if is_cluster(url):
+        seeds, auth = cluster_parts(url)
+        return BoundedCluster(
+            startup_nodes=[ClusterNode(h, p) for h, p in seeds],
+            bound=max_connections or 64,
+            # per node; the gate above bounds what is in flight (blocking reads hold a connection each)
+            max_connections=max(4 * (max_connections or 64), 256),
+            **auth,
+            **kw,
+        )
+    if max_connections is None:
+        return aioredis.Redis.from_url(url, **kw)
+    pool_cls = aioredis.BlockingConnectionPool if blocking else aioredis.ConnectionPool
+    extra = {"timeout": 30} if blocking else {}
+    pool = pool_cls.from_url(url, max_connections=max_connections, **extra, **kw)
+    return aioredis.Redis.from_pool(pool)
+
+
+async def verify(url: str) -> None:
+    """At start-up: a cluster URL must reach a cluster whose every slot is served. Raises ConfigError
+    naming the node and the problem (a plain server, unassigned slots, an unreachable node)."""
+    if not is_cluster(url):
+        return
+    seeds, auth = cluster_parts(url)
+    for host, port in seeds:
+        client = aioredis.Redis(host=host, port=port, socket_connect_timeout=5, socket_timeout=5, **auth)
+        try:
+            info = await client.info("cluster")
+            if not info.get("cluster_enabled"):
+                raise ConfigError(
+                    f"REDIS_CLUSTER_URL: node {host}:{port} is a plain server, not in cluster mode "
+                    "(use REDIS_URL for one server)"
+                )
+            state = await client.execute_command("CLUSTER", "INFO")
+            state = state.decode() if isinstance(state, bytes) else str(state)
+            fields = dict(line.split(":", 1) for line in state.split() if ":" in line)
+            if fields.get("cluster_slots_assigned") != "16384":
+                raise ConfigError(
+                    f"REDIS_CLUSTER_URL: node {host}:{port} reports {fields.get('cluster_slots_assigned')} "
+                    "of 16384 slots assigned (form the cluster first: python -m baton.cluster form)"
+                )
+            if fields.get("cluster_state") != "ok":
+                raise ConfigError(f"REDIS_CLUSTER_URL: node {host}:{port} says cluster_state:"
+                                  f"{fields.get('cluster_state')}")
+            return
+        except (RedisError, OSError) as exc:
+            last = ConfigError(f"REDIS_CLUSTER_URL: node {host}:{port} is unreachable: {exc}")
+            continue
+        finally:
+            await client.aclose()
+    raise last
+
+
+async def verify_nodes(client) -> None:
+    """Every node a cluster client learned about answers (a node that stays unreachable is named)."""
+    if not isinstance(client, RedisCluster):
+        return
+    try:
+        await client.initialize()
+    except (RedisClusterException, RedisError) as exc:
+        raise ConfigError(f"Redis Cluster: {exc}") from exc
+    for node in client.get_nodes():
+        try:
+            await client.execute_command("PING", target_nodes=node)
+        except (RedisError, OSError) as exc:
+            raise ConfigError(f"Redis Cluster: node {node.host}:{node.port} is unreachable: {exc}") from exc
