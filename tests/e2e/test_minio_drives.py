@@ -47,8 +47,10 @@ def object_meta(drive: str, bucket: str, key: str) -> Path:
 def lose(drive: Path) -> None:
     """Destroy a drive for good: a file where its folder was, which MinIO cannot recreate (it recreates a
     removed folder on the next write) and where every read and write fails, as on a dead disk."""
-    shutil.rmtree(drive)
+    gone = drive.with_name(f"{drive.name}-lost")
+    drive.rename(gone)  # at once: MinIO may be writing into it (rmtree races with those writes)
     drive.write_text("lost")
+    shutil.rmtree(gone, ignore_errors=True)
 
 
 async def test_runs_complete_on_four_drives_and_keep_completing_after_one_is_lost(erasure):
