@@ -15,7 +15,7 @@ LLM_PORT ?= 8080
 DOCKER_BUILDKIT ?= $(shell docker buildx version >/dev/null 2>&1 && echo 1 || echo 0)
 export DOCKER_BUILDKIT
 
-.PHONY: install llm llm-serve servers demo test test-unit test-compose test-containers lint docs up down dev-down \
+.PHONY: install llm llm-serve servers demo test test-unit test-compose test-containers test-cluster lint docs up down dev-down \
 	clean bench chaos chaos-burst images-offline docker-engine
 
 install: $(STAMP)  ## create the virtualenv and install Baton with its test tools (pinned)
@@ -80,8 +80,9 @@ test-containers: install  ## the end-to-end tests on Redis and MinIO containers 
 
 CLUSTER_E2E = tests/e2e/test_sequential.py tests/e2e/test_router_pattern.py tests/e2e/test_hierarchical_pattern.py \
 	tests/e2e/test_bidirectional_pattern.py tests/e2e/test_human_in_the_loop.py tests/e2e/test_scale.py
-test-cluster: servers  ## the pattern tests on a local Valkey cluster (3 masters + 3 replicas), then failover tests
-	BATON_TEST_SERVERS=cluster $(BIN)/python -m pytest -m 'e2e or cluster' $(CLUSTER_E2E) tests/cluster
+test-cluster: servers  ## Valkey cluster (patterns, a master killed, rolling restart), MinIO nodes killed, cluster compose
+	BATON_TEST_SERVERS=cluster BATON_REQUIRE_DOCKER=1 $(BIN)/python -m pytest -m 'e2e or cluster' \
+		$(CLUSTER_E2E) tests/cluster
 
 docker-engine:  ## (root) Debian's docker.io and Compose v2 (built with Go, once); starts dockerd unless one answers
 	scripts/docker-engine.sh start

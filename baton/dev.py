@@ -154,7 +154,7 @@ def up(root: Path, workflows: Path, workers: int = 2, cluster: bool = False) -> 
     """Start Redis, MinIO and every service in the background; return the client environment.
 
     With `cluster`: a Valkey cluster of 3 masters with a replica each (baton.cluster), the services on it
-    with 4 results partitions, waiting for a replica after each batch of writes.
+    with 4 results partitions, waiting for a replica after each batch of writes; MinIO on 4 drives.
 
     Each service logs in as its own Redis and MinIO users (shared/acl.py); the client environment is the
     CLI's users. The admin credentials and every password stay in `root` (state.json, secrets.json).
@@ -192,6 +192,7 @@ def up(root: Path, workflows: Path, workers: int = 2, cluster: bool = False) -> 
             f"http://127.0.0.1:{notifier_port}/minio/events",
             token,
             root_password=keys["minio"],
+            drives=4 if cluster else 1,  # erasure-coded: survives a lost drive
         )
         pids["minio"] = minio.pid
         env = local_env(redis_url, minio.url, workflows, notifier_port, token)

@@ -31,6 +31,9 @@ WEBHOOK_ARN = f"arn:minio:sqs::{WEBHOOK_TARGET}:webhook"
 # posts at once (seconds saved for triggers and search), and drops what it cannot deliver.
 FAST_WEBHOOK_TARGET = "BATONFAST"
 FAST_WEBHOOK_ARN = f"arn:minio:sqs::{FAST_WEBHOOK_TARGET}:webhook"
+# One erasure set: MinIO's bounds for the drives of a set.
+MIN_ERASURE_DRIVES = 2
+MAX_ERASURE_DRIVES = 16
 
 
 class ServerError(RuntimeError):
@@ -238,15 +241,29 @@ def start_minio(
     webhook_token: str = "",
     port: int | None = None,
     root_password: str | None = None,
+    drives: int = 1,
 ) -> Server:
     """Start MinIO with a webhook notification target (queued on disk while the endpoint is down).
 
     Its root user is `MINIO_USER`, with `root_password` (default: the well-known `MINIO_PASSWORD`).
+    `drives=1` stores objects in `data_dir` as they are; `drives=4` (2 to 16) makes one erasure set of
+    that many drives, `data_dir`/drive1 ... driveN, with MinIO's default parity (EC:2 for 4 drives): it
+    survives a lost drive for reads and writes (writes need `drives - parity` drives, plus one when data
+    and parity are equal), but not a lost host, since every drive is on this one. `extra["drives"]` lists
+    their paths.
     """
+    if drives != 1 and not MIN_ERASURE_DRIVES <= drives <= MAX_ERASURE_DRIVES:
+        raise ServerError(
+            f"drives={drives}: MinIO takes 1 drive, or an erasure set of {MIN_ERASURE_DRIVES} to "
+            f"{MAX_ERASURE_DRIVES} drives"
+        )
     port = port or free_port()
     console = free_port()
     data_dir = data_dir.resolve()
     data_dir.mkdir(parents=True, exist_ok=True)
+    drive_paths = [data_dir] if drives == 1 else [data_dir / f"drive{i}" for i in range(1, drives + 1)]
+    for path in drive_paths:
+        path.mkdir(exist_ok=True)
     queue_dir = data_dir.parent / f"{data_dir.name}-events"
     queue_dir.mkdir(parents=True, exist_ok=True)
     env = {
@@ -262,6 +279,11 @@ def start_minio(
         f"MINIO_NOTIFY_WEBHOOK_ENDPOINT_{WEBHOOK_TARGET.upper()}": webhook_url,
         f"MINIO_NOTIFY_WEBHOOK_QUEUE_DIR_{WEBHOOK_TARGET.upper()}": str(queue_dir),
     }
+    if drives > 1:
+        # MinIO refuses erasure-set drives on the root filesystem ("drive not found", retried forever):
+        # losing that one disk would lose every drive at once. Here the drives are folders on one disk on
+        # purpose, for development and tests; the threshold says no drive above 1 byte is a root drive.
+        env["MINIO_ROOTDRIVE_THRESHOLD_SIZE"] = "1"
     env[f"MINIO_NOTIFY_WEBHOOK_ENABLE_{FAST_WEBHOOK_TARGET}"] = "on"
     env[f"MINIO_NOTIFY_WEBHOOK_ENDPOINT_{FAST_WEBHOOK_TARGET}"] = webhook_url
     if webhook_token:
@@ -273,7 +295,7 @@ def start_minio(
             [
                 minio_binary(),
                 "server",
-                str(data_dir),
+                str(data_dir) if drives == 1 else f"{data_dir}/drive{{1...{drives}}}",
                 "--address",
                 f"127.0.0.1:{port}",
                 "--console-address",
@@ -291,4 +313,9 @@ def start_minio(
             return r.status == 200
 
     _wait(live, "minio", proc, 60, log)
-    return Server("minio", f"http://127.0.0.1:{port}", proc, {"port": port, "log": str(log)})
+    return Server(
+        "minio",
+        f"http://127.0.0.1:{port}",
+        proc,
+        {"port": port, "log": str(log), "drives": [str(p) for p in drive_paths]},
+    )

@@ -83,7 +83,11 @@ def _minio(tmp: Path, port: int, token: str, stack: list) -> tuple[str, str]:
     if not containers.enabled():
         try:
             servers.minio_binary(build=False)
-            server = servers.start_minio(tmp / "minio", f"http://127.0.0.1:{port}/minio/events", token)
+            # BATON_TEST_MINIO_DRIVES=4: the session on one erasure set of 4 drives, as `dev up --cluster`
+            drives = int(os.environ.get("BATON_TEST_MINIO_DRIVES") or 1)
+            server = servers.start_minio(
+                tmp / "minio", f"http://127.0.0.1:{port}/minio/events", token, drives=drives
+            )
             stack.append(server.stop)
             return server.url, "127.0.0.1"
         except servers.ServerError as exc:

@@ -1,0 +1,81 @@
+"""A small Baton stack of its own (notifier, supervisor, router, workers) on servers a test starts itself,
+and a burst of runs through it: for tests that break their servers (a lost drive, a killed MinIO node)
+and so must not share the session's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from baton import client
+from baton.dev import Stack, acl_credentials, local_env, new_passwords, settings_kwargs
+from shared.settings import Settings
+from tests.helpers import wait_for_end
+
+ROOT = Path(__file__).resolve().parent.parent
+TEST_WORKFLOWS = ROOT / "tests" / "workflows.yaml"
+BRIEF = ROOT / "examples" / "briefs" / "topic.md"
+
+
+@contextlib.contextmanager
+def own_stack(
+    root: Path,
+    redis_url: str,
+    s3_url: str,
+    notifier_port: int,
+    token: str,
+    notifier_host: str = "127.0.0.1",
+    workers: int = 2,
+) -> Iterator[Stack]:
+    """Every service as its own process, logged in as its own users (as tests/conftest.py's `stack`);
+    `stack.env` holds the admin credentials. Stopped on exit."""
+    env = local_env(redis_url, s3_url, TEST_WORKFLOWS, notifier_port, token)
+    env["BATON_CWD"] = str(ROOT)
+    env["BATON_NOTIFIER_HOST"] = notifier_host
+    env["BATON_RECLAIM_IDLE_MS"] = "1500"
+    passwords = new_passwords()
+    asyncio.run(client.init_workspace(Settings(**settings_kwargs(env), acl_passwords=passwords)))
+    stack = Stack(root, env, credentials=acl_credentials(env, passwords))
+    try:
+        for name in ("notifier", "supervisor", "router", *["worker"] * workers):
+            stack.start(name)
+        yield stack
+    finally:
+        stack.stop_all()
+
+
+def stack_settings(stack: Stack) -> Settings:
+    return Settings(**settings_kwargs(stack.env))
+
+
+@dataclass
+class Burst:
+    """Runs submitted together: their ids, how each ended, and the wall time from submit to last end."""
+
+    run_ids: list[str]
+    ends: dict[str, str]
+    seconds: float
+
+    @property
+    def completed(self) -> int:
+        return sum(1 for end in self.ends.values() if end == "run.completed")
+
+
+async def burst(settings: Settings, runs: int, timeout: float = 120, during=None) -> Burst:
+    """`runs` content-factory runs (three stages, each reading and writing MinIO) at once; `during`, an
+    async callable, runs once every run is submitted, while they are in flight."""
+    started = time.monotonic()
+    run_ids = await asyncio.gather(
+        *(client.submit(settings, "content-factory", {"brief": BRIEF}) for _ in range(runs))
+    )
+    if during is not None:
+        await during()
+    ended = await asyncio.gather(*(wait_for_end(settings, r, timeout) for r in run_ids))
+    seconds = time.monotonic() - started
+    ends = {run_id: events[-1].type for run_id, events in zip(run_ids, ended, strict=True)}
+    return Burst(list(run_ids), ends, seconds)
