@@ -365,7 +365,9 @@ def dev_up(
     workflows: Path = typer.Option(Path("examples/workflows.yaml"), help="Workflow file."),
     workers: int = typer.Option(2, min=1, help="Worker processes."),
     cluster: bool = typer.Option(
-        False, "--cluster", help="A Valkey cluster (3 masters + 3 replicas) and a 4-drive MinIO instead of one of each."
+        False,
+        "--cluster",
+        help="A Valkey cluster (3 masters + 3 replicas) and a 4-drive MinIO instead of one of each.",
     ),
 ) -> None:
     """Start local Redis, MinIO and every service in the background; print the client environment."""
