@@ -64,6 +64,7 @@ class Console:
         )
         self.env.filters["tojson_pretty"] = lambda v: json.dumps(v, indent=2, default=str)
         self.redis = None
+        self.hub: live.Hub | None = None
         self.storage: Storage | None = None
         self.workflows = load_workflows(settings.workflows).workflows
 
@@ -72,9 +73,12 @@ class Console:
         async with Storage.connect(self.settings) as storage:
             self.storage = storage
             self.redis = redis_client(self.settings)
+            self.hub = live.Hub(self.settings.redis_url, self.redis, self.log)
+            self.hub.start()
             try:
                 yield self
             finally:
+                await self.hub.close()
                 await self.redis.aclose()
 
     # --- helpers -------------------------------------------------------------------------------------
@@ -216,14 +220,15 @@ class Console:
         return self.page(request, f"_{name}.html", **context)
 
     async def stream(self, request: Request) -> Response:
-        """Server-sent events: the run's stream from the start (or after `Last-Event-ID`), by a blocking
-        XREAD; each event once, its entry id as the SSE id. Ends after the run's terminal event."""
+        """Server-sent events: the run's stream from the start (or after `Last-Event-ID`), its history by
+        XRANGE, then live from the console's one shared blocking XREAD (live.Hub); each event once, its
+        entry id as the SSE id. Ends after the run's terminal event."""
         run_id = self.run_id(request)
         after = request.headers.get("last-event-id") or request.query_params.get("after") or "0"
         if not _entry_id(after):
             after = "0"
         return StreamingResponse(
-            live.sse(self.settings.redis_url, run_id, after),
+            self.hub.sse(run_id, after),
             media_type="text/event-stream",
             headers={"cache-control": "no-store", "x-accel-buffering": "no"},
         )
