@@ -125,6 +125,10 @@ class Hub:
                 self.log.warning("console_live_reader_retry", error=str(exc))
                 await retry.failed(exc)
                 continue
+            except Exception as exc:  # noqa: BLE001 - e.g. refused by ACL: logged, retried; pages wait
+                self.log.error("console_live_reader_failed", error=str(exc), exc_info=True)
+                await asyncio.sleep(waits.BACKOFF_MAX)
+                continue
             retry.succeeded()
             for key, entries in reply or ():
                 self.deliver(key.decode(), [to_entry(i, f) for i, f in entries])

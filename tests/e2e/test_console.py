@@ -223,3 +223,22 @@ async def test_a_run_page_opened_before_the_supervisor_takes_the_run_follows_it(
                     break
         assert '"type": "run.completed"' in text
         assert (await http.get(f"/runs/{run_id}")).status_code == 200
+
+
+async def test_search_finds_a_runs_file_through_the_indexer(console, settings, indexer, tmp_path):
+    import asyncio
+    import uuid
+
+    word = "zq" + uuid.uuid4().hex[:12]
+    notes = tmp_path / "notes.md"
+    notes.write_text(f"# Notes\n\nThe {word} protocol.\n")
+    run_id = await client.submit(settings, "copy-files", {"notes": notes})
+    key = f"runs/{run_id}/inputs/notes.md"
+    async with _session(console) as http:
+        async with asyncio.timeout(30):
+            while key not in (page := (await http.get("/search", params={"q": word})).text):  # noqa: ASYNC110
+                await asyncio.sleep(0.2)  # indexed a moment after the upload
+    link = re.search(r'href="(/runs/[^"]+/file\?key=[^"]+)"', page).group(1).replace("&amp;", "&")
+    assert f"/runs/{run_id}/file?key=" in link and "&version=" in link  # the exact version it indexed
+    async with _session(console) as http:
+        assert word in (await http.get(link)).text
