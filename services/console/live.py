@@ -30,7 +30,7 @@ from shared.events import TERMINAL_RUN_EVENTS
 
 BLOCK = 15.0  # seconds the shared XREAD waits; also a quiet page's keep-alive interval
 COUNT = 500  # entries one read returns per stream at most (a long history arrives in chunks)
-QUEUE = 64  # chunks a page may have waiting for its browser before it is cut off (it reconnects)
+QUEUE = 2000  # entries a page may have waiting for its browser (about 1 MB) before it is cut off
 UNBLOCK_RETRY = 0.002  # seconds between CLIENT UNBLOCKs while the XREAD is still on its way to Redis
 
 
@@ -68,7 +68,8 @@ class Page:
 
     key: str
     last: str
-    queue: asyncio.Queue = field(default_factory=lambda: asyncio.Queue(QUEUE))
+    queue: asyncio.Queue = field(default_factory=asyncio.Queue)  # chunks (lists of entries)
+    queued: int = 0  # entries in the queue
     cut: bool = False  # its queue filled up: it gets what is queued, then ends (the browser reconnects)
 
 
@@ -144,19 +145,19 @@ class Hub:
                 continue
             last = entry_key(page.last)
             fresh = [e for e in chunk if entry_key(e.id) > last]
-            try:
-                page.queue.put_nowait(fresh)
-            except asyncio.QueueFull:
+            if page.queued + len(fresh) > self.queue_size:
                 page.cut = True
                 self.leave(page)
-                self.log.info("console_live_page_cut", stream=key, after=page.last, queued=self.queue_size)
+                self.log.info("console_live_page_cut", stream=key, after=page.last, queued=page.queued)
                 continue
+            page.queue.put_nowait(fresh)
+            page.queued += len(fresh)
             page.last = fresh[-1].id
 
     # --- pages joining and leaving -------------------------------------------------------------------
 
     def join(self, key: str, last: str) -> Page:
-        page = Page(key, last, asyncio.Queue(self.queue_size))
+        page = Page(key, last)
         self.pages.setdefault(key, set()).add(page)
         cursor = self.cursors.get(key)
         if cursor is None or entry_key(last) < entry_key(cursor):
@@ -232,6 +233,7 @@ class Hub:
                 except TimeoutError:
                     yield ": keep-alive\n\n"
                     continue
+                page.queued -= len(chunk)
                 text, ended = _text(chunk)
                 yield text
                 if ended:
