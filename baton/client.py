@@ -81,13 +81,19 @@ async def submit(
             path = Path(path)
             if not path.is_file():
                 raise BatonError(f"input {name}={path}: no such file")
-            ctype = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
-            if path.suffix == ".md":
-                ctype = "text/markdown; charset=utf-8"
-            key = f"{run_prefix(run_id)}inputs/{path.name}"
-            refs[name] = await storage.put(key, path.read_bytes(), content_type=ctype, if_none_match=True)
+            refs[name] = await put_input(storage, run_id, path.name, path.read_bytes())
     await publish_run(settings, run_id, workflow, refs, params)
     return run_id
+
+
+async def put_input(storage: Storage, run_id: str, filename: str, data: bytes) -> ObjectRef:
+    """One run input, `runs/<run>/inputs/<filename>`, written once (If-None-Match) and typed by its name:
+    the CLI's and the console's uploads."""
+    ctype = mimetypes.guess_type(filename)[0] or "application/octet-stream"
+    if filename.endswith(".md"):
+        ctype = "text/markdown; charset=utf-8"
+    key = f"{run_prefix(run_id)}inputs/{filename}"
+    return await storage.put(key, data, content_type=ctype, if_none_match=True)
 
 
 async def publish_run(
@@ -316,11 +322,14 @@ async def cancel(
         await client.aclose()
 
 
-async def dlq_list(settings: Settings, count: int = 50) -> list[tuple[str, DeadLetter]]:
-    """The newest dead letters, newest first, with their entry ids in `baton:dlq`."""
+async def dlq_list(
+    settings: Settings, count: int = 50, before: str | None = None
+) -> list[tuple[str, DeadLetter]]:
+    """The newest dead letters (older than entry `before`, for the next page), newest first, with their
+    entry ids in `baton:dlq`."""
     client = connect(settings.redis_url)
     try:
-        entries = await client.xrevrange(streams.DLQ, count=count)
+        entries = await client.xrevrange(streams.DLQ, max=f"({before}" if before else "+", count=count)
     finally:
         await client.aclose()
     return [(i.decode(), DeadLetter.model_validate_json(f[DATA_FIELD.encode()])) for i, f in entries]

@@ -14,6 +14,8 @@ console process (`python -m services.console`), read over HTTP with the bearer t
    SSE streams open all along: a rolling window on the runs being submitted (each stream is opened on a run
    ahead of its submission and ends with the run; the next one opens then). The readers run in a thread of
    the benchmark process; their and the console's CPU are reported.
+4. The runs list paged over 100,000 runs (an index and `core` fields written by the benchmark): the newest
+   page, a deep page, and pages filtered by status and workflow.
 """
 
 from __future__ import annotations
@@ -343,6 +345,54 @@ def hop_overhead(
     return out
 
 
+def runs_list(client: redis.Redis, url: str, token: str, runs: int, requests: int) -> dict:
+    """GET /runs (JSON) over an index of `runs` runs (their index entries and `core` fields written here:
+    1 in 100 failed, 10 workflows): the newest page, a page deep in the index, and filtered pages (status,
+    workflow, both), `requests` times each. The index is left as it was."""
+    prefix, t0 = "bench-list-", time.time() - runs
+    ids = [f"{prefix}{i:07d}" for i in range(runs)]
+    for start in range(0, runs, 5000):
+        pipe = client.pipeline(transaction=False)
+        for i in range(start, min(start + 5000, runs)):
+            core = {
+                "run_id": ids[i],
+                "workflow": f"wf{i % 10}",
+                "pattern": "sequential",
+                "status": "failed" if i % 100 == 0 else "completed",
+                "created_at": f"2026-01-01T00:00:{i % 60:02d}+00:00",
+            }
+            pipe.hset(streams.run_state(ids[i]), "core", json.dumps(core))
+        pipe.zadd(streams.RUN_INDEX, {ids[i]: t0 + i for i in range(start, min(start + 5000, runs))})
+        pipe.execute()
+    total = client.zcard(streams.RUN_INDEX)
+    queries = {
+        "newest page": {},
+        "a page 90,000 runs deep": {"cursor": str(max(0, total - runs // 10))},
+        "status=failed (1 in 100)": {"status": "failed"},
+        "workflow=wf3 (1 in 10)": {"workflow": "wf3"},
+        "status=failed, workflow=wf3 (1 in 1,000)": {"status": "failed", "workflow": "wf3"},
+    }
+    out: dict = {"runs": runs, "index_total": total, "requests": requests, "queries": {}}
+    headers = {"authorization": f"Bearer {token}", "accept": "application/json"}
+    try:
+        with httpx.Client(base_url=url, headers=headers, timeout=30) as http:
+            for label, params in queries.items():
+                times, rows = [], 0
+                for _ in range(requests):
+                    t = time.perf_counter()
+                    resp = http.get("/runs", params=params)
+                    times.append(time.perf_counter() - t)
+                    resp.raise_for_status()
+                    rows = len(resp.json()["runs"])
+                out["queries"][label] = {**_seconds(times), "rows": rows}
+    finally:
+        for start in range(0, runs, 5000):
+            chunk = ids[start : start + 5000]
+            client.zrem(streams.RUN_INDEX, *chunk)
+            client.delete(*(streams.run_state(i) for i in chunk))
+    return out
+
+
 def _ratio(a, b) -> float | None:
     return round(a / b, 3) if a is not None and b else None
 
@@ -355,6 +405,7 @@ def scenario(
     rate: float,
     seconds: float,
     workers: int,
+    list_runs: int = 100_000,
 ) -> dict:
     client = srv.clean()
     width = max(1, events // EVENTS_PER_SUBTASK)
@@ -381,6 +432,8 @@ def scenario(
         out["hops"] = whole_runs._attempt(
             lambda: hop_overhead(stack, client, url, token, pages, rate, seconds)
         )
+        print(f"- console: the runs list over an index of {list_runs:,} runs", flush=True)
+        out["runs_list"] = whole_runs._attempt(lambda: runs_list(client, url, token, list_runs, requests))
         out["console_log"] = whole_runs._log_problems(stack, "console")
     finally:
         stack.stop_all()
@@ -474,6 +527,17 @@ def table(results: dict, busy_cores: float) -> list[str]:
                 )
     elif hops:
         lines.append(f"hop latency with open streams: FAILED {hops.get('error', '')[:200]}")
+    listing = con.get("runs_list") or {}
+    if listing.get("queries"):
+        lines += [
+            f"The runs list (GET /runs, JSON, pages of up to 50) over an index of "
+            f"{listing['index_total']:,} runs, {listing['requests']} requests each",
+            f"{'':42} {'p50 s':>7} {'max s':>7} {'rows':>5}",
+        ]
+        for label, r in listing["queries"].items():
+            lines.append(f"{label:42} {_f(r['p50_s'], '.3f'):>7} {_f(r['max_s'], '.3f'):>7} {r['rows']:>5}")
+    elif listing:
+        lines.append(f"runs list: FAILED {listing.get('error', '')[:200]}")
     return lines
 
 
@@ -530,4 +594,14 @@ def markdown(results: dict) -> list[str]:
         live = hops.get("live")
         if live:
             out.append(f"| live updates, all steps | | | {_f(live['p50_ms'])} / {_f(live['p99_ms'])} |")
+    listing = con.get("runs_list") or {}
+    if listing.get("queries"):
+        out += [
+            "",
+            f"| console: the runs list over {listing['index_total']:,} runs (JSON, pages of up to 50) "
+            "| p50 s | max s | rows |",
+            "| --- | ---: | ---: | ---: |",
+        ]
+        for label, r in listing["queries"].items():
+            out.append(f"| {label} | {_f(r['p50_s'], '.3f')} | {_f(r['max_s'], '.3f')} | {r['rows']} |")
     return out

@@ -103,6 +103,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--console-seconds", type=float, default=10.0, help="seconds each console hop step submits"
     )
+    p.add_argument(
+        "--console-list-runs", type=int, default=100_000, help="runs in the index of the console's runs list"
+    )
     p.add_argument("--out", type=Path, default=ROOT / "bench" / "results.json")
     p.add_argument("--keep", action="store_true", help="keep the work folder (logs) after the run")
     p.add_argument(
@@ -126,6 +129,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.widths = "10,100"
         args.console_events = min(args.console_events, 1000)
         args.console_seconds = min(args.console_seconds, 3.0)
+        args.console_list_runs = min(args.console_list_runs, 10_000)
     return args
 
 
@@ -349,6 +353,7 @@ def main(argv: list[str] | None = None) -> None:
                 args.console_rate,
                 args.console_seconds,
                 args.run_workers,
+                args.console_list_runs,
             )
         if "cluster" in only:
             results["cluster"] = cluster_bench.scenario(

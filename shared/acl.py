@@ -333,7 +333,9 @@ _ROOT = {
     "supervisor": TRANSACTIONS,
     "worker": TRANSACTIONS,  # outcome + done-mark in one MULTI/EXEC on the per-message path (BATON_BATCH=0)
     "indexer": TRANSACTIONS,
-    "console": TRANSACTIONS,  # a dead letter's replay: XADD back and XDEL in one MULTI/EXEC
+    # a dead letter's replay: XADD back and XDEL in one MULTI/EXEC; the one live reader's XREAD is re-armed
+    # with a new page's stream by CLIENT UNBLOCK of its own connection (services/console/live.py)
+    "console": (*TRANSACTIONS, "client|id", "client|unblock"),
     "cli": (*TRANSACTIONS, "scan"),  # `baton trim` finds the agent streams with SCAN ... TYPE stream
 }
 

@@ -37,7 +37,7 @@ from starlette.staticfiles import StaticFiles
 from baton import client
 from services.mcp.app import _guess_type, _Server, is_loopback
 from shared import streams
-from shared.errors import BatonError, KeyValidationError, ObjectMissingError, PreconditionFailedError
+from shared.errors import BatonError, KeyValidationError, ObjectMissingError
 from shared.events import ID_PATTERN, ObjectRef, utcnow
 from shared.logging import configure_logging
 from shared.service import mark_ready, redis_client
@@ -51,6 +51,7 @@ from .auth import COOKIE, LOGIN_COOKIE, ConsoleAuth, SecurityHeaders, csrf_ok, n
 
 SERVICE = "console"
 HERE = Path(__file__).parent
+UPLOADS = 3  # input files one submit form takes (name{i}, file{i})
 _RUN_ID = re.compile(ID_PATTERN)
 
 
@@ -64,6 +65,7 @@ class Console:
         )
         self.env.filters["tojson_pretty"] = lambda v: json.dumps(v, indent=2, default=str)
         self.redis = None
+        self.hub: live.Hub | None = None
         self.storage: Storage | None = None
         self.workflows = load_workflows(settings.workflows).workflows
 
@@ -72,9 +74,12 @@ class Console:
         async with Storage.connect(self.settings) as storage:
             self.storage = storage
             self.redis = redis_client(self.settings)
+            self.hub = live.Hub(self.settings.redis_url, self.redis, self.log)
+            self.hub.start()
             try:
                 yield self
             finally:
+                await self.hub.close()
                 await self.redis.aclose()
 
     # --- helpers -------------------------------------------------------------------------------------
@@ -181,9 +186,10 @@ class Console:
             except BatonError as exc:
                 return JSONResponse({"error": str(exc)}, 404)
             return JSONResponse(json.loads(json.dumps(status, default=lambda o: o.model_dump(mode="json"))))
-        if state is None and not await self.redis.xrevrange(streams.run_events(run_id), count=1):
-            return self.page(request, "error.html", 404, message=f"No run {run_id} (yet).")
-        return self.page(request, "run.html", run_id=run_id, state=state)
+        # A run just submitted (the form redirects here at once) is unknown until the supervisor takes it:
+        # its page is served all the same (404, "not known yet") and follows the run once it appears.
+        unknown = state is None and not await self.redis.xrevrange(streams.run_events(run_id), count=1)
+        return self.page(request, "run.html", 404 if unknown else 200, run_id=run_id, state=state)
 
     async def panel(self, request: Request) -> Response:
         """A part of the run page, re-rendered when the run's stream says something changed."""
@@ -216,14 +222,15 @@ class Console:
         return self.page(request, f"_{name}.html", **context)
 
     async def stream(self, request: Request) -> Response:
-        """Server-sent events: the run's stream from the start (or after `Last-Event-ID`), by a blocking
-        XREAD; each event once, its entry id as the SSE id. Ends after the run's terminal event."""
+        """Server-sent events: the run's stream from the start (or after `Last-Event-ID`), its history by
+        XRANGE, then live from the console's one shared blocking XREAD (live.Hub); each event once, its
+        entry id as the SSE id. Ends after the run's terminal event."""
         run_id = self.run_id(request)
         after = request.headers.get("last-event-id") or request.query_params.get("after") or "0"
         if not _entry_id(after):
             after = "0"
         return StreamingResponse(
-            live.sse(self.settings.redis_url, run_id, after),
+            self.hub.sse(run_id, after),
             media_type="text/event-stream",
             headers={"cache-control": "no-store", "x-accel-buffering": "no"},
         )
@@ -280,9 +287,7 @@ class Console:
 
     async def submit(self, request: Request) -> Response:
         if request.method == "GET":
-            return self.page(
-                request, "submit.html", workflows=self.workflows, chosen=request.query_params.get("workflow")
-            )
+            return self.submit_page(request, 200, request.query_params.get("workflow"))
         form = await self.form(request)
         workflow = str(form.get("workflow") or "")
         error = None
@@ -297,36 +302,30 @@ class Console:
             except ValueError as exc:
                 error = f"params: {exc}"
         if error:
-            return self.page(
-                request, "submit.html", 400, workflows=self.workflows, chosen=workflow, error=error
-            )
+            return self.submit_page(request, 400, workflow, error)
         run_id = client.new_run_id()
         refs: dict[str, ObjectRef] = {}
-        for i in range(1, 6):
+        for i in range(1, UPLOADS + 1):
             upload = form.get(f"file{i}")
             if upload is None or not getattr(upload, "filename", ""):
                 continue
-            filename = posixpath.basename(upload.filename)
+            filename = posixpath.basename(upload.filename.replace("\\", "/"))
             name = str(form.get(f"name{i}") or "").strip() or posixpath.splitext(filename)[0]
-            key = f"{run_prefix(run_id)}inputs/{filename}"
             try:
-                refs[name] = await self.storage.put(
-                    key, await upload.read(), content_type=_guess_type(filename), if_none_match=True
-                )
-            except (KeyValidationError, PreconditionFailedError) as exc:
-                return self.page(
-                    request,
-                    "submit.html",
-                    400,
-                    workflows=self.workflows,
-                    chosen=workflow,
-                    error=f"input {name!r}: {exc}",
-                )
+                if name in refs:
+                    raise BatonError("two inputs have this name")
+                refs[name] = await client.put_input(self.storage, run_id, filename, await upload.read())
+            except BatonError as exc:  # a bad file name, or the same file twice
+                return self.submit_page(request, 400, workflow, f"input {name!r}: {exc}")
         await client.publish_run(self.settings, run_id, workflow, refs, params, sender=SERVICE)
         self.log.info("console_run_submitted", submitted_run=run_id, workflow=workflow)
         if request.state.via == "bearer":
             return JSONResponse({"run_id": run_id, "workflow": workflow}, 201)
         return RedirectResponse(f"/runs/{run_id}", 303)
+
+    def submit_page(self, request: Request, status: int, chosen: str | None, error: str | None = None):
+        context = {"workflows": self.workflows, "chosen": chosen, "error": error, "uploads": UPLOADS}
+        return self.page(request, "submit.html", status, **context)
 
     async def inbox(self, request: Request) -> Response:
         items = []
@@ -348,12 +347,21 @@ class Console:
         return self.page(request, "inbox.html", items=items)
 
     async def dlq(self, request: Request) -> Response:
-        letters = await client.dlq_list(self.settings, 100)
+        """Dead letters newest first, a page at a time: XREVRANGE from before the last one shown."""
+        before = request.query_params.get("before") or None
+        if before is not None and not _entry_id(before):
+            return PlainTextResponse(f"before={before!r} is not a stream entry id", 400)
+        size = self.settings.console_page_size
+        letters = await client.dlq_list(self.settings, size, before)
+        next_before = letters[-1][0] if len(letters) == size else None
         if _wants_json(request):
             return JSONResponse(
-                {"dead_letters": [{"entry": i, **d.model_dump(mode="json")} for i, d in letters]}
+                {
+                    "dead_letters": [{"entry": i, **d.model_dump(mode="json")} for i, d in letters],
+                    "next_before": next_before,
+                }
             )
-        return self.page(request, "dlq.html", letters=letters)
+        return self.page(request, "dlq.html", letters=letters, before=before, next_before=next_before)
 
     async def dlq_show(self, request: Request) -> Response:
         entry = request.path_params["entry"]

@@ -161,3 +161,84 @@ async def test_the_event_stream_resumes_after_the_last_event_id_and_ends_with_th
         assert len(ids) >= 4 and whole.rstrip().endswith("event: end\ndata: {}")
         rest = (await http.get(f"/runs/{run_id}/stream", headers={"last-event-id": ids[1]})).text
         assert re.findall(r"^id: (\S+)$", rest, re.M) == ids[2:]
+
+
+async def test_dead_letters_are_paged_shown_and_replayed(console, settings):
+    import redis.asyncio as aioredis
+
+    from shared import streams
+    from shared.broker import DATA_FIELD, encode
+    from shared.events import DeadLetter, RunSubmitted
+
+    run_id = client.new_run_id()
+    valid = RunSubmitted(run_id=run_id, workflow="copy-files", sender="test")
+    letters = [
+        DeadLetter(stream=streams.RUNS, service="test", reason=f"lost <b>{i}</b>", raw='{"type": "nope"}')
+        for i in range(120)
+    ]
+    raw = encode(valid)[DATA_FIELD].decode()
+    letters.append(DeadLetter(stream=streams.RUNS, service="test", reason="now valid", raw=raw))
+    r = aioredis.Redis.from_url(settings.redis_url)
+    try:
+        ids = [(await r.xadd(streams.DLQ, {DATA_FIELD: d.model_dump_json()})).decode() for d in letters]
+        async with _bearer(console, accept="application/json") as http:
+            seen, before = [], None
+            while len(seen) < len(ids):  # newest first, a page at a time, each once
+                page = (await http.get("/dlq", params={"before": before} if before else {})).json()
+                seen += [d["entry"] for d in page["dead_letters"]]
+                before = page["next_before"]
+                if len(seen) < len(ids):  # a full page, and where the next one starts
+                    assert len(page["dead_letters"]) == settings.console_page_size and before == seen[-1]
+            assert seen[: len(ids)] == list(reversed(ids))
+        async with _session(console) as http:
+            older = await http.get("/dlq", params={"before": ids[-1]})
+            assert ids[-2] in older.text and ids[-1] not in older.text and "Older dead letters" in older.text
+            shown = await http.get(f"/dlq/{ids[0]}")
+            assert "lost &lt;b&gt;0&lt;/b&gt;" in shown.text and "<b>0</b>" not in shown.text
+            csrf = _csrf(shown.text)
+            kept = await http.post(f"/dlq/{ids[0]}/replay", data={"csrf": csrf})
+            assert "kept: still invalid" in kept.text
+            replayed = await http.post(f"/dlq/{ids[-1]}/replay", data={"csrf": csrf})
+            assert f"replayed to {streams.RUNS}" in replayed.text
+        events = await wait_for_end(settings, run_id)
+        assert events[-1].type == "run.completed", events[-1]
+        assert await r.xrange(streams.DLQ, min=ids[-1], max=ids[-1]) == []
+    finally:
+        await r.xdel(streams.DLQ, *ids)
+        await r.aclose()
+
+
+async def test_a_run_page_opened_before_the_supervisor_takes_the_run_follows_it(console, settings):
+    run_id = client.new_run_id()  # the submit form redirects at once: the supervisor may not have it yet
+    async with _session(console) as http:
+        early = await http.get(f"/runs/{run_id}")
+        assert early.status_code == 404 and "Not known yet" in early.text
+        assert f'data-stream="/runs/{run_id}/stream"' in early.text  # the page follows it all the same
+        async with http.stream("GET", f"/runs/{run_id}/stream", timeout=60) as live:
+            await client.submit(settings, "copy-files", {}, run_id=run_id)
+            text = ""
+            async for chunk in live.aiter_text():
+                text += chunk
+                if "event: end" in text:
+                    break
+        assert '"type": "run.completed"' in text
+        assert (await http.get(f"/runs/{run_id}")).status_code == 200
+
+
+async def test_search_finds_a_runs_file_through_the_indexer(console, settings, indexer, tmp_path):
+    import asyncio
+    import uuid
+
+    word = "zq" + uuid.uuid4().hex[:12]
+    notes = tmp_path / "notes.md"
+    notes.write_text(f"# Notes\n\nThe {word} protocol.\n")
+    run_id = await client.submit(settings, "copy-files", {"notes": notes})
+    key = f"runs/{run_id}/inputs/notes.md"
+    async with _session(console) as http:
+        async with asyncio.timeout(30):
+            while key not in (page := (await http.get("/search", params={"q": word})).text):  # noqa: ASYNC110
+                await asyncio.sleep(0.2)  # indexed a moment after the upload
+    link = re.search(r'href="(/runs/[^"]+/file\?key=[^"]+)"', page).group(1).replace("&amp;", "&")
+    assert f"/runs/{run_id}/file?key=" in link and "&version=" in link  # the exact version it indexed
+    async with _session(console) as http:
+        assert word in (await http.get(link)).text

@@ -11,14 +11,17 @@ import shutil
 from pathlib import Path
 
 import pytest
+import redis.asyncio as aioredis
 
 from baton import client
+from shared.runs import get_run
+from shared.storage import Storage
 from tests.e2e.test_hierarchical_pattern import sub
 from tests.helpers import wait_for_end
 
 pytestmark = pytest.mark.e2e
 ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts" / "console"
-WAIT_MS = 60_000  # a loaded 2-core CI machine: the live stream once took over 30 s to open
+WAIT_MS = 60_000  # a loaded 2-core CI machine is slow, not stuck
 
 
 def _chromium() -> str:
@@ -93,6 +96,43 @@ async def test_a_run_submitted_from_the_form_shows_its_timeline_live(browser, co
         await page.screenshot(path=ARTIFACTS / "run-timeline.png", full_page=True)
     finally:
         await ctx.close()
+
+
+async def test_files_uploaded_in_the_form_become_the_runs_inputs(browser, console, settings, tmp_path):
+    notes = tmp_path / "notes.md"
+    notes.write_text("# Notes\n\nuploaded from the form\n")
+    data = tmp_path / "data.json"
+    data.write_text('{"rows": 3}\n')
+    ctx, page = await _login(browser, console)
+    try:
+        await page.goto(f"{console.url}/submit")
+        await page.select_option("select[name=workflow]", "copy-files")
+        await page.set_input_files("input[name=file1]", str(notes))
+        await page.fill("input[name=name2]", "table")
+        await page.set_input_files("input[name=file2]", str(data))
+        await page.screenshot(path=ARTIFACTS / "submit-upload.png", full_page=True)
+        await page.click("form.submit button[type=submit]")
+        await page.wait_for_url("**/runs/r-*", timeout=WAIT_MS)
+        run_id = page.url.rsplit("/", 1)[1]
+        await page.wait_for_selector("#run-status .s-completed", timeout=WAIT_MS)
+        summary = await page.inner_text("#summary")
+        assert "notes: notes.md" in summary and "table: data.json" in summary
+    finally:
+        await ctx.close()
+    events = await wait_for_end(settings, run_id)
+    redis = aioredis.Redis.from_url(settings.redis_url)
+    try:
+        inputs = (await get_run(redis, run_id)).inputs
+    finally:
+        await redis.aclose()
+    assert {n: r.key for n, r in inputs.items()} == {  # where `baton submit` puts them
+        "notes": f"runs/{run_id}/inputs/notes.md",
+        "table": f"runs/{run_id}/inputs/data.json",
+    }
+    assert events[-1].type == "run.completed", events[-1]
+    async with Storage.connect(settings) as storage:
+        assert await storage.get(inputs["notes"]) == notes.read_bytes()
+        assert await storage.get(inputs["table"]) == data.read_bytes()
 
 
 async def test_approving_in_the_inbox_resumes_the_run_to_its_end(browser, console, settings):

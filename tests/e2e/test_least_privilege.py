@@ -243,6 +243,10 @@ async def test_the_console_reads_runs_and_writes_only_run_inputs_and_responses(s
         await _refused(r.xreadgroup(streams.SUPERVISOR_GROUP, "thief", {streams.RUNS: ">"}, count=1))
         await _refused(r.keys("*"))
         await _refused(r.set(streams.run_cancelled("lp-none"), "1"))
+        # its one live reader is re-armed by CLIENT UNBLOCK; no other CLIENT subcommand
+        assert await r.client_unblock(await r.client_id()) == 0
+        await _refused(r.client_kill_filter(_id=await r.client_id()))
+        await _refused(r.client_list())
 
 
 async def test_router_indexer_and_supervisor_are_limited_too(stack, settings):

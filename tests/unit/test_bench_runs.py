@@ -183,8 +183,17 @@ def test_the_console_tables_render_a_real_result_and_failures():
     text = "\n".join(console.table(json.loads(json.dumps(real)), 0.25))
     assert "run page: FAILED RuntimeError" in text and "10 unfinished" in text and "0.50!" in text
     assert "p99 9.0 ms" in text and "of which after the event entered" in text
+    real["console"]["runs_list"] = {
+        "runs": 100_000,
+        "index_total": 100_010,
+        "requests": 5,
+        "queries": {"status=failed (1 in 100)": {"p50_s": 0.2, "max_s": 0.3, "count": 5, "rows": 50}},
+    }
+    text = "\n".join(console.table(json.loads(json.dumps(real)), 0.25))
+    assert "over an index of 100,010 runs" in text and "status=failed (1 in 100)" in text
     md = "\n".join(console.markdown(real))
     assert "| 50 | - / - | - | 1.0 / 9.0 |" in md
+    assert "| status=failed (1 in 100) | 0.200 | 0.300 | 50 |" in md
     assert console.table({"console": {"page": {}, "hops": {"ok": False, "error": "boom"}}}, 0.25)[
         -1
     ].endswith("boom")

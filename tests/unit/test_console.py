@@ -56,3 +56,19 @@ def test_a_session_is_bound_to_the_token_and_its_csrf_token_reveals_neither():
     assert auth.session_nonce("secret-token", None) is None
     csrf = auth.csrf_token("secret-token", nonce)
     assert "secret-token" not in csrf and csrf != cookie.partition(".")[2]
+
+
+def test_baton_dev_up_prints_the_consoles_address_and_token(monkeypatch, tmp_path):
+    from typer.testing import CliRunner
+
+    from baton import cli
+
+    env = {
+        "REDIS_URL": "redis://x", "S3_ENDPOINT_URL": "http://s3", "S3_ACCESS_KEY": "a", "S3_SECRET_KEY": "s",
+        "BATON_BUCKET": "b", "BATON_WORKFLOWS": "w.yaml", "BATON_CONSOLE_PORT": "9914",
+        "BATON_CONSOLE_TOKEN": "t0ken",
+    }  # fmt: skip
+    monkeypatch.setattr(cli.dev, "up", lambda root, workflows, workers: env)
+    result = CliRunner().invoke(cli.app, ["dev", "up"])
+    assert result.exit_code == 0, result.output
+    assert "# console: http://127.0.0.1:9914/ token t0ken" in result.output
