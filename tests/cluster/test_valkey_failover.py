@@ -374,3 +374,37 @@ def test_dev_up_cluster_runs_the_services_on_a_cluster_and_dev_down_stops_every_
         down = subprocess.run([*baton, "dev", "down"], cwd=tmp_path, env=env, capture_output=True, text=True)
     assert down.returncode == 0, down.stderr
     assert pids and not [h for h, pid in pids.items() if baton_servers._alive(pid)]
+
+
+async def test_the_consoles_live_pages_follow_runs_in_different_slots(settings, stack, local_cluster):
+    """On a cluster the console's hub reads each hash slot apart (one XREAD cannot span slots): three
+    pages on three runs each get their own run's events, every one once, in order."""
+    import re
+
+    import structlog
+
+    from services.console import live
+    from tests.helpers import wait_for_end
+
+    control = connect(settings.redis_url)
+    hub = live.Hub(settings.redis_url, control, structlog.get_logger())
+    hub.start()
+    try:
+        run_ids = [client.new_run_id() for _ in range(3)]
+        assert len({r.keyslot(streams.run_events(x)) for r in [control] for x in run_ids}) == 3
+
+        async def page(run_id: str) -> str:
+            return "".join([chunk async for chunk in hub.sse(run_id)])
+
+        pages = [asyncio.create_task(page(run_id)) for run_id in run_ids]
+        await asyncio.sleep(0.5)  # the pages are open before their runs start
+        await _submit(control, run_ids)
+        texts = await asyncio.wait_for(asyncio.gather(*pages), 60)
+        for run_id, text in zip(run_ids, texts, strict=True):
+            events = await wait_for_end(settings, run_id)
+            assert events[-1].type == "run.completed"
+            entries = [e.decode() for e, _ in await control.xrange(streams.run_events(run_id))]
+            assert re.findall(r"^id: (\S+)$", text, re.M) == entries
+    finally:
+        await hub.close()
+        await control.aclose()

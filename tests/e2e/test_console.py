@@ -164,11 +164,11 @@ async def test_the_event_stream_resumes_after_the_last_event_id_and_ends_with_th
 
 
 async def test_dead_letters_are_paged_shown_and_replayed(console, settings):
-    import redis.asyncio as aioredis
 
     from shared import streams
     from shared.broker import DATA_FIELD, encode
     from shared.events import DeadLetter, RunSubmitted
+    from shared.redisconn import connect
 
     run_id = client.new_run_id()
     valid = RunSubmitted(run_id=run_id, workflow="copy-files", sender="test")
@@ -178,7 +178,7 @@ async def test_dead_letters_are_paged_shown_and_replayed(console, settings):
     ]
     raw = encode(valid)[DATA_FIELD].decode()
     letters.append(DeadLetter(stream=streams.RUNS, service="test", reason="now valid", raw=raw))
-    r = aioredis.Redis.from_url(settings.redis_url)
+    r = connect(settings.redis_url)
     try:
         ids = [(await r.xadd(streams.DLQ, {DATA_FIELD: d.model_dump_json()})).decode() for d in letters]
         async with _bearer(console, accept="application/json") as http:

@@ -11,9 +11,9 @@ import shutil
 from pathlib import Path
 
 import pytest
-import redis.asyncio as aioredis
 
 from baton import client
+from shared.redisconn import connect
 from shared.runs import get_run
 from shared.storage import Storage
 from tests.e2e.test_hierarchical_pattern import sub
@@ -120,7 +120,7 @@ async def test_files_uploaded_in_the_form_become_the_runs_inputs(browser, consol
     finally:
         await ctx.close()
     events = await wait_for_end(settings, run_id)
-    redis = aioredis.Redis.from_url(settings.redis_url)
+    redis = connect(settings.redis_url)
     try:
         inputs = (await get_run(redis, run_id)).inputs
     finally:

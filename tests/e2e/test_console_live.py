@@ -9,13 +9,13 @@ import re
 
 import httpx
 import pytest
-import redis.asyncio as aioredis
 import structlog
 
 from baton import client
 from services.console import live
 from shared import streams
 from shared.broker import DATA_FIELD
+from shared.redisconn import connect
 from tests.helpers import wait_for_end
 
 pytestmark = pytest.mark.e2e
@@ -23,7 +23,7 @@ IDS = re.compile(r"^id: (\S+)$", re.M)
 
 
 async def _live_connections(settings) -> list[str]:
-    r = aioredis.Redis.from_url(settings.redis_url)
+    r = connect(settings.redis_url)
     try:
         return [c["name"] for c in await r.client_list() if c["name"].startswith("baton-console")]
     finally:
@@ -66,7 +66,7 @@ async def test_open_pages_share_one_reader_and_each_follows_its_own_run(console,
 
 @contextlib.asynccontextmanager
 async def _hub(settings, **kw):
-    control = aioredis.Redis.from_url(settings.redis_url)
+    control = connect(settings.redis_url)
     hub = live.Hub(settings.redis_url, control, structlog.get_logger(), **kw)
     hub.start()
     try:
@@ -134,7 +134,7 @@ async def test_a_page_too_slow_for_its_run_is_cut_and_resumes_after_its_last_eve
 
 
 async def _xrange(settings, key: str):
-    r = aioredis.Redis.from_url(settings.redis_url)
+    r = connect(settings.redis_url)
     try:
         return await r.xrange(key)
     finally:
