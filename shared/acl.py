@@ -139,7 +139,11 @@ def _supervisor_grants() -> list[Grant]:
             ("expire",),
         ),
         Grant("make an ended run's done-marks exist, so they expire", (streams.DONE_PATTERN,), ("hsetnx",)),
-        Grant("the run index", (streams.RUN_INDEX,), ("zadd", "zremrangebyscore")),
+        Grant(
+            "the run index, by status and by workflow",
+            (streams.RUN_INDEX, streams.run_status_index("*"), streams.run_workflow_index("*")),
+            ("zadd", "zrem", "zremrangebyscore"),
+        ),
         Grant("mark cancelled runs", (streams.run_cancelled("*"),), ("set",)),
         Grant(
             "delayed retries and deadlines",
@@ -270,14 +274,19 @@ def _console_grants() -> list[Grant]:
             read_only=True,
         ),
         Grant(
-            "the runs list, paged; the inbox",
-            (streams.RUN_INDEX, streams.RUNS_WAITING),
+            "the runs list, paged (by status or workflow too); the inbox",
+            (
+                streams.RUN_INDEX,
+                streams.run_status_index("*"),
+                streams.run_workflow_index("*"),
+                streams.RUNS_WAITING,
+            ),
             ("zrevrange", "zcard", "smembers"),
             read_only=True,
         ),
         *_search_client(),
         Grant(
-            "dead letters: list, show, replay (MULTI: XADD back, XDEL)",
+            "dead letters: list, show, replay (XADD back, then XDEL)",
             (streams.DLQ,),
             ("xrange", "xrevrange", "xdel"),
         ),
@@ -304,7 +313,7 @@ def _cli_grants() -> list[Grant]:
         ),
         *_search_client(),
         Grant(
-            "dead letters: list, show, replay (MULTI: XADD back, XDEL)",
+            "dead letters: list, show, replay (XADD back, then XDEL)",
             (streams.DLQ,),
             ("xrange", "xrevrange", "xdel"),
         ),

@@ -94,11 +94,20 @@ class Effects(BaseModel):
     created: float | None = Field(None, description="A new run: its place in the run index.")
     ask: bool = Field(False, description="The run started waiting: apply a response already there.")
     ended: bool = Field(False, description="The run ended: its workers' done-marks expire with it.")
+    moved: str | None = Field(
+        None, description="The status the run left ('' for a new run): the status indexes follow it."
+    )
 
     @property
     def owed(self) -> bool:
         return bool(
-            self.tasks or self.copies or self.index or self.ask or self.ended or self.created is not None
+            self.tasks
+            or self.copies
+            or self.index
+            or self.ask
+            or self.ended
+            or self.created is not None
+            or self.moved is not None
         )
 
 

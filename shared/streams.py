@@ -20,10 +20,22 @@ ROUTER_GROUP = "router"
 INDEXER_GROUP = "indexer"  # reads OBJECTS (to index) and SEARCH (to answer)
 
 RUN_INDEX = "baton:runs:index"  # sorted set of run ids by submission time
+RUN_STATUS_INDEX_PREFIX = "baton:runs:index:status:"  # + status: sorted set of run ids by submission time
+RUN_WORKFLOW_INDEX_PREFIX = "baton:runs:index:workflow:"  # + workflow: the same, per workflow
 RUNS_WAITING = "baton:runs:waiting"  # set of runs waiting for a person (advisory: check each run's state)
 # notifier: S3 events already published (expiring marks). The hash tag is OBJECTS' name: a mark is set in
 # one script with the entry it marks, so both must be in one slot.
 OBJECTS_SEEN_PREFIX = "{baton:objects}:seen:"
+
+
+def run_status_index(status: str) -> str:
+    """The runs now in `status`, by submission time (the supervisor moves a run as its status changes)."""
+    return RUN_STATUS_INDEX_PREFIX + status
+
+
+def run_workflow_index(workflow: str) -> str:
+    """The runs of one workflow, by submission time."""
+    return RUN_WORKFLOW_INDEX_PREFIX + workflow
 
 
 def agent_stream(agent: str) -> str:

@@ -49,15 +49,22 @@ def _row(run_id: str, core: dict[str, Any]) -> dict[str, Any]:
 async def page_runs(
     redis, *, cursor: int = 0, size: int = 50, status: str = "", workflow: str = "", waiting: bool = False
 ) -> RunsPage:
-    """One page of runs, newest first: ZREVRANGE over the run index from `cursor`, each run's core only
-    (HGET), filtered. A page reads at most SCAN_LIMIT index entries, so a rare filter over 100,000 runs
-    returns a short page with a cursor to go on, instead of reading them all."""
+    """One page of runs, newest first: ZREVRANGE from `cursor` over the index that fits the filter (the
+    runs in one status, or of one workflow, kept by the supervisor; else every run), each run's core only
+    (HGET). With both filters the status index is read and the workflow checked on each core; a page reads
+    at most SCAN_LIMIT index entries, so it stays bounded (a short page, with a cursor to go on)."""
     if waiting:
         return await _waiting_page(redis, cursor, size, workflow)
-    page = RunsPage(total=await redis.zcard(streams.RUN_INDEX))
+    if status:
+        index = streams.run_status_index(status)
+    elif workflow:
+        index = streams.run_workflow_index(workflow)
+    else:
+        index = streams.RUN_INDEX
+    page = RunsPage(total=await redis.zcard(index))
     pos = cursor
     while len(page.rows) < size and page.scanned < SCAN_LIMIT:
-        ids = [i.decode() for i in await redis.zrevrange(streams.RUN_INDEX, pos, pos + CHUNK - 1)]
+        ids = [i.decode() for i in await redis.zrevrange(index, pos, pos + CHUNK - 1)]
         if not ids:
             return page
         async with redis.pipeline(transaction=False) as pipe:

@@ -139,6 +139,7 @@ class Engine:
                 return Outcome(None, None, loaded)
             state, first = first or loaded.view(), None  # (`first`: the caller's unchanged view of `loaded`)
             was_waiting = state.status == "waiting_for_human"
+            old_status = state.status
             try:
                 decision = choose(state)
             except Need as need:
@@ -163,6 +164,9 @@ class Engine:
             faults.point("supervisor.before_commit")  # the decision's files written, nothing committed
             if loaded.rev is None:  # a new run: listed in the run index once committed
                 effects.created = new.created_at.timestamp()
+                effects.moved = ""
+            elif old_status != new.status:
+                effects.moved = old_status
             if await self.store.commit(loaded, new, ops, (cause, effects) if effects.owed else None):
                 break
             # Another handler or replica committed meanwhile: read what we had read again, decide again.
@@ -301,7 +305,13 @@ class Engine:
         if effects.index:
             await sync_waiting(self.redis, state)
         if effects.created is not None:
+            self.db.call("ZADD", streams.run_workflow_index(state.workflow), effects.created, state.run_id)
             await self.db.call("ZADD", streams.RUN_INDEX, effects.created, state.run_id)
+        if effects.moved is not None:  # the status indexes (the console's filters) follow the run
+            if effects.moved:
+                self.db.call("ZREM", streams.run_status_index(effects.moved), state.run_id)
+            score = state.created_at.timestamp()
+            await self.db.call("ZADD", streams.run_status_index(state.status), score, state.run_id)
         if effects.ended:
             # (the hash may not exist yet: a late outcome would create it without a TTL)
             done = streams.run_done(state.run_id, self.settings.result_partitions)

@@ -34,6 +34,9 @@ return 0
 """
 
 
+ENDED_STATUSES = ("completed", "failed", "cancelled")  # (a run still going stays in its status index)
+
+
 async def run_timers(eng: Engine) -> None:
     """Fire due timers every `ROUND_S`, and drop expired runs from the run index now and then."""
     rounds = 0
@@ -43,6 +46,10 @@ async def run_timers(eng: Engine) -> None:
             if rounds % 300 == 0:
                 cutoff = utcnow().timestamp() - eng.retention_s
                 await eng.redis.zremrangebyscore(streams.RUN_INDEX, "-inf", cutoff)
+                for key in [streams.run_status_index(s) for s in ENDED_STATUSES] + [
+                    streams.run_workflow_index(w) for w in eng.workflows.workflows
+                ]:
+                    await eng.redis.zremrangebyscore(key, "-inf", cutoff)
         except asyncio.CancelledError:
             raise
         except Exception:  # noqa: BLE001 - Redis briefly away: next round
