@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from baton import client
+from baton import client, servers
 from baton.dev import Stack, acl_credentials, local_env, new_passwords, settings_kwargs
 from shared.settings import Settings
 from tests.helpers import wait_for_end
@@ -38,6 +38,9 @@ def own_stack(
     env["BATON_CWD"] = str(ROOT)
     env["BATON_NOTIFIER_HOST"] = notifier_host
     env["BATON_RECLAIM_IDLE_MS"] = "1500"
+    # the test workflows' `kind: a2a` agents need these to start (no test here calls them)
+    env["A2A_TEST_URL"] = f"http://127.0.0.1:{servers.free_port()}"
+    env["A2A_TEST_TOKEN"] = "not-the-token"
     passwords = new_passwords()
     asyncio.run(client.init_workspace(Settings(**settings_kwargs(env), acl_passwords=passwords)))
     stack = Stack(root, env, credentials=acl_credentials(env, passwords))
