@@ -90,7 +90,9 @@ def _wait_for_trace(jaeger, run_id: str, ready, timeout: float = 60) -> dict:
             if ready(trace):
                 return trace
         time.sleep(0.5)
-    seen = trace and [(s["operationName"], trace["processes"][s["processID"]]["serviceName"]) for s in trace["spans"]]
+    seen = trace and [
+        (s["operationName"], trace["processes"][s["processID"]]["serviceName"]) for s in trace["spans"]
+    ]
     raise AssertionError(f"no complete trace of run {run_id} in Jaeger after {timeout}s; last: {seen}")
 
 
