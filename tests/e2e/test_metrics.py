@@ -94,6 +94,7 @@ async def test_every_process_serves_metrics_and_the_counters_follow_the_runs(sta
     }
     outliner = frozenset({("stream", "baton:agent:outliner"), ("group", "outliner")})
     assert gauge[("baton_stream_lag", outliner)] == 0
-    assert ("baton_stream_pending", frozenset({("stream", "baton:results"), ("group", "supervisor")})) in gauge
+    results = frozenset({("stream", "baton:results"), ("group", "supervisor")})
+    assert ("baton_stream_pending", results) in gauge
     assert ("baton_dlq_size", frozenset()) in gauge
     assert ("baton_runs_waiting", frozenset()) in gauge
