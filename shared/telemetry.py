@@ -88,12 +88,24 @@ def traceparent_in(body: bytes) -> str | None:
 
 def context_of(traceparent: str | None):
     """The OTel context whose remote parent `traceparent` names (an empty context without one)."""
+    from opentelemetry import trace
     from opentelemetry.context import Context
-    from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
-    if not traceparent:
+    if not traceparent or not TRACEPARENT_FORMAT.match(traceparent):
         return Context()
-    return TraceContextTextMapPropagator().extract({"traceparent": traceparent})
+    _version, trace_id, span_id, flags = traceparent.split("-")
+    parent = trace.SpanContext(
+        int(trace_id, 16), int(span_id, 16), is_remote=True, trace_flags=trace.TraceFlags(int(flags, 16))
+    )
+    return trace.set_span_in_context(trace.NonRecordingSpan(parent), Context())
+
+
+def _recording() -> bool:
+    """Whether the current span records: children of an unsampled span are not made at all (their cost
+    is the SDK's, sampled or not)."""
+    from opentelemetry import trace
+
+    return trace.get_current_span().is_recording()
 
 
 def _event_attributes(event) -> dict[str, Any]:
@@ -115,6 +127,16 @@ def traced(stream: str, handler: Callable[[Any], Awaitable[Any]]):
     from .broker import CURRENT_ENTRY
 
     async def in_span(event):
+        parent = context_of(getattr(event, "traceparent", None) or (
+            event.get("traceparent") if isinstance(event, dict) else None))
+        if not _parent_sampled(parent):  # an unsampled trace goes on unsampled, at the cost of a context
+            from opentelemetry import context
+
+            token = context.attach(parent)
+            try:
+                return await handler(event)
+            finally:
+                context.detach(token)
         attrs = {
             "messaging.system": "redis",
             "messaging.operation": "process",
@@ -124,8 +146,6 @@ def traced(stream: str, handler: Callable[[Any], Awaitable[Any]]):
         entry = CURRENT_ENTRY.get()
         if entry:
             attrs["messaging.message.id"] = entry
-        parent = context_of(getattr(event, "traceparent", None) or (
-            event.get("traceparent") if isinstance(event, dict) else None))
         with _tracer.start_as_current_span(
             f"{stream} process", context=parent, kind=SpanKind.CONSUMER, attributes=attrs
         ):
@@ -135,10 +155,18 @@ def traced(stream: str, handler: Callable[[Any], Awaitable[Any]]):
     return in_span
 
 
+def _parent_sampled(parent) -> bool:
+    """False only for a remote parent that says it is not sampled; a new trace is the sampler's call."""
+    from opentelemetry import trace
+
+    ctx = trace.get_current_span(parent).get_span_context()
+    return not ctx.is_valid or ctx.trace_flags.sampled
+
+
 def span(name: str, kind: str = "internal", **attributes):
     """A child span of the current one (a no-op context when tracing is off); yields the span or None.
     An exception leaving it marks it as an error."""
-    if _tracer is None:
+    if _tracer is None or not _recording():
         return NOOP
     from opentelemetry.trace import SpanKind
 
@@ -160,7 +188,7 @@ def continued(name: str, traceparent: str | None, kind: str = "internal", **attr
 
 def interval(name: str, since: datetime, **attributes) -> None:
     """A finished child span from `since` to now (e.g. the time a task waited in its stream)."""
-    if _tracer is None:
+    if _tracer is None or not _recording():
         return
     attrs = {k.replace("__", "."): v for k, v in attributes.items() if v is not None}
     start = int(since.timestamp() * 1e9)
