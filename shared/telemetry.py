@@ -101,11 +101,12 @@ def context_of(traceparent: str | None):
 
 
 def _recording() -> bool:
-    """Whether the current span records: children of an unsampled span are not made at all (their cost
-    is the SDK's, sampled or not)."""
+    """False inside an unsampled trace: children of an unsampled span are not made at all (their cost is
+    the SDK's, sampled or not). True with no current span: a new trace, which the sampler decides."""
     from opentelemetry import trace
 
-    return trace.get_current_span().is_recording()
+    current = trace.get_current_span()
+    return current.is_recording() or not current.get_span_context().is_valid
 
 
 def _event_attributes(event) -> dict[str, Any]:
