@@ -16,6 +16,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 BATON = str(Path(sys.executable).parent / "baton")
+WORKFLOWS = str(ROOT / "examples" / "workflows.yaml")
 pytestmark = pytest.mark.e2e
 
 
@@ -28,7 +29,7 @@ def test_dev_up_trace_prints_jaeger_and_metrics_and_a_run_is_traced(tmp_path):
     own = ("REDIS_URL", "S3_", "OTEL_", "BATON_")  # the stack's own settings, not the caller's
     env = {k: v for k, v in os.environ.items() if not k.startswith(own)}
     up = subprocess.run(
-        [BATON, "dev", "up", "--trace", "--workers", "1", "--workflows", str(ROOT / "examples/workflows.yaml")],
+        [BATON, "dev", "up", "--trace", "--workers", "1", "--workflows", WORKFLOWS],
         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=170,
     )
     try:
@@ -49,7 +50,8 @@ def test_dev_up_trace_prints_jaeger_and_metrics_and_a_run_is_traced(tmp_path):
         assert submitted.returncode == 0, submitted.stderr[-2000:]
         run_id = json.loads(submitted.stdout.strip().splitlines()[-1])["run_id"]
         tags = urllib.request.quote(json.dumps({"baton.run_id": run_id}))
-        deadline, services, want = time.monotonic() + 30, set(), {"baton-cli", "baton-supervisor", "baton-worker"}
+        want = {"baton-cli", "baton-supervisor", "baton-worker"}
+        deadline, services = time.monotonic() + 30, set()
         while time.monotonic() < deadline and not want <= services:
             time.sleep(1)  # the services export every 5 s (the SDK's default)
             found = json.loads(_get(f"{traces.group(1)}api/traces?service=baton-cli&tags={tags}"))["data"]
