@@ -119,9 +119,8 @@ class StreamCollector:
     stream's length (the DLQ's is its size), and the runs waiting for a person."""
 
     def __init__(self, redis_url: str, agent_streams: list[str]) -> None:
-        import redis
-
-        self.redis = redis.Redis.from_url(redis_url, socket_timeout=5, socket_connect_timeout=5)
+        # Synchronous: prometheus-client collects in its HTTP server's thread, not on the event loop.
+        self.redis = _sync_client(redis_url)
         self.streams = [
             streams.RUNS, streams.ROUTE, streams.RESULTS, streams.OBJECTS, streams.DLQ,
             *agent_streams,
@@ -169,6 +168,23 @@ class StreamCollector:
         if isinstance(replies[-1], int):
             waiting.add_metric([], replies[-1])
         yield from (lag, pending, length, dlq, waiting)
+
+
+def _sync_client(url: str):
+    """A blocking client for one server or a cluster (the stream keys live in different slots: a cluster
+    pipeline sends each command to its node)."""
+    import redis
+    from redis.cluster import ClusterNode, RedisCluster
+
+    from .redisconn import cluster_parts, is_cluster
+
+    if is_cluster(url):
+        seeds, auth = cluster_parts(url)
+        return RedisCluster(
+            startup_nodes=[ClusterNode(h, p) for h, p in seeds], socket_timeout=5, socket_connect_timeout=5,
+            **auth,
+        )
+    return redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=5)
 
 
 def collect_streams(redis_url: str, agent_streams: list[str]) -> StreamCollector:
