@@ -40,8 +40,8 @@ QUEUE_WAIT = Histogram(
 RUNS = Counter("baton_runs", "Runs the supervisor moved to a status (started, completed, ...).", ["status"])
 HOP = Histogram(
     "baton_supervisor_hop_seconds",
-    "From an event's creation to the end of the supervisor's decision on it.",
-    ["stream"],
+    "From an event's creation to the end of the supervisor's decision on it (kind: runs, results, objects).",
+    ["kind"],
     buckets=LATENCY,
 )
 RECLAIMED = Counter("baton_reclaimed", "Entries the reclaimer took over from an idle consumer.", ["stream"])
@@ -100,10 +100,10 @@ def run_committed(status: str, created: bool, was_waiting: bool, retried: bool =
         TASK_RETRIES.inc()
 
 
-def hop(stream: str, event) -> None:
+def hop(kind: str, event) -> None:
     created = getattr(event, "created_at", None)
     if created is not None:
-        HOP.labels(stream).observe(since(created))
+        HOP.labels(kind).observe(since(created))
 
 
 def model_usage(agent: str, model: str, input_tokens: int, output_tokens: int, cost: float | None) -> None:
@@ -118,12 +118,11 @@ class StreamCollector:
     """Gauges read from Redis at scrape time: per stream and group its lag and pending count, each
     stream's length (the DLQ's is its size), and the runs waiting for a person."""
 
-    def __init__(self, redis_url: str, agent_streams: list[str]) -> None:
+    def __init__(self, redis_url: str, more_streams: list[str]) -> None:
         # Synchronous: prometheus-client collects in its HTTP server's thread, not on the event loop.
         self.redis = _sync_client(redis_url)
         self.streams = [
-            streams.RUNS, streams.ROUTE, streams.RESULTS, streams.OBJECTS, streams.DLQ,
-            *agent_streams,
+            streams.RUNS, streams.ROUTE, streams.OBJECTS, streams.DLQ, *more_streams
         ]
         self._lock = threading.Lock()
 
@@ -187,7 +186,8 @@ def _sync_client(url: str):
     return redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=5)
 
 
-def collect_streams(redis_url: str, agent_streams: list[str]) -> StreamCollector:
-    collector = StreamCollector(redis_url, agent_streams)
+def collect_streams(redis_url: str, more_streams: list[str]) -> StreamCollector:
+    """Register the stream gauges: the fixed streams plus `more_streams` (results partitions, agents)."""
+    collector = StreamCollector(redis_url, more_streams)
     REGISTRY.register(collector)
     return collector

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from shared import streams
 from tests.helpers import run
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -82,8 +83,8 @@ async def test_every_process_serves_metrics_and_the_counters_follow_the_runs(sta
     # Runs by status and the supervisor's hop latency.
     assert moved("baton_runs_total", "supervisor", status="started") == 8
     assert moved("baton_runs_total", "supervisor", status="completed") == 8
-    assert moved("baton_supervisor_hop_seconds_count", "supervisor", stream="baton:runs") >= 8
-    assert moved("baton_supervisor_hop_seconds_count", "supervisor", stream="baton:results") >= 6 * 3 + 3
+    assert moved("baton_supervisor_hop_seconds_count", "supervisor", kind="runs") >= 8
+    assert moved("baton_supervisor_hop_seconds_count", "supervisor", kind="results") >= 6 * 3 + 3
 
     # Stream gauges, read from Redis by the supervisor when scraped: nothing left behind by the runs.
     gauge = {
@@ -94,7 +95,7 @@ async def test_every_process_serves_metrics_and_the_counters_follow_the_runs(sta
     }
     outliner = frozenset({("stream", "baton:agent:outliner"), ("group", "outliner")})
     assert gauge[("baton_stream_lag", outliner)] == 0
-    results = frozenset({("stream", "baton:results"), ("group", "supervisor")})
+    results = frozenset({("stream", streams.results_stream(0)), ("group", "supervisor")})
     assert ("baton_stream_pending", results) in gauge
     assert ("baton_dlq_size", frozenset()) in gauge
     assert ("baton_runs_waiting", frozenset()) in gauge
