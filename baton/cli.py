@@ -431,11 +431,12 @@ def dev_env(
 
 @servers_app.command("install")
 def servers_install() -> None:
-    """Make sure a Redis-compatible server, MinIO and Jaeger are available (each built once if needed)."""
+    """Make sure a Redis-compatible server, MinIO, Jaeger and Prometheus are available (each built once)."""
     try:
         typer.echo(f"redis: {servers.redis_binary()}")
         typer.echo(f"minio: {servers.minio_binary(build=True)}")
         typer.echo(f"jaeger: {servers.jaeger_binary(build=True)}")
+        typer.echo(f"prometheus: {servers.prometheus_binary(build=True)}")
     except servers.ServerError as exc:
         fail(str(exc))
 

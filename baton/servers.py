@@ -5,6 +5,8 @@ MinIO: a `minio` on PATH (or in $(go env GOPATH)/bin), else built once with MinI
 `go install github.com/minio/minio@<pinned>`, and reused from then on.
 Jaeger (traces, `baton dev up --trace` and the tracing tests): a `jaeger` on PATH, else built once from the
 Go module proxy into ~/.cache/baton/jaeger/<version>/ (`go install` refuses its module: replace directives).
+Prometheus (the scrape test, a local scrape of `baton dev up`): a `prometheus` on PATH, else built once with
+`go install` (static) into ~/.cache/baton/offline/bin, where scripts/images-offline.sh finds it too.
 """
 
 from __future__ import annotations
@@ -38,6 +40,8 @@ FAST_WEBHOOK_ARN = f"arn:minio:sqs::{FAST_WEBHOOK_TARGET}:webhook"
 JAEGER_MODULE = "github.com/jaegertracing/jaeger"
 JAEGER_VERSION = "v1.76.0"  # the v2 backend (`cmd/jaeger`: an OpenTelemetry collector with Jaeger's query)
 JAEGER_CONFIG = Path(__file__).with_name("jaeger.yaml")
+PROMETHEUS_MODULE = "github.com/prometheus/prometheus/cmd/prometheus"
+PROMETHEUS_VERSION = "v0.316.0"  # Prometheus 3.16.0 (its Go module is versioned v0.3xx); no web UI assets
 
 
 class ServerError(RuntimeError):
@@ -96,7 +100,7 @@ def jaeger_binary(build: bool = True) -> str:
     found = shutil.which("jaeger")
     if found:
         return found
-    cache = Path(os.environ.get("BATON_CACHE", Path.home() / ".cache" / "baton")) / "jaeger" / JAEGER_VERSION
+    cache = _cache() / "jaeger" / JAEGER_VERSION
     binary = cache / "jaeger"
     if binary.exists():
         return str(binary)
@@ -116,6 +120,32 @@ def jaeger_binary(build: bool = True) -> str:
         proc = subprocess.run(step, cwd=scratch, check=False)
         if proc.returncode != 0:
             raise ServerError(f"building Jaeger failed at `{' '.join(step)}` (exit {proc.returncode})")
+    return str(binary)
+
+
+def _cache() -> Path:
+    return Path(os.environ.get("BATON_CACHE", Path.home() / ".cache" / "baton"))
+
+
+def prometheus_binary(build: bool = True) -> str:
+    """Prometheus from PATH or the cache; built once otherwise (several minutes)."""
+    found = shutil.which("prometheus")
+    if found:
+        return found
+    gobin = _cache() / "offline" / "bin"
+    binary = gobin / "prometheus"
+    if binary.exists():
+        return str(binary)
+    if not build:
+        raise ServerError(f"no prometheus binary on PATH or in {gobin}")
+    if not shutil.which("go"):
+        raise ServerError(f"no prometheus binary and no Go toolchain to build it ({PROMETHEUS_MODULE})")
+    module = f"{PROMETHEUS_MODULE}@{PROMETHEUS_VERSION}"
+    print(f"building Prometheus ({module}); several minutes, once", flush=True)
+    env = {**os.environ, "GOBIN": str(gobin), "CGO_ENABLED": "0"}
+    proc = subprocess.run(["go", "install", module], env=env, check=False)
+    if proc.returncode != 0 or not binary.exists():
+        raise ServerError(f"go install {module} failed (exit {proc.returncode})")
     return str(binary)
 
 
@@ -363,3 +393,31 @@ def start_jaeger(data_dir: Path) -> Server:
         proc,
         {**ports, "otlp": f"http://127.0.0.1:{ports['otlp_http']}", "log": str(log)},
     )
+
+
+def start_prometheus(data_dir: Path, targets_file: Path, interval: str = "1s") -> Server:
+    """Start Prometheus on loopback, scraping the targets of a `file_sd_configs` file (`baton dev up`
+    writes one: .baton/dev/prometheus-targets.json)."""
+    port = free_port()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    config = data_dir / "prometheus.yml"
+    config.write_text(
+        f"global: {{scrape_interval: {interval}, evaluation_interval: {interval}}}\n"
+        "scrape_configs:\n"
+        "  - job_name: baton\n"
+        f"    file_sd_configs: [{{files: [{str(targets_file.resolve())!r}], refresh_interval: {interval}}}]\n"
+    )
+    log = data_dir / "prometheus.log"
+    with open(log, "ab") as out:
+        proc = subprocess.Popen(
+            [prometheus_binary(), f"--config.file={config}", f"--storage.tsdb.path={data_dir / 'data'}",
+             f"--web.listen-address=127.0.0.1:{port}"],
+            stdout=out, stderr=subprocess.STDOUT, start_new_session=True, cwd=data_dir,
+        )
+
+    def ready() -> bool:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/-/ready", timeout=1) as r:
+            return r.status == 200
+
+    _wait(ready, "prometheus", proc, 60, log)
+    return Server("prometheus", f"http://127.0.0.1:{port}/", proc, {"port": port, "log": str(log)})

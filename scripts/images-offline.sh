@@ -28,8 +28,6 @@ MINIO_IMAGE=minio/minio:RELEASE.2025-09-07T16-13-09Z
 LLAMA_IMAGE=ghcr.io/ggml-org/llama.cpp:server-b9603
 JAEGER_IMAGE=jaegertracing/jaeger:2.13.0
 PROMETHEUS_IMAGE=prom/prometheus:v3.16.0
-PROMETHEUS_MODULE=github.com/prometheus/prometheus/cmd/prometheus
-PROMETHEUS_VERSION=v0.316.0
 WHEEL_CACHE=${WHEEL_CACHE:-}  # the Makefile's: where `make llm` keeps the llama-cpp-python wheel
 MC_MODULE=github.com/minio/mc
 MC_VERSION=v0.0.0-20250313080218-cf909e1063a9
@@ -149,7 +147,8 @@ prometheus_image() {
     if have "$PROMETHEUS_IMAGE"; then log "$PROMETHEUS_IMAGE: present"; return; fi
     local ctx=$WORK/prometheus
     mkdir -p "$ctx"
-    cp "$(go_binary prometheus "$PROMETHEUS_MODULE" "$PROMETHEUS_VERSION")" "$ctx/prometheus"
+    cp "$("$PY" -c 'from baton.servers import prometheus_binary; print(prometheus_binary())' | tail -1)" \
+        "$ctx/prometheus"
     build "$PROMETHEUS_IMAGE" prometheus.Dockerfile "$ctx"
 }
 
