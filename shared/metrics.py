@@ -83,9 +83,11 @@ def task_started(agent: str, assigned_at: datetime) -> None:
 
 
 def task_ended(agent: str, outcome, seconds: float) -> None:
-    """`outcome`: the TaskCompleted or TaskFailed the worker reports."""
-    kind = "completed" if outcome.type == "task.completed" else (
-        "retryable" if getattr(outcome, "retryable", False) else "failed")
+    """`outcome`: the event the worker reports (completed, failed, or a question for a person)."""
+    if outcome.type == "task.failed":
+        kind = "retryable" if getattr(outcome, "retryable", False) else "failed"
+    else:  # task.completed -> completed, task.input_required -> input_required
+        kind = outcome.type.removeprefix("task.")
     TASKS_ENDED.labels(agent, kind).inc()
     TASK_SECONDS.labels(agent).observe(seconds)
 
