@@ -18,7 +18,7 @@ from redis.exceptions import AuthenticationError
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from baton import client, dev, servers
-from shared import acl
+from shared import acl, telemetry
 from shared.errors import BatonError
 from shared.events import Event, Usage
 from shared.settings import Settings
@@ -40,9 +40,9 @@ def settings(admin: bool = False) -> Settings:
     """Settings from the environment; without REDIS_URL, those of a running `baton dev up` stack (its
     CLI user, or with `admin` its admin credentials)."""
     saved = dev.saved_env(DEV_ROOT, admin=admin) if "REDIS_URL" not in os.environ else None
-    if saved:
-        return Settings(**dev.settings_kwargs(saved))
-    return Settings()
+    found = Settings(**dev.settings_kwargs(saved)) if saved else Settings()
+    telemetry.setup("cli", found)  # a submission is the root span of its run's trace
+    return found
 
 
 def fail(message: str, code: int = 1) -> None:
@@ -369,10 +369,11 @@ def dev_up(
         "--cluster",
         help="A Valkey cluster (3 masters + 3 replicas) and a 4-drive MinIO instead of one of each.",
     ),
+    trace: bool = typer.Option(False, "--trace", help="Also a local Jaeger; every service sends it traces."),
 ) -> None:
     """Start local Redis, MinIO and every service in the background; print the client environment."""
     try:
-        env = dev.up(DEV_ROOT, workflows, workers, cluster=cluster)
+        env = dev.up(DEV_ROOT, workflows, workers, cluster=cluster, trace=trace)
     except (servers.ServerError, BatonError) as exc:
         fail(str(exc))
     typer.echo(f"# Baton is up; logs in {DEV_ROOT / 'logs'}. Stop with: baton dev down", err=True)
@@ -391,6 +392,10 @@ def dev_up(
             f"# console: http://127.0.0.1:{env['BATON_CONSOLE_PORT']}/ token {env['BATON_CONSOLE_TOKEN']}",
             err=True,
         )
+    for handle, url in dev.metrics_urls(DEV_ROOT).items():
+        typer.echo(f"# metrics: {handle} {url}", err=True)
+    if env.get("BATON_TRACES_URL"):
+        typer.echo(f"# traces: {env['BATON_TRACES_URL']}", err=True)
     for key in (
         "REDIS_URL",
         "S3_ENDPOINT_URL",
@@ -399,8 +404,9 @@ def dev_up(
         "BATON_BUCKET",
         "BATON_WORKFLOWS",
         "BATON_RESULT_PARTITIONS",
+        "OTEL_EXPORTER_OTLP_ENDPOINT",
     ):
-        if key in env:
+        if env.get(key):
             typer.echo(f"export {key}={env[key]}")
 
 
@@ -427,10 +433,12 @@ def dev_env(
 
 @servers_app.command("install")
 def servers_install() -> None:
-    """Make sure a Redis-compatible server and MinIO are available (builds MinIO once if needed)."""
+    """Make sure a Redis-compatible server, MinIO, Jaeger and Prometheus are available (each built once)."""
     try:
         typer.echo(f"redis: {servers.redis_binary()}")
         typer.echo(f"minio: {servers.minio_binary(build=True)}")
+        typer.echo(f"jaeger: {servers.jaeger_binary(build=True)}")
+        typer.echo(f"prometheus: {servers.prometheus_binary(build=True)}")
     except servers.ServerError as exc:
         fail(str(exc))
 

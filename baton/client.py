@@ -17,7 +17,7 @@ from botocore.exceptions import ClientError
 from pydantic import ValidationError
 
 from baton.servers import FAST_WEBHOOK_ARN, WEBHOOK_ARN
-from shared import streams, waits
+from shared import streams, telemetry, waits
 from shared.broker import DATA_FIELD, encode
 from shared.errors import BatonError, NotWaitingError
 from shared.events import (
@@ -75,6 +75,11 @@ async def submit(
 ) -> str:
     """Upload the inputs into a fresh run workspace and publish `RunSubmitted`; returns the run id."""
     run_id = run_id or new_run_id()
+    with telemetry.submission(run_id, workflow):
+        return await _submit(settings, workflow, inputs, params, run_id)
+
+
+async def _submit(settings: Settings, workflow: str, inputs: dict[str, Path], params, run_id: str) -> str:
     refs = {}
     async with Storage.connect(settings) as storage:
         for name, path in inputs.items():
@@ -105,7 +110,11 @@ async def publish_run(
     sender: str = "cli",
 ) -> None:
     """Publish `RunSubmitted` for inputs already in the bucket (outside the run's workspace is fine)."""
-    event = RunSubmitted(run_id=run_id, workflow=workflow, inputs=inputs, params=params or {}, sender=sender)
+    root = telemetry.NOOP if telemetry.current_traceparent() else telemetry.submission(run_id, workflow)
+    with root:
+        event = RunSubmitted(
+            run_id=run_id, workflow=workflow, inputs=inputs, params=params or {}, sender=sender
+        )
     client = connect(settings.redis_url)
     try:
         await client.xadd(streams.RUNS, encode(event))

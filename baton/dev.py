@@ -41,6 +41,7 @@ class Stack:
     procs: dict[str, subprocess.Popen] = field(default_factory=dict)
     counter: int = 0
     credentials: dict[str, dict[str, str]] = field(default_factory=dict)
+    metrics: dict[str, str] = field(default_factory=dict)  # handle -> its /metrics URL
 
     def service_env(self, service: str) -> dict[str, str]:
         """The environment one service runs with (without the per-process consumer name and ready file)."""
@@ -60,8 +61,10 @@ class Stack:
             **self.service_env(service),
             "BATON_CONSUMER": handle,
             "BATON_READY_FILE": str(ready),
+            "BATON_METRICS_PORT": str(servers.free_port()),  # each process its own /metrics
             **(extra or {}),
         }
+        self.metrics[handle] = f"http://127.0.0.1:{env['BATON_METRICS_PORT']}/metrics"
         with open(log_path, "ab") as out:
             proc = subprocess.Popen(
                 service_command(service),
@@ -150,8 +153,11 @@ def load_secrets(root: Path) -> dict:
     return fresh
 
 
-def up(root: Path, workflows: Path, workers: int = 2, cluster: bool = False) -> dict[str, str]:
-    """Start Redis, MinIO and every service in the background; return the client environment.
+def up(
+    root: Path, workflows: Path, workers: int = 2, cluster: bool = False, trace: bool = False
+) -> dict[str, str]:
+    """Start Redis, MinIO and every service in the background; return the client environment. With
+    `trace`, also a local Jaeger, and every service (and the CLI) sends it its spans.
 
     With `cluster`: a Valkey cluster of 3 masters with a replica each (baton.cluster), the services on it
     with 4 results partitions, waiting for a replica after each batch of writes; MinIO on 4 drives.
@@ -200,6 +206,11 @@ def up(root: Path, workflows: Path, workers: int = 2, cluster: bool = False) -> 
         if cluster:
             env["BATON_RESULT_PARTITIONS"] = "4"
             env["BATON_REDIS_WAIT_REPLICAS"] = "1"
+        if trace:
+            jaeger = servers.start_jaeger(root / "jaeger")
+            pids["jaeger"] = jaeger.pid
+            env["OTEL_EXPORTER_OTLP_ENDPOINT"] = jaeger.extra["otlp"]
+            env["BATON_TRACES_URL"] = jaeger.url
         asyncio.run(init_workspace(Settings(**settings_kwargs(env), acl_passwords=passwords)))
         stack = Stack(root, env, credentials=acl_credentials(env, passwords))
 
@@ -226,9 +237,25 @@ def up(root: Path, workflows: Path, workers: int = 2, cluster: bool = False) -> 
             servers.stop_pid(pid)
         raise
     client_env = stack.service_env("cli")
-    state = {"pids": pids, "env": client_env, "admin_env": env}
+    state = {"pids": pids, "env": client_env, "admin_env": env, "metrics": stack.metrics}
     servers.write_private(state_file, json.dumps(state, indent=2))
+    write_scrape_targets(root / "prometheus-targets.json", stack.metrics)
     return client_env
+
+
+def write_scrape_targets(path: Path, metrics: dict[str, str]) -> None:
+    """A Prometheus `file_sd_configs` file: one target per service process, labelled with its service."""
+    targets = [
+        {"targets": [url.split("/")[2]], "labels": {"service": handle.rsplit("-", 1)[0], "process": handle}}
+        for handle, url in metrics.items()
+    ]
+    path.write_text(json.dumps(targets, indent=2))
+
+
+def metrics_urls(root: Path) -> dict[str, str]:
+    """The running local stack's /metrics URLs, by process."""
+    state_file = root / "state.json"
+    return json.loads(state_file.read_text()).get("metrics", {}) if state_file.exists() else {}
 
 
 def settings_kwargs(env: dict[str, str]) -> dict:
@@ -241,6 +268,8 @@ def settings_kwargs(env: dict[str, str]) -> dict:
     }
     if env.get("BATON_WORKFLOWS"):  # `init` reads the triggers' publish_to prefixes from it
         kwargs["workflows"] = env["BATON_WORKFLOWS"]
+    if env.get("OTEL_EXPORTER_OTLP_ENDPOINT"):  # `baton dev up --trace`: the CLI's submissions too
+        kwargs["OTEL_EXPORTER_OTLP_ENDPOINT"] = env["OTEL_EXPORTER_OTLP_ENDPOINT"]
     return kwargs
 
 
@@ -250,8 +279,11 @@ def down(root: Path) -> list[str]:
     if not state_file.exists():
         return []
     pids: dict[str, int] = json.loads(state_file.read_text())["pids"]
-    servers_last = [h for h in pids if h == "minio" or h.startswith("redis")]
-    order = [h for h in pids if h not in servers_last] + sorted(servers_last, key=lambda h: h != "minio")
+    # services first, then MinIO, Redis; Jaeger last, so the spans they send on the way out still arrive
+    servers_last = [h for h in pids if h in ("minio", "jaeger") or h.startswith("redis")]
+    order = [h for h in pids if h not in servers_last] + sorted(
+        servers_last, key=lambda h: (h == "jaeger", h != "minio")
+    )
     stopped = []
     for handle in order:
         if handle in pids:

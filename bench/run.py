@@ -23,9 +23,12 @@ from bench import console as console_bench
 from bench import runs as whole_runs
 from bench import stack as full_stack
 from bench import throughput
+from bench import tracing as bench_tracing
 from bench.common import ROOT, cpu_seconds, descendants, machine_busy_seconds
 
-SCENARIOS = ("hop", "baselines", "latency", "ref", "burst", "sweep", "fanout", "console", "cluster")
+SCENARIOS = (
+    "hop", "baselines", "latency", "ref", "burst", "sweep", "fanout", "console", "cluster", "tracing"
+)
 BASELINES = ("raw", "celery", "dramatiq", "taskiq")
 PACKAGES = (
     "faststream",
@@ -106,6 +109,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--console-list-runs", type=int, default=100_000, help="runs in the index of the console's runs list"
     )
+    p.add_argument("--trace-runs", type=int, default=2000, help="runs per burst in the tracing scenario")
+    p.add_argument("--trace-rounds", type=int, default=3, help="alternating off/on rounds (tracing)")
     p.add_argument("--out", type=Path, default=ROOT / "bench" / "results.json")
     p.add_argument("--keep", action="store_true", help="keep the work folder (logs) after the run")
     p.add_argument(
@@ -122,6 +127,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.quick:
         args.n = min(args.n, 2000)
+        args.trace_runs = min(args.trace_runs, 300)
+        args.trace_rounds = 1
         args.seconds = min(args.seconds, 3.0)
         args.repeats = 1
         args.burst_n = min(args.burst_n, 1000)
@@ -344,6 +351,10 @@ def main(argv: list[str] | None = None) -> None:
             results["fanout"] = whole_runs.fanout(
                 srv, _ints(args.widths), args.run_workers, args.fanout_timeout
             )
+        if "tracing" in only:
+            results["tracing"] = bench_tracing.scenario(
+                env, srv, work, args.n, args.trace_runs, args.trace_rounds
+            )
         if "console" in only:
             results["console"] = console_bench.scenario(
                 srv,
@@ -513,6 +524,8 @@ def table(results: dict) -> str:
     lines += console_bench.table(results, BUSY_CORES)
     if results.get("cluster"):
         lines += ["", *cluster_bench.table(results["cluster"])]
+    if results.get("tracing"):
+        lines += ["", *bench_tracing.table(results["tracing"])]
     return "\n".join(lines)
 
 

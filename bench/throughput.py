@@ -14,6 +14,7 @@ import os
 import subprocess
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -177,8 +178,16 @@ def _timeout(n: int) -> float:
     return max(60.0, n / 250)
 
 
-def baton(env: Env, n: int, processes: int, label: str, extra_env: dict[str, str] | None = None) -> dict:
-    """The real worker runtime (`python -m services.worker`) hosting a no-op agent."""
+def baton(
+    env: Env,
+    n: int,
+    processes: int,
+    label: str,
+    extra_env: dict[str, str] | None = None,
+    traceparent: Callable[[int], str | None] | None = None,
+) -> dict:
+    """The real worker runtime (`python -m services.worker`) hosting a no-op agent. `traceparent(i)`: the
+    trace context task i carries, as if a traced supervisor had sent it (scenario `tracing`)."""
     client = env.client()
     client.flushall()
     stream = streams.agent_stream(AGENT)
@@ -194,6 +203,7 @@ def baton(env: Env, n: int, processes: int, label: str, extra_env: dict[str, str
                 agent=AGENT,
                 output_prefix=f"runs/bench-{i}/work/",
                 sender="bench",
+                traceparent=traceparent(i) if traceparent else None,
             )
             pipe.xadd(stream, encode(task))
         pipe.execute()

@@ -9,6 +9,10 @@
 #   minio/minio:RELEASE...         minio and mc built with Go at the project's pins
 #   ghcr.io/ggml-org/llama.cpp:... llama-cpp-python's server from the wheel `make llm` built (profile llm;
 #                                  skipped until that wheel exists in WHEEL_CACHE)
+#   jaegertracing/jaeger:2.13.0    Jaeger v2 (module v1.76.0) as baton/servers.py builds it (profile
+#                                  observability)
+#   prom/prometheus:v3.16.0        Prometheus built with Go (module v0.316.0; no web UI assets)
+# Grafana (profile observability) has no stand-in: its front end does not build from the module proxy.
 # An image that already exists (a real one pulled earlier, or a stand-in from an earlier run) is kept;
 # BATON_OFFLINE_REBUILD=1 rebuilds the stand-ins. Go builds are cached ($(go env GOPATH)/bin, and
 # ~/.cache/baton/offline), images stay in the engine: a second run takes seconds.
@@ -22,6 +26,8 @@ PYTHON_IMAGE=python:3.11-slim
 REDIS_IMAGE=redis:7.4
 MINIO_IMAGE=minio/minio:RELEASE.2025-09-07T16-13-09Z
 LLAMA_IMAGE=ghcr.io/ggml-org/llama.cpp:server-b9603
+JAEGER_IMAGE=jaegertracing/jaeger:2.13.0
+PROMETHEUS_IMAGE=prom/prometheus:v3.16.0
 WHEEL_CACHE=${WHEEL_CACHE:-}  # the Makefile's: where `make llm` keeps the llama-cpp-python wheel
 MC_MODULE=github.com/minio/mc
 MC_VERSION=v0.0.0-20250313080218-cf909e1063a9
@@ -129,6 +135,23 @@ llama_image() {
     build "$LLAMA_IMAGE" llama.Dockerfile "$ctx" "$PYTHON_IMAGE"
 }
 
+jaeger_image() {
+    if have "$JAEGER_IMAGE"; then log "$JAEGER_IMAGE: present"; return; fi
+    local ctx=$WORK/jaeger
+    mkdir -p "$ctx"
+    cp "$("$PY" -c 'from baton.servers import jaeger_binary; print(jaeger_binary())' | tail -1)" "$ctx/jaeger"
+    build "$JAEGER_IMAGE" jaeger.Dockerfile "$ctx"
+}
+
+prometheus_image() {
+    if have "$PROMETHEUS_IMAGE"; then log "$PROMETHEUS_IMAGE: present"; return; fi
+    local ctx=$WORK/prometheus
+    mkdir -p "$ctx"
+    cp "$("$PY" -c 'from baton.servers import prometheus_binary; print(prometheus_binary())' | tail -1)" \
+        "$ctx/prometheus"
+    build "$PROMETHEUS_IMAGE" prometheus.Dockerfile "$ctx"
+}
+
 docker info >/dev/null 2>&1 || { echo "images-offline: no Docker engine answers (scripts/docker-engine.sh start)" >&2; exit 1; }
 start=$(date +%s)
 debian
@@ -136,6 +159,8 @@ python_image
 redis_image
 minio_image
 llama_image
+jaeger_image
+prometheus_image
 # stand-ins replaced by a rebuild (untagged now); never an image a container uses
 docker image prune --force --filter label=org.baton.stand-in >/dev/null
 log "done in $(elapsed "$start")"

@@ -129,6 +129,12 @@ def _supervisor_grants() -> list[Grant]:
             ("eval",),
         ),
         Grant(
+            "metrics: each stream's length and its groups' lag and pending counts, runs waiting (read when "
+            "scraped, shared/metrics.py)",
+            (*WORK_STREAMS, streams.agent_stream("*"), streams.DLQ, streams.RUNS_WAITING),
+            ("exists", "xlen", "xinfo|groups", "scard"),
+        ),
+        Grant(
             "run state, a few fields at a time",
             (streams.run_state("*"),),
             ("hget", "hmget", "hgetall", "hset", "hdel", "hkeys", "expire"),

@@ -34,7 +34,7 @@ from pydantic import BaseModel, TypeAdapter
 from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import AskError, ClusterDownError, MovedError, ResponseError, TryAgainError
 
-from . import streams
+from . import metrics, streams, telemetry
 from .broker import (
     CURRENT_ENTRY,
     DATA_FIELD,
@@ -424,6 +424,7 @@ class BatchConsumer:
     async def _dead_letter(self, entry_id: bytes, raw: bytes, reason: str) -> None:
         letter = dead_letter_event(self.stream, self.group, entry_id.decode(), self.service, reason, raw)
         await self.outbox.publish(streams.DLQ, letter)
+        metrics.DEAD_LETTERED.labels(self.stream).inc()
         log.warning("dead_lettered", stream=self.stream, reason=reason, message_id=letter.message_id)
 
     async def _heartbeat(self) -> None:
@@ -492,7 +493,8 @@ class Batched:
         """`size`: most entries in flight (and read at once) for this stream; default `settings.batch`.
         `max_event_bytes`: larger entries are dead-lettered; default `settings.max_event_bytes`.
         `timeout`: the handler's time limit; default `settings.handler_timeout_s`."""
-        bound = bind_handler(handler, timeout or self.settings.handler_timeout_s)
+        # Each entry in its own consumer span, named as FastStream's telemetry middleware names them
+        bound = telemetry.traced(stream, bind_handler(handler, timeout or self.settings.handler_timeout_s))
         consumer = BatchConsumer(
             stream=stream,
             group=group,

@@ -27,7 +27,7 @@ from faststream.redis.parser.message import MessageFormat
 from pydantic import BaseModel, TypeAdapter, ValidationError
 from redis.exceptions import ResponseError
 
-from . import faults, streams
+from . import faults, metrics, streams, telemetry
 from .errors import HandlerTimeout, is_transient
 from .events import DeadLetter
 from .logging import bind_event
@@ -58,7 +58,12 @@ class EventFormat(MessageFormat):
 
     @classmethod
     def parse(cls, data: bytes) -> tuple[bytes, dict[str, Any]]:
-        return data, {"content-type": "application/json"}
+        headers = {"content-type": "application/json"}
+        if telemetry.enabled():  # FastStream's telemetry middleware continues the trace from its headers
+            traceparent = telemetry.traceparent_in(data)
+            if traceparent:
+                headers["traceparent"] = traceparent
+        return data, headers
 
 
 def encode(event: BaseModel) -> dict[str, bytes]:
@@ -189,6 +194,7 @@ async def call_handler(handler, event, timeout: float | None, retries=TRANSIENT_
             if delay is None or not is_transient(exc):
                 raise
             error = exc
+        metrics.RETRIES.inc()
         log.warning("handler_retrying", error=f"{type(error).__name__}: {error}", in_seconds=delay)
         await asyncio.sleep(delay)
 
@@ -210,8 +216,12 @@ def bind_handler(handler, timeout: float | None = None):
 
 
 def make_broker(settings: Settings, service: str, logger=None) -> RedisBroker:
-    """A RedisBroker with Baton's wire format, decoder and dead-letter middleware."""
+    """A RedisBroker with Baton's wire format, decoder and dead-letter middleware, FastStream's own
+    Prometheus middleware, and its OpenTelemetry middleware when tracing is on (shared/telemetry.py).
+    Starts this process's `/metrics` if `settings.metrics_port` is set."""
     holder: dict[str, RedisBroker] = {}
+    telemetry.setup(service, settings)
+    metrics.serve(service, settings)
 
     class DeadLetterMiddleware(BaseMiddleware):
         async def consume_scope(self, call_next, msg):
@@ -250,6 +260,7 @@ def make_broker(settings: Settings, service: str, logger=None) -> RedisBroker:
             stream, getattr(msg, "group", None), _message_id(msg), service, reason, _raw_payload(msg)
         )
         await holder["broker"].publish(letter, stream=streams.DLQ)
+        metrics.DEAD_LETTERED.labels(stream).inc()
         log.warning("dead_lettered", stream=stream, reason=reason, message_id=letter.message_id)
 
     target, connection = broker_target(settings)
@@ -257,7 +268,7 @@ def make_broker(settings: Settings, service: str, logger=None) -> RedisBroker:
         target,
         **connection,
         message_format=EventFormat,
-        middlewares=[DeadLetterMiddleware],
+        middlewares=[*_observers(service), DeadLetterMiddleware],
         decoder=make_decoder(settings.max_event_bytes),
         logger=logger if logger is not None else logging.getLogger(f"baton.{service}.faststream"),
         log_level=logging.DEBUG,  # one INFO line per message costs throughput and says nothing new
@@ -284,6 +295,19 @@ def broker_target(settings: Settings) -> tuple[str, dict]:
         return settings.redis_url, {}
     seeds, auth = cluster_parts(settings.redis_url)
     return f"redis://{seeds[0][0]}:{seeds[0][1]}", {"startup_nodes": seeds, **auth}
+
+
+def _observers(service: str) -> list:
+    """FastStream's own middlewares: Prometheus always (cheap), OpenTelemetry only when tracing is on."""
+    from faststream.redis.prometheus import RedisPrometheusMiddleware
+    from prometheus_client import REGISTRY
+
+    found = [RedisPrometheusMiddleware(registry=REGISTRY, app_name=f"baton-{service}")]
+    if telemetry.enabled():
+        from faststream.redis.opentelemetry import RedisTelemetryMiddleware
+
+        found.insert(0, RedisTelemetryMiddleware())
+    return found
 
 
 def _message_id(msg) -> str | None:
@@ -324,7 +348,8 @@ def subscribe(
     bound.__doc__ = handler.__doc__
     subscriber = broker.subscriber(stream=group_sub(stream, group, settings), **kw)(bound)
     adapter = TypeAdapter(bound.__annotations__["event"])
-    registry(broker).append(Subscription(stream, group, bound, adapter, start))
+    # (the reclaimer's redeliveries: their span is made by hand, as on the batched path)
+    registry(broker).append(Subscription(stream, group, telemetry.traced(stream, bound), adapter, start))
     return subscriber
 
 

@@ -13,6 +13,8 @@ from urllib.parse import quote
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
+from . import telemetry
+
 ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
 RunId = Annotated[str, Field(pattern=ID_PATTERN, description="Run id; also the run's workspace folder.")]
 
@@ -78,6 +80,11 @@ class BaseEvent(BaseModel):
     sender: str = Field("unknown", description="Service or consumer that sent the event.")
     created_at: datetime = Field(default_factory=utcnow, description="When the event was created (UTC).")
     trace_id: str = Field(default_factory=new_id, description="Correlates every event of one run.")
+    traceparent: str | None = Field(
+        default_factory=telemetry.current_traceparent,
+        pattern=telemetry.TRACEPARENT_FORMAT.pattern,
+        description="W3C trace context of the span that made this event (None when tracing is off).",
+    )
 
 
 class RunSubmitted(BaseEvent):

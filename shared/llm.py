@@ -27,12 +27,14 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 import httpx
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError
 
 from shared.classification import Classification as BaseClassification
 
+from . import metrics, telemetry
 from .errors import BatonError, PermanentError, RetryableError
 from .events import Usage
 
@@ -211,8 +213,10 @@ class LLMClient:
         transport: httpx.AsyncBaseTransport | None = None,
         sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
         jitter: Callable[[], float] = random.random,
+        agent: str = "",
     ) -> None:
         self.cfg = cfg
+        self.agent = agent  # labels its spans and metrics
         self.usage = LLMUsage()
         self._sleep = sleep
         self._jitter = jitter
@@ -334,30 +338,55 @@ class LLMClient:
             "temperature": self.cfg.temperature,
             "max_tokens": max_tokens or self.cfg.max_tokens,
         }
-        while True:
-            mode = self._mode(schema)
-            if mode != "none":
-                body["response_format"] = _response_format(mode, schema, schema_name)
-            try:
-                data, usage = await self._post(body)
-                break
-            except FormatRefusedError:
-                # `auto`: an endpoint that refuses one way of sending a schema gets the next one
-                # (json_schema -> json_object + schema -> only in the prompt). Remembered per base_url.
-                if self.cfg.response_format != "auto":
-                    raise
-                _FORMAT_FALLBACK[self.cfg.base_url] = _NEXT_FORMAT[mode]
-                body.pop("response_format", None)
-        choice = data["choices"][0]
-        message = choice.get("message") or {}
-        text = message.get("content") or choice.get("text") or ""
-        reported = data.get("usage") or {}
-        usage.prompt_tokens = int(reported.get("prompt_tokens") or 0)
-        usage.completion_tokens = int(reported.get("completion_tokens") or 0)
-        usage.calls = 1
-        if self.cfg.price is not None:
-            usage.cost = self.cfg.price.cost(usage.prompt_tokens, usage.completion_tokens)
-        self.usage.add(usage)
+        # One span per call, with OpenTelemetry's GenAI semantic conventions (an OpenAI-compatible API).
+        with telemetry.span(
+            f"chat {self.cfg.model}",
+            kind="client",
+            gen_ai__operation__name="chat",
+            gen_ai__system="openai",
+            gen_ai__request__model=self.cfg.model,
+            gen_ai__request__temperature=self.cfg.temperature,
+            gen_ai__request__max_tokens=body["max_tokens"],
+            server__address=urlsplit(self.cfg.base_url).hostname,
+            server__port=urlsplit(self.cfg.base_url).port,
+            baton__agent=self.agent or None,
+        ) as span:
+            while True:
+                mode = self._mode(schema)
+                if mode != "none":
+                    body["response_format"] = _response_format(mode, schema, schema_name)
+                try:
+                    data, usage = await self._post(body)
+                    break
+                except FormatRefusedError:
+                    # `auto`: an endpoint that refuses one way of sending a schema gets the next one
+                    # (json_schema -> json_object + schema -> only in the prompt). Remembered per base_url.
+                    if self.cfg.response_format != "auto":
+                        raise
+                    _FORMAT_FALLBACK[self.cfg.base_url] = _NEXT_FORMAT[mode]
+                    body.pop("response_format", None)
+            choice = data["choices"][0]
+            message = choice.get("message") or {}
+            text = message.get("content") or choice.get("text") or ""
+            reported = data.get("usage") or {}
+            usage.prompt_tokens = int(reported.get("prompt_tokens") or 0)
+            usage.completion_tokens = int(reported.get("completion_tokens") or 0)
+            usage.calls = 1
+            if self.cfg.price is not None:
+                usage.cost = self.cfg.price.cost(usage.prompt_tokens, usage.completion_tokens)
+            self.usage.add(usage)
+            telemetry.set_attributes(
+                span,
+                gen_ai__response__model=data.get("model"),
+                gen_ai__response__id=data.get("id"),
+                gen_ai__response__finish_reasons=[choice.get("finish_reason") or "unknown"],
+                gen_ai__usage__input_tokens=usage.prompt_tokens,
+                gen_ai__usage__output_tokens=usage.completion_tokens,
+                gen_ai__usage__cost=usage.cost,
+            )
+        metrics.model_usage(
+            self.agent or "unknown", self.cfg.model, usage.prompt_tokens, usage.completion_tokens, usage.cost
+        )
         return ChatResult(text, usage, data.get("model"), choice.get("finish_reason"))
 
     def _mode(self, schema: dict | None) -> str:

@@ -14,7 +14,7 @@ import time
 
 import structlog
 
-from . import streams
+from . import metrics, streams
 from .broker import (
     CURRENT_ENTRY,
     Subscription,
@@ -86,6 +86,7 @@ class Reclaimer:
             start, entries = reply[0], reply[1]
             if not entries:
                 return claimed_total
+            metrics.RECLAIMED.labels(sub.stream).inc(len(entries))
             # Claimed entries are handled one by one: until its turn comes, each one's idle time is reset
             # with the rest (the heartbeat), or another consumer would claim it again meanwhile and both
             # would run it (found by make chaos: a slow first entry, e.g. while MinIO restarts).
@@ -157,6 +158,7 @@ class Reclaimer:
     async def dead_letter(self, sub: Subscription, entry_id: str, raw: bytes, reason: str) -> None:
         letter = dead_letter_event(sub.stream, sub.group, entry_id, self.service, reason, raw)
         await self.broker.publish(letter, stream=streams.DLQ)
+        metrics.DEAD_LETTERED.labels(sub.stream).inc()
         redis = client_of(self.broker)
         await redis.xack(sub.stream, sub.group, entry_id)
         await redis.hdel(errors_key(sub.stream, sub.group), entry_id)

@@ -142,6 +142,20 @@ class Settings(BaseSettings):
         "", description="The token people log in to the console with (also a bearer token for scripts)."
     )
     console_page_size: int = Field(50, ge=1, le=500, description="Console: runs per page of the runs list.")
+    otlp_endpoint: str = Field(
+        "",
+        validation_alias="OTEL_EXPORTER_OTLP_ENDPOINT",
+        description="OTLP/HTTP base URL traces go to (`/v1/traces` is appended); empty: tracing off.",
+    )
+    otlp_traces_endpoint: str = Field(
+        "", validation_alias="OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", description="OTLP/HTTP traces URL, whole."
+    )
+    otel_sdk_disabled: bool = Field(False, validation_alias="OTEL_SDK_DISABLED")
+    otel_traces_exporter: str = Field("otlp", validation_alias="OTEL_TRACES_EXPORTER")
+    metrics_port: int | None = Field(
+        None, ge=0, le=65535, description="Port of this process's Prometheus `/metrics`; unset: none."
+    )
+    metrics_host: str = Field("127.0.0.1", description="Where `/metrics` listens.")
     faults: str = Field(
         "",
         description="Tests only: fault points to arm, `<point>=exit|raise[*N]`, comma-separated "
@@ -172,6 +186,16 @@ class Settings(BaseSettings):
     def heartbeat_s(self) -> float:
         """How often a consumer resets the idle time of the entries it is handling."""
         return max(self.reclaim_idle_ms / 3000, 0.2)
+
+    @property
+    def tracing(self) -> bool:
+        """Whether spans are recorded and exported (shared/telemetry.py)."""
+        endpoint = self.otlp_traces_endpoint or self.otlp_endpoint
+        return bool(endpoint) and not self.otel_sdk_disabled and self.otel_traces_exporter != "none"
+
+    @property
+    def otlp_traces_url(self) -> str:
+        return self.otlp_traces_endpoint or f"{self.otlp_endpoint.rstrip('/')}/v1/traces"
 
     @property
     def agent_list(self) -> list[str]:

@@ -13,6 +13,7 @@ from aiobotocore.session import get_session
 from botocore.config import Config
 from botocore.exceptions import ClientError
 
+from . import telemetry
 from .errors import ObjectMissingError, PreconditionFailedError
 from .events import ObjectRef
 from .settings import Settings
@@ -77,14 +78,18 @@ class Storage:
         if if_none_match:
             kwargs["IfNoneMatch"] = "*"
         try:
-            resp = await self.client.put_object(
-                Bucket=self.bucket,
-                Key=key,
-                Body=data,
-                ContentType=content_type,
-                Metadata=metadata or {},
-                **kwargs,
-            )
+            with _span("PutObject", self.bucket, key, size=len(data)):
+                traceparent = telemetry.current_traceparent()
+                if traceparent:  # read back by the notifier from the bucket's event: the trace goes on
+                    metadata = {**(metadata or {}), "traceparent": traceparent}
+                resp = await self.client.put_object(
+                    Bucket=self.bucket,
+                    Key=key,
+                    Body=data,
+                    ContentType=content_type,
+                    Metadata=metadata or {},
+                    **kwargs,
+                )
         except ClientError as exc:
             if _code(exc) in ("PreconditionFailed", "412", "ConditionalRequestConflict"):
                 raise PreconditionFailedError(
@@ -111,9 +116,11 @@ class Storage:
         elif ref.etag:
             kwargs["IfMatch"] = f'"{ref.etag}"'
         try:
-            resp = await self.client.get_object(Bucket=ref.bucket, Key=ref.key, **kwargs)
-            async with resp["Body"] as body:
-                data = await body.read()
+            with _span("GetObject", ref.bucket, ref.key, version=ref.version_id) as span:
+                resp = await self.client.get_object(Bucket=ref.bucket, Key=ref.key, **kwargs)
+                async with resp["Body"] as body:
+                    data = await body.read()
+                telemetry.set_attributes(span, baton__s3__size=len(data))
         except ClientError as exc:
             if is_missing(exc):
                 raise ObjectMissingError(f"object {ref.uri()} does not exist") from exc
@@ -212,6 +219,14 @@ class Storage:
                 ]
             },
         )
+
+
+def _span(method: str, bucket: str, key: str, size: int | None = None, version: str | None = None):
+    """A client span per S3 call, named and tagged as OpenTelemetry's botocore instrumentation does."""
+    return telemetry.span(
+        f"S3.{method}", kind="client", rpc__system="aws-api", rpc__service="S3", rpc__method=method,
+        aws__s3__bucket=bucket, aws__s3__key=key, baton__s3__size=size, baton__s3__version_id=version,
+    )
 
 
 def _code(exc: ClientError) -> str:

@@ -228,3 +228,12 @@ async def slow_grow(ctx: AgentContext) -> None:
     await asyncio.sleep(float(ctx.params.get("turn_sleep", 2)))
     await grow(ctx)
     await asyncio.sleep(1.5)
+
+
+async def two_step_plan(ctx: AgentContext) -> None:
+    """The tracing tests' planner: the model agent summarises the brief, `flaky` fails once then works."""
+    plan = [
+        {"id": "summary", "agent": "summariser", "instruction": "Summarise the brief.", "inputs": ["brief"]},
+        {"id": "retried", "agent": "flaky", "instruction": "Fail once, then succeed."},
+    ]
+    await ctx.write("plans/plan.json", json.dumps({"subtasks": plan}), name="plan")

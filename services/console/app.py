@@ -36,7 +36,7 @@ from starlette.staticfiles import StaticFiles
 
 from baton import client
 from services.mcp.app import _guess_type, _Server, is_loopback
-from shared import streams
+from shared import metrics, streams, telemetry
 from shared.errors import BatonError, KeyValidationError, ObjectMissingError
 from shared.events import ID_PATTERN, ObjectRef, utcnow
 from shared.logging import configure_logging
@@ -467,6 +467,8 @@ def create_app(settings: Settings, log) -> tuple[Console, Starlette]:
 
 async def serve(settings: Settings) -> None:
     log = configure_logging(SERVICE, settings.log_format, settings.log_level)
+    telemetry.setup(SERVICE, settings)
+    metrics.serve(SERVICE, settings)
     if not settings.console_token:
         log.error(
             "console_refused_to_start", reason="the console needs a login token: set BATON_CONSOLE_TOKEN"

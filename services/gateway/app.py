@@ -33,6 +33,7 @@ from starlette.responses import JSONResponse, PlainTextResponse
 from starlette.routing import Mount, Route
 
 from services.mcp.app import _Server, is_loopback
+from shared import metrics, telemetry
 from shared.logging import configure_logging
 from shared.redisconn import connect
 from shared.service import mark_ready
@@ -156,6 +157,8 @@ def _public(scope) -> bool:
 
 async def serve(settings: Settings) -> None:
     log = configure_logging(SERVICE, settings.log_format, settings.log_level)
+    telemetry.setup(SERVICE, settings)
+    metrics.serve(SERVICE, settings)
     if not settings.a2a_token and not is_loopback(settings.gateway_host):
         log.error(
             "gateway_refused_to_start",

@@ -31,7 +31,7 @@ from mcp.server.mcpserver.exceptions import ToolError
 from pydantic import BaseModel, Field
 
 from baton import client
-from shared import waits
+from shared import metrics, telemetry, waits
 from shared.errors import BatonError, KeyValidationError, PreconditionFailedError
 from shared.events import ID_PATTERN, ObjectRef, utcnow
 from shared.logging import configure_logging
@@ -497,6 +497,8 @@ class _Server(uvicorn.Server):
 def create_app(settings: Settings | None = None) -> BatonMCP:
     settings = settings or Settings()
     log = configure_logging(SERVICE, settings.log_format, settings.log_level)
+    telemetry.setup(SERVICE, settings)
+    metrics.serve(SERVICE, settings)
     return BatonMCP(settings, log)
 
 

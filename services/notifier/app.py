@@ -16,7 +16,7 @@ import json
 from faststream.asgi import AsgiFastStream, AsgiResponse
 from faststream.asgi.request import AsgiRequest
 
-from shared import faults, streams
+from shared import faults, streams, telemetry
 from shared.broker import DATA_FIELD, encode, make_broker
 from shared.events import DeadLetter, ObjectChanged
 from shared.logging import configure_logging
@@ -94,16 +94,25 @@ def create_app(settings: Settings | None = None) -> AsgiFastStream:
             log.warning("notification_dead_lettered", reason=reason)
             return AsgiResponse(reason.encode(), 400)
         for event in events:
-            mark = seen_key(event)
-            faults.point("notifier.publish")
-            if mark is None:
-                await objects.publish(event)
-            elif not await res.redis.eval(
-                PUBLISH_ONCE, 2, streams.OBJECTS, mark, encode(event)[DATA_FIELD], SEEN_TTL_SECONDS
+            with telemetry.continued(
+                "notifier notify", event.traceparent, kind="producer",
+                baton__s3__key=event.key, baton__s3__event=event.event_name,
             ):
-                continue  # the other webhook target delivered it first
-            log.info("object_changed", key=event.key, event_name=event.event_name, version=event.version_id)
+                await notify(event)
         return AsgiResponse(b"ok", 200)
+
+    async def notify(event: ObjectChanged) -> None:
+        if telemetry.enabled():
+            event = event.model_copy(update={"traceparent": telemetry.current_traceparent()})
+        mark = seen_key(event)
+        faults.point("notifier.publish")
+        if mark is None:
+            await objects.publish(event)
+        elif not await res.redis.eval(
+            PUBLISH_ONCE, 2, streams.OBJECTS, mark, encode(event)[DATA_FIELD], SEEN_TTL_SECONDS
+        ):
+            return  # the other webhook target delivered it first
+        log.info("object_changed", key=event.key, event_name=event.event_name, version=event.version_id)
 
     async def health(scope, receive, send) -> None:
         await AsgiResponse(b"ok", 200)(scope, receive, send)

@@ -6,6 +6,7 @@ from typing import Any
 from urllib.parse import unquote_plus
 
 from shared.events import ObjectChanged
+from shared.telemetry import TRACEPARENT_FORMAT
 
 
 class BadNotification(ValueError):
@@ -31,6 +32,7 @@ def parse_records(payload: Any, sender: str = "notifier") -> list[ObjectChanged]
                     event_name=record["eventName"],
                     sequencer=obj.get("sequencer"),
                     sender=sender,
+                    traceparent=_traceparent(obj.get("userMetadata")),
                 )
             )
         except (KeyError, TypeError) as exc:
@@ -38,3 +40,13 @@ def parse_records(payload: Any, sender: str = "notifier") -> list[ObjectChanged]
         except ValueError as exc:
             raise BadNotification(f"record {i} is invalid: {exc}") from exc
     return events
+
+
+def _traceparent(metadata: Any) -> str | None:
+    """The writer's trace context, which Baton's storage puts in the object's metadata when tracing."""
+    if not isinstance(metadata, dict):
+        return None
+    for name, value in metadata.items():
+        if str(name).lower() in ("x-amz-meta-traceparent", "traceparent") and isinstance(value, str):
+            return value if TRACEPARENT_FORMAT.match(value) else None
+    return None

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 
 from services.worker import llm as _llm  # noqa: F401 - registers the runtime of `kind: llm` agents
-from shared import faults, streams
+from shared import faults, streams, telemetry
 from shared.broker import client_of, make_broker, subscribe
 from shared.classification import ClassifyRequest
 from shared.events import RouteDecided, TaskAssigned, TaskFailed
@@ -100,7 +100,12 @@ def create_app(settings: Settings | None = None):
 
     async def route(event: TaskAssigned) -> None:
         """Pick the agent for a task (once per attempt) and hand it over."""
-        decision = await decide_once(event)
+        with telemetry.span("router classify", baton__workflow=event.workflow) as span:
+            decision = await decide_once(event)
+            telemetry.set_attributes(
+                span, baton__route__agent=decision.agent, baton__route__label=decision.label,
+                baton__route__confidence=decision.confidence, baton__route__classifier=decision.classifier,
+            )
         faults.point("router.after_decision")
         sender = f"{SERVICE}:{settings.consumer}"
         common = dict(
@@ -135,8 +140,10 @@ def create_app(settings: Settings | None = None):
         # After the decision is recorded: the supervisor counts a classifier's usage only while the task
         # is outstanding. A redelivery may record it twice (the supervisor counts it once per attempt).
         if decision.agent != HUMAN:
+            # (the worker span below is a child of the router span)
+            here = telemetry.current_traceparent() or event.traceparent
             await agents[decision.agent].publish(
-                event.model_copy(update={"agent": decision.agent, "sender": sender})
+                event.model_copy(update={"agent": decision.agent, "sender": sender, "traceparent": here})
             )
         log.info("routed", agent=decision.agent, classifier=decision.classifier, reason=decision.reason)
 

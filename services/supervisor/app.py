@@ -14,7 +14,7 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
-from shared import streams
+from shared import metrics, streams
 from shared.batch import Batched, InOrder, Outbox
 from shared.broker import make_broker, subscribe
 from shared.events import (
@@ -53,14 +53,17 @@ def create_app(settings: Settings | None = None):
     async def on_runs(event: RunRequest) -> None:
         """Submitted runs and cancellations."""
         await runs.on_runs(eng, event)
+        metrics.hop("runs", event)
 
     async def on_result(event: TaskResult) -> None:
         """Task outcomes from workers and the router."""
         await results.on_result(eng, event)
+        metrics.hop("results", event)
 
     async def on_object(event: ObjectChanged) -> None:
         """Bucket changes from the notifier."""
         await objects.on_object(eng, event)
+        metrics.hop("objects", event)
 
     async def on_dlq(event: dict[str, Any]) -> None:
         """Dead letters: a task that died there fails its run."""
@@ -115,6 +118,12 @@ def create_app(settings: Settings | None = None):
     letters = Batched(settings, SERVICE)
     letters.subscribe(broker, streams.DLQ, group, dict[str, Any], on_dlq, size=10, max_event_bytes=LETTER_MAX)
 
+    if settings.metrics_port is not None:  # stream lag, pending, DLQ size: read from Redis when scraped
+        metrics.collect_streams(
+            settings.redis_url,
+            streams.result_streams(settings.result_partitions)
+            + [streams.agent_stream(a) for a in workflows.agents],
+        )
     app = build_app(broker, res, log, service=SERVICE, redis=True, consumer=settings.consumer)
     if batched:
         batched.attach(app)

@@ -23,7 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 
-from shared import faults, streams
+from shared import faults, metrics, streams, telemetry
 from shared.events import (
     BaseEvent,
     HumanInputRequested,
@@ -114,6 +114,15 @@ class Engine:
         return published_key(wf.trigger.publish_to, state.trigger.key, state.final)
 
     # --- the commit path -----------------------------------------------------------------------------
+    @telemetry.spanned(
+        "supervisor decide",
+        lambda self, run_id, choose, *, cause, **_: {"baton__run_id": run_id, "baton__cause": cause},
+        lambda out: {
+            "baton__run__status": out.state.status if out.state is not None else None,
+            "baton__tasks_assigned": len(out.decision.assign) if out.decision is not None else 0,
+            "baton__ignored": out.decision.ignored if out.decision is not None else None,
+        },
+    )
     async def decide(
         self,
         run_id: str,
@@ -285,6 +294,7 @@ class Engine:
         self, state: RunState, d: Decision, effects: Effects, was_waiting: bool, cause: str
     ) -> None:
         await self.update_indexes(state, effects)
+        metrics.run_committed(state.status, effects.created is not None, was_waiting, retried=d.retry)
         await self.send(state, d.assign, d.encoded)
         await self.copy_once(state, effects.copies)
         if state.status == "completed":

@@ -16,7 +16,7 @@ import inspect
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-from shared import streams
+from shared import metrics, streams, telemetry
 from shared.batch import Batched
 from shared.broker import CURRENT_ENTRY, client_of, encode, make_broker, subscribe
 from shared.errors import ConfigError, InputRequired, KeyValidationError, PermanentError
@@ -177,6 +177,8 @@ def create_app(settings: Settings | None = None):
                 return
             started_written = None
             news = news_stream(event)
+            telemetry.interval("task queue wait", event.created_at, baton__agent=agent)
+            metrics.task_started(agent, event.created_at)
             if batched:  # written with the next pipeline: at the latest, in the same one as the outcome
                 started_written = batched.outbox.send(news, TaskStarted(**common))
             else:
@@ -187,6 +189,9 @@ def create_app(settings: Settings | None = None):
                 a worker dying at any instruction leaves either both or neither, so a redelivery either
                 re-runs the task (no outcome was sent) or only acknowledges it (one was)."""
                 mark = (done_key, attempt_id, outcome.type)
+                metrics.task_ended(agent, outcome, time.perf_counter() - started)
+                if isinstance(outcome, TaskFailed):
+                    telemetry.mark_error(outcome.error)
                 try:
                     if batched:
                         # (no EXPIRE per task: the supervisor expires the hash when the run ends)
@@ -206,11 +211,12 @@ def create_app(settings: Settings | None = None):
             started = time.perf_counter()
             deadline = asyncio.timeout(limit)
             try:
-                await ctx.load_inputs()
-                async with deadline:
-                    result = await func(ctx)
-                    if inspect.isawaitable(result):
-                        await result
+                with telemetry.span("task run", baton__agent=agent):
+                    await ctx.load_inputs()
+                    async with deadline:
+                        result = await func(ctx)
+                        if inspect.isawaitable(result):
+                            await result
             except InputRequired as exc:  # the run asks a person; the answer comes back as the next attempt
                 log.info("task_input_required", agent=agent, question=exc.question)
                 await report(TaskInputRequired(**common, question=exc.question, resume=exc.resume))

@@ -170,7 +170,7 @@ def make_handler(spec: AgentSpec) -> Callable[[AgentContext], Awaitable[None]]:
             await ctx.progress(f"input cut: {note}")
         host = urlsplit(cfg.base_url).netloc or cfg.base_url
         await ctx.progress(f"asking {cfg.model} at {host} ({len(prompt)} characters of prompt)", 10)
-        async with LLMClient(cfg) as llm:
+        async with LLMClient(cfg, agent=ctx.agent) as llm:
             try:
                 content, _result = await llm.complete(
                     [{"role": "user", "content": prompt}],
@@ -282,7 +282,7 @@ async def classify_request(
         "description": spec.description,
     }
     prompt = render(template, used, fields, {"request": ("request", text)}, {"labels": labels})
-    async with LLMClient(cfg) as llm:
+    async with LLMClient(cfg, agent="classifier") as llm:
         found, _ = await llm.complete(
             [{"role": "user", "content": prompt}],
             lambda reply: parse_classification(reply, labels),

@@ -1,0 +1,101 @@
+"""`/metrics` on every service process of the session's stack, parsed with prometheus-client's own parser:
+the counters move as the runs did, summed over the processes of a service (two batched workers, one on
+FastStream's per-message path)."""
+
+from __future__ import annotations
+
+import asyncio
+import urllib.request
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from shared import streams
+from tests.helpers import run
+
+ROOT = Path(__file__).resolve().parents[2]
+BRIEF = ROOT / "examples" / "briefs" / "topic.md"
+pytestmark = pytest.mark.e2e
+
+Samples = dict[tuple[str, frozenset], float]
+
+
+def scrape(url: str) -> Samples:
+    with urllib.request.urlopen(url, timeout=10) as response:
+        text = response.read().decode()
+    return {
+        (sample.name, frozenset(sample.labels.items())): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+def scrape_all(stack) -> dict[str, Samples]:
+    return {handle: scrape(stack.metrics[handle]) for handle in stack.procs}
+
+
+def total(scrapes: dict[str, Samples], name: str, service: str | None = None, **labels) -> float:
+    """The sum of `name` over every process (of `service`) whose sample has `labels`."""
+    want = set(labels.items())
+    return sum(
+        value
+        for handle, samples in scrapes.items()
+        if service is None or handle.startswith(f"{service}-")
+        for (sample, sample_labels), value in samples.items()
+        if sample == name and want <= sample_labels
+    )
+
+
+async def test_every_process_serves_metrics_and_the_counters_follow_the_runs(stack, settings):
+    before = await asyncio.to_thread(scrape_all, stack)
+    runs = await asyncio.gather(
+        *(run(settings, "content-factory", {"brief": BRIEF}) for _ in range(6)),
+        run(settings, "per-message"),
+        run(settings, "support", params={"text": "where is my parcel?"}),
+    )
+    assert [events[-1].type for _run_id, events in runs] == ["run.completed"] * 8
+    after = await asyncio.to_thread(scrape_all, stack)
+
+    def moved(name: str, service: str | None = None, **labels) -> float:
+        return total(after, name, service, **labels) - total(before, name, service, **labels)
+
+    services = Counter(handle.rsplit("-", 1)[0] for handle in after)
+    assert {"notifier", "supervisor", "router", "worker"} <= set(services) and services["worker"] >= 3
+    for handle, samples in after.items():  # each process says which service it is
+        info = [labels for (name, labels), _v in samples.items() if name == "baton_service_info"]
+        assert info and dict(info[0])["service"] == handle.rsplit("-", 1)[0], handle
+
+    # Tasks, by agent and outcome, summed over the worker processes (batched and per-message paths).
+    for agent in ("outliner", "writer", "seo"):
+        assert moved("baton_tasks_started_total", "worker", agent=agent) == 6, agent
+        assert moved("baton_tasks_ended_total", "worker", agent=agent, outcome="completed") == 6, agent
+        assert moved("baton_task_duration_seconds_count", "worker", agent=agent) == 6, agent
+        assert moved("baton_task_queue_wait_seconds_count", "worker", agent=agent) == 6, agent
+    assert moved("baton_tasks_ended_total", "worker", agent="permsg", outcome="completed") == 2
+    assert moved("baton_tasks_ended_total", "worker", agent="shipping", outcome="completed") == 1
+    assert moved("baton_tasks_ended_total", "worker", outcome="failed") == 0
+    # FastStream's own Prometheus middleware on the per-message path (the router, the permsg worker).
+    assert moved("faststream_received_processed_messages_total", "router", status="acked") >= 1
+    assert moved("faststream_received_processed_messages_total", "worker", handler="baton:agent:permsg") == 2
+
+    # Runs by status and the supervisor's hop latency.
+    assert moved("baton_runs_total", "supervisor", status="started") == 8
+    assert moved("baton_runs_total", "supervisor", status="completed") == 8
+    assert moved("baton_supervisor_hop_seconds_count", "supervisor", kind="runs") >= 8
+    assert moved("baton_supervisor_hop_seconds_count", "supervisor", kind="results") >= 6 * 3 + 3
+
+    # Stream gauges, read from Redis by the supervisor when scraped: nothing left behind by the runs.
+    gauge = {
+        (name, labels): value
+        for handle, samples in after.items()
+        if handle.startswith("supervisor-")
+        for (name, labels), value in samples.items()
+    }
+    outliner = frozenset({("stream", "baton:agent:outliner"), ("group", "outliner")})
+    assert gauge[("baton_stream_lag", outliner)] == 0
+    results = frozenset({("stream", streams.results_stream(0)), ("group", "supervisor")})
+    assert ("baton_stream_pending", results) in gauge
+    assert ("baton_dlq_size", frozenset()) in gauge
+    assert ("baton_runs_waiting", frozenset()) in gauge
