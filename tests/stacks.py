@@ -41,6 +41,7 @@ def own_stack(
     # the test workflows' `kind: a2a` agents need these to start (no test here calls them)
     env["A2A_TEST_URL"] = f"http://127.0.0.1:{servers.free_port()}"
     env["A2A_TEST_TOKEN"] = "not-the-token"
+    env["A2A_GATEWAY_TOKEN"] = "not-the-token"
     passwords = new_passwords()
     asyncio.run(client.init_workspace(Settings(**settings_kwargs(env), acl_passwords=passwords)))
     stack = Stack(root, env, credentials=acl_credentials(env, passwords))

@@ -68,7 +68,7 @@ def test_baton_dev_up_prints_the_consoles_address_and_token(monkeypatch, tmp_pat
         "BATON_BUCKET": "b", "BATON_WORKFLOWS": "w.yaml", "BATON_CONSOLE_PORT": "9914",
         "BATON_CONSOLE_TOKEN": "t0ken",
     }  # fmt: skip
-    monkeypatch.setattr(cli.dev, "up", lambda root, workflows, workers: env)
+    monkeypatch.setattr(cli.dev, "up", lambda root, workflows, workers, **_options: env)
     result = CliRunner().invoke(cli.app, ["dev", "up"])
     assert result.exit_code == 0, result.output
     assert "# console: http://127.0.0.1:9914/ token t0ken" in result.output
