@@ -109,8 +109,15 @@ def test_a_hierarchical_run_with_a_model_is_one_trace_across_the_services(traced
     run_id = outcome["run_id"]
 
     def complete(trace: dict) -> bool:
+        """Every expected span is there, and every span's parent too: services export in their own
+        batches (every few seconds), so a child can reach Jaeger before its parent does."""
         names = {s["operationName"] for s in trace["spans"]}
-        return {"run submit", "baton:agent:joiner process", f"chat {env['BATON_TEST_LLM_MODEL']}"} <= names
+        ids = {s["spanID"] for s in trace["spans"]}
+        parents = {
+            r["spanID"] for s in trace["spans"] for r in s.get("references", []) if r["refType"] == "CHILD_OF"
+        }
+        wanted = {"run submit", "baton:agent:joiner process", f"chat {env['BATON_TEST_LLM_MODEL']}"}
+        return wanted <= names and parents <= ids
 
     trace = _wait_for_trace(jaeger, run_id, complete)
     spans = {s["spanID"]: s for s in trace["spans"]}
