@@ -346,9 +346,14 @@ def hop_overhead(
 
 
 def runs_list(client: redis.Redis, url: str, token: str, runs: int, requests: int) -> dict:
-    """GET /runs (JSON) over an index of `runs` runs (their index entries and `core` fields written here:
-    1 in 100 failed, 10 workflows): the newest page, a page deep in the index, and filtered pages (status,
-    workflow, both), `requests` times each. The index is left as it was."""
+    """GET /runs (JSON) over an index of `runs` runs (their index entries, as the supervisor keeps them:
+    every run, by status and by workflow, and `core` fields written here: 1 in 100 failed, 10 workflows):
+    the newest page, a page deep in the index, and filtered pages (status, workflow, both), `requests`
+    times each. The indexes are left as they were."""
+
+    def status_of(i: int) -> str:
+        return "failed" if i % 100 == 0 else "completed"
+
     prefix, t0 = "bench-list-", time.time() - runs
     ids = [f"{prefix}{i:07d}" for i in range(runs)]
     for start in range(0, runs, 5000):
@@ -358,11 +363,15 @@ def runs_list(client: redis.Redis, url: str, token: str, runs: int, requests: in
                 "run_id": ids[i],
                 "workflow": f"wf{i % 10}",
                 "pattern": "sequential",
-                "status": "failed" if i % 100 == 0 else "completed",
+                "status": status_of(i),
                 "created_at": f"2026-01-01T00:00:{i % 60:02d}+00:00",
             }
             pipe.hset(streams.run_state(ids[i]), "core", json.dumps(core))
-        pipe.zadd(streams.RUN_INDEX, {ids[i]: t0 + i for i in range(start, min(start + 5000, runs))})
+        span = range(start, min(start + 5000, runs))
+        pipe.zadd(streams.RUN_INDEX, {ids[i]: t0 + i for i in span})
+        for i in span:
+            pipe.zadd(streams.run_status_index(status_of(i)), {ids[i]: t0 + i})
+            pipe.zadd(streams.run_workflow_index(f"wf{i % 10}"), {ids[i]: t0 + i})
         pipe.execute()
     total = client.zcard(streams.RUN_INDEX)
     queries = {
@@ -370,7 +379,7 @@ def runs_list(client: redis.Redis, url: str, token: str, runs: int, requests: in
         "a page 90,000 runs deep": {"cursor": str(max(0, total - runs // 10))},
         "status=failed (1 in 100)": {"status": "failed"},
         "workflow=wf3 (1 in 10)": {"workflow": "wf3"},
-        "status=failed, workflow=wf3 (1 in 1,000)": {"status": "failed", "workflow": "wf3"},
+        "status=failed, workflow=wf3 (none match)": {"status": "failed", "workflow": "wf3"},
     }
     out: dict = {"runs": runs, "index_total": total, "requests": requests, "queries": {}}
     headers = {"authorization": f"Bearer {token}", "accept": "application/json"}
@@ -389,6 +398,10 @@ def runs_list(client: redis.Redis, url: str, token: str, runs: int, requests: in
         for start in range(0, runs, 5000):
             chunk = ids[start : start + 5000]
             client.zrem(streams.RUN_INDEX, *chunk)
+            for key in [streams.run_status_index(s) for s in ("failed", "completed")] + [
+                streams.run_workflow_index(f"wf{w}") for w in range(10)
+            ]:
+                client.zrem(key, *chunk)
             client.delete(*(streams.run_state(i) for i in chunk))
     return out
 
