@@ -579,7 +579,7 @@ async def apply(settings, passwords: Mapping[str, str]) -> list[str]:
         unquote(url.password) if url.password and (url.username or "default") == "default" else None
     )
     if settings.cluster:  # users are per node: every master and every replica gets them
-        seeds, auth = cluster_parts(settings.redis_url)
+        _seeds, auth = cluster_parts(settings.redis_url)
         admin_password = auth.get("password") if (auth.get("username") or "default") == "default" else None
         nodes = await all_nodes(settings.redis_url)
         warnings: list[str] = []

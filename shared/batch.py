@@ -231,29 +231,25 @@ class ReplicaWait:
         self.replicas, self.timeout_ms, self.refresh = replicas, timeout_ms, refresh
         self._present: dict[tuple, tuple[int, float]] = {}  # (host, port) -> (replicas, when learned)
 
-    def command(self, connection) -> tuple | None:
-        present, learned = self._present.get((connection.host, connection.port), (self.replicas, 0.0))
+    async def command(self, connection) -> tuple | None:
+        """The WAIT to end this connection's pipeline with (None: its master has no replica)."""
+        present, learned = self._present.get((connection.host, connection.port), (0, 0.0))
         if time.monotonic() - learned > self.refresh:
-            return None  # learn the count first (ROLE), then WAIT for it
+            present = await self.learn(connection)
         return ("WAIT", min(self.replicas, present), self.timeout_ms) if present else None
 
-    async def learn(self, connection) -> None:
+    async def learn(self, connection) -> int:
         await connection.send_packed_command(_pack(connection, [("ROLE",)]))
         role = await connection.read_response()
         present = len(role[2]) if role and role[0] == b"master" else 0
         self._present[(connection.host, connection.port)] = (present, time.monotonic())
-
-    def stale(self, connection) -> bool:
-        _present, learned = self._present.get((connection.host, connection.port), (0, 0.0))
-        return time.monotonic() - learned > self.refresh
+        return present
 
 
 async def _exchange(connection, commands: list[tuple], wait: ReplicaWait | None = None) -> list:
     """Send the commands (then WAIT, if asked) and read their replies. Replicas short of the WAIT fail
     every command of the pipeline: written on the master, maybe lost by a failover, so not acknowledged."""
-    if wait is not None and wait.stale(connection):
-        await wait.learn(connection)
-    wait_command = wait.command(connection) if wait is not None else None
+    wait_command = await wait.command(connection) if wait is not None else None
     await connection.send_packed_command(
         _pack(connection, commands + [wait_command] if wait_command else commands)
     )

@@ -10,11 +10,11 @@ atomic step Baton takes touches one hash slot (shared/streams.py).
 from __future__ import annotations
 
 import asyncio
-from urllib.parse import unquote, urlsplit
+from urllib.parse import unquote
 
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import ClusterNode, RedisCluster
-from redis.exceptions import AuthenticationError, RedisClusterException, RedisError, ResponseError
+from redis.exceptions import AuthenticationError, RedisError, ResponseError
 
 from .errors import ConfigError
 
@@ -60,15 +60,6 @@ def cluster_parts(url: str) -> tuple[list[tuple[str, int]], dict]:
     if CLUSTER_SCHEMES.get(scheme) == "rediss":
         kw["ssl"] = True
     return seeds, kw
-
-
-def describe(url: str) -> str:
-    """The URL without its credentials (for errors and logs)."""
-    if is_cluster(url):
-        seeds, _ = cluster_parts(url)
-        return "cluster " + ",".join(f"{h}:{p}" for h, p in seeds)
-    parts = urlsplit(url)
-    return f"{parts.scheme}://{parts.hostname}:{parts.port or 6379}"
 
 
 class BoundedCluster(RedisCluster):
@@ -171,17 +162,3 @@ async def all_nodes(url: str) -> list[tuple[str, int]]:
         return sorted(set(found))
     raise ConfigError(f"REDIS_CLUSTER_URL: no seed node answers CLUSTER NODES: {last}")
 
-
-async def verify_nodes(client) -> None:
-    """Every node a cluster client learned about answers (a node that stays unreachable is named)."""
-    if not isinstance(client, RedisCluster):
-        return
-    try:
-        await client.initialize()
-    except (RedisClusterException, RedisError) as exc:
-        raise ConfigError(f"Redis Cluster: {exc}") from exc
-    for node in client.get_nodes():
-        try:
-            await client.execute_command("PING", target_nodes=node)
-        except (RedisError, OSError) as exc:
-            raise ConfigError(f"Redis Cluster: node {node.host}:{node.port} is unreachable: {exc}") from exc
