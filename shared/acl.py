@@ -212,7 +212,8 @@ def _notifier_grants() -> list[Grant]:
         # EVAL: the mark and the entry in one script (services/notifier/app.py); its SET and XADD are
         # checked again against the grants above.
         Grant(
-            "publish each S3 event once, with its mark", (streams.OBJECTS, streams.OBJECTS_SEEN_PREFIX + "*"),
+            "publish each S3 event once, with its mark",
+            (streams.OBJECTS, streams.OBJECTS_SEEN_PREFIX + "*"),
             ("eval",),
         ),
     ]

@@ -82,9 +82,15 @@ class Outbox:
     the client ~10 µs of redis-py, an entry in the script ~1 µs.
     """
 
-    def __init__(self, redis, timeout: float = PIPELINE_TIMEOUT, wait_replicas: int = 0) -> None:
+    def __init__(
+        self, redis, timeout: float = PIPELINE_TIMEOUT, wait_replicas: int = 0, pipelines: int = 1
+    ) -> None:
         self.redis = redis
         self.timeout = timeout
+        # Pipelines in flight at once, each on its own connection: with more than one, what is queued while
+        # one is out goes in another at once (Redis works on one while the process prepares the next), but
+        # two pipelines' commands may run in either order: only for callers that await what they depend on.
+        self.pipelines = pipelines
         # With replicas to wait for, each pipeline ends with WAIT on every connection it wrote on: its
         # replies (and so every acknowledgement that follows) come once that many replicas have the writes.
         self.wait = ReplicaWait(wait_replicas) if wait_replicas else None
@@ -93,7 +99,8 @@ class Outbox:
         self._ops: list[tuple[str, tuple, asyncio.Future]] = []
         self._reads: dict[tuple, asyncio.Future] = {}  # identical reads queued together share one command
         self._acks: dict[tuple[str, str], list[bytes | str]] = {}
-        self._flusher: asyncio.Task | None = None
+        self._flushers: set[asyncio.Task] = set()
+        self._pending = False  # a flusher is created and has not taken its first batch yet
 
     def call(self, command: str, *args) -> asyncio.Future:
         if command in READ_COMMANDS and (command, *args) in self._reads:
@@ -131,14 +138,17 @@ class Outbox:
 
     async def drain(self) -> None:
         """Wait until everything queued so far has been written."""
-        while self._flusher is not None:
-            await asyncio.shield(self._flusher)
+        while self._flushers:
+            await asyncio.shield(next(iter(self._flushers)))
 
     def _schedule(self) -> None:
-        if self._flusher is None:
-            self._flusher = asyncio.get_running_loop().create_task(self._flush())
+        if len(self._flushers) < self.pipelines and (len(self._flushers) == 0 or not self._pending):
+            self._pending = True  # (one flusher waits to take what this loop turn queues)
+            task = asyncio.get_running_loop().create_task(self._flush())
+            self._flushers.add(task)
 
     async def _flush(self) -> None:
+        self._pending = False
         try:
             while self._entries or self._ops or self._acks:
                 entries, self._entries = self._entries, {}
@@ -162,9 +172,8 @@ class Outbox:
                 for items, reply in zip(entries.values(), replies[len(ops) :], strict=False):
                     for i, (_data, _mark, future) in enumerate(items):
                         _resolve(future, reply if isinstance(reply, BaseException) else reply[i])
-        finally:
-            self._flusher = None
-
+        finally:  # (at once, not in a done-callback: a command queued meanwhile must start one)
+            self._flushers.discard(asyncio.current_task())
 
     async def _pipeline(self, commands: list[tuple]) -> list:
         """Send the commands in one write and read their replies, raw (an error reply becomes its exception).

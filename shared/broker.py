@@ -248,8 +248,13 @@ def make_broker(settings: Settings, service: str, logger=None) -> RedisBroker:
                 return await dead_letter(msg, describe_validation_error(exc))
             except Exception as exc:
                 # Left pending: the reclaimer redelivers it, and dead-letters it after max_deliveries.
-                await record_error(client_of(holder["broker"]), _stream_of(msg), getattr(msg, "group", None),
-                                   _message_id(msg), exc)
+                await record_error(
+                    client_of(holder["broker"]),
+                    _stream_of(msg),
+                    getattr(msg, "group", None),
+                    _message_id(msg),
+                    exc,
+                )
                 raise
             finally:
                 keepalive.cancel()

@@ -495,9 +495,7 @@ async def classify(
     if not labels:
         raise ValueError("classify needs at least one label")
     shown, _note = cut(text, max_input_chars, "request")
-    prompt = CLASSIFY_PROMPT.format(
-        labels=", ".join(labels), instruction=instruction.strip(), text=shown
-    )
+    prompt = CLASSIFY_PROMPT.format(labels=", ".join(labels), instruction=instruction.strip(), text=shown)
     own = client is None
     llm = client or LLMClient(client_cfg)
     before = dataclasses.replace(llm.usage)
@@ -611,4 +609,3 @@ def _short_error(exc: Exception) -> str:
             parts.append(f"{loc}: {err['msg']}")
         return "; ".join(parts)
     return str(exc)
-

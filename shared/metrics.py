@@ -49,7 +49,8 @@ RETRIES = Counter("baton_handler_retries", "In-process retries of a handler afte
 TASK_RETRIES = Counter("baton_task_retries", "Task attempts after the first, assigned by the supervisor.")
 DEAD_LETTERED = Counter("baton_dead_lettered", "Entries this process sent to the DLQ, by stream.", ["stream"])
 TOKENS = Counter(
-    "baton_model_tokens", "Model tokens, by agent, model and direction (input, output).",
+    "baton_model_tokens",
+    "Model tokens, by agent, model and direction (input, output).",
     ["agent", "model", "direction"],
 )
 COST = Counter(
@@ -123,9 +124,7 @@ class StreamCollector:
     def __init__(self, redis_url: str, more_streams: list[str]) -> None:
         # Synchronous: prometheus-client collects in its HTTP server's thread, not on the event loop.
         self.redis = _sync_client(redis_url)
-        self.streams = [
-            streams.RUNS, streams.ROUTE, streams.OBJECTS, streams.DLQ, *more_streams
-        ]
+        self.streams = [streams.RUNS, streams.ROUTE, streams.OBJECTS, streams.DLQ, *more_streams]
         self._lock = threading.Lock()
 
     def collect(self):
@@ -182,7 +181,9 @@ def _sync_client(url: str):
     if is_cluster(url):
         seeds, auth = cluster_parts(url)
         return RedisCluster(
-            startup_nodes=[ClusterNode(h, p) for h, p in seeds], socket_timeout=5, socket_connect_timeout=5,
+            startup_nodes=[ClusterNode(h, p) for h, p in seeds],
+            socket_timeout=5,
+            socket_connect_timeout=5,
             **auth,
         )
     return redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=5)

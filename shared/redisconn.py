@@ -121,8 +121,9 @@ async def verify(url: str) -> None:
                     "of 16384 slots assigned (form the cluster first: python -m baton.cluster form)"
                 )
             if fields.get("cluster_state") != "ok":
-                raise ConfigError(f"REDIS_CLUSTER_URL: node {host}:{port} says cluster_state:"
-                                  f"{fields.get('cluster_state')}")
+                raise ConfigError(
+                    f"REDIS_CLUSTER_URL: node {host}:{port} says cluster_state:{fields.get('cluster_state')}"
+                )
             return
         except AuthenticationError as exc:
             raise ConfigError(
@@ -161,4 +162,3 @@ async def all_nodes(url: str) -> list[tuple[str, int]]:
             found.append((node_host or host, int(node_port)))
         return sorted(set(found))
     raise ConfigError(f"REDIS_CLUSTER_URL: no seed node answers CLUSTER NODES: {last}")
-

@@ -224,8 +224,15 @@ class Storage:
 def _span(method: str, bucket: str, key: str, size: int | None = None, version: str | None = None):
     """A client span per S3 call, named and tagged as OpenTelemetry's botocore instrumentation does."""
     return telemetry.span(
-        f"S3.{method}", kind="client", rpc__system="aws-api", rpc__service="S3", rpc__method=method,
-        aws__s3__bucket=bucket, aws__s3__key=key, baton__s3__size=size, baton__s3__version_id=version,
+        f"S3.{method}",
+        kind="client",
+        rpc__system="aws-api",
+        rpc__service="S3",
+        rpc__method=method,
+        aws__s3__bucket=bucket,
+        aws__s3__key=key,
+        baton__s3__size=size,
+        baton__s3__version_id=version,
     )
 
 

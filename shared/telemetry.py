@@ -128,8 +128,10 @@ def traced(stream: str, handler: Callable[[Any], Awaitable[Any]]):
     from .broker import CURRENT_ENTRY
 
     async def in_span(event):
-        parent = context_of(getattr(event, "traceparent", None) or (
-            event.get("traceparent") if isinstance(event, dict) else None))
+        parent = context_of(
+            getattr(event, "traceparent", None)
+            or (event.get("traceparent") if isinstance(event, dict) else None)
+        )
         if not _parent_sampled(parent):  # an unsampled trace goes on unsampled, at the cost of a context
             from opentelemetry import context
 

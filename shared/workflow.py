@@ -36,6 +36,7 @@ def register_runtime(kind: str, factory: Callable[[AgentSpec], Callable]) -> Non
     """Make `kind: <kind>` agents loadable: `factory(spec)` returns the agent's handler."""
     RUNTIMES[kind] = factory
 
+
 AgentName = Annotated[str, Field(pattern=ID_PATTERN)]
 
 

@@ -95,8 +95,11 @@ def create_app(settings: Settings | None = None) -> AsgiFastStream:
             return AsgiResponse(reason.encode(), 400)
         for event in events:
             with telemetry.continued(
-                "notifier notify", event.traceparent, kind="producer",
-                baton__s3__key=event.key, baton__s3__event=event.event_name,
+                "notifier notify",
+                event.traceparent,
+                kind="producer",
+                baton__s3__key=event.key,
+                baton__s3__event=event.event_name,
             ):
                 await notify(event)
         return AsgiResponse(b"ok", 200)

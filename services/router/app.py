@@ -103,8 +103,11 @@ def create_app(settings: Settings | None = None):
         with telemetry.span("router classify", baton__workflow=event.workflow) as span:
             decision = await decide_once(event)
             telemetry.set_attributes(
-                span, baton__route__agent=decision.agent, baton__route__label=decision.label,
-                baton__route__confidence=decision.confidence, baton__route__classifier=decision.classifier,
+                span,
+                baton__route__agent=decision.agent,
+                baton__route__label=decision.label,
+                baton__route__confidence=decision.confidence,
+                baton__route__classifier=decision.classifier,
             )
         faults.point("router.after_decision")
         sender = f"{SERVICE}:{settings.consumer}"

@@ -38,6 +38,10 @@ from .engine import Engine
 
 SERVICE = "supervisor"
 LETTER_MAX = 512 * 1024 * 1024  # Redis' own limit for one value
+# The handlers await every write they depend on (a commit before its tasks are sent, the tasks before the
+# event is acknowledged), so their commands may go in concurrent pipelines: Redis runs one while the
+# process prepares the next (a 10,000-run burst: ~5% faster with 2, within the noise beyond).
+SUPERVISOR_PIPELINES = 2
 
 
 def create_app(settings: Settings | None = None):
@@ -134,9 +138,13 @@ def create_app(settings: Settings | None = None):
     @app.on_startup
     async def _bind() -> None:  # (after build_app's own start-up hook has opened `res`)
         # The handlers' commands go through one outbox: what they queue in one loop turn is one pipeline
-        # on one connection, however many runs are in flight (bounded use, no pool to exhaust).
+        # (at most SUPERVISOR_PIPELINES at once), however many runs are in flight (bounded connection use).
         own["redis"] = connect(settings.redis_url, socket_timeout=None, socket_connect_timeout=5)
-        eng.bind(res.storage, res.redis, Outbox(own["redis"], wait_replicas=settings.redis_wait_replicas))
+        eng.bind(
+            res.storage,
+            res.redis,
+            Outbox(own["redis"], wait_replicas=settings.redis_wait_replicas, pipelines=SUPERVISOR_PIPELINES),
+        )
 
     @app.after_startup
     async def _start() -> None:

@@ -84,7 +84,7 @@ class Engine:
 
     def bind(self, storage, redis, outbox) -> None:
         self.storage, self.redis, self.db = storage, redis, outbox
-        self.store = Store(outbox)
+        self.store = Store(outbox, keep=self.settings.state_cache)
 
     # --- helpers -------------------------------------------------------------------------------------
     def pattern_of(self, state: RunState):
@@ -139,7 +139,7 @@ class Engine:
         `cause`: the id of the event being handled; `loaded`: what the caller already read; `record`: an
         event for the run's stream, appended by the commit (or on its own if nothing is committed)."""
         if loaded is None:
-            loaded = await self.store.load(run_id, *want, CAUSE + cause)
+            loaded = await self.store.load(run_id, *want, CAUSE + cause, cached=True)
         needs = 0
         while True:
             if not loaded.exists:
@@ -160,6 +160,9 @@ class Engine:
                 await self.store.load_more(loaded, field)
                 continue
             if decision.ignored or decision.state is None:
+                if loaded.cached:  # (a redelivery? what its commit owes is in `c:`, not read: read it all)
+                    loaded = await self.store.load(run_id, *self._read(loaded), CAUSE + cause)
+                    continue
                 if record is not None:
                     await self.record(record)
                 await self.redo(loaded, cause)
@@ -176,14 +179,21 @@ class Engine:
                 effects.moved = ""
             elif old_status != new.status:
                 effects.moved = old_status
-            if await self.store.commit(loaded, new, ops, (cause, effects) if effects.owed else None):
+            stored = await self.store.commit(loaded, new, ops, (cause, effects) if effects.owed else None)
+            if stored is not None:
                 break
             # Another handler or replica committed meanwhile: read what we had read again, decide again.
-            loaded = await self.store.load(run_id, *(f for f in loaded.fields if f not in ("rev", "core")))
+            loaded = await self.store.load(run_id, *self._read(loaded), CAUSE + cause)
         faults.point("supervisor.after_commit")  # committed, nothing sent: a redelivery sends it
         await self.after_commit(new, decision, effects, was_waiting, cause)
         faults.point("supervisor.after_send")  # sent, not acknowledged: a redelivery may send it again
+        self.store.put(stored, new)  # (only now: a handler that failed before leaves nothing kept)
         return Outcome(new, decision, loaded)
+
+    @staticmethod
+    def _read(loaded: Loaded) -> list[str]:
+        """The fields `loaded` holds, to read them again (`rev` and `core` always are)."""
+        return [f for f in loaded.fields if f not in ("rev", "core")]
 
     async def prepare(self, new: RunState, d: Decision, was_waiting: bool):
         """The decision's writes before its commit, and the operations that go with it."""
@@ -293,9 +303,13 @@ class Engine:
     async def after_commit(
         self, state: RunState, d: Decision, effects: Effects, was_waiting: bool, cause: str
     ) -> None:
-        await self.update_indexes(state, effects)
+        if effects.index:
+            await sync_waiting(self.redis, state)
         metrics.run_committed(state.status, effects.created is not None, was_waiting, retried=d.retry)
-        await self.send(state, d.assign, d.encoded)
+        # the indexes and the tasks: queued together, one round trip for all of them
+        await asyncio.gather(
+            *self.index_writes(state, effects), *self.task_writes(state, d.assign, d.encoded)
+        )
         await self.copy_once(state, effects.copies)
         if state.status == "completed":
             self.log.info("run_completed", outputs=sorted(state.final), ended_by=state.ended_by)
@@ -311,22 +325,32 @@ class Engine:
             self.db.call("HDEL", streams.run_state(state.run_id), CAUSE + cause)
 
     async def update_indexes(self, state: RunState, effects: Effects) -> None:
-        """The waiting index, the run index and the done-marks' expiry: keys outside the run's slot."""
         if effects.index:
             await sync_waiting(self.redis, state)
+        await asyncio.gather(*self.index_writes(state, effects))
+
+    def index_writes(self, state: RunState, effects: Effects) -> list[asyncio.Future]:
+        """The run index, the status indexes and the done-marks' expiry (keys outside the run's slot),
+        queued on the outbox; the waiting index is `sync_waiting`'s."""
+        writes = []
         if effects.created is not None:
-            self.db.call("ZADD", streams.run_workflow_index(state.workflow), effects.created, state.run_id)
-            await self.db.call("ZADD", streams.RUN_INDEX, effects.created, state.run_id)
+            writes.append(
+                self.db.call(
+                    "ZADD", streams.run_workflow_index(state.workflow), effects.created, state.run_id
+                )
+            )
+            writes.append(self.db.call("ZADD", streams.RUN_INDEX, effects.created, state.run_id))
         if effects.moved is not None:  # the status indexes (the console's filters) follow the run
             if effects.moved:
-                self.db.call("ZREM", streams.run_status_index(effects.moved), state.run_id)
+                writes.append(self.db.call("ZREM", streams.run_status_index(effects.moved), state.run_id))
             score = state.created_at.timestamp()
-            await self.db.call("ZADD", streams.run_status_index(state.status), score, state.run_id)
+            writes.append(self.db.call("ZADD", streams.run_status_index(state.status), score, state.run_id))
         if effects.ended:
             # (the hash may not exist yet: a late outcome would create it without a TTL)
             done = streams.run_done(state.run_id, self.settings.result_partitions)
-            self.db.call("HSETNX", done, ".ended", state.status)
-            await self.db.call("EXPIRE", done, self.retention_s)
+            writes.append(self.db.call("HSETNX", done, ".ended", state.status))
+            writes.append(self.db.call("EXPIRE", done, self.retention_s))
+        return writes
 
     async def asked(self, state: RunState) -> None:
         """A run started waiting for a person: a response already in the bucket answers it."""
@@ -335,8 +359,14 @@ class Engine:
 
     async def send(self, state: RunState, tasks: list[TaskAssigned], encoded: dict | None = None) -> None:
         """Append tasks to their streams, or time them if their retry waits out a backoff."""
+        await asyncio.gather(*self.task_writes(state, tasks, encoded))
+
+    def task_writes(
+        self, state: RunState, tasks: list[TaskAssigned], encoded: dict | None = None
+    ) -> list[asyncio.Future]:
+        """`send`'s writes, queued on the outbox (`encoded`: the tasks' JSON, if made already)."""
         writes = []
-        now = utcnow()
+        now = utcnow() if tasks else None
         for task in tasks:
             slot = state.tasks.get(task.task_id)
             if slot is not None and slot.not_before is not None and slot.not_before > now:
@@ -346,8 +376,7 @@ class Engine:
                 writes.append(
                     self.db.send(self.dispatch_stream(task), task, data=data.encode() if data else None)
                 )
-        if writes:
-            await asyncio.gather(*writes)
+        return writes
 
     async def copy_once(self, state: RunState, copies) -> None:
         """Create-only copies (a redone copy makes no second version), then what the run's pattern does
@@ -386,8 +415,9 @@ class Engine:
                 await self.asked(state)
         self.db.call("HDEL", streams.run_state(state.run_id), CAUSE + cause)
 
-    async def schedule(self, when: float, kind: str, task: TaskAssigned) -> None:
+    def schedule(self, when: float, kind: str, task: TaskAssigned) -> asyncio.Future:
+        """Time `task` (queued on the outbox: await the result)."""
         member = json.dumps(
             {"kind": kind, "run_id": task.run_id, "task_id": task.task_id, "attempt": task.attempt}
         )
-        await self.db.call("ZADD", streams.TIMERS, "NX", when, member)
+        return self.db.call("ZADD", streams.TIMERS, "NX", when, member)

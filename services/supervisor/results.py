@@ -26,7 +26,7 @@ async def on_result(eng: Engine, event: TaskResult) -> None:
             await schedule_deadline(eng, event)
         await recorded
         return
-    loaded = await eng.store.load(event.run_id, TASK + event.task_id, CAUSE + event.event_id)
+    loaded = await eng.store.load(event.run_id, TASK + event.task_id, CAUSE + event.event_id, cached=True)
     if not loaded.exists:
         eng.log.warning("result_for_unknown_run")
         await eng.record(event)

@@ -47,8 +47,12 @@ async def on_cancel(eng: Engine, event: RunCancelRequested) -> None:
 async def on_run(eng: Engine, event: RunSubmitted) -> None:
     """Start a run: bring its inputs into the workspace, then store its state and its first step in one
     commit (a crash leaves either no run, or a started one)."""
-    loaded = await eng.store.load(event.run_id, CAUSE + event.event_id)
-    if loaded.exists:  # a redelivery, or the same run id submitted twice
+    prefix = run_prefix(event.run_id)
+    if any(not ref.key.startswith(prefix) for ref in event.inputs.values()):
+        loaded = await eng.store.load(event.run_id, CAUSE + event.event_id)
+    else:  # nothing to copy in: the commit itself checks that the run is new (else it reads and redoes)
+        loaded = Loaded(event.run_id, fields={CAUSE + event.event_id: None})
+    if loaded.exists:  # a redelivery, or the same run id submitted twice (copies made before it again)
         eng.log.info("duplicate_run_submitted", status=loaded.view().status)
         await eng.redo(loaded, event.event_id)
         return
@@ -105,6 +109,7 @@ async def create(eng: Engine, loaded: Loaded, state: RunState, cause: str, start
     already ended, e.g. failed)."""
     loaded.fields["core"] = state.model_dump_json().encode()
     loaded.all_tasks = loaded.all_subtasks = True  # a new run has nothing else
+    loaded.state = state  # (the decision starts from it: no need to parse what was just written)
 
     def ended(s: RunState) -> Decision:  # (a state another replica stored meanwhile is not ours to end)
         return Decision(state=s) if s.created_at == state.created_at else Decision.ignore("stored already")

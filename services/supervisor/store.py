@@ -7,6 +7,7 @@ the decision appends, in one script that first compares the revision it read.
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from dataclasses import dataclass, field
 
 from pydantic import BaseModel
@@ -79,13 +80,19 @@ class Loaded:
     fields: dict[str, bytes | None] = field(default_factory=dict)
     all_tasks: bool = False
     all_subtasks: bool = False
+    state: RunState | None = None  # the parsed state, if kept from this process's last commit
+    cached: bool = False  # came from the cache: fields other than the state's (`c:`) were not read
 
     @property
     def exists(self) -> bool:
         return self.fields.get("core") is not None
 
     def view(self) -> RunState:
-        """A fresh, mutable `RunState` from what was read (parsed again each time: decisions mutate it)."""
+        """A fresh, mutable `RunState` from what was read (parsed again each time: decisions mutate it;
+        a state kept from the last commit is handed out once, unparsed)."""
+        if self.state is not None:
+            state, self.state = self.state, None
+            return state
         state = RunState.model_validate_json(self.fields["core"])
         state.tasks = self._partial(TASK, TaskSlot, self.all_tasks)
         state.subtasks = self._partial(SUBTASK, SubtaskState, self.all_subtasks)
@@ -107,13 +114,47 @@ class Loaded:
 
 
 class Store:
-    """Reads and commits run states through `db` (the service's `Commands`: group-committed)."""
+    """Reads and commits run states through `db` (the service's `Commands`: group-committed).
 
-    def __init__(self, db) -> None:
+    It keeps the last committed state of up to `keep` active runs, parsed, with the bytes it wrote (a
+    run's next hop then needs no read and no parse). A kept state is only a guess: the commit compares the
+    revision in Redis, so one another replica changed meanwhile costs a read and a second decision, never
+    a wrong commit. An entry is taken out while a handler uses it and put back only after its commit's
+    effects are sent, so a handler that fails leaves nothing behind to trust."""
+
+    def __init__(self, db, keep: int = 0) -> None:
         self.db = db
+        self.keep = keep
+        self.kept: OrderedDict[str, tuple[Loaded, RunState]] = OrderedDict()
+        self.hits = self.misses = 0
 
-    async def load(self, run_id: str, *names: str) -> Loaded:
-        """`rev`, `core` and the named fields, in one command."""
+    def put(self, loaded: Loaded, state: RunState) -> None:
+        """Keep `state` (as just committed, described by `loaded`) for the run's next hop."""
+        if self.keep <= 0:
+            return
+        if not state.active:
+            self.kept.pop(loaded.run_id, None)
+            return
+        self.kept[loaded.run_id] = (loaded, state)
+        self.kept.move_to_end(loaded.run_id)
+        while len(self.kept) > self.keep:
+            self.kept.popitem(last=False)
+
+    def forget(self, run_id: str) -> None:
+        self.kept.pop(run_id, None)
+
+    async def load(self, run_id: str, *names: str, cached: bool = False) -> Loaded:
+        """`rev`, `core` and the named fields, in one command; with `cached`, from the kept state if this
+        process holds one (`c:` fields then count as absent: a caller that finds the event ignored must
+        read again to see what it owes)."""
+        entry = self.kept.pop(run_id, None) if cached else None
+        # (a field the kept state does not hold: another replica moved the run on, most likely)
+        if entry is not None and all(n in entry[0].fields or n.startswith(CAUSE) for n in names):
+            loaded, state = entry
+            loaded.state, loaded.cached = state, True
+            self.hits += 1
+            return loaded
+        self.misses += cached
         names = tuple(dict.fromkeys(("rev", "core", *names)))
         values = await self.db.call("HMGET", streams.run_state(run_id), *names)
         loaded = Loaded(run_id, rev=values[0])
@@ -143,13 +184,17 @@ class Store:
         new: RunState,
         ops: list[tuple[str, str, str]] = (),
         effects: tuple[str, Effects] | None = None,
-    ) -> bool:
+    ) -> Loaded | None:
         """Write what changed in `new` since `loaded`, plus `ops` and the cause's `effects`, if the run's
-        revision is still the one read. False: it changed meanwhile (nothing was written)."""
+        revision is still the one read: then the fields as now stored (`c:` ones aside). None: it changed
+        meanwhile (nothing was written)."""
         key = streams.run_state(loaded.run_id)
+        stored: dict[str, bytes | None] = {}
         clear: list[str] = []
         drop: list[str] = []
-        sets: list[str] = ["core", new.model_dump_json()]
+        core = new.model_dump_json()
+        sets: list[str] = ["core", core]
+        stored["core"] = core.encode()
         for prefix, items in ((TASK, new.tasks), (SUBTASK, new.subtasks)):
             if getattr(items, "cleared", False):
                 clear.append(prefix)
@@ -161,7 +206,8 @@ class Store:
                 field_name = prefix + name
                 present.add(field_name)
                 data = value.model_dump_json()
-                if loaded.fields.get(field_name) != data.encode():
+                raw = stored[field_name] = data.encode()
+                if loaded.fields.get(field_name) != raw:
                     sets += [field_name, data]
             if not getattr(items, "cleared", False):
                 drop += [
@@ -191,4 +237,19 @@ class Store:
             *sets,
             *args,
         )
-        return bool(reply)
+        if not reply:
+            return None
+        if isinstance(new.tasks, Partial):
+            stored.update((TASK + name, None) for name in new.tasks.absent)
+        if isinstance(new.subtasks, Partial):
+            stored.update((SUBTASK + name, None) for name in new.subtasks.absent)
+        for items in (new.tasks, new.subtasks):
+            if isinstance(items, Partial):
+                items.cleared = False  # (done: a kept state must not clear them again)
+        return Loaded(
+            loaded.run_id,
+            rev=str(rev + 1).encode(),
+            fields=stored,
+            all_tasks=loaded.all_tasks or TASK in clear or not isinstance(new.tasks, Partial),
+            all_subtasks=loaded.all_subtasks or SUBTASK in clear or not isinstance(new.subtasks, Partial),
+        )

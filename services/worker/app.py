@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import functools
-import gc
 import inspect
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -138,6 +137,7 @@ def create_app(settings: Settings | None = None):
                     TaskFailed(**common, error=f"task for agent {event.agent!r} arrived at {agent!r}")
                 )
                 return
+
             async def redis(command: str, *args):
                 if batched:  # rides the outbox's next pipeline with the other tasks' commands
                     return await batched.outbox.call(command, *args)
@@ -282,13 +282,6 @@ def create_app(settings: Settings | None = None):
     async def _stop_threads() -> None:
         for pool in pools:  # a thread cannot be interrupted: one still running ends with the process
             pool.shutdown(wait=False, cancel_futures=True)
-
-    @app.after_startup
-    async def _freeze() -> None:
-        # What start-up built lives as long as the process: keep it out of the collector's full passes,
-        # which otherwise cost more than the tasks themselves at a few thousand tasks a second.
-        gc.collect()
-        gc.freeze()
 
     return app
 

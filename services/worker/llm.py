@@ -118,9 +118,7 @@ def output_kind(spec: AgentSpec) -> OutputKind:
 def check_template(template: str) -> set[str]:
     """The placeholders a template uses; ConfigError for an unknown one."""
     used = set(PLACEHOLDER.findall(template))
-    unknown = sorted(
-        p for p in used if p not in SIMPLE and not re.fullmatch(r"(input|params)\.[\w.-]+", p)
-    )
+    unknown = sorted(p for p in used if p not in SIMPLE and not re.fullmatch(r"(input|params)\.[\w.-]+", p))
     if unknown:
         raise ConfigError(
             f"prompt template uses unknown placeholders {unknown}; known: {sorted(SIMPLE)}, "
