@@ -26,8 +26,9 @@ from tests.stacks import burst, own_stack, stack_settings
 
 @contextlib.contextmanager
 def local_minio(tmp: Path, port: int, token: str, drives: int):
-    minio = servers.start_minio(tmp / f"minio-{drives}", f"http://127.0.0.1:{port}/minio/events", token,
-                                drives=drives)
+    minio = servers.start_minio(
+        tmp / f"minio-{drives}", f"http://127.0.0.1:{port}/minio/events", token, drives=drives
+    )
     try:
         yield minio.url, "127.0.0.1"
     finally:
@@ -47,12 +48,16 @@ def measure(mode: str, runs: int, rounds: int) -> dict:
         tmp = Path(name)
         port, token = servers.free_port(), secrets.token_hex(16)
         redis = servers.start_redis(tmp / "redis", password=secrets.token_urlsafe(16))
-        storage = node_minio(port, token) if mode == "4 nodes" else local_minio(
-            tmp, port, token, 4 if mode == "4 drives" else 1)
+        storage = (
+            node_minio(port, token)
+            if mode == "4 nodes"
+            else local_minio(tmp, port, token, 4 if mode == "4 drives" else 1)
+        )
         try:
-            with storage as (s3_url, notifier_host), own_stack(
-                tmp / "stack", redis.url, s3_url, port, token, notifier_host
-            ) as stack:
+            with (
+                storage as (s3_url, notifier_host),
+                own_stack(tmp / "stack", redis.url, s3_url, port, token, notifier_host) as stack,
+            ):
                 settings = stack_settings(stack)
                 asyncio.run(burst(settings, 5))  # warm: groups joined, connections open
                 seconds = []
@@ -63,8 +68,13 @@ def measure(mode: str, runs: int, rounds: int) -> dict:
         finally:
             redis.stop()
     best = min(seconds)
-    return {"mode": mode, "runs": runs, "seconds": [round(s, 2) for s in seconds],
-            "median_s": round(statistics.median(seconds), 2), "runs_per_s_best": round(runs / best, 1)}
+    return {
+        "mode": mode,
+        "runs": runs,
+        "seconds": [round(s, 2) for s in seconds],
+        "median_s": round(statistics.median(seconds), 2),
+        "runs_per_s_best": round(runs / best, 1),
+    }
 
 
 def main() -> None:
@@ -75,8 +85,10 @@ def main() -> None:
     args = parser.parse_args()
     results = [measure(m.strip(), args.runs, args.rounds) for m in args.modes.split(",")]
     for r in results:
-        print(f"{r['mode']:>9}: {r['runs']} runs, median {r['median_s']}s over {r['seconds']}, "
-              f"best {r['runs_per_s_best']} runs/s")
+        print(
+            f"{r['mode']:>9}: {r['runs']} runs, median {r['median_s']}s over {r['seconds']}, "
+            f"best {r['runs_per_s_best']} runs/s"
+        )
     print(json.dumps(results))
 
 

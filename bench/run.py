@@ -27,7 +27,16 @@ from bench import tracing as bench_tracing
 from bench.common import ROOT, cpu_seconds, descendants, machine_busy_seconds
 
 SCENARIOS = (
-    "hop", "baselines", "latency", "ref", "burst", "sweep", "fanout", "console", "cluster", "tracing"
+    "hop",
+    "baselines",
+    "latency",
+    "ref",
+    "burst",
+    "sweep",
+    "fanout",
+    "console",
+    "cluster",
+    "tracing",
 )
 BASELINES = ("raw", "celery", "dramatiq", "taskiq")
 PACKAGES = (
