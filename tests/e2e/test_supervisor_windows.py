@@ -628,6 +628,81 @@ async def test_two_handlers_racing_on_one_run_one_commits_and_the_other_decides_
         await redis.aclose()
 
 
+async def test_a_kept_state_another_replica_moved_on_is_read_again_never_committed_over(settings):
+    """Replica A keeps the state it committed; replica B moves the run on; A's next decision on its kept
+    state fails the compare-and-set, reads again and decides on B's state. An event that needs a field A
+    never saw (B's task) is not decided on the kept state at all, and one found ignored on it is decided
+    again on a fresh read (only a read shows what a redelivery owes)."""
+    workflows = parse_workflows(CAS_WORKFLOWS)
+    run_id = f"r-kept-{uuid.uuid4().hex[:12]}"
+    redis = connect(settings.redis_url, socket_timeout=None)
+    a = Engine(settings, workflows, Quiet(), sender="supervisor:a")
+    b = Engine(settings.model_copy(update={"state_cache": 0}), workflows, Quiet(), sender="supervisor:b")
+    a.bind(None, redis, Outbox(redis))
+    b.bind(None, redis, Outbox(redis))
+    state = RunState(run_id=run_id, workflow="cas", pattern="sequential", trace_id=run_id)
+
+    def task(name: str) -> TaskAssigned:
+        return new_task(state, workflows, task_id=f"{run_id}.{name}", agent="cas-probe", inputs={})
+
+    seen: list[list[str]] = []
+
+    def step(done: str | None, then: str | None, note: str):
+        def choose(s: RunState) -> Decision:
+            seen.append(sorted(s.history))
+            if done is not None:
+                s.tasks.pop(f"{run_id}.{done}")
+            s.note(note)
+            d = Decision(state=s)
+            if then is not None:
+                d.assign.append(add_task(s, task(then), "stage"))
+            return d
+
+        return choose
+
+    try:
+        created = Loaded(run_id, fields={"core": state.model_dump_json().encode()}, all_tasks=True)
+        created.all_subtasks, created.state = True, state
+        await a.decide(run_id, step(None, "t1", "a started"), cause="e0", loaded=created)
+        assert run_id in a.store.kept  # A keeps what it committed (revision 1)
+        await b.decide(run_id, step("t1", "t2", "b took t1"), cause="e1", want=(f"t:{run_id}.t1",))
+        # A decides on its kept revision 1: the commit fails, A reads revision 2 and decides again
+        seen.clear()
+        hits = a.store.hits
+        await a.decide(run_id, step(None, None, "a noted"), cause="e2")
+        assert a.store.hits == hits + 1
+        assert seen == [["a started"], ["a started", "b took t1"]]
+        final = await get_run(redis, run_id)
+        assert final.history == ["a started", "b took t1", "a noted"]
+        assert set(final.tasks) == {f"{run_id}.t2"}
+        assert (await fields(settings, run_id))["rev"] == b"3"
+        # an event naming B's task, which A's kept state (revision 3, its own commit) never read: not used
+        assert f"t:{run_id}.t2" not in a.store.kept[run_id][0].fields
+        seen.clear()
+        hits = a.store.hits
+        await a.decide(run_id, step("t2", None, "a took t2"), cause="e3", want=(f"t:{run_id}.t2",))
+        assert seen == [["a noted", "a started", "b took t1"]]  # one decision, on what it read
+        assert a.store.hits == hits
+        # ignored on the kept state: decided again on a fresh read, then ignored (nothing committed)
+        calls: list[int] = []
+
+        def ignore(s: RunState) -> Decision:
+            calls.append(1)
+            return Decision.ignore("nothing to do")
+
+        await a.decide(run_id, ignore, cause="e4")
+        assert len(calls) == 2
+        assert (await fields(settings, run_id))["rev"] == b"4"
+        await a.db.drain()
+        await b.db.drain()
+        assert await sent(settings, "cas-probe", run_id) == [(f"{run_id}.t1", 1), (f"{run_id}.t2", 1)]
+    finally:
+        await redis.delete(
+            streams.run_state(run_id), streams.run_events(run_id), streams.agent_stream("cas-probe")
+        )
+        await redis.aclose()
+
+
 # --- 7. retention ----------------------------------------------------------------------------------------
 async def ttls(settings, run_id: str) -> dict[str, int]:
     r = connect(settings.redis_url)
