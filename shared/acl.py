@@ -137,7 +137,7 @@ def _supervisor_grants() -> list[Grant]:
         Grant(
             "run state, a few fields at a time",
             (streams.run_state("*"),),
-            ("hget", "hmget", "hgetall", "hset", "hdel", "hkeys", "expire"),
+            ("hget", "hmget", "hgetall", "hset", "hdel", "hkeys", "hscan", "expire"),
         ),
         Grant(
             "expire an ended run's keys (retention)",

@@ -397,23 +397,44 @@ class Engine:
                 await self.decide(state.run_id, choose, cause=f"copied:{key}@{ref.version_id}")
 
     async def redo(self, loaded: Loaded, cause: str) -> None:
-        """The event was handled before: send again what its commit caused (if it is still owed)."""
-        effects = loaded.effects(cause)
-        if effects is None:
-            return
-        await self.update_indexes(loaded.view(), effects)
-        missing = [TASK + t for t in effects.tasks if TASK + t not in loaded.fields]
-        for name in missing:
-            await self.store.load_more(loaded, name)
-        state = loaded.view()
-        tasks = [state.tasks[t].task for t in effects.tasks if dict.get(state.tasks, t) is not None]
-        if state.active:
-            self.log.warning("resending", tasks=[t.task_id for t in tasks], copies=len(effects.copies))
-            await self.send(state, tasks)
-            await self.copy_once(state, effects.copies)
-            if effects.ask:
-                await self.asked(state)
-        self.db.call("HDEL", streams.run_state(state.run_id), CAUSE + cause)
+        """The event was handled before: send again what its commit caused (if it is still owed), and
+        what any other commit of the run still owes. Those are commits made while this event was handled,
+        under causes of their own (a response applied when the run asked, an object copied): if sending
+        their effects failed, the failure ended this event's handling, and no redelivery of theirs exists.
+        (Sending a task twice is harmless: one entry owns an attempt.)"""
+        owed = {cause: effects} if (effects := loaded.effects(cause)) is not None else {}
+        owed.update(await self.owed_elsewhere(loaded.run_id, cause))
+        for owner, effects in owed.items():
+            await self.update_indexes(loaded.view(), effects)
+            missing = [TASK + t for t in effects.tasks if TASK + t not in loaded.fields]
+            for name in missing:
+                await self.store.load_more(loaded, name)
+            state = loaded.view()
+            tasks = [state.tasks[t].task for t in effects.tasks if dict.get(state.tasks, t) is not None]
+            if state.active:
+                self.log.warning(
+                    "resending", tasks=[t.task_id for t in tasks], copies=len(effects.copies), cause=owner
+                )
+                await self.send(state, tasks)
+                await self.copy_once(state, effects.copies)
+                if effects.ask:
+                    await self.asked(state)
+            self.db.call("HDEL", streams.run_state(state.run_id), CAUSE + owner)
+
+    async def owed_elsewhere(self, run_id: str, cause: str) -> dict[str, Effects]:
+        """Effects other commits of the run still owe (`c:` fields other than `cause`'s)."""
+        out: dict[str, Effects] = {}
+        cursor = b"0"
+        while True:
+            cursor, pairs = await self.db.call(
+                "HSCAN", streams.run_state(run_id), cursor, "MATCH", CAUSE + "*", "COUNT", 1000
+            )
+            for name, raw in zip(pairs[::2], pairs[1::2], strict=True):
+                owner = (name.decode() if isinstance(name, bytes) else name)[len(CAUSE) :]
+                if owner != cause:
+                    out[owner] = Effects.model_validate_json(raw)
+            if cursor in (b"0", 0, "0"):
+                return out
 
     def schedule(self, when: float, kind: str, task: TaskAssigned) -> asyncio.Future:
         """Time `task` (queued on the outbox: await the result)."""

@@ -71,6 +71,9 @@ def set_with_ttl(key: str, value: str, seconds: int) -> tuple[str, str, str]:
     return ("s", key, f"{value}|{seconds}")
 
 
+KEEP_FIELDS = 32  # a state holding more fields than this is not kept (see `Store.put`)
+
+
 @dataclass
 class Loaded:
     """The fields of one run's hash a handler has read (None: the field does not exist)."""
@@ -129,10 +132,12 @@ class Store:
         self.hits = self.misses = 0
 
     def put(self, loaded: Loaded, state: RunState) -> None:
-        """Keep `state` (as just committed, described by `loaded`) for the run's next hop."""
+        """Keep `state` (as just committed, described by `loaded`) for the run's next hop; not a run that
+        ended, nor one holding many tasks or subtasks (a commit compares every one it holds, so a kept
+        plan of thousands would make each hop cost as much as the plan: read, they are loaded as needed)."""
         if self.keep <= 0:
             return
-        if not state.active:
+        if not state.active or len(loaded.fields) > KEEP_FIELDS:
             self.kept.pop(loaded.run_id, None)
             return
         self.kept[loaded.run_id] = (loaded, state)

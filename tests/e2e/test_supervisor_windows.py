@@ -425,6 +425,22 @@ async def test_a_response_written_before_the_ask_is_applied_when_the_asker_dies_
     assert [e.text for e in of_type(events, "human.received")] == ["answered early"]
 
 
+async def test_a_response_applied_when_the_run_asks_is_sent_on_even_if_its_send_fails(settings, supervisors):
+    """Found by `make chaos-burst`: the run asks (commit 1), a response already there is applied (commit 2,
+    under its own cause, inside the same handling), and sending commit 2's task fails. The event that made
+    the run ask is retried; its redo must send what commit 2 still owes, which has no redelivery of its own
+    (it hung the run until this was fixed)."""
+    run_id = await client.submit(settings, "slow-approval", {}, {"sleep": 3})
+    await until(settings, run_id, started(".0.slow"))
+    await write_response(settings, run_id, "early.json", "answered early")
+    supervisors.replace("supervisor.after_commit=raise*2")  # after commit 1, then after commit 2
+    events = await wait_for_end(settings, run_id, timeout=40)
+    assert events[-1].type == "run.completed", events[-1]
+    assert [e.text for e in of_type(events, "human.received")] == ["answered early"]
+    assert [e.task_id for e in of_type(events, "task.completed")] == [f"{run_id}.0.slow", f"{run_id}.2.slow"]
+    assert not causes(await fields(settings, run_id))  # nothing left owed
+
+
 # --- 3. timers with two supervisors ----------------------------------------------------------------------
 async def test_two_supervisors_dispatch_each_retry_and_fire_each_deadline_once(settings, supervisors):
     supervisors.add()  # a second replica beside the session's: both fire due timers every 0.2 s
