@@ -76,10 +76,11 @@ class Settings(BaseSettings):
         "0 = one FastStream handler call per message, reading `max_records` at a time.",
     )
     state_cache: int = Field(
-        20_000,
+        10_000,
         ge=0,
         description="Supervisor: active runs whose last committed state it keeps parsed in memory, so the "
-        "next hop skips reading and parsing it (each commit still checks the revision in Redis). 0 = off.",
+        "next hop skips reading and parsing it (each commit still checks the revision in Redis); about "
+        "10 KB each. 0 = off.",
     )
     max_event_bytes: int = Field(
         64 * 1024, ge=1024, description="Larger events are refused: content travels by reference."
