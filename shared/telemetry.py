@@ -23,6 +23,7 @@ from typing import Any
 
 _tracer: Any = None  # an opentelemetry Tracer once `setup` turned tracing on; None means off
 _service: str | None = None
+_otel: Any = None  # what the hot paths use of the API, bound once by `setup` (no import per call)
 NOOP = contextlib.nullcontext()
 TRACEPARENT = re.compile(rb'"traceparent":\s*"(00-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2})"')
 TRACEPARENT_FORMAT = re.compile(r"^[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$")
@@ -48,13 +49,53 @@ def setup(service: str, settings) -> bool:
 
     # The standard variables (endpoint, headers, OTEL_RESOURCE_ATTRIBUTES, OTEL_BSP_*) are read by the SDK.
     resource = Resource.create({"service.name": f"baton-{service}", "service.namespace": "baton"})
-    provider = TracerProvider(resource=resource)
+    provider = TracerProvider(resource=_hashed_once(resource))
     # The endpoint from the settings: the CLI's may come from `baton dev up`'s saved environment.
     provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(endpoint=settings.otlp_traces_url)))
     trace.set_tracer_provider(provider)
+    _bind_api()
     _tracer = trace.get_tracer("baton")
     _service = service
     return True
+
+
+def _hashed_once(resource):
+    """`resource` with its hash computed once: the exporter groups every span it encodes by resource, and
+    the SDK's `Resource.__hash__` is a JSON dump of all its attributes (a resource never changes)."""
+    from opentelemetry.sdk.resources import Resource
+
+    class FixedResource(Resource):
+        def __hash__(self) -> int:
+            if self._hash is None:
+                self._hash = super().__hash__()
+            return self._hash
+
+    fixed = FixedResource(resource.attributes, resource.schema_url)
+    fixed._hash = None
+    return fixed
+
+
+def _bind_api() -> None:
+    global _otel
+    from types import SimpleNamespace
+
+    from opentelemetry import context, trace
+    from opentelemetry.context import Context
+    from opentelemetry.trace import SpanKind, Status, StatusCode
+
+    _otel = SimpleNamespace(
+        attach=context.attach,
+        detach=context.detach,
+        Context=Context,
+        get_current_span=trace.get_current_span,
+        set_span_in_context=trace.set_span_in_context,
+        NonRecordingSpan=trace.NonRecordingSpan,
+        SpanContext=trace.SpanContext,
+        TraceFlags=trace.TraceFlags,
+        SpanKind=SpanKind,
+        CONSUMER=SpanKind.CONSUMER,
+        error=lambda message: Status(StatusCode.ERROR, message),
+    )
 
 
 def shutdown() -> None:
@@ -72,9 +113,7 @@ def current_traceparent() -> str | None:
     """The W3C `traceparent` of the current span, or None (tracing off, or no span)."""
     if _tracer is None:
         return None
-    from opentelemetry import trace
-
-    ctx = trace.get_current_span().get_span_context()
+    ctx = _otel.get_current_span().get_span_context()
     if not ctx.is_valid:
         return None
     return f"00-{ctx.trace_id:032x}-{ctx.span_id:016x}-{int(ctx.trace_flags):02x}"
@@ -88,30 +127,29 @@ def traceparent_in(body: bytes) -> str | None:
 
 def context_of(traceparent: str | None):
     """The OTel context whose remote parent `traceparent` names (an empty context without one)."""
-    from opentelemetry import trace
-    from opentelemetry.context import Context
-
+    if _otel is None:
+        _bind_api()
     if not traceparent or not TRACEPARENT_FORMAT.match(traceparent):
-        return Context()
+        return _otel.Context()
     _version, trace_id, span_id, flags = traceparent.split("-")
-    parent = trace.SpanContext(
-        int(trace_id, 16), int(span_id, 16), is_remote=True, trace_flags=trace.TraceFlags(int(flags, 16))
+    parent = _otel.SpanContext(
+        int(trace_id, 16), int(span_id, 16), is_remote=True, trace_flags=_otel.TraceFlags(int(flags, 16))
     )
-    return trace.set_span_in_context(trace.NonRecordingSpan(parent), Context())
+    return _otel.set_span_in_context(_otel.NonRecordingSpan(parent), _otel.Context())
 
 
 def _recording() -> bool:
     """False inside an unsampled trace: children of an unsampled span are not made at all (their cost is
     the SDK's, sampled or not). True with no current span: a new trace, which the sampler decides."""
-    from opentelemetry import trace
-
-    current = trace.get_current_span()
+    current = _otel.get_current_span()
     return current.is_recording() or not current.get_span_context().is_valid
 
 
 def _event_attributes(event) -> dict[str, Any]:
+    # The agent is in the span's name and destination (`baton:agent:<agent> process`): not repeated. Each
+    # attribute is checked, copied and encoded by the SDK: on a no-op hop a few of them are a visible cost.
     attrs = {}
-    for name in ("run_id", "task_id", "attempt", "agent", "type"):
+    for name in ("run_id", "task_id", "attempt", "type"):
         value = getattr(event, name, None)
         if value is not None and not isinstance(value, (dict, list)):
             attrs[f"baton.{name}"] = value
@@ -120,12 +158,21 @@ def _event_attributes(event) -> dict[str, Any]:
 
 def traced(stream: str, handler: Callable[[Any], Awaitable[Any]]):
     """`handler` inside a consumer span named as FastStream's (`<stream> process`), continuing the
-    event's trace; the handler itself when tracing is off. An exception marks the span as an error."""
+    event's trace; the handler itself when tracing is off. An exception marks the span as an error.
+
+    The span is started, made current and ended by hand rather than with `start_as_current_span` (two
+    nested generator-based context managers per entry); what leaves the handler is recorded the same way."""
     if _tracer is None:
         return handler
-    from opentelemetry.trace import SpanKind
-
     from .broker import CURRENT_ENTRY
+
+    name = f"{stream} process"
+    fixed = {
+        "messaging.system": "redis",
+        "messaging.operation": "process",
+        "messaging.destination.name": stream,
+    }
+    otel = _otel
 
     async def in_span(event):
         parent = context_of(
@@ -133,26 +180,26 @@ def traced(stream: str, handler: Callable[[Any], Awaitable[Any]]):
             or (event.get("traceparent") if isinstance(event, dict) else None)
         )
         if not _parent_sampled(parent):  # an unsampled trace goes on unsampled, at the cost of a context
-            from opentelemetry import context
-
-            token = context.attach(parent)
+            token = otel.attach(parent)
             try:
                 return await handler(event)
             finally:
-                context.detach(token)
-        attrs = {
-            "messaging.system": "redis",
-            "messaging.operation": "process",
-            "messaging.destination.name": stream,
-            **_event_attributes(event),
-        }
+                otel.detach(token)
+        attrs = {**fixed, **_event_attributes(event)}
         entry = CURRENT_ENTRY.get()
         if entry:
             attrs["messaging.message.id"] = entry
-        with _tracer.start_as_current_span(
-            f"{stream} process", context=parent, kind=SpanKind.CONSUMER, attributes=attrs
-        ):
+        current = _tracer.start_span(name, context=parent, kind=otel.CONSUMER, attributes=attrs)
+        token = otel.attach(otel.set_span_in_context(current))
+        try:
             return await handler(event)
+        except Exception as exc:  # as the SDK's `use_span` records it
+            current.record_exception(exc)
+            current.set_status(otel.error(f"{type(exc).__name__}: {exc}"))
+            raise
+        finally:
+            otel.detach(token)
+            current.end()
 
     in_span.__name__ = getattr(handler, "__name__", "handler")
     return in_span
@@ -160,9 +207,7 @@ def traced(stream: str, handler: Callable[[Any], Awaitable[Any]]):
 
 def _parent_sampled(parent) -> bool:
     """False only for a remote parent that says it is not sampled; a new trace is the sampler's call."""
-    from opentelemetry import trace
-
-    ctx = trace.get_current_span(parent).get_span_context()
+    ctx = _otel.get_current_span(parent).get_span_context()
     return not ctx.is_valid or ctx.trace_flags.sampled
 
 
@@ -171,21 +216,17 @@ def span(name: str, kind: str = "internal", **attributes):
     An exception leaving it marks it as an error."""
     if _tracer is None or not _recording():
         return NOOP
-    from opentelemetry.trace import SpanKind
-
     attrs = {k.replace("__", "."): v for k, v in attributes.items() if v is not None}
-    return _tracer.start_as_current_span(name, kind=SpanKind[kind.upper()], attributes=attrs)
+    return _tracer.start_as_current_span(name, kind=_otel.SpanKind[kind.upper()], attributes=attrs)
 
 
 def continued(name: str, traceparent: str | None, kind: str = "internal", **attributes):
     """A span continuing the trace `traceparent` names (a new trace without one); no-op when off."""
     if _tracer is None:
         return NOOP
-    from opentelemetry.trace import SpanKind
-
     attrs = {k.replace("__", "."): v for k, v in attributes.items() if v is not None}
     return _tracer.start_as_current_span(
-        name, context=context_of(traceparent), kind=SpanKind[kind.upper()], attributes=attrs
+        name, context=context_of(traceparent), kind=_otel.SpanKind[kind.upper()], attributes=attrs
     )
 
 
@@ -202,11 +243,7 @@ def mark_error(message: str, current=None) -> None:
     """Mark the current span (or `current`) as failed, with `message`."""
     if _tracer is None:
         return
-    from opentelemetry import trace
-    from opentelemetry.trace import Status, StatusCode
-
-    target = current or trace.get_current_span()
-    target.set_status(Status(StatusCode.ERROR, message[:500]))
+    (current or _otel.get_current_span()).set_status(_otel.error(message[:500]))
 
 
 def set_attributes(target, **attributes) -> None:
@@ -225,13 +262,26 @@ def spanned(
     def wrap(func):
         @functools.wraps(func)
         async def call(*args, **kwargs):
-            if _tracer is None:
+            if _tracer is None or not _recording():
                 return await func(*args, **kwargs)
-            with span(name, **(attributes(*args, **kwargs) if attributes else {})) as current:
+            tags = attributes(*args, **kwargs) if attributes else {}
+            # Started, made current and ended by hand, as in `traced` (this is on every supervisor hop)
+            current = _tracer.start_span(
+                name, attributes={k.replace("__", "."): v for k, v in tags.items() if v is not None}
+            )
+            token = _otel.attach(_otel.set_span_in_context(current))
+            try:
                 result = await func(*args, **kwargs)
                 if after is not None:
                     set_attributes(current, **after(result))
                 return result
+            except Exception as exc:
+                current.record_exception(exc)
+                current.set_status(_otel.error(f"{type(exc).__name__}: {exc}"))
+                raise
+            finally:
+                _otel.detach(token)
+                current.end()
 
         return call
 

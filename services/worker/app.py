@@ -177,7 +177,7 @@ def create_app(settings: Settings | None = None):
                 return
             started_written = None
             news = news_stream(event)
-            telemetry.interval("task queue wait", event.created_at, baton__agent=agent)
+            telemetry.interval("task queue wait", event.created_at)  # the agent: in the parent span
             metrics.task_started(agent, event.created_at)
             if batched:  # written with the next pipeline: at the latest, in the same one as the outcome
                 started_written = batched.outbox.send(news, TaskStarted(**common))
@@ -211,7 +211,7 @@ def create_app(settings: Settings | None = None):
             started = time.perf_counter()
             deadline = asyncio.timeout(limit)
             try:
-                with telemetry.span("task run", baton__agent=agent):
+                with telemetry.span("task run"):
                     await ctx.load_inputs()
                     async with deadline:
                         result = await func(ctx)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+import urllib.error
 import urllib.parse
 import urllib.request
 from pathlib import Path
@@ -71,3 +72,58 @@ async def test_prometheus_scrapes_every_process_and_sums_the_workers(stack, sett
     assert list(workers.values()) == [len([h for h in stack.procs if h.startswith("worker-")])]
     lag = _query(prometheus, 'max(baton_stream_lag{stream="baton:agent:outliner", group="outliner"})')
     assert list(lag.values()) == [0.0]
+
+
+DASHBOARD = json.loads((ROOT / "observability" / "grafana" / "dashboards" / "baton.json").read_text())
+# The dashboard's queries that a run of `content-factory` (three python stages, no model, no failure, no
+# retry) leaves a series for. The others (failures, retries, reclaims, dead letters, model tokens and cost)
+# must parse and answer, with no series required: this run makes none of those.
+AFTER_A_RUN = {
+    'sum(rate(baton_runs_total{status="completed"}[1m]))',
+    "max(baton_dlq_size)",
+    "sum by (agent, outcome) (rate(baton_tasks_ended_total[1m]))",
+    "sum by (status) (rate(baton_runs_total[1m]))",
+    "max(baton_runs_waiting)",
+    "histogram_quantile(0.5, sum by (le, agent) (rate(baton_task_duration_seconds_bucket[1m])))",
+    "histogram_quantile(0.99, sum by (le, agent) (rate(baton_task_duration_seconds_bucket[1m])))",
+    "histogram_quantile(0.99, sum by (le, agent) (rate(baton_task_queue_wait_seconds_bucket[1m])))",
+    "histogram_quantile(0.99, sum by (le, kind) (rate(baton_supervisor_hop_seconds_bucket[1m])))",
+    "max by (stream, group) (baton_stream_lag)",
+    "max by (stream, group) (baton_stream_pending)",
+    "sum by (app_name, handler, status) (rate(faststream_received_processed_messages_total[1m]))",
+}
+
+
+def _answer(prometheus: servers.Server, promql: str) -> tuple[str, list]:
+    """Prometheus's status for `promql` ("success", or its error type for a query it refuses) and series."""
+    url = f"{prometheus.url}api/v1/query?query={urllib.parse.quote(promql)}"
+    try:
+        with urllib.request.urlopen(url, timeout=10) as response:
+            body = json.loads(response.read())
+    except urllib.error.HTTPError as exc:  # 400 bad_data: the expression does not parse
+        body = json.loads(exc.read())
+        return f"{body.get('errorType')}: {body.get('error')}", []
+    return body["status"], body["data"]["result"]
+
+
+async def test_every_dashboard_query_parses_and_answers_after_a_run(stack, settings, prometheus):
+    exprs = [t["expr"] for panel in DASHBOARD["panels"] for t in panel["targets"]]
+    assert AFTER_A_RUN <= set(exprs), AFTER_A_RUN - set(exprs)  # the list above follows the dashboard
+    await asyncio.sleep(2.5)  # scrapes before the run: a rate needs two samples either side of a change
+    _run_id, events = await run(settings, "content-factory", {"brief": BRIEF})
+    assert events[-1].type == "run.completed"
+
+    def answers(timeout: float = 30) -> dict[str, tuple[str, list]]:
+        deadline = time.monotonic() + timeout
+        while True:
+            found = {expr: _answer(prometheus, expr) for expr in exprs}
+            missing = [e for e in AFTER_A_RUN if not found[e][1]]
+            if not missing or time.monotonic() > deadline:
+                return found
+            time.sleep(0.5)
+
+    found = await asyncio.to_thread(answers)
+    refused = {expr: status for expr, (status, _series) in found.items() if status != "success"}
+    assert not refused, refused
+    empty = sorted(expr for expr in AFTER_A_RUN if not found[expr][1])
+    assert not empty, f"no series after a run for: {empty}"
