@@ -24,6 +24,7 @@ from shared.events import (
     TERMINAL_RUN_EVENTS,
     DeadLetter,
     Event,
+    ObjectChanged,
     ObjectRef,
     RunCancelRequested,
     RunSubmitted,
@@ -200,15 +201,39 @@ async def respond(
                 raise BatonError(f"--file {attachment}: no such file")
             key = f"{run_prefix(run_id)}human/attachments/{stamp}-{attachment.name}"
             body["attachment"] = (await storage.put(key, attachment.read_bytes())).uri()
-        return await write_response(storage, run_id, body, stamp)
+        ref = await write_response(storage, run_id, body, stamp)
+    await announce(settings, ref)
+    return ref
 
 
 async def write_response(storage: Storage, run_id: str, body: dict, stamp: str | None = None) -> ObjectRef:
     """The response file a waiting run resumes on (`baton respond`, the console): `{"decision", "text"}`
-    under `runs/<run_id>/human/responses/`."""
+    under `runs/<run_id>/human/responses/`. Then `announce` it."""
     stamp = stamp or utcnow().strftime("%Y%m%dT%H%M%S%fZ")
     key = f"{run_prefix(run_id)}human/responses/response-{stamp}.json"
     return await storage.put(key, json.dumps(body).encode(), content_type="application/json")
+
+
+async def announce(settings: Settings, ref: ObjectRef, sender: str = "cli") -> None:
+    """Tell the supervisor that a response file landed, as the bucket's notification will: MinIO drops
+    the notifications of objects written just as it starts (README, Reliability, bug 9), and a person's
+    answer must not wait for ever on one. The notification, when it comes too, finds the response
+    applied (the supervisor applies each response file once)."""
+    event = ObjectChanged(
+        bucket=ref.bucket,
+        key=ref.key,
+        version_id=ref.version_id,
+        etag=ref.etag,
+        size=ref.size,
+        content_type=ref.content_type,
+        event_name="s3:ObjectCreated:Put",
+        sender=sender,
+    )
+    client = connect(settings.redis_url)
+    try:
+        await client.xadd(streams.OBJECTS, encode(event))
+    finally:
+        await client.aclose()
 
 
 async def ensure_waiting(settings: Settings, run_id: str) -> dict[str, Any]:

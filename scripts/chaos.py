@@ -291,7 +291,8 @@ class People:
         stamp = utcnow().strftime("%Y%m%dT%H%M%S%fZ")
         body = {"decision": "approve" if approve else "reject", "text": f"chaos says {approve}"}
         key = f"{run_prefix(run_id)}human/responses/response-{stamp}.json"
-        await self.storage.put(key, json.dumps(body).encode(), content_type="application/json")
+        ref = await self.storage.put(key, json.dumps(body).encode(), content_type="application/json")
+        await client.announce(self.settings, ref, sender="chaos")
         return key
 
     async def answer(self, run_id: str) -> None:

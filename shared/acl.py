@@ -237,9 +237,17 @@ def _search_client() -> list[Grant]:
     ]
 
 
+ANNOUNCE = Grant(
+    "announce a person's response (its bucket notification can be lost: baton.client.announce)",
+    (streams.OBJECTS,),
+    ("xadd",),
+)
+
+
 def _mcp_grants() -> list[Grant]:
     return [
         Grant("submit runs", (streams.RUNS,), ("xadd",)),
+        ANNOUNCE,
         *_search_client(),
         Grant("run status", (streams.run_state("*"),), ("hgetall",), read_only=True),
         Grant("run events", (streams.run_events("*"),), ("xrevrange",), read_only=True),
@@ -249,6 +257,7 @@ def _mcp_grants() -> list[Grant]:
 def _gateway_grants() -> list[Grant]:
     return [
         Grant("submit and cancel runs", (streams.RUNS,), ("xadd",)),
+        ANNOUNCE,
         Grant("run status", (streams.run_state("*"),), ("hgetall",), read_only=True),
         Grant(
             "follow runs and read their status",

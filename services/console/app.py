@@ -274,6 +274,7 @@ class Console:
             "responded_at": utcnow().isoformat(),
         }
         ref = await client.write_response(self.storage, run_id, body)
+        await client.announce(self.settings, ref, sender=SERVICE)
         self.log.info("console_responded", responded_run=run_id, decision=decision, key=ref.key)
         return RedirectResponse(f"/runs/{run_id}", 303)
 

@@ -134,9 +134,10 @@ class WorkflowExecutor(AgentExecutor):
         stamp = utcnow().strftime("%Y%m%dT%H%M%S%fZ")
         key = f"{run_prefix(run_id)}human/responses/response-{stamp}-{secrets.token_hex(3)}.json"
         body = {"decision": decision, "text": text, "sender": SENDER, "responded_at": utcnow().isoformat()}
-        await self.storage.put(
+        ref = await self.storage.put(
             key, json.dumps(body).encode(), content_type="application/json", if_none_match=True
         )
+        await client.announce(self.settings, ref, sender=SENDER)
         self.log.info("a2a_responded", responded_run=run_id, decision=decision, key=key)
         asked = task.status.message.metadata[ASKED_KEY] if task.status.HasField("message") else None
         return asked or None

@@ -428,6 +428,7 @@ class BatonMCP:
         ref = await self.res.storage.put(
             key, json.dumps(body).encode(), content_type="application/json", if_none_match=True
         )
+        await client.announce(self.settings, ref, sender=SERVICE)
         self.log.info("mcp_responded", responded_run=run_id, decision=decision, key=key)
         return Responded(
             run_id=run_id, decision=decision, key=key, version_id=ref.version_id, run_status=status["status"]
