@@ -44,7 +44,7 @@ CLUSTER_BLOCK = 1.0  # on a cluster: seconds one slot's XREAD waits (no CLIENT U
 # Seconds the reader lets entries gather after a read that returned some, before it reads again: on busy
 # runs one read (and one write to each page) carries several entries instead of one each, which is most
 # of the console's CPU; a quiet page's next entry is not delayed (its read was already blocked).
-GATHER = 0.01
+GATHER = 0.025
 
 
 def entry_key(entry_id: str) -> tuple[int, int]:
@@ -288,10 +288,13 @@ class Hub:
 
     async def sse(self, run_id: str, after: str = "0") -> AsyncIterator[str]:
         key, last = streams.run_events(run_id), full_id(after)
-        yield "retry: 1000\n\n"
+        # The reconnect delay goes out with the first message, not in a write of its own (the browser knows
+        # the stream is open from the response's headers).
+        head = "retry: 1000\n\n"
         async for chunk in self.history(key, last):
             text, ended = _text(chunk)
-            yield text
+            yield head + text
+            head = ""
             if ended:
                 return
             last = chunk[-1].id
@@ -301,13 +304,16 @@ class Hub:
                 if page.cut and page.queue.empty():
                     return  # the browser reconnects after the last entry it got
                 try:
-                    chunk = await asyncio.wait_for(page.queue.get(), self.block)
+                    async with asyncio.timeout(self.block):
+                        chunk = await page.queue.get()
                 except TimeoutError:
-                    yield ": keep-alive\n\n"
+                    yield head + ": keep-alive\n\n"
+                    head = ""
                     continue
                 page.queued -= len(chunk)
                 text, ended = _text(chunk)
-                yield text
+                yield head + text
+                head = ""
                 if ended:
                     return
         finally:
