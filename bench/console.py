@@ -183,12 +183,10 @@ class Pages:
         try:
             async with http.stream("GET", f"/runs/{run_id}/stream") as resp:
                 resp.raise_for_status()
-                connected = None
+                connected = time.time()  # the headers: the stream is open (its history is read next)
+                ready.set()
                 async for line in resp.aiter_lines():
                     now = time.time()
-                    if connected is None:  # the first line (`retry:`) comes once the stream is open
-                        connected = now
-                        ready.set()
                     if line.startswith("data: ") and line != "data: {}":
                         event = json.loads(line[6:])
                         created = whole_runs._ts(event["created_at"])

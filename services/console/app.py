@@ -40,7 +40,7 @@ from shared import metrics, streams, telemetry
 from shared.errors import BatonError, KeyValidationError, ObjectMissingError
 from shared.events import ID_PATTERN, ObjectRef, utcnow
 from shared.logging import configure_logging
-from shared.service import mark_ready, redis_client
+from shared.service import mark_ready, redis_client, tune_gc
 from shared.settings import Settings
 from shared.storage import Storage
 from shared.workflow import load_workflows
@@ -476,6 +476,7 @@ async def serve(settings: Settings) -> None:
         )
         raise SystemExit(2)
     console, app = create_app(settings, log)
+    tune_gc()  # as build_app does for the other services: fewer, cheaper collections
     async with console.open():
         config = uvicorn.Config(
             app, host=settings.console_host, port=settings.console_port, log_level="warning", access_log=False

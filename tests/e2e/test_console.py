@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import re
 
 import httpx
@@ -233,7 +234,8 @@ async def test_a_run_page_opened_before_the_supervisor_takes_the_run_follows_it(
                 text += chunk
                 if "event: end" in text:
                     break
-        assert '"type": "run.completed"' in text
+        events = [json.loads(line[6:]) for line in text.splitlines() if line.startswith('data: {"')]
+        assert events[-1]["type"] == "run.completed" and events[-1]["run_id"] == run_id
         assert (await http.get(f"/runs/{run_id}")).status_code == 200
 
 
