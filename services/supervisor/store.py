@@ -145,9 +145,6 @@ class Store:
         while len(self.kept) > self.keep:
             self.kept.popitem(last=False)
 
-    def forget(self, run_id: str) -> None:
-        self.kept.pop(run_id, None)
-
     async def load(self, run_id: str, *names: str, cached: bool = False) -> Loaded:
         """`rev`, `core` and the named fields, in one command; with `cached`, from the kept state if this
         process holds one (`c:` fields then count as absent: a caller that finds the event ignored must
