@@ -67,8 +67,9 @@ CONNECTION = ("ping", "hello", "client|setinfo", "client|setname", "select", "wa
 CLUSTER_TOPOLOGY = ("cluster|slots", "cluster|shards", "cluster|nodes", "cluster|info", "readonly", "command")
 TRANSACTIONS = ("multi", "exec", "discard", "unwatch")
 # A consumer group member: create the group (MKSTREAM) on start-up, read, acknowledge, and the reclaimer's
-# XAUTOCLAIM / XPENDING plus the heartbeat's XCLAIM ... JUSTID (shared/broker.py, shared/reclaim.py).
-CONSUME = ("xgroup|create", "xreadgroup", "xack", "xautoclaim", "xclaim", "xpending")
+# XAUTOCLAIM / XPENDING plus the heartbeat's XCLAIM ... JUSTID (shared/broker.py, shared/reclaim.py), and
+# a retry's re-take of its entry if still its own (EVAL of XPENDING + XCLAIM: shared/broker.py `RETAKE`).
+CONSUME = ("xgroup|create", "xreadgroup", "xack", "xautoclaim", "xclaim", "xpending", "eval")
 # Why a delivery failed, kept for its dead letter: `baton:errors:<stream>:<group>` (shared/broker.py).
 ERRORS = ("hset", "hget", "hdel", "expire")
 

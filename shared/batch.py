@@ -36,8 +36,10 @@ from redis.exceptions import AskError, ClusterDownError, MovedError, ResponseErr
 
 from . import metrics, streams, telemetry
 from .broker import (
+    CURRENT_CLAIM,
     CURRENT_ENTRY,
     DATA_FIELD,
+    Reclaimed,
     Subscription,
     bind_handler,
     create_group,
@@ -419,7 +421,13 @@ class BatchConsumer:
                 await self._dead_letter(entry_id, raw, reason)
             else:
                 CURRENT_ENTRY.set(entry_id.decode())
+                CURRENT_CLAIM.set((self.redis, self.stream, self.group, self.consumer))
                 await self.handler(event)
+        except Reclaimed as exc:  # another consumer has it now: not ours to record or acknowledge
+            log.warning(
+                "entry_reclaimed_meanwhile", stream=self.stream, message_id=entry_id.decode(), error=str(exc)
+            )
+            return
         except Exception as exc:  # noqa: BLE001 - left pending: the reclaimer redelivers it
             log.exception("handler_failed", stream=self.stream, message_id=entry_id.decode())
             await record_error(self.redis, self.stream, self.group, entry_id.decode(), exc)

@@ -38,6 +38,38 @@ DATA_FIELD = "__data__"
 # The stream entry id of the message being handled (set by every consumer path before the handler runs):
 # a handler can tell a redelivery of its entry from a second entry carrying the same work.
 CURRENT_ENTRY: contextvars.ContextVar[str | None] = contextvars.ContextVar("baton_entry", default=None)
+# (client, stream, group, consumer) of the entry being handled, where a retry can check it is still ours
+CURRENT_CLAIM: contextvars.ContextVar[tuple | None] = contextvars.ContextVar("baton_claim", default=None)
+# Re-take entries for a consumer, each only if it still holds it (its idle time reset, so no one reclaims
+# it meanwhile), and return those; one another consumer reclaimed (or that was acknowledged) is left alone.
+# KEYS[1]: the stream; ARGV: group, consumer, entry ids. The heartbeat and a retry use it: an unconditional
+# XCLAIM after Redis was away would take back an entry another consumer has reclaimed and is handling.
+RETAKE = (
+    "local kept = {} for i = 3, #ARGV do "
+    "local p = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[i], ARGV[i], 1) "
+    "if #p > 0 and p[1][2] == ARGV[2] then "
+    "redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, ARGV[i], 'JUSTID') kept[#kept + 1] = ARGV[i] end "
+    "end return kept"
+)
+
+
+class Reclaimed(Exception):  # noqa: N818 - an outcome, not a failure of ours
+    """Another consumer took the entry while this one waited to retry it: it is theirs to handle now."""
+
+
+async def still_ours() -> bool:
+    """Whether the entry being handled is still this consumer's (re-taken if so). True when it cannot be
+    told (no claim known, or Redis still away: the retry fails or succeeds as before)."""
+    claim, entry = CURRENT_CLAIM.get(), CURRENT_ENTRY.get()
+    if claim is None or entry is None:
+        return True
+    redis, stream, group, consumer = claim
+    try:
+        return bool(await redis.eval(RETAKE, 1, stream, group, consumer, entry))
+    except Exception:  # noqa: BLE001
+        return True
+
+
 _INVALID = "__baton_invalid__"
 
 log = structlog.get_logger()
@@ -197,6 +229,10 @@ async def call_handler(handler, event, timeout: float | None, retries=TRANSIENT_
         metrics.RETRIES.inc()
         log.warning("handler_retrying", error=f"{type(error).__name__}: {error}", in_seconds=delay)
         await asyncio.sleep(delay)
+        # While Redis was away the heartbeat failed too: past `reclaim_idle_ms` another consumer may have
+        # taken the entry (chaos, with a 2 s reclaim time, saw both run a task after a Redis restart)
+        if not await still_ours():
+            raise Reclaimed(f"entry {CURRENT_ENTRY.get()} was taken by another consumer during the retries")
 
 
 def bind_handler(handler, timeout: float | None = None):
@@ -228,6 +264,8 @@ def make_broker(settings: Settings, service: str, logger=None) -> RedisBroker:
             structlog.contextvars.unbind_contextvars("run_id", "task_id", "event_type")
             group, mid = getattr(msg, "group", None), _message_id(msg)
             CURRENT_ENTRY.set(mid)
+            claim = (client_of(holder["broker"]), _stream_of(msg), group, settings.consumer)
+            CURRENT_CLAIM.set(claim if group and mid else None)
             beat = [mid] if group and mid else []
             keepalive = asyncio.create_task(
                 keep_claimed(
@@ -246,6 +284,8 @@ def make_broker(settings: Settings, service: str, logger=None) -> RedisBroker:
                 return await call_next(msg)
             except ValidationError as exc:  # the message itself is invalid (handler errors are wrapped)
                 return await dead_letter(msg, describe_validation_error(exc))
+            except Reclaimed:  # another consumer has it now: left alone (not acknowledged, nothing noted)
+                raise
             except Exception as exc:
                 # Left pending: the reclaimer redelivers it, and dead-letters it after max_deliveries.
                 await record_error(
@@ -418,8 +458,9 @@ async def record_error(
 
 
 async def keep_claimed(redis, stream: str, group: str, consumer: str, ids, every: float) -> None:
-    """The heartbeat: every `every` seconds, reset the idle time of the entries `ids()` names (one XCLAIM
-    ... JUSTID for them all), so the reclaimer leaves them alone while they are being handled.
+    """The heartbeat: every `every` seconds, reset the idle time of the entries `ids()` names that are
+    still this consumer's (`RETAKE`: one script for them all), so the reclaimer leaves them alone while they
+    are being handled.
 
     A consumer that dies stops refreshing, its entries go idle, and another consumer reclaims them after
     `reclaim_idle_ms`. Used by FastStream's path (one entry), the batched consumer (every entry in
@@ -431,7 +472,7 @@ async def keep_claimed(redis, stream: str, group: str, consumer: str, ids, every
         if not current:
             continue
         try:
-            await redis.xclaim(stream, group, consumer, 0, current, justid=True)
+            await redis.eval(RETAKE, 1, stream, group, consumer, *current)
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # noqa: BLE001 - Redis briefly away: the next beat tries again

@@ -16,7 +16,9 @@ import structlog
 
 from . import metrics, streams
 from .broker import (
+    CURRENT_CLAIM,
     CURRENT_ENTRY,
+    Reclaimed,
     Subscription,
     client_of,
     dead_letter_event,
@@ -139,7 +141,11 @@ class Reclaimer:
         started = time.monotonic()
         try:
             CURRENT_ENTRY.set(entry_id)
+            CURRENT_CLAIM.set((redis, sub.stream, sub.group, self.settings.consumer))
             await sub.handler(event)
+        except Reclaimed as exc:  # another consumer has it now
+            log.warning("entry_reclaimed_meanwhile", stream=sub.stream, message_id=entry_id, error=str(exc))
+            return
         except Exception as exc:  # stays pending; claimed again after reclaim_idle_ms
             await record_error(redis, sub.stream, sub.group, entry_id, exc)
             log.warning(

@@ -7,7 +7,10 @@ import asyncio
 import pytest
 
 from services.worker.runtime import AgentContext
-from shared.events import TaskAssigned
+from shared import streams
+from shared.broker import DATA_FIELD
+from shared.events import TaskAssigned, parse_event
+from shared.redisconn import connect
 from shared.storage import Storage
 from shared.workflow import parse_workflows
 from tests.helpers import of_type, run
@@ -21,15 +24,33 @@ async def _collab(settings, tmp_path, workflow, text="first line\n"):
     return await run(settings, workflow, {"document": seed}, timeout=40)
 
 
+async def _outcomes(settings, run_id: str, task_ids: set[str], timeout: float = 10) -> dict:
+    """The turns' `task.completed`, from the run's whole stream. A turn's outcome is recorded when the
+    supervisor reads it; the run may have moved on before that, on the version the turn reported writing
+    (or its notification), and even ended: so an outcome can follow the run's end in its stream."""
+    redis = connect(settings.redis_url)
+    try:
+        async with asyncio.timeout(timeout):
+            while True:
+                entries = await redis.xrange(streams.run_events(run_id))
+                events = [parse_event(f[DATA_FIELD.encode()]) for _i, f in entries]
+                found = {e.task_id: e for e in of_type(events, "task.completed") if e.task_id in task_ids}
+                if len(found) == len(task_ids):
+                    return found
+                await asyncio.sleep(0.1)
+    finally:
+        await redis.aclose()
+
+
 async def test_a_writer_editor_pair_converges_before_max_rounds(settings, tmp_path):
-    _run_id, events = await _collab(settings, tmp_path, "co-write")
+    run_id, events = await _collab(settings, tmp_path, "co-write")
     end = events[-1]
     assert end.type == "run.completed" and end.ended_by == "converged", end
     turns = of_type(events, "task.assigned")
     assert 1 < len(turns) < 6
     assert [t.agent for t in turns[:2]] == ["writer2", "editor2"]  # turns alternate
     # each turn was handed the exact version the previous turn wrote
-    completed = {e.task_id: e for e in of_type(events, "task.completed")}
+    completed = await _outcomes(settings, run_id, {t.task_id for t in turns[:-1]})
     for prev, nxt in zip(turns, turns[1:], strict=False):
         assert nxt.inputs["document"].version_id == completed[prev.task_id].outputs["document"].version_id
     async with Storage.connect(settings) as storage:

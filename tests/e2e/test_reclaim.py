@@ -64,3 +64,56 @@ async def test_entries_claimed_together_are_not_claimed_again_while_they_wait(re
         await redis.delete(stream)
         for broker in brokers:
             await broker.stop()
+
+
+async def test_a_retry_stops_when_another_consumer_took_the_entry_and_the_heartbeat_leaves_it(real_servers):
+    """Found by `make chaos-burst` (reclaim time 2 s): a handler retried a transient error across a Redis
+    restart while its heartbeat could not reach Redis; another worker reclaimed the entry, and both ran it.
+    A retry now re-takes its entry only if it is still its own, and the heartbeat likewise."""
+    from redis.asyncio import Redis
+
+    from shared.broker import CURRENT_CLAIM, CURRENT_ENTRY, Reclaimed, call_handler, keep_claimed
+
+    stream, group = f"test:retake:{secrets.token_hex(4)}", "g"
+    redis = Redis.from_url(real_servers.redis_url)
+    calls: Counter = Counter()
+
+    async def pending_owner(entry: bytes) -> str:
+        (row,) = await redis.xpending_range(stream, group, entry, entry, 1)
+        return row["consumer"].decode()
+
+    try:
+        await redis.xgroup_create(stream, group, id="0", mkstream=True)
+        ids = [await redis.xadd(stream, {"n": str(i)}) for i in range(2)]
+        await redis.xreadgroup(group, "a", {stream: ">"}, count=2)  # both are consumer a's
+        CURRENT_CLAIM.set((redis, stream, group, "a"))
+
+        async def taken_meanwhile(_event) -> None:  # fails, and b reclaims the entry before the retry
+            calls["taken"] += 1
+            await redis.xclaim(stream, group, "b", 0, [ids[0]], justid=True)
+            raise ConnectionError("Redis went away")
+
+        CURRENT_ENTRY.set(ids[0].decode())
+        with pytest.raises(Reclaimed):
+            await call_handler(taken_meanwhile, None, None, retries=(0.05, 0.05))
+        assert calls["taken"] == 1 and await pending_owner(ids[0]) == "b"
+
+        async def still_ours(_event) -> str:  # fails once; nobody took it: the retry goes on
+            calls["ours"] += 1
+            if calls["ours"] == 1:
+                raise ConnectionError("Redis went away")
+            return "done"
+
+        CURRENT_ENTRY.set(ids[1].decode())
+        assert await call_handler(still_ours, None, None, retries=(0.05,)) == "done"
+        assert calls["ours"] == 2 and await pending_owner(ids[1]) == "a"
+
+        # a's heartbeat for both entries keeps its own and leaves b's with b
+        beat = asyncio.create_task(keep_claimed(redis, stream, group, "a", lambda: ids, 0.05))
+        await asyncio.sleep(0.2)
+        beat.cancel()
+        assert [await pending_owner(i) for i in ids] == ["b", "a"]
+    finally:
+        CURRENT_CLAIM.set(None)
+        await redis.delete(stream)
+        await redis.aclose()
