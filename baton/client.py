@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import mimetypes
 import posixpath
+import secrets
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -201,17 +202,27 @@ async def respond(
                 raise BatonError(f"--file {attachment}: no such file")
             key = f"{run_prefix(run_id)}human/attachments/{stamp}-{attachment.name}"
             body["attachment"] = (await storage.put(key, attachment.read_bytes())).uri()
-        ref = await write_response(storage, run_id, body, stamp)
-    await announce(settings, ref)
-    return ref
+        return await write_response(storage, settings, run_id, body, stamp=stamp)
 
 
-async def write_response(storage: Storage, run_id: str, body: dict, stamp: str | None = None) -> ObjectRef:
-    """The response file a waiting run resumes on (`baton respond`, the console): `{"decision", "text"}`
-    under `runs/<run_id>/human/responses/`. Then `announce` it."""
+async def write_response(
+    storage: Storage,
+    settings: Settings,
+    run_id: str,
+    body: dict,
+    *,
+    sender: str = "cli",
+    stamp: str | None = None,
+) -> ObjectRef:
+    """The response file a waiting run resumes on (`baton respond`, the console, MCP, the A2A gateway):
+    `{"decision", "text", ...}` under `runs/<run_id>/human/responses/`, under a new key each time (never
+    written over), then `announce`d."""
     stamp = stamp or utcnow().strftime("%Y%m%dT%H%M%S%fZ")
-    key = f"{run_prefix(run_id)}human/responses/response-{stamp}.json"
-    return await storage.put(key, json.dumps(body).encode(), content_type="application/json")
+    key = f"{run_prefix(run_id)}human/responses/response-{stamp}-{secrets.token_hex(3)}.json"
+    body_bytes = json.dumps(body).encode()
+    ref = await storage.put(key, body_bytes, content_type="application/json", if_none_match=True)
+    await announce(settings, ref, sender)
+    return ref
 
 
 async def announce(settings: Settings, ref: ObjectRef, sender: str = "cli") -> None:

@@ -52,11 +52,10 @@ from baton.client import init_workspace  # noqa: E402
 from baton.dev import Stack, local_env, settings_kwargs  # noqa: E402
 from shared import streams  # noqa: E402
 from shared.broker import encode  # noqa: E402
-from shared.events import ObjectRef, RunSubmitted, utcnow  # noqa: E402
+from shared.events import ObjectRef, RunSubmitted  # noqa: E402
 from shared.settings import Settings  # noqa: E402
 from shared.storage import Storage  # noqa: E402
 from shared.workflow import load_workflows  # noqa: E402
-from shared.workspace import run_prefix  # noqa: E402
 
 WORKFLOWS = Path(__file__).with_name("chaos_workflows.yaml")
 MIX = {"content-factory": 3, "retry": 1, "support": 2, "build": 2, "co-write": 2, "approval": 2}
@@ -288,12 +287,9 @@ class People:
 
     async def respond(self, run_id: str, approve: bool) -> str:
         await client.ensure_waiting(self.settings, run_id)
-        stamp = utcnow().strftime("%Y%m%dT%H%M%S%fZ")
         body = {"decision": "approve" if approve else "reject", "text": f"chaos says {approve}"}
-        key = f"{run_prefix(run_id)}human/responses/response-{stamp}.json"
-        ref = await self.storage.put(key, json.dumps(body).encode(), content_type="application/json")
-        await client.announce(self.settings, ref, sender="chaos")
-        return key
+        ref = await client.write_response(self.storage, self.settings, run_id, body, sender="chaos")
+        return ref.key
 
     async def answer(self, run_id: str) -> None:
         approve = not (self.sent[run_id] == 0 and int(run_id.rsplit("-", 1)[1]) % 4 == 0)

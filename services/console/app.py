@@ -273,8 +273,7 @@ class Console:
             "sender": SERVICE,
             "responded_at": utcnow().isoformat(),
         }
-        ref = await client.write_response(self.storage, run_id, body)
-        await client.announce(self.settings, ref, sender=SERVICE)
+        ref = await client.write_response(self.storage, self.settings, run_id, body, sender=SERVICE)
         self.log.info("console_responded", responded_run=run_id, decision=decision, key=ref.key)
         return RedirectResponse(f"/runs/{run_id}", 303)
 

@@ -15,9 +15,7 @@ tasks themselves are kept in Redis, `tasks.py`):
 
 from __future__ import annotations
 
-import json
 import posixpath
-import secrets
 
 import httpx
 from a2a.server.agent_execution import AgentExecutor, RequestContext
@@ -131,14 +129,9 @@ class WorkflowExecutor(AgentExecutor):
             first = text.split(maxsplit=1)[0].strip(".,!:").lower() if text else ""
             decision = "reject" if first in REJECT_WORDS else "approve"
         await client.ensure_waiting(self.settings, run_id)
-        stamp = utcnow().strftime("%Y%m%dT%H%M%S%fZ")
-        key = f"{run_prefix(run_id)}human/responses/response-{stamp}-{secrets.token_hex(3)}.json"
         body = {"decision": decision, "text": text, "sender": SENDER, "responded_at": utcnow().isoformat()}
-        ref = await self.storage.put(
-            key, json.dumps(body).encode(), content_type="application/json", if_none_match=True
-        )
-        await client.announce(self.settings, ref, sender=SENDER)
-        self.log.info("a2a_responded", responded_run=run_id, decision=decision, key=key)
+        ref = await client.write_response(self.storage, self.settings, run_id, body, sender=SENDER)
+        self.log.info("a2a_responded", responded_run=run_id, decision=decision, key=ref.key)
         asked = task.status.message.metadata[ASKED_KEY] if task.status.HasField("message") else None
         return asked or None
 

@@ -15,11 +15,9 @@ import base64
 import contextlib
 import hmac
 import ipaddress
-import json
 import mimetypes
 import posixpath
 import re
-import secrets
 from collections.abc import AsyncIterator
 from datetime import datetime
 from typing import Any, Literal
@@ -417,21 +415,20 @@ class BatonMCP:
             status = await client.ensure_waiting(self.settings, run_id)
         except BatonError as exc:
             raise ToolError(str(exc)) from exc
-        stamp = utcnow().strftime("%Y%m%dT%H%M%S%fZ")
-        key = f"{run_prefix(run_id)}human/responses/response-{stamp}-{secrets.token_hex(3)}.json"
         body = {
             "decision": decision,
             "text": text or "",
             "sender": SERVICE,
             "responded_at": utcnow().isoformat(),
         }
-        ref = await self.res.storage.put(
-            key, json.dumps(body).encode(), content_type="application/json", if_none_match=True
-        )
-        await client.announce(self.settings, ref, sender=SERVICE)
-        self.log.info("mcp_responded", responded_run=run_id, decision=decision, key=key)
+        ref = await client.write_response(self.res.storage, self.settings, run_id, body, sender=SERVICE)
+        self.log.info("mcp_responded", responded_run=run_id, decision=decision, key=ref.key)
         return Responded(
-            run_id=run_id, decision=decision, key=key, version_id=ref.version_id, run_status=status["status"]
+            run_id=run_id,
+            decision=decision,
+            key=ref.key,
+            version_id=ref.version_id,
+            run_status=status["status"],
         )
 
 

@@ -303,13 +303,8 @@ class Engine:
     async def after_commit(
         self, state: RunState, d: Decision, effects: Effects, was_waiting: bool, cause: str
     ) -> None:
-        if effects.index:
-            await sync_waiting(self.redis, state)
         metrics.run_committed(state.status, effects.created is not None, was_waiting, retried=d.retry)
-        # the indexes and the tasks: queued together, one round trip for all of them
-        await asyncio.gather(
-            *self.index_writes(state, effects), *self.task_writes(state, d.assign, d.encoded)
-        )
+        await self.update_indexes(state, effects, lambda: self.task_writes(state, d.assign, d.encoded))
         await self.copy_once(state, effects.copies)
         if state.status == "completed":
             self.log.info("run_completed", outputs=sorted(state.final), ended_by=state.ended_by)
@@ -324,10 +319,12 @@ class Engine:
         if effects.owed:  # done: what a redelivery would re-send is no longer needed
             self.db.call("HDEL", streams.run_state(state.run_id), CAUSE + cause)
 
-    async def update_indexes(self, state: RunState, effects: Effects) -> None:
+    async def update_indexes(self, state: RunState, effects: Effects, then=None) -> None:
+        """The indexes a commit moves (the waiting index first), then `then()`'s writes (the tasks it sends)
+        queued with the others: one round trip for all of them."""
         if effects.index:
             await sync_waiting(self.redis, state)
-        await asyncio.gather(*self.index_writes(state, effects))
+        await asyncio.gather(*self.index_writes(state, effects), *(then() if then else ()))
 
     def index_writes(self, state: RunState, effects: Effects) -> list[asyncio.Future]:
         """The run index, the status indexes and the done-marks' expiry (keys outside the run's slot),

@@ -129,7 +129,7 @@ class Store:
         self.db = db
         self.keep = keep
         self.kept: OrderedDict[str, tuple[Loaded, RunState]] = OrderedDict()
-        self.hits = self.misses = 0
+        self.hits = 0  # (loads answered from a kept state)
 
     def put(self, loaded: Loaded, state: RunState) -> None:
         """Keep `state` (as just committed, described by `loaded`) for the run's next hop; not a run that
@@ -156,7 +156,6 @@ class Store:
             loaded.state, loaded.cached = state, True
             self.hits += 1
             return loaded
-        self.misses += cached
         names = tuple(dict.fromkeys(("rev", "core", *names)))
         values = await self.db.call("HMGET", streams.run_state(run_id), *names)
         loaded = Loaded(run_id, rev=values[0])
