@@ -169,6 +169,13 @@ def _router_grants() -> list[Grant]:
             (streams.agent_stream("*"), streams.RESULTS_PATTERN, streams.run_events("*"), streams.DLQ),
             ("xadd",),
         ),
+        # EVAL: the outbox appends each stream's entries in one small script (shared/batch.py); its XADDs
+        # are checked again against the grant above.
+        Grant(
+            "append them in order, in one pipeline (acknowledged after WAIT, if asked)",
+            (streams.agent_stream("*"), streams.RESULTS_PATTERN, streams.run_events("*"), streams.DLQ),
+            ("eval",),
+        ),
         Grant(
             "decide each task's route once (a redelivery forwards to the same agent)",
             (streams.route_decision("*", "*", "*"),),
@@ -213,8 +220,8 @@ def _notifier_grants() -> list[Grant]:
         # EVAL: the mark and the entry in one script (services/notifier/app.py); its SET and XADD are
         # checked again against the grants above.
         Grant(
-            "publish each S3 event once, with its mark",
-            (streams.OBJECTS, streams.OBJECTS_SEEN_PREFIX + "*"),
+            "publish each S3 event once, with its mark; append through the outbox",
+            (streams.OBJECTS, streams.OBJECTS_SEEN_PREFIX + "*", streams.DLQ),
             ("eval",),
         ),
     ]

@@ -51,6 +51,7 @@ from .broker import (
     record_error,
     registry,
 )
+from .errors import NotReplicated
 from .redisconn import connect
 
 log = structlog.get_logger()
@@ -279,10 +280,6 @@ async def _exchange(connection, commands: list[tuple], wait: ReplicaWait | None 
             )
             replies = [short] * len(commands)
     return replies
-
-
-class NotReplicated(ResponseError):
-    """WAIT returned fewer replicas than asked: the writes may not survive a failover."""
 
 
 async def _node_exchange(node, commands: list[tuple], wait: ReplicaWait | None = None) -> list:

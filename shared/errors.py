@@ -54,6 +54,11 @@ class HandlerTimeout(BatonError):
     """A handler ran past its time limit and was cancelled."""
 
 
+class NotReplicated(redis.exceptions.ResponseError):
+    """WAIT returned fewer replicas than asked: the writes may not survive a failover (not acknowledged;
+    retried as a transient fault: a replica catching up, or one gone that its master stops counting)."""
+
+
 # Faults that a second try a moment later usually does not meet: a dropped or refused connection, a pool
 # momentarily exhausted, a timed-out round trip (to Redis, or to S3 through botocore).
 TRANSIENT = (
@@ -63,6 +68,7 @@ TRANSIENT = (
     redis.exceptions.TimeoutError,
     botocore.exceptions.ConnectionError,  # EndpointConnectionError, ConnectTimeoutError, ...
     botocore.exceptions.HTTPClientError,  # ReadTimeoutError, ConnectionClosedError, ...
+    NotReplicated,
 )
 
 
