@@ -64,7 +64,15 @@ class Grant:
 # and PING, which FastStream's subscribers and health checks send. None of them touches a key.
 CONNECTION = ("ping", "hello", "client|setinfo", "client|setname", "select", "wait", "role")
 # What a cluster client asks every node to learn the slot map and the commands' key positions (no keys).
-CLUSTER_TOPOLOGY = ("cluster|slots", "cluster|shards", "cluster|nodes", "cluster|info", "readonly", "command")
+CLUSTER_TOPOLOGY = (
+    "cluster|slots",
+    "cluster|shards",
+    "cluster|nodes",
+    "cluster|info",
+    "readonly",
+    "command",
+    "asking",  # follow an ASK redirection while a slot migrates (resharding)
+)
 TRANSACTIONS = ("multi", "exec", "discard", "unwatch")
 # A consumer group member: create the group (MKSTREAM) on start-up, read, acknowledge, and the reclaimer's
 # XAUTOCLAIM / XPENDING plus the heartbeat's XCLAIM ... JUSTID (shared/broker.py, shared/reclaim.py), and

@@ -198,9 +198,11 @@ class Outbox:
 
     async def _cluster_pipeline(self, commands: list[tuple]) -> list:
         """The same on a cluster: one pipeline per node, to the nodes at once. A command refused because its
-        slot is elsewhere or the cluster is failing over (MOVED, ASK, TRYAGAIN, CLUSTERDOWN: it did not run)
-        is sent again once the slot map is refreshed; a lost connection fails that node's commands, as on
-        one server (the callers decide: nothing is acknowledged that was not written)."""
+        slot is elsewhere or the cluster is failing over (MOVED, TRYAGAIN, CLUSTERDOWN: it did not run)
+        is sent again once the slot map is refreshed; one refused with ASK (its slot is being migrated and
+        its key is not on the old node any more) goes at once to the node ASK names, after ASKING, as
+        Redis Cluster's protocol asks. A lost connection fails that node's commands, as on one server (the
+        callers decide: nothing is acknowledged that was not written)."""
         cluster: RedisCluster = self.redis
         replies: list = [None] * len(commands)
         todo = list(range(len(commands)))
@@ -210,27 +212,44 @@ class Outbox:
             for i in todo:
                 slot = cluster.keyslot(_key_of(commands[i]))
                 groups.setdefault(cluster.nodes_manager.get_node_from_slot(slot), []).append(i)
-            outcomes = await asyncio.gather(
-                *(
-                    _node_exchange(node, [commands[i] for i in idx], self.wait)
-                    for node, idx in groups.items()
-                ),
-                return_exceptions=True,
-            )
-            again: list[int] = []
-            for (_node, idx), outcome in zip(groups.items(), outcomes, strict=True):
-                for j, i in enumerate(idx):
-                    reply = outcome if isinstance(outcome, BaseException) else outcome[j]
-                    replies[i] = reply
-                    if isinstance(reply, REDIRECTED):
-                        again.append(i)
-            if any(isinstance(o, BaseException) for o in outcomes) or again:
+            failed = await self._exchange_groups(groups, commands, replies)
+            asked: dict = {}  # (host, port) -> indexes
+            for i in todo:
+                if isinstance(replies[i], AskError):
+                    asked.setdefault(replies[i].node_addr, []).append(i)
+            if asked:
+                targets = {cluster.get_node(host=h, port=p): idx for (h, p), idx in asked.items()}
+                unknown = targets.pop(None, [])  # (a node the map does not know yet: refreshed below)
+                failed |= await self._exchange_groups(targets, commands, replies, asking=True)
+                failed |= bool(unknown)
+            again = [i for i in todo if isinstance(replies[i], REDIRECTED)]
+            if failed or again:
                 await cluster.nodes_manager.initialize()  # a node failed or a slot moved: learn the map
             if not again:
                 return replies
             todo = again
             await asyncio.sleep(min(0.05 * 2**attempt, 1.0))
         return replies
+
+    async def _exchange_groups(self, groups: dict, commands: list[tuple], replies: list, asking=False):
+        """Each node's commands in one pipeline, the nodes at once; each reply into `replies`. With
+        `asking`, each command is preceded by ASKING (which lets the next command in on an importing
+        node). True if a node's exchange failed as a whole."""
+
+        def batch(idx: list[int]) -> list[tuple]:
+            if not asking:
+                return [commands[i] for i in idx]
+            return [c for i in idx for c in (("ASKING",), commands[i])]
+
+        outcomes = await asyncio.gather(
+            *(_node_exchange(node, batch(idx), self.wait) for node, idx in groups.items()),
+            return_exceptions=True,
+        )
+        step = 2 if asking else 1
+        for idx, outcome in zip(groups.values(), outcomes, strict=True):
+            for j, i in enumerate(idx):
+                replies[i] = outcome if isinstance(outcome, BaseException) else outcome[j * step + step - 1]
+        return any(isinstance(o, BaseException) for o in outcomes)
 
 
 class ReplicaWait:

@@ -21,20 +21,11 @@ from shared import streams
 from shared.broker import encode
 from shared.events import RunSubmitted
 from shared.redisconn import cluster_parts, connect
-from tests.conftest import LOCAL_CLUSTER, cluster_mode
 
 pytestmark = [pytest.mark.cluster, pytest.mark.e2e]
 
 ARTIFACTS = Path(__file__).resolve().parent.parent / "artifacts" / "cluster"
 ENDED = {"completed", "failed", "cancelled"}
-
-
-@pytest.fixture
-def local_cluster():
-    assert cluster_mode() and LOCAL_CLUSTER, (
-        "these tests need the session on a Valkey cluster: BATON_TEST_SERVERS=cluster (make test-cluster)"
-    )
-    return LOCAL_CLUSTER[0]
 
 
 def _save(name: str, figures: dict) -> None:
