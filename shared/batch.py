@@ -374,6 +374,7 @@ class BatchConsumer:
         self.redis = None
         self.outbox: Outbox | None = None
         self._inflight: dict[asyncio.Task, bytes] = {}
+        self._lost: set[bytes] = set()  # entries whose handler was stopped: another consumer took them
         self._freed = asyncio.Event()  # set when a handler finishes (O(1), where asyncio.wait is O(n))
         self._tasks: list[asyncio.Task] = []
 
@@ -444,6 +445,18 @@ class BatchConsumer:
                 "entry_reclaimed_meanwhile", stream=self.stream, message_id=entry_id.decode(), error=str(exc)
             )
             return
+        except asyncio.CancelledError:
+            if entry_id not in self._lost:
+                raise  # (stopping)
+            self._lost.discard(entry_id)
+            log.warning(
+                "handler_stopped_entry_reclaimed",
+                stream=self.stream,
+                message_id=entry_id.decode(),
+                error="another consumer took the entry while this one handled it (stalled, or cut off from "
+                "Redis, past the reclaim time): theirs to handle now",
+            )
+            return
         except Exception as exc:  # noqa: BLE001 - left pending: the reclaimer redelivers it
             log.exception("handler_failed", stream=self.stream, message_id=entry_id.decode())
             await record_error(self.redis, self.stream, self.group, entry_id.decode(), exc)
@@ -457,10 +470,23 @@ class BatchConsumer:
         log.warning("dead_lettered", stream=self.stream, reason=reason, message_id=letter.message_id)
 
     async def _heartbeat(self) -> None:
-        """Keep every entry in flight claimed (one XCLAIM JUSTID for the lot), so none is reclaimed."""
+        """Keep every entry in flight claimed (one XCLAIM JUSTID for the lot), so none is reclaimed; stop
+        the handlers of those another consumer took meanwhile (fencing: one runner per entry)."""
         await keep_claimed(
-            self.redis, self.stream, self.group, self.consumer, self._inflight.values, self.heartbeat_s
+            self.redis,
+            self.stream,
+            self.group,
+            self.consumer,
+            self._inflight.values,
+            self.heartbeat_s,
+            on_lost=self._stop_lost,
         )
+
+    def _stop_lost(self, lost: set[str]) -> None:
+        for task, entry_id in list(self._inflight.items()):
+            if entry_id.decode() in lost and not task.done():
+                self._lost.add(entry_id)
+                task.cancel()
 
 
 class InOrder:

@@ -457,10 +457,13 @@ async def record_error(
         log.warning("could_not_record_error", stream=stream, message_id=message_id)
 
 
-async def keep_claimed(redis, stream: str, group: str, consumer: str, ids, every: float) -> None:
+async def keep_claimed(
+    redis, stream: str, group: str, consumer: str, ids, every: float, on_lost: Callable | None = None
+) -> None:
     """The heartbeat: every `every` seconds, reset the idle time of the entries `ids()` names that are
     still this consumer's (`RETAKE`: one script for them all), so the reclaimer leaves them alone while they
-    are being handled.
+    are being handled. `on_lost(entries)` is told of those another consumer holds now (this one was stalled
+    or cut off from Redis past the reclaim time): theirs to handle, so this one should stop.
 
     A consumer that dies stops refreshing, its entries go idle, and another consumer reclaims them after
     `reclaim_idle_ms`. Used by FastStream's path (one entry), the batched consumer (every entry in
@@ -472,11 +475,17 @@ async def keep_claimed(redis, stream: str, group: str, consumer: str, ids, every
         if not current:
             continue
         try:
-            await redis.eval(RETAKE, 1, stream, group, consumer, *current)
+            kept = await redis.eval(RETAKE, 1, stream, group, consumer, *current)
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # noqa: BLE001 - Redis briefly away: the next beat tries again
             log.warning("heartbeat_failed", stream=stream, error=str(exc))
+            continue
+        if on_lost is not None and len(kept) < len(current):
+            # (also an entry acknowledged since `ids()` was read: its handler has ended, nothing to stop)
+            ours = {k.decode() if isinstance(k, bytes) else k for k in kept}
+            lost = {c.decode() if isinstance(c, bytes) else c for c in current} - ours
+            on_lost(lost)
 
 
 def _stream_of(msg) -> str:

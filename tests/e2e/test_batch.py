@@ -211,3 +211,55 @@ async def test_a_handler_past_its_time_limit_is_cancelled_and_its_entry_left_pen
         await consumer.stop()
         await r.delete(stream, errors_key(stream, group))
         await r.aclose()
+
+
+async def test_a_handler_stops_when_another_consumer_took_its_entry(real_servers):
+    """Fencing: a consumer stalled or cut off from Redis past the reclaim time finds, at its next heartbeat,
+    that another consumer reclaimed the entry it is handling. Its handler is stopped there (the other one
+    runs it now) and the entry is neither acknowledged nor marked failed by it; its other entries go on."""
+    r = await _redis(real_servers)
+    stream, group = f"test:fence:{secrets.token_hex(4)}", "g"
+    started: dict[str, asyncio.Event] = {}
+    finished: list[str] = []
+
+    async def handler(event: TaskAssigned) -> None:
+        started.setdefault(event.task_id, asyncio.Event()).set()
+        await asyncio.sleep(1.0)
+        finished.append(event.task_id)
+
+    consumer = BatchConsumer(
+        stream=stream,
+        group=group,
+        consumer="a",
+        size=10,
+        model=TaskAssigned,
+        handler=handler,
+        service="test",
+        max_event_bytes=65536,
+        heartbeat_s=0.05,
+        block_ms=100,
+    )
+    await consumer.declare(r, Outbox(r))
+    try:
+        taken, kept = [(await r.xadd(stream, encode(_task(i)))).decode() for i in range(2)]
+        consumer.start()
+        for task_id in ("r-batch.0.x", "r-batch.1.x"):
+            started.setdefault(task_id, asyncio.Event())
+        await asyncio.wait_for(started["r-batch.0.x"].wait(), 5)
+        await r.xclaim(stream, group, "b", 0, [taken], justid=True)  # b reclaimed it meanwhile
+        for _ in range(100):
+            if finished:
+                break
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(0.1)
+        assert finished == ["r-batch.1.x"], "the handler of the entry b took was not stopped"
+        pending = {
+            p["message_id"].decode(): p["consumer"].decode()
+            for p in await r.xpending_range(stream, group, "-", "+", 10)
+        }
+        assert pending == {taken: "b"}  # b's to handle; a's other entry acknowledged
+        assert await r.hget(errors_key(stream, group), taken) is None
+    finally:
+        await consumer.stop()
+        await r.delete(stream, errors_key(stream, group))
+        await r.aclose()
