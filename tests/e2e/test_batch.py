@@ -28,6 +28,22 @@ async def _redis(real_servers) -> aioredis.Redis:
     return connect(real_servers.redis_url, socket_timeout=None)
 
 
+async def _consumer(r, stream: str, group: str, handler, consumer: str = "c1", **kw) -> BatchConsumer:
+    """A batched consumer of TaskAssigned entries with short test timings, declared on `r`."""
+    options = dict(size=10, max_event_bytes=65536, heartbeat_s=0.05, block_ms=100) | kw
+    made = BatchConsumer(
+        stream=stream,
+        group=group,
+        consumer=consumer,
+        model=TaskAssigned,
+        handler=handler,
+        service="test",
+        **options,
+    )
+    await made.declare(r, Outbox(r))
+    return made
+
+
 async def test_outbox_writes_each_stream_in_order_in_one_round_trip(real_servers):
     r = await _redis(real_servers)
     a, b = f"test:outbox:{secrets.token_hex(4)}:a", f"test:outbox:{secrets.token_hex(4)}:b"
@@ -80,20 +96,8 @@ async def test_bad_entries_are_dead_lettered_and_good_ones_handled_then_acknowle
         await asyncio.sleep(0.01)
         handled.append(event)
 
-    consumer = BatchConsumer(
-        stream=stream,
-        group=group,
-        consumer="c1",
-        size=4,  # fewer than the entries: the consumer must come back for more
-        model=TaskAssigned,
-        handler=handler,
-        service="test",
-        max_event_bytes=2048,
-        heartbeat_s=0.05,
-        block_ms=100,
-    )
-    outbox = Outbox(r)
-    await consumer.declare(r, outbox)
+    # size 4, fewer than the entries: the consumer must come back for more
+    consumer = await _consumer(r, stream, group, handler, size=4, max_event_bytes=2048)
     bad = {
         "not json": {DATA_FIELD: b"\xff not json"},
         "a list": {DATA_FIELD: b"[1, 2]"},
@@ -138,19 +142,7 @@ async def test_a_failing_handler_leaves_its_entry_pending_with_the_error(real_se
         if event.task_id.startswith("r-batch.1."):
             raise RuntimeError("disk on fire")
 
-    consumer = BatchConsumer(
-        stream=stream,
-        group=group,
-        consumer="c1",
-        size=10,
-        model=TaskAssigned,
-        handler=handler,
-        service="test",
-        max_event_bytes=65536,
-        heartbeat_s=0.05,
-        block_ms=100,
-    )
-    await consumer.declare(r, Outbox(r))
+    consumer = await _consumer(r, stream, group, handler)
     try:
         ids = [(await r.xadd(stream, encode(_task(i)))).decode() for i in range(3)]
         consumer.start()
@@ -183,19 +175,7 @@ async def test_a_handler_past_its_time_limit_is_cancelled_and_its_entry_left_pen
             cancelled.set()
             raise
 
-    consumer = BatchConsumer(
-        stream=stream,
-        group=group,
-        consumer="c1",
-        size=10,
-        model=TaskAssigned,
-        handler=bind_handler(hangs, timeout=0.3),
-        service="test",
-        max_event_bytes=65536,
-        heartbeat_s=0.05,
-        block_ms=100,
-    )
-    await consumer.declare(r, Outbox(r))
+    consumer = await _consumer(r, stream, group, bind_handler(hangs, timeout=0.3))
     try:
         entry = (await r.xadd(stream, encode(_task(0)))).decode()
         consumer.start()
@@ -227,19 +207,7 @@ async def test_a_handler_stops_when_another_consumer_took_its_entry(real_servers
         await asyncio.sleep(1.0)
         finished.append(event.task_id)
 
-    consumer = BatchConsumer(
-        stream=stream,
-        group=group,
-        consumer="a",
-        size=10,
-        model=TaskAssigned,
-        handler=handler,
-        service="test",
-        max_event_bytes=65536,
-        heartbeat_s=0.05,
-        block_ms=100,
-    )
-    await consumer.declare(r, Outbox(r))
+    consumer = await _consumer(r, stream, group, handler, consumer="a")
     try:
         taken, kept = [(await r.xadd(stream, encode(_task(i)))).decode() for i in range(2)]
         consumer.start()
