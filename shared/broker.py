@@ -40,6 +40,23 @@ DATA_FIELD = "__data__"
 CURRENT_ENTRY: contextvars.ContextVar[str | None] = contextvars.ContextVar("baton_entry", default=None)
 # (client, stream, group, consumer) of the entry being handled, where a retry can check it is still ours
 CURRENT_CLAIM: contextvars.ContextVar[tuple | None] = contextvars.ContextVar("baton_claim", default=None)
+
+
+class Fence:
+    """FastStream's per-message path: the handler runs as `task`, which the heartbeat cancels once another
+    consumer holds the entry (the batched path cancels its handlers' own tasks)."""
+
+    def __init__(self) -> None:
+        self.task: asyncio.Task | None = None
+        self.lost = False
+
+    def stop(self, _entries) -> None:
+        self.lost = True
+        if self.task is not None and not self.task.done():
+            self.task.cancel()
+
+
+CURRENT_FENCE: contextvars.ContextVar[Fence | None] = contextvars.ContextVar("baton_fence", default=None)
 # Re-take entries for a consumer, each only if it still holds it (its idle time reset, so no one reclaims
 # it meanwhile), and return those; one another consumer reclaimed (or that was acknowledged) is left alone.
 # KEYS[1]: the stream; ARGV: group, consumer, entry ids. The heartbeat and a retry use it: an unconditional
@@ -242,8 +259,20 @@ def bind_handler(handler, timeout: float | None = None):
 
     async def bound(event):
         bind_event(event)
+        fence = CURRENT_FENCE.get()
         try:
-            return await call_handler(handler, event, timeout)
+            if fence is None:
+                return await call_handler(handler, event, timeout)
+            fence.task = asyncio.create_task(call_handler(handler, event, timeout))
+            try:
+                return await fence.task
+            except asyncio.CancelledError:
+                if fence.lost and not asyncio.current_task().cancelling():  # (not stopping: fenced off)
+                    raise Reclaimed(
+                        f"entry {CURRENT_ENTRY.get()} was taken by another consumer while its handler ran "
+                        "(this one stalled, or was cut off from Redis, past the reclaim time)"
+                    ) from None
+                raise
         except ValidationError as exc:
             raise HandlerError(f"{type(exc).__name__}: {exc}") from exc
 
@@ -267,6 +296,8 @@ def make_broker(settings: Settings, service: str, logger=None) -> RedisBroker:
             claim = (client_of(holder["broker"]), _stream_of(msg), group, settings.consumer)
             CURRENT_CLAIM.set(claim if group and mid else None)
             beat = [mid] if group and mid else []
+            fence = Fence()
+            fenced = CURRENT_FENCE.set(fence)
             keepalive = asyncio.create_task(
                 keep_claimed(
                     client_of(holder["broker"]),
@@ -275,6 +306,7 @@ def make_broker(settings: Settings, service: str, logger=None) -> RedisBroker:
                     settings.consumer,
                     lambda: beat,
                     settings.heartbeat_s,
+                    on_lost=fence.stop,
                 )
             )
             try:
@@ -284,7 +316,8 @@ def make_broker(settings: Settings, service: str, logger=None) -> RedisBroker:
                 return await call_next(msg)
             except ValidationError as exc:  # the message itself is invalid (handler errors are wrapped)
                 return await dead_letter(msg, describe_validation_error(exc))
-            except Reclaimed:  # another consumer has it now: left alone (not acknowledged, nothing noted)
+            except Reclaimed as exc:  # another consumer has it now: left alone (not acknowledged, not noted)
+                log.warning("entry_reclaimed_meanwhile", message_id=mid, error=str(exc))
                 raise
             except Exception as exc:
                 # Left pending: the reclaimer redelivers it, and dead-letters it after max_deliveries.
@@ -298,6 +331,7 @@ def make_broker(settings: Settings, service: str, logger=None) -> RedisBroker:
                 raise
             finally:
                 keepalive.cancel()
+                CURRENT_FENCE.reset(fenced)
 
     async def dead_letter(msg, reason: str) -> None:
         stream = _stream_of(msg)

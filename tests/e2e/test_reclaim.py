@@ -117,3 +117,36 @@ async def test_a_retry_stops_when_another_consumer_took_the_entry_and_the_heartb
         CURRENT_CLAIM.set(None)
         await redis.delete(stream)
         await redis.aclose()
+
+
+async def test_a_per_message_handler_stops_when_another_consumer_took_its_entry(real_servers):
+    """Fencing on FastStream's per-message path (the router; workers with BATON_BATCH=0): the heartbeat
+    that finds the entry taken by another consumer stops the handler; the entry stays with that one."""
+    from shared.broker import subscribe
+
+    stream, group = f"test:fence:{secrets.token_hex(4)}", "g"
+    started, finished = asyncio.Event(), []
+
+    async def slow(event: TaskAssigned) -> None:
+        started.set()
+        await asyncio.sleep(1.5)
+        finished.append(event.task_id)
+
+    s = Settings(redis_url=real_servers.redis_url, consumer="a", reclaim_idle_ms=300, max_deliveries=5)
+    broker = make_broker(s, "test")
+    subscribe(broker, stream, group, s, slow)
+    await broker.connect()
+    redis = broker._connection
+    try:
+        await redis.xgroup_create(stream, group, id="0", mkstream=True)
+        await broker.start()
+        entry = await redis.xadd(stream, encode(_task(0)))
+        await asyncio.wait_for(started.wait(), 10)
+        await redis.xclaim(stream, group, "b", 0, [entry], justid=True)  # b reclaimed it meanwhile
+        await asyncio.sleep(2.0)
+        assert finished == [], "the handler of the entry b took was not stopped"
+        (row,) = await redis.xpending_range(stream, group, entry, entry, 1)
+        assert row["consumer"] == b"b"
+    finally:
+        await redis.delete(stream)
+        await broker.stop()
