@@ -1,0 +1,53 @@
+"""The console benchmark's page readers (bench/console.py `Pages`): plain HTTP/1.1 over asyncio streams, read
+as an EventSource reads them, against a local server that writes exactly the bytes given. No timing is
+asserted."""
+
+import asyncio
+import json
+from datetime import UTC, datetime, timedelta
+
+from bench.console import Pages
+
+
+def event(entry: str, kind: str = "task.assigned") -> bytes:
+    created = (datetime.now(UTC) + timedelta(seconds=5)).isoformat()  # after the stream connected: live
+    data = json.dumps({"type": kind, "created_at": created, "entry": entry})
+    return f"id: {entry}\ndata: {data}\n\n".encode()
+
+
+def chunked(*parts: bytes) -> bytes:
+    return b"".join(b"%x\r\n%s\r\n" % (len(p), p) for p in parts) + b"0\r\n\r\n"
+
+
+async def read_pages(responses: dict[str, bytes]) -> tuple[Pages, list[bytes]]:
+    requests: list[bytes] = []
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = await reader.readuntil(b"\r\n\r\n")
+        requests.append(head)
+        run_id = head.split(b" ")[1].split(b"/")[2].decode()
+        writer.write(responses[run_id])
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    async with server:
+        pages = Pages(f"http://127.0.0.1:{port}", "tok", list(responses), k=2, deadline=1e12)
+        await asyncio.wait_for(pages._main(), 10)
+    return pages, requests
+
+
+def test_a_page_reads_events_split_across_chunks_until_the_end_event():
+    body = event("1-0") + event("2-0") + b"event: end\ndata: {}\n\n"
+    ok = b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n"
+    # chunk boundaries inside a line and inside the CRLF-free SSE framing
+    response = ok + chunked(body[:7], body[7:50], body[50:])
+    missing = b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\n\r\n"
+
+    pages, requests = asyncio.run(read_pages({"run-a": response, "run-b": missing}))
+
+    assert (pages.opened, pages.ended, pages.errors) == (2, 1, 1)
+    assert len(pages.latency) == 2 and pages.early == 0
+    assert all(b"authorization: Bearer tok\r\n" in r for r in requests)
+    assert sorted(r.split(b" ")[1] for r in requests) == [b"/runs/run-a/stream", b"/runs/run-b/stream"]
