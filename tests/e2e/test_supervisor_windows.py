@@ -49,10 +49,35 @@ class Supervisors:
         return [h for h in self.stack.procs if h.startswith("supervisor-")]
 
     def replace(self, faults: str | None = None) -> str:
-        """SIGKILL every supervisor (nothing it holds is acknowledged), then start one (armed if `faults`)."""
-        for handle in self.running():
+        """SIGKILL every supervisor (nothing it holds is acknowledged), then start one (armed if `faults`).
+
+        First, up to a few seconds, until the supervisors hold no entry unacknowledged: a test that saw a
+        task start kills them after the step that sent it, not inside it (on a loaded machine the worker
+        can start the task before the supervisor's acknowledgement has left: killed then, the step's event
+        is redelivered and its task sent again, as it should be, but that is another window's test)."""
+        running = self.running()
+        self.settled(running)
+        for handle in running:
             self.stack.kill(handle, hard=True)
         return self.add(faults)
+
+    def settled(self, consumers: list[str], timeout: float = 2.0) -> None:
+        """Until `consumers` hold no entry of the supervisor's streams unacknowledged (or `timeout`)."""
+        import redis
+
+        partitions = int(self.stack.env.get("BATON_RESULT_PARTITIONS", "1"))
+        watched = [streams.RUNS, streams.OBJECTS, *streams.result_streams(partitions)]
+
+        def held(r, stream: str) -> int:
+            if not r.exists(stream):
+                return 0
+            summary = r.xpending(stream, streams.SUPERVISOR_GROUP)
+            return sum(c["pending"] for c in summary["consumers"] if c["name"].decode() in consumers)
+
+        with redis.Redis.from_url(self.stack.env["REDIS_URL"]) as r:
+            deadline = time.monotonic() + timeout
+            while time.monotonic() < deadline and any(held(r, s) for s in watched):
+                time.sleep(0.02)
 
     def add(self, faults: str | None = None) -> str:
         handle = self.stack.start("supervisor", {"BATON_FAULTS": faults} if faults else {})
