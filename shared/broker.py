@@ -57,6 +57,7 @@ class Fence:
 
 
 CURRENT_FENCE: contextvars.ContextVar[Fence | None] = contextvars.ContextVar("baton_fence", default=None)
+
 # Re-take entries for a consumer, each only if it still holds it (its idle time reset, so no one reclaims
 # it meanwhile), and return those; one another consumer reclaimed (or that was acknowledged) is left alone.
 # KEYS[1]: the stream; ARGV: group, consumer, entry ids. The heartbeat and a retry use it: an unconditional

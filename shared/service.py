@@ -10,6 +10,7 @@ import redis.asyncio as aioredis
 from faststream import FastStream
 
 from . import faults, redisconn
+from .batch import Outbox
 from .broker import create_groups
 from .reclaim import Reclaimer
 from .redisconn import connect
@@ -25,13 +26,21 @@ class Resources:
     stack: contextlib.AsyncExitStack = field(default_factory=contextlib.AsyncExitStack)
     storage: Storage | None = None
     redis: aioredis.Redis | None = None
+    outbox: Outbox | None = None
 
-    async def open(self, storage: bool = True, redis: bool = False) -> None:
+    async def open(self, storage: bool = True, redis: bool = False, outbox: bool = False) -> None:
+        """`outbox`: writes grouped into pipelines on a connection of their own, acknowledged after WAIT
+        when BATON_REDIS_WAIT_REPLICAS asks (the router's and the notifier's; shared/batch.py)."""
         if storage:
             self.storage = await self.stack.enter_async_context(Storage.connect(self.settings))
         if redis:
             self.redis = redis_client(self.settings)
             self.stack.push_async_callback(self.redis.aclose)
+        if outbox:
+            client = connect(self.settings.redis_url, socket_timeout=None, socket_connect_timeout=5)
+            self.stack.push_async_callback(client.aclose)
+            self.outbox = Outbox(client, wait_replicas=self.settings.redis_wait_replicas)
+            self.stack.push_async_callback(self.outbox.drain)  # (runs before the close above)
 
     async def close(self) -> None:
         await self.stack.aclose()
@@ -65,6 +74,7 @@ def build_app(
     service: str = "baton",
     storage: bool = True,
     redis: bool = False,
+    outbox: bool = False,
     **info,
 ):
     """A FastStream app whose lifespan opens and closes `resources`."""
@@ -75,7 +85,7 @@ def build_app(
     @app.on_startup
     async def _open() -> None:
         await redisconn.verify(resources.settings.redis_url)  # a clear error before anything starts
-        await resources.open(storage=storage, redis=redis)
+        await resources.open(storage=storage, redis=redis, outbox=outbox)
         client = connect(resources.settings.redis_url)
         try:
             await create_groups(client, broker)

@@ -17,11 +17,9 @@ from faststream.asgi import AsgiFastStream, AsgiResponse
 from faststream.asgi.request import AsgiRequest
 
 from shared import faults, streams, telemetry
-from shared.batch import Outbox
 from shared.broker import DATA_FIELD, encode, make_broker
 from shared.events import DeadLetter, ObjectChanged
 from shared.logging import configure_logging
-from shared.redisconn import connect
 from shared.service import Resources, mark_ready
 from shared.settings import Settings
 
@@ -84,7 +82,7 @@ def create_app(settings: Settings | None = None) -> AsgiFastStream:
             events = parse_records(payload, sender)
         except (ValueError, BadNotification) as exc:
             reason = f"unreadable bucket notification: {exc}"
-            await own["outbox"].publish(
+            await res.outbox.publish(
                 streams.DLQ,
                 DeadLetter(
                     stream="webhook",
@@ -112,8 +110,8 @@ def create_app(settings: Settings | None = None) -> AsgiFastStream:
         mark = seen_key(event)
         faults.point("notifier.publish")
         if mark is None:
-            await own["outbox"].publish(streams.OBJECTS, event)
-        elif not await own["outbox"].call(
+            await res.outbox.publish(streams.OBJECTS, event)
+        elif not await res.outbox.call(
             "EVAL", PUBLISH_ONCE, 2, streams.OBJECTS, mark, encode(event)[DATA_FIELD], SEEN_TTL_SECONDS
         ):
             return  # the other webhook target delivered it first
@@ -125,15 +123,11 @@ def create_app(settings: Settings | None = None) -> AsgiFastStream:
     res = Resources(settings)
     app = AsgiFastStream(broker, asgi_routes=[(WEBHOOK_PATH, webhook), ("/health", health)], logger=None)
 
-    # What the notifier writes goes through an outbox: with BATON_REDIS_WAIT_REPLICAS, MinIO is answered
-    # 200 only once replicas have the event (a failover then loses no change MinIO was told we have).
-    own: dict = {}
-
     @app.on_startup
     async def _open() -> None:
-        await res.open(storage=False, redis=False)
-        own["redis"] = connect(settings.redis_url, socket_timeout=None, socket_connect_timeout=5)
-        own["outbox"] = Outbox(own["redis"], wait_replicas=settings.redis_wait_replicas)
+        # What the notifier writes goes through an outbox: with BATON_REDIS_WAIT_REPLICAS, MinIO is
+        # answered 200 only once replicas have the event (a failover then loses no change it was told of).
+        await res.open(storage=False, outbox=True)
 
     @app.after_startup
     async def _ready() -> None:
@@ -142,9 +136,6 @@ def create_app(settings: Settings | None = None) -> AsgiFastStream:
 
     @app.after_shutdown
     async def _close() -> None:
-        if "outbox" in own:
-            await own["outbox"].drain()
-            await own["redis"].aclose()
         await res.close()
 
     app.settings = settings  # type: ignore[attr-defined]

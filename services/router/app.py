@@ -6,12 +6,10 @@ import asyncio
 
 from services.worker import llm as _llm  # noqa: F401 - registers the runtime of `kind: llm` agents
 from shared import faults, streams, telemetry
-from shared.batch import Outbox
 from shared.broker import client_of, make_broker, subscribe
 from shared.classification import ClassifyRequest
 from shared.events import RouteDecided, TaskAssigned, TaskFailed
 from shared.logging import configure_logging
-from shared.redisconn import connect
 from shared.service import Resources, build_app
 from shared.settings import Settings
 from shared.workflow import HUMAN, RouterWorkflow, load_workflows
@@ -45,10 +43,6 @@ def create_app(settings: Settings | None = None):
     )
     for name in workflows.agents:  # (declared for the AsyncAPI document; written through the outbox)
         broker.publisher(stream=streams.agent_stream(name), title=f"agent:{name}", schema=TaskAssigned)
-    # What the router writes goes through an outbox (one pipeline per loop turn), so that with
-    # BATON_REDIS_WAIT_REPLICAS its forwards are acknowledged only once replicas have them, as the
-    # supervisor's and the workers' writes are: a failover then loses no task the router took.
-    own: dict = {}
     classifiers = {
         name: wf.classifier and workflows.agents[wf.classifier].load_handler()
         for name, wf in workflows.workflows.items()
@@ -124,7 +118,7 @@ def create_app(settings: Settings | None = None):
         )
         if decision.agent is None:
             log.warning("route_failed", reason=decision.reason)
-            await own["outbox"].publish(
+            await res.outbox.publish(
                 streams.results_of(event.run_id, settings.result_partitions),
                 TaskFailed(**common, error=f"router: {decision.reason}"),
             )
@@ -141,15 +135,15 @@ def create_app(settings: Settings | None = None):
         if decision.agent == HUMAN or decision.usage is not None:
             # Through the supervisor, which records it in the run's stream: it pauses the run for a
             # person, or counts the model classifier's usage in the run's.
-            await own["outbox"].publish(streams.results_of(event.run_id, settings.result_partitions), decided)
+            await res.outbox.publish(streams.results_of(event.run_id, settings.result_partitions), decided)
         else:  # observability only: straight to the run's stream
-            await own["outbox"].publish(streams.run_events(event.run_id), decided)
+            await res.outbox.publish(streams.run_events(event.run_id), decided)
         # After the decision is recorded: the supervisor counts a classifier's usage only while the task
         # is outstanding. A redelivery may record it twice (the supervisor counts it once per attempt).
         if decision.agent != HUMAN:
             # (the worker span below is a child of the router span)
             here = telemetry.current_traceparent() or event.traceparent
-            await own["outbox"].publish(
+            await res.outbox.publish(
                 streams.agent_stream(decision.agent),
                 event.model_copy(update={"agent": decision.agent, "sender": sender, "traceparent": here}),
             )
@@ -164,20 +158,10 @@ def create_app(settings: Settings | None = None):
         title="route",
         description="Tasks waiting for a route.",
     )
-    app = build_app(broker, res, log, service=SERVICE, consumer=settings.consumer)
-
-    @app.on_startup
-    async def _outbox() -> None:
-        own["redis"] = connect(settings.redis_url, socket_timeout=None, socket_connect_timeout=5)
-        own["outbox"] = Outbox(own["redis"], wait_replicas=settings.redis_wait_replicas)
-
-    @app.after_shutdown
-    async def _close() -> None:
-        if "outbox" in own:
-            await own["outbox"].drain()
-            await own["redis"].aclose()
-
-    return app
+    # What the router writes goes through an outbox (one pipeline per loop turn), so that with
+    # BATON_REDIS_WAIT_REPLICAS its forwards are acknowledged only once replicas have them, as the
+    # supervisor's and the workers' writes are: a failover then loses no task the router took.
+    return build_app(broker, res, log, service=SERVICE, consumer=settings.consumer, outbox=True)
 
 
 def main() -> None:
