@@ -58,16 +58,19 @@ class Fence:
 
 CURRENT_FENCE: contextvars.ContextVar[Fence | None] = contextvars.ContextVar("baton_fence", default=None)
 
-# Re-take entries for a consumer, each only if it still holds it (its idle time reset, so no one reclaims
-# it meanwhile), and return those; one another consumer reclaimed (or that was acknowledged) is left alone.
-# KEYS[1]: the stream; ARGV: group, consumer, entry ids. The heartbeat and a retry use it: an unconditional
-# XCLAIM after Redis was away would take back an entry another consumer has reclaimed and is handling.
+# Re-take each entry in ARGV[3..] that consumer ARGV[2] still holds in group ARGV[1] of stream KEYS[1]
+# (XCLAIM JUSTID resets its idle time, so no one reclaims it meanwhile) and return those another consumer
+# holds now: theirs to handle. The heartbeat and a retry use it: an unconditional XCLAIM after Redis was away
+# would take back an entry another consumer has reclaimed and is handling. An entry pending for no one
+# (acknowledged meanwhile, or its delivery lost with a failed-over master) is neither re-taken nor returned:
+# no one else runs it, so its handler goes on.
 RETAKE = (
-    "local kept = {} for i = 3, #ARGV do "
+    "local taken = {} for i = 3, #ARGV do "
     "local p = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[i], ARGV[i], 1) "
-    "if #p > 0 and p[1][2] == ARGV[2] then "
-    "redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, ARGV[i], 'JUSTID') kept[#kept + 1] = ARGV[i] end "
-    "end return kept"
+    "if #p > 0 then if p[1][2] == ARGV[2] then "
+    "redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, ARGV[i], 'JUSTID') "
+    "else taken[#taken + 1] = ARGV[i] end end "
+    "end return taken"
 )
 
 
@@ -83,7 +86,7 @@ async def still_ours() -> bool:
         return True
     redis, stream, group, consumer = claim
     try:
-        return bool(await redis.eval(RETAKE, 1, stream, group, consumer, entry))
+        return not await redis.eval(RETAKE, 1, stream, group, consumer, entry)
     except Exception:  # noqa: BLE001
         return True
 
@@ -510,17 +513,14 @@ async def keep_claimed(
         if not current:
             continue
         try:
-            kept = await redis.eval(RETAKE, 1, stream, group, consumer, *current)
+            taken = await redis.eval(RETAKE, 1, stream, group, consumer, *current)
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # noqa: BLE001 - Redis briefly away: the next beat tries again
             log.warning("heartbeat_failed", stream=stream, error=str(exc))
             continue
-        if on_lost is not None and len(kept) < len(current):
-            # (also an entry acknowledged since `ids()` was read: its handler has ended, nothing to stop)
-            ours = {k.decode() if isinstance(k, bytes) else k for k in kept}
-            lost = {c.decode() if isinstance(c, bytes) else c for c in current} - ours
-            on_lost(lost)
+        if on_lost is not None and taken:
+            on_lost({t.decode() if isinstance(t, bytes) else t for t in taken})
 
 
 def _stream_of(msg) -> str:
