@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -186,15 +187,8 @@ class Outbox:
         """
         if isinstance(self.redis, RedisCluster):
             return await self._cluster_pipeline(commands)
-        pool = self.redis.connection_pool
-        connection = await pool.get_connection()
-        try:
+        async with _held(self.redis) as connection:
             return await _exchange(connection, commands, self.wait)
-        except BaseException:
-            await connection.disconnect()  # replies may be left unread: never reuse it
-            raise
-        finally:
-            await pool.release(connection)
 
     async def _cluster_pipeline(self, commands: list[tuple]) -> list:
         """The same on a cluster: one pipeline per node, to the nodes at once. A command refused because its
@@ -280,6 +274,19 @@ class ReplicaWait:
 async def _exchange(connection, commands: list[tuple], wait: ReplicaWait | None = None) -> list:
     """Send the commands (then WAIT, if asked) and read their replies. Replicas short of the WAIT fail
     every command of the pipeline: written on the master, maybe lost by a failover, so not acknowledged."""
+    replies, acked, wanted = await _exchange_confirmed(connection, commands, wait)
+    if acked < wanted:
+        within = f"within {wait.timeout_ms} ms"
+        short = NotReplicated(f"{acked} of {wanted} replicas confirmed the writes {within}")
+        replies = [short] * len(commands)
+    return replies
+
+
+async def _exchange_confirmed(
+    connection, commands: list[tuple], wait: ReplicaWait | None
+) -> tuple[list, int, int]:
+    """The commands' replies (an error reply as its exception), then how many replicas confirmed them
+    and how many were waited for (0 and 0: no WAIT)."""
     wait_command = await wait.command(connection) if wait is not None else None
     await connection.send_packed_command(
         _pack(connection, commands + [wait_command] if wait_command else commands)
@@ -290,26 +297,39 @@ async def _exchange(connection, commands: list[tuple], wait: ReplicaWait | None 
             replies.append(await connection.read_response())
         except ResponseError as exc:
             replies.append(exc)
-    if wait_command:
-        acked = await connection.read_response()
-        if acked < wait_command[1]:
-            await wait.learn(connection)  # maybe a replica went away: the next pipelines wait for the rest
-            short = NotReplicated(
-                f"{acked} of {wait_command[1]} replicas confirmed the writes within {wait_command[2]} ms"
-            )
-            replies = [short] * len(commands)
-    return replies
+    if not wait_command:
+        return replies, 0, 0
+    acked = await connection.read_response()
+    if acked < wait_command[1]:
+        await wait.learn(connection)  # maybe a replica went away: the next pipelines wait for the rest
+    return replies, acked, wait_command[1]
 
 
 async def _node_exchange(node, commands: list[tuple], wait: ReplicaWait | None = None) -> list:
-    connection = node.acquire_connection()
-    try:
+    async with _held(node=node) as connection:
         return await _exchange(connection, commands, wait)
+
+
+@contextlib.asynccontextmanager
+async def _held(redis=None, key: str | None = None, node=None):
+    """A connection for one exchange: from `redis`'s pool, or on a cluster from `node` or the node that
+    serves `key`. One whose exchange failed is closed, never reused (replies may be left unread)."""
+    if node is None and isinstance(redis, RedisCluster):
+        node = redis.get_node_from_key(key)
+    if node is not None:
+        connection = node.acquire_connection()
+    else:
+        connection = await redis.connection_pool.get_connection()
+    try:
+        yield connection
     except BaseException:
         await connection.disconnect()
         raise
     finally:
-        node.release(connection)
+        if node is not None:
+            node.release(connection)
+        else:
+            await redis.connection_pool.release(connection)
 
 
 def _key_of(command: tuple):
@@ -409,14 +429,20 @@ class BatchConsumer:
                 await self._freed.wait()
                 continue
             try:
-                async with asyncio.timeout(self.block_ms / 1000 + PIPELINE_TIMEOUT):
-                    reply = await self.redis.xreadgroup(
-                        self.group, self.consumer, {self.stream: ">"}, count=free, block=self.block_ms
-                    )
+                async with asyncio.timeout(self.block_ms / 1000 + PIPELINE_TIMEOUT + WAIT_MS / 1000):
+                    if self.outbox.wait is None:
+                        reply = await self.redis.xreadgroup(
+                            self.group, self.consumer, {self.stream: ">"}, count=free, block=self.block_ms
+                        )
+                    else:
+                        reply = await self._read_replicated(free)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # noqa: BLE001 - Redis away: wait and read again
                 log.error("read_failed", stream=self.stream, group=self.group, error=str(exc))
+                if isinstance(self.redis, RedisCluster):  # (a failover: learn who serves the stream now)
+                    with contextlib.suppress(Exception):
+                        await self.redis.nodes_manager.initialize()
                 await asyncio.sleep(READ_ERROR_BACKOFF)
                 continue
             for _stream, entries in reply or ():
@@ -424,6 +450,32 @@ class BatchConsumer:
                     task = asyncio.create_task(self._handle(entry_id, fields))
                     self._inflight[task] = entry_id
                     task.add_done_callback(self._finished)
+
+    async def _read_replicated(self, count: int) -> list:
+        """XREADGROUP, then WAIT on the same connection (BATON_REDIS_WAIT_REPLICAS): the entries are
+        handled only once the replicas hold them and their delivery to this consumer. Without it, a master
+        killed just after a read could take with it an entry a handler was already acting on (a worker's
+        claim on the attempt then named an entry no one would ever redeliver, and the task's next copy was
+        dropped as a duplicate: the run never ended). A WAIT that comes back short is logged and the
+        entries handled anyway, as they would be without replicas to wait for."""
+        read = (
+            "XREADGROUP", "GROUP", self.group, self.consumer, "COUNT", count, "BLOCK", self.block_ms,
+            "STREAMS", self.stream, ">",
+        )  # fmt: skip
+        async with _held(self.redis, self.stream) as connection:
+            (raw,), _acked, _wanted = await _exchange_confirmed(connection, [read], None)
+            if isinstance(raw, BaseException):
+                raise raw
+            if raw:  # (not pipelined with the read: a read served by another client's XADD, once blocked,
+                # would run a WAIT queued behind it before its own delivery counted as this client's write)
+                _none, acked, wanted = await _exchange_confirmed(connection, [], self.outbox.wait)
+                if acked < wanted:
+                    log.warning("read_not_replicated", stream=self.stream, replicas=acked, wanted=wanted)
+        pairs = functools.partial(zip, strict=True)
+        return [
+            (stream, [(entry_id, dict(pairs(fields[::2], fields[1::2]))) for entry_id, fields in items])
+            for stream, items in (raw.items() if isinstance(raw, dict) else raw or ())  # (RESP3: a map)
+        ]
 
     def _finished(self, task: asyncio.Task) -> None:
         self._inflight.pop(task, None)

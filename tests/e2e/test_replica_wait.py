@@ -178,3 +178,56 @@ async def _none(count) -> bool:
 
 async def _ok(request) -> bool:
     return (await request).status_code == 200
+
+
+async def test_a_batched_consumer_handles_an_entry_only_once_a_replica_has_it_and_its_delivery(replicated):
+    """A read is a write too (the delivery to the consumer): with replicas to wait for, the batched
+    consumer WAITs after each read and handles the entries only then. A master killed just after a read
+    cannot take with it an entry a handler is already acting on (`make test-cluster` lost runs that way:
+    a worker's claim on an attempt named an entry that no longer existed)."""
+    from shared.batch import BatchConsumer, Outbox
+
+    master, replica = replicated
+    r = aioredis.from_url(master.url, socket_timeout=None)
+    on_replica = aioredis.from_url(replica.url)
+    stream, group = f"test:confirmed:{secrets.token_hex(4)}", "g"
+    started: list = []
+    seen_on_replica: list = []
+
+    async def handler(event: TaskAssigned) -> None:
+        started.append(event.task_id)
+        rows = await on_replica.xpending_range(stream, group, "-", "+", 10)
+        seen_on_replica.append([(row["message_id"], row["consumer"]) for row in rows])
+
+    consumer = BatchConsumer(
+        stream=stream,
+        group=group,
+        consumer="a",
+        size=10,
+        model=TaskAssigned,
+        handler=handler,
+        service="test",
+        max_event_bytes=65536,
+        heartbeat_s=0.05,
+        block_ms=100,
+    )
+    await consumer.declare(r, Outbox(r, wait_replicas=1))
+    consumer.start()
+    try:
+        await asyncio.sleep(0.3)  # (reading: its WAITs after empty reads return at once)
+        os.kill(replica.pid, signal.SIGSTOP)
+        entry = await r.xadd(stream, encode(_task()))
+        await asyncio.sleep(1.0)
+        assert started == [], "handled before a replica had the entry and its delivery"
+        os.kill(replica.pid, signal.SIGCONT)
+
+        async def handled() -> bool:
+            return bool(seen_on_replica)
+
+        await _until(handled, "the entry handled once the replica is back", 10)
+        assert seen_on_replica == [[(entry, b"a")]]  # the replica had the delivery when the handler ran
+    finally:
+        os.kill(replica.pid, signal.SIGCONT)
+        await consumer.stop()
+        await r.aclose()
+        await on_replica.aclose()
