@@ -16,7 +16,7 @@ DOCKER_BUILDKIT ?= $(shell docker buildx version >/dev/null 2>&1 && echo 1 || ec
 export DOCKER_BUILDKIT
 
 .PHONY: install llm llm-serve servers demo test test-unit test-compose test-containers test-cluster lint docs up down dev-down \
-	clean bench chaos chaos-burst images-offline docker-engine
+	clean bench chaos chaos-burst chaos-cluster images-offline docker-engine
 
 install: $(STAMP)  ## create the virtualenv and install Baton with its test tools (pinned)
 
@@ -99,6 +99,10 @@ chaos: servers  ## RUNS runs (default 1,000; or BURST=N at once) of every patter
 
 chaos-burst: servers  ## BURST runs (default 5,000) submitted at once while processes, Redis and MinIO are killed
 	$(BIN)/python scripts/chaos.py --burst $(or $(BURST),5000)
+
+chaos-cluster: servers  ## the same burst on a Valkey cluster (3 masters + 3 replicas) while masters fail over
+	$(BIN)/python scripts/chaos.py --cluster --burst $(or $(BURST),5000) --redis-restarts 3 \
+		--out bench/chaos-cluster-burst.json
 
 test-unit: install  ## the fast tests only (no servers)
 	$(BIN)/python -m pytest tests/unit

@@ -38,7 +38,8 @@ import time
 from collections import Counter
 from pathlib import Path
 
-import redis.asyncio as aioredis
+import redis
+from redis.exceptions import ClusterDownError, TryAgainError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
@@ -48,11 +49,13 @@ sys.path.insert(0, str(ROOT))
 import chaos_report  # noqa: E402
 
 from baton import client, servers  # noqa: E402
+from baton import cluster as valkey_cluster  # noqa: E402
 from baton.client import init_workspace  # noqa: E402
 from baton.dev import Stack, local_env, settings_kwargs  # noqa: E402
 from shared import streams  # noqa: E402
 from shared.broker import encode  # noqa: E402
 from shared.events import ObjectRef, RunSubmitted  # noqa: E402
+from shared.redisconn import as_cluster_url, connect  # noqa: E402
 from shared.settings import Settings  # noqa: E402
 from shared.storage import Storage  # noqa: E402
 from shared.workflow import load_workflows  # noqa: E402
@@ -75,7 +78,15 @@ FAULTS = [
     ("worker", "handler"),
     ("supervisor", "handler"),
 ]
-REDIS_DOWN = (RedisConnectionError, RedisTimeoutError, ConnectionError, OSError)
+# (on a cluster, also a slot whose master is failing over)
+REDIS_DOWN = (
+    RedisConnectionError,
+    RedisTimeoutError,
+    ConnectionError,
+    OSError,
+    ClusterDownError,
+    TryAgainError,
+)
 ENDED = ("completed", "failed", "cancelled")
 
 
@@ -84,12 +95,20 @@ def log(msg: str) -> None:
 
 
 class Servers:
-    """The chaos run's own Redis and MinIO, restarted on the same ports and data."""
+    """The chaos run's own Redis and MinIO, restarted on the same ports and data. With `cluster`, Redis is
+    a Valkey cluster of 3 masters with a replica each, and a restart is a master's failover."""
 
-    def __init__(self, tmp: Path, webhook: str, token: str) -> None:
+    def __init__(self, tmp: Path, webhook: str, token: str, cluster: bool = False, seed: int = 7) -> None:
         self.tmp, self.webhook, self.token = tmp, webhook, token
-        self.redis = servers.start_redis(tmp / "redis", appendonly=True, appendfsync="always")
-        self.redis_port = self.redis.extra["port"]
+        self.rng = random.Random(seed)
+        self.cluster = None
+        if cluster:
+            self.cluster = valkey_cluster.start_local(tmp / "cluster")
+            self.redis_url = as_cluster_url(self.cluster.url)
+        else:
+            self.redis = servers.start_redis(tmp / "redis", appendonly=True, appendfsync="always")
+            self.redis_port = self.redis.extra["port"]
+            self.redis_url = self.redis.url
         self.minio_port = servers.free_port()
         self.minio = servers.start_minio(tmp / "minio", webhook, token, port=self.minio_port)
 
@@ -98,18 +117,66 @@ class Servers:
         time.sleep(1.0)
         self.minio = servers.start_minio(self.tmp / "minio", self.webhook, self.token, port=self.minio_port)
 
-    def restart_redis(self) -> None:
-        """SIGKILL, then start again on the same data (what an acknowledged write survives)."""
-        self.redis.proc.kill()
-        self.redis.proc.wait(10)
-        time.sleep(1.0)
-        self.redis = servers.start_redis(
-            self.tmp / "redis", port=self.redis_port, appendonly=True, appendfsync="always"
+    def restart_redis(self) -> str:
+        """SIGKILL, then start again on the same data (what an acknowledged write survives). On a cluster:
+        SIGKILL a master, wait until its replica has taken over, start it again and wait until it is that
+        replica's replica, in sync (what BATON_REDIS_WAIT_REPLICAS=1 makes lose nothing acknowledged)."""
+        if self.cluster is None:
+            self.redis.proc.kill()
+            self.redis.proc.wait(10)
+            time.sleep(1.0)
+            self.redis = servers.start_redis(
+                self.tmp / "redis", port=self.redis_port, appendonly=True, appendfsync="always"
+            )
+            return "killed Redis (SIGKILL) and started it again on its AOF"
+        local = self.cluster
+        roles = {i: self._role(i) for i in range(len(local.nodes))}
+        victim = self.rng.choice(sorted(i for i, role in roles.items() if role[0] == b"master"))
+        address = "{}:{}".format(*local.addresses[victim])
+        replica = next(i for i, role in roles.items() if role[0] == b"slave" and _master(role) == address)
+        local.kill(victim)
+        began = time.monotonic()
+        self._until(lambda: self._role(replica)[0] == b"master", f"node {replica} taking over from {victim}")
+        took_over = time.monotonic() - began
+        local.restart(victim)
+        self._until(
+            lambda: (role := self._role(victim))[0] == b"slave" and role[3] == b"connected",
+            f"node {victim} back as a replica, in sync",
+        )
+        return (
+            f"killed master {address} (SIGKILL): its replica took over in {took_over:.1f} s; it is back as "
+            f"a replica after {time.monotonic() - began:.1f} s"
         )
 
+    def _role(self, index: int) -> list:
+        host, port = self.cluster.addresses[index]
+        with redis.Redis(host=host, port=port, socket_timeout=5) as c:
+            return c.execute_command("ROLE")
+
+    @staticmethod
+    def _until(check, what: str, timeout: float = 90) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                if check():
+                    return
+            except redis.RedisError:  # (a node still starting)
+                pass
+            time.sleep(0.2)
+        raise RuntimeError(f"not within {timeout:g} s: {what}")
+
     def stop(self) -> None:
-        for server in (self.minio, self.redis):
-            server.stop()
+        self.minio.stop()
+        if self.cluster is not None:
+            self.cluster.stop()
+        else:
+            self.redis.stop()
+
+
+def _master(role: list) -> str:
+    """The master's address in a replica's ROLE reply."""
+    host = role[1].decode() if isinstance(role[1], bytes) else role[1]
+    return f"{host}:{role[2]}"
 
 
 class Monkey:
@@ -216,8 +283,8 @@ class Monkey:
                 self.kills["minio"] += 1
                 due["minio"] = time.monotonic() + 20
             if now >= due["redis"] and self.kills["redis"] < self.args.redis_restarts:
-                log("killing Redis (SIGKILL) and starting it again on its AOF")
-                await asyncio.to_thread(self.srv.restart_redis)
+                log("killing Redis" + (" (a master)" if self.srv.cluster else ""))
+                log(await asyncio.to_thread(self.srv.restart_redis))
                 self.kills["redis"] += 1
                 due["redis"] = time.monotonic() + 20
 
@@ -350,14 +417,16 @@ async def chaos(args) -> dict:
     tmp = Path(tempfile.mkdtemp(prefix="baton-chaos-"))
     port, token = servers.free_port(), secrets.token_hex(8)
     webhook = f"http://127.0.0.1:{port}/minio/events"
-    srv = Servers(tmp, webhook, token)
-    env = local_env(srv.redis.url, srv.minio.url, WORKFLOWS, port, token)
+    srv = Servers(tmp, webhook, token, cluster=args.cluster, seed=args.seed)
+    env = local_env(srv.redis_url, srv.minio.url, WORKFLOWS, port, token)
     env.update(
         BATON_CWD=str(ROOT),
         BATON_RECLAIM_IDLE_MS="2000",
         BATON_MAX_DELIVERIES="10",
         BATON_LOG_LEVEL="WARNING",
     )
+    if args.cluster:  # outcomes spread over the shards; a failover loses no acknowledged step
+        env.update(BATON_RESULT_PARTITIONS="4", BATON_REDIS_WAIT_REPLICAS="1")
     settings = Settings(**settings_kwargs(env))
     stack = Stack(tmp / "stack", env)
     result = None
@@ -384,7 +453,7 @@ async def _run(args, settings: Settings, stack: Stack, srv: Servers) -> dict:
 
 async def _chaos(args, settings: Settings, stack: Stack, srv: Servers, storage: Storage, refs: dict) -> dict:
     # bounded: a command on a connection cut by a Redis kill fails and is retried instead of hanging
-    r = aioredis.Redis.from_url(settings.redis_url, socket_timeout=15, socket_connect_timeout=5)
+    r = connect(settings.redis_url, socket_timeout=15, socket_connect_timeout=5)
     rng = random.Random(args.seed)
     runs = [new_run(i, rng, refs) for i in range(args.burst or args.runs)]
     submitted: dict[str, tuple[str, float]] = {}
@@ -445,6 +514,9 @@ async def _chaos(args, settings: Settings, stack: Stack, srv: Servers, storage: 
     )
     return {
         "schedule": f"burst {args.burst}" if args.burst else f"steady {args.runs} at {args.rate}/s",
+        "redis": "Valkey cluster: 3 masters + 3 replicas, WAIT 1"
+        if args.cluster
+        else "one server, AOF always",
         "exit_code": 1 if bad else 0,
         "per_workflow": rows,
         "elapsed_s": round(elapsed, 1),
@@ -482,7 +554,13 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=40.0, help="Runs submitted per second (steady).")
     parser.add_argument("--timeout", type=float, default=900.0, help="Seconds to wait for the last run.")
     parser.add_argument("--minio-restarts", type=int, default=2)
-    parser.add_argument("--redis-restarts", type=int, default=2)
+    parser.add_argument("--redis-restarts", type=int, default=2, help="(with --cluster: master failovers)")
+    parser.add_argument(
+        "--cluster",
+        action="store_true",
+        help="Redis as a Valkey cluster (3 masters, a replica each; the services wait for 1 replica): a "
+        "Redis restart is then a master killed, its replica taking over, and the old master rejoining.",
+    )
     parser.add_argument("--fault-wait", type=float, default=20.0, help="Seconds an armed process may live.")
     parser.add_argument("--max-unexpected", type=int, default=100, help="Stop after this many crashes.")
     parser.add_argument(
