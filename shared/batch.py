@@ -40,6 +40,7 @@ from .broker import (
     CURRENT_CLAIM,
     CURRENT_ENTRY,
     DATA_FIELD,
+    RETAKE,
     Reclaimed,
     Subscription,
     bind_handler,
@@ -330,6 +331,20 @@ async def _held(redis=None, key: str | None = None, node=None):
             node.release(connection)
         else:
             await redis.connection_pool.release(connection)
+
+
+async def confirm_delivery(
+    redis, wait: ReplicaWait, stream: str, group: str, consumer: str, entry: str
+) -> None:
+    """For FastStream's per-message path, which reads on connections of its own: re-take the entry just
+    delivered (XCLAIM JUSTID, a write after the delivery), then WAIT on that connection, so the replicas
+    hold the entry and its delivery before the handler acts on it (`BatchConsumer._read_replicated`)."""
+    async with _held(redis, stream) as connection:
+        _taken, acked, wanted = await _exchange_confirmed(
+            connection, [("EVAL", RETAKE, 1, stream, group, consumer, entry)], wait
+        )
+    if acked < wanted:
+        log.warning("read_not_replicated", stream=stream, replicas=acked, wanted=wanted)
 
 
 def _key_of(command: tuple):

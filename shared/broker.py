@@ -291,6 +291,16 @@ def make_broker(settings: Settings, service: str, logger=None) -> RedisBroker:
     holder: dict[str, RedisBroker] = {}
     telemetry.setup(service, settings)
     metrics.serve(service, settings)
+    confirm = None
+    if settings.redis_wait_replicas:  # (batch imports this module: bound here)
+        from .batch import ReplicaWait, confirm_delivery
+
+        replicas = ReplicaWait(settings.redis_wait_replicas)
+
+        async def confirm(stream: str, group: str, entry: str) -> None:
+            await confirm_delivery(
+                client_of(holder["broker"]), replicas, stream, group, settings.consumer, entry
+            )
 
     class DeadLetterMiddleware(BaseMiddleware):
         async def consume_scope(self, call_next, msg):
@@ -314,6 +324,8 @@ def make_broker(settings: Settings, service: str, logger=None) -> RedisBroker:
                 )
             )
             try:
+                if confirm is not None and group and mid:
+                    await confirm(_stream_of(msg), group, mid)
                 decoded = await msg.decode()
                 if isinstance(decoded, dict) and _INVALID in decoded:
                     return await dead_letter(msg, decoded[_INVALID])

@@ -231,3 +231,48 @@ async def test_a_batched_consumer_handles_an_entry_only_once_a_replica_has_it_an
         await consumer.stop()
         await r.aclose()
         await on_replica.aclose()
+
+
+async def test_a_per_message_consumer_handles_an_entry_only_once_a_replica_has_it_and_its_delivery(
+    replicated,
+):
+    """The same on FastStream's per-message path (the router; workers with BATON_BATCH=0), which reads on
+    connections of its own: the entry is re-taken (a write after its delivery) and WAITed for first."""
+    from shared.broker import make_broker, subscribe
+    from shared.settings import Settings
+
+    master, replica = replicated
+    on_replica = aioredis.from_url(replica.url)
+    stream, group = f"test:confirmed:{secrets.token_hex(4)}", "g"
+    started: list = []
+    seen_on_replica: list = []
+
+    async def handler(event: TaskAssigned) -> None:
+        started.append(event.task_id)
+        rows = await on_replica.xpending_range(stream, group, "-", "+", 10)
+        seen_on_replica.append([(row["message_id"], row["consumer"]) for row in rows])
+
+    s = Settings(redis_url=master.url, consumer="a", redis_wait_replicas=1)
+    broker = make_broker(s, "test")
+    subscribe(broker, stream, group, s, handler)
+    await broker.connect()
+    redis = broker._connection
+    try:
+        await redis.xgroup_create(stream, group, id="0", mkstream=True)
+        await broker.start()
+        await asyncio.sleep(0.3)
+        os.kill(replica.pid, signal.SIGSTOP)
+        entry = await redis.xadd(stream, encode(_task()))
+        await asyncio.sleep(1.0)
+        assert started == [], "handled before a replica had the entry and its delivery"
+        os.kill(replica.pid, signal.SIGCONT)
+
+        async def handled() -> bool:
+            return bool(seen_on_replica)
+
+        await _until(handled, "the entry handled once the replica is back", 10)
+        assert seen_on_replica == [[(entry, b"a")]]
+    finally:
+        os.kill(replica.pid, signal.SIGCONT)
+        await broker.stop()
+        await on_replica.aclose()
