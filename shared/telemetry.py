@@ -15,6 +15,7 @@ reclaimer make a span of the same name, `<stream> process`, with `traced`. An ev
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import functools
 import re
 from collections.abc import Awaitable, Callable, Iterator
@@ -27,6 +28,10 @@ _otel: Any = None  # what the hot paths use of the API, bound once by `setup` (n
 NOOP = contextlib.nullcontext()
 TRACEPARENT = re.compile(rb'"traceparent":\s*"(00-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2})"')
 TRACEPARENT_FORMAT = re.compile(r"^[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$")
+# Inside the handling of an event whose trace is not sampled: its `traceparent`, carried as it is by every
+# event made meanwhile (W3C lets a participant that records nothing pass it on unchanged), with no OTel
+# context, span or id made for it (`traced`).
+_UNSAMPLED: contextvars.ContextVar[str | None] = contextvars.ContextVar("baton_unsampled", default=None)
 
 
 def enabled() -> bool:
@@ -113,6 +118,9 @@ def current_traceparent() -> str | None:
     """The W3C `traceparent` of the current span, or None (tracing off, or no span)."""
     if _tracer is None:
         return None
+    carried = _UNSAMPLED.get()
+    if carried is not None:
+        return carried
     ctx = _otel.get_current_span().get_span_context()
     if not ctx.is_valid:
         return None
@@ -141,6 +149,8 @@ def context_of(traceparent: str | None):
 def _recording() -> bool:
     """False inside an unsampled trace: children of an unsampled span are not made at all (their cost is
     the SDK's, sampled or not). True with no current span: a new trace, which the sampler decides."""
+    if _UNSAMPLED.get() is not None:
+        return False
     current = _otel.get_current_span()
     return current.is_recording() or not current.get_span_context().is_valid
 
@@ -175,16 +185,17 @@ def traced(stream: str, handler: Callable[[Any], Awaitable[Any]]):
     otel = _otel
 
     async def in_span(event):
-        parent = context_of(
-            getattr(event, "traceparent", None)
-            or (event.get("traceparent") if isinstance(event, dict) else None)
+        traceparent = getattr(event, "traceparent", None) or (
+            event.get("traceparent") if isinstance(event, dict) else None
         )
-        if not _parent_sampled(parent):  # an unsampled trace goes on unsampled, at the cost of a context
-            token = otel.attach(parent)
+        if traceparent and traceparent.endswith("-00") and TRACEPARENT_FORMAT.match(traceparent):
+            # An unsampled trace goes on unsampled, carried as it came: no context, span or id is made
+            token = _UNSAMPLED.set(traceparent)
             try:
                 return await handler(event)
             finally:
-                otel.detach(token)
+                _UNSAMPLED.reset(token)
+        parent = context_of(traceparent)
         attrs = {**fixed, **_event_attributes(event)}
         entry = CURRENT_ENTRY.get()
         if entry:
@@ -203,12 +214,6 @@ def traced(stream: str, handler: Callable[[Any], Awaitable[Any]]):
 
     in_span.__name__ = getattr(handler, "__name__", "handler")
     return in_span
-
-
-def _parent_sampled(parent) -> bool:
-    """False only for a remote parent that says it is not sampled; a new trace is the sampler's call."""
-    ctx = _otel.get_current_span(parent).get_span_context()
-    return not ctx.is_valid or ctx.trace_flags.sampled
 
 
 def span(name: str, kind: str = "internal", **attributes):
