@@ -7,6 +7,7 @@ ETag, or If-None-Match: * to refuse overwriting), so no agent silently overwrite
 from __future__ import annotations
 
 import contextlib
+import mimetypes
 from collections.abc import AsyncIterator
 
 from aiobotocore.session import get_session
@@ -158,6 +159,24 @@ class Storage:
             size=resp.get("ContentLength"),
             content_type=resp.get("ContentType"),
         )
+
+    async def copy_new(self, ref: ObjectRef, dest_key: str) -> ObjectRef:
+        """Copy one exact version to `dest_key` unless an object is there already; returns what is there.
+        Create-only even when two copies race: a GET, then a PUT with If-None-Match (MinIO ignores
+        If-None-Match on CopyObject, and two racing copies made two versions), so the bytes pass through
+        this process: for documents, not bulk data."""
+        existing = await self.head(dest_key)
+        if existing is not None:
+            return existing
+        data = await self.get(ref)
+        try:
+            kind = ref.content_type or mimetypes.guess_type(dest_key)[0] or "application/octet-stream"
+            return await self.put(dest_key, data, content_type=kind, if_none_match=True)
+        except PreconditionFailedError:  # another copy landed first: that one is the copy
+            existing = await self.head(dest_key)
+            if existing is None:
+                raise
+            return existing
 
     async def copy(self, ref: ObjectRef, dest_key: str) -> ObjectRef:
         """Server-side copy of one exact version to another key."""

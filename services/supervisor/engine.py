@@ -381,9 +381,8 @@ class Engine:
         MinIO restart can lose; the notification then finds the version seen."""
         wf, module = self.pattern_of(state) if copies else (None, None)
         for source, key in copies:
-            ref = await self.storage.head(key)
-            if ref is None:
-                ref = await self.storage.copy(source, key)
+            # (a redo may run while the commit that owes the copy is still making it: create-only)
+            ref = await self.storage.copy_new(source, key)
             if hasattr(module, "on_copied"):
 
                 def choose(s: RunState, ref=ref) -> Decision:

@@ -775,3 +775,32 @@ async def test_a_cancelled_runs_late_outcome_does_not_outlive_the_retention(sett
     await eventually(stopped, what="the cancelled task's outcome")
     for key, ttl in (await ttls(settings, run_id)).items():
         assert retention - 120 < ttl <= retention, (key, ttl)
+
+
+async def test_copies_one_commit_owes_made_at_once_make_one_version(settings):
+    """Found by CI (`make test-containers`): a bidirectional run ended `converged` after one turn. The
+    notification of its input, handled while the run's first commit was still copying the seed, redid the
+    copy that commit owed (a redo sends what any commit of the run still owes); the copy was a HEAD, then
+    CopyObject, so both made a version of the document, and the second one (the seed again) read as a turn
+    that changed nothing. The copy is create-only now: one version, whoever copies first."""
+    from shared.storage import Storage
+
+    workflows = parse_workflows(CAS_WORKFLOWS)
+    run_id = f"r-copy-{uuid.uuid4().hex[:12]}"
+    key = f"runs/{run_id}/drafts/doc.md"
+    redis = connect(settings.redis_url, socket_timeout=None)
+    eng = Engine(settings, workflows, Quiet(), sender="supervisor:copy-test")
+    state = RunState(run_id=run_id, workflow="cas", pattern="sequential", trace_id=run_id)
+    try:
+        async with Storage.connect(settings) as storage:
+            eng.bind(storage, redis, Outbox(redis))
+            seed = await storage.put(
+                f"runs/{run_id}/inputs/doc.md", b"first line\n", content_type="text/markdown"
+            )
+            await asyncio.gather(*(eng.copy_once(state, [(seed, key)]) for _ in range(3)))
+            made = await storage.head(key)
+        versions = s3_client(settings).list_object_versions(Bucket=settings.bucket, Prefix=key)["Versions"]
+        assert [v["VersionId"] for v in versions] == [made.version_id]
+        assert made.etag == seed.etag and made.content_type == "text/markdown"
+    finally:
+        await redis.aclose()
