@@ -136,3 +136,21 @@ async def objects_since(settings: Settings, since: str) -> list[tuple[str, Objec
     finally:
         await r.aclose()
     return [(i.decode(), ObjectChanged.model_validate_json(f[DATA_FIELD.encode()])) for i, f in entries]
+
+
+async def per_message_consumer(settings: Settings, stream: str, group: str, handler):
+    """`handler` subscribed on FastStream's per-message path (as the router is), its group created on
+    `stream` and the broker started; returns (broker, its redis client). Stop it with `broker.stop()`."""
+    from shared.broker import make_broker, subscribe
+
+    broker = make_broker(settings, "test")
+    subscribe(broker, stream, group, settings, handler)
+    await broker.connect()
+    redis = broker._connection
+    try:
+        await redis.xgroup_create(stream, group, id="0", mkstream=True)
+        await broker.start()
+    except BaseException:
+        await broker.stop()
+        raise
+    return broker, redis

@@ -122,7 +122,7 @@ async def test_a_retry_stops_when_another_consumer_took_the_entry_and_the_heartb
 async def test_a_per_message_handler_stops_when_another_consumer_took_its_entry(real_servers):
     """Fencing on FastStream's per-message path (the router; workers with BATON_BATCH=0): the heartbeat
     that finds the entry taken by another consumer stops the handler; the entry stays with that one."""
-    from shared.broker import subscribe
+    from tests.helpers import per_message_consumer
 
     stream, group = f"test:fence:{secrets.token_hex(4)}", "g"
     started, finished = asyncio.Event(), []
@@ -133,13 +133,8 @@ async def test_a_per_message_handler_stops_when_another_consumer_took_its_entry(
         finished.append(event.task_id)
 
     s = Settings(redis_url=real_servers.redis_url, consumer="a", reclaim_idle_ms=300, max_deliveries=5)
-    broker = make_broker(s, "test")
-    subscribe(broker, stream, group, s, slow)
-    await broker.connect()
-    redis = broker._connection
+    broker, redis = await per_message_consumer(s, stream, group, slow)
     try:
-        await redis.xgroup_create(stream, group, id="0", mkstream=True)
-        await broker.start()
         entry = await redis.xadd(stream, encode(_task(0)))
         await asyncio.wait_for(started.wait(), 10)
         await redis.xclaim(stream, group, "b", 0, [entry], justid=True)  # b reclaimed it meanwhile

@@ -180,6 +180,38 @@ async def _ok(request) -> bool:
     return (await request).status_code == 200
 
 
+def _watching(replica, stream: str, group: str):
+    """A handler that notes each entry as it starts, then what the replica holds pending at that moment;
+    returns (handler, started, seen on the replica, the replica's client)."""
+    on_replica = aioredis.from_url(replica.url)
+    started: list = []
+    seen: list = []
+
+    async def handler(event: TaskAssigned) -> None:
+        started.append(event.task_id)
+        rows = await on_replica.xpending_range(stream, group, "-", "+", 10)
+        seen.append([(row["message_id"], row["consumer"]) for row in rows])
+
+    return handler, started, seen, on_replica
+
+
+async def _handled_only_once_replicated(replica, add, started: list, seen: list) -> None:
+    """Pause the replica, add an entry (`add()`), see it not handled for a second, resume the replica and
+    see it handled, with its delivery to consumer `a` on the replica by then."""
+    await asyncio.sleep(0.3)  # (reading: empty reads wait for nothing)
+    os.kill(replica.pid, signal.SIGSTOP)
+    entry = await add()
+    await asyncio.sleep(1.0)
+    assert started == [], "handled before a replica had the entry and its delivery"
+    os.kill(replica.pid, signal.SIGCONT)
+
+    async def handled() -> bool:
+        return bool(seen)
+
+    await _until(handled, "the entry handled once the replica is back", 10)
+    assert seen == [[(entry, b"a")]]  # the replica had the delivery when the handler ran
+
+
 async def test_a_batched_consumer_handles_an_entry_only_once_a_replica_has_it_and_its_delivery(replicated):
     """A read is a write too (the delivery to the consumer): with replicas to wait for, the batched
     consumer WAITs after each read and handles the entries only then. A master killed just after a read
@@ -189,16 +221,8 @@ async def test_a_batched_consumer_handles_an_entry_only_once_a_replica_has_it_an
 
     master, replica = replicated
     r = aioredis.from_url(master.url, socket_timeout=None)
-    on_replica = aioredis.from_url(replica.url)
     stream, group = f"test:confirmed:{secrets.token_hex(4)}", "g"
-    started: list = []
-    seen_on_replica: list = []
-
-    async def handler(event: TaskAssigned) -> None:
-        started.append(event.task_id)
-        rows = await on_replica.xpending_range(stream, group, "-", "+", 10)
-        seen_on_replica.append([(row["message_id"], row["consumer"]) for row in rows])
-
+    handler, started, seen, on_replica = _watching(replica, stream, group)
     consumer = BatchConsumer(
         stream=stream,
         group=group,
@@ -214,18 +238,7 @@ async def test_a_batched_consumer_handles_an_entry_only_once_a_replica_has_it_an
     await consumer.declare(r, Outbox(r, wait_replicas=1))
     consumer.start()
     try:
-        await asyncio.sleep(0.3)  # (reading: its WAITs after empty reads return at once)
-        os.kill(replica.pid, signal.SIGSTOP)
-        entry = await r.xadd(stream, encode(_task()))
-        await asyncio.sleep(1.0)
-        assert started == [], "handled before a replica had the entry and its delivery"
-        os.kill(replica.pid, signal.SIGCONT)
-
-        async def handled() -> bool:
-            return bool(seen_on_replica)
-
-        await _until(handled, "the entry handled once the replica is back", 10)
-        assert seen_on_replica == [[(entry, b"a")]]  # the replica had the delivery when the handler ran
+        await _handled_only_once_replicated(replica, lambda: r.xadd(stream, encode(_task())), started, seen)
     finally:
         os.kill(replica.pid, signal.SIGCONT)
         await consumer.stop()
@@ -238,40 +251,17 @@ async def test_a_per_message_consumer_handles_an_entry_only_once_a_replica_has_i
 ):
     """The same on FastStream's per-message path (the router; workers with BATON_BATCH=0), which reads on
     connections of its own: the entry is re-taken (a write after its delivery) and WAITed for first."""
-    from shared.broker import make_broker, subscribe
     from shared.settings import Settings
+    from tests.helpers import per_message_consumer
 
     master, replica = replicated
-    on_replica = aioredis.from_url(replica.url)
     stream, group = f"test:confirmed:{secrets.token_hex(4)}", "g"
-    started: list = []
-    seen_on_replica: list = []
-
-    async def handler(event: TaskAssigned) -> None:
-        started.append(event.task_id)
-        rows = await on_replica.xpending_range(stream, group, "-", "+", 10)
-        seen_on_replica.append([(row["message_id"], row["consumer"]) for row in rows])
-
+    handler, started, seen, on_replica = _watching(replica, stream, group)
     s = Settings(redis_url=master.url, consumer="a", redis_wait_replicas=1)
-    broker = make_broker(s, "test")
-    subscribe(broker, stream, group, s, handler)
-    await broker.connect()
-    redis = broker._connection
+    broker, redis = await per_message_consumer(s, stream, group, handler)
     try:
-        await redis.xgroup_create(stream, group, id="0", mkstream=True)
-        await broker.start()
-        await asyncio.sleep(0.3)
-        os.kill(replica.pid, signal.SIGSTOP)
-        entry = await redis.xadd(stream, encode(_task()))
-        await asyncio.sleep(1.0)
-        assert started == [], "handled before a replica had the entry and its delivery"
-        os.kill(replica.pid, signal.SIGCONT)
-
-        async def handled() -> bool:
-            return bool(seen_on_replica)
-
-        await _until(handled, "the entry handled once the replica is back", 10)
-        assert seen_on_replica == [[(entry, b"a")]]
+        add = lambda: redis.xadd(stream, encode(_task()))  # noqa: E731
+        await _handled_only_once_replicated(replica, add, started, seen)
     finally:
         os.kill(replica.pid, signal.SIGCONT)
         await broker.stop()
