@@ -188,10 +188,61 @@ class LocalCluster:
                                         old.extra["appendonly"])
         self.down.discard(index)
 
-    def role_of(self, index: int) -> str:
+    def role(self, index: int) -> list:
+        """The node's ROLE reply: [b"master", ...], or [b"slave", its master's host and port, link, ...]."""
         host, port = self.addresses[index]
         with _client(host, port, self.password) as c:
-            return c.execute_command("ROLE")[0].decode()
+            return c.execute_command("ROLE")
+
+    def fail_over(self, index: int, timeout: float = 90) -> tuple[float, float]:
+        """SIGKILL master `index` (once its replica is in sync), wait until the replica has taken over, start
+        it again and wait until it is that node's replica, in sync. Returns (seconds to the takeover,
+        seconds until it was back)."""
+        address = "{}:{}".format(*self.addresses[index])
+        up = [i for i in range(len(self.nodes)) if i != index and i not in self.down]
+        replica = next(i for i in up if _master_of(self.role(i)) == address)
+        # (a replica that has never synced is not promoted: the cluster would stay down)
+        _until(
+            _answering(lambda: self.role(replica)[3] == b"connected"),
+            timeout,
+            lambda: f"node {replica} never synced with {address}",
+        )
+        self.kill(index)
+        began = time.monotonic()
+        _until(
+            _answering(lambda: self.role(replica)[0] == b"master"),
+            timeout,
+            lambda: f"node {replica} did not take over from {address}",
+        )
+        took_over = time.monotonic() - began
+        self.restart(index)
+
+        def rejoined() -> bool:
+            role = self.role(index)
+            return _master_of(role) is not None and role[3] == b"connected"
+
+        _until(_answering(rejoined), timeout, lambda: f"node {address} did not rejoin as a replica in sync")
+        return took_over, time.monotonic() - began
+
+
+def _master_of(role: list) -> str | None:
+    """A replica's master (host:port) from its ROLE reply; None for a master."""
+    if role[0] != b"slave":
+        return None
+    host = role[1].decode() if isinstance(role[1], bytes) else role[1]
+    return f"{host}:{role[2]}"
+
+
+def _answering(check):
+    """`check` as a poll that counts a node still starting (refusing connections, loading) as not yet."""
+
+    def poll() -> bool:
+        try:
+            return check()
+        except redis.RedisError:
+            return False
+
+    return poll
 
 
 def _cluster_port() -> int:

@@ -38,7 +38,6 @@ import time
 from collections import Counter
 from pathlib import Path
 
-import redis
 from redis.exceptions import ClusterDownError, TryAgainError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -130,40 +129,12 @@ class Servers:
             )
             return "killed Redis (SIGKILL) and started it again on its AOF"
         local = self.cluster
-        roles = {i: self._role(i) for i in range(len(local.nodes))}
-        victim = self.rng.choice(sorted(i for i, role in roles.items() if role[0] == b"master"))
-        address = "{}:{}".format(*local.addresses[victim])
-        replica = next(i for i, role in roles.items() if role[0] == b"slave" and _master(role) == address)
-        local.kill(victim)
-        began = time.monotonic()
-        self._until(lambda: self._role(replica)[0] == b"master", f"node {replica} taking over from {victim}")
-        took_over = time.monotonic() - began
-        local.restart(victim)
-        self._until(
-            lambda: (role := self._role(victim))[0] == b"slave" and role[3] == b"connected",
-            f"node {victim} back as a replica, in sync",
-        )
+        victim = self.rng.choice([i for i in range(len(local.nodes)) if local.role(i)[0] == b"master"])
+        took_over, back = local.fail_over(victim)
         return (
-            f"killed master {address} (SIGKILL): its replica took over in {took_over:.1f} s; it is back as "
-            f"a replica after {time.monotonic() - began:.1f} s"
+            "killed master {}:{} (SIGKILL): its replica took over in {:.1f} s; it is back as a replica after "
+            "{:.1f} s".format(*local.addresses[victim], took_over, back)
         )
-
-    def _role(self, index: int) -> list:
-        host, port = self.cluster.addresses[index]
-        with redis.Redis(host=host, port=port, socket_timeout=5) as c:
-            return c.execute_command("ROLE")
-
-    @staticmethod
-    def _until(check, what: str, timeout: float = 90) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            try:
-                if check():
-                    return
-            except redis.RedisError:  # (a node still starting)
-                pass
-            time.sleep(0.2)
-        raise RuntimeError(f"not within {timeout:g} s: {what}")
 
     def stop(self) -> None:
         self.minio.stop()
@@ -171,12 +142,6 @@ class Servers:
             self.cluster.stop()
         else:
             self.redis.stop()
-
-
-def _master(role: list) -> str:
-    """The master's address in a replica's ROLE reply."""
-    host = role[1].decode() if isinstance(role[1], bytes) else role[1]
-    return f"{host}:{role[2]}"
 
 
 class Monkey:
