@@ -118,11 +118,13 @@ def _supervisor_grants() -> list[Grant]:
             ),
             ("xadd",),
         ),
-        # EVAL: a run's commit (services/supervisor/store.py) touches only the run's own keys; the outbox
-        # appends entries with a script; timers are taken with one. The commands inside are checked again
-        # against the grants for their own keys.
+        # EVAL: a run's commit (services/supervisor/store.py) touches the run's own keys, and on one server
+        # also the streams it sends tasks to, the timers and the run indexes; the outbox appends entries
+        # with a script; timers are taken with one. The commands inside are checked again against the
+        # grants for their own keys.
         Grant(
-            "commit a run's step; append entries (the outbox's script); take a due timer",
+            "commit a run's step (with the tasks it sends and the indexes it moves, on one server); append "
+            "entries (the outbox's script); take a due timer",
             (
                 streams.run_state("*"),
                 streams.run_events("*"),
@@ -134,6 +136,9 @@ def _supervisor_grants() -> list[Grant]:
                 streams.RUNS,
                 streams.DLQ,
                 streams.TIMERS,
+                streams.RUN_INDEX,
+                streams.run_status_index("*"),
+                streams.run_workflow_index("*"),
             ),
             ("eval",),
         ),

@@ -6,12 +6,15 @@
 3. Before the commit, write what must exist when the new state is visible: a human request file, a ref
    manifest for a task too big for one event, a triggered run's published outputs.
 4. Commit (`Store.commit`): the changed fields and what the run's own streams get (notes, assignments,
-   the end), in one script in the run's hash slot, if no other handler committed meanwhile. With it goes
-   `c:<event_id>`: the tasks and copies the commit caused.
-5. After the commit, the effects outside the run's slot: tasks appended to their agents' streams, timers
-   for retries in backoff, the waiting index, create-only copies. The handler returns (and its event is
-   acknowledged) only after they are written, so a supervisor that dies in between leaves the event
-   pending; its redelivery finds `c:<event_id>` and sends the same effects again.
+   the end), in one script, if no other handler committed meanwhile. On one Redis server the same script
+   also writes what the commit sends elsewhere: the tasks to their agents' streams (or timers for retries
+   in backoff) and the run's indexes (`Engine.fold`), so a hop is one atomic step. On a cluster the
+   script stays in the run's hash slot, and with it goes `c:<event_id>`: the tasks, indexes and copies
+   the commit caused.
+5. After the commit, what is left outside the script: on a cluster the tasks and indexes; everywhere the
+   waiting index and create-only copies. The handler returns (and its event is acknowledged) only after
+   they are written, so a supervisor that dies in between leaves the event pending; its redelivery finds
+   `c:<event_id>` and sends the same effects again.
 """
 
 from __future__ import annotations
@@ -22,6 +25,8 @@ import random
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
+
+from redis.asyncio.cluster import RedisCluster
 
 from shared import faults, metrics, streams, telemetry
 from shared.events import (
@@ -40,7 +45,7 @@ from shared.workspace import run_prefix
 
 from . import bidirectional, hierarchical, routed, sequential
 from .decisions import Decision, backoff, fail, published_key
-from .store import Loaded, Store, append, expire, set_with_ttl
+from .store import Loaded, Op, Store, append, expire, set_with_ttl
 
 PATTERNS = {
     "sequential": sequential,
@@ -85,6 +90,9 @@ class Engine:
     def bind(self, storage, redis, outbox) -> None:
         self.storage, self.redis, self.db = storage, redis, outbox
         self.store = Store(outbox, keep=self.settings.state_cache)
+        # One server: a commit also writes the tasks and indexes it causes (one script, nothing owed after
+        # it). A cluster's commit stays in the run's hash slot: those go through the outbox, owed in `c:`.
+        self.one_server = not (isinstance(outbox.redis, RedisCluster) or self.settings.redis_one_slot)
 
     # --- helpers -------------------------------------------------------------------------------------
     def pattern_of(self, state: RunState):
@@ -179,13 +187,15 @@ class Engine:
                 effects.moved = ""
             elif old_status != new.status:
                 effects.moved = old_status
-            stored = await self.store.commit(loaded, new, ops, (cause, effects) if effects.owed else None)
+            owed = self.fold(new, decision, effects, ops)
+            stored = await self.store.commit(loaded, new, ops, (cause, owed) if owed.owed else None)
             if stored is not None:
                 break
             # Another handler or replica committed meanwhile: read what we had read again, decide again.
             loaded = await self.store.load(run_id, *self._read(loaded), CAUSE + cause)
-        faults.point("supervisor.after_commit")  # committed, nothing sent: a redelivery sends it
-        await self.after_commit(new, decision, effects, was_waiting, cause)
+        faults.point("supervisor.after_commit")  # committed (on a cluster, nothing sent: a redelivery sends it)
+        metrics.run_committed(new.status, effects.created is not None, was_waiting, retried=decision.retry)
+        await self.after_commit(new, decision, owed, was_waiting, cause)
         faults.point("supervisor.after_send")  # sent, not acknowledged: a redelivery may send it again
         self.store.put(stored, new)  # (only now: a handler that failed before leaves nothing kept)
         return Outcome(new, decision, loaded)
@@ -246,6 +256,15 @@ class Engine:
             effects.ended = True  # the done-marks (in the results partition's slot) expire after the commit
         return ops, effects
 
+    def fold(self, new: RunState, d: Decision, effects: Effects, ops: list[Op]) -> Effects:
+        """What the commit will owe after it is written: on one server, the tasks it sends and the indexes
+        it moves go in its own script (`ops`), and only the rest is owed; on a cluster, all of `effects`."""
+        if not self.one_server:
+            return effects
+        ops += self.index_commands(new, effects)
+        ops += self.task_commands(new, d.assign, d.encoded)
+        return effects.model_copy(update={"tasks": [], "created": None, "moved": None, "ended": False})
+
     async def fit(self, task: TaskAssigned) -> tuple[TaskAssigned, str]:
         """The task as it can be sent, and its JSON: inputs too many for one event go in a manifest object
         (the worker reads it into `ctx.inputs`); a task still too big is refused with the reason."""
@@ -303,8 +322,10 @@ class Engine:
     async def after_commit(
         self, state: RunState, d: Decision, effects: Effects, was_waiting: bool, cause: str
     ) -> None:
-        metrics.run_committed(state.status, effects.created is not None, was_waiting, retried=d.retry)
-        await self.update_indexes(state, effects, lambda: self.task_writes(state, d.assign, d.encoded))
+        """What the commit left to do (`effects`: what it owes; on one server its tasks and indexes were
+        written with it)."""
+        sends = None if self.one_server else lambda: self.task_writes(state, d.assign, d.encoded)
+        await self.update_indexes(state, effects, sends)
         await self.copy_once(state, effects.copies)
         if state.status == "completed":
             self.log.info("run_completed", outputs=sorted(state.final), ended_by=state.ended_by)
@@ -324,30 +345,33 @@ class Engine:
         queued with the others: one round trip for all of them."""
         if effects.index:
             await sync_waiting(self.redis, state)
-        await asyncio.gather(*self.index_writes(state, effects), *(then() if then else ()))
+        writes = [*self.index_writes(state, effects), *(then() if then else ())]
+        if writes:
+            await asyncio.gather(*writes)
 
     def index_writes(self, state: RunState, effects: Effects) -> list[asyncio.Future]:
-        """The run index, the status indexes and the done-marks' expiry (keys outside the run's slot),
-        queued on the outbox; the waiting index is `sync_waiting`'s."""
-        writes = []
+        """`index_commands`, queued on the outbox; the waiting index is `sync_waiting`'s."""
+        return [self.db.call(*command) for command in self.index_commands(state, effects)]
+
+    def index_commands(self, state: RunState, effects: Effects) -> list[Op]:
+        """The run index, the status indexes and the done-marks' expiry (keys outside the run's slot)."""
+        commands: list[Op] = []
         if effects.created is not None:
-            writes.append(
-                self.db.call(
-                    "ZADD", streams.run_workflow_index(state.workflow), effects.created, state.run_id
-                )
+            commands.append(
+                ("ZADD", streams.run_workflow_index(state.workflow), effects.created, state.run_id)
             )
-            writes.append(self.db.call("ZADD", streams.RUN_INDEX, effects.created, state.run_id))
+            commands.append(("ZADD", streams.RUN_INDEX, effects.created, state.run_id))
         if effects.moved is not None:  # the status indexes (the console's filters) follow the run
             if effects.moved:
-                writes.append(self.db.call("ZREM", streams.run_status_index(effects.moved), state.run_id))
+                commands.append(("ZREM", streams.run_status_index(effects.moved), state.run_id))
             score = state.created_at.timestamp()
-            writes.append(self.db.call("ZADD", streams.run_status_index(state.status), score, state.run_id))
+            commands.append(("ZADD", streams.run_status_index(state.status), score, state.run_id))
         if effects.ended:
             # (the hash may not exist yet: a late outcome would create it without a TTL)
             done = streams.run_done(state.run_id, self.settings.result_partitions)
-            writes.append(self.db.call("HSETNX", done, ".ended", state.status))
-            writes.append(self.db.call("EXPIRE", done, self.retention_s))
-        return writes
+            commands.append(("HSETNX", done, ".ended", state.status))
+            commands.append(("EXPIRE", done, self.retention_s))
+        return commands
 
     async def asked(self, state: RunState) -> None:
         """A run started waiting for a person: a response already in the bucket answers it."""
@@ -361,19 +385,27 @@ class Engine:
     def task_writes(
         self, state: RunState, tasks: list[TaskAssigned], encoded: dict | None = None
     ) -> list[asyncio.Future]:
-        """`send`'s writes, queued on the outbox (`encoded`: the tasks' JSON, if made already)."""
-        writes = []
+        """`task_commands`, queued on the outbox (a task's entry with the other entries of its stream)."""
+        return [
+            self.db.send(c[1], None, data=c[2].encode()) if c[0] == "x" else self.db.call(*c)
+            for c in self.task_commands(state, tasks, encoded)
+        ]
+
+    def task_commands(
+        self, state: RunState, tasks: list[TaskAssigned], encoded: dict | None = None
+    ) -> list[Op]:
+        """`send`'s writes: a task's entry on its stream, or a timer for one whose retry waits out a
+        backoff (`encoded`: the tasks' JSON, if made already)."""
+        commands: list[Op] = []
         now = utcnow() if tasks else None
         for task in tasks:
             slot = state.tasks.get(task.task_id)
             if slot is not None and slot.not_before is not None and slot.not_before > now:
-                writes.append(self.schedule(slot.not_before.timestamp(), "dispatch", task))
+                commands.append(self.timer(slot.not_before.timestamp(), "dispatch", task))
             else:
-                data = (encoded or {}).get(task.task_id)
-                writes.append(
-                    self.db.send(self.dispatch_stream(task), task, data=data.encode() if data else None)
-                )
-        return writes
+                data = (encoded or {}).get(task.task_id) or task.model_dump_json()
+                commands.append(("x", self.dispatch_stream(task), data))
+        return commands
 
     async def copy_once(self, state: RunState, copies) -> None:
         """Create-only copies (a redone copy makes no second version), then what the run's pattern does
@@ -434,7 +466,11 @@ class Engine:
 
     def schedule(self, when: float, kind: str, task: TaskAssigned) -> asyncio.Future:
         """Time `task` (queued on the outbox: await the result)."""
+        return self.db.call(*self.timer(when, kind, task))
+
+    @staticmethod
+    def timer(when: float, kind: str, task: TaskAssigned) -> Op:
         member = json.dumps(
             {"kind": kind, "run_id": task.run_id, "task_id": task.task_id, "attempt": task.attempt}
         )
-        return self.db.call("ZADD", streams.TIMERS, "NX", when, member)
+        return ("ZADD", streams.TIMERS, "NX", when, member)

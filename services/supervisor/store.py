@@ -18,11 +18,12 @@ from shared.runs import CAUSE, SUBTASK, TASK, Effects, Partial, RunState, Subtas
 # Compare-and-set of one run's state, with what its decision appends to the run's own keys (its event
 # stream, its cancellation mark: all in the run's hash slot). A supervisor dying at any
 # instruction leaves either the old state and nothing appended, or the new state and everything.
-# KEYS[1]: the state hash, KEYS[2..]: the run's other keys. ARGV: expected rev ('' = the run must not
-# exist yet), new rev, then counted groups: prefixes of fields to drop, fields to drop, field/value pairs
-# to set, and operations (op, key index, value): `x` append an entry (value = its `__data__`), `e`
-# expire (seconds), `s` set the key to the value (`|`-separated: value|seconds). Returns 1, or 0 if the
-# revision differs (nothing written).
+# KEYS[1]: the state hash, KEYS[2..]: the other keys. ARGV: expected rev ('' = the run must not exist
+# yet), new rev, then counted groups: prefixes of fields to drop, fields to drop, field/value pairs to
+# set, and operations (command, key index, n, n arguments): `x` appends an entry (its `__data__`), any
+# other command runs on the key with the arguments (EXPIRE, SET ... EX, ZADD, ZREM, HSETNX). Returns 1,
+# or 0 if the revision differs (nothing written). On a cluster every key is the run's own (its hash
+# slot); on one server a commit also carries what it sends elsewhere (`Engine.fold`).
 COMMIT = """
 local rev = redis.call('HGET', KEYS[1], 'rev')
 if ARGV[1] == '' then
@@ -45,30 +46,29 @@ n = tonumber(ARGV[i]) i = i + 1
 for j = 1, n do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) i = i + 2 end
 redis.call('HSET', KEYS[1], 'rev', ARGV[2])
 while i <= #ARGV do
-  local op, key, value = ARGV[i], KEYS[tonumber(ARGV[i + 1])], ARGV[i + 2]
-  if op == 'x' then redis.call('XADD', key, '*', '__data__', value)
-  elseif op == 'e' then redis.call('EXPIRE', key, value)
-  else
-    local sep = string.find(value, '|', 1, true)
-    redis.call('SET', key, string.sub(value, 1, sep - 1), 'EX', string.sub(value, sep + 1))
-  end
-  i = i + 3
+  local op, key, n = ARGV[i], KEYS[tonumber(ARGV[i + 1])], tonumber(ARGV[i + 2])
+  if op == 'x' then redis.call('XADD', key, '*', '__data__', ARGV[i + 3])
+  else redis.call(op, key, unpack(ARGV, i + 3, i + 2 + n)) end
+  i = i + 3 + n
 end
 return 1
 """
 
 
-def append(stream: str, event: BaseModel) -> tuple[str, str, str]:
+Op = tuple  # (command, key, *arguments): one operation of a commit (`x`: append an entry)
+
+
+def append(stream: str, event: BaseModel) -> Op:
     """An operation for `commit`: append `event` to `stream` (one of the run's own streams)."""
     return ("x", stream, event.model_dump_json())
 
 
-def expire(key: str, seconds: int) -> tuple[str, str, str]:
-    return ("e", key, str(seconds))
+def expire(key: str, seconds: int) -> Op:
+    return ("EXPIRE", key, str(seconds))
 
 
-def set_with_ttl(key: str, value: str, seconds: int) -> tuple[str, str, str]:
-    return ("s", key, f"{value}|{seconds}")
+def set_with_ttl(key: str, value: str, seconds: int) -> Op:
+    return ("SET", key, value, "EX", str(seconds))
 
 
 KEEP_FIELDS = 32  # a state holding more fields than this is not kept (see `Store.put`)
@@ -183,7 +183,7 @@ class Store:
         self,
         loaded: Loaded,
         new: RunState,
-        ops: list[tuple[str, str, str]] = (),
+        ops: list[Op] = (),
         effects: tuple[str, Effects] | None = None,
     ) -> Loaded | None:
         """Write what changed in `new` since `loaded`, plus `ops` and the cause's `effects`, if the run's
@@ -220,8 +220,8 @@ class Store:
             sets += [CAUSE + effects[0], effects[1].model_dump_json()]
         keys: dict[str, int] = {key: 1}
         args: list = []
-        for op, target, value in ops:
-            args += [op, keys.setdefault(target, len(keys) + 1), value]
+        for op, target, *values in ops:
+            args += [op, keys.setdefault(target, len(keys) + 1), len(values), *values]
         rev = int(loaded.rev or 0)
         reply = await self.db.call(
             "EVAL",
