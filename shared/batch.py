@@ -397,9 +397,11 @@ class BatchConsumer:
         max_event_bytes: int,
         heartbeat_s: float,
         block_ms: int = 1000,
+        read: int | None = None,
     ) -> None:
         self.stream, self.group, self.consumer = stream, group, consumer
         self.size = size
+        self.read = read or size  # most entries one XREADGROUP takes
         self.adapter = TypeAdapter(model)
         self.handler = handler
         self.service = service
@@ -438,7 +440,7 @@ class BatchConsumer:
 
     async def _read_loop(self) -> None:
         while True:
-            free = self.size - len(self._inflight)
+            free = min(self.size - len(self._inflight), self.read)
             if free <= 0:
                 self._freed.clear()
                 await self._freed.wait()
@@ -611,8 +613,11 @@ class Batched:
         size: int | None = None,
         max_event_bytes: int | None = None,
         timeout: float | None = None,
+        ahead: int = 1,
     ) -> None:
-        """`size`: most entries in flight (and read at once) for this stream; default `settings.batch`.
+        """`size`: most entries read at once for this stream; default `settings.batch`. `ahead`: up to
+        this many reads' entries in flight (more than 1: the next read goes out, and its entries are
+        handled, while the last ones wait for Redis).
         `max_event_bytes`: larger entries are dead-lettered; default `settings.max_event_bytes`.
         `timeout`: the handler's time limit; default `settings.handler_timeout_s`."""
         # Each entry in its own consumer span, named as FastStream's telemetry middleware names them
@@ -621,7 +626,8 @@ class Batched:
             stream=stream,
             group=group,
             consumer=self.settings.consumer,
-            size=size or self.settings.batch,
+            size=(size or self.settings.batch) * ahead,
+            read=size or self.settings.batch,
             model=model,
             handler=bound,
             service=self.service,

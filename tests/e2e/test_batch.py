@@ -134,6 +134,52 @@ async def test_bad_entries_are_dead_lettered_and_good_ones_handled_then_acknowle
         await r.aclose()
 
 
+async def test_a_consumer_reads_ahead_while_a_reads_entries_wait_up_to_size_in_flight(real_servers):
+    """`read` below `size` (the supervisor's read-ahead): each XREADGROUP takes at most `read` entries, and
+    the next one goes out while the last ones' handlers wait (for Redis, in the supervisor), up to `size`
+    in flight."""
+    r = await _redis(real_servers)
+    stream, group = f"test:batch:{secrets.token_hex(4)}", "g"
+    release, started = asyncio.Event(), []
+
+    async def handler(event: TaskAssigned) -> None:
+        started.append(event.task_id)
+        if int(event.task_id.split(".")[1]) < 3:  # the first read's entries wait
+            await release.wait()
+
+    consumer = await _consumer(r, stream, group, handler, size=9, read=3)
+    counts: list[int] = []
+    real_read = r.xreadgroup
+
+    async def counted(*args, **kw):
+        reply = await real_read(*args, **kw)
+        counts.extend(len(entries) for _stream, entries in reply or ())
+        return reply
+
+    r.xreadgroup = counted
+    try:
+        for i in range(20):
+            await r.xadd(stream, encode(_task(i)))
+        consumer.start()
+        for _ in range(100):  # the other 17 are handled meanwhile
+            if len(started) == 20 and (await r.xpending(stream, group))["pending"] == 3:
+                break
+            await asyncio.sleep(0.05)
+        assert sorted(started) == sorted(f"r-batch.{i}.x" for i in range(20))
+        assert (await r.xpending(stream, group))["pending"] == 3  # only the waiting ones
+        assert counts and max(counts) <= 3 and sum(counts) == 20
+        release.set()
+        for _ in range(100):
+            if not (await r.xpending(stream, group))["pending"]:
+                break
+            await asyncio.sleep(0.05)
+        assert (await r.xpending(stream, group))["pending"] == 0
+    finally:
+        await consumer.stop()
+        await r.delete(stream)
+        await r.aclose()
+
+
 async def test_a_failing_handler_leaves_its_entry_pending_with_the_error(real_servers):
     r = await _redis(real_servers)
     stream, group = f"test:batch:{secrets.token_hex(4)}", "g"
