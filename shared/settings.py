@@ -42,8 +42,8 @@ class Settings(BaseSettings):
         False,
         description="Supervisor: keep each run's commit in the run's own hash slot, as on a cluster (always "
         "so there), with the tasks and indexes it causes written after it. On one server a commit writes "
-        "them in the same script, which saves a round trip and about a fifth of the supervisor's CPU per "
-        "hop; set this for a Redis behind a proxy that spreads keys over several servers.",
+        "them in the same script (a round trip and about a quarter of the supervisor's Python calls fewer "
+        "per hop); set this for a Redis behind a proxy that spreads keys over several servers.",
     )
     result_partitions: int = Field(
         1,
