@@ -90,7 +90,7 @@ def create_app(settings: Settings | None = None):
         async def results_in_order(event: TaskResult) -> None:
             await in_order.run(event.run_id, lambda: on_result(event))
 
-        ahead = SUPERVISOR_READ_AHEAD
+        ahead = SUPERVISOR_READ_AHEAD  # (reads in flight at once per stream)
         batched.subscribe(broker, streams.RUNS, group, RunRequest, runs_in_order, ahead=ahead)
         for stream in streams.result_streams(settings.result_partitions):
             batched.subscribe(broker, stream, group, TaskResult, results_in_order, ahead=ahead)
