@@ -193,7 +193,7 @@ class Engine:
                 break
             # Another handler or replica committed meanwhile: read what we had read again, decide again.
             loaded = await self.store.load(run_id, *self._read(loaded), CAUSE + cause)
-        faults.point("supervisor.after_commit")  # committed (on a cluster, nothing sent: a redelivery sends it)
+        faults.point("supervisor.after_commit")  # committed; on a cluster nothing sent: a redelivery sends it
         metrics.run_committed(new.status, effects.created is not None, was_waiting, retried=decision.retry)
         await self.after_commit(new, decision, owed, was_waiting, cause)
         faults.point("supervisor.after_send")  # sent, not acknowledged: a redelivery may send it again
