@@ -144,6 +144,11 @@ async def test_a_restarted_gateway_answers_tasks_get_from_the_runs_and_resumes_a
         await baton.respond(settings, f"a2a-{answered_id}", approve=True, text="fine")
         ended = await wait_for_end(settings, f"a2a-{answered_id}", timeout=60)
         assert ended[-1].type == "run.completed", ended[-1]
+        # On a port of its own: the old one may be any outgoing connection's local port by now (ephemeral
+        # range), and a bind to it then fails (a fresh-clone CI run saw EADDRINUSE here once)
+        port = servers.free_port()
+        env["BATON_GATEWAY_PORT"] = str(port)
+        gateway.url = f"http://127.0.0.1:{port}/"
         gateway.handle = stack.start("gateway", env)
         async with agent(gateway, "approval") as (_card, a2a):
             task = await a2a.get_task(GetTaskRequest(id=answered_id))
