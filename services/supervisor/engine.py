@@ -322,9 +322,8 @@ class Engine:
     async def after_commit(
         self, state: RunState, d: Decision, effects: Effects, was_waiting: bool, cause: str
     ) -> None:
-        """What the commit left to do (`effects`: what it owes; on one server its tasks and indexes were
-        written with it)."""
-        sends = None if self.one_server else lambda: self.task_writes(state, d.assign, d.encoded)
+        """What the commit left to do: what `effects` says it owes (`fold` took out what it wrote itself)."""
+        sends = (lambda: self.task_writes(state, d.assign, d.encoded)) if effects.tasks else None
         await self.update_indexes(state, effects, sends)
         await self.copy_once(state, effects.copies)
         if state.status == "completed":
