@@ -166,6 +166,11 @@ def _supervisor_grants() -> list[Grant]:
         ),
         Grant("mark cancelled runs", (streams.run_cancelled("*"),), ("set",)),
         Grant(
+            "the live replicas, who share the results partitions out (services/supervisor/shares.py)",
+            (streams.SUPERVISORS,),
+            ("eval", "time", "zadd", "zremrangebyscore", "zrange", "zrem"),
+        ),
+        Grant(
             "delayed retries and deadlines",
             (streams.TIMERS,),
             ("zadd", "zrangebyscore", "zrem", "zscore"),

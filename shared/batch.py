@@ -398,6 +398,7 @@ class BatchConsumer:
         heartbeat_s: float,
         block_ms: int = 1000,
         read: int | None = None,
+        gate: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         self.stream, self.group, self.consumer = stream, group, consumer
         self.size = size
@@ -408,6 +409,7 @@ class BatchConsumer:
         self.max_event_bytes = max_event_bytes
         self.heartbeat_s = heartbeat_s
         self.block_ms = block_ms
+        self.gate = gate  # awaited before each read: returns while this consumer is to read its stream
         self.redis = None
         self.outbox: Outbox | None = None
         self._inflight: dict[asyncio.Task, bytes] = {}
@@ -440,6 +442,8 @@ class BatchConsumer:
 
     async def _read_loop(self) -> None:
         while True:
+            if self.gate is not None:
+                await self.gate()
             free = min(self.size - len(self._inflight), self.read)
             if free <= 0:
                 self._freed.clear()
@@ -614,12 +618,14 @@ class Batched:
         max_event_bytes: int | None = None,
         timeout: float | None = None,
         ahead: int = 1,
+        gate: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         """`size`: most entries read at once for this stream; default `settings.batch`. `ahead`: up to
         this many reads' entries in flight (more than 1: the next read goes out, and its entries are
         handled, while the last ones wait for Redis).
         `max_event_bytes`: larger entries are dead-lettered; default `settings.max_event_bytes`.
-        `timeout`: the handler's time limit; default `settings.handler_timeout_s`."""
+        `timeout`: the handler's time limit; default `settings.handler_timeout_s`. `gate`: awaited before
+        each read (the supervisor's share of the results partitions: `services/supervisor/shares.py`)."""
         # Each entry in its own consumer span, named as FastStream's telemetry middleware names them
         bound = telemetry.traced(stream, bind_handler(handler, timeout or self.settings.handler_timeout_s))
         consumer = BatchConsumer(
@@ -633,6 +639,7 @@ class Batched:
             service=self.service,
             max_event_bytes=max_event_bytes or self.settings.max_event_bytes,
             heartbeat_s=self.settings.heartbeat_s,
+            gate=gate,
         )
         self.consumers.append(consumer)
         registry(broker).append(Subscription(stream, group, bound, consumer.adapter))

@@ -35,6 +35,7 @@ from shared.workflow import load_workflows
 from . import objects, results, runs, timers
 from .deadletters import on_dead_letter
 from .engine import Engine
+from .shares import Shares
 
 SERVICE = "supervisor"
 LETTER_MAX = 512 * 1024 * 1024  # Redis' own limit for one value
@@ -80,6 +81,8 @@ def create_app(settings: Settings | None = None):
 
     group = streams.SUPERVISOR_GROUP
     batched = Batched(settings, SERVICE) if settings.batch else None
+    # The replicas share the results partitions out, so that a run's outcomes go to one of them (shares.py)
+    shares = Shares(None, settings.consumer, settings.result_partitions, log) if batched else None
     if batched:
         # Up to `batch` events read at once and handled concurrently, one run's events in stream order.
         in_order = InOrder()
@@ -91,9 +94,12 @@ def create_app(settings: Settings | None = None):
             await in_order.run(event.run_id, lambda: on_result(event))
 
         ahead = SUPERVISOR_READ_AHEAD  # (reads in flight at once per stream)
-        batched.subscribe(broker, streams.RUNS, group, RunRequest, runs_in_order, ahead=ahead)
-        for stream in streams.result_streams(settings.result_partitions):
-            batched.subscribe(broker, stream, group, TaskResult, results_in_order, ahead=ahead)
+        # (submissions go with partition 0: with one partition, a second replica stands by, see shares.py)
+        runs_gate = shares.gate(0)
+        batched.subscribe(broker, streams.RUNS, group, RunRequest, runs_in_order, ahead=ahead, gate=runs_gate)
+        for p, stream in enumerate(streams.result_streams(settings.result_partitions)):
+            gate = shares.gate(p)
+            batched.subscribe(broker, stream, group, TaskResult, results_in_order, ahead=ahead, gate=gate)
     else:
         subscribe(
             broker,
@@ -151,15 +157,22 @@ def create_app(settings: Settings | None = None):
             res.redis,
             Outbox(own["redis"], wait_replicas=settings.redis_wait_replicas, pipelines=SUPERVISOR_PIPELINES),
         )
+        if shares is not None:  # (before the consumers start: each reads its share from the first read)
+            shares.redis = res.redis
+            await shares.start()
 
     @app.after_startup
     async def _start() -> None:
         loops.append(asyncio.create_task(timers.run_timers(eng)))
+        if shares is not None:
+            loops.append(asyncio.create_task(shares.run()))
 
     @app.on_shutdown
     async def _stop() -> None:
         for task in loops:
             task.cancel()
+        if shares is not None:
+            await shares.leave()
         if eng.db is not None:
             await eng.db.drain()
 
