@@ -13,8 +13,8 @@ go with partition 0. A replica that stops leaves the set at once; one that dies 
 and its share goes to the others (its unacknowledged entries, as before, to the reclaimer). Until every
 replica has seen a change (one beat) a partition may have two readers, or none for a moment: harmless
 either way, since ownership only keeps state warm, it does not decide who may commit. A replica that
-cannot reach Redis keeps reading what it had. Replicas past the number of partitions stand by (they still take due
-timers and handle bucket changes and dead letters), ready to take a share within `TTL_S`.
+cannot reach Redis keeps reading what it had. Replicas past the number of partitions stand by (they still
+take due timers and handle bucket changes and dead letters), ready to take a share within `TTL_S`.
 
 With one partition (the default) a second replica is a hot standby: on this 2-core machine, where the
 workers and Redis already use what one supervisor leaves, two active replicas cost more CPU per run than

@@ -74,7 +74,7 @@ async def test_a_second_supervisor_takes_its_share_and_the_survivor_takes_all_wh
     try:
         sup.add()
         await asyncio.sleep(2 * 1.0 + 0.5)  # (two beats: each replica has seen the other)
-        partitions = settings.result_partitions
+        partitions = int(stack.env.get("BATON_RESULT_PARTITIONS", "1"))
         runs = await _relays(settings, 12, timeout=30)
         by_partition: dict[int, set[str]] = {}
         for events in runs:
