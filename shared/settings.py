@@ -50,8 +50,9 @@ class Settings(BaseSettings):
         ge=1,
         le=1024,
         description="Outcome streams (`baton:{r<N>}:results`); a run's outcomes and its workers' done-marks "
-        "share one partition's hash slot. More spreads them over a cluster's shards. Every service must "
-        "agree: change it only with no run in flight.",
+        "share one partition's hash slot. More spreads them over a cluster's shards, and over supervisor "
+        "replicas: each partition is read by one live replica (with 1, a second replica stands by). Every "
+        "service must agree: change it only with no run in flight.",
     )
     s3_endpoint_url: str = Field(
         "http://127.0.0.1:9000",
