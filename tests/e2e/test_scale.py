@@ -57,6 +57,25 @@ async def test_a_burst_of_runs_published_at_once_all_complete_without_a_handler_
     log = _supervisor_log(stack)
     assert log.count("handler_failed") == before
     assert "MaxConnectionsError" not in log and "timers_failed" not in log
+    # Each run's stream tells its story once, in order: per stage assigned, started (relayed from the
+    # supervisor's read loop), completed, and the next stage only after that
+    r = connect(settings.redis_url)
+    try:
+        async with r.pipeline(transaction=False) as pipe:
+            for run_id in run_ids[::5]:
+                pipe.xrange(streams.run_events(run_id))
+            histories = await pipe.execute()
+    finally:
+        await r.aclose()
+    for run_id, entries in zip(run_ids[::5], histories, strict=True):
+        story = [
+            (e["type"], e.get("task_id")) for e in (json.loads(f[b"__data__"]) for _i, f in entries)
+        ]
+        tasks = [t for kind, t in story if kind == "task.assigned"]
+        expected = [("run.started", None)]
+        for t in tasks:
+            expected += [("task.assigned", t), ("task.started", t), ("task.completed", t)]
+        assert len(tasks) == 3 and story == [*expected, ("run.completed", None)], (run_id, story)
 
 
 async def test_a_plan_of_two_thousand_subtasks_completes_and_its_aggregator_sees_every_input(
