@@ -58,6 +58,10 @@ COST = Counter(
 )
 MODEL_CALLS = Counter("baton_model_calls", "Model calls, by agent and model.", ["agent", "model"])
 UP = Gauge("baton_service_info", "This process: its service and consumer name.", ["service", "consumer"])
+PARTITIONS_READ = Gauge(
+    "baton_supervisor_partitions_read",
+    "Results partitions this supervisor replica reads (0: it stands by; services/supervisor/shares.py).",
+)
 
 _served: dict[str, int] = {}
 

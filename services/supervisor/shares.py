@@ -28,7 +28,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 
-from shared import streams
+from shared import metrics, streams
 
 BEAT_S = 1.0
 TTL_S = 3.0
@@ -82,6 +82,7 @@ class Shares:
                 standing_by=not owned,
             )
         self.members, self.owned = members, owned
+        metrics.PARTITIONS_READ.set(len(owned))
         for p, event in enumerate(self._events):
             if p in owned:
                 event.set()
@@ -95,6 +96,7 @@ class Shares:
         except Exception as exc:  # noqa: BLE001
             self.log.warning("results_share_beat_failed", error=str(exc))
             self.owned = set(range(self.partitions))
+            metrics.PARTITIONS_READ.set(self.partitions)
             for event in self._events:
                 event.set()
 

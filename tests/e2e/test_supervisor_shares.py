@@ -12,6 +12,7 @@ from baton import client
 from services.supervisor.shares import Shares
 from shared import streams
 from shared.redisconn import connect
+from tests.e2e.test_metrics import scrape, total
 from tests.e2e.test_supervisor_windows import Supervisors
 from tests.helpers import wait_for_end
 
@@ -60,6 +61,11 @@ async def _relays(settings, n: int, timeout: float) -> list[list]:
     return list(await asyncio.gather(*(wait_for_end(settings, i, timeout) for i in ids)))
 
 
+def used_handle(senders: set[str]) -> str:
+    """The stack handle of one of the supervisors that signed events (`supervisor:<consumer>`)."""
+    return sorted(senders)[0].split(":", 1)[1]
+
+
 def _result_senders(events: list) -> set[str]:
     return {e.sender for e in events if e.type in SIGNED}
 
@@ -86,7 +92,12 @@ async def test_a_second_supervisor_takes_its_share_and_the_survivor_takes_all_wh
             assert len(used) == 1
         handles = sup.running()
         assert len(handles) == 2
-        victim = used.pop().split(":", 1)[1]
+        # Each replica says on /metrics how many partitions it reads: together, every one of them once
+        read = {h: total({h: scrape(stack.metrics[h])}, "baton_supervisor_partitions_read") for h in handles}
+        assert sum(read.values()) == partitions, read
+        if partitions == 1:
+            assert read[used_handle(used)] == 1, read
+        victim = used_handle(used)
         assert victim in handles
         survivor = next(h for h in handles if h != victim)
         stack.kill(victim, hard=True)
