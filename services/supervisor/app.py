@@ -82,7 +82,7 @@ def create_app(settings: Settings | None = None):
     group = streams.SUPERVISOR_GROUP
     batched = Batched(settings, SERVICE) if settings.batch else None
     # The replicas share the results partitions out, so that a run's outcomes go to one of them (shares.py)
-    shares = Shares(None, settings.consumer, settings.result_partitions, log) if batched else None
+    shares = Shares(settings.consumer, settings.result_partitions, log) if batched else None
     if batched:
         # Up to `batch` events read at once and handled concurrently, one run's events in stream order.
         in_order = InOrder()
@@ -158,8 +158,7 @@ def create_app(settings: Settings | None = None):
             Outbox(own["redis"], wait_replicas=settings.redis_wait_replicas, pipelines=SUPERVISOR_PIPELINES),
         )
         if shares is not None:  # (before the consumers start: each reads its share from the first read)
-            shares.redis = res.redis
-            await shares.start()
+            await shares.start(res.redis)
 
     @app.after_startup
     async def _start() -> None:

@@ -14,7 +14,8 @@ and its share goes to the others (its unacknowledged entries, as before, to the 
 replica has seen a change (one beat) a partition may have two readers, or none for a moment: harmless
 either way, since ownership only keeps state warm, it does not decide who may commit. A replica that
 cannot reach Redis keeps reading what it had. Replicas past the number of partitions stand by (they still
-take due timers and handle bucket changes and dead letters), ready to take a share within `TTL_S`.
+take due timers and handle bucket changes and dead letters), ready to take a share: a killed replica's
+goes to the others within `TTL_S` + `BEAT_S`.
 
 With one partition (the default) a second replica is a hot standby: on this 2-core machine, where the
 workers and Redis already use what one supervisor leaves, two active replicas cost more CPU per run than
@@ -54,7 +55,6 @@ class Shares:
 
     def __init__(
         self,
-        redis,
         me: str,
         partitions: int,
         log,
@@ -62,7 +62,8 @@ class Shares:
         ttl_s: float = TTL_S,
         key: str = streams.SUPERVISORS,
     ):
-        self.redis, self.me, self.partitions, self.log, self.key = redis, me, partitions, log, key
+        self.me, self.partitions, self.log, self.key = me, partitions, log, key
+        self.redis = None  # (given to `start`)
         self.beat_s, self.ttl_s = beat_s, ttl_s
         self.members: list[str] = []
         self.owned: set[int] = set()
@@ -89,8 +90,9 @@ class Shares:
             else:
                 event.clear()
 
-    async def start(self) -> None:
-        """The first beat; if Redis does not answer, read every partition until a beat does."""
+    async def start(self, redis) -> None:
+        """The first beat, on `redis`; if Redis does not answer, read every partition until a beat does."""
+        self.redis = redis
         try:
             await self.beat()
         except Exception as exc:  # noqa: BLE001
@@ -111,7 +113,8 @@ class Shares:
                 self.log.warning("results_share_beat_failed", error=str(exc))
 
     def gate(self, partition: int):
-        """An awaitable-returning call for partition's consumer: returns at once while it is ours."""
+        """The partition consumer's gate (`BatchConsumer(gate=...)`): a call that returns at once while the
+        partition is this replica's, and otherwise waits until it is."""
         event = self._events[partition]
 
         async def owned() -> None:

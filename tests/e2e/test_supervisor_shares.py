@@ -27,9 +27,11 @@ async def test_replicas_divide_the_partitions_and_take_a_silent_ones_share(setti
     r = connect(settings.redis_url)
     key = f"test:supervisors:{client.new_run_id()}"
     log = structlog.get_logger()
-    a, b, c = (Shares(r, name, 4, log, beat_s=0.1, ttl_s=1.0, key=key) for name in ("a", "b", "c"))
+    a, b, c = (Shares(name, 4, log, beat_s=0.1, ttl_s=1.0, key=key) for name in ("a", "b", "c"))
     everything = {0, 1, 2, 3}
     try:
+        for replica in (a, b, c):
+            replica.redis = r
         for replica in (a, b, a):
             await replica.beat()
         assert a.owned | b.owned == everything and not a.owned & b.owned and a.owned and b.owned
