@@ -57,11 +57,32 @@ async def init_workspace(settings: Settings, notifications: bool = True) -> list
                     raise
                 # A MinIO configured with the durable target only: events arrive, a few seconds later.
                 await storage.enable_notifications(WEBHOOK_ARN)
+    warnings = await _record_partitions(settings)
     if not settings.acl_passwords:
-        return []
+        return warnings
     from shared import acl
 
-    return await acl.apply(settings, settings.acl_passwords)
+    return warnings + await acl.apply(settings, settings.acl_passwords)
+
+
+async def _record_partitions(settings: Settings) -> list[str]:
+    """Record `BATON_RESULT_PARTITIONS` as the count every service must use from now on (services that
+    start with another refuse to). Best effort: without Redis (or its admin), the first service records it."""
+    from redis.exceptions import RedisError
+
+    from shared.service import record_partitions
+
+    redis = connect(settings.redis_url)
+    try:
+        await record_partitions(redis, settings)
+    except (RedisError, OSError) as exc:
+        return [
+            f"could not record BATON_RESULT_PARTITIONS={settings.result_partitions} in {streams.SETTINGS} "
+            f"({type(exc).__name__}: {exc}); the first service to start will record its own count"
+        ]
+    finally:
+        await redis.aclose()
+    return []
 
 
 def new_run_id() -> str:

@@ -96,9 +96,18 @@ def _consumer(why: str, *subscriptions: tuple[str, str]) -> list[Grant]:
     ]
 
 
+def _partitions_grant() -> Grant:
+    return Grant(
+        "agree on the results partition count (shared/service.py `agree_on_partitions`)",
+        (streams.SETTINGS,),
+        ("hsetnx", "hget"),
+    )
+
+
 def _supervisor_grants() -> list[Grant]:
     group = streams.SUPERVISOR_GROUP
     return [
+        _partitions_grant(),
         *_consumer(
             "consume runs, results, bucket changes and dead letters",
             (streams.RUNS, group),
@@ -181,6 +190,7 @@ def _supervisor_grants() -> list[Grant]:
 
 def _router_grants() -> list[Grant]:
     return [
+        _partitions_grant(),
         *_consumer("consume tasks awaiting a route", (streams.ROUTE, streams.ROUTER_GROUP)),
         Grant(
             "hand tasks to agents, report routing failures, record the decision",
@@ -205,6 +215,7 @@ def _router_grants() -> list[Grant]:
 def _worker_grants() -> list[Grant]:
     agents = streams.agent_stream("*")
     return [
+        _partitions_grant(),
         *_consumer("consume its agents' task streams (one group per agent)", (agents, "*")),
         # EVAL: the batched outbox appends a batch of entries, with the done-marks of the outcomes among
         # them, in one small script (shared/batch.py); the XADD and HSET inside it are checked again

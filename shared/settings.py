@@ -52,7 +52,8 @@ class Settings(BaseSettings):
         description="Outcome streams (`baton:{r<N>}:results`); a run's outcomes and its workers' done-marks "
         "share one partition's hash slot. More spreads them over a cluster's shards, and over supervisor "
         "replicas: each partition is read by one live replica (with 1, a second replica stands by). Every "
-        "service must agree: change it only with no run in flight.",
+        "service must agree (one with another count than `baton:settings` records refuses to start): "
+        "change it only with no run in flight, then run `baton init`.",
     )
     s3_endpoint_url: str = Field(
         "http://127.0.0.1:9000",

@@ -22,6 +22,7 @@ INDEXER_GROUP = "indexer"  # reads OBJECTS (to index) and SEARCH (to answer)
 RUN_INDEX = "baton:runs:index"  # sorted set of run ids by submission time
 RUN_STATUS_INDEX_PREFIX = "baton:runs:index:status:"  # + status: sorted set of run ids by submission time
 RUN_WORKFLOW_INDEX_PREFIX = "baton:runs:index:workflow:"  # + workflow: the same, per workflow
+SETTINGS = "baton:settings"  # hash: settings every service must share (`result_partitions`)
 SUPERVISORS = "baton:supervisors"  # sorted set: live supervisor replicas (who reads which results partition)
 RUNS_WAITING = "baton:runs:waiting"  # set of runs waiting for a person (advisory: check each run's state)
 # notifier: S3 events already published (expiring marks). The hash tag is OBJECTS' name: a mark is set in

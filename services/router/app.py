@@ -161,7 +161,9 @@ def create_app(settings: Settings | None = None):
     # What the router writes goes through an outbox (one pipeline per loop turn), so that with
     # BATON_REDIS_WAIT_REPLICAS its forwards are acknowledged only once replicas have them, as the
     # supervisor's and the workers' writes are: a failover then loses no task the router took.
-    return build_app(broker, res, log, service=SERVICE, consumer=settings.consumer, outbox=True)
+    return build_app(
+        broker, res, log, service=SERVICE, consumer=settings.consumer, outbox=True, partitions=True
+    )
 
 
 def main() -> None:

@@ -140,7 +140,9 @@ def create_app(settings: Settings | None = None):
             streams.result_streams(settings.result_partitions)
             + [streams.agent_stream(a) for a in workflows.agents],
         )
-    app = build_app(broker, res, log, service=SERVICE, redis=True, consumer=settings.consumer)
+    app = build_app(
+        broker, res, log, service=SERVICE, redis=True, consumer=settings.consumer, partitions=True
+    )
     if batched:
         batched.attach(app)
     letters.attach(app)

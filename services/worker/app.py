@@ -274,7 +274,9 @@ def create_app(settings: Settings | None = None):
             description=f"Tasks for agent {agent!r}.",
         )
 
-    app = build_app(broker, res, log, service=SERVICE, agents=hosted, consumer=settings.consumer)
+    app = build_app(
+        broker, res, log, service=SERVICE, agents=hosted, consumer=settings.consumer, partitions=True
+    )
     if batched:
         batched.attach(app)
 

@@ -150,3 +150,26 @@ async def test_a_ref_to_a_version_that_does_not_exist_fails_the_run_clearly(sett
     events = await _submit_raw(settings, event)
     assert events[-1].type == "run.failed"
     assert "input 'brief': cannot copy" in events[-1].reason and "does not exist" in events[-1].reason
+
+
+@pytest.mark.parametrize("service", ["worker", "supervisor", "router"])
+async def test_a_service_with_another_partition_count_refuses_to_start_and_says_why(stack, service):
+    """A worker writing outcomes to partitions no supervisor reads would stall its runs without a word."""
+    import asyncio
+    import subprocess
+
+    deployed = int(stack.env.get("BATON_RESULT_PARTITIONS", "1"))
+    other = deployed + 1
+    handle = stack.start(service, {"BATON_RESULT_PARTITIONS": str(other)}, wait=False)
+    proc = stack.procs.pop(handle)
+    try:
+        code = await asyncio.to_thread(proc.wait, 60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(10)
+        started = f"{service} started with BATON_RESULT_PARTITIONS={other} beside {deployed}"
+        raise AssertionError(started) from None
+    assert code != 0
+    log = stack.log_path(handle).read_text()
+    assert f"BATON_RESULT_PARTITIONS is {other} here, but this deployment's services use {deployed}" in log
+    assert not stack.ready_path(handle).exists()
