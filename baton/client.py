@@ -15,6 +15,7 @@ from typing import Any
 
 import redis.asyncio as aioredis
 from botocore.exceptions import ClientError
+from redis.exceptions import RedisError
 from pydantic import ValidationError
 
 from baton.servers import FAST_WEBHOOK_ARN, WEBHOOK_ARN
@@ -68,9 +69,7 @@ async def init_workspace(settings: Settings, notifications: bool = True) -> list
 async def _record_partitions(settings: Settings) -> list[str]:
     """Record `BATON_RESULT_PARTITIONS` as the count every service must use from now on (services that
     start with another refuse to). Best effort: without Redis (or its admin), the first service records it."""
-    from redis.exceptions import RedisError
-
-    from shared.service import record_partitions
+    from shared.service import record_partitions  # (the services' module: not loaded by every CLI call)
 
     redis = connect(settings.redis_url)
     try:
