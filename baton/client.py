@@ -15,8 +15,8 @@ from typing import Any
 
 import redis.asyncio as aioredis
 from botocore.exceptions import ClientError
-from redis.exceptions import RedisError
 from pydantic import ValidationError
+from redis.exceptions import RedisError
 
 from baton.servers import FAST_WEBHOOK_ARN, WEBHOOK_ARN
 from shared import streams, telemetry, waits
