@@ -268,6 +268,8 @@ def settings_kwargs(env: dict[str, str]) -> dict:
     }
     if env.get("BATON_WORKFLOWS"):  # `init` reads the triggers' publish_to prefixes from it
         kwargs["workflows"] = env["BATON_WORKFLOWS"]
+    if env.get("BATON_RESULT_PARTITIONS"):  # `init` records it: services with another count refuse to start
+        kwargs["result_partitions"] = int(env["BATON_RESULT_PARTITIONS"])
     if env.get("OTEL_EXPORTER_OTLP_ENDPOINT"):  # `baton dev up --trace`: the CLI's submissions too
         kwargs["OTEL_EXPORTER_OTLP_ENDPOINT"] = env["OTEL_EXPORTER_OTLP_ENDPOINT"]
     return kwargs
