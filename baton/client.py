@@ -34,6 +34,7 @@ from shared.events import (
     parse_event,
     utcnow,
 )
+from shared.partitions import record_partitions
 from shared.redisconn import connect
 from shared.runs import get_run
 from shared.search import SearchHit, request_search
@@ -69,8 +70,6 @@ async def init_workspace(settings: Settings, notifications: bool = True) -> list
 async def _record_partitions(settings: Settings) -> list[str]:
     """Record `BATON_RESULT_PARTITIONS` as the count every service must use from now on (services that
     start with another refuse to). Best effort: without Redis (or its admin), the first service records it."""
-    from shared.service import record_partitions  # (the services' module: not loaded by every CLI call)
-
     redis = connect(settings.redis_url)
     try:
         await record_partitions(redis, settings)

@@ -98,7 +98,7 @@ def _consumer(why: str, *subscriptions: tuple[str, str]) -> list[Grant]:
 
 def _partitions_grant() -> Grant:
     return Grant(
-        "agree on the results partition count (shared/service.py `agree_on_partitions`)",
+        "agree on the results partition count (shared/partitions.py)",
         (streams.SETTINGS,),
         ("hsetnx", "hget"),
     )

@@ -9,10 +9,10 @@ from dataclasses import dataclass, field
 import redis.asyncio as aioredis
 from faststream import FastStream
 
-from . import faults, redisconn, streams
+from . import faults, redisconn
 from .batch import Outbox
 from .broker import create_groups
-from .errors import ConfigError
+from .partitions import agree_on_partitions
 from .reclaim import Reclaimer
 from .redisconn import connect
 from .settings import Settings
@@ -114,28 +114,6 @@ def build_app(
         await resources.close()
 
     return app
-
-
-async def agree_on_partitions(redis, settings: Settings) -> None:
-    """Refuse to start with another `BATON_RESULT_PARTITIONS` than the deployment's. A worker with another
-    count would send outcomes where no supervisor reads them (or mark them done under other keys), and
-    its runs would stall without a word. The count is recorded in `baton:settings` by `baton init`, or
-    else by the first such service to start."""
-    mine = str(settings.result_partitions)
-    await redis.hsetnx(streams.SETTINGS, "result_partitions", mine)
-    theirs = await redis.hget(streams.SETTINGS, "result_partitions")
-    theirs = theirs.decode() if isinstance(theirs, bytes) else theirs
-    if theirs != mine:
-        raise ConfigError(
-            f"BATON_RESULT_PARTITIONS is {mine} here, but this deployment's services use {theirs} (recorded "
-            f"in {streams.SETTINGS}): every service that reads or writes outcomes must use the same count. "
-            "To change it, stop every service with no run in flight and run `baton init` with the new value."
-        )
-
-
-async def record_partitions(redis, settings: Settings) -> None:
-    """`baton init`: this count is the deployment's from now on (services check it as they start)."""
-    await redis.hset(streams.SETTINGS, "result_partitions", str(settings.result_partitions))
 
 
 def mark_ready(settings: Settings) -> None:

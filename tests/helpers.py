@@ -9,6 +9,7 @@ import urllib.request
 from pathlib import Path
 
 import boto3
+from prometheus_client.parser import text_string_to_metric_families
 
 from baton import client
 from shared import streams
@@ -154,3 +155,29 @@ async def per_message_consumer(settings: Settings, stream: str, group: str, hand
         await broker.stop()
         raise
     return broker, redis
+
+
+# Prometheus text from a service's /metrics, parsed with prometheus-client's own parser.
+Samples = dict[tuple[str, frozenset], float]
+
+
+def scrape(url: str) -> Samples:
+    with urllib.request.urlopen(url, timeout=10) as response:
+        text = response.read().decode()
+    return {
+        (sample.name, frozenset(sample.labels.items())): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+def total(scrapes: dict[str, Samples], name: str, service: str | None = None, **labels) -> float:
+    """The sum of `name` over every process (of `service`) whose sample has `labels`."""
+    want = set(labels.items())
+    return sum(
+        value
+        for handle, samples in scrapes.items()
+        if service is None or handle.startswith(f"{service}-")
+        for (sample, sample_labels), value in samples.items()
+        if sample == name and want <= sample_labels
+    )

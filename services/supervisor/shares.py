@@ -82,7 +82,12 @@ class Shares:
                 of=self.partitions,
                 standing_by=not owned,
             )
-        self.members, self.owned = members, owned
+        self.members = members
+        self._take(owned)
+
+    def _take(self, owned: set[int]) -> None:
+        """Read `owned` from now on: open their gates, close the others'."""
+        self.owned = owned
         metrics.PARTITIONS_READ.set(len(owned))
         for p, event in enumerate(self._events):
             if p in owned:
@@ -97,10 +102,7 @@ class Shares:
             await self.beat()
         except Exception as exc:  # noqa: BLE001
             self.log.warning("results_share_beat_failed", error=str(exc))
-            self.owned = set(range(self.partitions))
-            metrics.PARTITIONS_READ.set(self.partitions)
-            for event in self._events:
-                event.set()
+            self._take(set(range(self.partitions)))
 
     async def run(self) -> None:
         while True:

@@ -5,47 +5,21 @@ FastStream's per-message path)."""
 from __future__ import annotations
 
 import asyncio
-import urllib.request
 from collections import Counter
 from pathlib import Path
 
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from shared import streams
-from tests.helpers import run
+from tests.helpers import Samples, run, scrape, total
 
 ROOT = Path(__file__).resolve().parents[2]
 BRIEF = ROOT / "examples" / "briefs" / "topic.md"
 pytestmark = pytest.mark.e2e
 
-Samples = dict[tuple[str, frozenset], float]
-
-
-def scrape(url: str) -> Samples:
-    with urllib.request.urlopen(url, timeout=10) as response:
-        text = response.read().decode()
-    return {
-        (sample.name, frozenset(sample.labels.items())): sample.value
-        for family in text_string_to_metric_families(text)
-        for sample in family.samples
-    }
-
 
 def scrape_all(stack) -> dict[str, Samples]:
     return {handle: scrape(stack.metrics[handle]) for handle in stack.procs}
-
-
-def total(scrapes: dict[str, Samples], name: str, service: str | None = None, **labels) -> float:
-    """The sum of `name` over every process (of `service`) whose sample has `labels`."""
-    want = set(labels.items())
-    return sum(
-        value
-        for handle, samples in scrapes.items()
-        if service is None or handle.startswith(f"{service}-")
-        for (sample, sample_labels), value in samples.items()
-        if sample == name and want <= sample_labels
-    )
 
 
 async def test_every_process_serves_metrics_and_the_counters_follow_the_runs(stack, settings):

@@ -12,9 +12,8 @@ from baton import client
 from services.supervisor.shares import Shares
 from shared import streams
 from shared.redisconn import connect
-from tests.e2e.test_metrics import scrape, total
 from tests.e2e.test_supervisor_windows import Supervisors
-from tests.helpers import wait_for_end
+from tests.helpers import scrape, total, wait_for_end
 
 pytestmark = pytest.mark.e2e
 
