@@ -84,6 +84,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="Baton's burst with these supervisor replica counts (e.g. 1,2)",
     )
     p.add_argument(
+        "--burst-rounds",
+        type=int,
+        default=3,
+        help="bursts per system, alternating their order; figures from each system's median round",
+    )
+    p.add_argument(
         "--run-workers", type=int, default=2, help="worker processes in the whole-run scenarios (all systems)"
     )
     p.add_argument(
@@ -141,6 +147,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.seconds = min(args.seconds, 3.0)
         args.repeats = 1
         args.burst_n = min(args.burst_n, 1000)
+        args.burst_rounds = 1
         args.sweep_seconds = min(args.sweep_seconds, 2.0)
         args.widths = "10,100"
         args.console_events = min(args.console_events, 1000)
@@ -346,7 +353,13 @@ def main(argv: list[str] | None = None) -> None:
             timeout = args.burst_timeout or 60 + args.burst_n / 40
             peers = [p.strip() for p in args.peers.split(",") if p.strip()]
             results["burst"] = whole_runs.burst(
-                srv, args.burst_n, args.run_workers, peers, timeout, _ints(args.burst_supervisors)
+                srv,
+                args.burst_n,
+                args.run_workers,
+                peers,
+                timeout,
+                _ints(args.burst_supervisors),
+                max(1, args.burst_rounds),
             )
         if "sweep" in only:
             rates = [float(r) for r in args.sweep_rates.split(",") if r.strip()]
@@ -546,6 +559,13 @@ def _burst_label(system: str) -> str:
     return whole_runs.PEER_LABELS.get(system, system)
 
 
+def _rounds_note(burst: dict) -> str:
+    rounds = burst.get("rounds", 1)
+    if rounds <= 1:
+        return ""
+    return f" (median of {rounds} rounds, the order reversed every other round; ratios paired by round)"
+
+
 def _fmt(x, spec: str = ",.0f", none: str = "-") -> str:
     return none if x is None else format(x, spec)
 
@@ -559,7 +579,7 @@ def runs_table(results: dict) -> list[str]:
             "",
             f"Burst: {burst['runs']:,} runs of {burst['stages']} no-op stages published at once, "
             f"{burst['workers']} worker processes each (Baton: + 1 supervisor, router, notifier); "
-            "Baton/peer: Baton's runs/s over the peer's",
+            "Baton/peer: Baton's runs/s over the peer's" + _rounds_note(burst),
             f"{'system':38} {'runs/s':>8} {'Baton/peer':>10} {'seconds':>8} {'publish s':>9} "
             f"{'other':>6}  notes",
         ]
@@ -568,6 +588,12 @@ def runs_table(results: dict) -> list[str]:
             note = "" if r.get("ok") else f"FAILED: {r.get('error', '')[:70]}"
             if r.get("supervisor_log", {}).get("error"):
                 note = (note + f" supervisor logged {r['supervisor_log']['error']:,} errors").strip()
+            if r.get("rounds_runs_per_s"):
+                each = ", ".join(_fmt(x, ",.0f", "failed") for x in r["rounds_runs_per_s"])
+                note = (note + f" rounds: {each}").strip()
+            if burst.get("baton_over_peer_rounds", {}).get(system):
+                each = ", ".join(f"{x:.2f}" for x in burst["baton_over_peer_rounds"][system])
+                note = (note + f"; ratio by round: {each}").strip("; ")
             lines.append(
                 f"{_burst_label(system):38} {_fmt(r.get('runs_per_s')):>8} {_fmt(ratio, '.2f'):>10} "
                 f"{_fmt(r.get('seconds'), '.2f'):>8} {_fmt(r.get('publish_s'), '.2f'):>9} "
@@ -702,11 +728,16 @@ def runs_markdown(results: dict) -> list[str]:
             "| runs/s | Baton / peer | seconds |",
             "| --- | ---: | ---: | ---: |",
         ]
+        rounds = burst.get("baton_over_peer_rounds", {})
         for system, r in burst["systems"].items():
-            ratio = burst.get("baton_over_peer", {}).get(system)
+            ratio = _fmt(burst.get("baton_over_peer", {}).get(system), ".2f")
+            if len(rounds.get(system, [])) > 1:
+                ratio += f" ({min(rounds[system]):.2f}-{max(rounds[system]):.2f})"
             runs_s = _fmt(r.get("runs_per_s")) if r.get("ok") else "failed"
             seconds = _fmt(r.get("seconds"), ".2f")
-            out.append(f"| {_burst_label(system)} | {runs_s} | {_fmt(ratio, '.2f')} | {seconds} |")
+            out.append(f"| {_burst_label(system)} | {runs_s} | {ratio} | {seconds} |")
+        if burst.get("rounds", 1) > 1:
+            out += ["", f"Burst figures: the median of {burst['rounds']} rounds (ratio range in brackets)."]
     sweep = results.get("sweep") or {}
     if sweep:
         out += [

@@ -27,6 +27,7 @@ import os
 import re
 import resource
 import secrets
+import statistics
 import subprocess
 import time
 from dataclasses import dataclass
@@ -411,28 +412,66 @@ def peer_burst(srv: Servers, name: str, n: int, workers: int, timeout: float) ->
 
 
 def burst(
-    srv: Servers, n: int, workers: int, peers: list[str], timeout: float, supervisors: list[int] = (1,)
+    srv: Servers,
+    n: int,
+    workers: int,
+    peers: list[str],
+    timeout: float,
+    supervisors: list[int] = (1,),
+    rounds: int = 1,
 ) -> dict:
-    """Baton with each count of supervisor replicas (`baton`, `baton-2`...), then each peer; the ratios
-    are one supervisor's runs/s over each peer's."""
-    out: dict = {"runs": n, "stages": STAGES, "workers": workers, "systems": {}}
+    """Baton with each count of supervisor replicas (`baton`, `baton-2`...), then each peer, `rounds` times,
+    every other round in the reverse order (so a VM that speeds up or slows down over the scenario does not
+    favour whoever goes first). Each system's figures are those of its median round; the ratios are one
+    supervisor's runs/s over each peer's within a round (paired), and their median over the rounds."""
+    out: dict = {"runs": n, "stages": STAGES, "workers": workers, "rounds": rounds, "systems": {}}
     systems = [
         ("baton" if k == 1 else f"baton-{k}", lambda k=k: baton_burst(srv, n, workers, timeout, k))
         for k in supervisors
     ]
     systems += [(p, lambda p=p: peer_burst(srv, p, n, workers, timeout)) for p in peers]
-    for name, run in systems:
-        print(f"- burst of {n:,} runs: {name}", end="", flush=True)
-        r = _attempt(run)
-        out["systems"][name] = r
-        print(f": {r['runs_per_s']:,.0f} runs/s" if r.get("ok") else f": FAILED {r.get('error', '')[:300]}")
-    baton = out["systems"].get("baton", {})
-    out["baton_over_peer"] = {
-        p: round(baton["runs_per_s"] / r["runs_per_s"], 2)
-        for p, r in out["systems"].items()
-        if not p.startswith("baton") and r.get("ok") and baton.get("ok") and r["runs_per_s"]
-    }
+    per_round: dict[str, list[dict]] = {name: [] for name, _run in systems}
+    for i in range(rounds):
+        for name, run in systems if i % 2 == 0 else systems[::-1]:
+            label = f", round {i + 1} of {rounds}" if rounds > 1 else ""
+            print(f"- burst of {n:,} runs{label}: {name}", end="", flush=True)
+            r = _attempt(run)
+            per_round[name].append(r)
+            failed = f": FAILED {r.get('error', '')[:300]}"
+            print(f": {r['runs_per_s']:,.0f} runs/s" if r.get("ok") else failed)
+    for name, results in per_round.items():
+        out["systems"][name] = _median_round(results)
+    out.update(burst_ratios(per_round))
     return out
+
+
+def _median_round(results: list[dict]) -> dict:
+    """The round whose runs/s is the median of the rounds that succeeded (the lower one of an even count),
+    with every round's runs/s beside it; the first failure if none succeeded; failed rounds are counted."""
+    ok = sorted((r for r in results if r.get("ok")), key=lambda r: r["runs_per_s"])
+    chosen = dict(ok[(len(ok) - 1) // 2] if ok else results[0])
+    if len(results) > 1:
+        chosen["rounds_runs_per_s"] = [r["runs_per_s"] if r.get("ok") else None for r in results]
+        chosen["failed_rounds"] = len(results) - len(ok)
+    return chosen
+
+
+def burst_ratios(per_round: dict[str, list[dict]]) -> dict:
+    """Baton's runs/s over each peer's, per round (both must have succeeded in that round), and the median."""
+    baton = per_round.get("baton", [])
+    paired: dict[str, list[float]] = {}
+    for peer, results in per_round.items():
+        if peer.startswith("baton"):
+            continue
+        paired[peer] = [
+            round(b["runs_per_s"] / r["runs_per_s"], 2)
+            for b, r in zip(baton, results, strict=False)
+            if b.get("ok") and r.get("ok") and r["runs_per_s"]
+        ]
+    return {
+        "baton_over_peer": {p: round(statistics.median(v), 2) for p, v in paired.items() if v},
+        "baton_over_peer_rounds": {p: v for p, v in paired.items() if v},
+    }
 
 
 def _attempt(run) -> dict:

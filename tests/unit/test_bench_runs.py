@@ -197,3 +197,43 @@ def test_the_console_tables_render_a_real_result_and_failures():
     assert console.table({"console": {"page": {}, "hops": {"ok": False, "error": "boom"}}}, 0.25)[
         -1
     ].endswith("boom")
+
+
+def burst_round(runs_per_s, ok=True):
+    return {"ok": ok, "runs_per_s": runs_per_s if ok else 0, "seconds": 1.0, "publish_s": 0.1}
+
+
+def test_burst_rounds_pair_the_ratios_by_round_and_report_each_systems_median_round():
+    per_round = {
+        "baton": [burst_round(1000), burst_round(1400), burst_round(1200)],
+        "dramatiq": [burst_round(1100), burst_round(1000), burst_round(1250)],
+        "celery": [burst_round(300), burst_round(0, ok=False), burst_round(400)],
+    }
+    ratios = runs.burst_ratios(per_round)
+    # paired within a round (1000/1100, 1400/1000, 1200/1250), not median over median (1200/1100)
+    assert ratios["baton_over_peer_rounds"]["dramatiq"] == [0.91, 1.4, 0.96]
+    assert ratios["baton_over_peer"]["dramatiq"] == 0.96
+    assert ratios["baton_over_peer_rounds"]["celery"] == [3.33, 3.0]  # the failed round is left out
+    median = runs._median_round(per_round["celery"])
+    assert median["runs_per_s"] == 300 and median["failed_rounds"] == 1
+    assert median["rounds_runs_per_s"] == [300, None, 400]
+    assert runs._median_round(per_round["baton"])["runs_per_s"] == 1200
+    failed = runs._median_round([burst_round(0, ok=False)])
+    assert failed["ok"] is False and "rounds_runs_per_s" not in failed
+
+
+def test_a_burst_of_several_rounds_shows_each_round_and_the_ratio_range():
+    burst = {
+        **RESULTS["burst"],
+        "rounds": 3,
+        "baton_over_peer": {"dramatiq": 0.96},
+        "baton_over_peer_rounds": {"dramatiq": [0.91, 1.4, 0.96]},
+    }
+    burst["systems"] = {**burst["systems"], "baton": {**burst["systems"]["baton"]}}
+    burst["systems"]["baton"]["rounds_runs_per_s"] = [1000, None, 1200]
+    text = "\n".join(bench_run.runs_table({"burst": burst}))
+    assert "median of 3 rounds" in text
+    assert "rounds: 1,000, failed, 1,200" in text
+    assert "ratio by round: 0.91, 1.40, 0.96" in text
+    md = "\n".join(bench_run.runs_markdown({"burst": burst}))
+    assert "| 0.96 (0.91-1.40) |" in md
