@@ -579,9 +579,10 @@ def runs_table(results: dict) -> list[str]:
             "",
             f"Burst: {burst['runs']:,} runs of {burst['stages']} no-op stages published at once, "
             f"{burst['workers']} worker processes each (Baton: + 1 supervisor, router, notifier); "
-            "Baton/peer: Baton's runs/s over the peer's" + _rounds_note(burst),
+            "Baton/peer: Baton's runs/s over the peer's; CPU ms/run: its processes' and Redis' CPU per run"
+            + _rounds_note(burst),
             f"{'system':38} {'runs/s':>8} {'Baton/peer':>10} {'seconds':>8} {'publish s':>9} "
-            f"{'other':>6}  notes",
+            f"{'CPU ms/run':>10} {'other':>6}  notes",
         ]
         for system, r in burst["systems"].items():
             ratio = burst.get("baton_over_peer", {}).get(system)
@@ -597,7 +598,7 @@ def runs_table(results: dict) -> list[str]:
             lines.append(
                 f"{_burst_label(system):38} {_fmt(r.get('runs_per_s')):>8} {_fmt(ratio, '.2f'):>10} "
                 f"{_fmt(r.get('seconds'), '.2f'):>8} {_fmt(r.get('publish_s'), '.2f'):>9} "
-                f"{_other(r):>6}  {note}"
+                f"{_fmt(r.get('cpu_ms_per_run'), '.2f'):>10} {_other(r):>6}  {note}"
             )
     for k, sw in (results.get("sweep") or {}).items():
         if not sw.get("steps"):
@@ -725,8 +726,8 @@ def runs_markdown(results: dict) -> list[str]:
         out += [
             "",
             f"| burst of {burst['runs']:,} runs, {burst['stages']} no-op stages, {burst['workers']} workers "
-            "| runs/s | Baton / peer | seconds |",
-            "| --- | ---: | ---: | ---: |",
+            "| runs/s | Baton / peer | seconds | CPU ms per run |",
+            "| --- | ---: | ---: | ---: | ---: |",
         ]
         rounds = burst.get("baton_over_peer_rounds", {})
         for system, r in burst["systems"].items():
@@ -735,7 +736,8 @@ def runs_markdown(results: dict) -> list[str]:
                 ratio += f" ({min(rounds[system]):.2f}-{max(rounds[system]):.2f})"
             runs_s = _fmt(r.get("runs_per_s")) if r.get("ok") else "failed"
             seconds = _fmt(r.get("seconds"), ".2f")
-            out.append(f"| {_burst_label(system)} | {runs_s} | {ratio} | {seconds} |")
+            cpu = _fmt(r.get("cpu_ms_per_run"), ".2f")
+            out.append(f"| {_burst_label(system)} | {runs_s} | {ratio} | {seconds} | {cpu} |")
         if burst.get("rounds", 1) > 1:
             out += ["", f"Burst figures: the median of {burst['rounds']} rounds (ratio range in brackets)."]
     sweep = results.get("sweep") or {}

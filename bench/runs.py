@@ -87,6 +87,19 @@ def _cpu(pids: list[int]) -> float:
     return sum(cpu_seconds(p) for root in pids for p in descendants(root))
 
 
+def _redis_cpu(client: redis.Redis) -> float:
+    """CPU seconds the Redis server has used (its own INFO: user + system, all threads)."""
+    info = client.info("cpu")
+    return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
+
+
+def _whole_cpu(result: dict, processes_s: float, redis_s: float) -> None:
+    """What a burst cost the machine, per completed run: the system's own processes and the Redis server
+    (the publisher, and the shared MinIO, left out for every system alike)."""
+    result["redis_cpu_s"] = round(redis_s, 2)
+    result["cpu_ms_per_run"] = round((processes_s + redis_s) / max(result["completed"], 1) * 1000, 3)
+
+
 def _pids(stack: full_stack.Stack, service: str) -> list[int]:
     return [p.pid for h, p in stack.procs.items() if h.startswith(service + "-")]
 
@@ -253,12 +266,14 @@ def baton_burst(srv: Servers, n: int, workers: int, timeout: float, supervisors:
         before = watch.ended_count()
         supervisor, worker = _pids(stack, "supervisor"), _pids(stack, "worker")
         cpu0 = (_cpu(supervisor), _cpu(worker), _cpu(list(p.pid for p in stack.procs.values())))
+        redis0 = _redis_cpu(client)
         with Elsewhere() as elsewhere:
             t0 = time.time()
             _submit_all(client, list(runs.values()))
             published = time.time()
             finished = watch.wait_counted(timeout, before)
             cpu1 = (_cpu(supervisor), _cpu(worker), _cpu(list(p.pid for p in stack.procs.values())))
+            redis1 = _redis_cpu(client)
         problems = _log_problems(stack, "supervisor")
     finally:
         stack.stop_all()
@@ -286,6 +301,7 @@ def baton_burst(srv: Servers, n: int, workers: int, timeout: float, supervisors:
         "supervisors": supervisors,
         "done_at": "run.completed (created_at, stamped by the supervisor)",
     }
+    _whole_cpu(result, cpu1[2] - cpu0[2], redis1 - redis0)
     if not finished:
         result["error"] = f"{len(watch.pending)} of {n} runs had not ended after {timeout:g} s"
         result["unfinished_sample"] = sorted(watch.pending)[:5]
@@ -382,13 +398,13 @@ def peer_burst(srv: Servers, name: str, n: int, workers: int, timeout: float) ->
         if _wait_count(client, WARM_RUNS, procs, time.time() + 60) < WARM_RUNS:
             raise RuntimeError(f"{name}: the warm-up runs did not finish in 60 s")
         _reset_counters(client)
-        cpu0 = _cpu(procs.pids)
+        cpu0, redis0 = _cpu(procs.pids), _redis_cpu(client)
         with Elsewhere() as elsewhere:
             _publisher(srv, name, "publish", n, timeout)
             publish = {k.decode(): float(v) for k, v in client.hgetall(done_counter.PUBLISH_KEY).items()}
             count = _wait_count(client, n, procs, publish["start"] + timeout)
             time.sleep(0.02)  # the counters' last flush
-            cpu1 = _cpu(procs.pids)
+            cpu1, redis1 = _cpu(procs.pids), _redis_cpu(client)
         ends = [float(v) for v in client.hvals(done_counter.LAST_KEY)]
     finally:
         procs.stop()
@@ -406,6 +422,7 @@ def peer_burst(srv: Servers, name: str, n: int, workers: int, timeout: float) ->
         "workers": workers,
         "done_at": "the last task of the run finished (its own clock, flushed every 5 ms)",
     }
+    _whole_cpu(result, cpu1 - cpu0, redis1 - redis0)
     if count < n:
         result["error"] = f"{n - count} of {n} runs had not finished after {timeout:g} s"
     return result

@@ -109,7 +109,7 @@ def test_tables_render_failures_instead_of_crashing():
     assert "Sustained sweep, 2 supervisor(s): FAILED" in text
     assert "Baton W=10,000: the workflow file is refused" in text
     md = "\n".join(bench_run.runs_markdown(RESULTS))
-    assert "| Dramatiq pipeline, 8 threads/process | 600 | 1.50 | 0.50 |" in md
+    assert "| Dramatiq pipeline, 8 threads/process | 600 | 1.50 | 0.50 | - |" in md
     assert "| 10,000 | failed |" in md
 
 
