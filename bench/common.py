@@ -148,3 +148,53 @@ def percentile(values: list[float], p: float) -> float | None:
     ordered = sorted(values)
     k = max(0, min(len(ordered) - 1, int(round(p / 100 * len(ordered) + 0.5)) - 1))
     return ordered[k]
+
+
+class IdleCgroup:
+    """A cgroup whose processes get a core only when it would otherwise idle (`cpu.idle` = 1, Linux 5.15+):
+    any other process that wakes takes the core from them at once. A process' nice value cannot do this
+    (each process the benchmark starts is its own session, so its own scheduling group, where its nice
+    weighs nothing against the others), nor can an autogroup's nice (measured). Needs root and the cpu
+    controller (cgroup v1 or v2); otherwise a RuntimeError that says which is missing."""
+
+    def __init__(self, name: str = "baton-bench-idle", root: Path = Path("/sys/fs/cgroup")) -> None:
+        unified = root / "cgroup.controllers"
+        if unified.exists():  # cgroup v2
+            if "cpu" not in unified.read_text().split():
+                raise RuntimeError(f"the cpu controller is not enabled in {root} (cgroup v2)")
+            self.base = root
+        else:
+            self.base = root / "cpu"
+        self.path = self.base / name
+
+    def __enter__(self) -> IdleCgroup:
+        try:
+            if self.base == self.path.parent and (self.base / "cgroup.subtree_control").exists():
+                (self.base / "cgroup.subtree_control").write_text("+cpu")
+            self.path.mkdir(exist_ok=True)
+            (self.path / "cpu.idle").write_text("1")
+        except OSError as exc:
+            raise RuntimeError(
+                f"cannot make an idle-class cgroup at {self.path} ({exc.strerror or exc}): it needs root, "
+                "a writable cgroup file system with the cpu controller, and Linux 5.15 or later"
+            ) from exc
+        return self
+
+    def add(self, pid: int) -> None:
+        (self.path / "cgroup.procs").write_text(str(pid))
+
+    def pids(self) -> list[int]:
+        return [int(x) for x in (self.path / "cgroup.procs").read_text().split()]
+
+    def __exit__(self, *exc) -> None:
+        if not self.path.exists():
+            return
+        for pid in self.pids():  # (processes still running go back where they came from)
+            try:
+                (self.base / "cgroup.procs").write_text(str(pid))
+            except OSError:
+                pass  # gone meanwhile
+        try:
+            self.path.rmdir()
+        except OSError:
+            pass

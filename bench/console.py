@@ -22,6 +22,7 @@ console process (`python -m services.console`), read over HTTP with the bearer t
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import secrets
 import statistics
@@ -36,7 +37,7 @@ import yaml
 from baton import servers
 from bench import runs as whole_runs
 from bench import stack as full_stack
-from bench.common import cpu_seconds, percentile
+from bench.common import IdleCgroup, cpu_seconds, percentile
 from shared import streams
 from shared.broker import encode
 from shared.events import RunCancelRequested
@@ -442,13 +443,20 @@ def scenario(
     seconds: float,
     workers: int,
     list_runs: int = 100_000,
+    idle: bool = False,
 ) -> dict:
+    """`idle`: the console runs in an idle-class cgroup (`IdleCgroup`) through the scenario."""
+    with IdleCgroup("baton-bench-console") if idle else contextlib.nullcontext() as idle_class:
+        return _scenario(srv, events, requests, pages, rate, seconds, workers, list_runs, idle_class)
+
+
+def _scenario(srv, events, requests, pages, rate, seconds, workers, list_runs, idle_class) -> dict:
     client = srv.clean()
     width = max(1, events // EVENTS_PER_SUBTASK)
     path = _workflows(srv.work, width)
     stack = srv.stack("console", workers=workers, workflows=path)
     port, token = servers.free_port(), secrets.token_hex(16)
-    out: dict = {"workers": workers}
+    out: dict = {"workers": workers, "console_idle_class": idle_class is not None}
     try:
         stack.start(
             "console",
@@ -459,6 +467,8 @@ def scenario(
             },
         )
         url = f"http://127.0.0.1:{port}"
+        if idle_class is not None:
+            idle_class.add(next(p.pid for h, p in stack.procs.items() if h.startswith("console-")))
         whole_runs._warm(client)
         print(f"- console: a run of ~{events:,} events, {requests} page loads and replays", flush=True)
         with whole_runs.Elsewhere() as elsewhere:
@@ -492,7 +502,8 @@ def table(results: dict, busy_cores: float) -> list[str]:
     con = results.get("console")
     if not con:
         return []
-    lines = ["", "Console (issue 14's targets), read over HTTP with the bearer token"]
+    idle = " (the console in an idle-class cgroup)" if con.get("console_idle_class") else ""
+    lines = ["", f"Console (issue 14's targets), read over HTTP with the bearer token{idle}"]
     page = con.get("page") or {}
     if page.get("events"):
         lines += [

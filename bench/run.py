@@ -124,6 +124,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--console-list-runs", type=int, default=100_000, help="runs in the index of the console's runs list"
     )
+    p.add_argument(
+        "--console-idle",
+        action="store_true",
+        help="run the console in an idle-class cgroup (cpu.idle; needs root): it yields a core at once",
+    )
     p.add_argument("--trace-runs", type=int, default=2000, help="runs per burst in the tracing scenario")
     p.add_argument("--trace-rounds", type=int, default=3, help="alternating off/on rounds (tracing)")
     p.add_argument("--out", type=Path, default=ROOT / "bench" / "results.json")
@@ -387,6 +392,7 @@ def main(argv: list[str] | None = None) -> None:
                 args.console_seconds,
                 args.run_workers,
                 args.console_list_runs,
+                args.console_idle,
             )
         if "cluster" in only:
             results["cluster"] = cluster_bench.scenario(

@@ -1,11 +1,14 @@
 """The console benchmark's page readers (bench/console.py `Pages`): plain HTTP/1.1 over asyncio streams, read
 as an EventSource reads them, against a local server that writes exactly the bytes given. No timing is
-asserted."""
+asserted. And the idle-class cgroup the console may run in (`--console-idle`)."""
 
 import asyncio
 import json
+import subprocess
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
+from bench.common import IdleCgroup
 from bench.console import Pages
 
 
@@ -51,3 +54,34 @@ def test_a_page_reads_events_split_across_chunks_until_the_end_event():
     assert len(pages.latency) == 2 and pages.early == 0
     assert all(b"authorization: Bearer tok\r\n" in r for r in requests)
     assert sorted(r.split(b" ")[1] for r in requests) == [b"/runs/run-a/stream", b"/runs/run-b/stream"]
+
+
+def test_an_idle_class_cgroup_takes_a_process_and_gives_it_back(tmp_path):
+    """Where the machine allows it (root, the cpu controller, Linux 5.15+), a process moved in runs
+    idle-class and goes back to its parent cgroup when the scenario ends; elsewhere the error says why."""
+    sleeper = subprocess.Popen(["sleep", "60"])
+    name = f"baton-test-idle-{sleeper.pid}"
+    try:
+        try:
+            with IdleCgroup(name) as group:
+                group.add(sleeper.pid)
+                assert group.pids() == [sleeper.pid]
+                assert (group.path / "cpu.idle").read_text().strip() == "1"
+                assert f"/{name}" in Path(f"/proc/{sleeper.pid}/cgroup").read_text()
+            assert f"/{name}" not in Path(f"/proc/{sleeper.pid}/cgroup").read_text()
+            assert not group.path.exists()
+        except RuntimeError as exc:  # not root, or no writable cpu controller: said plainly
+            assert "idle-class cgroup" in str(exc) or "cpu controller" in str(exc)
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+
+
+def test_without_a_cpu_controller_the_idle_cgroup_says_so(tmp_path):
+    (tmp_path / "cgroup.controllers").write_text("memory pids\n")
+    try:
+        IdleCgroup("x", root=tmp_path)
+    except RuntimeError as exc:
+        assert "cpu controller is not enabled" in str(exc)
+    else:
+        raise AssertionError("a cgroup v2 without the cpu controller was accepted")
