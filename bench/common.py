@@ -9,6 +9,7 @@ systems alike.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -174,6 +175,8 @@ class IdleCgroup:
             self.path.mkdir(exist_ok=True)
             (self.path / "cpu.idle").write_text("1")
         except OSError as exc:
+            with contextlib.suppress(OSError):
+                self.path.rmdir()  # (made, but not idle-class: leave nothing behind)
             raise RuntimeError(
                 f"cannot make an idle-class cgroup at {self.path} ({exc.strerror or exc}): it needs root, "
                 "a writable cgroup file system with the cpu controller, and Linux 5.15 or later"
@@ -190,11 +193,7 @@ class IdleCgroup:
         if not self.path.exists():
             return
         for pid in self.pids():  # (processes still running go back where they came from)
-            try:
+            with contextlib.suppress(OSError):  # (gone meanwhile)
                 (self.base / "cgroup.procs").write_text(str(pid))
-            except OSError:
-                pass  # gone meanwhile
-        try:
+        with contextlib.suppress(OSError):
             self.path.rmdir()
-        except OSError:
-            pass
