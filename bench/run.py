@@ -593,6 +593,8 @@ def runs_table(results: dict) -> list[str]:
         for system, r in burst["systems"].items():
             ratio = burst.get("baton_over_peer", {}).get(system)
             note = "" if r.get("ok") else f"FAILED: {r.get('error', '')[:70]}"
+            if r.get("round_error"):
+                note = f"FAILED in {r['failed_rounds']} of {burst['rounds']} rounds: {r['round_error'][:70]}"
             if r.get("supervisor_log", {}).get("error"):
                 note = (note + f" supervisor logged {r['supervisor_log']['error']:,} errors").strip()
             if r.get("rounds_runs_per_s"):

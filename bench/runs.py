@@ -470,6 +470,9 @@ def _median_round(results: list[dict]) -> dict:
     if len(results) > 1:
         chosen["rounds_runs_per_s"] = [r["runs_per_s"] if r.get("ok") else None for r in results]
         chosen["failed_rounds"] = len(results) - len(ok)
+        errors = [r.get("error", "failed") for r in results if not r.get("ok")]
+        if errors and ok:  # (a failure in any round is reported, even when the median round succeeded)
+            chosen["round_error"] = errors[0]
     return chosen
 
 

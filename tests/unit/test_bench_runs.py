@@ -214,8 +214,14 @@ def test_burst_rounds_pair_the_ratios_by_round_and_report_each_systems_median_ro
     assert ratios["baton_over_peer_rounds"]["dramatiq"] == [0.91, 1.4, 0.96]
     assert ratios["baton_over_peer"]["dramatiq"] == 0.96
     assert ratios["baton_over_peer_rounds"]["celery"] == [3.33, 3.0]  # the failed round is left out
+    per_round["celery"][1]["error"] = "RuntimeError: 12 of 300 runs had not finished"
     median = runs._median_round(per_round["celery"])
     assert median["runs_per_s"] == 300 and median["failed_rounds"] == 1
+    assert median["round_error"] == "RuntimeError: 12 of 300 runs had not finished"
+    text = "\n".join(
+        bench_run.runs_table({"burst": {**RESULTS["burst"], "rounds": 3, "systems": {"celery": median}}})
+    )
+    assert "FAILED in 1 of 3 rounds: RuntimeError: 12 of 300 runs" in text
     assert median["rounds_runs_per_s"] == [300, None, 400]
     assert runs._median_round(per_round["baton"])["runs_per_s"] == 1200
     failed = runs._median_round([burst_round(0, ok=False)])
