@@ -170,7 +170,7 @@ class IdleCgroup:
 
     def __enter__(self) -> IdleCgroup:
         try:
-            if self.base == self.path.parent and (self.base / "cgroup.subtree_control").exists():
+            if (self.base / "cgroup.subtree_control").exists():  # (v2: children may use cpu)
                 (self.base / "cgroup.subtree_control").write_text("+cpu")
             self.path.mkdir(exist_ok=True)
             (self.path / "cpu.idle").write_text("1")
