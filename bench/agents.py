@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 
 from services.worker.runtime import AgentContext
@@ -32,3 +33,14 @@ async def fanout_plan(ctx: AgentContext) -> None:
     width = int(ctx.params["width"])
     subtasks = [{"id": f"s{i}", "agent": "noop"} for i in range(width)]
     await ctx.write("plans/plan.json", json.dumps({"subtasks": subtasks}), name="plan")
+
+
+async def tick(ctx: AgentContext) -> None:
+    """Report progress every `interval` seconds (param, default 0.1) until the run is cancelled (the
+    progress report itself raises then): a long stage whose page gets a steady stream of live events."""
+    interval = float(ctx.params.get("interval", 0.1))
+    n = 0
+    while True:
+        n += 1
+        await ctx.progress(f"tick {n}")
+        await asyncio.sleep(interval)

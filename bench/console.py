@@ -66,6 +66,10 @@ def _workflows(work: Path, width: int) -> Path:
         "stages": [{"agent": "human", "instruction": "nothing to decide: the benchmark cancels this run"}],
         "max_attempts": 1,
     }
+    # runs whose one stage reports progress every `interval` until cancelled: pages open on them stay open
+    # and busy (a steady stream of live events, no page opened or closed during the step)
+    spec["agents"]["ticker"] = {"handler": "bench.agents:tick", "writes": ["work/"], "concurrency": 100}
+    spec["workflows"]["tick"] = {"pattern": "sequential", "stages": ["ticker"], "max_attempts": 1}
     path = work / f"console-{width}.yaml"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(yaml.safe_dump(spec, sort_keys=False))
@@ -262,20 +266,33 @@ class Pages:
         self.cpu = time.thread_time() - t0
 
 
-def _waiting(client: redis.Redis, n: int, timeout: float = 30) -> list[str]:
-    """`n` runs of `wait`, each waiting for a person (its `human.requested` in its stream)."""
-    runs = whole_runs._runs("wait", n, "wait")
+def _started(
+    client: redis.Redis, workflow: str, n: int, mark: bytes, params: dict | None = None, timeout: float = 30
+) -> list[str]:
+    """`n` runs of `workflow`, each once the newest event in its stream is of the type `mark`."""
+    runs = whole_runs._runs(workflow, n, workflow, params)
     whole_runs._submit_all(client, list(runs.values()))
     deadline, pending = time.time() + timeout, set(runs)
     while pending and time.time() < deadline:
         for run_id in list(pending):
             last = client.xrevrange(streams.run_events(run_id), count=1)
-            if last and b'"human.requested"' in last[0][1][whole_runs.DATA]:
+            if last and b'"type":"%s"' % mark in last[0][1][whole_runs.DATA].replace(b" ", b""):
                 pending.discard(run_id)
         time.sleep(0.05)
     if pending:
-        raise RuntimeError(f"{len(pending)} of {n} runs were not waiting for a person after {timeout:g} s")
+        what = f"{len(pending)} of {n} runs of {workflow}"
+        raise RuntimeError(f"{what} had no {mark.decode()} after {timeout:g} s")
     return list(runs)
+
+
+def _waiting(client: redis.Redis, n: int) -> list[str]:
+    """`n` runs of `wait`, each waiting for a person (its `human.requested` in its stream)."""
+    return _started(client, "wait", n, b"human.requested")
+
+
+def _ticking(client: redis.Redis, n: int, interval: float) -> list[str]:
+    """`n` runs of `tick`, each reporting progress every `interval` seconds (until cancelled)."""
+    return _started(client, "tick", n, b"task.progress", {"interval": interval})
 
 
 def _cancel(client: redis.Redis, run_ids: list[str]) -> None:
@@ -285,23 +302,47 @@ def _cancel(client: redis.Redis, run_ids: list[str]) -> None:
     pipe.execute()
 
 
+# a step's spec: `K` (rolling), `wK` (waiting), `tK` (ticking)
+MODES = {"w": "waiting", "t": "ticking"}
+PREFIX = {mode: prefix for prefix, mode in MODES.items()}
+
+
+def parse_step(spec: str) -> tuple[str, int]:
+    """`50` -> ("rolling", 50), `w50` -> ("waiting", 50), `t50` -> ("ticking", 50)."""
+    mode = MODES.get(spec[:1], "rolling")
+    digits = spec[1:] if mode != "rolling" else spec
+    if not digits.isdigit():
+        raise ValueError(f"console pages step {spec!r}: K, wK or tK, K a number of pages (50, w50, t50)")
+    return mode, int(digits)
+
+
 def hop_overhead(
-    stack, client: redis.Redis, url: str, token: str, pages: list[str], rate: float, seconds: float
+    stack,
+    client: redis.Redis,
+    url: str,
+    token: str,
+    pages: list[str],
+    rate: float,
+    seconds: float,
+    tick: float = 0.1,
 ) -> dict:
     """Steps of `pages`: `K` streams on the runs being submitted (a rolling window), `wK` K streams open all
-    along on runs waiting for a person (quiet pages). The waiting runs exist during every step."""
+    along on runs waiting for a person (quiet pages), `tK` K streams open all along on runs whose stage
+    reports progress every `tick` seconds (busy pages, none opened or closed during the step). The waiting
+    and the ticking runs exist during every step, with pages on them or not."""
     steps, all_live, all_from_stream = [], [], []
     console_pid = next(p.pid for h, p in stack.procs.items() if h.startswith("console-"))
-    quiet = max([int(p[1:]) for p in pages if p.startswith("w")], default=0)
-    waiting = _waiting(client, quiet) if quiet else []
-    for spec in pages:
-        mode, k = ("waiting", int(spec[1:])) if spec.startswith("w") else ("rolling", int(spec))
+    parsed = [parse_step(spec) for spec in pages]
+    most = {m: max([k for mode, k in parsed if mode == m], default=0) for m in ("waiting", "ticking")}
+    waiting = _waiting(client, most["waiting"]) if most["waiting"] else []
+    ticking = _ticking(client, most["ticking"], tick) if most["ticking"] else []
+    for mode, k in parsed:
         runs = whole_runs._runs(f"pages{k}", max(1, int(rate * seconds)))
         sup0 = whole_runs._cpu(whole_runs._pids(stack, "supervisor"))
         con0, t0 = cpu_seconds(console_pid), time.time()
         watch = None
         if k:
-            ids = waiting[:k] if mode == "waiting" else list(runs)
+            ids = {"waiting": waiting[:k], "ticking": ticking[:k]}.get(mode, list(runs))
             watch = Pages(url, token, ids, k, deadline=time.time() + seconds + 60)
             watch.__enter__()
         try:
@@ -333,7 +374,8 @@ def hop_overhead(
         steps.append(step)
         live = step.get("live", {})
         print(
-            f"    {spec} open streams: hop p50 {step['hop_p50_ms']} ms, p99 {step['hop_p99_ms']} ms"
+            f"    {PREFIX.get(mode, '')}{k} open streams: "
+            f"hop p50 {step['hop_p50_ms']} ms, p99 {step['hop_p99_ms']} ms"
             + (f"; live p50 {live['p50_ms']} ms, p99 {live['p99_ms']} ms" if live else ""),
             flush=True,
         )
@@ -345,11 +387,14 @@ def hop_overhead(
         elif base is not None:
             s["hop_p50_over_none"] = _ratio(s["hop_p50_ms"], base["hop_p50_ms"])
             s["hop_p99_over_none"] = _ratio(s["hop_p99_ms"], base["hop_p99_ms"])
-    if waiting:
-        _cancel(client, waiting)
+    if waiting or ticking:
+        _cancel(client, waiting + ticking)
     out = {"rate_runs_per_s": rate, "seconds": seconds, "steps": steps, "budget": 1 + HOP_OVERHEAD_BUDGET}
+    if ticking:
+        out["tick_s"] = tick
     without = {q: [s[f"hop_{q}_ms"] for s in steps if not s["open_streams"] and s[f"hop_{q}_ms"]] for q in Q}
-    for mode in ("rolling", "waiting"):  # the mean of the steps with the most streams over the mean of none
+    # per kind: the mean of the steps with the most streams over the mean of the steps with none
+    for mode in ("rolling", "waiting", "ticking"):
         mine = [s for s in steps if s["streams_on"] == mode]
         most = max((s["open_streams"] for s in mine), default=0)
         summary: dict = {"streams": most}
@@ -444,13 +489,17 @@ def scenario(
     workers: int,
     list_runs: int = 100_000,
     idle: bool = False,
+    tick: float = 0.1,
 ) -> dict:
-    """`idle`: the console runs in an idle-class cgroup (`IdleCgroup`) through the scenario."""
+    """`idle`: the console runs in an idle-class cgroup (`IdleCgroup`) through the scenario. `tick`: seconds
+    between the progress reports of the runs that `tK` steps' pages are open on."""
+    for spec in pages:
+        parse_step(spec)  # a bad step is refused before any server starts
     with IdleCgroup("baton-bench-console") if idle else contextlib.nullcontext() as idle_class:
-        return _scenario(srv, events, requests, pages, rate, seconds, workers, list_runs, idle_class)
+        return _scenario(srv, events, requests, pages, rate, seconds, workers, list_runs, idle_class, tick)
 
 
-def _scenario(srv, events, requests, pages, rate, seconds, workers, list_runs, idle_class) -> dict:
+def _scenario(srv, events, requests, pages, rate, seconds, workers, list_runs, idle_class, tick) -> dict:
     client = srv.clean()
     width = max(1, events // EVENTS_PER_SUBTASK)
     path = _workflows(srv.work, width)
@@ -476,7 +525,7 @@ def _scenario(srv, events, requests, pages, rate, seconds, workers, list_runs, i
         out["page"]["other_cpu_cores"] = elsewhere.cores
         print(f"- console: hop latency at {rate:g} runs/s with {pages} open SSE streams", flush=True)
         out["hops"] = whole_runs._attempt(
-            lambda: hop_overhead(stack, client, url, token, pages, rate, seconds)
+            lambda: hop_overhead(stack, client, url, token, pages, rate, seconds, tick)
         )
         print(f"- console: the runs list over an index of {list_runs:,} runs", flush=True)
         out["runs_list"] = whole_runs._attempt(lambda: runs_list(client, url, token, list_runs, requests))
@@ -531,14 +580,15 @@ def table(results: dict, busy_cores: float) -> list[str]:
         lines += [
             f"Supervisor hop latency at {hops['rate_runs_per_s']:g} runs/s ({hops['seconds']:g} s each) with "
             f"K open SSE streams (K: a rolling window on the runs being submitted; wK: on runs waiting for a "
-            "person); live: event -> reader",
+            f"person; tK: on runs reporting progress every {hops.get('tick_s', 0.1):g} s); "
+            "live: event -> reader",
             f"{'K':>4} {'achieved':>9} {'hop p50':>8} {'hop p99':>8} {'p50 x':>6} {'p99 x':>6} "
             f"{'live p50':>9} {'live p99':>9} {'events':>7} {'sup':>5} {'console':>7} {'reader':>6} "
             f"{'other':>6}",
         ]
         for s in steps:
             live = s.get("live") or {}
-            k = ("w" if s.get("streams_on") == "waiting" else "") + str(s["open_streams"])
+            k = PREFIX.get(s.get("streams_on"), "") + str(s["open_streams"])
             lines.append(
                 f"{k:>4} {s['achieved_runs_per_s']:>9.1f} {_f(s['hop_p50_ms']):>8} "
                 f"{_f(s['hop_p99_ms']):>8} {_f(s.get('hop_p50_over_none'), '.2f'):>6} "
@@ -552,7 +602,11 @@ def table(results: dict, busy_cores: float) -> list[str]:
             "(ms; sup, console, reader (the SSE clients, a thread of the benchmark): cores during the step; "
             "other: the rest of the machine)"
         )
-        for mode, what in (("rolling", "on the runs being submitted"), ("waiting", "on waiting runs")):
+        for mode, what in (
+            ("rolling", "on the runs being submitted"),
+            ("waiting", "on waiting runs"),
+            ("ticking", "on ticking runs"),
+        ):
             r = hops.get(mode)
             if r:
                 lines.append(
@@ -628,10 +682,14 @@ def markdown(results: dict) -> list[str]:
                 else "-"
             )
             lv = f"{_f(live.get('p50_ms'))} / {_f(live.get('p99_ms'))}" if live else "-"
-            k = ("w" if s.get("streams_on") == "waiting" else "") + str(s["open_streams"])
+            k = PREFIX.get(s.get("streams_on"), "") + str(s["open_streams"])
             out.append(f"| {k} | {_f(s['hop_p50_ms'])} / {_f(s['hop_p99_ms'])} | {vs} | {lv} |")
         hops = con["hops"]
-        for mode, what in (("rolling", "on submitted runs"), ("waiting", "on waiting runs")):
+        for mode, what in (
+            ("rolling", "on submitted runs"),
+            ("waiting", "on waiting runs"),
+            ("ticking", "on ticking runs"),
+        ):
             r = hops.get(mode)
             if r:
                 out.append(

@@ -114,8 +114,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--console-requests", type=int, default=5, help="page loads and replays of the big run")
     p.add_argument(
         "--console-pages",
-        default="0,50,0,50,w50",
-        help="open SSE streams in each hop-latency step, in order (wK: on runs waiting for a person)",
+        default="0,50,0,50,w50,t50",
+        help="open SSE streams in each hop-latency step, in order (K: a new page per submitted run; wK: on "
+        "runs waiting for a person; tK: on runs reporting progress every --console-tick seconds)",
+    )
+    p.add_argument(
+        "--console-tick", type=float, default=0.1, help="seconds between the progress reports of tK's runs"
     )
     p.add_argument("--console-rate", type=float, default=50.0, help="runs/s of the console's hop steps")
     p.add_argument(
@@ -393,6 +397,7 @@ def main(argv: list[str] | None = None) -> None:
                 args.run_workers,
                 args.console_list_runs,
                 args.console_idle,
+                args.console_tick,
             )
         if "cluster" in only:
             results["cluster"] = cluster_bench.scenario(

@@ -1,6 +1,7 @@
 """The console benchmark's page readers (bench/console.py `Pages`): plain HTTP/1.1 over asyncio streams, read
 as an EventSource reads them, against a local server that writes exactly the bytes given. No timing is
-asserted. And the idle-class cgroup the console may run in (`--console-idle`)."""
+asserted. And the idle-class cgroup the console may run in (`--console-idle`), and the steps of
+`--console-pages`."""
 
 import asyncio
 import json
@@ -8,8 +9,10 @@ import subprocess
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import pytest
+
 from bench.common import IdleCgroup
-from bench.console import Pages
+from bench.console import Pages, parse_step
 
 
 def event(entry: str, kind: str = "task.assigned") -> bytes:
@@ -85,3 +88,13 @@ def test_without_a_cpu_controller_the_idle_cgroup_says_so(tmp_path):
         assert "cpu controller is not enabled" in str(exc)
     else:
         raise AssertionError("a cgroup v2 without the cpu controller was accepted")
+
+
+def test_a_pages_step_names_its_kind_and_a_bad_one_is_refused_by_name():
+    assert parse_step("0") == ("rolling", 0)
+    assert parse_step("50") == ("rolling", 50)
+    assert parse_step("w50") == ("waiting", 50)
+    assert parse_step("t25") == ("ticking", 25)
+    for bad in ("x50", "w", "t-1", "", "l50"):
+        with pytest.raises(ValueError, match=repr(bad)):
+            parse_step(bad)
