@@ -161,12 +161,24 @@ def big_page(stack, client: redis.Redis, url: str, token: str, events: int, requ
 
 class Pages:
     """K SSE streams kept open on `run_ids` in order (a rolling window: when one run's stream ends, the next
-    run's opens), read in a thread; every event's arrival minus its `created_at`."""
+    run's opens), read in a thread; every live event's arrival minus its `created_at` (`arrivals`)."""
 
-    def __init__(self, url: str, token: str, run_ids: list[str], k: int, deadline: float) -> None:
+    def __init__(
+        self,
+        url: str,
+        token: str,
+        run_ids: list[str],
+        k: int,
+        deadline: float,
+        last_ids: dict[str, str] | None = None,
+    ) -> None:
+        """`last_ids`: per run, the entry its stream resumes after (`Last-Event-ID`, as an EventSource sends
+        when it reconnects); the others read their run's whole history first."""
         self.url, self.token, self.run_ids, self.k, self.deadline = url, token, run_ids, k, deadline
-        self.latency: list[float] = []
-        self.from_stream: list[float] = []  # arrival minus the XADD to the run's stream (Redis' clock, ms)
+        self.last_ids = last_ids or {}
+        # per live event: (its created_at, its arrival minus created_at, its arrival minus the XADD to the
+        # run's stream: Redis' clock, ms)
+        self.arrivals: list[tuple[float, float, float]] = []
         self.early = 0  # events made before their stream was connected (history, not live): not counted
         self.opened = self.ended = self.errors = 0
         self.stop = threading.Event()
@@ -193,7 +205,9 @@ class Pages:
         writer = None
         try:
             reader, writer = await asyncio.open_connection(self.host, self.port)
-            writer.write(self.request % run_id.encode())
+            last = self.last_ids.get(run_id)
+            resume = f"last-event-id: {last}\r\n".encode() if last else b""
+            writer.write(self.request % (run_id.encode(), resume))
             status = await reader.readline()
             if status.split(b" ", 2)[1:2] != [b"200"]:
                 raise RuntimeError(f"GET /runs/{run_id}/stream: {status!r}")
@@ -220,9 +234,9 @@ class Pages:
                         if created < connected:
                             self.early += 1
                         else:
-                            self.latency.append(now - created)
                             # the entry id's time: when Redis appended it to the run's stream
-                            self.from_stream.append(now - int(event["entry"].split("-")[0]) / 1000)
+                            entered = int(event["entry"].split("-")[0]) / 1000
+                            self.arrivals.append((created, now - created, now - entered))
                     elif line == b"event: end":
                         self.ended += 1
                         return
@@ -238,7 +252,7 @@ class Pages:
         self.host, self.port = url.host, url.port
         self.request = (
             f"GET /runs/%s/stream HTTP/1.1\r\nhost: {url.host}:{url.port}\r\n"
-            f"authorization: Bearer {self.token}\r\naccept: text/event-stream\r\n\r\n"
+            f"authorization: Bearer {self.token}\r\naccept: text/event-stream\r\n%s\r\n"
         ).encode()
         t0 = time.thread_time()
         todo = iter(self.run_ids)
@@ -283,6 +297,14 @@ def _started(
         what = f"{len(pending)} of {n} runs of {workflow}"
         raise RuntimeError(f"{what} had no {mark.decode()} after {timeout:g} s")
     return list(runs)
+
+
+def _tails(client: redis.Redis, run_ids: list[str]) -> dict[str, str]:
+    """Each run's newest stream entry id."""
+    pipe = client.pipeline(transaction=False)
+    for run_id in run_ids:
+        pipe.xrevrange(streams.run_events(run_id), count=1)
+    return {r: last[0][0].decode() for r, last in zip(run_ids, pipe.execute(), strict=True) if last}
 
 
 def _waiting(client: redis.Redis, n: int) -> list[str]:
@@ -343,7 +365,10 @@ def hop_overhead(
         watch = None
         if k:
             ids = {"waiting": waiting[:k], "ticking": ticking[:k]}.get(mode, list(runs))
-            watch = Pages(url, token, ids, k, deadline=time.time() + seconds + 60)
+            # pages on ticking runs take up where their streams are (as if open since before the step):
+            # each step would otherwise begin with K replays of a history that grows with every step
+            resume = _tails(client, ids) if mode == "ticking" else None
+            watch = Pages(url, token, ids, k, deadline=time.time() + seconds + 60, last_ids=resume)
             watch.__enter__()
         try:
             with whole_runs.Elsewhere() as elsewhere:
@@ -361,10 +386,16 @@ def hop_overhead(
         )
         step["console_cores"] = round((cpu_seconds(console_pid) - con0) / wall, 2)
         if watch is not None:
-            all_live += watch.latency
-            all_from_stream += watch.from_stream
+            # only the events made while the step's runs were in flight: the benchmark's main thread then
+            # reads all their events, and while it holds the GIL the readers (threads of the same process)
+            # stamp the events of pages that stay open (tK) late
+            during = [a for a in watch.arrivals if a[0] <= step["ended_at"]]
+            latency, from_stream = [a[1] for a in during], [a[2] for a in during]
+            all_live += latency
+            all_from_stream += from_stream
             step["live"] = {
-                **_ms(watch.latency),
+                **_ms(latency),
+                "after_the_step": len(watch.arrivals) - len(during),
                 "history_events_skipped": watch.early,
                 "streams_opened": watch.opened,
                 "streams_ended": watch.ended,

@@ -556,6 +556,7 @@ def _step(client: redis.Redis, rate: float, seconds: float, runs: dict[str, dict
             time.sleep(delay)
     achieved = len(ids) / max(time.time() - begin, 1e-6)
     watch.wait_counted(10 + 2 * seconds, before)  # (each hop is timed by its own events, not by this)
+    ended = time.time()  # the step's runs are over; reading their events (below) takes a while
     per_hop, e2e = [], []
     completed_ids = [r for r, (kind, _t) in watch.ended.items() if kind == "run.completed"]
     for run_id, events in _events(client, completed_ids).items():
@@ -567,6 +568,7 @@ def _step(client: redis.Redis, rate: float, seconds: float, runs: dict[str, dict
         "target_runs_per_s": rate,
         "achieved_runs_per_s": round(achieved, 1),
         "runs": len(ids),
+        "ended_at": ended,
         "completed": completed,
         "unfinished": len(watch.pending),
         "hop_p50_ms": round(percentile(per_hop, 50) * 1000, 2) if per_hop else None,

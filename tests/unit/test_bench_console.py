@@ -25,7 +25,7 @@ def chunked(*parts: bytes) -> bytes:
     return b"".join(b"%x\r\n%s\r\n" % (len(p), p) for p in parts) + b"0\r\n\r\n"
 
 
-async def read_pages(responses: dict[str, bytes]) -> tuple[Pages, list[bytes]]:
+async def read_pages(responses: dict[str, bytes], last_ids=None) -> tuple[Pages, list[bytes]]:
     requests: list[bytes] = []
 
     async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -39,7 +39,9 @@ async def read_pages(responses: dict[str, bytes]) -> tuple[Pages, list[bytes]]:
     server = await asyncio.start_server(serve, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
     async with server:
-        pages = Pages(f"http://127.0.0.1:{port}", "tok", list(responses), k=2, deadline=1e12)
+        pages = Pages(
+            f"http://127.0.0.1:{port}", "tok", list(responses), k=2, deadline=1e12, last_ids=last_ids
+        )
         await asyncio.wait_for(pages._main(), 10)
     return pages, requests
 
@@ -54,9 +56,23 @@ def test_a_page_reads_events_split_across_chunks_until_the_end_event():
     pages, requests = asyncio.run(read_pages({"run-a": response, "run-b": missing}))
 
     assert (pages.opened, pages.ended, pages.errors) == (2, 1, 1)
-    assert len(pages.latency) == 2 and pages.early == 0
+    assert len(pages.arrivals) == 2 and pages.early == 0
     assert all(b"authorization: Bearer tok\r\n" in r for r in requests)
     assert sorted(r.split(b" ")[1] for r in requests) == [b"/runs/run-a/stream", b"/runs/run-b/stream"]
+    assert not any(b"last-event-id" in r for r in requests)
+
+
+def test_a_page_given_a_last_entry_resumes_after_it_as_a_reconnecting_event_source():
+    body = event("7-0") + b"event: end\ndata: {}\n\n"
+    ok = b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncontent-length: %d\r\n\r\n" % len(body)
+
+    pages, requests = asyncio.run(read_pages({"run-a": ok + body, "run-b": ok + body}, {"run-a": "6-3"}))
+
+    assert (pages.opened, pages.ended, pages.errors) == (2, 2, 0)
+    heads = {r.split(b" ")[1]: r for r in requests}
+    assert b"\r\nlast-event-id: 6-3\r\n" in heads[b"/runs/run-a/stream"]
+    assert heads[b"/runs/run-a/stream"].endswith(b"\r\n\r\n")
+    assert b"last-event-id" not in heads[b"/runs/run-b/stream"]
 
 
 def test_an_idle_class_cgroup_takes_a_process_and_gives_it_back(tmp_path):
