@@ -50,8 +50,9 @@ HOP_OVERHEAD_BUDGET = 0.05
 EVENTS_PER_SUBTASK = 3
 
 
-def _workflows(work: Path, width: int) -> Path:
-    """The bench workflow file plus `fanout` (W subtasks for `noop`, then `collect`)."""
+def _workflows(work: Path, width: int, ticking: int = 0) -> Path:
+    """The bench workflow file plus `fanout` (W subtasks for `noop`, then `collect`), `wait` and `tick`
+    (`ticking`: the most ticking runs a step needs; one worker process may then run them all)."""
     spec = yaml.safe_load(full_stack.WORKFLOWS.read_text())
     spec["workflows"]["fanout"] = {
         "pattern": "hierarchical",
@@ -68,7 +69,11 @@ def _workflows(work: Path, width: int) -> Path:
     }
     # runs whose one stage reports progress every `interval` until cancelled: pages open on them stay open
     # and busy (a steady stream of live events, no page opened or closed during the step)
-    spec["agents"]["ticker"] = {"handler": "bench.agents:tick", "writes": ["work/"], "concurrency": 100}
+    spec["agents"]["ticker"] = {
+        "handler": "bench.agents:tick",
+        "writes": ["work/"],
+        "concurrency": max(ticking, 1),
+    }
     spec["workflows"]["tick"] = {"pattern": "sequential", "stages": ["ticker"], "max_attempts": 1}
     path = work / f"console-{width}.yaml"
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -533,7 +538,8 @@ def scenario(
 def _scenario(srv, events, requests, pages, rate, seconds, workers, list_runs, idle_class, tick) -> dict:
     client = srv.clean()
     width = max(1, events // EVENTS_PER_SUBTASK)
-    path = _workflows(srv.work, width)
+    ticking = max([k for mode, k in map(parse_step, pages) if mode == "ticking"], default=0)
+    path = _workflows(srv.work, width, ticking)
     stack = srv.stack("console", workers=workers, workflows=path)
     port, token = servers.free_port(), secrets.token_hex(16)
     out: dict = {"workers": workers, "console_idle_class": idle_class is not None}
