@@ -285,6 +285,14 @@ class Pages:
         self.cpu = time.thread_time() - t0
 
 
+def _newest(client: redis.Redis, run_ids: list[str]) -> dict[str, tuple[bytes, dict]]:
+    """Each run's newest stream entry (id, fields), in one pipeline; runs with no entry are left out."""
+    pipe = client.pipeline(transaction=False)
+    for run_id in run_ids:
+        pipe.xrevrange(streams.run_events(run_id), count=1)
+    return {r: last[0] for r, last in zip(run_ids, pipe.execute(), strict=True) if last}
+
+
 def _started(
     client: redis.Redis, workflow: str, n: int, mark: bytes, params: dict | None = None, timeout: float = 30
 ) -> list[str]:
@@ -293,9 +301,8 @@ def _started(
     whole_runs._submit_all(client, list(runs.values()))
     deadline, pending = time.time() + timeout, set(runs)
     while pending and time.time() < deadline:
-        for run_id in list(pending):
-            last = client.xrevrange(streams.run_events(run_id), count=1)
-            if last and b'"type":"%s"' % mark in last[0][1][whole_runs.DATA].replace(b" ", b""):
+        for run_id, (_id, fields) in _newest(client, list(pending)).items():
+            if b'"type":"%s"' % mark in fields[whole_runs.DATA].replace(b" ", b""):
                 pending.discard(run_id)
         time.sleep(0.05)
     if pending:
@@ -306,10 +313,7 @@ def _started(
 
 def _tails(client: redis.Redis, run_ids: list[str]) -> dict[str, str]:
     """Each run's newest stream entry id."""
-    pipe = client.pipeline(transaction=False)
-    for run_id in run_ids:
-        pipe.xrevrange(streams.run_events(run_id), count=1)
-    return {r: last[0][0].decode() for r, last in zip(run_ids, pipe.execute(), strict=True) if last}
+    return {r: entry_id.decode() for r, (entry_id, _fields) in _newest(client, run_ids).items()}
 
 
 def _waiting(client: redis.Redis, n: int) -> list[str]:
