@@ -347,27 +347,36 @@ def parse_step(spec: str) -> tuple[str, int]:
     return mode, int(digits)
 
 
+def parse_plan(value: str) -> list[tuple[str, int]]:
+    """`--console-pages`: comma-separated steps, each `parse_step`'s."""
+    return [parse_step(spec.strip()) for spec in value.split(",") if spec.strip()]
+
+
+def most_pages(steps: list[tuple[str, int]], mode: str) -> int:
+    """The most pages any step of kind `mode` opens (0 if none is of that kind)."""
+    return max((k for m, k in steps if m == mode), default=0)
+
+
 def hop_overhead(
     stack,
     client: redis.Redis,
     url: str,
     token: str,
-    pages: list[str],
+    plan: list[tuple[str, int]],
     rate: float,
     seconds: float,
     tick: float = 0.1,
 ) -> dict:
-    """Steps of `pages`: `K` streams on the runs being submitted (a rolling window), `wK` K streams open all
-    along on runs waiting for a person (quiet pages), `tK` K streams open all along on runs whose stage
-    reports progress every `tick` seconds (busy pages, none opened or closed during the step). The waiting
-    and the ticking runs exist during every step, with pages on them or not."""
+    """The steps of `plan` (`parse_step`'s, in order): `K` streams on the runs being submitted (a rolling
+    window), `wK` K streams open all along on runs waiting for a person (quiet pages), `tK` K streams open
+    all along on runs whose stage reports progress every `tick` seconds (busy pages, none opened or closed
+    during the step). The waiting and the ticking runs exist during every step, with pages on them or not."""
     steps, all_live, all_from_stream = [], [], []
     console_pid = next(p.pid for h, p in stack.procs.items() if h.startswith("console-"))
-    parsed = [parse_step(spec) for spec in pages]
-    most = {m: max([k for mode, k in parsed if mode == m], default=0) for m in ("waiting", "ticking")}
-    waiting = _waiting(client, most["waiting"]) if most["waiting"] else []
-    ticking = _ticking(client, most["ticking"], tick) if most["ticking"] else []
-    for mode, k in parsed:
+    quiet, busy = most_pages(plan, "waiting"), most_pages(plan, "ticking")
+    waiting = _waiting(client, quiet) if quiet else []
+    ticking = _ticking(client, busy, tick) if busy else []
+    for mode, k in plan:
         runs = whole_runs._runs(f"pages{k}", max(1, int(rate * seconds)))
         sup0 = whole_runs._cpu(whole_runs._pids(stack, "supervisor"))
         con0, t0 = cpu_seconds(console_pid), time.time()
@@ -523,7 +532,7 @@ def scenario(
     srv: whole_runs.Servers,
     events: int,
     requests: int,
-    pages: list[str],
+    plan: list[tuple[str, int]],
     rate: float,
     seconds: float,
     workers: int,
@@ -531,19 +540,17 @@ def scenario(
     idle: bool = False,
     tick: float = 0.1,
 ) -> dict:
-    """`idle`: the console runs in an idle-class cgroup (`IdleCgroup`) through the scenario. `tick`: seconds
-    between the progress reports of the runs that `tK` steps' pages are open on."""
-    for spec in pages:
-        parse_step(spec)  # a bad step is refused before any server starts
+    """`plan`: the hop-latency steps (`parse_plan`). `idle`: the console runs in an idle-class cgroup
+    (`IdleCgroup`) through the scenario. `tick`: seconds between the progress reports of the runs that `tK`
+    steps' pages are open on."""
     with IdleCgroup("baton-bench-console") if idle else contextlib.nullcontext() as idle_class:
-        return _scenario(srv, events, requests, pages, rate, seconds, workers, list_runs, idle_class, tick)
+        return _scenario(srv, events, requests, plan, rate, seconds, workers, list_runs, idle_class, tick)
 
 
-def _scenario(srv, events, requests, pages, rate, seconds, workers, list_runs, idle_class, tick) -> dict:
+def _scenario(srv, events, requests, plan, rate, seconds, workers, list_runs, idle_class, tick) -> dict:
     client = srv.clean()
     width = max(1, events // EVENTS_PER_SUBTASK)
-    ticking = max([k for mode, k in map(parse_step, pages) if mode == "ticking"], default=0)
-    path = _workflows(srv.work, width, ticking)
+    path = _workflows(srv.work, width, most_pages(plan, "ticking"))
     stack = srv.stack("console", workers=workers, workflows=path)
     port, token = servers.free_port(), secrets.token_hex(16)
     out: dict = {"workers": workers, "console_idle_class": idle_class is not None}
@@ -564,9 +571,10 @@ def _scenario(srv, events, requests, pages, rate, seconds, workers, list_runs, i
         with whole_runs.Elsewhere() as elsewhere:
             out["page"] = whole_runs._attempt(lambda: big_page(stack, client, url, token, events, requests))
         out["page"]["other_cpu_cores"] = elsewhere.cores
-        print(f"- console: hop latency at {rate:g} runs/s with {pages} open SSE streams", flush=True)
+        labels = ",".join(PREFIX.get(m, "") + str(k) for m, k in plan)
+        print(f"- console: hop latency at {rate:g} runs/s with {labels} open SSE streams", flush=True)
         out["hops"] = whole_runs._attempt(
-            lambda: hop_overhead(stack, client, url, token, pages, rate, seconds, tick)
+            lambda: hop_overhead(stack, client, url, token, plan, rate, seconds, tick)
         )
         print(f"- console: the runs list over an index of {list_runs:,} runs", flush=True)
         out["runs_list"] = whole_runs._attempt(lambda: runs_list(client, url, token, list_runs, requests))

@@ -54,6 +54,14 @@ PACKAGES = (
 )
 
 
+def console_pages(value: str) -> list[tuple[str, int]]:
+    """`--console-pages`, refused by argparse (before any server starts) if a step is malformed."""
+    try:
+        return console_bench.parse_plan(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     p.add_argument("--n", type=int, default=20_000, help="tasks per throughput run (default 20000)")
@@ -115,6 +123,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--console-pages",
         default="0,50,0,50,w50,t50",
+        type=console_pages,
         help="open SSE streams in each hop-latency step, in order (K: a new page per submitted run; wK: on "
         "runs waiting for a person; tK: on runs reporting progress every --console-tick seconds)",
     )
@@ -391,7 +400,7 @@ def main(argv: list[str] | None = None) -> None:
                 srv,
                 args.console_events,
                 args.console_requests,
-                [x.strip() for x in args.console_pages.split(",") if x.strip()],
+                args.console_pages,
                 args.console_rate,
                 args.console_seconds,
                 args.run_workers,

@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from bench.common import IdleCgroup
-from bench.console import Pages, parse_step
+from bench.console import Pages, parse_plan, parse_step
+from bench.run import parse_args
 
 
 def event(entry: str, kind: str = "task.assigned") -> bytes:
@@ -114,3 +115,12 @@ def test_a_pages_step_names_its_kind_and_a_bad_one_is_refused_by_name():
     for bad in ("x50", "w", "t-1", "", "l50"):
         with pytest.raises(ValueError, match=repr(bad)):
             parse_step(bad)
+
+
+def test_a_pages_list_is_parsed_whole_and_a_bad_step_stops_the_arguments_by_name(capsys):
+    assert parse_plan("0, 50,,w5,t5") == [("rolling", 0), ("rolling", 50), ("waiting", 5), ("ticking", 5)]
+    assert parse_args(["--console-pages", "0,t50"]).console_pages == [("rolling", 0), ("ticking", 50)]
+    assert parse_args([]).console_pages[-1] == ("ticking", 50)  # the default goes through the same parse
+    with pytest.raises(SystemExit):
+        parse_args(["--console-pages", "0,x5"])
+    assert "console pages step 'x5'" in capsys.readouterr().err
