@@ -49,13 +49,12 @@ def _section(point: str, thorough: bool) -> str:
 
 async def research(ctx: AgentContext) -> None:
     """A junior researcher: brief on the first try, thorough once a reviewer sent feedback."""
-    sid = ctx.task.task_id.split(".sub.", 1)[1].split(".", 1)[0]
-    await ctx.write(f"sections/{sid}.md", _section(ctx.instruction, "feedback" in ctx.inputs), name="section")
+    text = _section(ctx.instruction, "feedback" in ctx.inputs)
+    await ctx.write(f"sections/{ctx.subtask}.md", text, name="section")
 
 
 async def research_thoroughly(ctx: AgentContext) -> None:
-    sid = ctx.task.task_id.split(".sub.", 1)[1].split(".", 1)[0]
-    await ctx.write(f"sections/{sid}.md", _section(ctx.instruction, True), name="section")
+    await ctx.write(f"sections/{ctx.subtask}.md", _section(ctx.instruction, True), name="section")
 
 
 async def fact_check(ctx: AgentContext) -> None:
@@ -69,10 +68,8 @@ async def fact_check(ctx: AgentContext) -> None:
     if term and term.group(1) not in text.lower():
         problems.append(f"does not mention {term.group(1)!r}")
     verdict = {"accepted": not problems, "feedback": "; ".join(problems)}
-    sid, worker = ctx.params["subtask"], ctx.params["worker"]
-    await ctx.write(
-        f"reviews/{sid}-{worker}-{ctx.params['worker_attempt']}.json", json.dumps(verdict), name="verdict"
-    )
+    worker, attempt = ctx.params["worker"], ctx.params["worker_attempt"]
+    await ctx.write(f"reviews/{ctx.subtask}-{worker}-{attempt}.json", json.dumps(verdict), name="verdict")
 
 
 async def integrate(ctx: AgentContext) -> None:

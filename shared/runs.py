@@ -71,6 +71,27 @@ class Subtask(BaseModel):
     acceptance_criteria: str | None = None
 
 
+def subtask_task_id(run_id: str, subtask: str, agent: str) -> str:
+    """The task that does plan subtask `subtask` with `agent` (deterministic: a redelivered assignment is
+    the same task)."""
+    return f"{run_id}.sub.{subtask}.{agent}"
+
+
+def review_task_id(run_id: str, subtask: str, agent: str, attempt: int) -> str:
+    """The review of `agent`'s attempt `attempt` at plan subtask `subtask`."""
+    return f"{run_id}.review.{subtask}.{agent}.{attempt}"
+
+
+def subtask_of(task: TaskAssigned) -> str | None:
+    """The plan subtask `task` does or reviews, or None (a plan, an aggregation, a stage of another
+    pattern). A subtask id has no dot (`Subtask.id`), so it is the part after the kind."""
+    for kind in ("sub", "review"):
+        prefix = f"{task.run_id}.{kind}."
+        if task.task_id.startswith(prefix):
+            return task.task_id[len(prefix) :].split(".", 1)[0]
+    return None
+
+
 class SubtaskState(BaseModel):
     spec: Subtask
     status: Literal["pending", "running", "reviewing", "accepted", "failed"] = "pending"

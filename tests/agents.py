@@ -73,18 +73,14 @@ async def planner(ctx: AgentContext) -> None:
     await ctx.write("plans/plan.json", json.dumps({"subtasks": ctx.params["plan"]}), name="plan")
 
 
-def _subtask(ctx: AgentContext) -> str:
-    return ctx.task.task_id.split(".sub.", 1)[1].split(".", 1)[0]
-
-
 async def maker(ctx: AgentContext) -> None:
     """Does a subtask: sleeps if the instruction says `sleep=<s>`, writes who did it on which attempt."""
     match = re.search(r"sleep=([\d.]+)", ctx.instruction)
     if match:
         await asyncio.sleep(float(match.group(1)))
     feedback = (await ctx.read_text("feedback")).strip() if "feedback" in ctx.inputs else ""
-    body = f"subtask={_subtask(ctx)} by={ctx.agent} attempt={ctx.task.attempt} feedback={bool(feedback)}\n"
-    await ctx.write(f"work/{_subtask(ctx)}.txt", body, name="result")
+    body = f"subtask={ctx.subtask} by={ctx.agent} attempt={ctx.task.attempt} feedback={bool(feedback)}\n"
+    await ctx.write(f"work/{ctx.subtask}.txt", body, name="result")
 
 
 async def checker(ctx: AgentContext) -> None:
@@ -106,7 +102,7 @@ async def checker(ctx: AgentContext) -> None:
         "feedback": "" if ok else f"not good enough ({rule}; got {by} attempt {attempt})",
     }
     await ctx.write(
-        f"reviews/{ctx.params['subtask']}-{ctx.params['worker']}-{attempt}.json",
+        f"reviews/{ctx.subtask}-{ctx.params['worker']}-{attempt}.json",
         json.dumps(verdict),
         name="verdict",
     )

@@ -6,7 +6,7 @@ from __future__ import annotations
 from pydantic import BaseModel, Field, ValidationError
 
 from shared.events import ObjectRef, ReviewVerdict, TaskCompleted, TaskFailed
-from shared.runs import RunState, Subtask, SubtaskState, TaskSlot
+from shared.runs import RunState, Subtask, SubtaskState, TaskSlot, review_task_id, subtask_task_id
 from shared.workflow import HierarchicalWorkflow, WorkflowFile
 
 from .decisions import Decision, add_task, complete, fail, new_task, retry_or_fail, take
@@ -113,7 +113,7 @@ def _subtask_task(state: RunState, workflows: WorkflowFile, st: SubtaskState):
     task = new_task(
         state,
         workflows,
-        task_id=f"{state.run_id}.sub.{st.spec.id}.{st.agent}",
+        task_id=subtask_task_id(state.run_id, st.spec.id, st.agent),
         agent=st.agent,
         inputs=inputs,
         instruction=st.spec.instruction,
@@ -233,7 +233,7 @@ def on_completed(
         task = new_task(
             state,
             workflows,
-            task_id=f"{state.run_id}.review.{st.spec.id}.{st.agent}.{st.attempt}",
+            task_id=review_task_id(state.run_id, st.spec.id, st.agent, st.attempt),
             agent=wf.reviewer,
             inputs=st.outputs,
             instruction=st.spec.instruction,

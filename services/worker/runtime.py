@@ -15,6 +15,7 @@ from pydantic import TypeAdapter, ValidationError
 
 from shared.errors import CancelledError, KeyValidationError, PreconditionFailedError
 from shared.events import HumanAnswer, ObjectRef, TaskAssigned, TaskProgress, Usage
+from shared.runs import subtask_of
 from shared.storage import Storage
 from shared.workflow import AgentSpec
 from shared.workspace import check_in_workspace, run_prefix, workspace_key
@@ -74,6 +75,13 @@ class AgentContext:
     @property
     def params(self) -> dict:
         return self.task.params
+
+    @property
+    def subtask(self) -> str | None:
+        """In a hierarchical run, the id of the plan subtask this task does or reviews (as the planner named
+        it); None for the plan, the aggregation and the other patterns' tasks. A reviewer also finds whose
+        attempt it reviews in `params["worker"]` and `params["worker_attempt"]`."""
+        return subtask_of(self.task)
 
     @property
     def answer(self) -> HumanAnswer | None:

@@ -6,7 +6,8 @@ import pytest
 
 from services.supervisor import hierarchical
 from services.supervisor.decisions import backoff, outstanding
-from shared.events import TaskCompleted, TaskFailed
+from services.worker.runtime import AgentContext
+from shared.events import ObjectRef, TaskCompleted, TaskFailed
 from shared.runs import RunState
 from shared.workflow import parse_workflows
 
@@ -100,3 +101,43 @@ def test_a_subtask_out_of_retries_fails_the_run():
 )
 def test_the_backoff_doubles_per_attempt_with_jitter_and_a_cap(attempt, rand, cap, expected):
     assert backoff(1.0, cap, attempt, rand) == expected
+
+
+REVIEWED = parse_workflows("""
+agents:
+  planner: {handler: "x:plan", writes: [plans/]}
+  maker: {handler: "x:make", writes: [work/]}
+  checker: {handler: "x:check", writes: [reviews/]}
+  editor: {handler: "x:edit", writes: [published/]}
+workflows:
+  r:
+    pattern: hierarchical
+    manager: planner
+    workers: [maker]
+    reviewer: checker
+    aggregator: editor
+""")
+
+
+def context(task) -> AgentContext:
+    return AgentContext(task, task.agent, REVIEWED.agents[task.agent], storage=None)
+
+
+def test_a_handler_finds_the_plan_subtask_it_does_or_reviews_in_ctx_subtask():
+    wf = REVIEWED.workflows["r"]
+    state = RunState(run_id="r-7.x", workflow="r", pattern="hierarchical", trace_id="t")
+    (plan_task,) = hierarchical.start(state, wf, REVIEWED).assign
+    assert context(plan_task).subtask is None
+    subtasks = [{"id": "intro_1", "agent": "maker"}, {"id": "a-b", "agent": "maker"}]
+    done = TaskCompleted(run_id=state.run_id, task_id=plan_task.task_id, agent="planner")
+    plan = json.dumps({"subtasks": subtasks}).encode()
+    decision = hierarchical.on_completed(state, wf, REVIEWED, done, {"plan": plan})
+    assert {context(t).subtask for t in decision.assign} == {"intro_1", "a-b"}
+
+    work = next(t for t in decision.assign if t.task_id.endswith(".a-b.maker"))
+    ref = ObjectRef(bucket="b", key=f"runs/{state.run_id}/work/a-b.txt", version_id="v1", etag="e")
+    done = TaskCompleted(run_id=state.run_id, task_id=work.task_id, agent="maker", outputs={"result": ref})
+    (review,) = hierarchical.on_completed(decision.state, wf, REVIEWED, done).assign
+    assert review.agent == "checker"
+    assert context(review).subtask == "a-b"
+    assert (context(review).params["worker"], context(review).params["worker_attempt"]) == ("maker", 1)
