@@ -40,7 +40,7 @@ from redis.crc import key_slot
 from shared import streams, waits
 from shared.broker import DATA_FIELD
 from shared.events import TERMINAL_RUN_EVENTS
-from shared.redisconn import connect, is_cluster
+from shared.redisconn import connect, is_cluster, pack_wide
 
 BLOCK = 15.0  # seconds the shared XREAD waits; also a quiet page's keep-alive interval
 COUNT = 500  # entries one read returns per stream at most (a long history arrives in chunks)
@@ -121,7 +121,8 @@ class Hub:
                 socket_connect_timeout=5,
             )
         else:
-            self.reader = waits.client(redis_url, block=block, name="baton-console:live")
+            # (its XREAD grows with the open pages: 2 arguments each, packed in C past a few dozen)
+            self.reader = pack_wide(waits.client(redis_url, block=block, name="baton-console:live"))
         self.slot_readers: dict[int, asyncio.Task] = {}
         self.control = control  # the console's pooled client: history reads and CLIENT UNBLOCK
         self.log, self.block, self.queue_size, self.gather = log, block, queue, gather

@@ -106,6 +106,23 @@ async def test_a_page_that_joins_is_read_at_once_not_after_the_block(settings):
         assert not hub.pages  # both left
 
 
+async def test_one_read_over_hundreds_of_pages_gives_each_page_its_own_run(settings):
+    # 150 streams: an XREAD of 306 arguments, packed by hiredis on one server (shared/redisconn.pack_wide)
+    run_ids = [client.new_run_id() for _ in range(150)]
+    async with _hub(settings) as (hub, control):
+        pages = [hub.sse(run_id) for run_id in run_ids]
+        firsts = [asyncio.create_task(anext(page)) for page in pages]
+        keys = {streams.run_events(run_id) for run_id in run_ids}
+        await _until(lambda: keys <= set(hub.cursors))
+        for n, run_id in enumerate(run_ids):
+            await control.xadd(streams.run_events(run_id), _event(run_id, n))
+        texts = await asyncio.wait_for(asyncio.gather(*firsts), 30)
+        for page in pages:
+            await page.aclose()
+    for n, (run_id, text) in enumerate(zip(run_ids, texts, strict=True)):
+        assert f'"run_id": "{run_id}", "n": {n},' in text, (run_id, text)
+
+
 async def test_a_page_too_slow_for_its_run_is_cut_and_resumes_after_its_last_event(settings):
     run_id = client.new_run_id()
     key = streams.run_events(run_id)

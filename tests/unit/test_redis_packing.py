@@ -1,0 +1,37 @@
+"""`shared.redisconn.pack_wide`: a wide command packed in C is the same bytes redis-py would send."""
+
+import pytest
+import redis.asyncio as aioredis
+from redis.exceptions import DataError
+
+from shared.redisconn import WIDE, pack_wide
+
+
+def connections():
+    plain = aioredis.Redis.from_url("redis://localhost:1/0")
+    wide = pack_wide(aioredis.Redis.from_url("redis://localhost:1/0"))
+    pools = (plain.connection_pool, wide.connection_pool)
+    return tuple(pool.connection_class(**pool.connection_kwargs) for pool in pools)
+
+
+def test_a_wide_command_is_packed_in_c_to_the_same_bytes():
+    plain, wide = connections()
+    keys = [f"baton:{{r-{i}}}:events" for i in range(200)]
+    command = ("XREAD", "COUNT", 500, "BLOCK", 15000, "STREAMS", *keys, *(["1700000000000-0"] * 200))
+    assert type(wide).pack_command is not type(plain).pack_command
+    assert b"".join(wide.pack_command(*command)) == b"".join(plain.pack_command(*command))
+    assert len(wide.pack_command(*command)) == 1  # (hiredis: one buffer; redis-py: one per few args)
+    multi = ("CLIENT LIST", *["x"] * WIDE)  # a two-word command is split as redis-py splits it
+    assert b"".join(wide.pack_command(*multi)) == b"".join(plain.pack_command(*multi))
+
+
+def test_an_argument_hiredis_refuses_gets_redis_pys_own_error():
+    _plain, wide = connections()
+    with pytest.raises(DataError, match="Invalid input of type: 'NoneType'"):
+        wide.pack_command("HMGET", "k", *["f"] * WIDE, None)
+
+
+def test_pack_wide_twice_changes_nothing_more():
+    client = pack_wide(aioredis.Redis.from_url("redis://localhost:1/0"))
+    cls = client.connection_pool.connection_class
+    assert pack_wide(client).connection_pool.connection_class is cls
