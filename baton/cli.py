@@ -206,6 +206,11 @@ def runs_(
         return
     if not rows:
         typer.echo("no runs waiting for a person" if waiting else "no runs", err=True)
+    elif len(rows) == limit:
+        listed = asyncio.run(client.count_runs(settings(), waiting))
+        if listed > limit:
+            what = "the waiting index" if waiting else "the run index"
+            typer.echo(f"(the newest {limit} of {listed:,} in {what}: --limit N for more)", err=True)
     for r in rows:
         line = f"{r['run_id']}  {r['workflow']:<20} {r['status']:<18} {r['created_at'][:19]}"
         if r["question"]:

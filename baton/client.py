@@ -42,6 +42,8 @@ from shared.settings import Settings
 from shared.storage import Storage
 from shared.workspace import run_prefix
 
+LIST_SCAN_LIMIT = 5000  # index entries `list_runs` looks at most (stale ones are skipped)
+
 
 async def init_workspace(settings: Settings, notifications: bool = True) -> list[str]:
     """Create the bucket, turn versioning on, and route its events to the notifier's webhook target.
@@ -275,32 +277,47 @@ async def ensure_waiting(settings: Settings, run_id: str) -> dict[str, Any]:
 
 
 async def list_runs(settings: Settings, waiting: bool = False, limit: int = 20) -> list[dict]:
-    """Recent runs (or those waiting for a person), newest first, with their status."""
+    """The newest `limit` runs (or runs waiting for a person), newest first, with their status: a page of
+    the run index (or the waiting index, advisory: each run's state decides)."""
+    index = streams.RUNS_WAITING if waiting else streams.RUN_INDEX
     client = connect(settings.redis_url)
+    rows: list[dict] = []
     try:
-        if waiting:
-            ids = [i.decode() for i in await client.smembers(streams.RUNS_WAITING)]
-        else:
-            ids = [i.decode() for i in await client.zrevrange(streams.RUN_INDEX, 0, limit - 1)]
-        rows = []
-        for run_id in ids:
-            state = await get_run(client, run_id)
-            if state is None or (waiting and state.status != "waiting_for_human"):
-                continue
-            rows.append(
-                {
-                    "run_id": run_id,
-                    "workflow": state.workflow,
-                    "status": state.status,
-                    "created_at": state.created_at.isoformat(),
-                    "question": state.waiting.question if state.waiting else None,
-                    "request": state.waiting.request.key if state.waiting else None,
-                    "reason": state.reason,
-                }
-            )
+        pos, chunk = 0, max(limit, 1)
+        while len(rows) < limit and pos < LIST_SCAN_LIMIT:
+            ids = [i.decode() for i in await client.zrevrange(index, pos, pos + chunk - 1)]
+            if not ids:
+                break
+            pos += len(ids)
+            for run_id in ids:
+                state = await get_run(client, run_id)
+                if state is None or (waiting and state.status != "waiting_for_human"):
+                    continue
+                rows.append(
+                    {
+                        "run_id": run_id,
+                        "workflow": state.workflow,
+                        "status": state.status,
+                        "created_at": state.created_at.isoformat(),
+                        "question": state.waiting.question if state.waiting else None,
+                        "request": state.waiting.request.key if state.waiting else None,
+                        "reason": state.reason,
+                    }
+                )
+                if len(rows) >= limit:
+                    break
     finally:
         await client.aclose()
-    return sorted(rows, key=lambda r: r["created_at"], reverse=True)
+    return rows
+
+
+async def count_runs(settings: Settings, waiting: bool = False) -> int:
+    """How many runs the run index (or the waiting index) lists."""
+    client = connect(settings.redis_url)
+    try:
+        return await client.zcard(streams.RUNS_WAITING if waiting else streams.RUN_INDEX)
+    finally:
+        await client.aclose()
 
 
 async def search(

@@ -316,9 +316,9 @@ def _tails(client: redis.Redis, run_ids: list[str]) -> dict[str, str]:
     return {r: entry_id.decode() for r, (entry_id, _fields) in _newest(client, run_ids).items()}
 
 
-def _waiting(client: redis.Redis, n: int) -> list[str]:
+def _waiting(client: redis.Redis, n: int, timeout: float = 30) -> list[str]:
     """`n` runs of `wait`, each waiting for a person (its `human.requested` in its stream)."""
-    return _started(client, "wait", n, b"human.requested")
+    return _started(client, "wait", n, b"human.requested", timeout=timeout)
 
 
 def _ticking(client: redis.Redis, n: int, interval: float) -> list[str]:
@@ -524,6 +524,39 @@ def runs_list(client: redis.Redis, url: str, token: str, runs: int, requests: in
     return out
 
 
+def inbox(client: redis.Redis, url: str, token: str, waiting: int, requests: int) -> dict:
+    """`waiting` runs of `wait`, each waiting for a person, then GET /inbox (its first page, as a person
+    opens it: HTML, and as JSON) and GET /runs?waiting=1, `requests` times each; the runs are cancelled
+    after."""
+    t = time.perf_counter()
+    run_ids = _waiting(client, waiting, timeout=60 + waiting / 100)
+    out: dict = {"waiting": waiting, "requests": requests, "made_s": round(time.perf_counter() - t, 1)}
+    out["queries"] = {}
+    headers = {"authorization": f"Bearer {token}"}
+    queries = {
+        "GET /inbox (HTML)": ("/inbox", {}, "text/html"),
+        "GET /inbox (JSON)": ("/inbox", {}, "application/json"),
+        "GET /runs?waiting=1 (JSON)": ("/runs", {"waiting": "1"}, "application/json"),
+    }
+    try:
+        with httpx.Client(base_url=url, headers=headers, timeout=600) as http:
+            for label, (path, params, accept) in queries.items():
+                times, size, rows = [], 0, None
+                for _ in range(requests):
+                    t = time.perf_counter()
+                    resp = http.get(path, params=params, headers={"accept": accept})
+                    times.append(time.perf_counter() - t)
+                    resp.raise_for_status()
+                    size = len(resp.content)
+                    if accept == "application/json":
+                        body = resp.json()
+                        rows = len(body.get("waiting", body.get("runs", [])))
+                out["queries"][label] = {**_seconds(times), "bytes": size, "rows": rows}
+    finally:
+        _cancel(client, run_ids)
+    return out
+
+
 def _ratio(a, b) -> float | None:
     return round(a / b, 3) if a is not None and b else None
 
@@ -539,15 +572,20 @@ def scenario(
     list_runs: int = 100_000,
     idle: bool = False,
     tick: float = 0.1,
+    waiting: int = 1000,
 ) -> dict:
     """`plan`: the hop-latency steps (`parse_plan`). `idle`: the console runs in an idle-class cgroup
     (`IdleCgroup`) through the scenario. `tick`: seconds between the progress reports of the runs that `tK`
     steps' pages are open on."""
     with IdleCgroup("baton-bench-console") if idle else contextlib.nullcontext() as idle_class:
-        return _scenario(srv, events, requests, plan, rate, seconds, workers, list_runs, idle_class, tick)
+        return _scenario(
+            srv, events, requests, plan, rate, seconds, workers, list_runs, idle_class, tick, waiting
+        )
 
 
-def _scenario(srv, events, requests, plan, rate, seconds, workers, list_runs, idle_class, tick) -> dict:
+def _scenario(
+    srv, events, requests, plan, rate, seconds, workers, list_runs, idle_class, tick, waiting
+) -> dict:
     client = srv.clean()
     width = max(1, events // EVENTS_PER_SUBTASK)
     path = _workflows(srv.work, width, most_pages(plan, "ticking"))
@@ -578,6 +616,9 @@ def _scenario(srv, events, requests, plan, rate, seconds, workers, list_runs, id
         )
         print(f"- console: the runs list over an index of {list_runs:,} runs", flush=True)
         out["runs_list"] = whole_runs._attempt(lambda: runs_list(client, url, token, list_runs, requests))
+        if waiting:
+            print(f"- console: the inbox with {waiting:,} runs waiting for a person", flush=True)
+            out["inbox"] = whole_runs._attempt(lambda: inbox(client, url, token, waiting, requests))
         out["console_log"] = whole_runs._log_problems(stack, "console")
     finally:
         stack.stop_all()
@@ -688,6 +729,20 @@ def table(results: dict, busy_cores: float) -> list[str]:
             lines.append(f"{label:42} {_f(r['p50_s'], '.3f'):>7} {_f(r['max_s'], '.3f'):>7} {r['rows']:>5}")
     elif listing:
         lines.append(f"runs list: FAILED {listing.get('error', '')[:200]}")
+    box = con.get("inbox") or {}
+    if box.get("queries"):
+        lines += [
+            f"The inbox with {box['waiting']:,} runs waiting for a person, {box['requests']} requests each",
+            f"{'':42} {'p50 s':>7} {'max s':>7} {'rows':>5} {'KB':>7}",
+        ]
+        for label, r in box["queries"].items():
+            rows = "" if r["rows"] is None else r["rows"]
+            lines.append(
+                f"{label:42} {_f(r['p50_s'], '.3f'):>7} {_f(r['max_s'], '.3f'):>7} {rows:>5} "
+                f"{r['bytes'] / 1000:>7.1f}"
+            )
+    elif box:
+        lines.append(f"inbox: FAILED {box.get('error', '')[:200]}")
     return lines
 
 
@@ -758,4 +813,15 @@ def markdown(results: dict) -> list[str]:
         ]
         for label, r in listing["queries"].items():
             out.append(f"| {label} | {_f(r['p50_s'], '.3f')} | {_f(r['max_s'], '.3f')} | {r['rows']} |")
+    box = con.get("inbox") or {}
+    if box.get("queries"):
+        out += [
+            "",
+            f"| console: {box['waiting']:,} runs waiting for a person | p50 s | max s | rows | KB |",
+            "| --- | ---: | ---: | ---: | ---: |",
+        ]
+        for label, r in box["queries"].items():
+            rows = "" if r["rows"] is None else r["rows"]
+            times = f"{_f(r['p50_s'], '.3f')} | {_f(r['max_s'], '.3f')}"
+            out.append(f"| {label} | {times} | {rows} | {r['bytes'] / 1000:.1f} |")
     return out

@@ -138,6 +138,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--console-list-runs", type=int, default=100_000, help="runs in the index of the console's runs list"
     )
     p.add_argument(
+        "--console-waiting", type=int, default=1000, help="runs waiting for a person in the console's inbox"
+    )
+    p.add_argument(
         "--console-idle",
         action="store_true",
         help="run the console in an idle-class cgroup (cpu.idle; needs root): it yields a core at once",
@@ -171,6 +174,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.console_events = min(args.console_events, 1000)
         args.console_seconds = min(args.console_seconds, 3.0)
         args.console_list_runs = min(args.console_list_runs, 10_000)
+        args.console_waiting = min(args.console_waiting, 100)
     return args
 
 
@@ -407,6 +411,7 @@ def main(argv: list[str] | None = None) -> None:
                 args.console_list_runs,
                 args.console_idle,
                 args.console_tick,
+                args.console_waiting,
             )
         if "cluster" in only:
             results["cluster"] = cluster_bench.scenario(

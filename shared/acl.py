@@ -155,7 +155,7 @@ def _supervisor_grants() -> list[Grant]:
             "metrics: each stream's length and its groups' lag and pending counts, runs waiting (read when "
             "scraped, shared/metrics.py)",
             (*WORK_STREAMS, streams.agent_stream("*"), streams.DLQ, streams.RUNS_WAITING),
-            ("exists", "xlen", "xinfo|groups", "scard"),
+            ("exists", "xlen", "xinfo|groups", "zcard"),
         ),
         Grant(
             "run state, a few fields at a time",
@@ -184,7 +184,13 @@ def _supervisor_grants() -> list[Grant]:
             (streams.TIMERS,),
             ("zadd", "zrangebyscore", "zrem", "zscore"),
         ),
-        Grant("index of runs waiting for a person", (streams.RUNS_WAITING,), ("sadd", "srem")),
+        Grant("index of runs waiting for a person", (streams.RUNS_WAITING,), ("zadd", "zrem")),
+        Grant(
+            "at start, an empty waiting index is filled from the status index (shared/runs.index_waiting)",
+            (streams.run_status_index("waiting_for_human"),),
+            ("zrange",),
+            read_only=True,
+        ),
     ]
 
 
@@ -334,7 +340,7 @@ def _console_grants() -> list[Grant]:
                 streams.run_workflow_index("*"),
                 streams.RUNS_WAITING,
             ),
-            ("zrevrange", "zcard", "smembers"),
+            ("zrevrange", "zcard"),
             read_only=True,
         ),
         *_search_client(),
@@ -361,7 +367,7 @@ def _cli_grants() -> list[Grant]:
         Grant(
             "list runs",
             (streams.RUN_INDEX, streams.RUNS_WAITING),
-            ("zrevrange", "smembers"),
+            ("zrevrange", "zcard"),
             read_only=True,
         ),
         *_search_client(),

@@ -154,7 +154,7 @@ class StreamCollector:
                 for name in present:
                     pipe.xinfo_groups(name)
                     pipe.xlen(name)
-                pipe.scard(streams.RUNS_WAITING)
+                pipe.zcard(streams.RUNS_WAITING)
                 replies = pipe.execute(raise_on_error=False)
             except Exception:  # noqa: BLE001 - Redis away: no gauges this scrape, the counters still serve
                 return

@@ -17,6 +17,7 @@ supervisor loads it and decides again (decisions are pure functions of the state
 
 from __future__ import annotations
 
+import json
 from datetime import datetime
 from typing import Any, Literal
 
@@ -266,9 +267,35 @@ async def get_run(redis, run_id: str) -> RunState | None:
     return parse_fields(await redis.hgetall(streams.run_state(run_id)))
 
 
+async def index_waiting(redis, chunk: int = 1000) -> int:
+    """If the waiting index does not exist: list in it the runs that the status index has waiting for a
+    person and whose state confirms it, by submission time, as `sync_waiting` would have. A supervisor does
+    this at start: once after an upgrade from the unordered set of before 2026-12-01, otherwise nothing to
+    do. How many it listed."""
+    if await redis.exists(WAITING):
+        return 0
+    listed = await redis.zrange(streams.run_status_index("waiting_for_human"), 0, -1, withscores=True)
+    added = 0
+    for start in range(0, len(listed), chunk):
+        part = listed[start : start + chunk]
+        async with redis.pipeline(transaction=False) as pipe:
+            for run_id, _score in part:
+                pipe.hget(streams.run_state(run_id.decode()), "core")
+            cores = await pipe.execute()
+        waiting = {
+            run_id: score
+            for (run_id, score), core in zip(part, cores, strict=True)
+            if core is not None and json.loads(core).get("status") == "waiting_for_human"
+        }
+        if waiting:
+            added += await redis.zadd(WAITING, waiting)
+    return added
+
+
 async def sync_waiting(redis, state: RunState) -> None:
-    """The waiting index follows the state (advisory: readers check each run's status)."""
+    """The waiting index follows the state (advisory: readers check each run's status). Ordered by the
+    run's submission, so the inbox reads a page of it, not all of it."""
     if state.status == "waiting_for_human":
-        await redis.sadd(WAITING, state.run_id)
+        await redis.zadd(WAITING, {state.run_id: state.created_at.timestamp()})
     else:
-        await redis.srem(WAITING, state.run_id)
+        await redis.zrem(WAITING, state.run_id)

@@ -24,7 +24,9 @@ RUN_STATUS_INDEX_PREFIX = "baton:runs:index:status:"  # + status: sorted set of 
 RUN_WORKFLOW_INDEX_PREFIX = "baton:runs:index:workflow:"  # + workflow: the same, per workflow
 SETTINGS = "baton:settings"  # hash: settings every service must share (`result_partitions`)
 SUPERVISORS = "baton:supervisors"  # sorted set: live supervisor replicas (who reads which results partition)
-RUNS_WAITING = "baton:runs:waiting"  # set of runs waiting for a person (advisory: check each run's state)
+# sorted set of the runs waiting for a person, by submission time (advisory: check each run's state). Was
+# the set `baton:runs:waiting` (unordered, so read whole) before 2026-12-01.
+RUNS_WAITING = "baton:runs:index:waiting"
 # notifier: S3 events already published (expiring marks). The hash tag is OBJECTS' name: a mark is set in
 # one script with the entry it marks, so both must be in one slot.
 OBJECTS_SEEN_PREFIX = "{baton:objects}:seen:"

@@ -328,23 +328,33 @@ class Console:
         return self.page(request, "submit.html", status, **context)
 
     async def inbox(self, request: Request) -> Response:
-        items = []
-        for row in await runs.waiting_runs(self.redis):
-            state = await runs.load(self.redis, row["run_id"])
-            if state is None or state.status != "waiting_for_human":
-                continue
-            ask = await runs.human_request(self.redis, state)
-            files = []
-            for name, ref in (ask or {}).get("inputs", {}).items():
-                try:
-                    shown = render.show(await runs.read(self.storage, ref), ref.key, _guess_type(ref.key))
-                except Exception as exc:  # noqa: BLE001 - one unreadable file must not hide the inbox
-                    shown = render.Shown("text", f"(unreadable: {exc})")
-                files.append({"name": name, "ref": ref, "shown": shown})
-            items.append({"row": row, "ask": ask, "files": files})
+        """The runs waiting for a person, newest first, a page at a time (`cursor`, as the runs list): each
+        with what it asks and its files to review, rendered."""
+        q = request.query_params
+        cursor = int(q["cursor"]) if q.get("cursor", "").isdigit() else 0
+        size = self.settings.console_page_size
+        page = await runs.page_runs(self.redis, cursor=cursor, size=size, waiting=True)
+        items = [i for i in await asyncio.gather(*(self.asks(row) for row in page.rows)) if i is not None]
         if _wants_json(request):
-            return JSONResponse({"waiting": [i["row"] for i in items]})
-        return self.page(request, "inbox.html", items=items)
+            rows = [i["row"] for i in items]
+            return JSONResponse({"waiting": rows, "next_cursor": page.next_cursor, "total": page.total})
+        next_url = f"/inbox?cursor={page.next_cursor}" if page.next_cursor is not None else None
+        return self.page(request, "inbox.html", items=items, next_url=next_url, total=page.total)
+
+    async def asks(self, row: dict) -> dict | None:
+        """One waiting run for the inbox: what it asks and its files, rendered (None: no longer waiting)."""
+        state = await runs.load(self.redis, row["run_id"])
+        if state is None or state.status != "waiting_for_human":
+            return None
+        ask = await runs.human_request(self.redis, state)
+        files = []
+        for name, ref in (ask or {}).get("inputs", {}).items():
+            try:
+                shown = render.show(await runs.read(self.storage, ref), ref.key, _guess_type(ref.key))
+            except Exception as exc:  # noqa: BLE001 - one unreadable file must not hide the inbox
+                shown = render.Shown("text", f"(unreadable: {exc})")
+            files.append({"name": name, "ref": ref, "shown": shown})
+        return {"row": row, "ask": ask, "files": files}
 
     async def dlq(self, request: Request) -> Response:
         """Dead letters newest first, a page at a time: XREVRANGE from before the last one shown."""

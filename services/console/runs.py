@@ -1,4 +1,4 @@
-"""What the console reads about runs: a page of the run index, the inbox, one run and its parts.
+"""What the console reads about runs: a page of a run index (the inbox's too), one run and its parts.
 
 Functions of their resources (a Redis client, a Storage), so tests call them without the app.
 """
@@ -50,12 +50,13 @@ async def page_runs(
     redis, *, cursor: int = 0, size: int = 50, status: str = "", workflow: str = "", waiting: bool = False
 ) -> RunsPage:
     """One page of runs, newest first: ZREVRANGE from `cursor` over the index that fits the filter (the
-    runs in one status, or of one workflow, kept by the supervisor; else every run), each run's core only
-    (HGET). With both filters the status index is read and the workflow checked on each core; a page reads
-    at most SCAN_LIMIT index entries, so it stays bounded (a short page, with a cursor to go on)."""
+    runs waiting for a person, or in one status, or of one workflow, kept by the supervisor; else every
+    run), each run's core only (HGET). An index is advisory (each run's core decides), and with a second
+    filter the first one's index is read and the other checked on each core; a page reads at most
+    SCAN_LIMIT index entries, so it stays bounded (a short page, with a cursor to go on)."""
     if waiting:
-        return await _waiting_page(redis, cursor, size, workflow)
-    if status:
+        index, status = streams.RUNS_WAITING, "waiting_for_human"
+    elif status:
         index = streams.run_status_index(status)
     elif workflow:
         index = streams.run_workflow_index(workflow)
@@ -84,30 +85,6 @@ async def page_runs(
                 break
     page.next_cursor = pos if pos < page.total else None
     return page
-
-
-async def _waiting_page(redis, cursor: int, size: int, workflow: str) -> RunsPage:
-    rows = [r for r in await waiting_runs(redis) if not workflow or r["workflow"] == workflow]
-    page = RunsPage(rows=rows[cursor : cursor + size], total=len(rows), scanned=len(rows))
-    page.next_cursor = cursor + size if cursor + size < len(rows) else None
-    return page
-
-
-async def waiting_runs(redis) -> list[dict[str, Any]]:
-    """Runs waiting for a person (the waiting set is advisory: each run's core decides), newest first."""
-    ids = sorted(i.decode() for i in await redis.smembers(streams.RUNS_WAITING))
-    if not ids:
-        return []
-    async with redis.pipeline(transaction=False) as pipe:
-        for run_id in ids:
-            pipe.hget(streams.run_state(run_id), "core")
-        cores = await pipe.execute()
-    rows = [
-        _row(run_id, json.loads(raw))
-        for run_id, raw in zip(ids, cores, strict=True)
-        if raw is not None and json.loads(raw).get("status") == "waiting_for_human"
-    ]
-    return sorted(rows, key=lambda r: r["created_at"] or "", reverse=True)
 
 
 async def events(redis, run_id: str, count: int | None = None, reverse: bool = False) -> list[dict]:

@@ -28,6 +28,7 @@ from shared.events import (
 )
 from shared.logging import configure_logging
 from shared.redisconn import connect
+from shared.runs import index_waiting
 from shared.service import Resources, build_app
 from shared.settings import Settings
 from shared.workflow import load_workflows
@@ -161,6 +162,8 @@ def create_app(settings: Settings | None = None):
         )
         if shares is not None:  # (before the consumers start: each reads its share from the first read)
             await shares.start(res.redis)
+        if listed := await index_waiting(res.redis):
+            log.info("waiting_index_filled", runs=listed)
 
     @app.after_startup
     async def _start() -> None:

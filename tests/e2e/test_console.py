@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import re
@@ -110,6 +111,40 @@ async def test_the_runs_list_pages_and_filters(console, settings):
         failed = (await http.get("/runs", params={"status": "failed", "workflow": "copy-files"})).json()
         assert not {r["run_id"] for r in failed["runs"]} & set(ids)
         assert (await http.get(f"/runs/{ids[0]}")).json()["status"] == "completed"
+
+
+async def _status(settings, run_id: str) -> str:
+    return (await client.run_status(settings, run_id, last=1))["status"]
+
+
+async def test_the_inbox_and_baton_runs_waiting_read_a_page_of_the_waiting_runs(console, settings):
+    ids = [await client.submit(settings, "approval-strict", {}) for _ in range(55)]  # a page is 50
+    async with asyncio.timeout(60):
+        while {await _status(settings, r) for r in ids} != {"waiting_for_human"}:  # noqa: ASYNC110 - polled
+            await asyncio.sleep(0.2)
+    try:
+        async with _bearer(console, accept="application/json") as http:
+            first = (await http.get("/inbox")).json()
+            assert len(first["waiting"]) == 50 and first["total"] >= 55
+            second = (await http.get("/inbox", params={"cursor": str(first["next_cursor"])})).json()
+        rows = first["waiting"] + second["waiting"]
+        listed = [r["run_id"] for r in rows]
+        assert len(listed) == len(set(listed)) and set(ids) <= set(listed)
+        assert [r["created_at"] for r in rows] == sorted((r["created_at"] for r in rows), reverse=True)
+        assert {r["status"] for r in rows} == {"waiting_for_human"}
+        async with _session(console) as http:
+            page = (await http.get("/inbox")).text
+        assert page.count('class="card ask"') == 50 and f'href="/inbox?cursor={first["next_cursor"]}"' in page
+        newest = await client.list_runs(settings, waiting=True, limit=3)
+        assert [r["run_id"] for r in newest] == listed[:3]
+    finally:
+        for run_id in ids:
+            await client.cancel(settings, run_id)
+    for run_id in ids:
+        assert (await wait_for_end(settings, run_id))[-1].type == "run.cancelled"
+    async with _bearer(console, accept="application/json") as http:
+        after = (await http.get("/inbox")).json()
+    assert not set(ids) & {r["run_id"] for r in after["waiting"]}
 
 
 async def test_a_router_run_shows_its_decision_and_a_bidirectional_run_its_diffs(console, settings, tmp_path):

@@ -149,3 +149,31 @@ async def test_a_response_resumes_the_run_even_if_its_bucket_notification_never_
         stack.start("notifier")
     assert events[-1].type == "run.completed", events[-1]
     assert [e.text for e in of_type(events, "human.received")] == ["no notification needed"]
+
+
+async def test_an_empty_waiting_index_is_filled_from_the_status_index_with_the_runs_still_waiting(settings):
+    # as after an upgrade from the unordered waiting set: the supervisor fills the index at its start
+    from shared import streams
+    from shared.redisconn import connect
+    from shared.runs import index_waiting
+
+    waiting = await client.submit(settings, "approval", {})
+    await _until(settings, waiting, "human.requested")
+    stale = "r-0000000000000000stal"  # listed in the status index, but its state says otherwise
+    r = connect(settings.redis_url)
+    try:
+        score = await r.zscore(streams.RUNS_WAITING, waiting)
+        assert score is not None
+        await r.hset(streams.run_state(stale), "core", json.dumps({"status": "completed"}))
+        await r.zadd(streams.run_status_index("waiting_for_human"), {stale: 1.0})
+        await r.delete(streams.RUNS_WAITING)
+        assert await index_waiting(r, chunk=2) >= 1
+        assert await r.zscore(streams.RUNS_WAITING, waiting) == score  # by submission time, as before
+        assert await r.zscore(streams.RUNS_WAITING, stale) is None
+        assert await index_waiting(r) == 0  # it exists now: nothing to do
+        assert any(row["run_id"] == waiting for row in await client.list_runs(settings, waiting=True))
+    finally:
+        await r.zrem(streams.run_status_index("waiting_for_human"), stale)
+        await r.delete(streams.run_state(stale))
+        await r.aclose()
+        await client.cancel(settings, waiting)

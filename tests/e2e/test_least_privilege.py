@@ -233,13 +233,13 @@ async def test_the_console_reads_runs_and_writes_only_run_inputs_and_responses(s
         assert await r.hget(streams.run_state("lp-none"), "core") is None  # the runs list reads cores
         assert await r.xread({streams.run_events("lp-none"): "0"}, block=1) == []  # the live timeline
         assert isinstance(await r.zrevrange(streams.RUN_INDEX, 0, 9), list)
-        assert isinstance(await r.smembers(streams.RUNS_WAITING), set)
+        assert isinstance(await r.zrevrange(streams.RUNS_WAITING, 0, 49), list)  # the inbox, a page
         assert isinstance(await r.xrevrange(streams.DLQ, count=1), list)
         await _refused(r.hset(streams.run_state("lp-none"), "core", "{}"))
         await _refused(r.xadd(streams.run_events("lp-none"), {"__data__": "{}"}))
         await _refused(r.xadd(RESULTS + "x", {"__data__": "{}"}))
         await _refused(r.zadd(streams.RUN_INDEX, {"x": 1}))
-        await _refused(r.srem(streams.RUNS_WAITING, "x"))
+        await _refused(r.zrem(streams.RUNS_WAITING, "x"))
         await _refused(r.xreadgroup(streams.SUPERVISOR_GROUP, "thief", {streams.RUNS: ">"}, count=1))
         await _refused(r.keys("*"))
         await _refused(r.set(streams.run_cancelled("lp-none"), "1"))

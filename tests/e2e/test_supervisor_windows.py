@@ -183,7 +183,7 @@ def causes(state_fields: dict[str, bytes]) -> dict[str, dict]:
 async def is_waiting_indexed(settings, run_id: str) -> bool:
     r = connect(settings.redis_url)
     try:
-        return bool(await r.sismember(streams.RUNS_WAITING, run_id))
+        return await r.zscore(streams.RUNS_WAITING, run_id) is not None
     finally:
         await r.aclose()
 
