@@ -166,6 +166,8 @@ async def test_an_empty_waiting_index_is_filled_from_the_status_index_with_the_r
         assert score is not None
         await r.hset(streams.run_state(stale), "core", json.dumps({"status": "completed"}))
         await r.zadd(streams.run_status_index("waiting_for_human"), {stale: 1.0})
+        # (the supervisor lists a run again right after the commit that made it wait: let that land first)
+        await asyncio.sleep(1)
         await r.delete(streams.RUNS_WAITING)
         assert await index_waiting(r, chunk=2) >= 1
         assert await r.zscore(streams.RUNS_WAITING, waiting) == score  # by submission time, as before
