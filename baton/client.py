@@ -10,6 +10,7 @@ import mimetypes
 import posixpath
 import secrets
 from collections.abc import AsyncIterator
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -36,13 +37,11 @@ from shared.events import (
 )
 from shared.partitions import record_partitions
 from shared.redisconn import connect
-from shared.runs import get_run
+from shared.runs import get_run, index_page
 from shared.search import SearchHit, request_search
 from shared.settings import Settings
 from shared.storage import Storage
 from shared.workspace import run_prefix
-
-LIST_SCAN_LIMIT = 5000  # index entries `list_runs` looks at most (stale ones are skipped)
 
 
 async def init_workspace(settings: Settings, notifications: bool = True) -> list[str]:
@@ -281,33 +280,24 @@ async def list_runs(settings: Settings, waiting: bool = False, limit: int = 20) 
     the run index (or the waiting index, advisory: each run's state decides)."""
     index = streams.RUNS_WAITING if waiting else streams.RUN_INDEX
     client = connect(settings.redis_url)
-    rows: list[dict] = []
     try:
-        pos, chunk = 0, max(limit, 1)
-        while len(rows) < limit and pos < LIST_SCAN_LIMIT:
-            ids = [i.decode() for i in await client.zrevrange(index, pos, pos + chunk - 1)]
-            if not ids:
-                break
-            pos += len(ids)
-            for run_id in ids:
-                state = await get_run(client, run_id)
-                if state is None or (waiting and state.status != "waiting_for_human"):
-                    continue
-                rows.append(
-                    {
-                        "run_id": run_id,
-                        "workflow": state.workflow,
-                        "status": state.status,
-                        "created_at": state.created_at.isoformat(),
-                        "question": state.waiting.question if state.waiting else None,
-                        "request": state.waiting.request.key if state.waiting else None,
-                        "reason": state.reason,
-                    }
-                )
-                if len(rows) >= limit:
-                    break
+        page = await index_page(client, index, size=limit, status="waiting_for_human" if waiting else "")
     finally:
         await client.aclose()
+    rows = []
+    for run_id, core in page.rows:
+        asks = core.get("waiting") or {}
+        rows.append(
+            {
+                "run_id": run_id,
+                "workflow": core.get("workflow"),
+                "status": core.get("status"),
+                "created_at": datetime.fromisoformat(core["created_at"]).isoformat(),
+                "question": asks.get("question"),
+                "request": (asks.get("request") or {}).get("key"),
+                "reason": core.get("reason"),
+            }
+        )
     return rows
 
 

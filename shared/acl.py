@@ -292,7 +292,7 @@ def _mcp_grants() -> list[Grant]:
         Grant("submit runs", (streams.RUNS,), ("xadd",)),
         ANNOUNCE,
         *_search_client(),
-        Grant("run status", (streams.run_state("*"),), ("hgetall",), read_only=True),
+        Grant("run status; a list's cores", (streams.run_state("*"),), ("hgetall", "hget"), read_only=True),
         Grant("run events", (streams.run_events("*"),), ("xrevrange",), read_only=True),
     ]
 
@@ -301,7 +301,7 @@ def _gateway_grants() -> list[Grant]:
     return [
         Grant("submit and cancel runs", (streams.RUNS,), ("xadd",)),
         ANNOUNCE,
-        Grant("run status", (streams.run_state("*"),), ("hgetall",), read_only=True),
+        Grant("run status; a list's cores", (streams.run_state("*"),), ("hgetall", "hget"), read_only=True),
         Grant(
             "follow runs and read their status",
             (streams.run_events("*"),),
@@ -363,7 +363,7 @@ def _cli_grants() -> list[Grant]:
             ("xread", "xrange", "xrevrange"),
             read_only=True,
         ),
-        Grant("run status", (streams.run_state("*"),), ("hgetall",), read_only=True),
+        Grant("run status; a list's cores", (streams.run_state("*"),), ("hgetall", "hget"), read_only=True),
         Grant(
             "list runs",
             (streams.RUN_INDEX, streams.RUNS_WAITING),

@@ -18,6 +18,7 @@ supervisor loads it and decides again (decisions are pure functions of the state
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal
 
@@ -267,6 +268,58 @@ async def get_run(redis, run_id: str) -> RunState | None:
     return parse_fields(await redis.hgetall(streams.run_state(run_id)))
 
 
+async def cores(redis, run_ids: list[str]) -> list[dict | None]:
+    """Each run's `core` field, parsed, in one pipeline (None: the run has no state)."""
+    async with redis.pipeline(transaction=False) as pipe:
+        for run_id in run_ids:
+            pipe.hget(streams.run_state(run_id), "core")
+        raw = await pipe.execute()
+    return [json.loads(core) if core is not None else None for core in raw]
+
+
+@dataclass
+class IndexPage:
+    rows: list[tuple[str, dict]] = field(default_factory=list)  # (run id, its core), newest first
+    next_cursor: int | None = None
+    total: int = 0  # entries in the index (advisory: some may not match)
+    scanned: int = 0
+
+
+async def index_page(
+    redis,
+    index: str,
+    *,
+    cursor: int = 0,
+    size: int = 50,
+    status: str = "",
+    workflow: str = "",
+    chunk: int = 200,
+    scan_limit: int = 5000,
+) -> IndexPage:
+    """One page of a run index (a sorted set by submission time: every run, a status, a workflow, the
+    runs waiting for a person), newest first from `cursor`: each run's core, read `chunk` entries a round
+    trip. An index is advisory, so each core is checked against `status` and `workflow`; a page looks at
+    most `scan_limit` entries, so it stays bounded (a short page, with a cursor to go on)."""
+    page = IndexPage(total=await redis.zcard(index))
+    pos = cursor
+    while len(page.rows) < size and page.scanned < scan_limit:
+        ids = [i.decode() for i in await redis.zrevrange(index, pos, pos + chunk - 1)]
+        if not ids:
+            return page
+        for run_id, core in zip(ids, await cores(redis, ids), strict=True):
+            pos += 1
+            page.scanned += 1
+            if core is None:
+                continue
+            if (status and core.get("status") != status) or (workflow and core.get("workflow") != workflow):
+                continue
+            page.rows.append((run_id, core))
+            if len(page.rows) >= size:
+                break
+    page.next_cursor = pos if pos < page.total else None
+    return page
+
+
 async def index_waiting(redis, chunk: int = 1000) -> int:
     """If the waiting index does not exist: list in it the runs that the status index has waiting for a
     person and whose state confirms it, by submission time, as `sync_waiting` would have. A supervisor does
@@ -278,14 +331,11 @@ async def index_waiting(redis, chunk: int = 1000) -> int:
     added = 0
     for start in range(0, len(listed), chunk):
         part = listed[start : start + chunk]
-        async with redis.pipeline(transaction=False) as pipe:
-            for run_id, _score in part:
-                pipe.hget(streams.run_state(run_id.decode()), "core")
-            cores = await pipe.execute()
+        found = await cores(redis, [run_id.decode() for run_id, _score in part])
         waiting = {
             run_id: score
-            for (run_id, score), core in zip(part, cores, strict=True)
-            if core is not None and json.loads(core).get("status") == "waiting_for_human"
+            for (run_id, score), core in zip(part, found, strict=True)
+            if core is not None and core.get("status") == "waiting_for_human"
         }
         if waiting:
             added += await redis.zadd(WAITING, waiting)

@@ -12,7 +12,7 @@ from typing import Any
 from shared import streams
 from shared.broker import DATA_FIELD
 from shared.events import ObjectRef
-from shared.runs import RunState, get_run
+from shared.runs import RunState, get_run, index_page
 from shared.storage import Storage
 from shared.workspace import run_prefix
 
@@ -49,11 +49,10 @@ def _row(run_id: str, core: dict[str, Any]) -> dict[str, Any]:
 async def page_runs(
     redis, *, cursor: int = 0, size: int = 50, status: str = "", workflow: str = "", waiting: bool = False
 ) -> RunsPage:
-    """One page of runs, newest first: ZREVRANGE from `cursor` over the index that fits the filter (the
-    runs waiting for a person, or in one status, or of one workflow, kept by the supervisor; else every
-    run), each run's core only (HGET). An index is advisory (each run's core decides), and with a second
-    filter the first one's index is read and the other checked on each core; a page reads at most
-    SCAN_LIMIT index entries, so it stays bounded (a short page, with a cursor to go on)."""
+    """One page of runs, newest first, from the index that fits the filter (the runs waiting for a person,
+    or in one status, or of one workflow, kept by the supervisor; else every run), each run's core only:
+    `shared.runs.index_page`. With a second filter the first one's index is read and the other checked on
+    each core; a page reads at most SCAN_LIMIT index entries."""
     if waiting:
         index, status = streams.RUNS_WAITING, "waiting_for_human"
     elif status:
@@ -62,29 +61,18 @@ async def page_runs(
         index = streams.run_workflow_index(workflow)
     else:
         index = streams.RUN_INDEX
-    page = RunsPage(total=await redis.zcard(index))
-    pos = cursor
-    while len(page.rows) < size and page.scanned < SCAN_LIMIT:
-        ids = [i.decode() for i in await redis.zrevrange(index, pos, pos + CHUNK - 1)]
-        if not ids:
-            return page
-        async with redis.pipeline(transaction=False) as pipe:
-            for run_id in ids:
-                pipe.hget(streams.run_state(run_id), "core")
-            cores = await pipe.execute()
-        for run_id, raw in zip(ids, cores, strict=True):
-            pos += 1
-            page.scanned += 1
-            if raw is None:
-                continue
-            core = json.loads(raw)
-            if (status and core.get("status") != status) or (workflow and core.get("workflow") != workflow):
-                continue
-            page.rows.append(_row(run_id, core))
-            if len(page.rows) >= size:
-                break
-    page.next_cursor = pos if pos < page.total else None
-    return page
+    found = await index_page(
+        redis,
+        index,
+        cursor=cursor,
+        size=size,
+        status=status,
+        workflow=workflow,
+        chunk=CHUNK,
+        scan_limit=SCAN_LIMIT,
+    )
+    rows = [_row(run_id, core) for run_id, core in found.rows]
+    return RunsPage(rows=rows, next_cursor=found.next_cursor, total=found.total, scanned=found.scanned)
 
 
 async def events(redis, run_id: str, count: int | None = None, reverse: bool = False) -> list[dict]:
