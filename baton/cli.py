@@ -295,14 +295,33 @@ def dlq_show(entry_id: str) -> None:
 @dlq_app.command("replay")
 def dlq_replay(
     entry_ids: Annotated[list[str] | None, typer.Argument(help="Entry ids; none with --all.")] = None,
-    all_: bool = typer.Option(False, "--all", help="Replay every dead letter."),
+    all_: bool = typer.Option(False, "--all", help="Replay every dead letter there is when it starts."),
+    stream: str | None = typer.Option(None, help="With --all: only the letters read from this stream."),
 ) -> None:
     """Validate dead letters again and put the valid ones back on their stream; the rest stay."""
+    if stream is not None and not all_:
+        fail("--stream needs --all")
     if not entry_ids and not all_:
         fail("name dead-letter ids, or --all")
-    outcome = asyncio.run(client.dlq_replay(settings(), None if all_ else list(entry_ids)))
-    for entry_id, what in outcome.items():
+    if entry_ids and all_:
+        fail("name dead-letter ids, or --all [--stream S], not both")
+    asyncio.run(_replay(settings(), None if all_ else list(entry_ids), stream))
+
+
+async def _replay(cfg: Settings, entry_ids: list[str] | None, stream: str | None) -> None:
+    """One line per dead letter as it is handled; with --all, a count on stderr as it goes."""
+    total = await client.dlq_length(cfg) if entry_ids is None else len(entry_ids)
+    done = replayed = 0
+    async for entry_id, what in client.dlq_replay_iter(cfg, entry_ids, stream):
         typer.echo(f"{entry_id}: {what}")
+        done += 1
+        replayed += what.startswith("replayed")
+        if entry_ids is None and done % client.DLQ_PAGE == 0:
+            at_start = f"{total:,} dead letters at the start"
+            typer.echo(f"({done:,} handled, {replayed:,} replayed; {at_start})", err=True)
+    if entry_ids is None:
+        summary = f"(replayed {replayed:,} dead letters, kept {done - replayed:,})"
+        typer.echo(summary if done else "no dead letters" + (f" from {stream}" if stream else ""), err=True)
 
 
 @app.command()

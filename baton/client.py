@@ -406,6 +406,14 @@ async def dlq_list(
     return [(i.decode(), DeadLetter.model_validate_json(f[DATA_FIELD.encode()])) for i, f in entries]
 
 
+async def dlq_length(settings: Settings) -> int:
+    client = connect(settings.redis_url)
+    try:
+        return await client.xlen(streams.DLQ)
+    finally:
+        await client.aclose()
+
+
 async def dlq_show(settings: Settings, entry_id: str) -> DeadLetter:
     client = connect(settings.redis_url)
     try:
@@ -417,43 +425,88 @@ async def dlq_show(settings: Settings, entry_id: str) -> DeadLetter:
     return DeadLetter.model_validate_json(entries[0][1][DATA_FIELD.encode()])
 
 
-async def dlq_replay(settings: Settings, entry_ids: list[str] | None = None) -> dict[str, str]:
+async def dlq_replay(
+    settings: Settings, entry_ids: list[str] | None = None, stream: str | None = None
+) -> dict[str, str]:
     """Validate dead letters again; the valid ones go back to their stream and leave the DLQ, the others
-    stay. Returns entry id -> what happened."""
+    stay. Returns entry id -> what happened (`dlq_replay_iter` yields them as it goes)."""
+    return {eid: what async for eid, what in dlq_replay_iter(settings, entry_ids, stream)}
+
+
+DLQ_PAGE = 500  # dead letters read, checked and replayed per round trip by `dlq_replay_iter`
+
+
+async def dlq_replay_iter(
+    settings: Settings, entry_ids: list[str] | None = None, stream: str | None = None
+) -> AsyncIterator[tuple[str, str]]:
+    """`dlq_replay`, one (entry id, what happened) at a time. Without ids: every dead letter there is when
+    it starts (only those read from `stream`, if given), a page at a time (any number of them in bounded
+    memory, a page's appends and deletes in one pipeline each), never one that arrives meanwhile (a letter
+    refused again after its replay would otherwise come round for ever)."""
     client = connect(settings.redis_url)
-    outcome: dict[str, str] = {}
     try:
-        if entry_ids is None:
-            entries = await client.xrange(streams.DLQ)
-        else:
-            entries = []
+        if entry_ids is not None:
             for entry_id in entry_ids:
-                entries += await client.xrange(streams.DLQ, min=entry_id, max=entry_id)
-                if not entries or entries[-1][0].decode() != entry_id:
-                    outcome[entry_id] = "not found"
-        for entry_id, fields in entries:
-            eid = entry_id.decode()
-            letter = DeadLetter.model_validate_json(fields[DATA_FIELD.encode()])
-            if not (
-                letter.stream in REPLAYABLE
-                or streams.is_results(letter.stream)
-                or letter.stream.startswith("baton:agent:")
-            ):
-                outcome[eid] = f"kept: {letter.stream} is not a stream Baton consumes"
-                continue
-            try:
-                event = parse_event(letter.raw)
-            except (ValidationError, ValueError) as exc:
-                outcome[eid] = f"kept: still invalid ({str(exc).splitlines()[0]})"
-                continue
-            # (two slots on a cluster: appended first, then deleted; a crash between them leaves the
-            # letter to replay again, and every consumer handles a repeated event once)
-            new_id = await client.xadd(letter.stream, encode(event))
-            await client.xdel(streams.DLQ, entry_id)
-            outcome[eid] = f"replayed to {letter.stream} as {new_id.decode()}"
+                entries = await client.xrange(streams.DLQ, min=entry_id, max=entry_id)
+                if not entries:
+                    yield entry_id, "not found"
+                    continue
+                for item in await _replay_page(client, entries):
+                    yield item
+            return
+        newest = await client.xrevrange(streams.DLQ, count=1)
+        if not newest:
+            return
+        last, start = newest[0][0].decode(), "-"
+        while True:
+            entries = await client.xrange(streams.DLQ, min=start, max=last, count=DLQ_PAGE)
+            if not entries:
+                return
+            for item in await _replay_page(client, entries, stream):
+                yield item
+            start = f"({entries[-1][0].decode()}"
+            if entries[-1][0].decode() == last:
+                return
     finally:
         await client.aclose()
-    return outcome
+
+
+async def _replay_page(client, entries, stream: str | None = None) -> list[tuple[str, str]]:
+    """Check a page of dead letters and put the valid ones back: their appends in one pipeline, then the
+    deletes of those appended (two slots on a cluster: a crash between them leaves a letter to replay
+    again, and every consumer handles a repeated event once)."""
+    outcome: dict[str, str] = {}
+    valid: list[tuple[str, DeadLetter, Any]] = []
+    for entry_id, fields in entries:
+        eid = entry_id.decode()
+        letter = DeadLetter.model_validate_json(fields[DATA_FIELD.encode()])
+        if stream is not None and letter.stream != stream:
+            continue
+        if not (
+            letter.stream in REPLAYABLE
+            or streams.is_results(letter.stream)
+            or letter.stream.startswith("baton:agent:")
+        ):
+            outcome[eid] = f"kept: {letter.stream} is not a stream Baton consumes"
+            continue
+        try:
+            event = parse_event(letter.raw)
+        except (ValidationError, ValueError) as exc:
+            outcome[eid] = f"kept: still invalid ({str(exc).splitlines()[0]})"
+            continue
+        valid.append((eid, letter, event))
+        outcome[eid] = ""
+    if valid:
+        appends = client.pipeline(transaction=False)
+        for _eid, letter, event in valid:
+            appends.xadd(letter.stream, encode(event))
+        new_ids = await appends.execute()
+        deletes = client.pipeline(transaction=False)
+        deletes.xdel(streams.DLQ, *(eid for eid, _letter, _event in valid))
+        await deletes.execute()
+        for (eid, letter, _event), new_id in zip(valid, new_ids, strict=True):
+            outcome[eid] = f"replayed to {letter.stream} as {new_id.decode()}"
+    return list(outcome.items())
 
 
 REPLAYABLE = {streams.RUNS, streams.ROUTE, streams.OBJECTS}  # and every results partition, every agent

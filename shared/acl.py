@@ -345,9 +345,9 @@ def _console_grants() -> list[Grant]:
         ),
         *_search_client(),
         Grant(
-            "dead letters: list, show, replay (XADD back, then XDEL)",
+            "dead letters: count, list, show, replay (XADD back, then XDEL)",
             (streams.DLQ,),
-            ("xrange", "xrevrange", "xdel"),
+            ("xlen", "xrange", "xrevrange", "xdel"),
         ),
         Grant("replay dead letters to the streams they came from", (*WORK_STREAMS, agents), ("xadd",)),
     ]
@@ -372,9 +372,9 @@ def _cli_grants() -> list[Grant]:
         ),
         *_search_client(),
         Grant(
-            "dead letters: list, show, replay (XADD back, then XDEL)",
+            "dead letters: count, list, show, replay (XADD back, then XDEL)",
             (streams.DLQ,),
-            ("xrange", "xrevrange", "xdel"),
+            ("xlen", "xrange", "xrevrange", "xdel"),
         ),
         Grant("replay dead letters to the streams they came from", (*WORK_STREAMS, agents), ("xadd",)),
         Grant(

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import gc
+from collections.abc import Coroutine
 from dataclasses import dataclass, field
+from typing import Any
 
 import redis.asyncio as aioredis
 from faststream import FastStream
@@ -103,7 +106,7 @@ def build_app(
         tune_gc()
         reclaimer.start()
         mark_ready(resources.settings)
-        log.info("service_ready", **info)
+        log.info("service_ready", event_loop=loop_name(), **info)
 
     @app.on_shutdown
     async def _stop_reclaiming() -> None:
@@ -121,3 +124,20 @@ def mark_ready(settings: Settings) -> None:
     if settings.ready_file is not None:
         settings.ready_file.parent.mkdir(parents=True, exist_ok=True)
         settings.ready_file.touch()
+
+
+def loop_name() -> str:
+    """`uvloop` or `asyncio`: the event loop this service runs on, for its ready log."""
+    return type(asyncio.get_running_loop()).__module__.split(".")[0]
+
+
+def run(main: Coroutine[Any, Any, Any], settings: Settings) -> None:
+    """Run a service's main coroutine to its end on the event loop `settings.event_loop` names: uvloop
+    by default (libuv's loop: less CPU for each socket read and write, task and timer, which is most of
+    what a service does per event), or the standard library's."""
+    if settings.event_loop == "uvloop":
+        import uvloop
+
+        uvloop.run(main)
+    else:
+        asyncio.run(main)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import socket
 from pathlib import Path
+from typing import Literal
 
 from pydantic import AliasChoices, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -172,6 +173,11 @@ class Settings(BaseSettings):
         None, ge=0, le=65535, description="Port of this process's Prometheus `/metrics`; unset: none."
     )
     metrics_host: str = Field("127.0.0.1", description="Where `/metrics` listens.")
+    event_loop: Literal["uvloop", "asyncio"] = Field(
+        "uvloop",
+        description="The services' event loop: uvloop (libuv; less CPU per event for every service) or the "
+        "standard library's asyncio loop.",
+    )
     faults: str = Field(
         "",
         description="Tests only: fault points to arm, `<point>=exit|raise[*N]`, comma-separated "

@@ -40,7 +40,7 @@ from shared import metrics, streams, telemetry
 from shared.errors import BatonError, KeyValidationError, ObjectMissingError
 from shared.events import ID_PATTERN, ObjectRef, utcnow
 from shared.logging import configure_logging
-from shared.service import mark_ready, redis_client, tune_gc
+from shared.service import loop_name, mark_ready, redis_client, run, tune_gc
 from shared.settings import Settings
 from shared.storage import Storage
 from shared.workflow import load_workflows
@@ -363,15 +363,19 @@ class Console:
             return PlainTextResponse(f"before={before!r} is not a stream entry id", 400)
         size = self.settings.console_page_size
         letters = await client.dlq_list(self.settings, size, before)
+        total = await client.dlq_length(self.settings)
         next_before = letters[-1][0] if len(letters) == size else None
         if _wants_json(request):
             return JSONResponse(
                 {
                     "dead_letters": [{"entry": i, **d.model_dump(mode="json")} for i, d in letters],
                     "next_before": next_before,
+                    "total": total,
                 }
             )
-        return self.page(request, "dlq.html", letters=letters, before=before, next_before=next_before)
+        return self.page(
+            request, "dlq.html", letters=letters, before=before, next_before=next_before, total=total
+        )
 
     async def dlq_show(self, request: Request) -> Response:
         entry = request.path_params["entry"]
@@ -499,6 +503,7 @@ async def serve(settings: Settings) -> None:
             mark_ready(settings)
             log.info(
                 "service_ready",
+                event_loop=loop_name(),
                 url=f"http://{settings.console_host}:{settings.console_port}/",
                 loopback=is_loopback(settings.console_host),
             )
@@ -514,4 +519,4 @@ def main(argv: list[str] | None = None) -> None:
     overrides = {"console_host": args.host, "console_port": args.port}
     settings = Settings()
     settings = settings.model_copy(update={k: v for k, v in overrides.items() if v is not None})
-    asyncio.run(serve(settings))
+    run(serve(settings), settings)

@@ -36,7 +36,7 @@ from services.mcp.app import _Server, is_loopback
 from shared import metrics, telemetry
 from shared.logging import configure_logging
 from shared.redisconn import connect
-from shared.service import mark_ready
+from shared.service import loop_name, mark_ready, run
 from shared.settings import Settings
 from shared.storage import Storage
 from shared.workflow import HUMAN, SequentialWorkflow, load_workflows
@@ -179,7 +179,8 @@ async def serve(settings: Settings) -> None:
         ready.cancel()
         if server.started:
             mark_ready(settings)
-            log.info("service_ready", url=base_url(settings), auth="bearer" if settings.a2a_token else "none")
+            auth = "bearer" if settings.a2a_token else "none"
+            log.info("service_ready", event_loop=loop_name(), url=base_url(settings), auth=auth)
         with contextlib.suppress(asyncio.CancelledError):
             await task
 
@@ -192,4 +193,4 @@ def main(argv: list[str] | None = None) -> None:
     overrides = {"gateway_host": args.host, "gateway_port": args.port}
     settings = Settings()
     settings = settings.model_copy(update={k: v for k, v in overrides.items() if v is not None})
-    asyncio.run(serve(settings))
+    run(serve(settings), settings)

@@ -17,7 +17,7 @@ from shared.errors import KeyValidationError, ObjectMissingError
 from shared.events import ObjectChanged, utcnow
 from shared.logging import configure_logging
 from shared.search import REPLY_TTL_SECONDS, SearchRequest, SearchResponse
-from shared.service import Resources, build_app
+from shared.service import Resources, build_app, run
 from shared.settings import Settings
 
 from .index import TEXT_EXTENSIONS, SearchIndex, decode_text, extension, is_text
@@ -172,4 +172,5 @@ def create_app(settings: Settings | None = None):
 
 
 def main() -> None:
-    asyncio.run(create_app().run())
+    settings = Settings()
+    run(create_app(settings).run(), settings)

@@ -34,7 +34,7 @@ from shared.errors import BatonError, KeyValidationError, PreconditionFailedErro
 from shared.events import ID_PATTERN, ObjectRef, utcnow
 from shared.logging import configure_logging
 from shared.search import SearchHit, request_search
-from shared.service import Resources, mark_ready
+from shared.service import Resources, loop_name, mark_ready, run
 from shared.settings import Settings
 from shared.workspace import normalize_prefix, run_prefix, validate_key
 
@@ -513,7 +513,7 @@ async def serve(settings: Settings) -> None:
     async with server.open():
         if settings.mcp_transport == "stdio":
             mark_ready(settings)
-            log.info("service_ready", transport="stdio")
+            log.info("service_ready", event_loop=loop_name(), transport="stdio")
             await server.mcp.run_stdio_async()
             return
         app = BearerAuth(server.mcp.streamable_http_app(host=settings.mcp_host), settings.mcp_token, log)
@@ -534,6 +534,7 @@ async def serve(settings: Settings) -> None:
             mark_ready(settings)
             log.info(
                 "service_ready",
+                event_loop=loop_name(),
                 transport="http",
                 url=f"http://{settings.mcp_host}:{settings.mcp_port}{HTTP_PATH}",
                 auth="bearer" if settings.mcp_token else "none (loopback)",
@@ -550,4 +551,4 @@ def main(argv: list[str] | None = None) -> None:
     overrides = {"mcp_transport": args.transport, "mcp_host": args.host, "mcp_port": args.port}
     settings = Settings()
     settings = settings.model_copy(update={k: v for k, v in overrides.items() if v is not None})
-    asyncio.run(serve(settings))
+    run(serve(settings), settings)

@@ -8,7 +8,6 @@ S3 event (same key, version, event name and sequencer) is published once, whiche
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import hmac
 import json
@@ -20,7 +19,7 @@ from shared import faults, streams, telemetry
 from shared.broker import DATA_FIELD, encode, make_broker
 from shared.events import DeadLetter, ObjectChanged
 from shared.logging import configure_logging
-from shared.service import Resources, mark_ready
+from shared.service import Resources, loop_name, mark_ready, run
 from shared.settings import Settings
 
 from .s3events import BadNotification, parse_records
@@ -132,7 +131,8 @@ def create_app(settings: Settings | None = None) -> AsgiFastStream:
     @app.after_startup
     async def _ready() -> None:
         mark_ready(settings)
-        log.info("service_ready", listen=f"{settings.notifier_host}:{settings.notifier_port}")
+        listen = f"{settings.notifier_host}:{settings.notifier_port}"
+        log.info("service_ready", event_loop=loop_name(), listen=listen)
 
     @app.after_shutdown
     async def _close() -> None:
@@ -145,12 +145,13 @@ def create_app(settings: Settings | None = None) -> AsgiFastStream:
 def main() -> None:
     app = create_app()
     settings: Settings = app.settings  # type: ignore[attr-defined]
-    asyncio.run(
+    run(
         app.run(
             run_extra_options={
                 "host": settings.notifier_host,
                 "port": settings.notifier_port,
                 "access_log": "false",
             }
-        )
+        ),
+        settings,
     )

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
-
 from services.worker import llm as _llm  # noqa: F401 - registers the runtime of `kind: llm` agents
 from shared import faults, streams, telemetry
 from shared.broker import client_of, make_broker, subscribe
 from shared.classification import ClassifyRequest
 from shared.events import RouteDecided, TaskAssigned, TaskFailed
 from shared.logging import configure_logging
-from shared.service import Resources, build_app
+from shared.service import Resources, build_app, run
 from shared.settings import Settings
 from shared.workflow import HUMAN, RouterWorkflow, load_workflows
 
@@ -167,4 +165,5 @@ def create_app(settings: Settings | None = None):
 
 
 def main() -> None:
-    asyncio.run(create_app().run())
+    settings = Settings()
+    run(create_app(settings).run(), settings)

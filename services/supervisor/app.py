@@ -29,7 +29,7 @@ from shared.events import (
 from shared.logging import configure_logging
 from shared.redisconn import connect
 from shared.runs import index_waiting
-from shared.service import Resources, build_app
+from shared.service import Resources, build_app, run
 from shared.settings import Settings
 from shared.workflow import load_workflows
 
@@ -201,4 +201,5 @@ def _declare_publishers(broker) -> None:
 
 
 def main() -> None:
-    asyncio.run(create_app().run())
+    settings = Settings()
+    run(create_app(settings).run(), settings)

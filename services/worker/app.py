@@ -30,7 +30,7 @@ from shared.events import (
     Usage,
 )
 from shared.logging import configure_logging
-from shared.service import Resources, build_app
+from shared.service import Resources, build_app, run
 from shared.settings import Settings
 from shared.workflow import load_workflows
 
@@ -289,4 +289,5 @@ def create_app(settings: Settings | None = None):
 
 
 def main() -> None:
-    asyncio.run(create_app().run())
+    settings = Settings()
+    run(create_app(settings).run(), settings)

@@ -69,6 +69,42 @@ def test_bad_cli_input_is_a_clear_error(settings):
     assert done.returncode != 0 and "no such file" in done.stderr
 
 
+async def test_dlq_replay_all_of_one_stream_reports_progress_and_a_summary(settings):
+    import uuid
+
+    from shared.broker import encode
+    from shared.events import DeadLetter, TaskAssigned
+
+    target = f"baton:agent:cli-dlq-{uuid.uuid4().hex[:8]}"
+    task = TaskAssigned(run_id="r-cli-dlq", task_id="t1", workflow="w", agent="x", output_prefix="runs/x/")
+    good = DeadLetter(stream=target, service="test", reason="was failing", raw=task.model_dump_json())
+    bad = DeadLetter(stream=target, service="test", reason="bad", raw="{not json")
+    r = connect(settings.redis_url)
+    try:
+        pipe = r.pipeline(transaction=False)
+        for i in range(600):
+            pipe.xadd(streams.DLQ, encode(bad if i % 8 == 0 else good))
+        ids = [i.decode() for i in await pipe.execute()]
+        done = baton(settings, "dlq", "replay", "--all", "--stream", target)
+        assert done.returncode == 0, done.stderr
+        lines = done.stdout.splitlines()
+        assert len(lines) == 600 and {line.split(":")[0] for line in lines} == set(ids)
+        assert "(500 handled, 437 replayed;" in done.stderr  # progress, every page
+        assert "(replayed 525 dead letters, kept 75)" in done.stderr
+        assert await r.xlen(target) == 525
+        again = baton(settings, "dlq", "replay", "--all", "--stream", target)
+        assert again.stdout.count(": kept: still invalid") == 75
+        assert "(replayed 0 dead letters, kept 75)" in again.stderr
+        wrong = baton(settings, "dlq", "replay", ids[0], "--all")
+        assert wrong.returncode != 0 and "not both" in wrong.stderr
+        wrong = baton(settings, "dlq", "replay", "--stream", target)
+        assert wrong.returncode != 0 and "--stream needs --all" in wrong.stderr
+    finally:
+        await r.delete(target)
+        await r.xdel(streams.DLQ, *ids)
+        await r.aclose()
+
+
 async def test_a_run_submitted_with_a_plain_xadd_completes(settings):
     """The documented wire format, written by hand as another language would."""
     async with Storage.connect(settings) as storage:

@@ -233,6 +233,7 @@ async def test_dead_letters_are_paged_shown_and_replayed(console, settings):
             seen, before = [], None
             while len(seen) < len(ids):  # newest first, a page at a time, each once
                 page = (await http.get("/dlq", params={"before": before} if before else {})).json()
+                assert page["total"] >= len(ids)
                 seen += [d["entry"] for d in page["dead_letters"]]
                 before = page["next_before"]
                 if len(seen) < len(ids):  # a full page, and where the next one starts

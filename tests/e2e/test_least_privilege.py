@@ -235,6 +235,7 @@ async def test_the_console_reads_runs_and_writes_only_run_inputs_and_responses(s
         assert isinstance(await r.zrevrange(streams.RUN_INDEX, 0, 9), list)
         assert isinstance(await r.zrevrange(streams.RUNS_WAITING, 0, 49), list)  # the inbox, a page
         assert isinstance(await r.xrevrange(streams.DLQ, count=1), list)
+        assert isinstance(await r.xlen(streams.DLQ), int)  # "the newest 50 of N"
         await _refused(r.hset(streams.run_state("lp-none"), "core", "{}"))
         await _refused(r.xadd(streams.run_events("lp-none"), {"__data__": "{}"}))
         await _refused(r.xadd(RESULTS + "x", {"__data__": "{}"}))
@@ -294,6 +295,7 @@ async def test_the_cli_user_runs_a_workflow_and_the_operator_commands(stack, tmp
     assert any(r["run_id"] == run_id for r in await client.list_runs(cli))
     assert (await client.run_status(cli, run_id))["status"] == "completed"
     await client.dlq_list(cli, 5)
+    assert isinstance(await client.dlq_length(cli), int)
     assert isinstance(await client.trim(cli), dict)
     async with _redis(stack, "cli") as r:
         await _refused(r.hset(streams.run_state(run_id), "core", "{}"))

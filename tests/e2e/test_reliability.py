@@ -180,6 +180,51 @@ async def test_dlq_replay_requeues_what_now_validates_and_keeps_the_rest(setting
     assert ids[1] in remaining and ids[0] not in remaining
 
 
+async def test_dlq_replay_all_pages_through_thousands_and_leaves_what_arrives_meanwhile(settings):
+    """`baton dlq replay --all --stream S` at scale: every letter of S there at its start is handled, a
+    page at a time (2,400 letters: five pages), and a letter dead-lettered meanwhile stays (one that failed
+    again after its replay would otherwise come round for ever). Other streams' letters are left alone."""
+    target = f"baton:agent:dlq-scale-{uuid.uuid4().hex[:8]}"  # an agent stream nobody reads
+    letters = []
+    for i in range(2_400):
+        if i % 8 == 7:  # every eighth still invalid
+            letters.append(DeadLetter(stream=target, service="test", reason="bad", raw='{"type": "nope"}'))
+            continue
+        task = TaskAssigned(
+            run_id=f"r-dlq-scale-{i}", task_id="t1", workflow="w", agent="nobody", output_prefix="runs/x/"
+        )
+        raw = task.model_dump_json()
+        letters.append(DeadLetter(stream=target, service="test", reason="was failing", raw=raw))
+    r = connect(settings.redis_url)
+    ids: list[str] = []
+    late: list[str] = []
+    try:
+        pipe = r.pipeline(transaction=False)
+        for letter in letters:
+            pipe.xadd(streams.DLQ, encode(letter))
+        ids = [i.decode() for i in await pipe.execute()]
+        outcome: dict[str, str] = {}
+        async for entry_id, what in client.dlq_replay_iter(settings, stream=target):
+            outcome[entry_id] = what
+            if len(outcome) == client.DLQ_PAGE:  # meanwhile, more letters arrive
+                for letter in letters[:3]:
+                    late.append((await r.xadd(streams.DLQ, encode(letter))).decode())
+        assert set(outcome) == set(ids)  # (--stream: no other test's letter)
+        mine = {i: outcome[i] for i in ids}
+        replayed = [i for i, what in mine.items() if what.startswith(f"replayed to {target} as ")]
+        assert len(replayed) == 2_100
+        assert sum(what.startswith("kept: still invalid") for what in mine.values()) == 300
+        assert not set(late) & set(outcome)
+        assert await r.xlen(target) == 2_100  # each once
+        left = {i.decode() for i, _f in await r.xrange(streams.DLQ, min=ids[0])}
+        assert left == {i for i in ids if i not in replayed} | set(late)
+    finally:
+        await r.delete(target)
+        if ids or late:
+            await r.xdel(streams.DLQ, *ids, *late)
+        await r.aclose()
+
+
 async def test_trim_never_removes_unacknowledged_entries(settings):
     r = connect(settings.redis_url)
     stream = "baton:agent:trim-test"

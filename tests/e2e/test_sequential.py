@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from pathlib import Path
 
 import pytest
@@ -157,3 +158,27 @@ async def test_a_completed_state_and_its_run_completed_event_are_written_togethe
     finally:
         await r.aclose()
     assert not pending
+
+
+def _ready_line(stack, handle: str) -> dict:
+    """The `service_ready` log line of one service process (written just after its ready file)."""
+    for _ in range(100):
+        for line in stack.log_path(handle).read_text().splitlines():
+            if '"service_ready"' in line:
+                return json.loads(line)
+        time.sleep(0.05)
+    raise AssertionError(f"{handle} logged no service_ready:\n{stack.log_path(handle).read_text()[-2000:]}")
+
+
+def test_every_service_runs_on_uvloop_unless_told_otherwise(stack):
+    """BATON_EVENT_LOOP: uvloop by default, the standard library's loop when asked; each service's ready
+    log says which loop it actually runs on."""
+    handles = [h for h, proc in stack.procs.items() if proc.poll() is None]
+    assert {h.rsplit("-", 1)[0] for h in handles} >= {"notifier", "supervisor", "router", "worker"}
+    for handle in handles:
+        assert _ready_line(stack, handle)["event_loop"] == "uvloop", handle
+    router = stack.start("router", {"BATON_EVENT_LOOP": "asyncio"})
+    try:
+        assert _ready_line(stack, router)["event_loop"] == "asyncio"
+    finally:
+        stack.kill(router)
