@@ -30,6 +30,10 @@ class ObjectMissingError(PermanentError):
     """A referenced object (or the referenced version of it) does not exist."""
 
 
+class ObjectTooLargeError(PermanentError):
+    """A referenced object is larger than the reader accepts."""
+
+
 class PreconditionFailedError(BatonError):
     """A conditional write lost: the object changed since it was read (or already exists)."""
 

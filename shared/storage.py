@@ -15,7 +15,7 @@ from botocore.config import Config
 from botocore.exceptions import ClientError
 
 from . import telemetry
-from .errors import ObjectMissingError, PreconditionFailedError
+from .errors import ObjectMissingError, ObjectTooLargeError, PreconditionFailedError
 from .events import ObjectRef
 from .settings import Settings
 from .workspace import validate_key
@@ -108,8 +108,9 @@ class Storage:
             content_type=content_type,
         )
 
-    async def get(self, ref: ObjectRef) -> bytes:
-        """Read exactly the referenced version; a missing object or changed etag is a permanent error."""
+    async def get(self, ref: ObjectRef, max_bytes: int | None = None) -> bytes:
+        """Read exactly the referenced version; a missing object or changed etag is a permanent error, and
+        so is one larger than `max_bytes` (refused before its body is read)."""
         validate_key(ref.key)
         kwargs: dict = {}
         if ref.version_id:
@@ -120,6 +121,11 @@ class Storage:
             with _span("GetObject", ref.bucket, ref.key, version=ref.version_id) as span:
                 resp = await self.client.get_object(Bucket=ref.bucket, Key=ref.key, **kwargs)
                 async with resp["Body"] as body:
+                    size = resp.get("ContentLength") or 0
+                    if max_bytes is not None and size > max_bytes:
+                        raise ObjectTooLargeError(
+                            f"object {ref.uri()} is {size:,} bytes, more than the {max_bytes:,} read here"
+                        )
                     data = await body.read()
                 telemetry.set_attributes(span, baton__s3__size=len(data))
         except ClientError as exc:

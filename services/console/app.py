@@ -209,17 +209,34 @@ class Console:
                 evs = await runs.events(self.redis, run_id, count=2000)
                 context["routes"] = [e for e in evs if e.get("type") == "route.decided"]
             elif state is not None and state.pattern == "bidirectional":
-                wf = self.workflows.get(state.workflow)
-                key = run_prefix(run_id) + getattr(wf, "document", "")
-                versions = await runs.document_versions(self.storage, state, key) if wf else []
+                # the versions as refs, and only the newest diff: two reads whatever the run's length
+                versions = self.document_versions(state)
                 context["versions"] = versions
-                context["diffs"] = [
-                    render.diff(a["text"], b["text"], f"version {a['n']}", f"version {b['n']}")
-                    for a, b in zip(versions, versions[1:], strict=False)
-                ]
+                if len(versions) > 1:
+                    context["diff"] = await runs.version_diff(self.storage, versions[-2], versions[-1])
         else:
             return PlainTextResponse("no such panel", 404)
         return self.page(request, f"_{name}.html", **context)
+
+    def document_versions(self, state) -> list[dict]:
+        wf = self.workflows.get(state.workflow)
+        if wf is None:
+            return []
+        key = run_prefix(state.run_id) + getattr(wf, "document", "")
+        return runs.document_versions(self.settings.bucket, state, key)
+
+    async def diff(self, request: Request) -> Response:
+        """A bidirectional run's diff from version n-1 to version n, on a page of its own."""
+        run_id = self.run_id(request)
+        state = await runs.load(self.redis, run_id)
+        versions = self.document_versions(state) if state is not None else []
+        n = request.path_params["n"]
+        if not 2 <= n <= len(versions):
+            return self.page(request, "error.html", 404, message=f"run {run_id} has no version {n} to diff")
+        old, new = versions[n - 2], versions[n - 1]
+        diff = await runs.version_diff(self.storage, old, new)
+        last = len(versions)
+        return self.page(request, "diff.html", run_id=run_id, old=old, new=new, diff=diff, last=last)
 
     async def stream(self, request: Request) -> Response:
         """Server-sent events: the run's stream from the start (or after `Last-Event-ID`), its history by
@@ -465,6 +482,7 @@ def create_app(settings: Settings, log) -> tuple[Console, Starlette]:
         Route("/runs/{run_id}/stream", guarded(console.stream)),
         Route("/runs/{run_id}/panel/{name}", guarded(console.panel)),
         Route("/runs/{run_id}/file", guarded(console.file)),
+        Route("/runs/{run_id}/diff/{n:int}", guarded(console.diff)),
         Route("/runs/{run_id}/respond", guarded(console.respond), methods=["POST"]),
         Route("/runs/{run_id}/cancel", guarded(console.cancel), methods=["POST"]),
         Route("/submit", guarded(console.submit), methods=["GET", "POST"]),

@@ -5,6 +5,7 @@ Functions of their resources (a Redis client, a Storage), so tests call them wit
 
 from __future__ import annotations
 
+import asyncio
 import json
 from dataclasses import dataclass, field
 from typing import Any
@@ -15,6 +16,8 @@ from shared.events import ObjectRef
 from shared.runs import RunState, get_run, index_page
 from shared.storage import Storage
 from shared.workspace import run_prefix
+
+from . import render
 
 CHUNK = 200  # index entries read per round trip while filling a page
 SCAN_LIMIT = 5000  # index entries one page looks at before it stops (filtered pages stay bounded)
@@ -123,18 +126,35 @@ async def read(storage: Storage, ref: ObjectRef) -> bytes:
     return await storage.get(ref)
 
 
-async def document_versions(storage: Storage, state: RunState, key: str) -> list[dict[str, Any]]:
-    """A bidirectional run's document, version by version (`version_id|etag` in the state), as text."""
+def document_versions(bucket: str, state: RunState, key: str) -> list[dict[str, Any]]:
+    """A bidirectional run's document versions (`version_id|etag` in the state) as refs, oldest first:
+    nothing is read until one is shown."""
     out = []
     for n, entry in enumerate(state.versions, 1):
         version_id, _, etag = entry.partition("|")
-        ref = ObjectRef(bucket=storage.bucket, key=key, version_id=version_id or None, etag=etag or None)
-        try:
-            text = (await storage.get(ref)).decode("utf-8", "replace")
-        except Exception as exc:  # noqa: BLE001 - a version gone (retention) is shown, not fatal
-            text = f"(unreadable: {exc})"
-        out.append({"n": n, "ref": ref, "text": text})
+        ref = ObjectRef(bucket=bucket, key=key, version_id=version_id or None, etag=etag or None)
+        out.append({"n": n, "ref": ref})
     return out
+
+
+DIFF_MAX_BYTES = 2_000_000  # a version larger than this is not diffed in the page (download it)
+DIFF_MAX_LINES = 3_000  # diff lines shown at most; the rest is counted
+
+
+async def version_diff(storage: Storage, old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
+    """The diff between two versions of a document, bounded: each version read at its exact version, the
+    diff (pure Python, seconds for megabytes) computed in a thread so that the live pages go on, at most
+    DIFF_MAX_LINES shown. A version too large or gone is said, not diffed."""
+    texts = []
+    for v in (old, new):
+        try:
+            data = await storage.get(v["ref"], max_bytes=DIFF_MAX_BYTES)
+        except Exception as exc:  # noqa: BLE001 - too large or gone (retention): said, not fatal
+            return {"n": new["n"], "lines": [], "more": 0, "note": f"version {v['n']}: {exc}"}
+        texts.append(data.decode("utf-8", "replace"))
+    lines = await asyncio.to_thread(render.diff, *texts, f"version {old['n']}", f"version {new['n']}")
+    more = max(0, len(lines) - DIFF_MAX_LINES)
+    return {"n": new["n"], "lines": lines[:DIFF_MAX_LINES], "more": more, "note": ""}
 
 
 async def load(redis, run_id: str) -> RunState | None:

@@ -161,7 +161,51 @@ async def test_a_router_run_shows_its_decision_and_a_bidirectional_run_its_diffs
         route = (await http.get(f"/runs/{routed}/panel/pattern")).text
         assert "billing" in route and "90%" in route and "kwclassifier" in route
         versions = (await http.get(f"/runs/{together}/panel/pattern")).text
-        assert "version 2" in versions and 'class="add"' in versions
+        assert "5 versions" in versions and "ended: converged" in versions
+        assert "No change." in versions  # the newest diff, inline: the last turn changed nothing
+        assert f'href="/runs/{together}/diff/2"' in versions
+        second = (await http.get(f"/runs/{together}/diff/2")).text
+        assert 'class="add"' in second and "+writer2 turn 1" in second
+
+
+async def test_a_100_turn_collaboration_on_a_megabyte_shows_its_newest_diff_and_links_the_rest(
+    console, settings, tmp_path, monkeypatch
+):
+    """The document view at 100x (100 turns, a 1 MB document): the run's panel reads two versions, not
+    all of them, and each older diff has a page of its own; a version too large to diff is said."""
+    from services.console import runs as console_runs
+    from shared.redisconn import connect
+    from shared.storage import Storage
+    from shared.workspace import run_prefix
+
+    seed = tmp_path / "doc.md"
+    seed.write_text("".join(f"line {i} {'x' * 40}\n" for i in range(20_000)))  # 1 MB
+    run_id = await client.submit(settings, "long-stamp", {"document": seed})
+    events = await wait_for_end(settings, run_id, timeout=240)
+    assert events[-1].type == "run.completed" and events[-1].ended_by == "max_rounds", events[-1]
+    r = connect(settings.redis_url)
+    try:
+        state = await console_runs.load(r, run_id)
+    finally:
+        await r.aclose()
+    versions = console_runs.document_versions(settings.bucket, state, run_prefix(run_id) + "drafts/doc.md")
+    n = len(versions)
+    assert n == 101  # the seed and one per turn
+    async with _session(console) as http:
+        panel = await http.get(f"/runs/{run_id}/panel/pattern")
+        assert panel.status_code == 200
+        assert f"{n} versions" in panel.text and panel.text.count('class="diff"') == 1
+        assert "+turn 100" in panel.text and len(panel.text) < 200_000  # the newest diff, no other
+        assert f'href="/runs/{run_id}/diff/50"' in panel.text
+        older = await http.get(f"/runs/{run_id}/diff/50")
+        assert older.status_code == 200 and "+turn 49" in older.text and "+turn 50" not in older.text
+        assert "previous diff" in older.text and "next diff" in older.text
+        for missing in (1, n + 1):
+            assert (await http.get(f"/runs/{run_id}/diff/{missing}")).status_code == 404
+    monkeypatch.setattr(console_runs, "DIFF_MAX_BYTES", 100_000)
+    async with Storage.connect(settings) as storage:
+        big = await console_runs.version_diff(storage, versions[-2], versions[-1])
+    assert big["lines"] == [] and "more than the 100,000 read here" in big["note"]
 
 
 async def test_a_page_of_runs_is_read_from_an_index_of_100000_and_filters_from_their_own(settings):
