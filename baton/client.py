@@ -201,7 +201,10 @@ async def download(settings: Settings, run_id: str, out_dir: Path) -> dict[str, 
     async with Storage.connect(settings) as storage:
         for name, ref in result.outputs.items():
             target = out_dir / posixpath.basename(ref.key)
-            target.write_bytes(await storage.get(ref))
+            async with storage.open(ref) as reader:  # a chunk at a time: any size in bounded memory
+                with target.open("wb") as out:
+                    async for chunk in reader.chunks():
+                        out.write(chunk)
             written[name] = target
     return written
 

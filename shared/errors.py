@@ -33,6 +33,10 @@ class ObjectMissingError(PermanentError):
 class ObjectTooLargeError(PermanentError):
     """A referenced object is larger than the reader accepts."""
 
+    def __init__(self, message: str, size: int) -> None:
+        super().__init__(message)
+        self.size = size
+
 
 class PreconditionFailedError(BatonError):
     """A conditional write lost: the object changed since it was read (or already exists)."""

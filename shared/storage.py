@@ -9,6 +9,8 @@ from __future__ import annotations
 import contextlib
 import mimetypes
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
 
 from aiobotocore.session import get_session
 from botocore.config import Config
@@ -33,6 +35,18 @@ MISSING = frozenset({"NoSuchKey", "NoSuchVersion", "NotFound", "404", "InvalidAr
 def is_missing(exc: ClientError) -> bool:
     """The one not-found check: the object, or the version asked for, does not exist."""
     return _code(exc) in MISSING
+
+
+@dataclass
+class Reader:
+    """One object version being read (`Storage.open`)."""
+
+    size: int
+    body: Any  # aiobotocore's StreamingBody
+
+    async def chunks(self, size: int = 1 << 20) -> AsyncIterator[bytes]:
+        while chunk := await self.body.read(size):
+            yield chunk
 
 
 class Storage:
@@ -111,35 +125,41 @@ class Storage:
     async def get(self, ref: ObjectRef, max_bytes: int | None = None) -> bytes:
         """Read exactly the referenced version; a missing object or changed etag is a permanent error, and
         so is one larger than `max_bytes` (refused before its body is read)."""
+        async with self.open(ref, max_bytes) as reader:
+            return await reader.body.read()
+
+    @contextlib.asynccontextmanager
+    async def open(self, ref: ObjectRef, max_bytes: int | None = None) -> AsyncIterator[Reader]:
+        """Exactly the referenced version, open for reading a chunk at a time (`Reader.chunks`): a large
+        object need not be held in memory. Errors as `get`, raised before any byte is read."""
         validate_key(ref.key)
         kwargs: dict = {}
         if ref.version_id:
             kwargs["VersionId"] = ref.version_id
         elif ref.etag:
             kwargs["IfMatch"] = f'"{ref.etag}"'
-        try:
-            with _span("GetObject", ref.bucket, ref.key, version=ref.version_id) as span:
+        with _span("GetObject", ref.bucket, ref.key, version=ref.version_id) as span:
+            try:
                 resp = await self.client.get_object(Bucket=ref.bucket, Key=ref.key, **kwargs)
-                async with resp["Body"] as body:
-                    size = resp.get("ContentLength") or 0
-                    if max_bytes is not None and size > max_bytes:
-                        raise ObjectTooLargeError(
-                            f"object {ref.uri()} is {size:,} bytes, more than the {max_bytes:,} read here"
-                        )
-                    data = await body.read()
-                telemetry.set_attributes(span, baton__s3__size=len(data))
-        except ClientError as exc:
-            if is_missing(exc):
-                raise ObjectMissingError(f"object {ref.uri()} does not exist") from exc
-            if _code(exc) in ("PreconditionFailed", "412"):
-                raise ObjectMissingError(
-                    f"object {ref.uri()} changed: its etag is no longer {ref.etag!r}"
-                ) from exc
-            raise
-        etag = _strip(resp.get("ETag"))
-        if ref.etag and etag and etag != ref.etag:
-            raise ObjectMissingError(f"object {ref.uri()} has etag {etag!r}, expected {ref.etag!r}")
-        return data
+            except ClientError as exc:
+                if is_missing(exc):
+                    raise ObjectMissingError(f"object {ref.uri()} does not exist") from exc
+                if _code(exc) in ("PreconditionFailed", "412"):
+                    raise ObjectMissingError(
+                        f"object {ref.uri()} changed: its etag is no longer {ref.etag!r}"
+                    ) from exc
+                raise
+            async with resp["Body"] as body:
+                etag = _strip(resp.get("ETag"))
+                if ref.etag and etag and etag != ref.etag:
+                    raise ObjectMissingError(f"object {ref.uri()} has etag {etag!r}, expected {ref.etag!r}")
+                size = resp.get("ContentLength") or 0
+                if max_bytes is not None and size > max_bytes:
+                    raise ObjectTooLargeError(
+                        f"object {ref.uri()} is {size:,} bytes, more than the {max_bytes:,} read here", size
+                    )
+                telemetry.set_attributes(span, baton__s3__size=size)
+                yield Reader(size, body)
 
     async def presign(self, ref: ObjectRef, expires: int = 3600) -> str:
         """A URL that reads exactly this version without credentials, for `expires` seconds (signed with

@@ -22,6 +22,7 @@ from urllib.parse import quote
 import uvicorn
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 from starlette.applications import Starlette
+from starlette.background import BackgroundTask
 from starlette.requests import Request
 from starlette.responses import (
     HTMLResponse,
@@ -37,7 +38,7 @@ from starlette.staticfiles import StaticFiles
 from baton import client
 from services.mcp.app import _guess_type, _Server, is_loopback
 from shared import metrics, streams, telemetry
-from shared.errors import BatonError, KeyValidationError, ObjectMissingError
+from shared.errors import BatonError, KeyValidationError, ObjectMissingError, ObjectTooLargeError
 from shared.events import ID_PATTERN, ObjectRef, utcnow
 from shared.logging import configure_logging
 from shared.service import loop_name, mark_ready, redis_client, run, tune_gc
@@ -259,20 +260,43 @@ class Console:
         if not runs.readable(run_id, key):
             return self.page(request, "error.html", 403, message=f"{key} is not a file of run {run_id}.")
         ref = ObjectRef(bucket=self.settings.bucket, key=key, version_id=version)
+        if request.query_params.get("download"):
+            return await self.download(request, ref)
         try:
-            data = await runs.read(self.storage, ref)
+            data = await self.storage.get(ref, max_bytes=render.MAX_VIEW_BYTES)
         except (ObjectMissingError, KeyValidationError) as exc:
             return self.page(request, "error.html", 404, message=str(exc))
-        if request.query_params.get("download"):
-            name = posixpath.basename(key).replace('"', "")
-            # never the stored type: a file must not become a page of the console's origin
-            return Response(
-                data,
-                media_type="application/octet-stream",
-                headers={"content-disposition": f'attachment; filename="{name}"'},
-            )
-        shown = render.show(data, key, _guess_type(key))
-        return self.page(request, "file.html", run_id=run_id, ref=ref, shown=shown, size=len(data))
+        except ObjectTooLargeError as exc:  # offered for download, not read
+            shown, size = render.Shown("too-big"), exc.size
+        else:
+            shown, size = render.show(data, key, _guess_type(key)), len(data)
+        return self.page(request, "file.html", run_id=run_id, ref=ref, shown=shown, size=size)
+
+    async def download(self, request: Request, ref: ObjectRef) -> Response:
+        """The exact version as an attachment, streamed a chunk at a time (any size, in bounded memory)."""
+        stack = contextlib.AsyncExitStack()
+        try:
+            reader = await stack.enter_async_context(self.storage.open(ref))
+        except (ObjectMissingError, KeyValidationError) as exc:
+            await stack.aclose()
+            return self.page(request, "error.html", 404, message=str(exc))
+
+        async def body():
+            async with stack:
+                async for chunk in reader.chunks():
+                    yield chunk
+
+        name = posixpath.basename(ref.key).replace('"', "")
+        # never the stored type: a file must not become a page of the console's origin
+        return StreamingResponse(
+            body(),
+            media_type="application/octet-stream",
+            headers={
+                "content-disposition": f'attachment; filename="{name}"',
+                "content-length": str(reader.size),
+            },
+            background=BackgroundTask(stack.aclose),  # (also when the body was never sent)
+        )
 
     # --- acting --------------------------------------------------------------------------------------
 

@@ -80,6 +80,40 @@ async def test_an_output_with_a_script_is_shown_as_text_and_downloaded_at_its_ve
         assert outside.status_code == 403
 
 
+async def test_a_large_output_is_offered_for_download_and_streamed_at_its_version(
+    console, settings, tmp_path
+):
+    """At 100x an output's size (64 MB): the file page says how large it is without reading it, and the
+    download streams that exact version (the console does not hold it in memory), as `baton get` does."""
+    import hashlib
+    import os
+
+    big = tmp_path / "big.bin"
+    with big.open("wb") as out:
+        for _ in range(64):
+            out.write(os.urandom(1 << 20))
+    run_id = await client.submit(settings, "copy-files", {"big": big})
+    events = await wait_for_end(settings, run_id, timeout=120)
+    assert events[-1].type == "run.completed", events[-1]
+    ref = events[-1].outputs["big"]
+    exact = {"key": ref.key, "version": ref.version_id}
+    async with _session(console) as http:
+        view = await http.get(f"/runs/{run_id}/file", params=exact)
+        assert view.status_code == 200 and "Too large to show here" in view.text
+        assert f"{64 << 20} bytes" in view.text
+        digest = hashlib.sha256()
+        async with http.stream("GET", f"/runs/{run_id}/file", params={**exact, "download": 1}) as got:
+            assert got.status_code == 200 and got.headers["content-length"] == str(64 << 20)
+            async for chunk in got.aiter_bytes():
+                digest.update(chunk)
+        assert digest.hexdigest() == hashlib.sha256(big.read_bytes()).hexdigest()
+        wrong = {"key": ref.key, "version": "nope", "download": 1}
+        gone = await http.get(f"/runs/{run_id}/file", params=wrong)
+        assert gone.status_code == 404
+    written = await client.download(settings, run_id, tmp_path / "out")
+    assert written["big"].read_bytes() == big.read_bytes()
+
+
 async def test_forms_need_the_sessions_csrf_token_and_bearer_scripts_act_without_one(console, settings):
     async with _session(console) as http:
         refused = await http.post("/submit", data={"workflow": "copy-files", "params": "{}"})
