@@ -268,18 +268,25 @@ app.add_typer(dlq_app, name="dlq")
 
 @dlq_app.command("list")
 def dlq_list(
-    count: int = typer.Option(50, help="How many, newest first."),
+    count: int = typer.Option(50, min=1, help="How many, newest first."),
+    before: str | None = typer.Option(None, help="Only letters older than this entry id (the next page)."),
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """List dead letters: id, stream, reason."""
-    letters = asyncio.run(client.dlq_list(settings(), count))
+    if before is not None and not re.fullmatch(r"\d+(-\d+)?", before):
+        fail(f"--before {before!r} is not a stream entry id (like 1733050000000-0)")
+    cfg = settings()
+    letters = asyncio.run(client.dlq_list(cfg, count, before))
     if as_json:
         typer.echo(json.dumps([{"id": i, **d.model_dump(mode="json")} for i, d in letters]))
         return
     for entry_id, letter in letters:
         typer.echo(f"{entry_id}  {letter.stream:<24} {letter.service:<10} {letter.reason[:100]}")
     if not letters:
-        typer.echo("the dead-letter stream is empty", err=True)
+        typer.echo("no older dead letters" if before else "the dead-letter stream is empty", err=True)
+    elif len(letters) == count:
+        total = asyncio.run(client.dlq_length(cfg))
+        typer.echo(f"({total:,} dead letters in all; older ones: --before {letters[-1][0]})", err=True)
 
 
 @dlq_app.command("show")

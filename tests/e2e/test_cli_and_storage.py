@@ -95,6 +95,15 @@ async def test_dlq_replay_all_of_one_stream_reports_progress_and_a_summary(setti
         again = baton(settings, "dlq", "replay", "--all", "--stream", target)
         assert again.stdout.count(": kept: still invalid") == 75
         assert "(replayed 0 dead letters, kept 75)" in again.stderr
+        kept = ids[::8]  # the 75 still invalid, now the newest letters
+        page = baton(settings, "dlq", "list", "--count", "50")
+        assert [line.split()[0] for line in page.stdout.splitlines()] == list(reversed(kept))[:50]
+        assert "dead letters in all; older ones: --before " in page.stderr
+        older = page.stderr.split("--before ")[1].split(")")[0]
+        nxt = baton(settings, "dlq", "list", "--count", "50", "--before", older)
+        assert [line.split()[0] for line in nxt.stdout.splitlines()][:25] == list(reversed(kept))[50:]
+        bad = baton(settings, "dlq", "list", "--before", "yesterday")
+        assert bad.returncode != 0 and "is not a stream entry id" in bad.stderr
         wrong = baton(settings, "dlq", "replay", ids[0], "--all")
         assert wrong.returncode != 0 and "not both" in wrong.stderr
         wrong = baton(settings, "dlq", "replay", "--stream", target)
