@@ -18,7 +18,7 @@ from redis.exceptions import AuthenticationError
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from baton import client, dev, servers
-from shared import acl, telemetry
+from shared import acl, streams, telemetry
 from shared.errors import BatonError
 from shared.events import Event, Usage
 from shared.settings import Settings
@@ -273,7 +273,7 @@ def dlq_list(
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """List dead letters: id, stream, reason."""
-    if before is not None and not re.fullmatch(r"\d+(-\d+)?", before):
+    if before is not None and not streams.is_entry_id(before):
         fail(f"--before {before!r} is not a stream entry id (like 1733050000000-0)")
     cfg = settings()
     letters = asyncio.run(client.dlq_list(cfg, count, before))
@@ -317,7 +317,7 @@ def dlq_replay(
 
 async def _replay(cfg: Settings, entry_ids: list[str] | None, stream: str | None) -> None:
     """One line per dead letter as it is handled; with --all, a count on stderr as it goes."""
-    total = await client.dlq_length(cfg) if entry_ids is None else len(entry_ids)
+    total = await client.dlq_length(cfg) if entry_ids is None else None  # (--all's progress line)
     done = replayed = 0
     async for entry_id, what in client.dlq_replay_iter(cfg, entry_ids, stream):
         typer.echo(f"{entry_id}: {what}")

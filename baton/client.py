@@ -5,6 +5,7 @@ A client needs no FastStream: it speaks the documented wire format with plain re
 
 from __future__ import annotations
 
+import contextlib
 import json
 import mimetypes
 import posixpath
@@ -84,6 +85,20 @@ async def _record_partitions(settings: Settings) -> list[str]:
     return []
 
 
+@contextlib.asynccontextmanager
+async def _redis(settings: Settings, redis: aioredis.Redis | None = None) -> AsyncIterator[aioredis.Redis]:
+    """`redis` when the caller holds a pooled client (a service: the A2A gateway, the console), else a
+    connection of its own for this one call (the CLI)."""
+    if redis is not None:
+        yield redis
+        return
+    client = connect(settings.redis_url)
+    try:
+        yield client
+    finally:
+        await client.aclose()
+
+
 def new_run_id() -> str:
     return f"r-{new_id()[:20]}"
 
@@ -130,6 +145,8 @@ async def publish_run(
     inputs: dict[str, ObjectRef],
     params: dict | None = None,
     sender: str = "cli",
+    *,
+    redis: aioredis.Redis | None = None,
 ) -> None:
     """Publish `RunSubmitted` for inputs already in the bucket (outside the run's workspace is fine)."""
     root = telemetry.NOOP if telemetry.current_traceparent() else telemetry.submission(run_id, workflow)
@@ -137,11 +154,8 @@ async def publish_run(
         event = RunSubmitted(
             run_id=run_id, workflow=workflow, inputs=inputs, params=params or {}, sender=sender
         )
-    client = connect(settings.redis_url)
-    try:
+    async with _redis(settings, redis) as client:
         await client.xadd(streams.RUNS, encode(event))
-    finally:
-        await client.aclose()
 
 
 def follower_name(run_id: str) -> str:
@@ -177,11 +191,8 @@ async def follow(settings: Settings, run_id: str, block_ms: int = 5000) -> Async
 
 async def run_result(settings: Settings, run_id: str) -> Event | None:
     """The run's terminal event, if it has ended."""
-    client = connect(settings.redis_url)
-    try:
+    async with _redis(settings) as client:
         entries = await client.xrevrange(streams.run_events(run_id), count=50)
-    finally:
-        await client.aclose()
     for _id, fields in entries:
         event = parse_event(fields[DATA_FIELD.encode()])
         if event.type in TERMINAL_RUN_EVENTS:
@@ -236,6 +247,7 @@ async def write_response(
     *,
     sender: str = "cli",
     stamp: str | None = None,
+    redis: aioredis.Redis | None = None,
 ) -> ObjectRef:
     """The response file a waiting run resumes on (`baton respond`, the console, MCP, the A2A gateway):
     `{"decision", "text", ...}` under `runs/<run_id>/human/responses/`, under a new key each time (never
@@ -244,11 +256,13 @@ async def write_response(
     key = f"{run_prefix(run_id)}human/responses/response-{stamp}-{secrets.token_hex(3)}.json"
     body_bytes = json.dumps(body).encode()
     ref = await storage.put(key, body_bytes, content_type="application/json", if_none_match=True)
-    await announce(settings, ref, sender)
+    await announce(settings, ref, sender, redis=redis)
     return ref
 
 
-async def announce(settings: Settings, ref: ObjectRef, sender: str = "cli") -> None:
+async def announce(
+    settings: Settings, ref: ObjectRef, sender: str = "cli", *, redis: aioredis.Redis | None = None
+) -> None:
     """Tell the supervisor that a response file landed, as the bucket's notification will: MinIO drops
     the notifications of objects written just as it starts (README, Reliability, bug 9), and a person's
     answer must not wait for ever on one. The notification, when it comes too, finds the response
@@ -263,16 +277,15 @@ async def announce(settings: Settings, ref: ObjectRef, sender: str = "cli") -> N
         event_name="s3:ObjectCreated:Put",
         sender=sender,
     )
-    client = connect(settings.redis_url)
-    try:
+    async with _redis(settings, redis) as client:
         await client.xadd(streams.OBJECTS, encode(event))
-    finally:
-        await client.aclose()
 
 
-async def ensure_waiting(settings: Settings, run_id: str) -> dict[str, Any]:
+async def ensure_waiting(
+    settings: Settings, run_id: str, *, redis: aioredis.Redis | None = None
+) -> dict[str, Any]:
     """The run's status if it waits for a person; else `NotWaitingError` (BatonError if there is no run)."""
-    status = await run_status(settings, run_id, last=1)
+    status = await run_status(settings, run_id, last=1, redis=redis)
     if status["status"] != "waiting_for_human":
         raise NotWaitingError(f"run {run_id} is not waiting for a person (it is {status['status']})")
     return status
@@ -340,17 +353,16 @@ async def search(
 END_STATUS = {"run.completed": "completed", "run.failed": "failed", "run.cancelled": "cancelled"}
 
 
-async def run_status(settings: Settings, run_id: str, last: int = 20) -> dict[str, Any]:
+async def run_status(
+    settings: Settings, run_id: str, last: int = 20, *, redis: aioredis.Redis | None = None
+) -> dict[str, Any]:
     """Where a run stands: status, outputs (refs), what it waits for, and its last `last` events.
 
     Read from the run's state key and event stream; tolerant of event types this client does not know.
     """
-    client = connect(settings.redis_url)
-    try:
+    async with _redis(settings, redis) as client:
         run = await get_run(client, run_id)
         entries = await client.xrevrange(streams.run_events(run_id), count=max(last, 1))
-    finally:
-        await client.aclose()
     if run is None and not entries:
         raise BatonError(f"no run {run_id!r} (a run just submitted appears once the supervisor has taken it)")
     state: dict[str, Any] = run.model_dump(mode="json") if run is not None else {}
@@ -384,45 +396,42 @@ async def run_status(settings: Settings, run_id: str, last: int = 20) -> dict[st
 
 
 async def cancel(
-    settings: Settings, run_id: str, reason: str = "cancelled by a user", sender: str = "cli"
+    settings: Settings,
+    run_id: str,
+    reason: str = "cancelled by a user",
+    sender: str = "cli",
+    *,
+    redis: aioredis.Redis | None = None,
 ) -> None:
     """Ask the supervisor to stop a run; it ends `cancelled` and its tasks are dropped."""
-    client = connect(settings.redis_url)
-    try:
+    async with _redis(settings, redis) as client:
         await client.xadd(
             streams.RUNS, encode(RunCancelRequested(run_id=run_id, reason=reason, sender=sender))
         )
-    finally:
-        await client.aclose()
 
 
 async def dlq_list(
-    settings: Settings, count: int = 50, before: str | None = None
+    settings: Settings,
+    count: int = 50,
+    before: str | None = None,
+    *,
+    redis: aioredis.Redis | None = None,
 ) -> list[tuple[str, DeadLetter]]:
     """The newest dead letters (older than entry `before`, for the next page), newest first, with their
     entry ids in `baton:dlq`."""
-    client = connect(settings.redis_url)
-    try:
+    async with _redis(settings, redis) as client:
         entries = await client.xrevrange(streams.DLQ, max=f"({before}" if before else "+", count=count)
-    finally:
-        await client.aclose()
     return [(i.decode(), DeadLetter.model_validate_json(f[DATA_FIELD.encode()])) for i, f in entries]
 
 
-async def dlq_length(settings: Settings) -> int:
-    client = connect(settings.redis_url)
-    try:
+async def dlq_length(settings: Settings, *, redis: aioredis.Redis | None = None) -> int:
+    async with _redis(settings, redis) as client:
         return await client.xlen(streams.DLQ)
-    finally:
-        await client.aclose()
 
 
-async def dlq_show(settings: Settings, entry_id: str) -> DeadLetter:
-    client = connect(settings.redis_url)
-    try:
+async def dlq_show(settings: Settings, entry_id: str, *, redis: aioredis.Redis | None = None) -> DeadLetter:
+    async with _redis(settings, redis) as client:
         entries = await client.xrange(streams.DLQ, min=entry_id, max=entry_id)
-    finally:
-        await client.aclose()
     if not entries:
         raise BatonError(f"no dead letter {entry_id} in {streams.DLQ}")
     return DeadLetter.model_validate_json(entries[0][1][DATA_FIELD.encode()])

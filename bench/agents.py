@@ -44,3 +44,10 @@ async def tick(ctx: AgentContext) -> None:
         n += 1
         await ctx.progress(f"tick {n}")
         await asyncio.sleep(interval)
+
+
+async def wait(ctx: AgentContext) -> None:
+    """Sleep `sleep` seconds (param, default 1), then write a note: a stage that takes a while without
+    using a core (the A2A scenario's tasks stay in flight that long)."""
+    await asyncio.sleep(float(ctx.params.get("sleep", 1)))
+    await ctx.write("work/waited.txt", f"{ctx.task.agent} waited\n", name="waited")

@@ -18,6 +18,7 @@ from pathlib import Path
 import redis
 
 from baton import servers
+from bench import a2a as a2a_bench
 from bench import cluster as cluster_bench
 from bench import console as console_bench
 from bench import runs as whole_runs
@@ -35,6 +36,7 @@ SCENARIOS = (
     "sweep",
     "fanout",
     "console",
+    "a2a",
     "cluster",
     "tracing",
 )
@@ -145,6 +147,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         action="store_true",
         help="run the console in an idle-class cgroup (cpu.idle; needs root): it yields a core at once",
     )
+    p.add_argument(
+        "--a2a-tasks", default="1000,10000", help="A2A tasks sent at once to the gateway, one burst each"
+    )
+    p.add_argument(
+        "--a2a-sleep", type=float, default=2.0, help="seconds each of the A2A scenario's two stages waits"
+    )
     p.add_argument("--trace-runs", type=int, default=2000, help="runs per burst in the tracing scenario")
     p.add_argument("--trace-rounds", type=int, default=3, help="alternating off/on rounds (tracing)")
     p.add_argument("--out", type=Path, default=ROOT / "bench" / "results.json")
@@ -175,6 +183,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.console_seconds = min(args.console_seconds, 3.0)
         args.console_list_runs = min(args.console_list_runs, 10_000)
         args.console_waiting = min(args.console_waiting, 100)
+        args.a2a_tasks = "100"
+        args.a2a_sleep = min(args.a2a_sleep, 0.5)
     return args
 
 
@@ -413,6 +423,8 @@ def main(argv: list[str] | None = None) -> None:
                 args.console_tick,
                 args.console_waiting,
             )
+        if "a2a" in only:
+            results["a2a"] = a2a_bench.scenario(srv, _ints(args.a2a_tasks), args.a2a_sleep, args.run_workers)
         if "cluster" in only:
             results["cluster"] = cluster_bench.scenario(
                 minio.url, notifier_port, token, work / "cluster", args.cluster_hop_n, args.cluster_burst_n
@@ -569,6 +581,7 @@ def table(results: dict) -> str:
         lines += ["", f"by reference vs inline: failed: {ref.get('error')}"]
     lines += runs_table(results)
     lines += console_bench.table(results, BUSY_CORES)
+    lines += a2a_bench.table(results)
     if results.get("cluster"):
         lines += ["", *cluster_bench.table(results["cluster"])]
     if results.get("tracing"):
@@ -743,6 +756,7 @@ def markdown(results: dict) -> str:
             )
     out += runs_markdown(results)
     out += console_bench.markdown(results)
+    out += a2a_bench.markdown(results)
     return "\n".join(out)
 
 

@@ -402,8 +402,10 @@ _ROOT = {
     "worker": TRANSACTIONS,  # outcome + done-mark in one MULTI/EXEC on the per-message path (BATON_BATCH=0)
     "indexer": TRANSACTIONS,
     # a dead letter's replay: XADD back and XDEL in one MULTI/EXEC; the one live reader's XREAD is re-armed
-    # with a new page's stream by CLIENT UNBLOCK of its own connection (services/console/live.py)
+    # with a new page's stream by CLIENT UNBLOCK of its own connection (shared/live.py)
     "console": (*TRANSACTIONS, "client|id", "client|unblock"),
+    # the same for the gateway's one live reader, which follows the runs of every A2A task in flight
+    "gateway": ("client|id", "client|unblock"),
     "cli": (*TRANSACTIONS, "scan"),  # `baton trim` finds the agent streams with SCAN ... TYPE stream
 }
 

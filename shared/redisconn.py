@@ -81,8 +81,23 @@ class BoundedCluster(RedisCluster):
             return await super().execute_command(*args, **kw)
 
 
-def connect(url: str, *, max_connections: int | None = None, blocking: bool = True, **kw):
-    """A client for `url`: `Redis` on a bounded (blocking when `blocking`) pool, or a cluster client."""
+POOL = 100  # connections a client's pool holds when the caller names no bound (redis-py's own default)
+POOL_WAIT = 30  # seconds a command waits for one of them before it fails
+
+
+def connect(
+    url: str,
+    *,
+    max_connections: int | None = None,
+    blocking: bool = True,
+    wait: float | None = POOL_WAIT,
+    **kw,
+):
+    """A client for `url`: `Redis` on a bounded pool (`max_connections`, default `POOL`), or a cluster
+    client. With `blocking` (the default) a command that finds every connection busy waits up to `wait`
+    seconds for one (None: as long as it takes): a burst of concurrent callers (the A2A gateway's task
+    store at 2,000 tasks in flight) waits its turn instead of failing with redis-py's
+    MaxConnectionsError."""
     if is_cluster(url):
         seeds, auth = cluster_parts(url)
         return BoundedCluster(
@@ -93,11 +108,9 @@ def connect(url: str, *, max_connections: int | None = None, blocking: bool = Tr
             **auth,
             **kw,
         )
-    if max_connections is None:
-        return aioredis.Redis.from_url(url, **kw)
     pool_cls = aioredis.BlockingConnectionPool if blocking else aioredis.ConnectionPool
-    extra = {"timeout": 30} if blocking else {}
-    pool = pool_cls.from_url(url, max_connections=max_connections, **extra, **kw)
+    extra = {"timeout": wait} if blocking else {}
+    pool = pool_cls.from_url(url, max_connections=max_connections or POOL, **extra, **kw)
     return aioredis.Redis.from_pool(pool)
 
 

@@ -153,6 +153,12 @@ class Settings(BaseSettings):
     a2a_inline_bytes: int = Field(
         256 * 1024, ge=0, description="Gateway: outputs up to this size go back as bytes, larger as URLs."
     )
+    a2a_max_starting: int = Field(
+        32,
+        ge=1,
+        description="Gateway: A2A tasks it starts at once (inputs uploaded, run published); more wait "
+        "their turn, so a burst of thousands is taken in order instead of starving every one of them.",
+    )
     console_host: str = Field("127.0.0.1", description="Where the web console listens.")
     console_port: int = Field(9914, description="Port of the web console.")
     console_token: str = Field(

@@ -7,6 +7,7 @@ goes to a stream the supervisor reads. So outcomes travel on partitioned streams
 and the done-marks of a run live beside its partition's stream (`baton:{r<N>}:done:<run>`): one slot.
 """
 
+import re
 import zlib
 
 RUNS = "baton:runs"  # RunSubmitted: consumed by the supervisor
@@ -122,3 +123,12 @@ def a2a_task(run_id: str) -> str:
 def a2a_tasks(workflow: str) -> str:
     """The A2A gateway's tasks of one workflow, by last update (a sorted set, for `tasks/list`)."""
     return f"baton:a2a:tasks:{workflow}"
+
+
+_ENTRY_ID = re.compile(r"[0-9]+(-[0-9]+)?")
+
+
+def is_entry_id(value: str) -> bool:
+    """`value` is a stream entry id as a person or a page gives one: `1733050000000-0`, or its milliseconds
+    alone (ASCII digits only: `str.isdigit` would take `²`, which Redis refuses)."""
+    return _ENTRY_ID.fullmatch(value) is not None

@@ -183,7 +183,7 @@ class Console:
         state = await runs.load(self.redis, run_id)
         if _wants_json(request):
             try:
-                status = await client.run_status(self.settings, run_id, last=50)
+                status = await client.run_status(self.settings, run_id, last=50, redis=self.redis)
             except BatonError as exc:
                 return JSONResponse({"error": str(exc)}, 404)
             return JSONResponse(json.loads(json.dumps(status, default=lambda o: o.model_dump(mode="json"))))
@@ -245,7 +245,7 @@ class Console:
         entry id as the SSE id. Ends after the run's terminal event."""
         run_id = self.run_id(request)
         after = request.headers.get("last-event-id") or request.query_params.get("after") or "0"
-        if not _entry_id(after):
+        if not streams.is_entry_id(after):
             after = "0"
         return StreamingResponse(
             self.hub.sse(run_id, after),
@@ -305,7 +305,7 @@ class Console:
         form = await self.form(request)
         decision = "approve" if form.get("decision") == "approve" else "reject"
         try:
-            await client.ensure_waiting(self.settings, run_id)
+            await client.ensure_waiting(self.settings, run_id, redis=self.redis)
         except BatonError as exc:
             return self.page(request, "error.html", 409, message=str(exc))
         body = {
@@ -314,7 +314,9 @@ class Console:
             "sender": SERVICE,
             "responded_at": utcnow().isoformat(),
         }
-        ref = await client.write_response(self.storage, self.settings, run_id, body, sender=SERVICE)
+        ref = await client.write_response(
+            self.storage, self.settings, run_id, body, sender=SERVICE, redis=self.redis
+        )
         self.log.info("console_responded", responded_run=run_id, decision=decision, key=ref.key)
         return RedirectResponse(f"/runs/{run_id}", 303)
 
@@ -322,7 +324,7 @@ class Console:
         run_id = self.run_id(request)
         form = await self.form(request)
         reason = str(form.get("reason") or "") or "cancelled from the console"
-        await client.cancel(self.settings, run_id, reason, sender=SERVICE)
+        await client.cancel(self.settings, run_id, reason, sender=SERVICE, redis=self.redis)
         self.log.info("console_cancelled", cancelled_run=run_id)
         return RedirectResponse(f"/runs/{run_id}", 303)
 
@@ -358,7 +360,9 @@ class Console:
                 refs[name] = await client.put_input(self.storage, run_id, filename, await upload.read())
             except BatonError as exc:  # a bad file name, or the same file twice
                 return self.submit_page(request, 400, workflow, f"input {name!r}: {exc}")
-        await client.publish_run(self.settings, run_id, workflow, refs, params, sender=SERVICE)
+        await client.publish_run(
+            self.settings, run_id, workflow, refs, params, sender=SERVICE, redis=self.redis
+        )
         self.log.info("console_run_submitted", submitted_run=run_id, workflow=workflow)
         if request.state.via == "bearer":
             return JSONResponse({"run_id": run_id, "workflow": workflow}, 201)
@@ -400,11 +404,11 @@ class Console:
     async def dlq(self, request: Request) -> Response:
         """Dead letters newest first, a page at a time: XREVRANGE from before the last one shown."""
         before = request.query_params.get("before") or None
-        if before is not None and not _entry_id(before):
+        if before is not None and not streams.is_entry_id(before):
             return PlainTextResponse(f"before={before!r} is not a stream entry id", 400)
         size = self.settings.console_page_size
-        letters = await client.dlq_list(self.settings, size, before)
-        total = await client.dlq_length(self.settings)
+        letters = await client.dlq_list(self.settings, size, before, redis=self.redis)
+        total = await client.dlq_length(self.settings, redis=self.redis)
         next_before = letters[-1][0] if len(letters) == size else None
         if _wants_json(request):
             return JSONResponse(
@@ -420,10 +424,10 @@ class Console:
 
     async def dlq_show(self, request: Request) -> Response:
         entry = request.path_params["entry"]
-        if not _entry_id(entry):
+        if not streams.is_entry_id(entry):
             return self.page(request, "error.html", 404, message="no such dead letter")
         try:
-            letter = await client.dlq_show(self.settings, entry)
+            letter = await client.dlq_show(self.settings, entry, redis=self.redis)
         except BatonError as exc:
             return self.page(request, "error.html", 404, message=str(exc))
         return self.page(
@@ -437,7 +441,7 @@ class Console:
     async def dlq_replay(self, request: Request) -> Response:
         entry = request.path_params["entry"]
         await self.form(request)
-        if not _entry_id(entry):
+        if not streams.is_entry_id(entry):
             return self.page(request, "error.html", 404, message="no such dead letter")
         outcome = await client.dlq_replay(self.settings, [entry])
         self.log.info("console_dlq_replayed", entry=entry, outcome=outcome.get(entry))
@@ -464,11 +468,6 @@ def _wants_json(request: Request) -> bool:
     return request.query_params.get("format") == "json" or "application/json" in request.headers.get(
         "accept", ""
     )
-
-
-def _entry_id(value: str) -> bool:
-    ms, _, seq = value.partition("-")
-    return ms.isdigit() and (seq == "" or seq.isdigit())
 
 
 def _local(url: str) -> str:

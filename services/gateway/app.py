@@ -34,9 +34,9 @@ from starlette.routing import Mount, Route
 
 from services.mcp.app import _Server, is_loopback
 from shared import metrics, telemetry
+from shared.live import Hub
 from shared.logging import configure_logging
-from shared.redisconn import connect
-from shared.service import loop_name, mark_ready, run
+from shared.service import loop_name, mark_ready, redis_client, run
 from shared.settings import Settings
 from shared.storage import Storage
 from shared.workflow import HUMAN, SequentialWorkflow, load_workflows
@@ -95,15 +95,16 @@ def card(name: str, wf, url: str) -> AgentCard:
     )
 
 
-def create_app(settings: Settings, storage: Storage, redis: aioredis.Redis, log) -> Starlette:
+def create_app(settings: Settings, storage: Storage, redis: aioredis.Redis, hub: Hub, log) -> Starlette:
     workflows = load_workflows(settings.workflows).workflows
     root = base_url(settings)
     mounts, listing = [], []
     live: set[str] = set()  # the tasks this process follows now
+    starting = asyncio.Semaphore(settings.a2a_max_starting)
     for name, wf in workflows.items():
         url = f"{root}{name}/"
         the_card = card(name, wf, url)
-        executor = WorkflowExecutor(name, settings, storage, log, live)
+        executor = WorkflowExecutor(name, settings, storage, redis, hub, log, live, starting)
         handler = DefaultRequestHandler(
             agent_executor=executor,
             task_store=RunTaskStore(redis, settings, name, live, executor.part),
@@ -166,9 +167,15 @@ async def serve(settings: Settings) -> None:
             "(or listen on 127.0.0.1)",
         )
         raise SystemExit(2)
-    redis = connect(settings.redis_url)
-    async with Storage.connect(settings) as storage, contextlib.aclosing(redis):
-        app = create_app(settings, storage, redis, log)
+    # Bounded, and a command waits for a connection as long as it takes: a burst of thousands of A2A requests
+    # queues for Redis instead of failing the ones that wait longest (redis-py's own pool: at 101). Its
+    # sockets wait 60 s, not redis-py's 5: while 10,000 requests arrive at once the event loop comes round
+    # to a connection's handshake only every few seconds (at 5 s, the pool's first 64 connects all failed).
+    redis = redis_client(settings, wait=None, socket_connect_timeout=60, socket_timeout=60)
+    hub = Hub(settings.redis_url, redis, log, name="baton-gateway:live")  # every task's run, one reader
+    hub.start()
+    async with Storage.connect(settings) as storage, contextlib.aclosing(redis), contextlib.aclosing(hub):
+        app = create_app(settings, storage, redis, hub, log)
         config = uvicorn.Config(
             app, host=settings.gateway_host, port=settings.gateway_port, log_level="warning", access_log=False
         )

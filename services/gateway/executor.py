@@ -15,6 +15,8 @@ tasks themselves are kept in Redis, `tasks.py`):
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import posixpath
 
 import httpx
@@ -27,6 +29,7 @@ from google.protobuf import json_format
 from baton import client
 from shared.errors import BatonError, KeyValidationError, PreconditionFailedError
 from shared.events import ObjectRef, utcnow
+from shared.live import Hub, run_events
 from shared.storage import Storage
 from shared.workspace import run_prefix
 
@@ -41,12 +44,24 @@ class GatewayError(BatonError):
 
 
 class WorkflowExecutor(AgentExecutor):
-    """Runs one workflow per A2A task; holds its settings, the storage client, and the ids of the tasks
-    this process follows now (`live`: the task store leaves those to it)."""
+    """Runs one workflow per A2A task; holds its settings, the storage client, the process' pooled Redis
+    client and its one live reader (`hub`: every task in flight follows its run there, not on a connection
+    of its own), the ids of the tasks this process follows now (`live`: the task store leaves those to
+    it), and the gate new tasks pass one by one to start (`starting`, shared by every workflow)."""
 
-    def __init__(self, workflow: str, settings, storage: Storage, log, live: set[str]) -> None:
+    def __init__(
+        self,
+        workflow: str,
+        settings,
+        storage: Storage,
+        redis,
+        hub: Hub,
+        log,
+        live: set[str],
+        starting: asyncio.Semaphore,
+    ) -> None:
         self.workflow, self.settings, self.storage, self.log = workflow, settings, storage, log
-        self.live = live
+        self.redis, self.hub, self.live, self.starting = redis, hub, live, starting
 
     async def execute(self, context: RequestContext, event_queue: EventQueue) -> None:
         self.live.add(context.task_id)
@@ -58,6 +73,7 @@ class WorkflowExecutor(AgentExecutor):
     async def run(self, context: RequestContext, event_queue: EventQueue) -> None:
         task = context.current_task
         if task is None:
+            answered = None
             run_id = run_of_task(context.task_id)
             task = Task(
                 id=context.task_id,
@@ -66,19 +82,22 @@ class WorkflowExecutor(AgentExecutor):
                 history=[context.message],
                 metadata={RUN_KEY: run_id, "baton_workflow": self.workflow},
             )
-            await event_queue.enqueue_event(task)
+            await event_queue.enqueue_event(task)  # the client learns its task id at once, `submitted`
             up = TaskUpdater(event_queue, task.id, task.context_id)
-            try:
-                inputs, params = await self.inputs(run_id, context.message)
-            except (GatewayError, KeyValidationError, PreconditionFailedError) as exc:
-                await up.reject(up.new_agent_message([Part(text=str(exc))]))
-                return
-            await client.publish_run(self.settings, run_id, self.workflow, inputs, params, sender=SENDER)
-            self.log.info("a2a_run_submitted", submitted_run=run_id, workflow=self.workflow, task=task.id)
-            await up.update_status(
-                TaskState.TASK_STATE_WORKING, up.new_agent_message([Part(text=f"run {run_id} submitted")])
-            )
-            answered = None
+            # A burst of new tasks starts Settings.a2a_max_starting at a time; the rest wait here, in order.
+            async with self.starting:
+                try:
+                    inputs, params = await self.inputs(run_id, context.message)
+                except (GatewayError, KeyValidationError, PreconditionFailedError) as exc:
+                    await up.reject(up.new_agent_message([Part(text=str(exc))]))
+                    return
+                await client.publish_run(
+                    self.settings, run_id, self.workflow, inputs, params, sender=SENDER, redis=self.redis
+                )
+                self.log.info("a2a_run_submitted", submitted_run=run_id, workflow=self.workflow, task=task.id)
+                await up.update_status(
+                    TaskState.TASK_STATE_WORKING, up.new_agent_message([Part(text=f"run {run_id} submitted")])
+                )
         else:
             run_id = task.metadata[RUN_KEY]
             up = TaskUpdater(event_queue, task.id, task.context_id)
@@ -128,9 +147,11 @@ class WorkflowExecutor(AgentExecutor):
         if decision not in ("approve", "reject"):
             first = text.split(maxsplit=1)[0].strip(".,!:").lower() if text else ""
             decision = "reject" if first in REJECT_WORDS else "approve"
-        await client.ensure_waiting(self.settings, run_id)
+        await client.ensure_waiting(self.settings, run_id, redis=self.redis)
         body = {"decision": decision, "text": text, "sender": SENDER, "responded_at": utcnow().isoformat()}
-        ref = await client.write_response(self.storage, self.settings, run_id, body, sender=SENDER)
+        ref = await client.write_response(
+            self.storage, self.settings, run_id, body, sender=SENDER, redis=self.redis
+        )
         self.log.info("a2a_responded", responded_run=run_id, decision=decision, key=ref.key)
         asked = task.status.message.metadata[ASKED_KEY] if task.status.HasField("message") else None
         return asked or None
@@ -138,32 +159,38 @@ class WorkflowExecutor(AgentExecutor):
     async def follow(self, run_id: str, up: TaskUpdater, answered: str | None) -> None:
         """Turn the run's events into task updates until it ends or waits for a person."""
         skipping = answered is not None
-        async for event in client.follow(self.settings, run_id, block_ms=2000):
-            if skipping:  # already reported before the question that was just answered
-                skipping = event.event_id != answered
-                continue
-            kind = event.type
-            say = lambda text: up.new_agent_message([Part(text=text)])  # noqa: E731
-            if kind == "human.requested":
-                message = say(event.question or "a person is asked to approve")
-                message.metadata.update({ASKED_KEY: event.event_id, RUN_KEY: run_id})
-                await up.requires_input(message)
-                return
-            if kind == "run.completed":
-                for name, ref in event.outputs.items():
-                    await up.add_artifact([await self.part(ref)], name=name)
-                await up.complete(say(f"run {run_id} completed"))
-                return
-            if kind == "run.failed":
-                await up.failed(say(f"run {run_id} failed: {event.reason}"))
-                return
-            if kind == "run.cancelled":
-                await up.cancel(say(f"run {run_id} cancelled: {getattr(event, 'reason', '')}"))
-                return
-            if kind in ("task.started", "task.progress", "task.completed", "task.failed"):
-                agent = getattr(event, "agent", None) or "?"
-                detail = getattr(event, "message", "") or getattr(event, "error", "") or kind.split(".", 1)[1]
-                await up.update_status(TaskState.TASK_STATE_WORKING, say(f"{agent}: {detail}"))
+        async with contextlib.aclosing(run_events(self.hub, run_id)) as events:
+            async for event in events:
+                if skipping:  # already reported before the question that was just answered
+                    skipping = event.event_id != answered
+                elif await self.report(run_id, up, event):
+                    return
+
+    async def report(self, run_id: str, up: TaskUpdater, event) -> bool:
+        """One run event as the task's update; True when it ends the task's turn (an end or a question)."""
+        kind = event.type
+        say = lambda text: up.new_agent_message([Part(text=text)])  # noqa: E731
+        if kind == "human.requested":
+            message = say(event.question or "a person is asked to approve")
+            message.metadata.update({ASKED_KEY: event.event_id, RUN_KEY: run_id})
+            await up.requires_input(message)
+            return True
+        if kind == "run.completed":
+            for name, ref in event.outputs.items():
+                await up.add_artifact([await self.part(ref)], name=name)
+            await up.complete(say(f"run {run_id} completed"))
+            return True
+        if kind == "run.failed":
+            await up.failed(say(f"run {run_id} failed: {event.reason}"))
+            return True
+        if kind == "run.cancelled":
+            await up.cancel(say(f"run {run_id} cancelled: {getattr(event, 'reason', '')}"))
+            return True
+        if kind in ("task.started", "task.progress", "task.completed", "task.failed"):
+            agent = getattr(event, "agent", None) or "?"
+            detail = getattr(event, "message", "") or getattr(event, "error", "") or kind.split(".", 1)[1]
+            await up.update_status(TaskState.TASK_STATE_WORKING, say(f"{agent}: {detail}"))
+        return False
 
     async def part(self, ref: ObjectRef) -> Part:
         filename = posixpath.basename(ref.key)
@@ -179,7 +206,7 @@ class WorkflowExecutor(AgentExecutor):
         if task is None:
             return
         run_id = task.metadata[RUN_KEY]
-        await client.cancel(self.settings, run_id, reason="cancelled by an A2A client")
+        await client.cancel(self.settings, run_id, reason="cancelled by an A2A client", redis=self.redis)
         self.log.info("a2a_run_cancelled", cancelled_run=run_id, task=task.id)
         up = TaskUpdater(event_queue, task.id, task.context_id)
         await up.cancel(up.new_agent_message([Part(text=f"run {run_id} cancelled")]))

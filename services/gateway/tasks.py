@@ -76,7 +76,7 @@ class RunTaskStore(TaskStore):
         """The task as its run stands now (the stored one if the run is gone)."""
         run_id = task.metadata[RUN_KEY] if RUN_KEY in task.metadata else run_of_task(task.id)
         try:
-            run = await client.run_status(self.settings, run_id, last=50)
+            run = await client.run_status(self.settings, run_id, last=50, redis=self.redis)
         except BatonError:
             return task
         new = Task()

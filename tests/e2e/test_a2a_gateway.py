@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import secrets
 import uuid
@@ -19,9 +20,11 @@ from a2a.types import (
     SendMessageRequest,
     TaskState,
 )
+from google.protobuf import struct_pb2
 
 from baton import client as baton
 from baton import servers
+from shared.redisconn import connect
 from tests.e2e.conftest import Gateway
 from tests.helpers import wait_for_end
 
@@ -168,3 +171,43 @@ async def test_a_restarted_gateway_answers_tasks_get_from_the_runs_and_resumes_a
     finally:
         if gateway.handle in stack.procs:
             stack.kill(gateway.handle)
+
+
+async def test_hundreds_of_tasks_in_flight_share_one_live_reader_and_all_complete(gateway, settings):
+    """300 A2A tasks at once, each on a run that takes a second or more (queued behind the others): each
+    task follows its run on the gateway's one live reader (shared/live.py), not on a connection of its own
+    (then 10,000 tasks would be 10,000 Redis connections), and the gateway's pooled client makes a burst
+    of task-store writes wait for a connection instead of failing (redis-py's MaxConnectionsError at 101)."""
+    n = 300
+    sleep = struct_pb2.Value()
+    sleep.struct_value.update({"sleep": 1})
+    headers = {"Authorization": f"Bearer {gateway.token}"}
+    # (no keep-alive: a request sent on a connection the server closes as idle just then fails)
+    limits = httpx.Limits(max_connections=None, max_keepalive_connections=0)
+    samples: list[list[str]] = []  # the names of Baton's connections, every half second
+    admin = connect(settings.redis_url)
+    async with httpx.AsyncClient(headers=headers, limits=limits, timeout=httpx.Timeout(60, read=300)) as http:
+        card = await A2ACardResolver(http, f"{gateway.url}slow-pair/").get_agent_card()
+        a2a = ClientFactory(ClientConfig(httpx_client=http, streaming=True)).create(card)
+
+        async def one(i: int) -> TaskState:
+            request = message(Part(text=f"task {i}"), Part(data=sleep))
+            return last_task_state(await drain(a2a.send_message(request)))[1]
+
+        async def watch() -> None:
+            while True:
+                listed = await admin.client_list()
+                samples.append([c["name"] for c in listed if c["name"].startswith("baton-")])
+                await asyncio.sleep(0.5)
+
+        watcher = asyncio.create_task(watch())
+        try:
+            states = await asyncio.wait_for(asyncio.gather(*(one(i) for i in range(n))), 240)
+        finally:
+            watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watcher
+            await admin.aclose()
+    assert states.count(TaskState.TASK_STATE_COMPLETED) == n, {s: states.count(s) for s in set(states)}
+    assert max(names.count("baton-gateway:live") for names in samples) == 1
+    assert not [name for names in samples for name in names if name.startswith("baton-follow:")]

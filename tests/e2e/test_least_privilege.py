@@ -171,7 +171,6 @@ async def test_the_notifier_has_no_storage_credentials_and_publishes_only(stack,
         await _refused(r.get(streams.OBJECTS_SEEN_PREFIX + "x"))  # marks are set and deleted, never read
 
 
-
 async def test_the_webhook_without_minios_token_is_refused_and_logged(stack, real_servers):
     url = f"http://127.0.0.1:{real_servers.notifier_port}/minio/events"
     (handle,) = [h for h in stack.procs if h.startswith("notifier-")]
@@ -211,6 +210,10 @@ async def test_the_a2a_gateway_writes_only_run_inputs_and_responses_and_reads_on
     async with _redis(stack, "gateway") as r:
         assert await r.hgetall(streams.run_state("lp-none")) == {}  # run status
         assert await r.xrevrange(streams.run_events("lp-none")) == []  # follow a run
+        assert await r.xrange(streams.run_events("lp-none"), count=10) == []  # a task's run: its history
+        assert await r.xread({streams.run_events("lp-none"): "0"}, block=1) == []  # ... then live
+        assert await r.client_unblock(await r.client_id()) == 0  # its one live reader re-armed
+        await _refused(r.client_kill_filter(_id=await r.client_id()))
         await _refused(r.hset(streams.run_state("lp-none"), "core", "{}"))
         await _refused(r.xadd(streams.ROUTE, {"__data__": "{}"}))
         await _refused(r.xadd(RESULTS, {"__data__": "{}"}))
@@ -291,7 +294,7 @@ async def test_the_cli_user_runs_a_workflow_and_the_operator_commands(stack, tmp
     run_id = await client.submit(cli, "content-factory", {"brief": brief})
     events = await wait_for_end(cli, run_id)
     assert events[-1].type == "run.completed", events[-1]
-    assert (await client.download(cli, run_id, tmp_path / "out"))
+    assert await client.download(cli, run_id, tmp_path / "out")
     assert any(r["run_id"] == run_id for r in await client.list_runs(cli))
     assert (await client.run_status(cli, run_id))["status"] == "completed"
     await client.dlq_list(cli, 5)

@@ -163,3 +163,19 @@ async def test_a_task_that_dies_in_the_dead_letter_stream_fails_its_run_within_s
     entry_id, _letter = letters[0]
     replayed = await client.dlq_replay(settings, [entry_id])  # still works: back to its stream
     assert entry_id in replayed, replayed
+
+
+async def test_a_client_with_every_connection_busy_makes_the_next_command_wait_not_fail(settings):
+    """`connect()`'s pool is bounded and blocking: 250 blocking reads at once on a pool of 100 (redis-py's
+    default bound, past which its own pool raises MaxConnectionsError) all finish, the later ones once
+    earlier ones give their connections back."""
+    r = connect(settings.redis_url)
+    key = streams.run_events(client.new_run_id())  # (an empty stream: each read blocks its 300 ms)
+    try:
+        replies = await asyncio.wait_for(
+            asyncio.gather(*(r.xread({key: "$"}, block=300) for _ in range(250))), 30
+        )
+        assert replies == [[]] * 250
+        assert r.connection_pool.max_connections == 100
+    finally:
+        await r.aclose()

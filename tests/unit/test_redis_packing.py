@@ -4,6 +4,7 @@ import pytest
 import redis.asyncio as aioredis
 from redis.exceptions import DataError
 
+from shared import streams
 from shared.redisconn import WIDE, pack_wide
 
 
@@ -35,3 +36,15 @@ def test_pack_wide_twice_changes_nothing_more():
     client = pack_wide(aioredis.Redis.from_url("redis://localhost:1/0"))
     cls = client.connection_pool.connection_class
     assert pack_wide(client).connection_pool.connection_class is cls
+
+
+@pytest.mark.parametrize("value", ["1733050000000-0", "1733050000000", "0-0", "12-345"])
+def test_a_stream_entry_id_is_digits_with_an_optional_sequence(value):
+    assert streams.is_entry_id(value)
+
+
+@pytest.mark.parametrize(
+    "value", ["", "-", "1-", "-1", "1-2-3", "abc", "1733050000000-x", "²", "1 ", "+", "$"]
+)
+def test_anything_else_is_not_a_stream_entry_id(value):
+    assert not streams.is_entry_id(value)
