@@ -32,6 +32,7 @@ from shared.events import (
     ObjectRef,
     RunCancelRequested,
     RunSubmitted,
+    each_once_until_end,
     new_id,
     parse_event,
     utcnow,
@@ -172,19 +173,13 @@ async def follow(settings: Settings, run_id: str, block_ms: int = 5000) -> Async
     id), and that copy is skipped here."""
     block = block_ms / 1000
     client = waits.client(settings.redis_url, block=block, name=follower_name(run_id))
-    seen: set[str] = set()
+    key, data = streams.run_events(run_id), DATA_FIELD.encode()
     try:
-        async for _entry_id, fields in waits.follow_stream(client, streams.run_events(run_id), block=block):
-            raw = fields.get(DATA_FIELD.encode())
-            if raw is None:
-                continue
-            event = parse_event(raw)
-            if event.event_id in seen:
-                continue
-            seen.add(event.event_id)
-            yield event
-            if event.type in TERMINAL_RUN_EVENTS:
-                return
+        entries = waits.follow_stream(client, key, block=block)
+        raws = (fields.get(data) async for _entry_id, fields in entries)
+        async with contextlib.aclosing(entries):
+            async for event in each_once_until_end(raws):
+                yield event
     finally:
         await client.aclose()
 

@@ -310,6 +310,11 @@ def _gateway_grants() -> list[Grant]:
         ),
         Grant("its A2A tasks, kept across restarts", (streams.a2a_task("*"),), ("get", "set", "del")),
         Grant("list them", (streams.a2a_tasks("*"),), ("zadd", "zrevrange", "zrem", "zremrangebyscore")),
+        Grant(
+            "the tasks not started yet (a restart starts them)",
+            (streams.a2a_starting("*"),),
+            ("sadd", "srem", "smembers"),
+        ),
     ]
 
 

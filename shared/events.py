@@ -7,6 +7,7 @@ Events never carry file content, only `ObjectRef`s to objects in the shared buck
 from __future__ import annotations
 
 import random
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 from urllib.parse import quote
@@ -350,6 +351,24 @@ TERMINAL_RUN_EVENTS = ("run.completed", "run.failed", "run.cancelled")
 def parse_event(data: bytes | str) -> Event:
     """Validate one event from its JSON wire form."""
     return EVENT_ADAPTER.validate_json(data)
+
+
+async def each_once_until_end(raws: AsyncIterator[bytes | None]) -> AsyncIterator[Event]:
+    """A run stream's events (their JSON; None for an entry without one) as a follower yields them: each
+    once, up to and including the run's terminal event. A supervisor that dies before acknowledging a
+    message records its event again when the message is redelivered (same event id): that copy is
+    skipped."""
+    seen: set[str] = set()
+    async for raw in raws:
+        if raw is None:
+            continue
+        event = parse_event(raw)
+        if event.event_id in seen:
+            continue
+        seen.add(event.event_id)
+        yield event
+        if event.type in TERMINAL_RUN_EVENTS:
+            return
 
 
 class DeadLetter(BaseModel):

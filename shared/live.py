@@ -42,7 +42,7 @@ from redis.crc import key_slot
 
 from . import streams, waits
 from .broker import DATA_FIELD
-from .events import TERMINAL_RUN_EVENTS, Event, parse_event
+from .events import Event, each_once_until_end
 from .redisconn import connect, is_cluster, pack_wide
 
 BLOCK = 15.0  # seconds the shared XREAD waits; also a quiet follower's keep-alive interval
@@ -322,18 +322,17 @@ async def run_events(hub: Hub, run_id: str) -> AsyncIterator[Event]:
     `raw_entry`): as `baton.client.follow` yields them, without a connection of its own. A follower cut for
     being slow resumes after its last entry; a supervisor's redelivered copy of an event (same id) is
     skipped."""
-    key, last, seen = streams.run_events(run_id), "0", set()
+    async with contextlib.aclosing(_resumed(hub, streams.run_events(run_id))) as raws:
+        async for event in each_once_until_end(raws):
+            yield event
+
+
+async def _resumed(hub: Hub, key: str) -> AsyncIterator[bytes | None]:
+    """Each entry's event JSON, for ever: a follower cut for being slow follows again from its last entry."""
+    last = "0"
     while True:
         async with contextlib.aclosing(hub.follow(key, last)) as chunks:
             async for chunk in chunks:
                 for entry in chunk:
                     last = entry.id
-                    if entry.data is None:
-                        continue
-                    event = parse_event(entry.data)
-                    if event.event_id in seen:
-                        continue
-                    seen.add(event.event_id)
-                    yield event
-                    if event.type in TERMINAL_RUN_EVENTS:
-                        return
+                    yield entry.data

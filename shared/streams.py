@@ -125,6 +125,12 @@ def a2a_tasks(workflow: str) -> str:
     return f"baton:a2a:tasks:{workflow}"
 
 
+def a2a_starting(workflow: str) -> str:
+    """The A2A gateway's tasks of one workflow told `submitted` whose runs it has not published yet (a set:
+    a gateway that stops leaves them to the next one's start-up)."""
+    return f"baton:a2a:starting:{workflow}"
+
+
 _ENTRY_ID = re.compile(r"[0-9]+(-[0-9]+)?")
 
 

@@ -23,9 +23,14 @@ from a2a.types import (
     AgentInterface,
     AgentSkill,
     HTTPAuthSecurityScheme,
+    Message,
+    Part,
+    Role,
     SecurityRequirement,
     SecurityScheme,
     StringList,
+    Task,
+    TaskState,
 )
 from a2a.utils.constants import AGENT_CARD_WELL_KNOWN_PATH
 from starlette.applications import Starlette
@@ -33,7 +38,9 @@ from starlette.responses import JSONResponse, PlainTextResponse
 from starlette.routing import Mount, Route
 
 from services.mcp.app import _Server, is_loopback
-from shared import metrics, telemetry
+from shared import metrics, streams, telemetry
+from shared.errors import BatonError, PreconditionFailedError
+from shared.events import new_id
 from shared.live import Hub
 from shared.logging import configure_logging
 from shared.service import loop_name, mark_ready, redis_client, run
@@ -42,7 +49,7 @@ from shared.storage import Storage
 from shared.workflow import HUMAN, SequentialWorkflow, load_workflows
 
 from .executor import WorkflowExecutor
-from .tasks import RunTaskStore
+from .tasks import RunTaskStore, run_of_task
 
 SERVICE = "gateway"
 SCHEME = "bearer"
@@ -95,21 +102,22 @@ def card(name: str, wf, url: str) -> AgentCard:
     )
 
 
-def create_app(settings: Settings, storage: Storage, redis: aioredis.Redis, hub: Hub, log) -> Starlette:
+def create_app(
+    settings: Settings, storage: Storage, redis: aioredis.Redis, hub: Hub, log
+) -> tuple[Starlette, dict[str, tuple[WorkflowExecutor, RunTaskStore]]]:
+    """The ASGI app, and each workflow's executor and task store (`resume_unstarted` needs them)."""
     workflows = load_workflows(settings.workflows).workflows
     root = base_url(settings)
-    mounts, listing = [], []
+    mounts, listing, parts = [], [], {}
     live: set[str] = set()  # the tasks this process follows now
     starting = asyncio.Semaphore(settings.a2a_max_starting)
     for name, wf in workflows.items():
         url = f"{root}{name}/"
         the_card = card(name, wf, url)
         executor = WorkflowExecutor(name, settings, storage, redis, hub, log, live, starting)
-        handler = DefaultRequestHandler(
-            agent_executor=executor,
-            task_store=RunTaskStore(redis, settings, name, live, executor.part),
-            agent_card=the_card,
-        )
+        store = RunTaskStore(redis, settings, name, live, executor.part)
+        parts[name] = (executor, store)
+        handler = DefaultRequestHandler(agent_executor=executor, task_store=store, agent_card=the_card)
         routes = [*create_agent_card_routes(the_card), *create_jsonrpc_routes(handler, "/")]
         mounts.append(Mount(f"/{name}", routes=routes))
         listing.append(
@@ -128,7 +136,71 @@ def create_app(settings: Settings, storage: Storage, redis: aioredis.Redis, hub:
         return PlainTextResponse("ok")
 
     app = Starlette(routes=[Route("/", index), Route("/health", health), *mounts])
-    return BearerAuth(app, settings.a2a_token, log)
+    return BearerAuth(app, settings.a2a_token, log), parts
+
+
+async def resume_unstarted(
+    parts: dict[str, tuple[WorkflowExecutor, RunTaskStore]], redis: aioredis.Redis, log
+) -> int:
+    """At start-up: start the runs of the tasks a stopped gateway had told `submitted` but not started (it
+    stopped while they waited their turn, `BATON_A2A_MAX_STARTING`), so that no task waits for ever: the
+    workflow's starting set (`streams.a2a_starting`) names them. A task whose run exists already is only
+    taken out of the set; one whose run may have been published just before the stop is published again,
+    which starts it once (the supervisor takes a second RunSubmitted of a run as a duplicate). Returns how
+    many tasks were started."""
+    resumed = 0
+    for name, (executor, store) in parts.items():
+        for raw_id in await redis.smembers(streams.a2a_starting(name)):
+            task_id = raw_id.decode()
+            if task_id in executor.live:  # (a new request of this process, waiting its turn)
+                continue
+            task = await store.stored(task_id)
+            run_id = run_of_task(task_id)
+            if (
+                task is None
+                or task.status.state != TaskState.TASK_STATE_SUBMITTED
+                or not task.history
+                or await redis.hget(streams.run_state(run_id), "core") is not None
+            ):
+                await executor.started(task_id)
+                continue
+            try:
+                async with executor.starting:
+                    await executor.start(run_id, task.history[0], again=True)
+            except (BatonError, PreconditionFailedError) as exc:
+                task.status.state = TaskState.TASK_STATE_REJECTED
+                _say(task, f"run {run_id} could not be started after a restart: {exc}")
+            else:
+                task.status.state = TaskState.TASK_STATE_WORKING
+                _say(task, f"run {run_id} submitted (after the gateway restarted)")
+            await store.save(task)
+            await executor.started(task_id)
+            resumed += 1
+            log.info("a2a_task_resumed", submitted_run=run_id, workflow=name, task=task_id)
+    return resumed
+
+
+async def _resume(parts, redis: aioredis.Redis, log) -> None:
+    try:
+        resumed = await resume_unstarted(parts, redis, log)
+    except Exception as exc:  # noqa: BLE001 - logged; the gateway serves on (its tasks' runs are unharmed)
+        log.error("a2a_resume_failed", error=str(exc), exc_info=True)
+        return
+    if resumed:
+        log.warning("a2a_tasks_resumed", count=resumed, why="a stopped gateway had not started their runs")
+
+
+def _say(task: Task, text: str) -> None:
+    task.status.timestamp.GetCurrentTime()
+    task.status.message.CopyFrom(
+        Message(
+            role=Role.ROLE_AGENT,
+            message_id=new_id(),
+            task_id=task.id,
+            context_id=task.context_id,
+            parts=[Part(text=text)],
+        )
+    )
 
 
 class BearerAuth:
@@ -175,7 +247,7 @@ async def serve(settings: Settings) -> None:
     hub = Hub(settings.redis_url, redis, log, name="baton-gateway:live")  # every task's run, one reader
     hub.start()
     async with Storage.connect(settings) as storage, contextlib.aclosing(redis), contextlib.aclosing(hub):
-        app = create_app(settings, storage, redis, hub, log)
+        app, parts = create_app(settings, storage, redis, hub, log)
         config = uvicorn.Config(
             app, host=settings.gateway_host, port=settings.gateway_port, log_level="warning", access_log=False
         )
@@ -188,8 +260,13 @@ async def serve(settings: Settings) -> None:
             mark_ready(settings)
             auth = "bearer" if settings.a2a_token else "none"
             log.info("service_ready", event_loop=loop_name(), url=base_url(settings), auth=auth)
+            resuming = asyncio.create_task(_resume(parts, redis, log))
         with contextlib.suppress(asyncio.CancelledError):
             await task
+        if server.started and not resuming.done():
+            resuming.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await resuming
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -27,6 +27,7 @@ from a2a.types import Message, Part, Task, TaskState, TaskStatus
 from google.protobuf import json_format
 
 from baton import client
+from shared import streams
 from shared.errors import BatonError, KeyValidationError, PreconditionFailedError
 from shared.events import ObjectRef, utcnow
 from shared.live import Hub, run_events
@@ -82,18 +83,20 @@ class WorkflowExecutor(AgentExecutor):
                 history=[context.message],
                 metadata={RUN_KEY: run_id, "baton_workflow": self.workflow},
             )
+            # Until its run is published, the task is in the starting set: a gateway that stops meanwhile
+            # leaves it to the next one (`resume_unstarted`).
+            await self.redis.sadd(streams.a2a_starting(self.workflow), task.id)
             await event_queue.enqueue_event(task)  # the client learns its task id at once, `submitted`
             up = TaskUpdater(event_queue, task.id, task.context_id)
             # A burst of new tasks starts Settings.a2a_max_starting at a time; the rest wait here, in order.
             async with self.starting:
                 try:
-                    inputs, params = await self.inputs(run_id, context.message)
+                    await self.start(run_id, context.message)
                 except (GatewayError, KeyValidationError, PreconditionFailedError) as exc:
+                    await self.started(task.id)
                     await up.reject(up.new_agent_message([Part(text=str(exc))]))
                     return
-                await client.publish_run(
-                    self.settings, run_id, self.workflow, inputs, params, sender=SENDER, redis=self.redis
-                )
+                await self.started(task.id)
                 self.log.info("a2a_run_submitted", submitted_run=run_id, workflow=self.workflow, task=task.id)
                 await up.update_status(
                     TaskState.TASK_STATE_WORKING, up.new_agent_message([Part(text=f"run {run_id} submitted")])
@@ -104,7 +107,24 @@ class WorkflowExecutor(AgentExecutor):
             answered = await self.answer(run_id, task, context.message)
         await self.follow(run_id, up, answered)
 
-    async def inputs(self, run_id: str, message: Message) -> tuple[dict[str, ObjectRef], dict]:
+    async def started(self, task_id: str) -> None:
+        """Out of the starting set: its run is published, or it will never be (rejected, cancelled). A
+        gateway stopped before this (killed, or shut down while the task waited its turn) leaves it in."""
+        await self.redis.srem(streams.a2a_starting(self.workflow), task_id)
+
+    async def start(self, run_id: str, message: Message, *, again: bool = False) -> None:
+        """Upload the message's files as the run's inputs, then publish the run. `again`: for a task a
+        stopped gateway had told `submitted` (`resume_unstarted`), whose inputs and run may be there
+        already: an input found in place is taken as it is, and a run published twice is started once (the
+        supervisor takes a second RunSubmitted of a run id as a duplicate)."""
+        inputs, params = await self.inputs(run_id, message, again=again)
+        await client.publish_run(
+            self.settings, run_id, self.workflow, inputs, params, sender=SENDER, redis=self.redis
+        )
+
+    async def inputs(
+        self, run_id: str, message: Message, *, again: bool = False
+    ) -> tuple[dict[str, ObjectRef], dict]:
         refs: dict[str, ObjectRef] = {}
         params: dict = {}
         texts: list[str] = []
@@ -122,12 +142,15 @@ class WorkflowExecutor(AgentExecutor):
                 name = _meta(part).get("name") or posixpath.splitext(filename)[0]
                 if name in refs:
                     raise GatewayError(f"two file parts are named {name!r}: give each a metadata `name`")
-                refs[name] = await self.storage.put(
-                    f"{run_prefix(run_id)}inputs/{filename}",
-                    data,
-                    content_type=part.media_type or "application/octet-stream",
-                    if_none_match=True,
-                )
+                key = f"{run_prefix(run_id)}inputs/{filename}"
+                try:
+                    media = part.media_type or "application/octet-stream"
+                    refs[name] = await self.storage.put(key, data, content_type=media, if_none_match=True)
+                except PreconditionFailedError:
+                    there = await self.storage.head(key) if again else None
+                    if there is None:
+                        raise
+                    refs[name] = there
         if texts:
             text = "\n\n".join(texts)
             params.setdefault("text", text)
@@ -206,6 +229,7 @@ class WorkflowExecutor(AgentExecutor):
         if task is None:
             return
         run_id = task.metadata[RUN_KEY]
+        await self.started(task.id)  # (if it waits its turn, a2a-sdk cancels its execution next)
         await client.cancel(self.settings, run_id, reason="cancelled by an A2A client", redis=self.redis)
         self.log.info("a2a_run_cancelled", cancelled_run=run_id, task=task.id)
         up = TaskUpdater(event_queue, task.id, task.context_id)

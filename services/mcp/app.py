@@ -389,7 +389,9 @@ class BatonMCP:
                 )
             except (KeyValidationError, PreconditionFailedError) as exc:
                 raise ToolError(f"input {name!r}: {exc}") from exc
-        await client.publish_run(self.settings, run_id, workflow, refs, params, sender=SERVICE)
+        await client.publish_run(
+            self.settings, run_id, workflow, refs, params, sender=SERVICE, redis=self.res.redis
+        )
         self.log.info("mcp_run_submitted", submitted_run=run_id, workflow=workflow)
         return SubmittedRun(run_id=run_id, workflow=workflow, inputs=refs)
 
@@ -397,7 +399,8 @@ class BatonMCP:
         """Where a run stands: status, output files (with versions), what it waits for, last events."""
         self._check_run_id(run_id)
         try:
-            status = await client.run_status(self.settings, run_id, last=max(0, min(events, 200)))
+            last = max(0, min(events, 200))
+            status = await client.run_status(self.settings, run_id, last=last, redis=self.res.redis)
         except BatonError as exc:
             raise ToolError(str(exc)) from exc
         return RunStatus(**status)
@@ -412,7 +415,7 @@ class BatonMCP:
         """
         self._check_run_id(run_id)
         try:
-            status = await client.ensure_waiting(self.settings, run_id)
+            status = await client.ensure_waiting(self.settings, run_id, redis=self.res.redis)
         except BatonError as exc:
             raise ToolError(str(exc)) from exc
         body = {
@@ -421,7 +424,9 @@ class BatonMCP:
             "sender": SERVICE,
             "responded_at": utcnow().isoformat(),
         }
-        ref = await client.write_response(self.res.storage, self.settings, run_id, body, sender=SERVICE)
+        ref = await client.write_response(
+            self.res.storage, self.settings, run_id, body, sender=SERVICE, redis=self.res.redis
+        )
         self.log.info("mcp_responded", responded_run=run_id, decision=decision, key=ref.key)
         return Responded(
             run_id=run_id,

@@ -24,6 +24,7 @@ from google.protobuf import struct_pb2
 
 from baton import client as baton
 from baton import servers
+from shared import streams
 from shared.redisconn import connect
 from tests.e2e.conftest import Gateway
 from tests.helpers import wait_for_end
@@ -211,3 +212,65 @@ async def test_hundreds_of_tasks_in_flight_share_one_live_reader_and_all_complet
     assert states.count(TaskState.TASK_STATE_COMPLETED) == n, {s: states.count(s) for s in set(states)}
     assert max(names.count("baton-gateway:live") for names in samples) == 1
     assert not [name for names in samples for name in names if name.startswith("baton-follow:")]
+
+
+async def test_tasks_a_killed_gateway_had_not_started_are_started_by_the_next(stack, settings):
+    """A burst waits its turn to start (here one task at a time) after each task is told `submitted`. A
+    gateway killed meanwhile leaves tasks whose runs were never published; the next gateway starts them at
+    start-up (`resume_unstarted`), so that none waits for ever, and each runs once."""
+    port, token = servers.free_port(), secrets.token_hex(16)
+    env = {
+        "BATON_GATEWAY_HOST": "127.0.0.1",
+        "BATON_GATEWAY_PORT": str(port),
+        "BATON_A2A_TOKEN": token,
+        "BATON_A2A_MAX_STARTING": "1",
+    }
+    gateway = Gateway(f"http://127.0.0.1:{port}/", token, stack.start("gateway", env))
+    n = 60
+    try:
+        async with agent(gateway, "copy-files") as (_card, a2a):
+
+            async def submitted(i: int):
+                note = Part(raw=b"note %d\n" % i, filename="note.txt", media_type="text/plain")
+                stream = a2a.send_message(message(Part(text=f"task {i}"), note))
+                first = await anext(stream)
+                assert first.task.status.state == TaskState.TASK_STATE_SUBMITTED
+                return first.task.id, stream
+
+            pairs = await asyncio.wait_for(asyncio.gather(*(submitted(i) for i in range(n))), 60)
+            stack.kill(gateway.handle, hard=True)
+            for _task_id, stream in pairs:
+                with contextlib.suppress(Exception):
+                    await stream.aclose()
+        task_ids = [task_id for task_id, _stream in pairs]
+        await asyncio.sleep(2)  # the runs it did publish are taken by the supervisor meanwhile
+        admin = connect(settings.redis_url)
+        try:
+            async with admin.pipeline(transaction=False) as pipe:
+                for task_id in task_ids:
+                    pipe.exists(streams.run_state(f"a2a-{task_id}"))
+                unstarted = n - sum(await pipe.execute())
+        finally:
+            await admin.aclose()
+        assert unstarted > 0, "every run was published before the kill: the test proves nothing"
+        env["BATON_GATEWAY_PORT"] = str(port := servers.free_port())
+        gateway.url, gateway.handle = f"http://127.0.0.1:{port}/", stack.start("gateway", env)
+        for task_id in task_ids:
+            events = await wait_for_end(settings, f"a2a-{task_id}", timeout=60)
+            assert events[-1].type == "run.completed", events[-1]
+            assert len({e.event_id for e in events if e.type == "run.started"}) == 1  # started once
+        async with agent(gateway, "copy-files") as (_card, a2a):
+            for task_id in task_ids:
+                task = await a2a.get_task(GetTaskRequest(id=task_id))
+                assert task.status.state == TaskState.TASK_STATE_COMPLETED, (task_id, task.status)
+                assert task.artifacts[0].parts[0].raw.startswith(b"note ")
+        assert "a2a_tasks_resumed" in stack.log_path(gateway.handle).read_text()
+        admin = connect(settings.redis_url)
+        try:
+            left = await admin.smembers(streams.a2a_starting("copy-files"))
+        finally:
+            await admin.aclose()
+        assert not {x.decode() for x in left} & set(task_ids)  # none left to start
+    finally:
+        if gateway.handle in stack.procs:
+            stack.kill(gateway.handle)

@@ -78,3 +78,25 @@ def test_router_uses_the_fixed_agent_or_the_static_route_table():
     miss = decide(TaskAssigned(intent="weather", **base), wf)
     assert miss.agent is None and "no route for intent 'weather'" in miss.reason
     assert "unknown agent" in decide(TaskAssigned(agent="zz", **base), wf).reason
+
+
+def test_a_followers_events_come_each_once_up_to_the_runs_end():
+    import asyncio
+
+    from shared.events import RunCompleted, TaskProgress, each_once_until_end
+
+    progress = TaskProgress(run_id="r1", task_id="t1", agent="a", message="half")
+    end = RunCompleted(run_id="r1")
+    after = TaskProgress(run_id="r1", task_id="t1", agent="a", message="late")
+    wire = [None, progress.model_dump_json(), progress.model_dump_json(), end.model_dump_json()]
+    wire.append(after.model_dump_json())  # (never read: the run has ended)
+
+    async def raws():
+        for raw in wire:
+            yield raw if raw is None else raw.encode()
+
+    async def collect():
+        return [e async for e in each_once_until_end(raws())]
+
+    events = asyncio.run(collect())
+    assert [e.event_id for e in events] == [progress.event_id, end.event_id]
