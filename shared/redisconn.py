@@ -70,13 +70,26 @@ def cluster_parts(url: str) -> tuple[list[tuple[str, int]], dict]:
 
 class BoundedCluster(RedisCluster):
     """A cluster client whose commands wait for one of `bound` slots (backpressure) instead of failing
-    with MaxConnectionsError past the per-node pool, as redis-py's cluster pool does."""
+    with MaxConnectionsError past the per-node pool, as redis-py's cluster pool does.
+
+    Its first command runs alone: with redis-py 8.1, 32 commands at once on a fresh cluster client fail
+    (`AttributeError: 'NoneType' object has no attribute 'writelines'`: connections being set up while the
+    client initializes; 8 at once pass, and 128 pass once one command has completed)."""
 
     def __init__(self, *args, bound: int = 64, **kw) -> None:
         super().__init__(*args, **kw)
         self._gate = asyncio.Semaphore(bound)
+        self._first = asyncio.Lock()
+        self._warm = False
 
     async def execute_command(self, *args, **kw):
+        if not self._warm:
+            async with self._first:
+                if not self._warm:
+                    async with self._gate:
+                        reply = await super().execute_command(*args, **kw)
+                    self._warm = True
+                    return reply
         async with self._gate:
             return await super().execute_command(*args, **kw)
 

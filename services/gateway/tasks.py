@@ -54,10 +54,12 @@ class RunTaskStore(TaskStore):
 
     async def save(self, task: Task, context: ServerCallContext | None = None) -> None:
         run_id = run_of_task(task.id)
-        await self.redis.set(streams.a2a_task(run_id), task.SerializeToString(), ex=self.ttl)
         now = Timestamp()
         now.GetCurrentTime()
-        await self.redis.zadd(streams.a2a_tasks(self.workflow), {task.id: now.ToNanoseconds() / 1e9})
+        async with self.redis.pipeline(transaction=False) as pipe:  # one round trip (two slots: no MULTI)
+            pipe.set(streams.a2a_task(run_id), task.SerializeToString(), ex=self.ttl)
+            pipe.zadd(streams.a2a_tasks(self.workflow), {task.id: now.ToNanoseconds() / 1e9})
+            await pipe.execute()
 
     async def stored(self, task_id: str) -> Task | None:
         raw = await self.redis.get(streams.a2a_task(run_of_task(task_id)))

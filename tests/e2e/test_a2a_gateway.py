@@ -274,3 +274,47 @@ async def test_tasks_a_killed_gateway_had_not_started_are_started_by_the_next(st
     finally:
         if gateway.handle in stack.procs:
             stack.kill(gateway.handle)
+
+
+async def test_a_task_cancelled_while_it_waits_its_turn_never_starts_its_run(stack, settings):
+    """Tasks start one at a time here: one cancelled while still in line is `canceled`, leaves the starting
+    set, and its run is never published, while the others' runs all complete."""
+    port, token = servers.free_port(), secrets.token_hex(16)
+    env = {
+        "BATON_GATEWAY_HOST": "127.0.0.1",
+        "BATON_GATEWAY_PORT": str(port),
+        "BATON_A2A_TOKEN": token,
+        "BATON_A2A_MAX_STARTING": "1",
+    }
+    gateway = Gateway(f"http://127.0.0.1:{port}/", token, stack.start("gateway", env))
+    n = 60
+    try:
+        async with agent(gateway, "copy-files") as (_card, a2a):
+
+            async def submitted(i: int):
+                note = Part(raw=b"note %d\n" % i, filename="note.txt", media_type="text/plain")
+                stream = a2a.send_message(message(Part(text=f"task {i}"), note))
+                return (await anext(stream)).task.id, stream
+
+            pairs = await asyncio.wait_for(asyncio.gather(*(submitted(i) for i in range(n))), 60)
+            admin = connect(settings.redis_url)
+            try:
+                waiting = await admin.smembers(streams.a2a_starting("copy-files"))
+                last = next(t for t, _s in reversed(pairs) if t.encode() in waiting)  # still in line
+                task = await a2a.cancel_task(CancelTaskRequest(id=last))
+                assert task.status.state == TaskState.TASK_STATE_CANCELED
+                others = [t for t, _s in pairs if t != last]
+                for task_id in others:
+                    ended = await wait_for_end(settings, f"a2a-{task_id}", timeout=60)
+                    assert ended[-1].type == "run.completed", ended[-1]
+                await asyncio.sleep(1)  # (a run published after the others would have started by now)
+                assert not await admin.exists(streams.run_state(f"a2a-{last}"))
+                assert last.encode() not in await admin.smembers(streams.a2a_starting("copy-files"))
+            finally:
+                await admin.aclose()
+            for _task_id, stream in pairs:
+                with contextlib.suppress(Exception):
+                    await stream.aclose()
+    finally:
+        if gateway.handle in stack.procs:
+            stack.kill(gateway.handle)

@@ -1,5 +1,6 @@
-"""The console's one live reader (services/console/live.py): many open pages, one connection and one
-blocking XREAD; a page that joins is read at once; a page too slow for its run is cut and resumes."""
+"""The console's one live reader (shared/live.py, served as SSE by services/console/live.py): many open
+pages, one connection and one blocking XREAD; a page that joins is read at once; a page too slow for its
+run is cut and resumes."""
 
 from __future__ import annotations
 
