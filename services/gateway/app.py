@@ -23,9 +23,6 @@ from a2a.types import (
     AgentInterface,
     AgentSkill,
     HTTPAuthSecurityScheme,
-    Message,
-    Part,
-    Role,
     SecurityRequirement,
     SecurityScheme,
     StringList,
@@ -40,7 +37,6 @@ from starlette.routing import Mount, Route
 from services.mcp.app import _Server, is_loopback
 from shared import metrics, streams, telemetry
 from shared.errors import BatonError, PreconditionFailedError
-from shared.events import new_id
 from shared.live import Hub
 from shared.logging import configure_logging
 from shared.service import loop_name, mark_ready, redis_client, run
@@ -49,7 +45,7 @@ from shared.storage import Storage
 from shared.workflow import HUMAN, SequentialWorkflow, load_workflows
 
 from .executor import WorkflowExecutor
-from .tasks import RunTaskStore, run_of_task
+from .tasks import RunTaskStore, agent_message, run_of_task
 
 SERVICE = "gateway"
 SCHEME = "bearer"
@@ -192,15 +188,7 @@ async def _resume(parts, redis: aioredis.Redis, log) -> None:
 
 def _say(task: Task, text: str) -> None:
     task.status.timestamp.GetCurrentTime()
-    task.status.message.CopyFrom(
-        Message(
-            role=Role.ROLE_AGENT,
-            message_id=new_id(),
-            task_id=task.id,
-            context_id=task.context_id,
-            parts=[Part(text=text)],
-        )
-    )
+    task.status.message.CopyFrom(agent_message(task, text))
 
 
 class BearerAuth:

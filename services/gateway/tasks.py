@@ -33,6 +33,17 @@ FINAL = (
 LISTED = 1000  # tasks/list reads at most this many of a workflow's newest tasks
 
 
+def agent_message(task: Task, text: str) -> Message:
+    """A status message from the agent on `task`: one text part."""
+    return Message(
+        role=Role.ROLE_AGENT,
+        message_id=new_id(),
+        task_id=task.id,
+        context_id=task.context_id,
+        parts=[Part(text=text)],
+    )
+
+
 def run_of_task(task_id: str) -> str:
     """The run an A2A task starts: one per task, named after it."""
     return f"a2a-{task_id}"
@@ -107,13 +118,7 @@ class RunTaskStore(TaskStore):
             new.status.Clear()
             new.status.state = state
             new.status.timestamp.GetCurrentTime()
-            message = Message(
-                role=Role.ROLE_AGENT,
-                message_id=new_id(),
-                task_id=new.id,
-                context_id=new.context_id,
-                parts=[Part(text=say)],
-            )
+            message = agent_message(new, say)
             message.metadata.update(meta)
             new.status.message.CopyFrom(message)
         return new
