@@ -13,7 +13,7 @@ import secrets
 from collections.abc import AsyncIterator
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import redis.asyncio as aioredis
 from botocore.exceptions import ClientError
@@ -124,12 +124,13 @@ async def _submit(settings: Settings, workflow: str, inputs: dict[str, Path], pa
             path = Path(path)
             if not path.is_file():
                 raise BatonError(f"input {name}={path}: no such file")
-            refs[name] = await put_input(storage, run_id, path.name, path.read_bytes())
+            with path.open("rb") as body:  # (sent a chunk at a time: a large input is not read whole)
+                refs[name] = await put_input(storage, run_id, path.name, body)
     await publish_run(settings, run_id, workflow, refs, params)
     return run_id
 
 
-async def put_input(storage: Storage, run_id: str, filename: str, data: bytes) -> ObjectRef:
+async def put_input(storage: Storage, run_id: str, filename: str, data: bytes | BinaryIO) -> ObjectRef:
     """One run input, `runs/<run>/inputs/<filename>`, written once (If-None-Match) and typed by its name:
     the CLI's and the console's uploads."""
     ctype = mimetypes.guess_type(filename)[0] or "application/octet-stream"

@@ -37,7 +37,7 @@ import yaml
 from baton import servers
 from bench import runs as whole_runs
 from bench import stack as full_stack
-from bench.common import IdleCgroup, cpu_seconds, percentile
+from bench.common import IdleCgroup, cpu_seconds, percentile, ratio_interval
 from shared import streams
 from shared.broker import encode
 from shared.events import RunCancelRequested
@@ -372,6 +372,8 @@ def hop_overhead(
     all along on runs whose stage reports progress every `tick` seconds (busy pages, none opened or closed
     during the step). The waiting and the ticking runs exist during every step, with pages on them or not."""
     steps, all_live, all_from_stream = [], [], []
+    # (kind, pages) -> {"hop" | "decision": every one of those steps, seconds}
+    pooled: dict[tuple[str, int], dict[str, list[float]]] = {}
     console_pid = next(p.pid for h, p in stack.procs.items() if h.startswith("console-"))
     quiet, busy = most_pages(plan, "waiting"), most_pages(plan, "ticking")
     waiting = _waiting(client, quiet) if quiet else []
@@ -390,7 +392,9 @@ def hop_overhead(
             watch.__enter__()
         try:
             with whole_runs.Elsewhere() as elsewhere:
-                step = whole_runs._step(client, rate, seconds, runs)
+                step = whole_runs._step(
+                    client, rate, seconds, runs, pooled.setdefault((mode if k else "none", k), {})
+                )
         finally:
             if watch is not None:
                 time.sleep(0.5)  # the last runs' streams deliver their ends
@@ -424,7 +428,8 @@ def hop_overhead(
         live = step.get("live", {})
         print(
             f"    {PREFIX.get(mode, '')}{k} open streams: "
-            f"hop p50 {step['hop_p50_ms']} ms, p99 {step['hop_p99_ms']} ms"
+            f"hop p50 {step['hop_p50_ms']} ms, p99 {step['hop_p99_ms']} ms "
+            f"(the supervisor's part p50 {step['decision_p50_ms']} ms, p99 {step['decision_p99_ms']} ms)"
             + (f"; live p50 {live['p50_ms']} ms, p99 {live['p99_ms']} ms" if live else ""),
             flush=True,
         )
@@ -436,6 +441,8 @@ def hop_overhead(
         elif base is not None:
             s["hop_p50_over_none"] = _ratio(s["hop_p50_ms"], base["hop_p50_ms"])
             s["hop_p99_over_none"] = _ratio(s["hop_p99_ms"], base["hop_p99_ms"])
+            for q in Q:
+                s[f"decision_{q}_over_none"] = _ratio(s.get(f"decision_{q}_ms"), base.get(f"decision_{q}_ms"))
     if waiting or ticking:
         _cancel(client, waiting + ticking)
     out = {"rate_runs_per_s": rate, "seconds": seconds, "steps": steps, "budget": 1 + HOP_OVERHEAD_BUDGET}
@@ -451,6 +458,16 @@ def hop_overhead(
             with_ = [s[f"hop_{q}_ms"] for s in mine if s["open_streams"] == most and s[f"hop_{q}_ms"]]
             if with_ and without[q]:
                 summary[f"hop_{q}_ratio"] = round(statistics.mean(with_) / statistics.mean(without[q]), 3)
+        # every hop of those steps pooled, with a bootstrap interval: what the samples can resolve; and the
+        # supervisor's own part of each hop (its decision: `runs.decisions`)
+        mine_all, none_all = pooled.get((mode, most), {}), pooled.get(("none", 0), {})
+        for kind in ("hop", "decision"):
+            for q in Q:
+                found = ratio_interval(mine_all.get(kind, []), none_all.get(kind, []), int(q[1:]))
+                if found:
+                    summary[f"pooled_{kind}_{q}_ratio"] = [round(x, 3) for x in found]
+        summary["hops"] = len(mine_all.get("hop", []))
+        summary["hops_without"] = len(none_all.get("hop", []))
         if "hop_p50_ratio" in summary:
             worst = max(summary["hop_p50_ratio"], summary.get("hop_p99_ratio", 0))
             summary["within_budget"] = worst < out["budget"]
@@ -573,11 +590,16 @@ def scenario(
     idle: bool = False,
     tick: float = 0.1,
     waiting: int = 1000,
+    shares: int | None = None,
 ) -> dict:
     """`plan`: the hop-latency steps (`parse_plan`). `idle`: the console runs in an idle-class cgroup
-    (`IdleCgroup`) through the scenario. `tick`: seconds between the progress reports of the runs that `tK`
-    steps' pages are open on."""
-    with IdleCgroup("baton-bench-console") if idle else contextlib.nullcontext() as idle_class:
+    (`IdleCgroup`) through the scenario; `shares`: in a cgroup of that CPU weight instead (cgroup v1's
+    `cpu.shares`, as compose's `cpu_shares` sets). `tick`: seconds between the progress reports of the runs
+    that `tK` steps' pages are open on."""
+    if idle and shares is not None:
+        raise ValueError("the console is either idle-class or of a CPU weight, not both")
+    placed = IdleCgroup("baton-bench-console", shares=shares) if idle or shares is not None else None
+    with placed or contextlib.nullcontext() as idle_class:
         return _scenario(
             srv, events, requests, plan, rate, seconds, workers, list_runs, idle_class, tick, waiting
         )
@@ -591,7 +613,11 @@ def _scenario(
     path = _workflows(srv.work, width, most_pages(plan, "ticking"))
     stack = srv.stack("console", workers=workers, workflows=path)
     port, token = servers.free_port(), secrets.token_hex(16)
-    out: dict = {"workers": workers, "console_idle_class": idle_class is not None}
+    out: dict = {
+        "workers": workers,
+        "console_idle_class": idle_class is not None and idle_class.shares is None,
+        "console_cpu_shares": idle_class.shares if idle_class is not None else None,
+    }
     try:
         stack.start(
             "console",
@@ -637,11 +663,24 @@ def _busy(r: dict, limit: float) -> str:
     return "-" if other is None else f"{other:.2f}" + ("!" if other > limit else "")
 
 
+def pooled(r: dict, kind: str = "hop") -> str:
+    """`p50 1.03x [0.99-1.06], p99 1.11x [0.95-1.30] (90 % bootstrap intervals)`."""
+    parts = []
+    for q in Q:
+        found = r.get(f"pooled_{kind}_{q}_ratio")
+        if found:
+            ratio, low, high = found
+            parts.append(f"{q} {ratio:.3f}x [{low:.2f}-{high:.2f}]")
+    return ", ".join(parts) + " (90 % bootstrap intervals)"
+
+
 def table(results: dict, busy_cores: float) -> list[str]:
     con = results.get("console")
     if not con:
         return []
     idle = " (the console in an idle-class cgroup)" if con.get("console_idle_class") else ""
+    if con.get("console_cpu_shares"):
+        idle = f" (the console in a cgroup of cpu.shares {con['console_cpu_shares']}, a process' being 1024)"
     lines = ["", f"Console (issue 14's targets), read over HTTP with the bearer token{idle}"]
     page = con.get("page") or {}
     if page.get("events"):
@@ -704,6 +743,14 @@ def table(results: dict, busy_cores: float) -> list[str]:
                     f"{r['hop_p50_ratio']:.3f}x, p99 {_f(r.get('hop_p99_ratio'), '.3f')}x "
                     f"(target < {hops['budget']:.2f}x)"
                 )
+                if r.get("pooled_hop_p99_ratio"):
+                    n = f"{r['hops']:,} with, {r['hops_without']:,} without"
+                    lines.append(f"  every hop pooled ({n}): {pooled(r)}")
+                if r.get("pooled_decision_p99_ratio"):
+                    lines.append(
+                        "  the supervisor's part of each hop (task completed -> next assigned, what "
+                        f"baton_supervisor_hop_seconds measures), pooled: {pooled(r, 'decision')}"
+                    )
         live = hops.get("live")
         if live:
             lines.append(
@@ -800,6 +847,9 @@ def markdown(results: dict) -> list[str]:
                     f"| {r['streams']} {what} over none, means of the steps (target < {hops['budget']:.2f}×) "
                     f"| | {r['hop_p50_ratio']:.2f}× / {_f(r.get('hop_p99_ratio'), '.2f')}× | |"
                 )
+                for kind, label in (("hop", "every hop"), ("decision", "the supervisor's part of each hop")):
+                    if r.get(f"pooled_{kind}_p99_ratio"):
+                        out.append(f"| {r['streams']} {what}: {label}, pooled | | {pooled(r, kind)} | |")
         live = hops.get("live")
         if live:
             out.append(f"| live updates, all steps | | | {_f(live['p50_ms'])} / {_f(live['p99_ms'])} |")

@@ -148,6 +148,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="run the console in an idle-class cgroup (cpu.idle; needs root): it yields a core at once",
     )
     p.add_argument(
+        "--console-shares",
+        type=int,
+        metavar="N",
+        help="run the console in a cgroup of cpu.shares N (what compose's cpu_shares sets; needs root)",
+    )
+    p.add_argument(
         "--a2a-tasks", default="1000,10000", help="A2A tasks sent at once to the gateway, one burst each"
     )
     p.add_argument(
@@ -422,6 +428,7 @@ def main(argv: list[str] | None = None) -> None:
                 args.console_idle,
                 args.console_tick,
                 args.console_waiting,
+                args.console_shares,
             )
         if "a2a" in only:
             results["a2a"] = a2a_bench.scenario(srv, _ints(args.a2a_tasks), args.a2a_sleep, args.run_workers)

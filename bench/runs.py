@@ -532,7 +532,36 @@ def hops(events: list[dict]) -> list[float]:
     return [b - assigned[s] for s, b in zip(stages, nexts, strict=True)]
 
 
-def _step(client: redis.Redis, rate: float, seconds: float, runs: dict[str, dict] | None = None) -> dict:
+def decisions(events: list[dict]) -> list[float]:
+    """The supervisor's part of each hop: a stage's task completed -> the next stage assigned (the last: ->
+    run completed). What `baton_supervisor_hop_seconds` measures (an event's creation to the end of the
+    supervisor's decision on it): the whole hop (`hops`) adds the worker's pickup and its handler."""
+    completed: dict[int, float] = {}
+    assigned: dict[int, float] = {}
+    stage_of: dict[str, int] = {}  # task id -> its stage (a completion names its task, not its stage)
+    end = None
+    for e in events:
+        if e["type"] == "task.assigned":
+            assigned.setdefault(e["stage"], _ts(e["created_at"]))
+            stage_of[e["task_id"]] = e["stage"]
+        elif e["type"] == "task.completed" and e.get("task_id") in stage_of:
+            completed.setdefault(stage_of[e["task_id"]], _ts(e["created_at"]))
+        elif e["type"] == "run.completed":
+            end = _ts(e["created_at"])
+    if end is None:
+        return []
+    stages = sorted(assigned)
+    nexts = [assigned[s] for s in stages[1:]] + [end]
+    return [b - completed[s] for s, b in zip(stages, nexts, strict=True) if s in completed]
+
+
+def _step(
+    client: redis.Redis,
+    rate: float,
+    seconds: float,
+    runs: dict[str, dict] | None = None,
+    samples: dict[str, list[float]] | None = None,
+) -> dict:
     """One step at `rate` for `seconds` (or of `runs`, made beforehand by `_runs`, e.g. to watch them)."""
     runs = runs or _runs(f"rate{rate:g}", max(1, int(rate * seconds)))
     ids, entries = list(runs), list(runs.values())
@@ -557,11 +586,15 @@ def _step(client: redis.Redis, rate: float, seconds: float, runs: dict[str, dict
     achieved = len(ids) / max(time.time() - begin, 1e-6)
     watch.wait_counted(10 + 2 * seconds, before)  # (each hop is timed by its own events, not by this)
     ended = time.time()  # the step's runs are over; reading their events (below) takes a while
-    per_hop, e2e = [], []
+    per_hop, per_decision, e2e = [], [], []
     completed_ids = [r for r, (kind, _t) in watch.ended.items() if kind == "run.completed"]
     for run_id, events in _events(client, completed_ids).items():
         per_hop += hops(events)
+        per_decision += decisions(events)
         e2e.append(watch.ended[run_id][1] - submitted[run_id])
+    if samples is not None:  # (the caller pools the hops of several steps)
+        samples.setdefault("hop", []).extend(per_hop)
+        samples.setdefault("decision", []).extend(per_decision)
     completed = len(e2e)
     p99 = percentile(per_hop, 99)
     return {
@@ -573,6 +606,8 @@ def _step(client: redis.Redis, rate: float, seconds: float, runs: dict[str, dict
         "unfinished": len(watch.pending),
         "hop_p50_ms": round(percentile(per_hop, 50) * 1000, 2) if per_hop else None,
         "hop_p99_ms": round(p99 * 1000, 2) if p99 is not None else None,
+        "decision_p50_ms": _ms_or_none(percentile(per_decision, 50)),
+        "decision_p99_ms": _ms_or_none(percentile(per_decision, 99)),
         "end_to_end_p50_ms": round(percentile(e2e, 50) * 1000, 1) if e2e else None,
         "end_to_end_p99_ms": round(percentile(e2e, 99) * 1000, 1) if e2e else None,
         "ok": completed == len(ids)
@@ -580,6 +615,10 @@ def _step(client: redis.Redis, rate: float, seconds: float, runs: dict[str, dict
         and p99 * 1000 < HOP_BUDGET_MS
         and achieved >= 0.95 * rate,
     }
+
+
+def _ms_or_none(seconds: float | None) -> float | None:
+    return None if seconds is None else round(seconds * 1000, 2)
 
 
 def saturated(step: dict) -> bool:

@@ -23,6 +23,7 @@ import structlog
 from faststream._internal.middlewares import BaseMiddleware
 from faststream.redis import RedisBroker, StreamSub
 from faststream.redis.broker.cluster_broker import RedisClusterBroker
+from faststream.redis.configs.state import RedisClusterConnectionState, _get_driver_info
 from faststream.redis.parser.message import MessageFormat
 from pydantic import BaseModel, TypeAdapter, ValidationError
 from redis.exceptions import ResponseError
@@ -31,7 +32,7 @@ from . import faults, metrics, streams, telemetry
 from .errors import HandlerTimeout, is_transient
 from .events import DeadLetter
 from .logging import bind_event
-from .redisconn import cluster_parts
+from .redisconn import StreamReadCluster, cluster_parts
 from .settings import Settings
 
 DATA_FIELD = "__data__"
@@ -380,8 +381,25 @@ def make_broker(settings: Settings, service: str, logger=None) -> RedisBroker:
     return broker
 
 
+class _ClusterState(RedisClusterConnectionState):
+    """FastStream's cluster connection, on a client that finds a stream read's slot from the command (its
+    consumers' XREADGROUPs cost one round trip each, not three: redisconn.stream_read_keys)."""
+
+    async def connect(self) -> StreamReadCluster:
+        if not self._connected:
+            options = {k: v for k, v in self._options.items() if v is not None} | _get_driver_info()
+            self._client = StreamReadCluster(**options)
+            self._connected = True
+        return self._client
+
+
+class ClusterBroker(RedisClusterBroker):
+    def _make_connection_state(self, connection_options: dict, kwargs: dict) -> _ClusterState:
+        return _ClusterState(connection_options)
+
+
 def broker_class(settings: Settings) -> type[RedisBroker]:
-    return RedisClusterBroker if settings.cluster else RedisBroker
+    return ClusterBroker if settings.cluster else RedisBroker
 
 
 def broker_target(settings: Settings) -> tuple[str, dict]:

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import contextlib
 import mimetypes
+import os
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, BinaryIO
 
 from aiobotocore.session import get_session
 from botocore.config import Config
@@ -35,6 +36,19 @@ MISSING = frozenset({"NoSuchKey", "NoSuchVersion", "NotFound", "404", "InvalidAr
 def is_missing(exc: ClientError) -> bool:
     """The one not-found check: the object, or the version asked for, does not exist."""
     return _code(exc) in MISSING
+
+
+MAX_PUT = 5 * 1024**3  # bytes one PUT may carry (S3's limit; MinIO's too)
+
+
+def body_size(data: bytes | BinaryIO) -> int:
+    """Bytes a write will send: all of `data`, or a file's bytes from where it stands to its end."""
+    if isinstance(data, bytes | bytearray | memoryview):
+        return len(data)
+    here = data.tell()
+    end = data.seek(0, os.SEEK_END)
+    data.seek(here)
+    return end - here
 
 
 @dataclass
@@ -78,22 +92,31 @@ class Storage:
     async def put(
         self,
         key: str,
-        data: bytes,
+        data: bytes | BinaryIO,
         *,
         content_type: str = "application/octet-stream",
         if_match: str | None = None,
         if_none_match: bool = False,
         metadata: dict[str, str] | None = None,
     ) -> ObjectRef:
-        """Write an object; with `if_match`/`if_none_match` the write only happens if nobody raced us."""
+        """Write an object; with `if_match`/`if_none_match` the write only happens if nobody raced us.
+
+        `data` is bytes, or a seekable binary file read from where it stands to its end: sent a chunk at a
+        time, so a large file is never held in memory (one PUT: S3 takes up to 5 GiB so; larger is refused
+        before a byte is sent)."""
         validate_key(key)
+        size = body_size(data)
+        if size > MAX_PUT:
+            raise ObjectTooLargeError(
+                f"{key}: {size:,} bytes is more than one write takes ({MAX_PUT:,} bytes, S3's limit)", size
+            )
         kwargs: dict = {}
         if if_match:
             kwargs["IfMatch"] = f'"{_strip(if_match)}"'
         if if_none_match:
             kwargs["IfNoneMatch"] = "*"
         try:
-            with _span("PutObject", self.bucket, key, size=len(data)):
+            with _span("PutObject", self.bucket, key, size=size):
                 traceparent = telemetry.current_traceparent()
                 if traceparent:  # read back by the notifier from the bucket's event: the trace goes on
                     metadata = {**(metadata or {}), "traceparent": traceparent}
@@ -118,7 +141,7 @@ class Storage:
             key=key,
             version_id=resp.get("VersionId"),
             etag=_strip(resp.get("ETag")),
-            size=len(data),
+            size=size,
             content_type=content_type,
         )
 

@@ -357,7 +357,8 @@ class Console:
             try:
                 if name in refs:
                     raise BatonError("two inputs have this name")
-                refs[name] = await client.put_input(self.storage, run_id, filename, await upload.read())
+                await upload.seek(0)  # (spooled to disk when large: sent from there, not read whole)
+                refs[name] = await client.put_input(self.storage, run_id, filename, upload.file)
             except BatonError as exc:  # a bad file name, or the same file twice
                 return self.submit_page(request, 400, workflow, f"input {name!r}: {exc}")
         await client.publish_run(

@@ -334,6 +334,71 @@ async def test_a_rolling_restart_of_every_node_loses_no_run(settings, stack, loc
     assert counts == {"completed": len(run_ids)}, counts
 
 
+async def _command_calls(local, names: tuple[str, ...]) -> dict[str, int]:
+    """Calls of each command (INFO commandstats) summed over the cluster's nodes that answer."""
+    calls = dict.fromkeys(names, 0)
+    for index in range(len(local.addresses)):
+        if index in local.down:
+            continue
+        r = _admin(local, index)
+        try:
+            stats = await r.info("commandstats")
+        finally:
+            await r.aclose()
+        for name in names:
+            calls[name] += stats.get(f"cmdstat_{name}", {}).get("calls", 0)
+    return calls
+
+
+async def test_stream_reads_find_their_slot_without_asking_the_server(settings, stack, local_cluster):
+    """redis-py's cluster client asks the server for an XREAD's or XREADGROUP's keys (COMMAND GETKEYS)
+    twice per read. Baton's clients read them from the command: its own (`connect`: the batched
+    consumers, the live reader, followers), FastStream's (the per-message consumers), and the services
+    while runs go through them. No node is asked for a command's keys."""
+    from faststream.redis import StreamSub
+
+    from shared.broker import broker_class, broker_target
+
+    names = ("command|getkeys", "xreadgroup", "xread")
+    r = connect(settings.redis_url)
+    stream = f"test:getkeys:{client.new_run_id()}"
+    run_ids = [f"getkeys-{i}-{client.new_run_id()}" for i in range(20)]
+    got: list[str] = []
+    target, connection = broker_target(settings)
+    broker = broker_class(settings)(target, **connection)
+
+    sub = StreamSub(stream, group="g", consumer="c", max_records=10, polling_interval=100)
+
+    @broker.subscriber(stream=sub)
+    async def handle(body: str) -> None:
+        got.append(body)
+
+    async def all_five() -> bool:
+        return len(got) == 5
+
+    try:
+        before = await _command_calls(local_cluster, names)
+        await _submit(r, run_ids)
+        statuses = await _until_ended(r, run_ids, 60)
+        await r.xadd(stream, {"x": "1"})
+        await r.xread({stream: "0"}, count=10)  # (the live reader's and the followers' client)
+        await r.xgroup_create(stream, "g2", id="0")
+        await r.xreadgroup("g2", "c", {stream: ">"}, count=10)
+        async with broker:
+            await broker.start()
+            for i in range(5):
+                await broker.publish(str(i), stream=stream)
+            await _wait(all_five, "FastStream's consumer got all 5", 30)
+        after = await _command_calls(local_cluster, names)
+    finally:
+        await r.delete(stream)
+        await r.aclose()
+    assert _count(statuses, run_ids) == {"completed": len(run_ids)}
+    grew = {name: after[name] - before[name] for name in names}
+    assert grew["xreadgroup"] > len(run_ids) and grew["xread"] >= 1, grew  # (they did read, on the cluster)
+    assert grew["command|getkeys"] == 0, grew
+
+
 async def test_a_bad_cluster_url_fails_at_start_naming_the_node(real_servers, local_cluster, tmp_path):
     """A plain server given as a cluster, a node that never answers: each a clear error before any
     consumer starts (shared.redisconn.verify, called by every service at start-up)."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import subprocess
@@ -21,8 +22,8 @@ BRIEF = ROOT / "examples" / "briefs" / "topic.md"
 pytestmark = pytest.mark.e2e
 
 
-def baton(settings, *args: str) -> subprocess.CompletedProcess:
-    env = {
+def _env(settings) -> dict[str, str]:
+    return {
         **os.environ,
         "REDIS_URL": settings.redis_url,
         "S3_ENDPOINT_URL": settings.s3_endpoint_url,
@@ -30,9 +31,12 @@ def baton(settings, *args: str) -> subprocess.CompletedProcess:
         "S3_SECRET_KEY": settings.s3_secret_key,
         "BATON_BUCKET": settings.bucket,
     }
+
+
+def baton(settings, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "baton.cli", *args],
-        env=env,
+        env=_env(settings),
         capture_output=True,
         text=True,
         timeout=60,
@@ -54,6 +58,53 @@ def test_submit_wait_json_then_get_downloads_the_outputs(settings, tmp_path):
     watched = baton(settings, "watch", result["run_id"])
     assert watched.returncode == 0
     assert "seo completed" in watched.stderr and "run completed" in watched.stderr
+
+
+SUBMIT_AND_MEASURE = """
+import asyncio, json, resource, sys
+from pathlib import Path
+from baton import client
+from shared.settings import Settings
+run_id = asyncio.run(client.submit(Settings(), "trespass", {"big": Path(sys.argv[1])}))
+print(json.dumps({"run_id": run_id, "max_rss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}))
+"""
+
+
+async def test_a_large_input_is_sent_from_disk_not_read_whole(settings, tmp_path):
+    """`baton submit` sends each input a chunk at a time: 512 MiB uploaded while the process never holds
+    half of it (it read the whole file into memory before)."""
+    size = 512 * 2**20
+    big = tmp_path / "big.bin"
+    with big.open("wb") as f:
+        f.truncate(size)
+    done = await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-c", SUBMIT_AND_MEASURE, str(big)],
+        env=_env(settings),
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=ROOT,
+    )
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+    async with Storage.connect(settings) as storage:
+        stored = await storage.head(f"runs/{result['run_id']}/inputs/big.bin")
+    assert stored is not None and stored.size == size
+    assert result["max_rss_kb"] * 1024 < size / 2, result
+
+
+async def test_a_write_past_what_one_put_takes_is_refused_before_a_byte_is_sent(settings, tmp_path):
+    from shared.errors import ObjectTooLargeError
+    from shared.storage import MAX_PUT
+
+    huge = tmp_path / "huge.bin"
+    with huge.open("wb") as f:
+        f.truncate(MAX_PUT + 1)  # (sparse: nothing is written to disk)
+    async with Storage.connect(settings) as storage:
+        with huge.open("rb") as body, pytest.raises(ObjectTooLargeError, match=r"5,368,709,121 bytes is"):
+            await storage.put("runs/too-big/inputs/huge.bin", body, if_none_match=True)
+        assert await storage.head("runs/too-big/inputs/huge.bin") is None
 
 
 def test_submit_exits_non_zero_when_the_run_fails(settings):

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.common import IdleCgroup
+from bench.common import IdleCgroup, ratio_interval
 from bench.console import Pages, parse_plan, parse_step
 from bench.run import parse_args
 
@@ -76,22 +76,29 @@ def test_a_page_given_a_last_entry_resumes_after_it_as_a_reconnecting_event_sour
     assert b"last-event-id" not in heads[b"/runs/run-b/stream"]
 
 
-def test_an_idle_class_cgroup_takes_a_process_and_gives_it_back(tmp_path):
+@pytest.mark.parametrize("shares", [None, 2])
+def test_an_idle_class_cgroup_takes_a_process_and_gives_it_back(tmp_path, shares):
     """Where the machine allows it (root, the cpu controller, Linux 5.15+), a process moved in runs
-    idle-class and goes back to its parent cgroup when the scenario ends; elsewhere the error says why."""
+    idle-class (or at the CPU weight of compose's `cpu_shares: 2`) and goes back to its parent cgroup when
+    the scenario ends; elsewhere the error says why."""
     sleeper = subprocess.Popen(["sleep", "60"])
     name = f"baton-test-idle-{sleeper.pid}"
     try:
         try:
-            with IdleCgroup(name) as group:
+            with IdleCgroup(name, shares=shares) as group:
                 group.add(sleeper.pid)
                 assert group.pids() == [sleeper.pid]
-                assert (group.path / "cpu.idle").read_text().strip() == "1"
+                if shares is None:
+                    assert (group.path / "cpu.idle").read_text().strip() == "1"
+                elif group.v2:
+                    assert (group.path / "cpu.weight").read_text().strip() == "1"
+                else:
+                    assert (group.path / "cpu.shares").read_text().strip() == "2"
                 assert f"/{name}" in Path(f"/proc/{sleeper.pid}/cgroup").read_text()
             assert f"/{name}" not in Path(f"/proc/{sleeper.pid}/cgroup").read_text()
             assert not group.path.exists()
         except RuntimeError as exc:  # not root, or no writable cpu controller: said plainly
-            assert "idle-class cgroup" in str(exc) or "cpu controller" in str(exc)
+            assert " cgroup at " in str(exc) or "cpu controller" in str(exc)
     finally:
         sleeper.kill()
         sleeper.wait()
@@ -124,3 +131,24 @@ def test_a_pages_list_is_parsed_whole_and_a_bad_step_stops_the_arguments_by_name
     with pytest.raises(SystemExit):
         parse_args(["--console-pages", "0,x5"])
     assert "console pages step 'x5'" in capsys.readouterr().err
+
+
+def test_cpu_shares_out_of_range_are_refused_by_name():
+    with pytest.raises(ValueError, match="cpu shares must be 2-262144"):
+        IdleCgroup("x", shares=1)
+
+
+def test_a_ratio_of_percentiles_comes_with_an_interval_that_holds_it():
+    """The same samples: 1x, an interval around it; samples 20 % slower: 1.2x, an interval that excludes
+    1x; a few samples: an interval too wide to resolve 5 %."""
+    import random
+
+    rng = random.Random(1)
+    base = [rng.lognormvariate(0, 0.5) for _ in range(5000)]
+    same = ratio_interval(base, base, 99, rounds=200)
+    assert same[0] == 1.0 and same[1] <= 1.0 <= same[2]
+    slower = ratio_interval([x * 1.2 for x in base], base, 99, rounds=200)
+    assert abs(slower[0] - 1.2) < 1e-9 and 1.0 < slower[1] <= 1.2 <= slower[2]
+    few = ratio_interval(base[:100], base[100:200], 99, rounds=200)
+    assert few[2] - few[1] > 0.1
+    assert ratio_interval([], base, 99) is None

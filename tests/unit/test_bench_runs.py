@@ -23,6 +23,24 @@ def test_hops_run_from_each_stage_to_the_next_and_the_last_to_run_completed():
     assert [round(h * 1000, 3) for h in runs.hops(events)] == [3.0, 6.0, 3.0]
 
 
+def test_the_supervisors_part_runs_from_a_stages_completion_to_the_next_assignment():
+    """Completions name their task, not their stage: a second attempt's task maps to the same stage, and
+    the first completion counts."""
+    events = [
+        {"type": "task.assigned", "stage": 0, "task_id": "a", "created_at": at(1)},
+        {"type": "task.completed", "task_id": "a", "created_at": at(2.5)},
+        {"type": "task.assigned", "stage": 1, "task_id": "b", "created_at": at(3)},
+        {"type": "task.progress", "task_id": "b", "created_at": at(3.5)},
+        {"type": "task.completed", "task_id": "b", "created_at": at(5)},
+        {"type": "task.completed", "task_id": "b", "created_at": at(5.2)},  # (a duplicate: the first counts)
+        {"type": "task.assigned", "stage": 2, "task_id": "c", "created_at": at(6)},
+        {"type": "task.completed", "task_id": "c", "created_at": at(7)},
+        {"type": "run.completed", "created_at": at(7.75)},
+    ]
+    assert [round(d * 1000, 3) for d in runs.decisions(events)] == [0.5, 1.0, 0.75]
+    assert runs.decisions(events[:-1]) == []
+
+
 def test_a_run_that_did_not_complete_has_no_hops():
     events = [{"type": "task.assigned", "stage": 0, "created_at": at(1)}, {"type": "run.failed"}]
     assert runs.hops(events) == []

@@ -5,7 +5,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import DataError
 
 from shared import streams
-from shared.redisconn import WIDE, pack_wide
+from shared.redisconn import WIDE, pack_wide, stream_read_keys
 
 
 def connections():
@@ -48,3 +48,22 @@ def test_a_stream_entry_id_is_digits_with_an_optional_sequence(value):
 )
 def test_anything_else_is_not_a_stream_entry_id(value):
     assert not streams.is_entry_id(value)
+
+
+@pytest.mark.parametrize(
+    ("command", "args", "keys"),
+    [
+        ("XREAD", ("STREAMS", "a", "0"), ["a"]),
+        ("xread", (b"COUNT", 10, b"BLOCK", 5000, b"STREAMS", b"a", b"b", b"0", b"$"), [b"a", b"b"]),
+        ("XREADGROUP", ("GROUP", "streams", "c", "NOACK", "STREAMS", "s{x}", ">"), ["s{x}"]),
+        ("XREADGROUP", ("GROUP", "g", "c", "COUNT", 1, "CLAIM", 100, "STREAMS", "k", ">"), ["k"]),
+        (b"XREADGROUP", (b"GROUP", b"g", b"c", b"BLOCK", 0, b"streams", b"k", b">"), [b"k"]),
+        ("XREAD", ("STREAMS", "a", "b", "0"), None),  # (odd: the server says what is wrong)
+        ("XREAD", ("FUTURE", 1, "STREAMS", "a", "0"), None),  # (an option not known here: ask)
+        ("XREAD", ("COUNT", 1), None),
+        ("GET", ("STREAMS",), None),
+    ],
+)
+def test_a_stream_reads_keys_are_read_from_the_command(command, args, keys):
+    """A group named `streams` is not taken for the keyword; what is not understood is left to the server."""
+    assert stream_read_keys(command, args) == keys
