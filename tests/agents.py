@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import os
 import re
+import resource
+import tempfile
 import time
 
 from services.worker.runtime import AgentContext
@@ -34,6 +37,23 @@ async def escape(ctx: AgentContext) -> None:
 async def trespass(ctx: AgentContext) -> None:
     """Try to write inside the workspace but outside its `writes` prefixes."""
     await ctx.write("published/not-mine.txt", "nope")
+
+
+async def stream_copy(ctx: AgentContext) -> None:
+    """Copy the input `data` to work/copy.bin a chunk at a time, through a file on disk (`ctx.open`, then
+    `ctx.write` of that file), and write its SHA-256 and how much this process' peak memory grew meanwhile."""
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    digest = hashlib.sha256()
+    with tempfile.TemporaryFile() as spool:
+        async with ctx.open("data") as source:
+            async for chunk in source.chunks():
+                digest.update(chunk)
+                spool.write(chunk)
+        spool.seek(0)
+        await ctx.write("work/copy.bin", spool, name="copy")
+    grew = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before
+    report = {"sha256": digest.hexdigest(), "peak_growth_kb": grew}
+    await ctx.write("work/copy.json", json.dumps(report), name="report")
 
 
 async def echo(ctx: AgentContext) -> None:

@@ -6,17 +6,19 @@ A handler never sees the run's history: only the slice it was handed.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import mimetypes
 import posixpath
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import BinaryIO
 
 from pydantic import TypeAdapter, ValidationError
 
 from shared.errors import CancelledError, KeyValidationError, PreconditionFailedError
 from shared.events import HumanAnswer, ObjectRef, TaskAssigned, TaskProgress, Usage
 from shared.runs import subtask_of
-from shared.storage import Storage
+from shared.storage import Reader, Storage
 from shared.workflow import AgentSpec
 from shared.workspace import check_in_workspace, run_prefix, workspace_key
 
@@ -121,12 +123,24 @@ class AgentContext:
                 raise KeyValidationError(f"input {name!r} is in bucket {ref.bucket!r}, not the workspace")
 
     async def read(self, name: str) -> bytes:
+        """The input `name`, its exact version, whole (`open` reads a large one a chunk at a time)."""
         await self.checkpoint()
+        return await self.storage.get(self._ref(name))
+
+    @contextlib.asynccontextmanager
+    async def open(self, name: str) -> AsyncIterator[Reader]:
+        """The input `name` (its exact version) open for reading a chunk at a time, for inputs too large to
+        hold in memory: `async with ctx.open("data") as f: async for chunk in f.chunks(): ...`; `f.size` is
+        its length. Write a large result from a file the same way: `ctx.write(path, open(file, "rb"))`."""
+        await self.checkpoint()
+        async with self.storage.open(self._ref(name)) as reader:
+            yield reader
+
+    def _ref(self, name: str) -> ObjectRef:
         try:
-            ref = self._inputs[name]
+            return self._inputs[name]
         except KeyError:
             raise KeyError(f"no input named {name!r}; this task has {sorted(self._inputs)}") from None
-        return await self.storage.get(ref)
 
     async def read_text(self, name: str) -> str:
         return (await self.read(name)).decode("utf-8")
@@ -136,9 +150,15 @@ class AgentContext:
         return posixpath.splitext(posixpath.basename(self._inputs[name].key))[0]
 
     async def write(
-        self, path: str, data: bytes | str, *, name: str | None = None, content_type: str | None = None
+        self,
+        path: str,
+        data: bytes | str | BinaryIO,
+        *,
+        name: str | None = None,
+        content_type: str | None = None,
     ) -> ObjectRef:
-        """Write `path` (relative to the run's workspace, inside this agent's `writes` prefixes)."""
+        """Write `path` (relative to the run's workspace, inside this agent's `writes` prefixes). `data`:
+        text, bytes, or a binary file, sent from where it stands a chunk at a time (up to 5 GiB)."""
         await self.checkpoint()
         key = workspace_key(self.task.run_id, path, self.spec.writes)
         if isinstance(data, str):

@@ -94,6 +94,33 @@ async def test_a_large_input_is_sent_from_disk_not_read_whole(settings, tmp_path
     assert result["max_rss_kb"] * 1024 < size / 2, result
 
 
+async def test_an_agent_streams_a_large_input_and_writes_a_large_output_from_a_file(settings, tmp_path):
+    """`ctx.open` reads an input a chunk at a time and `ctx.write` sends a file from disk: 256 MiB goes
+    through the agent (tests.agents:stream_copy) byte for byte, its worker's peak memory growing by far
+    less than that."""
+    import hashlib
+
+    from tests.helpers import run
+
+    size = 256 * 2**20
+    block = os.urandom(2**20)
+    data = tmp_path / "data.bin"
+    digest = hashlib.sha256()
+    with data.open("wb") as f:
+        for i in range(size // len(block)):
+            chunk = block[i % 7 :] + block[: i % 7]  # (no two blocks alike)
+            digest.update(chunk)
+            f.write(chunk)
+    _run_id, events = await run(settings, "stream-copy", {"data": data}, timeout=180)
+    assert events[-1].type == "run.completed", events[-1]
+    outputs = events[-1].outputs
+    assert outputs["copy"].size == size
+    async with Storage.connect(settings) as storage:
+        report = json.loads(await storage.get(outputs["report"]))
+    assert report["sha256"] == digest.hexdigest()
+    assert report["peak_growth_kb"] * 1024 < size / 2, report
+
+
 async def test_a_write_past_what_one_put_takes_is_refused_before_a_byte_is_sent(settings, tmp_path):
     from shared.errors import ObjectTooLargeError
     from shared.storage import MAX_PUT
