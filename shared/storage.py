@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import mimetypes
 import os
+import tempfile
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any, BinaryIO
@@ -39,6 +40,7 @@ def is_missing(exc: ClientError) -> bool:
 
 
 MAX_PUT = 5 * 1024**3  # bytes one PUT may carry (S3's limit; MinIO's too)
+COPY_IN_MEMORY = 8 * 2**20  # bytes `copy_new` holds in memory; a larger object passes through a file
 
 
 def body_size(data: bytes | BinaryIO) -> int:
@@ -184,6 +186,30 @@ class Storage:
                 telemetry.set_attributes(span, baton__s3__size=size)
                 yield Reader(size, body)
 
+    async def get_start(self, ref: ObjectRef, size: int) -> bytes:
+        """The first `size` bytes of exactly the referenced version (all of a shorter one): one ranged GET,
+        so a large object is not read to look at its beginning."""
+        validate_key(ref.key)
+        kwargs: dict = {"Range": f"bytes=0-{size - 1}"}
+        if ref.version_id:
+            kwargs["VersionId"] = ref.version_id
+        elif ref.etag:
+            kwargs["IfMatch"] = f'"{ref.etag}"'
+        with _span("GetObject", ref.bucket, ref.key, version=ref.version_id):
+            try:
+                resp = await self.client.get_object(Bucket=ref.bucket, Key=ref.key, **kwargs)
+            except ClientError as exc:
+                if _code(exc) == "InvalidRange":  # (an empty object has no first byte)
+                    return b""
+                if is_missing(exc):
+                    raise ObjectMissingError(f"object {ref.uri()} does not exist") from exc
+                raise
+            async with resp["Body"] as body:
+                etag = _strip(resp.get("ETag"))
+                if ref.etag and etag and etag != ref.etag:
+                    raise ObjectMissingError(f"object {ref.uri()} has etag {etag!r}, expected {ref.etag!r}")
+                return await body.read()
+
     async def presign(self, ref: ObjectRef, expires: int = 3600) -> str:
         """A URL that reads exactly this version without credentials, for `expires` seconds (signed with
         this client's keys, so it reads only what this service may read)."""
@@ -213,19 +239,24 @@ class Storage:
         """Copy one exact version to `dest_key` unless an object is there already; returns what is there.
         Create-only even when two copies race: a GET, then a PUT with If-None-Match (MinIO ignores
         If-None-Match on CopyObject, and two racing copies made two versions), so the bytes pass through
-        this process: for documents, not bulk data."""
+        this process: a chunk at a time, through a file on disk past `COPY_IN_MEMORY`, never whole in
+        memory (the supervisor copies a run's outputs to where the workflow publishes them)."""
         existing = await self.head(dest_key)
         if existing is not None:
             return existing
-        data = await self.get(ref)
-        try:
-            kind = ref.content_type or mimetypes.guess_type(dest_key)[0] or "application/octet-stream"
-            return await self.put(dest_key, data, content_type=kind, if_none_match=True)
-        except PreconditionFailedError:  # another copy landed first: that one is the copy
-            existing = await self.head(dest_key)
-            if existing is None:
-                raise
-            return existing
+        with tempfile.SpooledTemporaryFile(max_size=COPY_IN_MEMORY) as spool:
+            async with self.open(ref) as reader:
+                async for chunk in reader.chunks():
+                    spool.write(chunk)
+            spool.seek(0)
+            try:
+                kind = ref.content_type or mimetypes.guess_type(dest_key)[0] or "application/octet-stream"
+                return await self.put(dest_key, spool, content_type=kind, if_none_match=True)
+            except PreconditionFailedError:  # another copy landed first: that one is the copy
+                existing = await self.head(dest_key)
+                if existing is None:
+                    raise
+                return existing
 
     async def copy(self, ref: ObjectRef, dest_key: str) -> ObjectRef:
         """Server-side copy of one exact version to another key."""

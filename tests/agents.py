@@ -89,8 +89,10 @@ async def answer(ctx: AgentContext) -> None:
 
 # --- hierarchical ------------------------------------------------------------------------------------
 async def planner(ctx: AgentContext) -> None:
-    """Writes the plan given in the run's `plan` parameter (a JSON list of subtasks)."""
-    await ctx.write("plans/plan.json", json.dumps({"subtasks": ctx.params["plan"]}), name="plan")
+    """Writes the plan given in the run's `plan` parameter (a JSON list of subtasks), followed by `pad`
+    spaces if the run asks (still valid JSON: a runaway planner's output)."""
+    plan = json.dumps({"subtasks": ctx.params["plan"]}) + " " * int(ctx.params.get("pad", 0))
+    await ctx.write("plans/plan.json", plan, name="plan")
 
 
 async def maker(ctx: AgentContext) -> None:

@@ -396,7 +396,10 @@ class Console:
         files = []
         for name, ref in (ask or {}).get("inputs", {}).items():
             try:
-                shown = render.show(await runs.read(self.storage, ref), ref.key, _guess_type(ref.key))
+                data = await self.storage.get(ref, max_bytes=render.MAX_VIEW_BYTES)
+                shown = render.show(data, ref.key, _guess_type(ref.key))
+            except ObjectTooLargeError:  # (offered for download, not read)
+                shown = render.Shown("too-big")
             except Exception as exc:  # noqa: BLE001 - one unreadable file must not hide the inbox
                 shown = render.Shown("text", f"(unreadable: {exc})")
             files.append({"name": name, "ref": ref, "shown": shown})

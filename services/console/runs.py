@@ -122,10 +122,6 @@ def readable(run_id: str, key: str) -> bool:
     return key.startswith(run_prefix(run_id)) and ".." not in key.split("/")
 
 
-async def read(storage: Storage, ref: ObjectRef) -> bytes:
-    return await storage.get(ref)
-
-
 def document_versions(bucket: str, state: RunState, key: str) -> list[dict[str, Any]]:
     """A bidirectional run's document versions (`version_id|etag` in the state) as refs, oldest first:
     nothing is read until one is shown."""

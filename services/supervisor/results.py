@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from shared import streams
+from shared.errors import ObjectTooLargeError
 from shared.events import (
     RouteDecided,
     TaskCompleted,
@@ -14,8 +15,10 @@ from shared.events import (
 )
 from shared.runs import CAUSE, TASK
 
-from .decisions import Decision, agent_asks, outstanding
+from .decisions import Decision, agent_asks, fail, outstanding
 from .engine import Engine
+
+DOC_MAX_BYTES = 64 * 2**20  # the most of a document (a plan, a verdict) the supervisor reads to decide
 
 
 async def on_result(eng: Engine, event: TaskResult) -> None:
@@ -34,16 +37,24 @@ async def on_result(eng: Engine, event: TaskResult) -> None:
     state = loaded.view()
     wf, module = eng.pattern_of(state)
     slot = outstanding(state, event)
-    docs = {}
+    docs, too_big = {}, None
     if isinstance(event, TaskCompleted) and not isinstance(slot, str):
         wanted = getattr(module, "DOCS", {}).get(slot.role)
         if wanted and wanted in event.outputs:
-            docs[wanted] = await eng.storage.get(event.outputs[wanted])
+            try:  # (bounded: one agent's runaway output must not take the supervisor's memory)
+                docs[wanted] = await eng.storage.get(event.outputs[wanted], max_bytes=DOC_MAX_BYTES)
+            except ObjectTooLargeError as exc:
+                too_big = (
+                    f"the {wanted} from {event.agent} is {exc.size:,} bytes, more than the "
+                    f"{DOC_MAX_BYTES:,} the supervisor reads"
+                )
 
     def choose(s) -> Decision:
         slot = outstanding(s, event)
         if isinstance(slot, str):
             return Decision.ignore(slot)
+        if too_big:
+            return Decision(state=fail(s, too_big))
         if isinstance(event, RouteDecided):
             return module.on_route(s, wf, eng.workflows, event)
         if isinstance(event, TaskInputRequired):  # the same for every pattern: the run asks a person

@@ -121,6 +121,36 @@ async def test_an_agent_streams_a_large_input_and_writes_a_large_output_from_a_f
     assert report["peak_growth_kb"] * 1024 < size / 2, report
 
 
+async def test_the_start_of_an_object_is_read_alone_and_a_copy_never_holds_it_whole(settings):
+    """`get_start` reads an exact version's first bytes (all of a shorter one, none of an empty one);
+    `copy_new` of 64 MiB allocates a fraction of it in this process (tracemalloc) and copies it exactly."""
+    import tracemalloc
+
+    from shared.storage import COPY_IN_MEMORY
+
+    async with Storage.connect(settings) as storage:
+        small = await storage.put("runs/start/inputs/small.txt", b"0123456789")
+        assert await storage.get_start(small, 4) == b"0123"
+        assert await storage.get_start(small, 1000) == b"0123456789"
+        empty = await storage.put("runs/start/inputs/empty.txt", b"")
+        assert await storage.get_start(empty, 4) == b""
+        newer = await storage.put("runs/start/inputs/small.txt", b"abcdefghij")
+        assert await storage.get_start(small, 4) == b"0123"  # (the version asked for, not the newest)
+        assert await storage.get_start(newer, 4) == b"abcd"
+
+        big = await storage.put("runs/start/work/big.bin", os.urandom(2**20) * 64)
+        tracemalloc.start()
+        try:
+            copied = await storage.copy_new(big, "runs/start/published/big.bin")
+            _now, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+        assert copied.size == big.size and copied.etag == big.etag  # (one PUT each: the MD5 of the bytes)
+        assert peak < COPY_IN_MEMORY + 16 * 2**20, f"{peak:,} bytes at peak"
+        again = await storage.copy_new(big, "runs/start/published/big.bin")
+        assert again.version_id == copied.version_id  # (create-only: no second version)
+
+
 async def test_a_write_past_what_one_put_takes_is_refused_before_a_byte_is_sent(settings, tmp_path):
     from shared.errors import ObjectTooLargeError
     from shared.storage import MAX_PUT

@@ -181,6 +181,32 @@ async def test_the_inbox_and_baton_runs_waiting_read_a_page_of_the_waiting_runs(
     assert not set(ids) & {r["run_id"] for r in after["waiting"]}
 
 
+async def test_the_inbox_offers_a_file_too_large_to_show_for_download_without_reading_it(
+    console, settings, tmp_path
+):
+    """A waiting run's file past what a page shows (render.MAX_VIEW_BYTES) is not read at all (a bounded
+    GET refuses it before its body): the inbox says so and links the exact version."""
+    from services.console import render
+
+    big = tmp_path / "evidence.txt"
+    big.write_bytes(b"x" * (render.MAX_VIEW_BYTES + 1))
+    run_id = await client.submit(settings, "approval-strict", {"evidence": big})
+    try:
+        async with asyncio.timeout(60):
+            while await _status(settings, run_id) != "waiting_for_human":  # noqa: ASYNC110 - polled
+                await asyncio.sleep(0.2)
+        async with _session(console) as http:
+            page = (await http.get("/inbox")).text
+        card = page[page.index(f"/runs/{run_id}") :]
+        card = card[: card.find('class="card ask"') if 'class="card ask"' in card else len(card)]
+        assert "Too large to show here: download it." in card
+        assert "xxxxxxxx" not in card
+        assert f"/runs/{run_id}/file?key=runs/{run_id}/inputs/evidence.txt" in card.replace("%2F", "/")
+    finally:
+        await client.cancel(settings, run_id)
+    assert (await wait_for_end(settings, run_id))[-1].type == "run.cancelled"
+
+
 async def test_a_router_run_shows_its_decision_and_a_bidirectional_run_its_diffs(console, settings, tmp_path):
     request = tmp_path / "request.md"
     request.write_text("My invoice is wrong\n")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from shared.storage import Storage
@@ -83,6 +85,19 @@ async def test_an_invalid_plan_fails_the_run_clearly(settings):
     assert "dependency cycle" in events[-1].reason
     _run_id, events = await run(settings, "build", params={"plan": [sub("a", agent="stranger")]})
     assert "agent 'stranger' is not one of the workers" in events[-1].reason
+
+
+async def test_a_plan_larger_than_the_supervisor_reads_fails_the_run_with_the_reason(settings):
+    """The supervisor reads a plan to decide (DOC_MAX_BYTES at most): a runaway planner's 65 MiB plan fails
+    the run by name instead of being read into the supervisor's memory."""
+    from services.supervisor.results import DOC_MAX_BYTES
+
+    pad = DOC_MAX_BYTES + 2**20
+    _run_id, events = await run(settings, "build", params={"plan": [sub("a")], "pad": pad}, timeout=60)
+    assert events[-1].type == "run.failed"
+    size = len(json.dumps({"subtasks": [sub("a")]})) + pad
+    assert f"the plan from planner is {size:,} bytes" in events[-1].reason, events[-1].reason
+    assert f"more than the {DOC_MAX_BYTES:,} the supervisor reads" in events[-1].reason
 
 
 async def test_a_subtask_with_many_dependents_starts_them_all_when_accepted(settings):

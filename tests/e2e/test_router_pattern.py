@@ -57,3 +57,16 @@ async def test_a_crashing_classifier_sends_the_request_to_the_fallback_and_recor
     assert decided.agent == "triage"
     assert "classifier failed: RuntimeError: classifier blew up" in decided.reason
     assert events[-1].type == "run.completed"
+
+
+async def test_a_request_file_far_larger_than_a_classifier_reads_is_routed_by_its_start(settings, tmp_path):
+    """The router reads only the beginning of a request file (what a classifier sees: MAX_TEXT characters),
+    with one ranged GET: a 64 MiB request is routed as quickly as a short one."""
+    path = tmp_path / "request.txt"
+    with path.open("w") as f:
+        f.write("Where is my invoice for March?\n")
+        f.write("filler " * (64 * 2**20 // 7))
+    run_id, events = await run(settings, "support", {"request": path}, {}, timeout=60)
+    decided = of_type(events, "route.decided")
+    assert [d.agent for d in decided] == ["billing"], [e.type for e in events]
+    assert events[-1].type == "run.completed"
