@@ -516,43 +516,43 @@ def _events(client: redis.Redis, run_ids: list[str]) -> dict[str, list[dict]]:
     return out
 
 
-def hops(events: list[dict]) -> list[float]:
-    """Seconds each stage added: stage assigned -> next stage assigned (the last: -> run completed)."""
+def _stages(events: list[dict]) -> tuple[dict[int, float], dict[int, float], float | None]:
+    """Per stage, when its (first) task was assigned and when it (first) completed; when the run did."""
     assigned: dict[int, float] = {}
+    completed: dict[int, float] = {}
+    stage_of: dict[str, int] = {}  # task id -> its stage (a completion names its task, not its stage)
     end = None
     for e in events:
         if e["type"] == "task.assigned":
             assigned.setdefault(e["stage"], _ts(e["created_at"]))
+            stage_of[e.get("task_id", "")] = e["stage"]
+        elif e["type"] == "task.completed" and e.get("task_id") in stage_of:
+            completed.setdefault(stage_of[e["task_id"]], _ts(e["created_at"]))
         elif e["type"] == "run.completed":
             end = _ts(e["created_at"])
+    return assigned, completed, end
+
+
+def _to_next(events: list[dict], since_completed: bool) -> list[float]:
+    assigned, completed, end = _stages(events)
     if end is None:
         return []
     stages = sorted(assigned)
     nexts = [assigned[s] for s in stages[1:]] + [end]
-    return [b - assigned[s] for s, b in zip(stages, nexts, strict=True)]
+    since = completed if since_completed else assigned
+    return [b - since[s] for s, b in zip(stages, nexts, strict=True) if s in since]
+
+
+def hops(events: list[dict]) -> list[float]:
+    """Seconds each stage added: stage assigned -> next stage assigned (the last: -> run completed)."""
+    return _to_next(events, since_completed=False)
 
 
 def decisions(events: list[dict]) -> list[float]:
     """The supervisor's part of each hop: a stage's task completed -> the next stage assigned (the last: ->
     run completed). What `baton_supervisor_hop_seconds` measures (an event's creation to the end of the
     supervisor's decision on it): the whole hop (`hops`) adds the worker's pickup and its handler."""
-    completed: dict[int, float] = {}
-    assigned: dict[int, float] = {}
-    stage_of: dict[str, int] = {}  # task id -> its stage (a completion names its task, not its stage)
-    end = None
-    for e in events:
-        if e["type"] == "task.assigned":
-            assigned.setdefault(e["stage"], _ts(e["created_at"]))
-            stage_of[e["task_id"]] = e["stage"]
-        elif e["type"] == "task.completed" and e.get("task_id") in stage_of:
-            completed.setdefault(stage_of[e["task_id"]], _ts(e["created_at"]))
-        elif e["type"] == "run.completed":
-            end = _ts(e["created_at"])
-    if end is None:
-        return []
-    stages = sorted(assigned)
-    nexts = [assigned[s] for s in stages[1:]] + [end]
-    return [b - completed[s] for s, b in zip(stages, nexts, strict=True) if s in completed]
+    return _to_next(events, since_completed=True)
 
 
 def _step(

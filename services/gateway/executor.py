@@ -18,6 +18,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import posixpath
+import tempfile
+from typing import BinaryIO
 
 import httpx
 from a2a.server.agent_execution import AgentExecutor, RequestContext
@@ -31,7 +33,7 @@ from shared import streams
 from shared.errors import BatonError, KeyValidationError, PreconditionFailedError
 from shared.events import ObjectRef, utcnow
 from shared.live import Hub, run_events
-from shared.storage import Storage
+from shared.storage import COPY_IN_MEMORY, MAX_PUT, Storage
 from shared.workspace import run_prefix
 
 from .tasks import ASKED_KEY, RUN_KEY, run_of_task
@@ -137,20 +139,23 @@ class WorkflowExecutor(AgentExecutor):
                     raise GatewayError(f"data part {i} is not an object: its fields become the run's params")
                 params.update(value)
             elif part.HasField("raw") or part.HasField("url"):
-                data = part.raw if part.HasField("raw") else await fetch(part.url)
                 filename = posixpath.basename(part.filename or f"input-{i + 1}")
                 name = _meta(part).get("name") or posixpath.splitext(filename)[0]
                 if name in refs:
                     raise GatewayError(f"two file parts are named {name!r}: give each a metadata `name`")
                 key = f"{run_prefix(run_id)}inputs/{filename}"
-                try:
-                    media = part.media_type or "application/octet-stream"
-                    refs[name] = await self.storage.put(key, data, content_type=media, if_none_match=True)
-                except PreconditionFailedError:
-                    there = await self.storage.head(key) if again else None
-                    if there is None:
-                        raise
-                    refs[name] = there
+                async with contextlib.AsyncExitStack() as stack:
+                    data = part.raw
+                    if part.HasField("url"):
+                        data = stack.enter_context(await fetch(part.url))
+                    try:
+                        media = part.media_type or "application/octet-stream"
+                        refs[name] = await self.storage.put(key, data, content_type=media, if_none_match=True)
+                    except PreconditionFailedError:
+                        there = await self.storage.head(key) if again else None
+                        if there is None:
+                            raise
+                        refs[name] = there
         if texts:
             text = "\n\n".join(texts)
             params.setdefault("text", text)
@@ -240,11 +245,25 @@ def _meta(part: Part) -> dict:
     return json_format.MessageToDict(part.metadata) if part.HasField("metadata") else {}
 
 
-async def fetch(url: str) -> bytes:
+async def fetch(url: str) -> BinaryIO:
+    """A file part's URL, fetched a chunk at a time into a file (in memory up to `COPY_IN_MEMORY`), so a
+    large file is never held whole; one past what a write takes (`MAX_PUT`) is refused as it arrives."""
     if not url.startswith(("http://", "https://")):
         raise GatewayError(f"file part URL {url!r}: only http(s) URLs are fetched")
-    async with httpx.AsyncClient(timeout=30) as http:
-        resp = await http.get(url)
-    if resp.status_code >= 400:
-        raise GatewayError(f"file part URL {url!r} answered HTTP {resp.status_code}")
-    return resp.content
+    spool = tempfile.SpooledTemporaryFile(max_size=COPY_IN_MEMORY)
+    try:
+        async with httpx.AsyncClient(timeout=30) as http, http.stream("GET", url) as resp:
+            if resp.status_code >= 400:
+                raise GatewayError(f"file part URL {url!r} answered HTTP {resp.status_code}")
+            async for chunk in resp.aiter_bytes(1 << 20):
+                if spool.tell() + len(chunk) > MAX_PUT:
+                    raise GatewayError(f"file part URL {url!r}: over the {MAX_PUT:,} bytes one input takes")
+                spool.write(chunk)
+    except httpx.HTTPError as exc:
+        spool.close()
+        raise GatewayError(f"file part URL {url!r} could not be fetched: {exc}") from exc
+    except BaseException:
+        spool.close()
+        raise
+    spool.seek(0)
+    return spool

@@ -91,6 +91,41 @@ async def test_a_message_starts_a_run_and_its_outputs_come_back_as_artifacts(gat
         assert any(e.WhichOneof("payload") == "status_update" for e in events)
 
 
+async def test_a_file_part_by_url_is_fetched_a_chunk_at_a_time_and_a_bad_url_rejects_the_task(
+    gateway, settings
+):
+    """A file part may name a URL instead of carrying its bytes (how an A2A client sends a large file): the
+    gateway fetches it a chunk at a time into the run's inputs; a URL that answers 404 rejects the task
+    with the URL and the status."""
+    import hashlib
+    import os
+
+    from shared.events import ObjectRef
+    from shared.storage import Storage
+
+    body = os.urandom(2**20) * 24
+    async with Storage.connect(settings) as storage:
+        source = await storage.put("shared/a2a-url-source.bin", body)
+        url = await storage.presign(source)
+        missing = await storage.presign(ObjectRef(bucket=settings.bucket, key="shared/no-such-file.bin"))
+    by_url = Part(url=url, filename="big.bin", media_type="application/octet-stream")
+    async with agent(gateway, "copy-files") as (_card, a2a):
+        events = await drain(a2a.send_message(message(Part(text="copy it"), by_url)))
+        task_id, state = last_task_state(events)
+        assert state == TaskState.TASK_STATE_COMPLETED, events[-1]
+        task = await a2a.get_task(GetTaskRequest(id=task_id))
+        bad = Part(url=missing, filename="gone.bin")
+        bad_id, bad_state = last_task_state(await drain(a2a.send_message(message(Part(text="copy"), bad))))
+        rejected = await a2a.get_task(GetTaskRequest(id=bad_id))
+    parts = {a.name: a.parts[0] for a in task.artifacts}
+    async with httpx.AsyncClient(timeout=60) as http:
+        copied = (await http.get(parts["big"].url)).content
+    assert hashlib.sha256(copied).digest() == hashlib.sha256(body).digest()
+    assert bad_state == TaskState.TASK_STATE_REJECTED
+    why = rejected.status.message.parts[0].text
+    assert "no-such-file.bin" in why and "answered HTTP 404" in why, why
+
+
 async def test_a_wrong_token_is_refused(gateway):
     with pytest.raises(Exception, match="401|nauthori"):
         async with agent(gateway, "copy-files", token="not-the-token") as (_card, a2a):
