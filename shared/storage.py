@@ -157,27 +157,9 @@ class Storage:
     async def open(self, ref: ObjectRef, max_bytes: int | None = None) -> AsyncIterator[Reader]:
         """Exactly the referenced version, open for reading a chunk at a time (`Reader.chunks`): a large
         object need not be held in memory. Errors as `get`, raised before any byte is read."""
-        validate_key(ref.key)
-        kwargs: dict = {}
-        if ref.version_id:
-            kwargs["VersionId"] = ref.version_id
-        elif ref.etag:
-            kwargs["IfMatch"] = f'"{ref.etag}"'
         with _span("GetObject", ref.bucket, ref.key, version=ref.version_id) as span:
-            try:
-                resp = await self.client.get_object(Bucket=ref.bucket, Key=ref.key, **kwargs)
-            except ClientError as exc:
-                if is_missing(exc):
-                    raise ObjectMissingError(f"object {ref.uri()} does not exist") from exc
-                if _code(exc) in ("PreconditionFailed", "412"):
-                    raise ObjectMissingError(
-                        f"object {ref.uri()} changed: its etag is no longer {ref.etag!r}"
-                    ) from exc
-                raise
+            resp = await self._get_object(ref)
             async with resp["Body"] as body:
-                etag = _strip(resp.get("ETag"))
-                if ref.etag and etag and etag != ref.etag:
-                    raise ObjectMissingError(f"object {ref.uri()} has etag {etag!r}, expected {ref.etag!r}")
                 size = resp.get("ContentLength") or 0
                 if max_bytes is not None and size > max_bytes:
                     raise ObjectTooLargeError(
@@ -189,26 +171,39 @@ class Storage:
     async def get_start(self, ref: ObjectRef, size: int) -> bytes:
         """The first `size` bytes of exactly the referenced version (all of a shorter one): one ranged GET,
         so a large object is not read to look at its beginning."""
+        with _span("GetObject", ref.bucket, ref.key, version=ref.version_id):
+            try:
+                resp = await self._get_object(ref, Range=f"bytes=0-{size - 1}")
+            except ClientError as exc:
+                if _code(exc) == "InvalidRange":  # (an empty object has no first byte)
+                    return b""
+                raise
+            async with resp["Body"] as body:
+                return await body.read()
+
+    async def _get_object(self, ref: ObjectRef, **extra) -> dict:
+        """GetObject of exactly `ref`'s version (or, without one, its etag): a missing object, version or
+        etag is ObjectMissingError, raised before any byte is read."""
         validate_key(ref.key)
-        kwargs: dict = {"Range": f"bytes=0-{size - 1}"}
+        kwargs: dict = dict(extra)
         if ref.version_id:
             kwargs["VersionId"] = ref.version_id
         elif ref.etag:
             kwargs["IfMatch"] = f'"{ref.etag}"'
-        with _span("GetObject", ref.bucket, ref.key, version=ref.version_id):
-            try:
-                resp = await self.client.get_object(Bucket=ref.bucket, Key=ref.key, **kwargs)
-            except ClientError as exc:
-                if _code(exc) == "InvalidRange":  # (an empty object has no first byte)
-                    return b""
-                if is_missing(exc):
-                    raise ObjectMissingError(f"object {ref.uri()} does not exist") from exc
-                raise
-            async with resp["Body"] as body:
-                etag = _strip(resp.get("ETag"))
-                if ref.etag and etag and etag != ref.etag:
-                    raise ObjectMissingError(f"object {ref.uri()} has etag {etag!r}, expected {ref.etag!r}")
-                return await body.read()
+        try:
+            resp = await self.client.get_object(Bucket=ref.bucket, Key=ref.key, **kwargs)
+        except ClientError as exc:
+            if is_missing(exc):
+                raise ObjectMissingError(f"object {ref.uri()} does not exist") from exc
+            if _code(exc) in ("PreconditionFailed", "412"):
+                changed = f"object {ref.uri()} changed: its etag is no longer {ref.etag!r}"
+                raise ObjectMissingError(changed) from exc
+            raise
+        etag = _strip(resp.get("ETag"))
+        if ref.etag and etag and etag != ref.etag:
+            async with resp["Body"]:  # (closed on the way out)
+                raise ObjectMissingError(f"object {ref.uri()} has etag {etag!r}, expected {ref.etag!r}")
+        return resp
 
     async def presign(self, ref: ObjectRef, expires: int = 3600) -> str:
         """A URL that reads exactly this version without credentials, for `expires` seconds (signed with

@@ -249,10 +249,8 @@ async def test_hundreds_of_tasks_in_flight_share_one_live_reader_and_all_complet
     assert not [name for names in samples for name in names if name.startswith("baton-follow:")]
 
 
-async def test_tasks_a_killed_gateway_had_not_started_are_started_by_the_next(stack, settings):
-    """A burst waits its turn to start (here one task at a time) after each task is told `submitted`. A
-    gateway killed meanwhile leaves tasks whose runs were never published; the next gateway starts them at
-    start-up (`resume_unstarted`), so that none waits for ever, and each runs once."""
+def _one_at_a_time(stack) -> tuple[Gateway, dict[str, str]]:
+    """A gateway of its own that starts new tasks one at a time (BATON_A2A_MAX_STARTING=1), and its env."""
     port, token = servers.free_port(), secrets.token_hex(16)
     env = {
         "BATON_GATEWAY_HOST": "127.0.0.1",
@@ -260,7 +258,14 @@ async def test_tasks_a_killed_gateway_had_not_started_are_started_by_the_next(st
         "BATON_A2A_TOKEN": token,
         "BATON_A2A_MAX_STARTING": "1",
     }
-    gateway = Gateway(f"http://127.0.0.1:{port}/", token, stack.start("gateway", env))
+    return Gateway(f"http://127.0.0.1:{port}/", token, stack.start("gateway", env)), env
+
+
+async def test_tasks_a_killed_gateway_had_not_started_are_started_by_the_next(stack, settings):
+    """A burst waits its turn to start (here one task at a time) after each task is told `submitted`. A
+    gateway killed meanwhile leaves tasks whose runs were never published; the next gateway starts them at
+    start-up (`resume_unstarted`), so that none waits for ever, and each runs once."""
+    gateway, env = _one_at_a_time(stack)
     n = 60
     try:
         async with agent(gateway, "copy-files") as (_card, a2a):
@@ -314,14 +319,7 @@ async def test_tasks_a_killed_gateway_had_not_started_are_started_by_the_next(st
 async def test_a_task_cancelled_while_it_waits_its_turn_never_starts_its_run(stack, settings):
     """Tasks start one at a time here: one cancelled while still in line is `canceled`, leaves the starting
     set, and its run is never published, while the others' runs all complete."""
-    port, token = servers.free_port(), secrets.token_hex(16)
-    env = {
-        "BATON_GATEWAY_HOST": "127.0.0.1",
-        "BATON_GATEWAY_PORT": str(port),
-        "BATON_A2A_TOKEN": token,
-        "BATON_A2A_MAX_STARTING": "1",
-    }
-    gateway = Gateway(f"http://127.0.0.1:{port}/", token, stack.start("gateway", env))
+    gateway, _env = _one_at_a_time(stack)
     n = 60
     try:
         async with agent(gateway, "copy-files") as (_card, a2a):
