@@ -159,6 +159,12 @@ class Settings(BaseSettings):
         description="Gateway: A2A tasks it starts at once (inputs uploaded, run published); more wait "
         "their turn, so a burst of thousands is taken in order instead of starving every one of them.",
     )
+    a2a_fetch_hosts: str = Field(
+        "",
+        description="Gateway: where file part URLs may point besides public addresses and the store's own "
+        "endpoint (comma-separated host names, addresses or networks like 10.0.0.0/8; `*`: anywhere). A "
+        "client cannot make the gateway read its loopback or private network otherwise.",
+    )
     console_host: str = Field("127.0.0.1", description="Where the web console listens.")
     console_port: int = Field(9914, description="Port of the web console.")
     console_token: str = Field(

@@ -45,6 +45,7 @@ from shared.storage import Storage
 from shared.workflow import HUMAN, SequentialWorkflow, load_workflows
 
 from .executor import WorkflowExecutor
+from .fetch import Policy
 from .tasks import RunTaskStore, agent_message, run_of_task
 
 SERVICE = "gateway"
@@ -99,9 +100,10 @@ def card(name: str, wf, url: str) -> AgentCard:
 
 
 def create_app(
-    settings: Settings, storage: Storage, redis: aioredis.Redis, hub: Hub, log
+    settings: Settings, storage: Storage, redis: aioredis.Redis, hub: Hub, log, fetching: Policy
 ) -> tuple[Starlette, dict[str, tuple[WorkflowExecutor, RunTaskStore]]]:
-    """The ASGI app, and each workflow's executor and task store (`resume_unstarted` needs them)."""
+    """The ASGI app, and each workflow's executor and task store (`resume_unstarted` needs them);
+    `fetching`: where file part URLs may be fetched from (`fetch.py`)."""
     workflows = load_workflows(settings.workflows).workflows
     root = base_url(settings)
     mounts, listing, parts = [], [], {}
@@ -110,7 +112,7 @@ def create_app(
     for name, wf in workflows.items():
         url = f"{root}{name}/"
         the_card = card(name, wf, url)
-        executor = WorkflowExecutor(name, settings, storage, redis, hub, log, live, starting)
+        executor = WorkflowExecutor(name, settings, storage, redis, hub, log, live, starting, fetching)
         store = RunTaskStore(redis, settings, name, live, executor.part)
         parts[name] = (executor, store)
         handler = DefaultRequestHandler(agent_executor=executor, task_store=store, agent_card=the_card)
@@ -227,6 +229,11 @@ async def serve(settings: Settings) -> None:
             "(or listen on 127.0.0.1)",
         )
         raise SystemExit(2)
+    try:
+        fetching = Policy(settings.a2a_fetch_hosts, settings.s3_endpoint_url)
+    except ValueError as exc:
+        log.error("gateway_refused_to_start", reason=str(exc))
+        raise SystemExit(2) from exc
     # Bounded, and a command waits for a connection as long as it takes: a burst of thousands of A2A requests
     # queues for Redis instead of failing the ones that wait longest (redis-py's own pool: at 101). Its
     # sockets wait 60 s, not redis-py's 5: while 10,000 requests arrive at once the event loop comes round
@@ -235,7 +242,7 @@ async def serve(settings: Settings) -> None:
     hub = Hub(settings.redis_url, redis, log, name="baton-gateway:live")  # every task's run, one reader
     hub.start()
     async with Storage.connect(settings) as storage, contextlib.aclosing(redis), contextlib.aclosing(hub):
-        app, parts = create_app(settings, storage, redis, hub, log)
+        app, parts = create_app(settings, storage, redis, hub, log, fetching)
         config = uvicorn.Config(
             app, host=settings.gateway_host, port=settings.gateway_port, log_level="warning", access_log=False
         )

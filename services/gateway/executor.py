@@ -18,10 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import posixpath
-import tempfile
-from typing import BinaryIO
 
-import httpx
 from a2a.server.agent_execution import AgentExecutor, RequestContext
 from a2a.server.events import EventQueue
 from a2a.server.tasks import TaskUpdater
@@ -33,9 +30,10 @@ from shared import streams
 from shared.errors import BatonError, KeyValidationError, PreconditionFailedError
 from shared.events import ObjectRef, utcnow
 from shared.live import Hub, run_events
-from shared.storage import COPY_IN_MEMORY, MAX_PUT, Storage
+from shared.storage import Storage
 from shared.workspace import run_prefix
 
+from .fetch import FetchError, Policy, fetch
 from .tasks import ASKED_KEY, RUN_KEY, run_of_task
 
 SENDER = "gateway"
@@ -50,7 +48,8 @@ class WorkflowExecutor(AgentExecutor):
     """Runs one workflow per A2A task; holds its settings, the storage client, the process' pooled Redis
     client and its one live reader (`hub`: every task in flight follows its run there, not on a connection
     of its own), the ids of the tasks this process follows now (`live`: the task store leaves those to
-    it), and the gate new tasks pass one by one to start (`starting`, shared by every workflow)."""
+    it), the gate new tasks pass one by one to start (`starting`, shared by every workflow), and where a
+    file part's URL may be fetched from (`fetching`)."""
 
     def __init__(
         self,
@@ -62,9 +61,11 @@ class WorkflowExecutor(AgentExecutor):
         log,
         live: set[str],
         starting: asyncio.Semaphore,
+        fetching: Policy,
     ) -> None:
         self.workflow, self.settings, self.storage, self.log = workflow, settings, storage, log
         self.redis, self.hub, self.live, self.starting = redis, hub, live, starting
+        self.fetching = fetching
 
     async def execute(self, context: RequestContext, event_queue: EventQueue) -> None:
         self.live.add(context.task_id)
@@ -94,7 +95,7 @@ class WorkflowExecutor(AgentExecutor):
             async with self.starting:
                 try:
                     await self.start(run_id, context.message)
-                except (GatewayError, KeyValidationError, PreconditionFailedError) as exc:
+                except (GatewayError, FetchError, KeyValidationError, PreconditionFailedError) as exc:
                     await self.started(task.id)
                     await up.reject(up.new_agent_message([Part(text=str(exc))]))
                     return
@@ -147,7 +148,7 @@ class WorkflowExecutor(AgentExecutor):
                 async with contextlib.AsyncExitStack() as stack:
                     data = part.raw
                     if part.HasField("url"):
-                        data = stack.enter_context(await fetch(part.url))
+                        data = stack.enter_context(await fetch(part.url, self.fetching))
                     try:
                         media = part.media_type or "application/octet-stream"
                         refs[name] = await self.storage.put(key, data, content_type=media, if_none_match=True)
@@ -243,27 +244,3 @@ class WorkflowExecutor(AgentExecutor):
 
 def _meta(part: Part) -> dict:
     return json_format.MessageToDict(part.metadata) if part.HasField("metadata") else {}
-
-
-async def fetch(url: str) -> BinaryIO:
-    """A file part's URL, fetched a chunk at a time into a file (in memory up to `COPY_IN_MEMORY`), so a
-    large file is never held whole; one past what a write takes (`MAX_PUT`) is refused as it arrives."""
-    if not url.startswith(("http://", "https://")):
-        raise GatewayError(f"file part URL {url!r}: only http(s) URLs are fetched")
-    spool = tempfile.SpooledTemporaryFile(max_size=COPY_IN_MEMORY)
-    try:
-        async with httpx.AsyncClient(timeout=30) as http, http.stream("GET", url) as resp:
-            if resp.status_code >= 400:
-                raise GatewayError(f"file part URL {url!r} answered HTTP {resp.status_code}")
-            async for chunk in resp.aiter_bytes(1 << 20):
-                if spool.tell() + len(chunk) > MAX_PUT:
-                    raise GatewayError(f"file part URL {url!r}: over the {MAX_PUT:,} bytes one input takes")
-                spool.write(chunk)
-    except httpx.HTTPError as exc:
-        spool.close()
-        raise GatewayError(f"file part URL {url!r} could not be fetched: {exc}") from exc
-    except BaseException:
-        spool.close()
-        raise
-    spool.seek(0)
-    return spool

@@ -95,8 +95,9 @@ async def test_a_file_part_by_url_is_fetched_a_chunk_at_a_time_and_a_bad_url_rej
     gateway, settings
 ):
     """A file part may name a URL instead of carrying its bytes (how an A2A client sends a large file): the
-    gateway fetches it a chunk at a time into the run's inputs; a URL that answers 404 rejects the task
-    with the URL and the status."""
+    gateway fetches it a chunk at a time into the run's inputs (here a presigned URL of its own store); a URL
+    that answers 404 rejects the task with the URL and the status, and so does one on the gateway's own
+    loopback (a client cannot make it read its network: services/gateway/fetch.py)."""
     import hashlib
     import os
 
@@ -117,6 +118,9 @@ async def test_a_file_part_by_url_is_fetched_a_chunk_at_a_time_and_a_bad_url_rej
         bad = Part(url=missing, filename="gone.bin")
         bad_id, bad_state = last_task_state(await drain(a2a.send_message(message(Part(text="copy"), bad))))
         rejected = await a2a.get_task(GetTaskRequest(id=bad_id))
+        inside = Part(url=f"{gateway.url}health", filename="health.txt")
+        inside_id, inside_state = last_task_state(await drain(a2a.send_message(message(inside))))
+        refused = await a2a.get_task(GetTaskRequest(id=inside_id))
     parts = {a.name: a.parts[0] for a in task.artifacts}
     async with httpx.AsyncClient(timeout=60) as http:
         copied = (await http.get(parts["big"].url)).content
@@ -124,6 +128,9 @@ async def test_a_file_part_by_url_is_fetched_a_chunk_at_a_time_and_a_bad_url_rej
     assert bad_state == TaskState.TASK_STATE_REJECTED
     why = rejected.status.message.parts[0].text
     assert "no-such-file.bin" in why and "answered HTTP 404" in why, why
+    assert inside_state == TaskState.TASK_STATE_REJECTED
+    why = refused.status.message.parts[0].text
+    assert "127.0.0.1 is a loopback address" in why and "BATON_A2A_FETCH_HOSTS" in why, why
 
 
 async def test_a_wrong_token_is_refused(gateway):

@@ -1,0 +1,199 @@
+"""Fetching a file part's URL for an A2A client, without letting the client reach the gateway's network.
+
+A client names the URL; the gateway makes the request. Unchecked, a client holding the token could make the
+gateway read its loopback, its private network or a cloud metadata address (169.254.169.254) and get the
+answer back as the run's output: server-side request forgery. So every connection the fetch makes (the
+first, and each redirect's) goes to an address the policy allows, checked when it connects: the host is
+resolved once, each address checked, and the connection made to a checked address, so a name that
+resolves to a public address for a check and to a private one for the connect (DNS rebinding) gains
+nothing.
+
+Allowed: public addresses (`ipaddress`' `is_global`, with IPv4 embedded in IPv6, 6to4, Teredo and NAT64
+addresses judged by their IPv4); the origin of the gateway's own store (`BATON_S3_ENDPOINT_URL`: presigned
+URLs of the same MinIO, as another Baton stage in the same deployment sends); and what
+`BATON_A2A_FETCH_HOSTS` names: host names (whatever they resolve to), addresses, networks
+(`10.0.0.0/8`), or `*` for any address. The fetch connects directly: HTTP(S)_PROXY is not used.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import socket
+import tempfile
+from typing import BinaryIO
+from urllib.parse import urlsplit
+
+import httpcore
+import httpx
+
+from shared.errors import BatonError
+from shared.storage import COPY_IN_MEMORY, MAX_PUT
+
+SETTING = "BATON_A2A_FETCH_HOSTS"
+MAX_REDIRECTS = 5
+
+Address = ipaddress.IPv4Address | ipaddress.IPv6Address
+_NAT64 = ipaddress.ip_network("64:ff9b::/96")
+
+
+class FetchError(BatonError):
+    """A file part's URL that cannot be fetched (refused by the policy, unreachable or an HTTP error)."""
+
+
+class Refused(FetchError):
+    """A connection the policy does not allow (raised where the fetch connects, the URL added by `fetch`)."""
+
+
+def _judged(addr: Address) -> Address:
+    """The address to judge: the IPv4 one an IPv6 address carries (mapped, 6to4, Teredo, NAT64), or itself."""
+    if isinstance(addr, ipaddress.IPv6Address):
+        inner = addr.ipv4_mapped or addr.sixtofour or (addr.teredo[1] if addr.teredo else None)
+        if inner is None and addr in _NAT64:
+            inner = ipaddress.IPv4Address(int(addr) & 0xFFFFFFFF)
+        if inner is not None:
+            return inner
+    return addr
+
+
+def is_public(addr: Address) -> bool:
+    """Globally routable, judging an IPv6 address that carries an IPv4 one by that address
+    (`::ffff:127.0.0.1` is loopback)."""
+    return _judged(addr).is_global
+
+
+def _kind(addr: Address) -> str:
+    addr = _judged(addr)
+    for kind in ("loopback", "link-local", "private", "multicast", "unspecified", "reserved"):
+        if getattr(addr, f"is_{kind.replace('-', '_')}"):
+            return kind
+    return "non-public"
+
+
+class Policy:
+    """Which addresses a fetch may connect to (the module's docstring); `allow` is the setting's value."""
+
+    def __init__(self, allow: str = "", store_url: str | None = None) -> None:
+        self.any = False
+        self.names: set[str] = set()
+        self.networks: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = []
+        for raw in allow.split(","):
+            item = raw.strip().lower()
+            if not item:
+                continue
+            if item == "*":
+                self.any = True
+                continue
+            try:
+                self.networks.append(ipaddress.ip_network(item.strip("[]"), strict=False))
+                continue
+            except ValueError:
+                pass
+            name = item.rstrip(".")  # a fully qualified name's trailing dot
+            if "/" in name or ":" in name or not all(part for part in name.split(".")):
+                raise ValueError(
+                    f"{SETTING}: {raw.strip()!r} is neither a host name, an address nor a network "
+                    "(like 10.0.0.0/8); separate entries with commas"
+                )
+            self.names.add(name)
+        self.store: tuple[str, int] | None = None
+        if store_url:
+            parts = urlsplit(store_url)
+            if parts.hostname:
+                default = 443 if parts.scheme == "https" else 80
+                self.store = (parts.hostname.lower(), parts.port or default)
+
+    def named(self, host: str, port: int) -> bool:
+        """Allowed by name, whatever the name resolves to."""
+        host = host.lower().strip("[]").rstrip(".")
+        return self.any or host in self.names or (host, port) == self.store
+
+    def allows(self, addr: Address) -> bool:
+        return is_public(addr) or any(addr in net for net in self.networks)
+
+    def refusal(self, host: str, addrs: list[Address]) -> str:
+        if [str(a) for a in addrs] == [host.strip("[]")]:
+            what = f"{host} is a {_kind(addrs[0])} address"
+        else:
+            what = f"{host} resolves to " + ", ".join(f"{a} ({_kind(a)})" for a in addrs)
+        return (
+            f"{what}: the gateway fetches only from public addresses, its own store and what "
+            f"{SETTING} names"
+        )
+
+
+class _Guard(httpcore.AsyncNetworkBackend):
+    """httpcore's network backend, connecting only to the addresses `policy` allows (to the checked address
+    itself: TLS still verifies the URL's host name, which httpcore sends as SNI)."""
+
+    def __init__(self, policy: Policy) -> None:
+        self.policy = policy
+        self.backend = httpcore.AnyIOBackend()
+
+    async def connect_tcp(self, host, port, timeout=None, local_address=None, socket_options=None):
+        kw = {"timeout": timeout, "local_address": local_address, "socket_options": socket_options}
+        if self.policy.named(host, port):
+            return await self.backend.connect_tcp(host, port, **kw)
+        try:
+            infos = await asyncio.get_running_loop().getaddrinfo(
+                host.strip("[]"), port, type=socket.SOCK_STREAM
+            )
+        except socket.gaierror as exc:
+            raise httpcore.ConnectError(f"{host} does not resolve: {exc}") from exc
+        addrs = list(dict.fromkeys(ipaddress.ip_address(info[4][0].split("%")[0]) for info in infos))
+        allowed = [a for a in addrs if self.policy.allows(a)]
+        if not allowed:
+            raise Refused(self.policy.refusal(host, addrs))
+        last: Exception | None = None
+        for addr in allowed:  # each address in the resolver's order, as a plain connect would try them
+            try:
+                return await self.backend.connect_tcp(str(addr), port, **kw)
+            except httpcore.ConnectError as exc:
+                last = exc
+        raise last  # type: ignore[misc]
+
+    async def connect_unix_socket(self, path, timeout=None, socket_options=None):
+        raise Refused("a file part URL cannot name a unix socket")
+
+    async def sleep(self, seconds: float) -> None:
+        await self.backend.sleep(seconds)
+
+
+def client(policy: Policy, timeout: float = 30) -> httpx.AsyncClient:
+    """An HTTP client whose every connection passes `policy`, following up to `MAX_REDIRECTS` redirects
+    (each checked as it connects). httpx 0.28 takes no network backend, so its transport's connection pool
+    is built here with ours (httpx is pinned; the gateway's tests fail if this stops applying)."""
+    transport = httpx.AsyncHTTPTransport()
+    transport._pool = httpcore.AsyncConnectionPool(
+        ssl_context=httpx.create_ssl_context(), network_backend=_Guard(policy)
+    )
+    return httpx.AsyncClient(
+        transport=transport, timeout=timeout, follow_redirects=True, max_redirects=MAX_REDIRECTS
+    )
+
+
+async def fetch(url: str, policy: Policy) -> BinaryIO:
+    """A file part's URL, fetched a chunk at a time into a file (in memory up to `COPY_IN_MEMORY`), so a
+    large file is never held whole; one past what a write takes (`MAX_PUT`) is refused as it arrives."""
+    if not url.startswith(("http://", "https://")):
+        raise FetchError(f"file part URL {url!r}: only http(s) URLs are fetched")
+    spool = tempfile.SpooledTemporaryFile(max_size=COPY_IN_MEMORY)
+    try:
+        async with client(policy) as http, http.stream("GET", url) as resp:
+            if resp.status_code >= 300:
+                raise FetchError(f"file part URL {url!r} answered HTTP {resp.status_code}")
+            async for chunk in resp.aiter_bytes(1 << 20):
+                if spool.tell() + len(chunk) > MAX_PUT:
+                    raise FetchError(f"file part URL {url!r}: over the {MAX_PUT:,} bytes one input takes")
+                spool.write(chunk)
+    except Refused as exc:  # on the URL's own host or a redirect's: the message names which
+        spool.close()
+        raise FetchError(f"file part URL {url!r}: {exc}") from exc
+    except httpx.HTTPError as exc:
+        spool.close()
+        raise FetchError(f"file part URL {url!r} could not be fetched: {exc}") from exc
+    except BaseException:
+        spool.close()
+        raise
+    spool.seek(0)
+    return spool
