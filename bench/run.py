@@ -22,6 +22,7 @@ from bench import a2a as a2a_bench
 from bench import cluster as cluster_bench
 from bench import console as console_bench
 from bench import runs as whole_runs
+from bench import search as search_bench
 from bench import stack as full_stack
 from bench import throughput
 from bench import tracing as bench_tracing
@@ -37,6 +38,7 @@ SCENARIOS = (
     "fanout",
     "console",
     "a2a",
+    "search",
     "cluster",
     "tracing",
 )
@@ -159,6 +161,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--a2a-sleep", type=float, default=2.0, help="seconds each of the A2A scenario's two stages waits"
     )
+    p.add_argument(
+        "--search-files",
+        default="1000,10000",
+        help="text files written at once for the indexer, one burst each",
+    )
+    p.add_argument(
+        "--search-concurrency", type=int, default=32, help="writers, then askers, at once (search scenario)"
+    )
     p.add_argument("--trace-runs", type=int, default=2000, help="runs per burst in the tracing scenario")
     p.add_argument("--trace-rounds", type=int, default=3, help="alternating off/on rounds (tracing)")
     p.add_argument("--out", type=Path, default=ROOT / "bench" / "results.json")
@@ -191,6 +201,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.console_waiting = min(args.console_waiting, 100)
         args.a2a_tasks = "100"
         args.a2a_sleep = min(args.a2a_sleep, 0.5)
+        args.search_files = "100"
     return args
 
 
@@ -432,6 +443,11 @@ def main(argv: list[str] | None = None) -> None:
             )
         if "a2a" in only:
             results["a2a"] = a2a_bench.scenario(srv, _ints(args.a2a_tasks), args.a2a_sleep, args.run_workers)
+        if "search" in only:
+            sizes = _ints(args.search_files)
+            results["search"] = search_bench.scenario(
+                srv, sizes, args.search_concurrency, 120 + max(sizes) / 10
+            )
         if "cluster" in only:
             results["cluster"] = cluster_bench.scenario(
                 minio.url, notifier_port, token, work / "cluster", args.cluster_hop_n, args.cluster_burst_n
@@ -589,6 +605,7 @@ def table(results: dict) -> str:
     lines += runs_table(results)
     lines += console_bench.table(results, BUSY_CORES)
     lines += a2a_bench.table(results)
+    lines += search_bench.table(results)
     if results.get("cluster"):
         lines += ["", *cluster_bench.table(results["cluster"])]
     if results.get("tracing"):

@@ -399,8 +399,10 @@ class BatchConsumer:
         block_ms: int = 1000,
         read: int | None = None,
         gate: Callable[[], Awaitable[None]] | None = None,
+        start: str = "0",
     ) -> None:
         self.stream, self.group, self.consumer = stream, group, consumer
+        self.start_at = start  # where the group reads from when it is first created
         self.size = size
         self.read = read or size  # most entries one XREADGROUP takes
         self.adapter = TypeAdapter(model)
@@ -418,9 +420,10 @@ class BatchConsumer:
         self._tasks: list[asyncio.Task] = []
 
     async def declare(self, redis, outbox: Outbox) -> None:
-        """Create the group if needed, reading from the stream's start (`create_group`)."""
+        """Create the group if needed, reading from the stream's start unless told otherwise
+        (`create_group`)."""
         self.redis, self.outbox = redis, outbox
-        await create_group(redis, self.stream, self.group)
+        await create_group(redis, self.stream, self.group, self.start_at)
 
     def start(self) -> None:
         self._tasks = [asyncio.create_task(self._read_loop()), asyncio.create_task(self._heartbeat())]
@@ -619,13 +622,15 @@ class Batched:
         timeout: float | None = None,
         ahead: int = 1,
         gate: Callable[[], Awaitable[None]] | None = None,
+        start: str = "0",
     ) -> None:
         """`size`: most entries read at once for this stream; default `settings.batch`. `ahead`: up to
         this many reads' entries in flight (more than 1: the next read goes out, and its entries are
         handled, while the last ones wait for Redis).
         `max_event_bytes`: larger entries are dead-lettered; default `settings.max_event_bytes`.
         `timeout`: the handler's time limit; default `settings.handler_timeout_s`. `gate`: awaited before
-        each read (the supervisor's share of the results partitions: `services/supervisor/shares.py`)."""
+        each read (the supervisor's share of the results partitions: `services/supervisor/shares.py`).
+        `start`: where the group reads from when it is first created (`create_group`)."""
         # Each entry in its own consumer span, named as FastStream's telemetry middleware names them
         bound = telemetry.traced(stream, bind_handler(handler, timeout or self.settings.handler_timeout_s))
         consumer = BatchConsumer(
@@ -640,9 +645,10 @@ class Batched:
             max_event_bytes=max_event_bytes or self.settings.max_event_bytes,
             heartbeat_s=self.settings.heartbeat_s,
             gate=gate,
+            start=start,
         )
         self.consumers.append(consumer)
-        registry(broker).append(Subscription(stream, group, bound, consumer.adapter))
+        registry(broker).append(Subscription(stream, group, bound, consumer.adapter, start))
 
     def attach(self, app) -> None:
         @app.on_startup

@@ -59,6 +59,7 @@ class Reader:
 
     size: int
     body: Any  # aiobotocore's StreamingBody
+    ref: ObjectRef | None = None  # the version being read (its id, etag, size and content type)
 
     async def chunks(self, size: int = 1 << 20) -> AsyncIterator[bytes]:
         while chunk := await self.body.read(size):
@@ -156,7 +157,8 @@ class Storage:
     @contextlib.asynccontextmanager
     async def open(self, ref: ObjectRef, max_bytes: int | None = None) -> AsyncIterator[Reader]:
         """Exactly the referenced version, open for reading a chunk at a time (`Reader.chunks`): a large
-        object need not be held in memory. Errors as `get`, raised before any byte is read."""
+        object need not be held in memory. Errors as `get`, raised before any byte is read. A ref with
+        neither version nor etag opens the key's current version (`Reader.ref` says which it is)."""
         with _span("GetObject", ref.bucket, ref.key, version=ref.version_id) as span:
             resp = await self._get_object(ref)
             async with resp["Body"] as body:
@@ -166,7 +168,15 @@ class Storage:
                         f"object {ref.uri()} is {size:,} bytes, more than the {max_bytes:,} read here", size
                     )
                 telemetry.set_attributes(span, baton__s3__size=size)
-                yield Reader(size, body)
+                read = ObjectRef(
+                    bucket=ref.bucket,
+                    key=ref.key,
+                    version_id=resp.get("VersionId"),
+                    etag=_strip(resp.get("ETag")),
+                    size=size,
+                    content_type=resp.get("ContentType"),
+                )
+                yield Reader(size, body, read)
 
     async def get_start(self, ref: ObjectRef, size: int) -> bytes:
         """The first `size` bytes of exactly the referenced version (all of a shorter one): one ranged GET,

@@ -9,6 +9,8 @@ import subprocess
 import sys
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -23,7 +25,6 @@ from tests.helpers import last_id, s3_client
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.e2e
-
 
 
 def word() -> str:
@@ -141,7 +142,11 @@ async def test_changes_made_while_the_indexer_was_down_are_caught_up_at_start(se
     finally:
         indexer.start()
         await r.aclose()
-    assert sorted(await keys_for(settings, term)) == [f"{folder}new.md", f"{folder}stays.md"]
+
+    async def caught_up():  # (the sync runs once the indexer is ready, beside the live changes)
+        return sorted(await keys_for(settings, term)) == [f"{folder}new.md", f"{folder}stays.md"]
+
+    await eventually(caught_up, timeout=10)
 
 
 def test_baton_search_prints_ranked_hits(settings, indexer, tmp_path):
@@ -211,3 +216,46 @@ async def test_search_wire_format_from_a_plain_redis_client(settings, indexer):
         await r.aclose()
 
 
+async def test_a_large_catch_up_runs_once_the_indexer_is_ready_and_misses_nothing(settings, indexer):
+    """1,500 files written while the indexer was down (their events lost to it): it reports ready and
+    answers searches while its start-up sync works through them, 32 at a time, then every one is found."""
+    term, folder, n = word(), f"shared/catch-up-{uuid.uuid4().hex[:8]}/", 1500
+    client_s3 = s3_client(settings)
+    indexer.stop()
+    r = connect(settings.redis_url)
+    try:
+        since = await last_id(settings, streams.OBJECTS)
+
+        def put(i: int) -> None:
+            body = f"# {i}\n\n{term}x{i} and the words every report has\n".encode()
+            client_s3.put_object(Bucket=settings.bucket, Key=f"{folder}doc-{i}.md", Body=body)
+
+        with ThreadPoolExecutor(16) as pool:
+            list(pool.map(put, range(n)))
+
+        async def all_published():
+            entries = await r.xrange(streams.OBJECTS, min=since)
+            return sum(json.loads(f[DATA_FIELD.encode()])["key"].startswith(folder) for _i, f in entries) >= n
+
+        await eventually(all_published, timeout=30)
+        await r.xgroup_setid(streams.OBJECTS, streams.INDEXER_GROUP, "$")  # lost: only the sync can help
+    finally:
+        indexer.start()
+        await r.aclose()
+    await client.search(settings, f"{term}x0")  # answered at once, whatever the sync has reached
+    answered = time.time()
+    log = indexer.stack.log_path(indexer.handle)
+
+    def logged(event: str) -> list[dict]:
+        lines = [json.loads(line) for line in log.read_text().splitlines() if f'"{event}"' in line]
+        return [entry for entry in lines if entry.get("event") == event]
+
+    async def synced():
+        return bool(logged("index_synced"))
+
+    await eventually(synced, timeout=120)
+    started, done = logged("index_sync_started")[0], logged("index_synced")[0]
+    assert started["to_check"] >= n
+    assert answered < datetime.fromisoformat(done["timestamp"]).timestamp()
+    for i in range(0, n, 50):  # a sample, each by the word only it has
+        assert await keys_for(settings, f"{term}x{i}") == [f"{folder}doc-{i}.md"]
