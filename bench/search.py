@@ -134,7 +134,8 @@ def scenario(srv: whole_runs.Servers, sizes: list[int], concurrency: int, timeou
     stack = srv.stack("search", workers=1)
     out: dict = {"concurrency": concurrency, "bursts": []}
     try:
-        handle = stack.start("indexer")
+        index_env = {"BATON_INDEX_DIR": str(srv.work / "search-index")}
+        handle = stack.start("indexer", index_env)
         pid = stack.procs[handle].pid
         settings = Settings(redis_url=srv.redis_url, s3_endpoint_url=srv.s3_url)
         for n in sizes:
@@ -174,10 +175,67 @@ def scenario(srv: whole_runs.Servers, sizes: list[int], concurrency: int, timeou
             burst["search"] = asyncio.run(_search(settings, tokens, keys, concurrency))
             out["bursts"].append(burst)
             print(f"  {_line(burst)}", flush=True)
+        out["rebuild"] = _rebuild(stack, handle, index_env, settings, tokens[0], keys[0], timeout)
+        print(f"  {_rebuild_line(out['rebuild'])}", flush=True)
         out["indexer_log"] = whole_runs._log_problems(stack, "indexer")
     finally:
         stack.stop_all()
     return out
+
+
+def _logged(path, event: str) -> dict | None:
+    for line in path.read_text().splitlines():
+        if f'"{event}"' in line and (entry := json.loads(line)).get("event") == event:
+            return entry
+    return None
+
+
+def _rebuild(stack, handle: str, env: dict, settings: Settings, token: str, key: str, timeout: float) -> dict:
+    """The index folder lost: the indexer stopped, its folder removed, started again. Its start-up sync
+    reads every file back; measured: how long after the start it was ready, a search answered meanwhile,
+    and the sync's own duration and rate (from its log lines)."""
+    import shutil
+
+    stack.kill(handle)
+    shutil.rmtree(env["BATON_INDEX_DIR"], ignore_errors=True)
+    t0 = time.time()
+    handle = stack.start("indexer", env)
+    ready = time.time() - t0
+    t1 = time.perf_counter()
+    hits = asyncio.run(_one_search(settings, token))
+    searched = time.perf_counter() - t1
+    deadline = time.time() + timeout
+    done = None
+    while time.time() < deadline and (done := _logged(stack.log_path(handle), "index_synced")) is None:
+        time.sleep(0.5)
+    started = _logged(stack.log_path(handle), "index_sync_started") or {}
+    out = {
+        "files": started.get("files"),
+        "ready_s": round(ready, 2),
+        "search_during_sync_ms": round(searched * 1000, 1),
+        "found_during_sync": hits == [key],
+        "synced": done is not None,
+    }
+    if done is not None:
+        took = whole_runs._ts(done["timestamp"]) - whole_runs._ts(started["timestamp"])
+        out.update(sync_s=round(took, 1), files_per_s=round(started["to_check"] / took, 1))
+    return out
+
+
+async def _one_search(settings: Settings, token: str) -> list[str]:
+    redis = connect(settings.redis_url)
+    try:
+        return [h.key for h in await request_search(redis, token, limit=5, timeout=30, sender="bench")]
+    finally:
+        await redis.aclose()
+
+
+def _rebuild_line(r: dict) -> str:
+    sync = f"synced in {r['sync_s']} s ({r['files_per_s']}/s)" if r["synced"] else "not synced in time"
+    return (
+        f"index rebuilt over {r['files']:,} files: ready {r['ready_s']} s after its start, a search answered "
+        f"{r['search_during_sync_ms']} ms later (the file found yet: {r['found_during_sync']}); {sync}"
+    )
 
 
 def _line(b: dict) -> str:
@@ -202,6 +260,8 @@ def table(results: dict) -> list[str]:
         return []
     lines = ["", f"Search: files written at once ({search['concurrency']} writers), then each searched for"]
     lines += [f"  {_line(b)}" for b in search["bursts"]]
+    if search.get("rebuild"):
+        lines.append(f"  {_rebuild_line(search['rebuild'])}")
     if search.get("indexer_log"):
         lines.append(f"  indexer log: {search['indexer_log']}")
     return lines
