@@ -413,16 +413,17 @@ class BatchConsumer:
         self.block_ms = block_ms
         self.gate = gate  # awaited before each read: returns while this consumer is to read its stream
         self.redis = None
+        self.reads = None  # the client of its blocking reads (`Batched`: not the commands' pool)
         self.outbox: Outbox | None = None
         self._inflight: dict[asyncio.Task, bytes] = {}
         self._lost: set[bytes] = set()  # entries whose handler was stopped: another consumer took them
         self._freed = asyncio.Event()  # set when a handler finishes (O(1), where asyncio.wait is O(n))
         self._tasks: list[asyncio.Task] = []
 
-    async def declare(self, redis, outbox: Outbox) -> None:
+    async def declare(self, redis, outbox: Outbox, reads=None) -> None:
         """Create the group if needed, reading from the stream's start unless told otherwise
-        (`create_group`)."""
-        self.redis, self.outbox = redis, outbox
+        (`create_group`). `reads`: the client its blocking XREADGROUPs use (default: `redis`)."""
+        self.redis, self.outbox, self.reads = redis, outbox, reads or redis
         await create_group(redis, self.stream, self.group, self.start_at)
 
     def start(self) -> None:
@@ -455,7 +456,7 @@ class BatchConsumer:
             try:
                 async with asyncio.timeout(self.block_ms / 1000 + PIPELINE_TIMEOUT + WAIT_MS / 1000):
                     if self.outbox.wait is None:
-                        reply = await self.redis.xreadgroup(
+                        reply = await self.reads.xreadgroup(
                             self.group, self.consumer, {self.stream: ">"}, count=free, block=self.block_ms
                         )
                     else:
@@ -464,9 +465,9 @@ class BatchConsumer:
                 raise
             except Exception as exc:  # noqa: BLE001 - Redis away: wait and read again
                 log.error("read_failed", stream=self.stream, group=self.group, error=str(exc))
-                if isinstance(self.redis, RedisCluster):  # (a failover: learn who serves the stream now)
+                if isinstance(self.reads, RedisCluster):  # (a failover: learn who serves the stream now)
                     with contextlib.suppress(Exception):
-                        await self.redis.nodes_manager.initialize()
+                        await self.reads.nodes_manager.initialize()
                 await asyncio.sleep(READ_ERROR_BACKOFF)
                 continue
             for _stream, entries in reply or ():
@@ -486,7 +487,7 @@ class BatchConsumer:
             "XREADGROUP", "GROUP", self.group, self.consumer, "COUNT", count, "BLOCK", self.block_ms,
             "STREAMS", self.stream, ">",
         )  # fmt: skip
-        async with _held(self.redis, self.stream) as connection:
+        async with _held(self.reads, self.stream) as connection:
             (raw,), _acked, _wanted = await _exchange_confirmed(connection, [read], None)
             if isinstance(raw, BaseException):
                 raise raw
@@ -603,6 +604,7 @@ class Batched:
         self.consumers: list[BatchConsumer] = []
         self._outbox: Outbox | None = None
         self._redis = None
+        self._reads = None
 
     @property
     def outbox(self) -> Outbox:
@@ -657,8 +659,20 @@ class Batched:
             # outbox puts one deadline on each pipeline, and reads block for at most `block_ms`.
             self._redis = connect(self.settings.redis_url, socket_timeout=None, socket_connect_timeout=5)
             self._outbox = Outbox(self._redis, wait_replicas=self.settings.redis_wait_replicas)
+            # The blocking reads on a client of their own, a connection for each consumer: each holds one
+            # for up to a second. On the commands' pool (100), a worker hosting 150 agents had every
+            # connection held by a read, and the outbox's writes waited until they timed out: its tasks
+            # failed, each one five times over.
+            if self.consumers:
+                self._reads = connect(
+                    self.settings.redis_url,
+                    max_connections=len(self.consumers),
+                    wait=None,
+                    socket_timeout=None,
+                    socket_connect_timeout=5,
+                )
             for consumer in self.consumers:
-                await consumer.declare(self._redis, self._outbox)
+                await consumer.declare(self._redis, self._outbox, self._reads)
 
         @app.after_startup
         async def _read() -> None:
@@ -669,5 +683,6 @@ class Batched:
         async def _stop() -> None:
             for consumer in self.consumers:
                 await consumer.stop()
-            if self._redis is not None:
-                await self._redis.aclose()
+            for client in (self._reads, self._redis):
+                if client is not None:
+                    await client.aclose()
