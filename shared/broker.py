@@ -32,7 +32,7 @@ from . import faults, metrics, streams, telemetry
 from .errors import HandlerTimeout, is_transient
 from .events import DeadLetter
 from .logging import bind_event
-from .redisconn import StreamReadCluster, cluster_parts
+from .redisconn import POOL, StreamReadCluster, cluster_parts
 from .settings import Settings
 
 DATA_FIELD = "__data__"
@@ -285,10 +285,13 @@ def bind_handler(handler, timeout: float | None = None):
     return bound
 
 
-def make_broker(settings: Settings, service: str, logger=None) -> RedisBroker:
+def make_broker(settings: Settings, service: str, logger=None, readers: int = 0) -> RedisBroker:
     """A RedisBroker with Baton's wire format, decoder and dead-letter middleware, FastStream's own
     Prometheus middleware, and its OpenTelemetry middleware when tracing is on (shared/telemetry.py).
-    Starts this process's `/metrics` if `settings.metrics_port` is set."""
+    Starts this process's `/metrics` if `settings.metrics_port` is set. `readers`: the FastStream
+    subscribers the service registers, each holding a connection while its read blocks; its client's pool
+    holds that many besides redis-py's default 100 (which, readers included, refused a worker of 150
+    agents its start: MaxConnectionsError)."""
     holder: dict[str, RedisBroker] = {}
     telemetry.setup(service, settings)
     metrics.serve(service, settings)
@@ -363,6 +366,7 @@ def make_broker(settings: Settings, service: str, logger=None) -> RedisBroker:
     broker = broker_class(settings)(
         target,
         **connection,
+        max_connections=POOL + readers,
         message_format=EventFormat,
         middlewares=[*_observers(service), DeadLetterMiddleware],
         decoder=make_decoder(settings.max_event_bytes),

@@ -55,7 +55,10 @@ def create_app(settings: Settings | None = None):
     settings = settings or Settings()
     log = configure_logging(SERVICE, settings.log_format, settings.log_level)
     workflows = load_workflows(settings.workflows)
-    broker = make_broker(settings, SERVICE)
+    # FastStream subscribers (each a read, and a connection): bucket changes; per message also runs and
+    # every results partition
+    readers = 1 + (0 if settings.batch else 1 + settings.result_partitions)
+    broker = make_broker(settings, SERVICE, readers=readers)
     res = Resources(settings)
     eng = Engine(settings, workflows, log, sender=f"{SERVICE}:{settings.consumer}")
     eng.on_waiting = objects.check_responses

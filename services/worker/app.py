@@ -54,7 +54,8 @@ def create_app(settings: Settings | None = None):
         raise ConfigError(f"BATON_AGENTS names unknown agents {unknown}; known: {sorted(workflows.agents)}")
     handlers = {name: workflows.agents[name].load_handler() for name in hosted}
 
-    broker = make_broker(settings, SERVICE)
+    # (on the per-message path each agent is a FastStream subscriber: a read, and a connection, apiece)
+    broker = make_broker(settings, SERVICE, readers=0 if settings.batch else len(hosted))
     # Declared for the AsyncAPI document: events are written with `publish` below.
     broker.publisher(
         stream=streams.RESULTS_DOC, title="results", schema=TaskResult, description="Task outcomes."

@@ -18,15 +18,19 @@ pytestmark = pytest.mark.e2e
 AGENTS = [f"a{i:03d}" for i in range(150)]
 
 
-def test_a_worker_hosting_150_agents_runs_a_run_through_every_one(real_servers, tmp_path):
-    """Each of the worker's 150 consumers blocks in its own XREADGROUP. When they shared the pool of the
-    worker's other commands (100 connections), the reads held every connection and the tasks' outcomes
-    waited for one until they timed out: the run failed. Now the reads have connections of their own."""
+@pytest.mark.parametrize("batch", ["100", "0"], ids=["batched", "per-message"])
+def test_a_worker_hosting_150_agents_runs_a_run_through_every_one(real_servers, tmp_path, batch):
+    """Each of the worker's 150 consumers blocks in its own XREADGROUP. Batched, when they shared the pool
+    of the worker's other commands (100 connections), the reads held every connection and the tasks'
+    outcomes waited for one until they timed out: the run failed; now the reads have connections of their
+    own. Per message (FastStream's subscribers, BATON_BATCH=0), its client's pool of 100 refused the
+    worker its start; now it holds a connection for each subscriber besides."""
     workflows = tmp_path / "many.yaml"
     lines = ["agents:", *(f'  {a}: {{handler: "tests.agents:noop"}}' for a in AGENTS), "workflows:"]
     lines += ["  everyone:", "    pattern: sequential", f"    stages: [{', '.join(AGENTS)}]"]
     workflows.write_text("\n".join(lines) + "\n")
-    with own_stack(real_servers, workflows, tmp_path / "stack", db=9, bucket="baton-many", env={}) as stack:
+    env = {"BATON_BATCH": batch}
+    with own_stack(real_servers, workflows, tmp_path / "stack", db=9, bucket="baton-many", env=env) as stack:
         settings = Settings(**settings_kwargs(stack.env))
 
         async def one_run():
