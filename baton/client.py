@@ -23,7 +23,7 @@ from redis.exceptions import RedisError
 from baton.servers import FAST_WEBHOOK_ARN, WEBHOOK_ARN
 from shared import streams, telemetry, waits
 from shared.broker import DATA_FIELD, encode
-from shared.errors import BatonError, NotWaitingError
+from shared.errors import BatonError, NotWaitingError, PreconditionFailedError
 from shared.events import (
     TERMINAL_RUN_EVENTS,
     DeadLetter,
@@ -126,7 +126,7 @@ async def _submit(settings: Settings, workflow: str, inputs: dict[str, Path], pa
                 raise BatonError(f"input {name}={path}: no such file")
             with path.open("rb") as body:  # (sent a chunk at a time: a large input is not read whole)
                 refs[name] = await put_input(storage, run_id, path.name, body)
-    await publish_run(settings, run_id, workflow, refs, params)
+        await publish_run(settings, run_id, workflow, refs, params, storage=storage)
     return run_id
 
 
@@ -149,15 +149,43 @@ async def publish_run(
     sender: str = "cli",
     *,
     redis: aioredis.Redis | None = None,
+    storage: Storage | None = None,
 ) -> None:
-    """Publish `RunSubmitted` for inputs already in the bucket (outside the run's workspace is fine)."""
+    """Publish `RunSubmitted` for inputs already in the bucket (outside the run's workspace is fine).
+    Inputs too many for one event (`settings.max_event_bytes`: some 300 at 64 KiB) go in a manifest
+    object in the run's inputs (`inputs_manifest`), which the supervisor reads; `storage`: the client to
+    write it with (one is opened if needed)."""
     root = telemetry.NOOP if telemetry.current_traceparent() else telemetry.submission(run_id, workflow)
     with root:
         event = RunSubmitted(
             run_id=run_id, workflow=workflow, inputs=inputs, params=params or {}, sender=sender
         )
+    if inputs and len(event.model_dump_json()) > settings.max_event_bytes:
+        manifest = await _inputs_manifest(settings, run_id, inputs, storage)
+        event = event.model_copy(update={"inputs": {}, "inputs_manifest": manifest})
     async with _redis(settings, redis) as client:
         await client.xadd(streams.RUNS, encode(event))
+
+
+INPUTS_MANIFEST = ".baton-inputs.json"  # in the run's inputs/: the one prefix every submitter may write
+
+
+async def _inputs_manifest(
+    settings: Settings, run_id: str, inputs: dict[str, ObjectRef], storage: Storage | None
+) -> ObjectRef:
+    """The run's inputs as a JSON object, written once (a second publish of the run finds it there)."""
+    body = json.dumps({name: ref.model_dump(mode="json") for name, ref in inputs.items()}).encode()
+    key = f"{run_prefix(run_id)}inputs/{INPUTS_MANIFEST}"
+    async with contextlib.AsyncExitStack() as stack:
+        if storage is None:
+            storage = await stack.enter_async_context(Storage.connect(settings))
+        try:
+            return await storage.put(key, body, content_type="application/json", if_none_match=True)
+        except PreconditionFailedError:
+            there = await storage.head(key)
+            if there is None:
+                raise
+            return there
 
 
 def follower_name(run_id: str) -> str:

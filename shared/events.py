@@ -95,6 +95,11 @@ class RunSubmitted(BaseEvent):
     run_id: RunId
     workflow: str = Field(description="Name of a workflow in the workflow file.")
     inputs: dict[str, ObjectRef] = Field(default_factory=dict, description="Named input objects.")
+    inputs_manifest: ObjectRef | None = Field(
+        None,
+        description="More inputs than one event holds: a JSON object in the run's workspace mapping names to "
+        "ObjectRefs, read by the supervisor into the run's inputs (with `inputs`, which win on a name).",
+    )
     params: dict[str, Any] = Field(default_factory=dict, description="Free-form workflow parameters.")
 
 

@@ -362,7 +362,14 @@ class Console:
             except BatonError as exc:  # a bad file name, or the same file twice
                 return self.submit_page(request, 400, workflow, f"input {name!r}: {exc}")
         await client.publish_run(
-            self.settings, run_id, workflow, refs, params, sender=SERVICE, redis=self.redis
+            self.settings,
+            run_id,
+            workflow,
+            refs,
+            params,
+            sender=SERVICE,
+            redis=self.redis,
+            storage=self.storage,
         )
         self.log.info("console_run_submitted", submitted_run=run_id, workflow=workflow)
         if request.state.via == "bearer":

@@ -122,7 +122,14 @@ class WorkflowExecutor(AgentExecutor):
         supervisor takes a second RunSubmitted of a run id as a duplicate)."""
         inputs, params = await self.inputs(run_id, message, again=again)
         await client.publish_run(
-            self.settings, run_id, self.workflow, inputs, params, sender=SENDER, redis=self.redis
+            self.settings,
+            run_id,
+            self.workflow,
+            inputs,
+            params,
+            sender=SENDER,
+            redis=self.redis,
+            storage=self.storage,
         )
 
     async def inputs(

@@ -390,7 +390,14 @@ class BatonMCP:
             except (KeyValidationError, PreconditionFailedError) as exc:
                 raise ToolError(f"input {name!r}: {exc}") from exc
         await client.publish_run(
-            self.settings, run_id, workflow, refs, params, sender=SERVICE, redis=self.res.redis
+            self.settings,
+            run_id,
+            workflow,
+            refs,
+            params,
+            sender=SERVICE,
+            redis=self.res.redis,
+            storage=self.res.storage,
         )
         self.log.info("mcp_run_submitted", submitted_run=run_id, workflow=workflow)
         return SubmittedRun(run_id=run_id, workflow=workflow, inputs=refs)

@@ -5,8 +5,10 @@ from __future__ import annotations
 import hashlib
 import posixpath
 
-from shared.errors import ObjectMissingError
-from shared.events import RunCancelRequested, RunRequest, RunStarted, RunSubmitted
+from pydantic import TypeAdapter, ValidationError
+
+from shared.errors import ObjectMissingError, ObjectTooLargeError
+from shared.events import ObjectRef, RunCancelRequested, RunRequest, RunStarted, RunSubmitted
 from shared.runs import CAUSE, RunState
 from shared.workflow import SequentialWorkflow
 from shared.workspace import run_prefix
@@ -14,6 +16,7 @@ from shared.workspace import run_prefix
 from . import sequential
 from .decisions import Decision
 from .engine import PATTERNS, Engine
+from .results import DOC_MAX_BYTES
 from .store import Loaded
 
 
@@ -48,7 +51,11 @@ async def on_run(eng: Engine, event: RunSubmitted) -> None:
     """Start a run: bring its inputs into the workspace, then store its state and its first step in one
     commit (a crash leaves either no run, or a started one)."""
     prefix = run_prefix(event.run_id)
-    if any(not ref.key.startswith(prefix) for ref in event.inputs.values()):
+    try:
+        submitted, problem = await submitted_inputs(eng, event), None
+    except (ObjectMissingError, ObjectTooLargeError, ValueError) as exc:
+        submitted, problem = {}, str(exc)
+    if any(not ref.key.startswith(prefix) for ref in submitted.values()):
         loaded = await eng.store.load(event.run_id, CAUSE + event.event_id)
     else:  # nothing to copy in: the commit itself checks that the run is new (else it reads and redoes)
         loaded = Loaded(event.run_id, fields={CAUSE + event.event_id: None})
@@ -64,8 +71,12 @@ async def on_run(eng: Engine, event: RunSubmitted) -> None:
             eng, loaded, RunState(**base, pattern="?", status="failed", reason=reason), event.event_id
         )
         return
+    if problem is not None:
+        failed = RunState(**base, pattern=wf.pattern, status="failed", reason=problem)
+        await create(eng, loaded, failed, event.event_id)
+        return
     try:
-        inputs = await adopt_inputs(eng, event)
+        inputs = await adopt_inputs(eng, event.run_id, submitted)
     except ObjectMissingError as exc:
         failed = RunState(**base, pattern=wf.pattern, status="failed", reason=f"input missing: {exc}")
         await create(eng, loaded, failed, event.event_id)
@@ -75,7 +86,7 @@ async def on_run(eng: Engine, event: RunSubmitted) -> None:
         **base,
         pattern=wf.pattern,
         inputs=inputs,
-        trigger=event.inputs.get(trigger) if isinstance(trigger, str) else None,
+        trigger=submitted.get(trigger) if isinstance(trigger, str) else None,
     )
     stages = (
         wf.agents_used()
@@ -118,11 +129,36 @@ async def create(eng: Engine, loaded: Loaded, state: RunState, cause: str, start
     return out.state
 
 
-async def adopt_inputs(eng: Engine, event: RunSubmitted) -> dict:
+async def submitted_inputs(eng: Engine, event: RunSubmitted) -> dict[str, ObjectRef]:
+    """The run's inputs as submitted: the event's, with those of its manifest read in (`inputs_manifest`,
+    for more than one event holds; the event's own win on a name). A manifest missing, too large, outside
+    the run's workspace or not a JSON object of refs fails the run, by name."""
+    manifest = event.inputs_manifest
+    if manifest is None:
+        return dict(event.inputs)
+    if not manifest.key.startswith(run_prefix(event.run_id)):
+        raise ValueError(f"the inputs manifest {manifest.key} is not in the run's workspace")
+    body = await eng.storage.get(manifest, max_bytes=DOC_MAX_BYTES)
+    try:
+        listed = _REFS.validate_json(body)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "its top level"
+        raise ValueError(
+            f"the inputs manifest {manifest.key} is not a JSON object of ObjectRefs by name: "
+            f"{where}: {first['msg']}"
+        ) from exc
+    return {**listed, **event.inputs}
+
+
+_REFS = TypeAdapter(dict[str, ObjectRef])
+
+
+async def adopt_inputs(eng: Engine, run_id: str, submitted: dict[str, ObjectRef]) -> dict:
     """Inputs outside the run's workspace are copied in (exact version), so agents stay inside it."""
-    prefix = run_prefix(event.run_id)
+    prefix = run_prefix(run_id)
     inputs = {}
-    for name, ref in event.inputs.items():
+    for name, ref in submitted.items():
         if ref.bucket != eng.settings.bucket:
             raise ObjectMissingError(
                 f"input {name!r} is in bucket {ref.bucket!r}, not {eng.settings.bucket!r}"

@@ -182,3 +182,47 @@ def test_every_service_runs_on_uvloop_unless_told_otherwise(stack):
         assert _ready_line(stack, router)["event_loop"] == "asyncio"
     finally:
         stack.kill(router)
+
+
+async def test_a_run_of_more_inputs_than_one_event_holds_sees_them_all(settings, tmp_path):
+    """600 inputs (a RunSubmitted of some 120 KB, over the 64 KiB event limit: the run was dead-lettered
+    and failed): the client puts their refs in a manifest in the run's inputs, the supervisor reads it, and
+    the agent sees every input (its task's own manifest, as a wide plan's aggregator's)."""
+    n = 600
+    inputs = {}
+    for i in range(n):
+        path = tmp_path / f"part-{i:03d}.txt"
+        path.write_text(f"part {i}\n")
+        inputs[f"part-{i:03d}"] = path
+    run_id = await client.submit(settings, "count-inputs", inputs)
+    events = await wait_for_end(settings, run_id, timeout=60)
+    assert events[-1].type == "run.completed", events[-1]
+    async with Storage.connect(settings) as storage:
+        count = await storage.get(events[-1].outputs["count"])
+    assert count.startswith(b"600 inputs"), count
+    r = connect(settings.redis_url)
+    try:
+        entries = await r.xrange(streams.RUNS, min="-", max="+")
+    finally:
+        await r.aclose()
+    submitted = [json.loads(f[DATA_FIELD.encode()]) for _i, f in entries]
+    mine = next(e for e in submitted if e.get("run_id") == run_id and e["type"] == "run.submitted")
+    assert mine["inputs"] == {} and mine["inputs_manifest"]["key"].endswith("/inputs/.baton-inputs.json")
+
+
+async def test_an_inputs_manifest_that_is_not_one_fails_the_run_by_name(settings):
+    """A RunSubmitted written by hand whose manifest is not a JSON object of refs: the run fails, naming
+    the manifest and what is wrong (nothing hangs)."""
+    run_id = client.new_run_id()
+    async with Storage.connect(settings) as storage:
+        bad = await storage.put(f"runs/{run_id}/inputs/list.json", b'{"a": {"bucket": 3}}')
+    event = {"type": "run.submitted", "run_id": run_id, "workflow": "count-inputs",
+             "inputs_manifest": bad.model_dump(mode="json")}  # fmt: skip
+    r = connect(settings.redis_url)
+    try:
+        await r.xadd(streams.RUNS, {DATA_FIELD: json.dumps(event)})
+    finally:
+        await r.aclose()
+    events = await wait_for_end(settings, run_id, timeout=30)
+    assert events[-1].type == "run.failed"
+    assert "list.json is not a JSON object of ObjectRefs by name: a.bucket" in events[-1].reason, events[-1]
