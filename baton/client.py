@@ -21,7 +21,7 @@ from pydantic import ValidationError
 from redis.exceptions import RedisError
 
 from baton.servers import FAST_WEBHOOK_ARN, WEBHOOK_ARN
-from shared import streams, telemetry, waits
+from shared import manifests, streams, telemetry, waits
 from shared.broker import DATA_FIELD, encode
 from shared.errors import BatonError, NotWaitingError, PreconditionFailedError
 from shared.events import (
@@ -174,7 +174,7 @@ async def _inputs_manifest(
     settings: Settings, run_id: str, inputs: dict[str, ObjectRef], storage: Storage | None
 ) -> ObjectRef:
     """The run's inputs as a JSON object, written once (a second publish of the run finds it there)."""
-    body = json.dumps({name: ref.model_dump(mode="json") for name, ref in inputs.items()}).encode()
+    body = manifests.encode(inputs)
     key = f"{run_prefix(run_id)}inputs/{INPUTS_MANIFEST}"
     async with contextlib.AsyncExitStack() as stack:
         if storage is None:

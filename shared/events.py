@@ -196,6 +196,11 @@ class TaskCompleted(BaseEvent):
     task_id: str
     agent: str
     outputs: dict[str, ObjectRef] = Field(default_factory=dict, description="Output objects, by name.")
+    outputs_manifest: ObjectRef | None = Field(
+        None,
+        description="More outputs than one event holds: a JSON object of ObjectRefs by name in the run's "
+        "manifests/, read by the supervisor into the task's outputs (with `outputs`, which win on a name).",
+    )
     usage: Usage = Field(default_factory=Usage)
 
 

@@ -214,6 +214,12 @@ async def passer(ctx: AgentContext) -> None:
     ctx.outputs["result"] = ctx.inputs["seed"]
 
 
+async def splitter(ctx: AgentContext) -> None:
+    """Writes `params.parts` small outputs (more than one event's worth of refs)."""
+    for i in range(int(ctx.params["parts"])):
+        await ctx.write(f"work/part-{i:04d}.txt", f"part {i}\n", name=f"part-{i:04d}")
+
+
 async def counter(ctx: AgentContext) -> None:
     """The aggregator of a wide plan: how many inputs it sees, and that each one reads."""
     names = sorted(ctx.inputs)

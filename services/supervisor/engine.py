@@ -28,7 +28,7 @@ from datetime import timedelta
 
 from redis.asyncio.cluster import RedisCluster
 
-from shared import faults, metrics, streams, telemetry
+from shared import faults, manifests, metrics, streams, telemetry
 from shared.events import (
     BaseEvent,
     HumanInputRequested,
@@ -273,7 +273,7 @@ class Engine:
         if len(data) <= limit:
             return task, data
         if task.inputs:
-            body = json.dumps({n: r.model_dump(mode="json") for n, r in task.inputs.items()}).encode()
+            body = manifests.encode(task.inputs)
             ref = await self.storage.put(manifest_key(task), body, content_type="application/json")
             task = task.model_copy(update={"inputs": {}, "inputs_manifest": ref})
             data = task.model_dump_json()

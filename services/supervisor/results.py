@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from shared import streams
-from shared.errors import ObjectTooLargeError
+from shared import manifests, streams
+from shared.errors import ObjectMissingError, ObjectTooLargeError
 from shared.events import (
     RouteDecided,
     TaskCompleted,
@@ -14,6 +14,7 @@ from shared.events import (
     utcnow,
 )
 from shared.runs import CAUSE, TASK
+from shared.workspace import run_prefix
 
 from .decisions import Decision, agent_asks, fail, outstanding
 from .engine import Engine
@@ -21,8 +22,25 @@ from .engine import Engine
 DOC_MAX_BYTES = 64 * 2**20  # the most of a document (a plan, a verdict) the supervisor reads to decide
 
 
+async def with_outputs(eng: Engine, event: TaskResult) -> TaskResult:
+    """A completed task with the outputs of its manifest read in (`outputs_manifest`: more than one event
+    holds); one whose manifest cannot be read as one fails instead, naming it (nothing hangs)."""
+    if not isinstance(event, TaskCompleted) or event.outputs_manifest is None:
+        return event
+    manifest = event.outputs_manifest
+    try:
+        if not manifest.key.startswith(f"{run_prefix(event.run_id)}manifests/"):
+            raise ValueError(f"the outputs manifest {manifest.key} is not in the run's manifests/")
+        listed = await manifests.read(eng.storage, manifest, "the outputs manifest")
+    except (ObjectMissingError, ObjectTooLargeError, ValueError) as exc:
+        kept = event.model_dump(exclude={"type", "outputs", "outputs_manifest", "usage"})
+        return TaskFailed(**kept, error=f"{event.agent}'s outputs: {exc}")
+    return event.model_copy(update={"outputs": {**listed, **event.outputs}, "outputs_manifest": None})
+
+
 async def on_result(eng: Engine, event: TaskResult) -> None:
     """Record a task's progress; on an outcome, decide the run's next step."""
+    event = await with_outputs(eng, event)
     if not isinstance(event, TaskCompleted | TaskFailed | TaskInputRequired | RouteDecided):
         recorded = eng.db.send(streams.run_events(event.run_id), event)
         if isinstance(event, TaskStarted) and eng.any_deadlines:

@@ -5,8 +5,7 @@ from __future__ import annotations
 import hashlib
 import posixpath
 
-from pydantic import TypeAdapter, ValidationError
-
+from shared import manifests
 from shared.errors import ObjectMissingError, ObjectTooLargeError
 from shared.events import ObjectRef, RunCancelRequested, RunRequest, RunStarted, RunSubmitted
 from shared.runs import CAUSE, RunState
@@ -16,7 +15,6 @@ from shared.workspace import run_prefix
 from . import sequential
 from .decisions import Decision
 from .engine import PATTERNS, Engine
-from .results import DOC_MAX_BYTES
 from .store import Loaded
 
 
@@ -138,20 +136,8 @@ async def submitted_inputs(eng: Engine, event: RunSubmitted) -> dict[str, Object
         return dict(event.inputs)
     if not manifest.key.startswith(run_prefix(event.run_id)):
         raise ValueError(f"the inputs manifest {manifest.key} is not in the run's workspace")
-    body = await eng.storage.get(manifest, max_bytes=DOC_MAX_BYTES)
-    try:
-        listed = _REFS.validate_json(body)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"]) or "its top level"
-        raise ValueError(
-            f"the inputs manifest {manifest.key} is not a JSON object of ObjectRefs by name: "
-            f"{where}: {first['msg']}"
-        ) from exc
+    listed = await manifests.read(eng.storage, manifest, "the inputs manifest")
     return {**listed, **event.inputs}
-
-
-_REFS = TypeAdapter(dict[str, ObjectRef])
 
 
 async def adopt_inputs(eng: Engine, run_id: str, submitted: dict[str, ObjectRef]) -> dict:

@@ -15,7 +15,7 @@ import inspect
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-from shared import metrics, streams, telemetry
+from shared import manifests, metrics, streams, telemetry
 from shared.batch import Batched
 from shared.broker import CURRENT_ENTRY, client_of, encode, make_broker, subscribe
 from shared.errors import ConfigError, InputRequired, KeyValidationError, PermanentError
@@ -33,6 +33,7 @@ from shared.logging import configure_logging
 from shared.service import Resources, build_app, run
 from shared.settings import Settings
 from shared.workflow import load_workflows
+from shared.workspace import run_prefix
 
 from . import a2a as _a2a  # noqa: F401 - registers the runtime of `kind: a2a` agents
 from . import llm as _llm  # noqa: F401 - registers the runtime of `kind: llm` agents
@@ -240,7 +241,15 @@ def create_app(settings: Settings | None = None):
             usage = Usage(seconds=round(seconds, 6))
             if ctx.usage != EMPTY_USAGE:  # model tokens/cost, if any
                 usage += ctx.usage
-            await report(TaskCompleted(**common, outputs=ctx.outputs, usage=usage))
+            completed = TaskCompleted(**common, outputs=ctx.outputs, usage=usage)
+            if len(completed.model_dump_json()) > settings.max_event_bytes and ctx.outputs:
+                # More outputs than one event holds (an agent that split a document into a thousand parts):
+                # their refs go in a manifest the supervisor reads (shared/manifests.py).
+                key = f"{run_prefix(event.run_id)}manifests/{event.task_id}.{event.attempt}.outputs.json"
+                body = manifests.encode(ctx.outputs)
+                ref = await res.storage.put(key, body, content_type="application/json")
+                completed = completed.model_copy(update={"outputs": {}, "outputs_manifest": ref})
+            await report(completed)
             # Per task at DEBUG, like FastStream's per-message line: TaskCompleted already records it.
             log.debug("task_completed", agent=agent, seconds=round(seconds, 4), outputs=sorted(ctx.outputs))
 

@@ -13,8 +13,7 @@ import posixpath
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import BinaryIO
 
-from pydantic import TypeAdapter, ValidationError
-
+from shared import manifests
 from shared.errors import CancelledError, KeyValidationError, PreconditionFailedError
 from shared.events import HumanAnswer, ObjectRef, TaskAssigned, TaskProgress, Usage
 from shared.runs import subtask_of
@@ -106,9 +105,9 @@ class AgentContext:
             if not manifest.key.startswith(f"{run_prefix(self.task.run_id)}manifests/"):
                 raise KeyValidationError(f"input manifest {manifest.key!r} is not in the run's manifests/")
             try:
-                listed = TypeAdapter(dict[str, ObjectRef]).validate_json(await self.storage.get(manifest))
-            except ValidationError as exc:
-                raise KeyValidationError(f"input manifest {manifest.uri()} is not valid: {exc}") from exc
+                listed = await manifests.read(self.storage, manifest, "the input manifest")
+            except ValueError as exc:
+                raise KeyValidationError(str(exc)) from exc
             self._inputs = {**listed, **self.task.inputs}
         self.check_inputs()
 

@@ -226,3 +226,16 @@ async def test_an_inputs_manifest_that_is_not_one_fails_the_run_by_name(settings
     events = await wait_for_end(settings, run_id, timeout=30)
     assert events[-1].type == "run.failed"
     assert "list.json is not a JSON object of ObjectRefs by name: a.bucket" in events[-1].reason, events[-1]
+
+
+async def test_a_stage_of_more_outputs_than_one_event_holds_hands_on_all_of_them(settings):
+    """An agent writes 600 outputs (a TaskCompleted of some 125 KB: dead-lettered, the run failed): the
+    worker puts their refs in a manifest, the supervisor reads it, and the next stage sees all 600."""
+    run_id = await client.submit(settings, "split-and-count", {}, {"parts": 600})
+    events = await wait_for_end(settings, run_id, timeout=90)
+    assert events[-1].type == "run.completed", events[-1]
+    split = next(e for e in events if e.type == "task.completed" and e.agent == "splitter")
+    assert len(split.outputs) == 600 and split.outputs_manifest is None  # (recorded with its outputs)
+    async with Storage.connect(settings) as storage:
+        count = await storage.get(events[-1].outputs["count"])
+    assert count.startswith(b"600 inputs"), count
