@@ -53,6 +53,9 @@ from .auth import COOKIE, LOGIN_COOKIE, ConsoleAuth, SecurityHeaders, csrf_ok, n
 SERVICE = "console"
 HERE = Path(__file__).parent
 UPLOADS = 3  # input files one submit form takes (name{i}, file{i})
+# Files of one waiting run the inbox reads and shows; the rest are listed as links (a review of a document
+# split in 600 parts would otherwise have the page read 600 files for each run on it).
+INBOX_FILES = 10
 _RUN_ID = re.compile(ID_PATTERN)
 
 
@@ -400,8 +403,9 @@ class Console:
         if state is None or state.status != "waiting_for_human":
             return None
         ask = await runs.human_request(self.redis, state)
+        listed = list((ask or {}).get("inputs", {}).items())
         files = []
-        for name, ref in (ask or {}).get("inputs", {}).items():
+        for name, ref in listed[:INBOX_FILES]:
             try:
                 data = await self.storage.get(ref, max_bytes=render.MAX_VIEW_BYTES)
                 shown = render.show(data, ref.key, _guess_type(ref.key))
@@ -410,7 +414,8 @@ class Console:
             except Exception as exc:  # noqa: BLE001 - one unreadable file must not hide the inbox
                 shown = render.Shown("text", f"(unreadable: {exc})")
             files.append({"name": name, "ref": ref, "shown": shown})
-        return {"row": row, "ask": ask, "files": files}
+        more = [{"name": name, "ref": ref} for name, ref in listed[INBOX_FILES:]]
+        return {"row": row, "ask": ask, "files": files, "more": more}
 
     async def dlq(self, request: Request) -> Response:
         """Dead letters newest first, a page at a time: XREVRANGE from before the last one shown."""

@@ -207,6 +207,32 @@ async def test_the_inbox_offers_a_file_too_large_to_show_for_download_without_re
     assert (await wait_for_end(settings, run_id))[-1].type == "run.cancelled"
 
 
+async def test_the_inbox_shows_a_run_s_first_files_and_lists_the_rest(console, settings, tmp_path):
+    """A review of 26 files (25 inputs and the draft): the inbox reads and shows the first ten
+    (services/console/app.INBOX_FILES) and lists the other sixteen as links to their exact versions."""
+    inputs = {}
+    for i in range(25):
+        path = tmp_path / f"part-{i:02d}.txt"
+        path.write_text(f"contents of part {i:02d}\n")
+        inputs[f"part-{i:02d}"] = path
+    run_id = await client.submit(settings, "approval-strict", inputs)
+    try:
+        async with asyncio.timeout(60):
+            while await _status(settings, run_id) != "waiting_for_human":  # noqa: ASYNC110 - polled
+                await asyncio.sleep(0.2)
+        async with _session(console) as http:
+            page = (await http.get("/inbox")).text
+        card = page[page.index(f'data-run="{run_id}"') :]
+        card = card[: card.find('class="card ask"') if 'class="card ask"' in card else len(card)]
+        assert card.count('<details class="review"') == 10
+        assert "16 more files (not shown here)" in card  # (the other 15 parts and the draft)
+        assert "contents of part 09" in card and "contents of part 10" not in card
+        assert f"key=runs/{run_id}/inputs/part-24.txt" in card.replace("%2F", "/")
+    finally:
+        await client.cancel(settings, run_id)
+    assert (await wait_for_end(settings, run_id))[-1].type == "run.cancelled"
+
+
 async def test_a_router_run_shows_its_decision_and_a_bidirectional_run_its_diffs(console, settings, tmp_path):
     request = tmp_path / "request.md"
     request.write_text("My invoice is wrong\n")
