@@ -23,7 +23,7 @@ from redis.exceptions import RedisError
 from baton.servers import FAST_WEBHOOK_ARN, WEBHOOK_ARN
 from shared import manifests, streams, telemetry, waits
 from shared.broker import DATA_FIELD, encode
-from shared.errors import BatonError, NotWaitingError, PreconditionFailedError
+from shared.errors import BatonError, NotWaitingError
 from shared.events import (
     TERMINAL_RUN_EVENTS,
     DeadLetter,
@@ -179,13 +179,7 @@ async def _inputs_manifest(
     async with contextlib.AsyncExitStack() as stack:
         if storage is None:
             storage = await stack.enter_async_context(Storage.connect(settings))
-        try:
-            return await storage.put(key, body, content_type="application/json", if_none_match=True)
-        except PreconditionFailedError:
-            there = await storage.head(key)
-            if there is None:
-                raise
-            return there
+        return await storage.put_once(key, body, content_type="application/json")
 
 
 def follower_name(run_id: str) -> str:

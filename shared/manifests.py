@@ -20,9 +20,12 @@ def encode(refs: dict[str, ObjectRef]) -> bytes:
     return json.dumps({name: ref.model_dump(mode="json") for name, ref in refs.items()}).encode()
 
 
-async def read(storage: Storage, ref: ObjectRef, what: str) -> dict[str, ObjectRef]:
-    """The refs a manifest holds (its exact version, up to `MAX_BYTES`). Raises ObjectMissingError,
-    ObjectTooLargeError, or ValueError naming `what`, its key and the first thing wrong."""
+async def read(storage: Storage, ref: ObjectRef, what: str, *, under: str) -> dict[str, ObjectRef]:
+    """The refs a manifest holds (its exact version, up to `MAX_BYTES`), if its key lies under `under`
+    (the run's prefix the kind of manifest belongs in). Raises ObjectMissingError, ObjectTooLargeError,
+    or ValueError naming `what`, its key and the first thing wrong."""
+    if not ref.key.startswith(under):
+        raise ValueError(f"{what} {ref.key} is not under {under}")
     body = await storage.get(ref, max_bytes=MAX_BYTES)
     try:
         return _REFS.validate_json(body)

@@ -224,6 +224,19 @@ class Storage:
             params["VersionId"] = ref.version_id
         return await self.client.generate_presigned_url("get_object", Params=params, ExpiresIn=expires)
 
+    async def put_once(
+        self, key: str, data: bytes | BinaryIO, *, content_type: str = "application/octet-stream"
+    ) -> ObjectRef:
+        """Write `key` only if nothing is there; if something is (a first attempt's write), that object.
+        What a retried submission uses, so a second attempt neither overwrites nor fails."""
+        try:
+            return await self.put(key, data, content_type=content_type, if_none_match=True)
+        except PreconditionFailedError:
+            there = await self.head(key)
+            if there is None:
+                raise
+            return there
+
     async def head(self, key: str) -> ObjectRef | None:
         try:
             resp = await self.client.head_object(Bucket=self.bucket, Key=key)

@@ -45,7 +45,7 @@ from shared.storage import Storage
 from shared.workflow import HUMAN, SequentialWorkflow, load_workflows
 
 from .executor import WorkflowExecutor
-from .fetch import Policy
+from .fetch import Fetcher, Policy
 from .tasks import RunTaskStore, agent_message, run_of_task
 
 SERVICE = "gateway"
@@ -100,10 +100,10 @@ def card(name: str, wf, url: str) -> AgentCard:
 
 
 def create_app(
-    settings: Settings, storage: Storage, redis: aioredis.Redis, hub: Hub, log, fetching: Policy
+    settings: Settings, storage: Storage, redis: aioredis.Redis, hub: Hub, log, fetching: Fetcher
 ) -> tuple[Starlette, dict[str, tuple[WorkflowExecutor, RunTaskStore]]]:
     """The ASGI app, and each workflow's executor and task store (`resume_unstarted` needs them);
-    `fetching`: where file part URLs may be fetched from (`fetch.py`)."""
+    `fetching`: what fetches file part URLs, from where its policy allows (`fetch.py`)."""
     workflows = load_workflows(settings.workflows).workflows
     root = base_url(settings)
     mounts, listing, parts = [], [], {}
@@ -241,8 +241,13 @@ async def serve(settings: Settings) -> None:
     redis = redis_client(settings, wait=None, socket_connect_timeout=60, socket_timeout=60)
     hub = Hub(settings.redis_url, redis, log, name="baton-gateway:live")  # every task's run, one reader
     hub.start()
-    async with Storage.connect(settings) as storage, contextlib.aclosing(redis), contextlib.aclosing(hub):
-        app, parts = create_app(settings, storage, redis, hub, log, fetching)
+    async with (
+        Storage.connect(settings) as storage,
+        contextlib.aclosing(redis),
+        contextlib.aclosing(hub),
+        contextlib.aclosing(Fetcher(fetching)) as fetcher,
+    ):
+        app, parts = create_app(settings, storage, redis, hub, log, fetcher)
         config = uvicorn.Config(
             app, host=settings.gateway_host, port=settings.gateway_port, log_level="warning", access_log=False
         )

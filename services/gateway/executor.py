@@ -33,7 +33,7 @@ from shared.live import Hub, run_events
 from shared.storage import Storage
 from shared.workspace import run_prefix
 
-from .fetch import FetchError, Policy, fetch
+from .fetch import Fetcher, FetchError
 from .tasks import ASKED_KEY, RUN_KEY, run_of_task
 
 SENDER = "gateway"
@@ -61,7 +61,7 @@ class WorkflowExecutor(AgentExecutor):
         log,
         live: set[str],
         starting: asyncio.Semaphore,
-        fetching: Policy,
+        fetching: Fetcher,
     ) -> None:
         self.workflow, self.settings, self.storage, self.log = workflow, settings, storage, log
         self.redis, self.hub, self.live, self.starting = redis, hub, live, starting
@@ -155,15 +155,12 @@ class WorkflowExecutor(AgentExecutor):
                 async with contextlib.AsyncExitStack() as stack:
                     data = part.raw
                     if part.HasField("url"):
-                        data = stack.enter_context(await fetch(part.url, self.fetching))
-                    try:
-                        media = part.media_type or "application/octet-stream"
+                        data = stack.enter_context(await self.fetching.fetch(part.url))
+                    media = part.media_type or "application/octet-stream"
+                    if again:  # a resubmission: what its first attempt wrote stands
+                        refs[name] = await self.storage.put_once(key, data, content_type=media)
+                    else:
                         refs[name] = await self.storage.put(key, data, content_type=media, if_none_match=True)
-                    except PreconditionFailedError:
-                        there = await self.storage.head(key) if again else None
-                        if there is None:
-                            raise
-                        refs[name] = there
         if texts:
             text = "\n\n".join(texts)
             params.setdefault("text", text)

@@ -117,8 +117,7 @@ class Policy:
         else:
             what = f"{host} resolves to " + ", ".join(f"{a} ({_kind(a)})" for a in addrs)
         return (
-            f"{what}: the gateway fetches only from public addresses, its own store and what "
-            f"{SETTING} names"
+            f"{what}: the gateway fetches only from public addresses, its own store and what {SETTING} names"
         )
 
 
@@ -172,28 +171,39 @@ def client(policy: Policy, timeout: float = 30) -> httpx.AsyncClient:
     )
 
 
-async def fetch(url: str, policy: Policy) -> BinaryIO:
-    """A file part's URL, fetched a chunk at a time into a file (in memory up to `COPY_IN_MEMORY`), so a
-    large file is never held whole; one past what a write takes (`MAX_PUT`) is refused as it arrives."""
-    if not url.startswith(("http://", "https://")):
-        raise FetchError(f"file part URL {url!r}: only http(s) URLs are fetched")
-    spool = tempfile.SpooledTemporaryFile(max_size=COPY_IN_MEMORY)
-    try:
-        async with client(policy) as http, http.stream("GET", url) as resp:
-            if resp.status_code >= 300:
-                raise FetchError(f"file part URL {url!r} answered HTTP {resp.status_code}")
-            async for chunk in resp.aiter_bytes(1 << 20):
-                if spool.tell() + len(chunk) > MAX_PUT:
-                    raise FetchError(f"file part URL {url!r}: over the {MAX_PUT:,} bytes one input takes")
-                spool.write(chunk)
-    except Refused as exc:  # on the URL's own host or a redirect's: the message names which
-        spool.close()
-        raise FetchError(f"file part URL {url!r}: {exc}") from exc
-    except httpx.HTTPError as exc:
-        spool.close()
-        raise FetchError(f"file part URL {url!r} could not be fetched: {exc}") from exc
-    except BaseException:
-        spool.close()
-        raise
-    spool.seek(0)
-    return spool
+class Fetcher:
+    """Fetches file part URLs through one client (its TLS context and connection pool built once, at the
+    gateway's start), every connection checked against `policy`. Closed with `aclose()`."""
+
+    def __init__(self, policy: Policy, timeout: float = 30) -> None:
+        self.policy = policy
+        self.http = client(policy, timeout)
+
+    async def aclose(self) -> None:
+        await self.http.aclose()
+
+    async def fetch(self, url: str) -> BinaryIO:
+        """A file part's URL, fetched a chunk at a time into a file (in memory up to `COPY_IN_MEMORY`), so a
+        large file is never held whole; one past what a write takes (`MAX_PUT`) is refused as it arrives."""
+        if not url.startswith(("http://", "https://")):
+            raise FetchError(f"file part URL {url!r}: only http(s) URLs are fetched")
+        spool = tempfile.SpooledTemporaryFile(max_size=COPY_IN_MEMORY)
+        try:
+            async with self.http.stream("GET", url) as resp:
+                if resp.status_code >= 300:
+                    raise FetchError(f"file part URL {url!r} answered HTTP {resp.status_code}")
+                async for chunk in resp.aiter_bytes(1 << 20):
+                    if spool.tell() + len(chunk) > MAX_PUT:
+                        raise FetchError(f"file part URL {url!r}: over the {MAX_PUT:,} bytes one input takes")
+                    spool.write(chunk)
+        except Refused as exc:  # on the URL's own host or a redirect's: the message names which
+            spool.close()
+            raise FetchError(f"file part URL {url!r}: {exc}") from exc
+        except httpx.HTTPError as exc:
+            spool.close()
+            raise FetchError(f"file part URL {url!r} could not be fetched: {exc}") from exc
+        except BaseException:
+            spool.close()
+            raise
+        spool.seek(0)
+        return spool

@@ -29,9 +29,8 @@ async def with_outputs(eng: Engine, event: TaskResult) -> TaskResult:
         return event
     manifest = event.outputs_manifest
     try:
-        if not manifest.key.startswith(f"{run_prefix(event.run_id)}manifests/"):
-            raise ValueError(f"the outputs manifest {manifest.key} is not in the run's manifests/")
-        listed = await manifests.read(eng.storage, manifest, "the outputs manifest")
+        under = f"{run_prefix(event.run_id)}manifests/"
+        listed = await manifests.read(eng.storage, manifest, "the outputs manifest", under=under)
     except (ObjectMissingError, ObjectTooLargeError, ValueError) as exc:
         kept = event.model_dump(exclude={"type", "outputs", "outputs_manifest", "usage"})
         return TaskFailed(**kept, error=f"{event.agent}'s outputs: {exc}")

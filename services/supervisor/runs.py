@@ -134,9 +134,9 @@ async def submitted_inputs(eng: Engine, event: RunSubmitted) -> dict[str, Object
     manifest = event.inputs_manifest
     if manifest is None:
         return dict(event.inputs)
-    if not manifest.key.startswith(run_prefix(event.run_id)):
-        raise ValueError(f"the inputs manifest {manifest.key} is not in the run's workspace")
-    listed = await manifests.read(eng.storage, manifest, "the inputs manifest")
+    listed = await manifests.read(
+        eng.storage, manifest, "the inputs manifest", under=run_prefix(event.run_id)
+    )
     return {**listed, **event.inputs}
 
 

@@ -102,10 +102,9 @@ class AgentContext:
         """Read the task's input manifest, if it has one, then check every input."""
         manifest = self.task.inputs_manifest
         if manifest is not None:
-            if not manifest.key.startswith(f"{run_prefix(self.task.run_id)}manifests/"):
-                raise KeyValidationError(f"input manifest {manifest.key!r} is not in the run's manifests/")
+            under = f"{run_prefix(self.task.run_id)}manifests/"
             try:
-                listed = await manifests.read(self.storage, manifest, "the input manifest")
+                listed = await manifests.read(self.storage, manifest, "the input manifest", under=under)
             except ValueError as exc:
                 raise KeyValidationError(str(exc)) from exc
             self._inputs = {**listed, **self.task.inputs}

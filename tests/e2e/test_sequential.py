@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from baton import client
-from shared import streams
+from shared import manifests, streams
 from shared.broker import DATA_FIELD
 from shared.events import RunCompleted
 from shared.redisconn import connect
@@ -226,6 +226,25 @@ async def test_an_inputs_manifest_that_is_not_one_fails_the_run_by_name(settings
     events = await wait_for_end(settings, run_id, timeout=30)
     assert events[-1].type == "run.failed"
     assert "list.json is not a JSON object of ObjectRefs by name: a.bucket" in events[-1].reason, events[-1]
+
+
+async def test_an_inputs_manifest_outside_the_run_fails_it_by_name(settings):
+    """A manifest is read only under the run's own prefix: one naming another run's manifest fails the
+    run, naming it (its refs are never read in)."""
+    other, run_id = client.new_run_id(), client.new_run_id()
+    async with Storage.connect(settings) as storage:
+        ok = await storage.put(f"runs/{other}/inputs/x.txt", b"x")
+        theirs = await storage.put(f"runs/{other}/inputs/.baton-inputs.json", manifests.encode({"x": ok}))
+    event = {"type": "run.submitted", "run_id": run_id, "workflow": "count-inputs",
+             "inputs_manifest": theirs.model_dump(mode="json")}  # fmt: skip
+    r = connect(settings.redis_url)
+    try:
+        await r.xadd(streams.RUNS, {DATA_FIELD: json.dumps(event)})
+    finally:
+        await r.aclose()
+    events = await wait_for_end(settings, run_id, timeout=30)
+    assert events[-1].type == "run.failed"
+    assert f"the inputs manifest {theirs.key} is not under runs/{run_id}/" in events[-1].reason, events[-1]
 
 
 async def test_a_stage_of_more_outputs_than_one_event_holds_hands_on_all_of_them(settings):

@@ -3,6 +3,7 @@ HTTP servers on loopback addresses stand in for a private network the client sho
 
 from __future__ import annotations
 
+import contextlib
 import http.server
 import ipaddress
 import os
@@ -12,9 +13,15 @@ import threading
 
 import pytest
 
-from services.gateway.fetch import FetchError, Policy, fetch, is_public
+from services.gateway.fetch import Fetcher, FetchError, Policy, is_public
 
 BODY = os.urandom(3 * 2**20 + 17)  # a few chunks
+
+
+async def fetch(url: str, policy: Policy):
+    """One URL through a Fetcher of its own (the gateway keeps one for all)."""
+    async with contextlib.aclosing(Fetcher(policy)) as fetcher:
+        return await fetcher.fetch(url)
 
 
 class _Handler(http.server.BaseHTTPRequestHandler):
@@ -104,6 +111,19 @@ async def test_each_redirect_is_checked_where_it_connects(servers):
     assert "127.0.0.1 is a loopback address" in str(refused.value)
     with await fetch(f"http://{allowed}/to/{allowed}/file", Policy("127.0.0.2")) as got:
         assert got.read() == BODY
+
+
+async def test_one_fetcher_serves_many_urls_and_still_checks_each_host(servers):
+    """The gateway's one client: an allowed host's file twice (the second on its pooled connection), a
+    refused host refused between, and the allowed one served after it."""
+    async with contextlib.aclosing(Fetcher(Policy("127.0.0.2"))) as fetcher:
+        for url in [f"http://{servers['127.0.0.2']}/file"] * 2:
+            with await fetcher.fetch(url) as got:
+                assert got.read() == BODY
+        with pytest.raises(FetchError, match="loopback"):
+            await fetcher.fetch(f"http://{servers['127.0.0.1']}/file")
+        with await fetcher.fetch(f"http://{servers['127.0.0.2']}/file") as got:
+            assert got.read() == BODY
 
 
 def test_a_malformed_setting_names_the_entry():
