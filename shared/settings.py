@@ -161,9 +161,10 @@ class Settings(BaseSettings):
     )
     a2a_fetch_hosts: str = Field(
         "",
-        description="Gateway: where file part URLs may point besides public addresses and the store's own "
-        "endpoint (comma-separated host names, addresses or networks like 10.0.0.0/8; `*`: anywhere). A "
-        "client cannot make the gateway read its loopback or private network otherwise.",
+        description="Where A2A file URLs may point besides public addresses and the store's own endpoint: "
+        "the gateway's file parts, and a `kind: a2a` agent's artifacts (whose own origin is allowed too). "
+        "Comma-separated host names, addresses or networks like 10.0.0.0/8; `*`: anywhere. Otherwise an A2A "
+        "client or remote agent cannot make Baton read its loopback or private network.",
     )
     console_host: str = Field("127.0.0.1", description="Where the web console listens.")
     console_port: int = Field(9914, description="Port of the web console.")

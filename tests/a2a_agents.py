@@ -42,7 +42,7 @@ from starlette.applications import Starlette
 from starlette.responses import JSONResponse, PlainTextResponse
 from starlette.routing import Mount, Route
 
-BEHAVIOURS = ("echo", "flaky", "fail", "reject", "asks", "slow", "huge", "guarded")
+BEHAVIOURS = ("echo", "flaky", "fail", "reject", "asks", "slow", "huge", "guarded", "linked", "pointer")
 GUARD_TOKEN = "the-guarded-agents-token"
 
 
@@ -60,8 +60,8 @@ def describe(part: Part) -> str:
 
 
 class Behaviour(AgentExecutor):
-    def __init__(self, name: str) -> None:
-        self.name = name
+    def __init__(self, name: str, base: str = "") -> None:
+        self.name, self.base = name, base
         self.seen: dict[str, int] = {}
         self.cancelled: list[str] = []
 
@@ -84,6 +84,12 @@ class Behaviour(AgentExecutor):
             return
         if self.name == "slow":
             await asyncio.sleep(60)
+        if self.name in ("linked", "pointer"):  # an artifact by URL: on this server, or by another name
+            host = self.base if self.name == "linked" else self.base.replace("127.0.0.1", "localhost")
+            part = Part(url=f"{host}/files/notes.md", filename="notes.md", media_type="text/markdown")
+            await up.add_artifact([part], name="notes")
+            await up.complete()
+            return
         if self.name == "huge":
             await up.add_artifact([Part(raw=b"h" * 4096, filename="huge.bin")], name="huge")
             await up.complete()
@@ -133,7 +139,7 @@ def build_app(base: str, behaviours: dict[str, Behaviour]) -> Starlette:
     mounts = []
     for name in BEHAVIOURS:
         the_card = card(name, base)
-        behaviours[name] = Behaviour(name)
+        behaviours[name] = Behaviour(name, base)
         handler = DefaultRequestHandler(
             agent_executor=behaviours[name], task_store=InMemoryTaskStore(), agent_card=the_card
         )
@@ -143,7 +149,16 @@ def build_app(base: str, behaviours: dict[str, Behaviour]) -> Starlette:
     async def bad_card(request):
         return JSONResponse({"name": 42, "skills": "none", "capabilities": [1, 2]})
 
-    app = Starlette(routes=[Route("/badcard/.well-known/agent-card.json", bad_card), *mounts])
+    async def file(request):  # what the `linked` and `pointer` agents' artifact URLs point at
+        return PlainTextResponse(f"# {request.path_params['name']}, served by the agents' server\n")
+
+    app = Starlette(
+        routes=[
+            Route("/badcard/.well-known/agent-card.json", bad_card),
+            Route("/files/{name}", file),
+            *mounts,
+        ]
+    )
 
     async def guarded(scope, receive, send):
         path = scope.get("path", "")

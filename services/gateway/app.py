@@ -37,6 +37,7 @@ from starlette.routing import Mount, Route
 from services.mcp.app import _Server, is_loopback
 from shared import metrics, streams, telemetry
 from shared.errors import BatonError, PreconditionFailedError
+from shared.fetch import Fetcher, Policy
 from shared.live import Hub
 from shared.logging import configure_logging
 from shared.service import loop_name, mark_ready, redis_client, run
@@ -45,7 +46,6 @@ from shared.storage import Storage
 from shared.workflow import HUMAN, SequentialWorkflow, load_workflows
 
 from .executor import WorkflowExecutor
-from .fetch import Fetcher, Policy
 from .tasks import RunTaskStore, agent_message, run_of_task
 
 SERVICE = "gateway"
@@ -103,7 +103,7 @@ def create_app(
     settings: Settings, storage: Storage, redis: aioredis.Redis, hub: Hub, log, fetching: Fetcher
 ) -> tuple[Starlette, dict[str, tuple[WorkflowExecutor, RunTaskStore]]]:
     """The ASGI app, and each workflow's executor and task store (`resume_unstarted` needs them);
-    `fetching`: what fetches file part URLs, from where its policy allows (`fetch.py`)."""
+    `fetching`: what fetches file part URLs, from where its policy allows (`shared/fetch.py`)."""
     workflows = load_workflows(settings.workflows).workflows
     root = base_url(settings)
     mounts, listing, parts = [], [], {}
@@ -230,7 +230,7 @@ async def serve(settings: Settings) -> None:
         )
         raise SystemExit(2)
     try:
-        fetching = Policy(settings.a2a_fetch_hosts, settings.s3_endpoint_url)
+        fetching = Policy(settings.a2a_fetch_hosts, {"the store": settings.s3_endpoint_url})
     except ValueError as exc:
         log.error("gateway_refused_to_start", reason=str(exc))
         raise SystemExit(2) from exc

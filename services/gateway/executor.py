@@ -29,11 +29,11 @@ from baton import client
 from shared import streams
 from shared.errors import BatonError, KeyValidationError, PreconditionFailedError
 from shared.events import ObjectRef, utcnow
+from shared.fetch import Fetcher, FetchError
 from shared.live import Hub, run_events
 from shared.storage import Storage
 from shared.workspace import run_prefix
 
-from .fetch import Fetcher, FetchError
 from .tasks import ASKED_KEY, RUN_KEY, run_of_task
 
 SENDER = "gateway"

@@ -49,6 +49,8 @@ from a2a.utils.errors import TaskNotFoundError
 from google.protobuf import json_format, struct_pb2
 
 from shared.errors import ConfigError, InputRequired, PermanentError, RetryableError
+from shared.fetch import Fetcher, FetchError, Policy, Refused, TooLarge
+from shared.settings import Settings
 from shared.workflow import AgentSpec, expand_env, register_runtime
 
 from .runtime import AgentContext
@@ -112,6 +114,10 @@ class A2AArtifactTooLarge(PermanentError):
     """A remote agent returned a file part over the agent's `max_artifact_bytes`."""
 
 
+class A2AArtifactRefused(PermanentError):
+    """A remote agent named an artifact URL on an address the worker does not fetch from (shared/fetch.py)."""
+
+
 @dataclass
 class CardCache:
     """One agent's card, read on first use and again after `CARD_TTL_S` or a failed connection."""
@@ -170,6 +176,14 @@ def make_handler(spec: AgentSpec) -> Callable[[AgentContext], Awaitable[None]]:
     if token_env and not os.environ.get(token_env):
         raise ConfigError(f"a2a agent at {url}: api_key_env {token_env!r} is not set in the environment")
     cards = CardCache(url)
+    # Artifact URLs the remote agent names: public addresses, the store's endpoint, the agent's own origin
+    # and BATON_A2A_FETCH_HOSTS (a malformed setting fails here, at start-up); one client, made once.
+    settings = Settings()
+    try:
+        policy = Policy(settings.a2a_fetch_hosts, {"the store": settings.s3_endpoint_url, "the agent": url})
+    except ValueError as exc:
+        raise ConfigError(f"a2a agent at {url}: {exc}") from exc
+    fetching = Fetcher(policy, httpx.Timeout(spec.timeout, read=None))
 
     async def run_a2a_agent(ctx: AgentContext) -> None:
         headers = {"Authorization": f"Bearer {os.environ[token_env]}"} if token_env else {}
@@ -221,7 +235,7 @@ def make_handler(spec: AgentSpec) -> Callable[[AgentContext], Awaitable[None]]:
                 if outcome.task_id and outcome.state not in DONE:
                     await cancel_remote(client, outcome.task_id)
                 raise
-            await settle(ctx, spec, card, url, outcome, http)
+            await settle(ctx, spec, card, url, outcome, fetching)
 
     run_a2a_agent.__name__ = "run_a2a_agent"
     run_a2a_agent.__qualname__ = "run_a2a_agent"
@@ -342,7 +356,7 @@ async def cancel_remote(client, task_id: str) -> None:
 
 
 async def settle(
-    ctx: AgentContext, spec: AgentSpec, card: AgentCard, url: str, outcome: Outcome, http: httpx.AsyncClient
+    ctx: AgentContext, spec: AgentSpec, card: AgentCard, url: str, outcome: Outcome, fetching: Fetcher
 ) -> None:
     """Write the artifacts of a completed task, or raise the error its final state maps to."""
     said = f": {outcome.last_text}" if outcome.last_text else ""
@@ -369,7 +383,7 @@ async def settle(
     for artifact in outcome.artifacts.values():
         for i, part in enumerate(artifact.parts):
             filename = part_filename(artifact, part, i)
-            data = await part_bytes(part, http, spec.max_artifact_bytes, f"{who}: artifact {filename!r}")
+            data = await part_bytes(part, fetching, spec.max_artifact_bytes, f"{who}: artifact {filename!r}")
             if data is None:
                 continue
             name = (
@@ -383,7 +397,7 @@ async def settle(
     await ctx.progress(f"{card.name}: {written} artifact file(s) written under {spec.writes[0]}", 100)
 
 
-async def part_bytes(part: Part, http: httpx.AsyncClient, limit: int, what: str) -> bytes | None:
+async def part_bytes(part: Part, fetching: Fetcher, limit: int, what: str) -> bytes | None:
     if part.HasField("raw"):
         data = part.raw
     elif part.HasField("text"):
@@ -391,7 +405,7 @@ async def part_bytes(part: Part, http: httpx.AsyncClient, limit: int, what: str)
     elif part.HasField("data"):
         data = (json.dumps(json_format.MessageToDict(part.data), indent=2) + "\n").encode()
     elif part.HasField("url"):
-        data = await download(part.url, http.timeout, limit, what)
+        data = await download(part.url, fetching, limit, what)
     else:
         return None
     if len(data) > limit:
@@ -399,21 +413,18 @@ async def part_bytes(part: Part, http: httpx.AsyncClient, limit: int, what: str)
     return data
 
 
-async def download(link: str, timeout: httpx.Timeout, limit: int, what: str) -> bytes:
-    """An artifact's URL, read up to `limit` bytes (without our bearer token: the URL may point anywhere)."""
-    async with httpx.AsyncClient(timeout=timeout) as plain, plain.stream("GET", link) as resp:
-        if resp.status_code >= 400:
-            raise A2ATaskFailed(f"{what}: URL {link} answered HTTP {resp.status_code}")
-        size = int(resp.headers.get("content-length") or 0)
-        if size > limit:
-            raise A2AArtifactTooLarge(f"{what} at {link} is {size} bytes, over max_artifact_bytes={limit}")
-        chunks, got = [], 0
-        async for chunk in resp.aiter_bytes():
-            got += len(chunk)
-            if got > limit:
-                raise A2AArtifactTooLarge(f"{what} at {link} is over max_artifact_bytes={limit}")
-            chunks.append(chunk)
-    return b"".join(chunks)
+async def download(link: str, fetching: Fetcher, limit: int, what: str) -> bytes:
+    """An artifact's URL, read up to `limit` bytes (without our bearer token: the URL may point anywhere),
+    from where the policy allows (a refusal is permanent: the same URL would be refused again)."""
+    try:
+        with await fetching.fetch(link, limit) as body:
+            return body.read()
+    except TooLarge as exc:
+        raise A2AArtifactTooLarge(f"{what}: {exc} (max_artifact_bytes={limit})") from exc
+    except Refused as exc:
+        raise A2AArtifactRefused(f"{what}: {exc}") from exc
+    except FetchError as exc:
+        raise A2ATaskFailed(f"{what}: {exc}") from exc
 
 
 def part_filename(artifact: Artifact, part: Part, index: int) -> str:

@@ -146,6 +146,26 @@ async def test_an_artifact_over_max_artifact_bytes_fails_the_task_permanently(se
     assert [f.retryable for f in of_type(events, "task.failed")] == [False]
 
 
+async def test_an_artifact_url_on_the_agents_own_origin_is_fetched(settings, a2a_agents):
+    run_id, events = await _ended(settings, "a2a-linked")
+    assert events[-1].type == "run.completed", events[-1]
+    async with Storage.connect(settings) as storage:
+        body = await storage.get(events[-1].outputs["notes"])
+    assert body == b"# notes.md, served by the agents' server\n"
+
+
+async def test_an_artifact_url_elsewhere_on_the_workers_network_is_refused_permanently(settings, a2a_agents):
+    """A remote agent cannot make the worker read its network (server-side request forgery): a URL on a
+    loopback address that is not the agent's own origin is refused where it connects, naming the address
+    and the setting, and not retried. (The same server by another name: fetched before the check.)"""
+    _run_id, events = await _ended(settings, "a2a-pointer")
+    assert events[-1].type == "run.failed"
+    why = events[-1].reason
+    assert "A2AArtifactRefused" in why and "localhost resolves to 127.0.0.1 (loopback)" in why, why
+    assert "the agent (127.0.0.1:" in why and "BATON_A2A_FETCH_HOSTS" in why, why
+    assert [f.retryable for f in of_type(events, "task.failed")] == [False]
+
+
 async def test_a_token_the_remote_agent_refuses_is_a_permanent_error(settings, a2a_agents):
     _run_id, events = await _ended(settings, "a2a-badtoken")
     assert events[-1].type == "run.failed"

@@ -1,5 +1,6 @@
-"""Where the A2A gateway may fetch a file part's URL from (services/gateway/fetch.py), over real sockets:
-HTTP servers on loopback addresses stand in for a private network the client should not reach."""
+"""Where a file URL someone else names may be fetched from (shared/fetch.py: the A2A gateway's file parts,
+a `kind: a2a` agent's artifacts), over real sockets: HTTP servers on loopback addresses stand in for a
+private network the one naming the URL should not reach."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import threading
 
 import pytest
 
-from services.gateway.fetch import Fetcher, FetchError, Policy, is_public
+from shared.fetch import Fetcher, FetchError, Policy, TooLarge, is_public
 
 BODY = os.urandom(3 * 2**20 + 17)  # a few chunks
 
@@ -95,10 +96,10 @@ async def test_a_host_name_in_the_setting_is_fetched_whatever_it_resolves_to(ser
 
 async def test_the_stores_own_origin_is_allowed_and_only_that_port(servers):
     host, port = servers["127.0.0.1"].split(":")
-    with await fetch(f"http://{host}:{port}/file", Policy("", f"http://{host}:{port}")) as got:
+    with await fetch(f"http://{host}:{port}/file", Policy("", {"the store": f"http://{host}:{port}"})) as got:
         assert got.read() == BODY
     with pytest.raises(FetchError, match="loopback"):
-        await fetch(f"http://{host}:{port}/file", Policy("", f"http://{host}:{int(port) + 1}"))
+        await fetch(f"http://{host}:{port}/file", Policy("", {"the store": f"http://{host}:{int(port) + 1}"}))
 
 
 async def test_each_redirect_is_checked_where_it_connects(servers):
@@ -124,6 +125,26 @@ async def test_one_fetcher_serves_many_urls_and_still_checks_each_host(servers):
             await fetcher.fetch(f"http://{servers['127.0.0.1']}/file")
         with await fetcher.fetch(f"http://{servers['127.0.0.2']}/file") as got:
             assert got.read() == BODY
+
+
+async def test_an_origin_added_for_an_agent_is_allowed_and_named_in_refusals(servers):
+    """The worker's policy for a remote agent: the store's origin and the agent's own; a URL elsewhere on
+    the same machine is refused naming both."""
+    host, port = servers["127.0.0.1"].split(":")
+    base = Policy("", {"the store": "http://127.0.0.1:9"})
+    agent = base.also("the agent", f"http://{host}:{port}/reviewer/")
+    with await fetch(f"http://{host}:{port}/file", agent) as got:
+        assert got.read() == BODY
+    with pytest.raises(FetchError, match=r"the store \(127\.0\.0\.1:9\), the agent \(127\.0\.0\.1:\d+\)"):
+        await fetch(f"http://{servers['127.0.0.2']}/file", agent)
+    with pytest.raises(FetchError, match="loopback"):  # the policy it was made from is unchanged
+        await fetch(f"http://{host}:{port}/file", base)
+
+
+async def test_a_body_past_the_limit_is_refused_as_it_arrives(servers):
+    async with contextlib.aclosing(Fetcher(Policy("*"))) as fetcher:
+        with pytest.raises(TooLarge, match="over the 1,048,576 bytes taken"):
+            await fetcher.fetch(f"http://{servers['127.0.0.2']}/file", limit=2**20)
 
 
 def test_a_malformed_setting_names_the_entry():

@@ -1,23 +1,25 @@
-"""Fetching a file part's URL for an A2A client, without letting the client reach the gateway's network.
+"""Fetching a file URL someone else named, without letting them reach our network: the A2A gateway's
+file parts (an A2A client names the URL) and a `kind: a2a` agent's artifacts (the remote agent does).
 
-A client names the URL; the gateway makes the request. Unchecked, a client holding the token could make the
-gateway read its loopback, its private network or a cloud metadata address (169.254.169.254) and get the
-answer back as the run's output: server-side request forgery. So every connection the fetch makes (the
-first, and each redirect's) goes to an address the policy allows, checked when it connects: the host is
-resolved once, each address checked, and the connection made to a checked address, so a name that
-resolves to a public address for a check and to a private one for the connect (DNS rebinding) gains
-nothing.
+Unchecked, whoever names the URL could make us read our loopback, our private network or a cloud metadata
+address (169.254.169.254) and get the answer back as a run's input or output: server-side request
+forgery. So every connection a fetch makes (the first, and each redirect's) goes to an address the policy
+allows, checked when it connects: the host is resolved once, each address checked, and the connection
+made to a checked address, so a name that resolves to a public address for a check and to a private one
+for the connect (DNS rebinding) gains nothing.
 
 Allowed: public addresses (`ipaddress`' `is_global`, with IPv4 embedded in IPv6, 6to4, Teredo and NAT64
-addresses judged by their IPv4); the origin of the gateway's own store (`BATON_S3_ENDPOINT_URL`: presigned
-URLs of the same MinIO, as another Baton stage in the same deployment sends); and what
-`BATON_A2A_FETCH_HOSTS` names: host names (whatever they resolve to), addresses, networks
-(`10.0.0.0/8`), or `*` for any address. The fetch connects directly: HTTP(S)_PROXY is not used.
+addresses judged by their IPv4); the origins the caller names (host and port: the store's own endpoint,
+`BATON_S3_ENDPOINT_URL`, for presigned URLs of the same MinIO; for an agent's artifacts, the remote
+agent's own URL, which the operator chose); and what `BATON_A2A_FETCH_HOSTS` names: host names (whatever
+they resolve to), addresses, networks (`10.0.0.0/8`), or `*` for any address. The fetch connects
+directly: HTTP(S)_PROXY is not used.
 """
 
 from __future__ import annotations
 
 import asyncio
+import copy
 import ipaddress
 import socket
 import tempfile
@@ -38,7 +40,11 @@ _NAT64 = ipaddress.ip_network("64:ff9b::/96")
 
 
 class FetchError(BatonError):
-    """A file part's URL that cannot be fetched (refused by the policy, unreachable or an HTTP error)."""
+    """A file URL that cannot be fetched (refused by the policy, unreachable or an HTTP error)."""
+
+
+class TooLarge(FetchError):
+    """The answer is over what the fetch takes."""
 
 
 class Refused(FetchError):
@@ -70,10 +76,18 @@ def _kind(addr: Address) -> str:
     return "non-public"
 
 
-class Policy:
-    """Which addresses a fetch may connect to (the module's docstring); `allow` is the setting's value."""
+def _origin(url: str | None) -> tuple[str, int] | None:
+    parts = urlsplit(url or "")
+    if not parts.hostname:
+        return None
+    return parts.hostname.lower(), parts.port or (443 if parts.scheme == "https" else 80)
 
-    def __init__(self, allow: str = "", store_url: str | None = None) -> None:
+
+class Policy:
+    """Which addresses a fetch may connect to (the module's docstring); `allow` is the setting's value,
+    `origins` the URLs whose host and port are allowed by name, each under a label for messages."""
+
+    def __init__(self, allow: str = "", origins: dict[str, str | None] | None = None) -> None:
         self.any = False
         self.names: set[str] = set()
         self.networks: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = []
@@ -96,17 +110,23 @@ class Policy:
                     "(like 10.0.0.0/8); separate entries with commas"
                 )
             self.names.add(name)
-        self.store: tuple[str, int] | None = None
-        if store_url:
-            parts = urlsplit(store_url)
-            if parts.hostname:
-                default = 443 if parts.scheme == "https" else 80
-                self.store = (parts.hostname.lower(), parts.port or default)
+        self.origins: dict[tuple[str, int], str] = {}  # (host, port) -> its label
+        for label, url in (origins or {}).items():
+            if (origin := _origin(url)) is not None:
+                self.origins[origin] = label
+
+    def also(self, label: str, url: str) -> Policy:
+        """This policy with one more origin allowed."""
+        more = copy.copy(self)
+        more.origins = {**self.origins}
+        if (origin := _origin(url)) is not None:
+            more.origins[origin] = label
+        return more
 
     def named(self, host: str, port: int) -> bool:
         """Allowed by name, whatever the name resolves to."""
         host = host.lower().strip("[]").rstrip(".")
-        return self.any or host in self.names or (host, port) == self.store
+        return self.any or host in self.names or (host, port) in self.origins
 
     def allows(self, addr: Address) -> bool:
         return is_public(addr) or any(addr in net for net in self.networks)
@@ -116,9 +136,8 @@ class Policy:
             what = f"{host} is a {_kind(addrs[0])} address"
         else:
             what = f"{host} resolves to " + ", ".join(f"{a} ({_kind(a)})" for a in addrs)
-        return (
-            f"{what}: the gateway fetches only from public addresses, its own store and what {SETTING} names"
-        )
+        origins = "".join(f", {label} ({h}:{p})" for (h, p), label in self.origins.items())
+        return f"{what}: files are fetched only from public addresses{origins} and what {SETTING} names"
 
 
 class _Guard(httpcore.AsyncNetworkBackend):
@@ -152,16 +171,16 @@ class _Guard(httpcore.AsyncNetworkBackend):
         raise last  # type: ignore[misc]
 
     async def connect_unix_socket(self, path, timeout=None, socket_options=None):
-        raise Refused("a file part URL cannot name a unix socket")
+        raise Refused("a file URL cannot name a unix socket")
 
     async def sleep(self, seconds: float) -> None:
         await self.backend.sleep(seconds)
 
 
-def client(policy: Policy, timeout: float = 30) -> httpx.AsyncClient:
+def client(policy: Policy, timeout: float | httpx.Timeout = 30) -> httpx.AsyncClient:
     """An HTTP client whose every connection passes `policy`, following up to `MAX_REDIRECTS` redirects
     (each checked as it connects). httpx 0.28 takes no network backend, so its transport's connection pool
-    is built here with ours (httpx is pinned; the gateway's tests fail if this stops applying)."""
+    is built here with ours (httpx is pinned; tests/unit/test_fetch.py fails if this stops applying)."""
     transport = httpx.AsyncHTTPTransport()
     transport._pool = httpcore.AsyncConnectionPool(
         ssl_context=httpx.create_ssl_context(), network_backend=_Guard(policy)
@@ -172,36 +191,38 @@ def client(policy: Policy, timeout: float = 30) -> httpx.AsyncClient:
 
 
 class Fetcher:
-    """Fetches file part URLs through one client (its TLS context and connection pool built once, at the
-    gateway's start), every connection checked against `policy`. Closed with `aclose()`."""
+    """Fetches file URLs through one client (its TLS context and connection pool built once, at the start
+    of the gateway or of the agent's first task), every connection checked against `policy`. Closed with
+    `aclose()`."""
 
-    def __init__(self, policy: Policy, timeout: float = 30) -> None:
+    def __init__(self, policy: Policy, timeout: float | httpx.Timeout = 30) -> None:
         self.policy = policy
         self.http = client(policy, timeout)
 
     async def aclose(self) -> None:
         await self.http.aclose()
 
-    async def fetch(self, url: str) -> BinaryIO:
-        """A file part's URL, fetched a chunk at a time into a file (in memory up to `COPY_IN_MEMORY`), so a
-        large file is never held whole; one past what a write takes (`MAX_PUT`) is refused as it arrives."""
+    async def fetch(self, url: str, limit: int = MAX_PUT) -> BinaryIO:
+        """`url`'s body, fetched a chunk at a time into a file (in memory up to `COPY_IN_MEMORY`), so a
+        large file is never held whole; one past `limit` bytes (default: what a write takes, `MAX_PUT`) is
+        refused as it arrives (`TooLarge`)."""
         if not url.startswith(("http://", "https://")):
-            raise FetchError(f"file part URL {url!r}: only http(s) URLs are fetched")
+            raise FetchError(f"file URL {url!r}: only http(s) URLs are fetched")
         spool = tempfile.SpooledTemporaryFile(max_size=COPY_IN_MEMORY)
         try:
             async with self.http.stream("GET", url) as resp:
                 if resp.status_code >= 300:
-                    raise FetchError(f"file part URL {url!r} answered HTTP {resp.status_code}")
+                    raise FetchError(f"file URL {url!r} answered HTTP {resp.status_code}")
                 async for chunk in resp.aiter_bytes(1 << 20):
-                    if spool.tell() + len(chunk) > MAX_PUT:
-                        raise FetchError(f"file part URL {url!r}: over the {MAX_PUT:,} bytes one input takes")
+                    if spool.tell() + len(chunk) > limit:
+                        raise TooLarge(f"file URL {url!r}: over the {limit:,} bytes taken")
                     spool.write(chunk)
         except Refused as exc:  # on the URL's own host or a redirect's: the message names which
             spool.close()
-            raise FetchError(f"file part URL {url!r}: {exc}") from exc
+            raise Refused(f"file URL {url!r}: {exc}") from exc
         except httpx.HTTPError as exc:
             spool.close()
-            raise FetchError(f"file part URL {url!r} could not be fetched: {exc}") from exc
+            raise FetchError(f"file URL {url!r} could not be fetched: {exc}") from exc
         except BaseException:
             spool.close()
             raise
