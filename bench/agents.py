@@ -6,10 +6,18 @@ import asyncio
 import json
 
 from services.worker.runtime import AgentContext
+from shared.errors import RetryableError
 
 
 async def noop(ctx: AgentContext) -> None:
     """Do nothing: a task's whole cost is the runtime's."""
+
+
+async def fail_once(ctx: AgentContext) -> None:
+    """Fail the first attempt with a retryable error (an overloaded model endpoint's answer), then do
+    nothing: every run's retry is a timer, and a burst of runs makes them all come due at once."""
+    if ctx.task.attempt == 1:
+        raise RetryableError("the model endpoint is overloaded (bench)")
 
 
 async def read_inputs(ctx: AgentContext) -> None:

@@ -21,6 +21,7 @@ from baton import servers
 from bench import a2a as a2a_bench
 from bench import cluster as cluster_bench
 from bench import console as console_bench
+from bench import retries as retries_bench
 from bench import runs as whole_runs
 from bench import search as search_bench
 from bench import stack as full_stack
@@ -39,6 +40,7 @@ SCENARIOS = (
     "console",
     "a2a",
     "search",
+    "retries",
     "cluster",
     "tracing",
 )
@@ -169,6 +171,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--search-concurrency", type=int, default=32, help="writers, then askers, at once (search scenario)"
     )
+    p.add_argument("--retry-runs", default="1000,10000", help="runs per retry storm burst, a pair each")
     p.add_argument("--trace-runs", type=int, default=2000, help="runs per burst in the tracing scenario")
     p.add_argument("--trace-rounds", type=int, default=3, help="alternating off/on rounds (tracing)")
     p.add_argument("--out", type=Path, default=ROOT / "bench" / "results.json")
@@ -202,6 +205,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.a2a_tasks = "100"
         args.a2a_sleep = min(args.a2a_sleep, 0.5)
         args.search_files = "100"
+        args.retry_runs = "300"
     return args
 
 
@@ -448,6 +452,8 @@ def main(argv: list[str] | None = None) -> None:
             results["search"] = search_bench.scenario(
                 srv, sizes, args.search_concurrency, 120 + max(sizes) / 10
             )
+        if "retries" in only:
+            results["retries"] = retries_bench.scenario(srv, _ints(args.retry_runs), args.run_workers)
         if "cluster" in only:
             results["cluster"] = cluster_bench.scenario(
                 minio.url, notifier_port, token, work / "cluster", args.cluster_hop_n, args.cluster_burst_n
@@ -606,6 +612,7 @@ def table(results: dict) -> str:
     lines += console_bench.table(results, BUSY_CORES)
     lines += a2a_bench.table(results)
     lines += search_bench.table(results)
+    lines += retries_bench.table(results)
     if results.get("cluster"):
         lines += ["", *cluster_bench.table(results["cluster"])]
     if results.get("tracing"):

@@ -256,12 +256,15 @@ def _summary(seconds: list[float]) -> dict:
 # --- 6. burst -------------------------------------------------------------------------------------------
 
 
-def baton_burst(srv: Servers, n: int, workers: int, timeout: float, supervisors: int = 1) -> dict:
+def baton_burst(
+    srv: Servers, n: int, workers: int, timeout: float, supervisors: int = 1, workflow: str = "relay"
+) -> dict:
+    """`n` runs of `workflow` (3 stages) published at once; runs/s, when they ended, CPU per run."""
     client = srv.clean()
-    stack = srv.stack(f"burst-baton-{supervisors}", workers=workers, supervisors=supervisors)
+    stack = srv.stack(f"burst-{workflow}-{supervisors}", workers=workers, supervisors=supervisors)
     try:
         _warm(client)
-        runs = _runs("burst", n)
+        runs = _runs("burst", n, workflow=workflow)
         watch = RunWatch(client, list(runs))
         before = watch.ended_count()
         supervisor, worker = _pids(stack, "supervisor"), _pids(stack, "worker")
@@ -299,6 +302,7 @@ def baton_burst(srv: Servers, n: int, workers: int, timeout: float, supervisors:
         "other_cpu_cores": elsewhere.cores,
         "workers": workers,
         "supervisors": supervisors,
+        "first_run_id": next(iter(runs)),  # the others: its number counted up (`_runs`)
         "done_at": "run.completed (created_at, stamped by the supervisor)",
     }
     _whole_cpu(result, cpu1[2] - cpu0[2], redis1 - redis0)

@@ -1,9 +1,12 @@
 """Delayed retries and task deadlines: members of one sorted set (`baton:timers`) scored by due time.
 
-A replica owns a due timer by moving its score forward by a lease in one script (whoever moves it first
-wins); it acts, then removes it. A replica that dies after taking a timer leaves it to come due again
-when the lease runs out. A timer that fails for a transient reason waits for its lease; one that can
-never work (its run's workflow is gone) is dropped with an error: neither blocks the timers behind it.
+A replica takes up to `BATCH` due timers in one script, moving each one's score forward by a lease (what
+one replica took, no other sees as due); it acts on them all at once, then removes those it acted on in
+one command, and goes straight on while full batches keep coming due. A replica that dies after taking
+timers leaves them to come due again when the lease runs out. A timer that fails for a transient reason
+waits for its lease; one that can never work (its run's workflow is gone) is dropped with an error:
+neither blocks the timers beside it. (One at a time, a round trip each, a retry storm of 10,000 tasks
+failed at once was re-dispatched at ~150 a second: the last run ended 70 s after the burst.)
 """
 
 from __future__ import annotations
@@ -23,14 +26,14 @@ from .engine import Engine
 LEASE_S = 10.0
 ROUND_S = 0.2
 TRANSIENT = (RedisConnectionError, RedisTimeoutError, OSError, asyncio.TimeoutError)
-# Move a due member's score forward (the lease) if nobody else did: 1 if this caller took it.
+BATCH = 256  # timers one round takes and fires at most
+# Take the due members, up to ARGV[3], by moving their scores to ARGV[2] (the lease): they are this caller's.
 TAKE = """
-local score = redis.call('ZSCORE', KEYS[1], ARGV[1])
-if score and tonumber(score) == tonumber(ARGV[2]) then
-  redis.call('ZADD', KEYS[1], 'XX', ARGV[3], ARGV[1])
-  return 1
+local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[3]))
+for _, member in ipairs(due) do
+  redis.call('ZADD', KEYS[1], 'XX', ARGV[2], member)
 end
-return 0
+return due
 """
 
 
@@ -38,11 +41,13 @@ ENDED_STATUSES = ("completed", "failed", "cancelled")  # (a run still going stay
 
 
 async def run_timers(eng: Engine) -> None:
-    """Fire due timers every `ROUND_S`, and drop expired runs from the run index now and then."""
+    """Fire due timers every `ROUND_S` (at once while full batches come due), and drop expired runs from
+    the run index now and then."""
     rounds = 0
     while True:
+        taken = 0
         try:
-            await fire_due(eng)
+            taken = await fire_due(eng)
             if rounds % 300 == 0:
                 cutoff = utcnow().timestamp() - eng.retention_s
                 await eng.redis.zremrangebyscore(streams.RUN_INDEX, "-inf", cutoff)
@@ -55,27 +60,36 @@ async def run_timers(eng: Engine) -> None:
         except Exception:  # noqa: BLE001 - Redis briefly away: next round
             eng.log.warning("timers_failed", exc_info=True)
         rounds += 1
-        await asyncio.sleep(ROUND_S)
+        if taken < BATCH:  # a full batch: more may be due now
+            await asyncio.sleep(ROUND_S)
 
 
 async def fire_due(eng: Engine) -> int:
+    """Take the due timers (up to `BATCH`), fire them concurrently, remove those fired; returns how many
+    were taken."""
     now = utcnow().timestamp()
-    due = await eng.redis.zrangebyscore(streams.TIMERS, "-inf", now, start=0, num=100, withscores=True)
-    fired = 0
-    for member, score in due:
-        if not await eng.redis.eval(TAKE, 1, streams.TIMERS, member, repr(score), now + LEASE_S):
-            continue  # another replica took it
-        try:
-            faults.point("supervisor.timer_taken")  # taken, not acted on: it comes due after the lease
-            await fire(eng, json.loads(member))
-        except TRANSIENT:
-            eng.log.warning("timer_failed", timer=member.decode(), exc_info=True)
-            continue  # comes due again when its lease runs out
-        except Exception:  # noqa: BLE001 - it can never work: drop it, keep the others going
-            eng.log.error("timer_dropped", timer=member.decode(), exc_info=True)
-        await eng.redis.zrem(streams.TIMERS, member)
-        fired += 1
-    return fired
+    taken = await eng.redis.eval(TAKE, 1, streams.TIMERS, repr(now), repr(now + LEASE_S), BATCH)
+    if not taken:
+        return 0
+    done = await asyncio.gather(*(_fire_one(eng, member) for member in taken))
+    finished = [member for member, ok in zip(taken, done, strict=True) if ok]
+    if finished:
+        await eng.redis.zrem(streams.TIMERS, *finished)
+    return len(taken)
+
+
+async def _fire_one(eng: Engine, member: bytes) -> bool:
+    """Act on one taken timer: True when it is done with (fired, moot, or dropped as one that can never
+    work); False when it failed for a transient reason and comes due again after its lease."""
+    try:
+        faults.point("supervisor.timer_taken")  # taken, not acted on: it comes due after the lease
+        await fire(eng, json.loads(member))
+    except TRANSIENT:
+        eng.log.warning("timer_failed", timer=member.decode(), exc_info=True)
+        return False
+    except Exception:  # noqa: BLE001 - it can never work: drop it, keep the others going
+        eng.log.error("timer_dropped", timer=member.decode(), exc_info=True)
+    return True
 
 
 async def fire(eng: Engine, timer: dict) -> None:

@@ -18,7 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 from shared import manifests, metrics, streams, telemetry
 from shared.batch import Batched
 from shared.broker import CURRENT_ENTRY, client_of, encode, make_broker, subscribe
-from shared.errors import ConfigError, InputRequired, KeyValidationError, PermanentError
+from shared.errors import ConfigError, InputRequired, KeyValidationError, PermanentError, RetryableError
 from shared.events import (
     TaskAssigned,
     TaskCompleted,
@@ -233,7 +233,9 @@ def create_app(settings: Settings | None = None):
                     error = f"agent {agent!r} ran past its time limit of {limit:g} s and was stopped"
                     ctx.stop(error)
                     log.warning("task_timed_out", agent=agent, limit=limit)
-                else:
+                elif isinstance(exc, RetryableError):  # said by the agent: its message is the story
+                    log.warning("task_retryable", agent=agent, error=error)
+                else:  # a bug or an unforeseen fault: its traceback
                     log.exception("task_error", agent=agent)
                 await report(TaskFailed(**common, error=error, retryable=True))
                 return

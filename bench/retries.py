@@ -1,0 +1,80 @@
+"""Scenario `retries`: a retry storm, beside the same burst without one.
+
+The happy path retries now and then: a task fails, its retry waits its backoff, the supervisor's timer
+re-dispatches it. When a model endpoint is overloaded every task in flight fails at once, and every one
+of those retries is a timer that comes due at about the same moment. Here N runs of three no-op stages are
+published at once, twice: `relay` (nothing fails) and `retry-once` (the same, its first stage failing its
+first attempt with a retryable error, backoff 0.1 s). Per burst: runs/s, when the runs ended after the
+publish (p50, p90, the last), the supervisor's CPU per run; and, from a sample of the retried runs'
+events, that each did fail once and was retried (else the figure would be of nothing).
+"""
+
+from __future__ import annotations
+
+from bench import runs as whole_runs
+
+WORKFLOWS = (("relay", "nothing fails"), ("retry-once", "first stage fails once"))
+SAMPLE = 200  # retried runs whose events are read back to check that they did retry
+
+
+def scenario(srv: whole_runs.Servers, sizes: list[int], workers: int) -> dict:
+    out: dict = {"workers": workers, "backoff_s": 0.1, "bursts": []}
+    for n in sizes:
+        for workflow, label in WORKFLOWS:
+            print(f"- retries: {n} runs at once, {label}", flush=True)
+            timeout = 60 + n / 20
+            row = whole_runs._attempt(
+                lambda n=n, workflow=workflow, timeout=timeout: whole_runs.baton_burst(
+                    srv, n, workers, timeout, workflow=workflow
+                )
+            )
+            row.update(runs=n, workflow=workflow)
+            if workflow == "retry-once" and row.get("ok"):
+                row["sample"] = _retried(srv, row["first_run_id"], n)
+                row["ok"] = row["sample"]["retried"] == row["sample"]["runs"]
+            out["bursts"].append(row)
+    out["ok"] = all(r.get("ok") for r in out["bursts"])
+    return out
+
+
+def _retried(srv: whole_runs.Servers, first: str, n: int) -> dict:
+    """Of the first `SAMPLE` runs of the burst, how many failed their first stage once and then completed."""
+    base = first.rsplit("-", 1)[0]
+    ids = [f"{base}-{i:05d}" for i in range(min(SAMPLE, n))]
+    client = srv.client()
+    try:
+        events = whole_runs._events(client, ids)
+    finally:
+        client.close()
+    retried = 0
+    for run in events.values():
+        failed = [e for e in run if e["type"] == "task.failed" and e.get("retryable")]
+        if len(failed) == 1 and run and run[-1]["type"] == "run.completed":
+            retried += 1
+    return {"runs": len(ids), "retried": retried}
+
+
+def table(results: dict) -> list[str]:
+    r = results.get("retries")
+    if not r:
+        return []
+    lines = [
+        "",
+        f"Retry storm: runs of 3 no-op stages published at once, {r['workers']} workers; 'retry-once': "
+        f"the first stage fails once (retryable, backoff {r['backoff_s']:g} s)",
+        f"{'runs':>7} {'workflow':12} {'runs/s':>8} {'p50 end s':>10} {'last end s':>11} "
+        f"{'sup ms/run':>11} {'retried':>9}",
+    ]
+    for b in r["bursts"]:
+        if not b.get("completed"):
+            lines.append(f"{b['runs']:>7,} {b['workflow']:12} failed: {b.get('error')}")
+            continue
+        ends = b.get("run_end_after_publish", {})
+        sample = b.get("sample")
+        retried = f"{sample['retried']}/{sample['runs']}" if sample else ""
+        lines.append(
+            f"{b['runs']:>7,} {b['workflow']:12} {b['runs_per_s']:>8,.0f} {ends.get('p50_s', 0):>10.2f} "
+            f"{ends.get('max_s', 0):>11.2f} {b['supervisor_cpu_ms_per_run']:>11.2f} {retried:>9}"
+            + ("" if b.get("ok") else f"  NOT OK: {b.get('error', 'not every sampled run retried')}")
+        )
+    return lines

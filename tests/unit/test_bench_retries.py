@@ -1,0 +1,57 @@
+"""The retry storm's report (bench/retries.py) and its options (`--retry-runs`, `--quick`)."""
+
+from bench import retries
+from bench.run import parse_args
+
+
+def burst(workflow: str, runs: int, retried: int | None = None) -> dict:
+    row = {
+        "ok": True,
+        "runs": runs,
+        "workflow": workflow,
+        "completed": runs,
+        "runs_per_s": 758.4,
+        "run_end_after_publish": {"p50_s": 11.22, "p90_s": 12.5, "max_s": 13.19},
+        "supervisor_cpu_ms_per_run": 1.2,
+    }
+    if retried is not None:
+        row["sample"] = {"runs": 200, "retried": retried}
+        row["ok"] = retried == 200
+    return row
+
+
+def test_a_burst_line_shows_the_rate_when_the_last_run_ended_and_the_retried_sample():
+    lines = retries.table(
+        {
+            "retries": {
+                "workers": 2,
+                "backoff_s": 0.1,
+                "bursts": [burst("relay", 10000), burst("retry-once", 10000, 200)],
+            }
+        }
+    )
+    assert "backoff 0.1 s" in lines[1]
+    assert "10,000 relay" in lines[3] and "758" in lines[3] and "13.19" in lines[3]
+    assert lines[4].rstrip().endswith("200/200") and "NOT OK" not in lines[4]
+
+
+def test_a_sample_that_did_not_retry_is_flagged():
+    lines = retries.table(
+        {"retries": {"workers": 2, "backoff_s": 0.1, "bursts": [burst("retry-once", 1000, 0)]}}
+    )
+    assert "0/200" in lines[3] and "NOT OK" in lines[3]
+
+
+def test_a_failed_burst_says_why():
+    row = {"ok": False, "runs": 1000, "workflow": "retry-once", "error": "12 of 1000 runs had not ended"}
+    lines = retries.table({"retries": {"workers": 2, "backoff_s": 0.1, "bursts": [row]}})
+    assert "failed: 12 of 1000 runs had not ended" in lines[3]
+
+
+def test_no_results_print_nothing():
+    assert retries.table({}) == []
+
+
+def test_the_options():
+    assert parse_args(["--only", "retries"]).retry_runs == "1000,10000"
+    assert parse_args(["--only", "retries", "--quick"]).retry_runs == "300"
