@@ -1,31 +1,52 @@
-"""Scenario `retries`: a retry storm, beside the same burst without one.
+"""Scenarios `retries` and `routed`: bursts of shapes the happy path rarely shows, each beside its baseline.
 
-The happy path retries now and then: a task fails, its retry waits its backoff, the supervisor's timer
-re-dispatches it. When a model endpoint is overloaded every task in flight fails at once, and every one
-of those retries is a timer that comes due at about the same moment. Here N runs of three no-op stages are
-published at once, twice: `relay` (nothing fails) and `retry-once` (the same, its first stage failing its
-first attempt with a retryable error, backoff 0.1 s). Per burst: runs/s, when the runs ended after the
-publish (p50, p90, the last), the supervisor's CPU per run; and, from a sample of the retried runs'
-events, that each did fail once and was retried (else the figure would be of nothing).
+`retries`, a retry storm. The happy path retries now and then: a task fails, its retry waits its backoff,
+the supervisor's timer re-dispatches it. When a model endpoint is overloaded every task in flight fails at
+once, and every one of those retries is a timer that comes due at about the same moment. N runs of three
+no-op stages are published at once, twice: `relay` (nothing fails) and `retry-once` (the same, its first
+stage failing its first attempt with a retryable error, backoff 0.1 s); a sample of the retried runs'
+events is read back to check that each did fail once and was retried (else the figure is of nothing).
+
+`routed`, the router pattern under a burst: N runs of `routed` (each request routed by a rule over its
+`text` to a no-op agent: the router's decision, then one task) beside N runs of `once` (the same no-op
+stage, sequential: no router).
+
+Per burst: runs/s, when the runs ended after the publish (p50, p90, the last), the supervisor's CPU per
+run (scenario 6's Baton burst: one supervisor, `workers` workers).
 """
 
 from __future__ import annotations
 
 from bench import runs as whole_runs
 
-WORKFLOWS = (("relay", "nothing fails"), ("retry-once", "first stage fails once"))
+SCENARIOS = {  # name: (baseline, the shape), each (workflow, label, params)
+    "retries": (
+        ("relay", "nothing fails", None),
+        ("retry-once", "first stage fails once", None),
+    ),
+    "routed": (
+        ("once", "one sequential stage", None),
+        ("routed", "routed by a rule, then one stage", {"text": "please handle alpha"}),
+    ),
+}
+TITLES = {
+    "retries": "Retry storm: runs of 3 no-op stages published at once; 'retry-once': the first stage fails "
+    "once (retryable, backoff 0.1 s)",
+    "routed": "Router under a burst: 'routed' runs (a rule picks the agent, then one no-op stage) beside "
+    "'once' (the same stage, no router)",
+}
 SAMPLE = 200  # retried runs whose events are read back to check that they did retry
 
 
-def scenario(srv: whole_runs.Servers, sizes: list[int], workers: int) -> dict:
-    out: dict = {"workers": workers, "backoff_s": 0.1, "bursts": []}
+def scenario(srv: whole_runs.Servers, name: str, sizes: list[int], workers: int) -> dict:
+    out: dict = {"workers": workers, "bursts": []}
     for n in sizes:
-        for workflow, label in WORKFLOWS:
-            print(f"- retries: {n} runs at once, {label}", flush=True)
+        for workflow, label, params in SCENARIOS[name]:
+            print(f"- {name}: {n} runs at once, {label}", flush=True)
             timeout = 60 + n / 20
             row = whole_runs._attempt(
-                lambda n=n, workflow=workflow, timeout=timeout: whole_runs.baton_burst(
-                    srv, n, workers, timeout, workflow=workflow
+                lambda n=n, workflow=workflow, params=params, timeout=timeout: whole_runs.baton_burst(
+                    srv, n, workers, timeout, workflow=workflow, params=params
                 )
             )
             row.update(runs=n, workflow=workflow)
@@ -55,26 +76,27 @@ def _retried(srv: whole_runs.Servers, first: str, n: int) -> dict:
 
 
 def table(results: dict) -> list[str]:
-    r = results.get("retries")
-    if not r:
-        return []
-    lines = [
-        "",
-        f"Retry storm: runs of 3 no-op stages published at once, {r['workers']} workers; 'retry-once': "
-        f"the first stage fails once (retryable, backoff {r['backoff_s']:g} s)",
-        f"{'runs':>7} {'workflow':12} {'runs/s':>8} {'p50 end s':>10} {'last end s':>11} "
-        f"{'sup ms/run':>11} {'retried':>9}",
-    ]
-    for b in r["bursts"]:
-        if not b.get("completed"):
-            lines.append(f"{b['runs']:>7,} {b['workflow']:12} failed: {b.get('error')}")
+    lines: list[str] = []
+    for name, title in TITLES.items():
+        r = results.get(name)
+        if not r:
             continue
-        ends = b.get("run_end_after_publish", {})
-        sample = b.get("sample")
-        retried = f"{sample['retried']}/{sample['runs']}" if sample else ""
-        lines.append(
-            f"{b['runs']:>7,} {b['workflow']:12} {b['runs_per_s']:>8,.0f} {ends.get('p50_s', 0):>10.2f} "
-            f"{ends.get('max_s', 0):>11.2f} {b['supervisor_cpu_ms_per_run']:>11.2f} {retried:>9}"
-            + ("" if b.get("ok") else f"  NOT OK: {b.get('error', 'not every sampled run retried')}")
-        )
+        lines += [
+            "",
+            f"{title}; {r['workers']} workers",
+            f"{'runs':>7} {'workflow':12} {'runs/s':>8} {'p50 end s':>10} {'last end s':>11} "
+            f"{'sup ms/run':>11} {'retried':>9}",
+        ]
+        for b in r["bursts"]:
+            if not b.get("completed"):
+                lines.append(f"{b['runs']:>7,} {b['workflow']:12} failed: {b.get('error')}")
+                continue
+            ends = b.get("run_end_after_publish", {})
+            sample = b.get("sample")
+            retried = f"{sample['retried']}/{sample['runs']}" if sample else ""
+            lines.append(
+                f"{b['runs']:>7,} {b['workflow']:12} {b['runs_per_s']:>8,.0f} {ends.get('p50_s', 0):>10.2f} "
+                f"{ends.get('max_s', 0):>11.2f} {b['supervisor_cpu_ms_per_run']:>11.2f} {retried:>9}"
+                + ("" if b.get("ok") else f"  NOT OK: {b.get('error', 'not every sampled run retried')}")
+            )
     return lines

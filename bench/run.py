@@ -41,6 +41,7 @@ SCENARIOS = (
     "a2a",
     "search",
     "retries",
+    "routed",
     "cluster",
     "tracing",
 )
@@ -171,7 +172,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--search-concurrency", type=int, default=32, help="writers, then askers, at once (search scenario)"
     )
-    p.add_argument("--retry-runs", default="1000,10000", help="runs per retry storm burst, a pair each")
+    p.add_argument(
+        "--retry-runs", default="1000,10000", help="runs per burst of `retries` and `routed`, a pair each"
+    )
     p.add_argument("--trace-runs", type=int, default=2000, help="runs per burst in the tracing scenario")
     p.add_argument("--trace-rounds", type=int, default=3, help="alternating off/on rounds (tracing)")
     p.add_argument("--out", type=Path, default=ROOT / "bench" / "results.json")
@@ -452,8 +455,9 @@ def main(argv: list[str] | None = None) -> None:
             results["search"] = search_bench.scenario(
                 srv, sizes, args.search_concurrency, 120 + max(sizes) / 10
             )
-        if "retries" in only:
-            results["retries"] = retries_bench.scenario(srv, _ints(args.retry_runs), args.run_workers)
+        for name in ("retries", "routed"):
+            if name in only:
+                results[name] = retries_bench.scenario(srv, name, _ints(args.retry_runs), args.run_workers)
         if "cluster" in only:
             results["cluster"] = cluster_bench.scenario(
                 minio.url, notifier_port, token, work / "cluster", args.cluster_hop_n, args.cluster_burst_n

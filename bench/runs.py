@@ -257,14 +257,20 @@ def _summary(seconds: list[float]) -> dict:
 
 
 def baton_burst(
-    srv: Servers, n: int, workers: int, timeout: float, supervisors: int = 1, workflow: str = "relay"
+    srv: Servers,
+    n: int,
+    workers: int,
+    timeout: float,
+    supervisors: int = 1,
+    workflow: str = "relay",
+    params: dict | None = None,
 ) -> dict:
-    """`n` runs of `workflow` (3 stages) published at once; runs/s, when they ended, CPU per run."""
+    """`n` runs of `workflow` (with `params`) published at once; runs/s, when they ended, CPU per run."""
     client = srv.clean()
     stack = srv.stack(f"burst-{workflow}-{supervisors}", workers=workers, supervisors=supervisors)
     try:
         _warm(client)
-        runs = _runs("burst", n, workflow=workflow)
+        runs = _runs("burst", n, workflow=workflow, params=params)
         watch = RunWatch(client, list(runs))
         before = watch.ended_count()
         supervisor, worker = _pids(stack, "supervisor"), _pids(stack, "worker")

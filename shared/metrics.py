@@ -57,6 +57,12 @@ COST = Counter(
     "baton_model_cost", "Model cost from the agents' price tables, by agent and model.", ["agent", "model"]
 )
 MODEL_CALLS = Counter("baton_model_calls", "Model calls, by agent and model.", ["agent", "model"])
+ROUTES = Counter(
+    "baton_routes",
+    "Tasks the router decided, by the agent chosen (`human`: a person; `none`: no route) and by what "
+    "decided (`rules`, the classifier agent, `input`).",
+    ["agent", "decided_by"],
+)
 UP = Gauge("baton_service_info", "This process: its service and consumer name.", ["service", "consumer"])
 PARTITIONS_READ = Gauge(
     "baton_supervisor_partitions_read",

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from services.worker import llm as _llm  # noqa: F401 - registers the runtime of `kind: llm` agents
-from shared import faults, streams, telemetry
+from shared import faults, metrics, streams, telemetry
+from shared.batch import Batched
 from shared.broker import client_of, make_broker, subscribe
 from shared.classification import ClassifyRequest
 from shared.events import RouteDecided, TaskAssigned, TaskFailed
@@ -25,6 +26,14 @@ def create_app(settings: Settings | None = None):
     workflows = load_workflows(settings.workflows)
     broker = make_broker(settings, SERVICE)
     res = Resources(settings)
+    # Batch mode (the default, as for the workers): tasks to route are read `batch` at a time and routed
+    # concurrently, and what the router writes for a whole batch (decisions, forwards, acks) reaches Redis
+    # in one round trip. With `batch` 0: one FastStream handler call per task.
+    batched = Batched(settings, SERVICE) if settings.batch else None
+
+    def outbox():
+        return batched.outbox if batched else res.outbox
+
     # Declared for the AsyncAPI document; the run's results partition is resolved at publish time.
     broker.publisher(
         stream=streams.RESULTS_DOC,
@@ -106,6 +115,7 @@ def create_app(settings: Settings | None = None):
                 baton__route__confidence=decision.confidence,
                 baton__route__classifier=decision.classifier,
             )
+        metrics.ROUTES.labels(agent=decision.agent or "none", decided_by=decision.classifier or "none").inc()
         faults.point("router.after_decision")
         sender = f"{SERVICE}:{settings.consumer}"
         common = dict(
@@ -117,7 +127,7 @@ def create_app(settings: Settings | None = None):
         )
         if decision.agent is None:
             log.warning("route_failed", reason=decision.reason)
-            await res.outbox.publish(
+            await outbox().publish(
                 streams.results_of(event.run_id, settings.result_partitions),
                 TaskFailed(**common, error=f"router: {decision.reason}"),
             )
@@ -134,35 +144,41 @@ def create_app(settings: Settings | None = None):
         if decision.agent == HUMAN or decision.usage is not None:
             # Through the supervisor, which records it in the run's stream: it pauses the run for a
             # person, or counts the model classifier's usage in the run's.
-            await res.outbox.publish(streams.results_of(event.run_id, settings.result_partitions), decided)
+            await outbox().publish(streams.results_of(event.run_id, settings.result_partitions), decided)
         else:  # observability only: straight to the run's stream
-            await res.outbox.publish(streams.run_events(event.run_id), decided)
+            await outbox().publish(streams.run_events(event.run_id), decided)
         # After the decision is recorded: the supervisor counts a classifier's usage only while the task
         # is outstanding. A redelivery may record it twice (the supervisor counts it once per attempt).
         if decision.agent != HUMAN:
             # (the worker span below is a child of the router span)
             here = telemetry.current_traceparent() or event.traceparent
-            await res.outbox.publish(
+            await outbox().publish(
                 streams.agent_stream(decision.agent),
                 event.model_copy(update={"agent": decision.agent, "sender": sender, "traceparent": here}),
             )
         log.info("routed", agent=decision.agent, classifier=decision.classifier, reason=decision.reason)
 
-    subscribe(
-        broker,
-        streams.ROUTE,
-        streams.ROUTER_GROUP,
-        settings,
-        route,
-        title="route",
-        description="Tasks waiting for a route.",
-    )
+    if batched:
+        batched.subscribe(broker, streams.ROUTE, streams.ROUTER_GROUP, TaskAssigned, route)
+    else:
+        subscribe(
+            broker,
+            streams.ROUTE,
+            streams.ROUTER_GROUP,
+            settings,
+            route,
+            title="route",
+            description="Tasks waiting for a route.",
+        )
     # What the router writes goes through an outbox (one pipeline per loop turn), so that with
     # BATON_REDIS_WAIT_REPLICAS its forwards are acknowledged only once replicas have them, as the
     # supervisor's and the workers' writes are: a failover then loses no task the router took.
-    return build_app(
+    app = build_app(
         broker, res, log, service=SERVICE, consumer=settings.consumer, outbox=True, partitions=True
     )
+    if batched:
+        batched.attach(app)
+    return app
 
 
 def main() -> None:

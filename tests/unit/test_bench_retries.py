@@ -36,16 +36,21 @@ def test_a_burst_line_shows_the_rate_when_the_last_run_ended_and_the_retried_sam
 
 
 def test_a_sample_that_did_not_retry_is_flagged():
-    lines = retries.table(
-        {"retries": {"workers": 2, "backoff_s": 0.1, "bursts": [burst("retry-once", 1000, 0)]}}
-    )
+    lines = retries.table({"retries": {"workers": 2, "bursts": [burst("retry-once", 1000, 0)]}})
     assert "0/200" in lines[3] and "NOT OK" in lines[3]
 
 
 def test_a_failed_burst_says_why():
     row = {"ok": False, "runs": 1000, "workflow": "retry-once", "error": "12 of 1000 runs had not ended"}
-    lines = retries.table({"retries": {"workers": 2, "backoff_s": 0.1, "bursts": [row]}})
+    lines = retries.table({"retries": {"workers": 2, "bursts": [row]}})
     assert "failed: 12 of 1000 runs had not ended" in lines[3]
+
+
+def test_the_routed_burst_has_its_own_table():
+    lines = retries.table(
+        {"routed": {"workers": 2, "bursts": [burst("once", 10000), burst("routed", 10000)]}}
+    )
+    assert lines[1].startswith("Router under a burst") and "10,000 routed" in lines[4]
 
 
 def test_no_results_print_nothing():
