@@ -20,6 +20,11 @@ async def fail_once(ctx: AgentContext) -> None:
         raise RetryableError("the model endpoint is overloaded (bench)")
 
 
+async def write_one(ctx: AgentContext) -> None:
+    """Write one small output (as most real agents do): a PUT to the bucket, and its notification."""
+    await ctx.write(f"work/{ctx.task.task_id}.txt", b"a small output\n", name="out")
+
+
 async def read_inputs(ctx: AgentContext) -> None:
     """Read every input through its reference (exact version, from the bucket) and check its size."""
     for name, ref in ctx.inputs.items():

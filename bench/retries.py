@@ -7,6 +7,10 @@ no-op stages are published at once, twice: `relay` (nothing fails) and `retry-on
 stage failing its first attempt with a retryable error, backoff 0.1 s); a sample of the retried runs'
 events is read back to check that each did fail once and was retried (else the figure is of nothing).
 
+`writes`, agents that write: N runs of `relay-writes` (three stages, each writing one small file, as most
+real agents write their outputs: a PUT to the bucket, then its notification through the notifier to the
+supervisor and the indexer) beside N runs of `relay` (the no-op stages every other burst uses).
+
 `routed`, the router pattern under a burst: N runs of `routed` (each request routed by a rule over its
 `text` to a no-op agent: the router's decision, then one task) beside N runs of `once` (the same no-op
 stage, sequential: no router).
@@ -28,12 +32,18 @@ SCENARIOS = {  # name: (baseline, the shape), each (workflow, label, params)
         ("once", "one sequential stage", None),
         ("routed", "routed by a rule, then one stage", {"text": "please handle alpha"}),
     ),
+    "writes": (
+        ("relay", "stages that write nothing", None),
+        ("relay-writes", "each stage writes one small file", None),
+    ),
 }
 TITLES = {
     "retries": "Retry storm: runs of 3 no-op stages published at once; 'retry-once': the first stage fails "
     "once (retryable, backoff 0.1 s)",
     "routed": "Router under a burst: 'routed' runs (a rule picks the agent, then one no-op stage) beside "
     "'once' (the same stage, no router)",
+    "writes": "Agents that write: runs of 3 stages each writing one small file ('relay-writes': a PUT "
+    "and its notification a stage) beside 'relay' (no writes)",
 }
 SAMPLE = 200  # retried runs whose events are read back to check that they did retry
 

@@ -42,6 +42,7 @@ SCENARIOS = (
     "search",
     "retries",
     "routed",
+    "writes",
     "cluster",
     "tracing",
 )
@@ -173,7 +174,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--search-concurrency", type=int, default=32, help="writers, then askers, at once (search scenario)"
     )
     p.add_argument(
-        "--retry-runs", default="1000,10000", help="runs per burst of `retries` and `routed`, a pair each"
+        "--retry-runs", default="1000,10000", help="runs per burst of retries, routed and writes, a pair each"
     )
     p.add_argument("--trace-runs", type=int, default=2000, help="runs per burst in the tracing scenario")
     p.add_argument("--trace-rounds", type=int, default=3, help="alternating off/on rounds (tracing)")
@@ -455,7 +456,7 @@ def main(argv: list[str] | None = None) -> None:
             results["search"] = search_bench.scenario(
                 srv, sizes, args.search_concurrency, 120 + max(sizes) / 10
             )
-        for name in ("retries", "routed"):
+        for name in ("retries", "routed", "writes"):
             if name in only:
                 results[name] = retries_bench.scenario(srv, name, _ints(args.retry_runs), args.run_workers)
         if "cluster" in only:

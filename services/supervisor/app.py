@@ -32,6 +32,7 @@ from shared.runs import index_waiting
 from shared.service import Resources, build_app, run
 from shared.settings import Settings
 from shared.workflow import load_workflows
+from shared.workspace import run_of_key
 
 from . import objects, results, runs, timers
 from .deadletters import on_dead_letter
@@ -57,7 +58,7 @@ def create_app(settings: Settings | None = None):
     workflows = load_workflows(settings.workflows)
     # FastStream subscribers (each a read, and a connection): bucket changes; per message also runs and
     # every results partition
-    readers = 1 + (0 if settings.batch else 1 + settings.result_partitions)
+    readers = 0 if settings.batch else 2 + settings.result_partitions
     broker = make_broker(settings, SERVICE, readers=readers)
     res = Resources(settings)
     eng = Engine(settings, workflows, log, sender=f"{SERVICE}:{settings.consumer}")
@@ -97,6 +98,10 @@ def create_app(settings: Settings | None = None):
         async def results_in_order(event: TaskResult) -> None:
             await in_order.run(event.run_id, lambda: on_result(event))
 
+        async def objects_in_order(event: ObjectChanged) -> None:
+            # (a run's files in order with its results; a trigger's, by key)
+            await in_order.run(run_of_key(event.key) or event.key, lambda: on_object(event))
+
         ahead = SUPERVISOR_READ_AHEAD  # (reads in flight at once per stream)
         # (submissions go with partition 0: with one partition, a second replica stands by, see shares.py)
         runs_gate = shares.gate(0)
@@ -104,6 +109,8 @@ def create_app(settings: Settings | None = None):
         for p, stream in enumerate(streams.result_streams(settings.result_partitions)):
             gate = shares.gate(p)
             batched.subscribe(broker, stream, group, TaskResult, results_in_order, ahead=ahead, gate=gate)
+        # Every file an agent writes is a bucket change (read by every replica: no partitions)
+        batched.subscribe(broker, streams.OBJECTS, group, ObjectChanged, objects_in_order, ahead=ahead)
     else:
         subscribe(
             broker,
@@ -124,15 +131,15 @@ def create_app(settings: Settings | None = None):
                 title="results" if p == 0 else f"results-{p}",
                 description="Task outcomes from workers and the router (one partition of them).",
             )
-    subscribe(
-        broker,
-        streams.OBJECTS,
-        group,
-        settings,
-        on_object,
-        title="objects",
-        description="Bucket changes from the notifier.",
-    )
+        subscribe(
+            broker,
+            streams.OBJECTS,
+            group,
+            settings,
+            on_object,
+            title="objects",
+            description="Bucket changes from the notifier.",
+        )
     # Dead letters are read whatever their size (a letter about an oversized event is oversized too), so
     # that reading one can never make another.
     letters = Batched(settings, SERVICE)
