@@ -82,6 +82,22 @@ def fickle_classifier(request):
     return {"label": os.environ.get("BATON_TEST_LABEL", "billing"), "confidence": 0.9}
 
 
+_classifying = 0  # serial_classifier's calls in flight in this router process
+
+
+async def serial_classifier(request):
+    """Sure of `billing` only while it is the one call in flight: an overlapping call (a router that
+    ignores the agent's `concurrency: 1`) answers 0.2, below the workflow's bar: to the fallback."""
+    global _classifying
+    _classifying += 1
+    try:
+        alone = _classifying == 1
+        await asyncio.sleep(0.05)  # a model's answer takes a while
+        return {"label": "billing", "confidence": 0.9 if alone and _classifying == 1 else 0.2}
+    finally:
+        _classifying -= 1
+
+
 async def answer(ctx: AgentContext) -> None:
     """A specialist: says who handled the request."""
     await ctx.write("work/answer.txt", f"handled by {ctx.agent}\n", name="answer")
@@ -225,6 +241,7 @@ async def counter(ctx: AgentContext) -> None:
     names = sorted(ctx.inputs)
     first, last = await ctx.read(names[0]), await ctx.read(names[-1])
     await ctx.write("work/count.txt", f"{len(names)} inputs; {len(first) + len(last)} bytes\n", name="count")
+
 
 # --- clients ------------------------------------------------------------------------------------------
 async def silent(ctx: AgentContext) -> None:

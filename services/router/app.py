@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+
 from services.worker import llm as _llm  # noqa: F401 - registers the runtime of `kind: llm` agents
 from shared import faults, metrics, streams, telemetry
 from shared.batch import Batched
@@ -55,6 +58,13 @@ def create_app(settings: Settings | None = None):
         for name, wf in workflows.workflows.items()
         if isinstance(wf, RouterWorkflow)
     }
+    # A classifier agent's `concurrency` bounds its calls in flight in this router (a batch routes up to
+    # BATON_BATCH requests at once: a model endpoint with a rate limit may want fewer).
+    limits = {
+        wf.classifier: asyncio.Semaphore(workflows.agents[wf.classifier].concurrency)
+        for wf in workflows.workflows.values()
+        if isinstance(wf, RouterWorkflow) and wf.classifier and workflows.agents[wf.classifier].concurrency
+    }
 
     async def request_text(event: TaskAssigned, wf: RouterWorkflow) -> str:
         if isinstance(event.params.get("text"), str):
@@ -77,7 +87,8 @@ def create_app(settings: Settings | None = None):
             return choose(wf, None, "rules")
         request = ClassifyRequest(text=text, labels=sorted(wf.routes), run_id=event.run_id)
         try:
-            found = await call_classifier(classifiers[event.workflow], request)
+            async with limits.get(wf.classifier) or contextlib.nullcontext():
+                found = await call_classifier(classifiers[event.workflow], request)
         except Exception as exc:  # a crashing classifier sends the request to the fallback, with why
             log.warning("classifier_failed", classifier=wf.classifier, error=str(exc))
             return choose(wf, None, wf.classifier, f"{type(exc).__name__}: {exc}")

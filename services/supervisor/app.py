@@ -56,8 +56,8 @@ def create_app(settings: Settings | None = None):
     settings = settings or Settings()
     log = configure_logging(SERVICE, settings.log_format, settings.log_level)
     workflows = load_workflows(settings.workflows)
-    # FastStream subscribers (each a read, and a connection): bucket changes; per message also runs and
-    # every results partition
+    # FastStream subscribers (each a read, and a connection), on the per-message path only: runs, bucket
+    # changes and every results partition
     readers = 0 if settings.batch else 2 + settings.result_partitions
     broker = make_broker(settings, SERVICE, readers=readers)
     res = Resources(settings)
@@ -109,7 +109,7 @@ def create_app(settings: Settings | None = None):
         for p, stream in enumerate(streams.result_streams(settings.result_partitions)):
             gate = shares.gate(p)
             batched.subscribe(broker, stream, group, TaskResult, results_in_order, ahead=ahead, gate=gate)
-        # Every file an agent writes is a bucket change (read by every replica: no partitions)
+        # Every file an agent writes is a bucket change (the replicas share them in one group, unpartitioned)
         batched.subscribe(broker, streams.OBJECTS, group, ObjectChanged, objects_in_order, ahead=ahead)
     else:
         subscribe(

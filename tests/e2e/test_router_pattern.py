@@ -40,6 +40,16 @@ async def test_three_intents_reach_three_specialists(settings, tmp_path):
             assert decided.confidence >= 0.6
 
 
+async def test_a_classifier_agents_concurrency_bounds_its_calls_in_a_burst(settings):
+    """The router routes a batch of requests at once, but a classifier agent of `concurrency: 1` (a model
+    endpoint with a rate limit) is asked one request at a time: no call overlaps another (an overlapping
+    one would answer below the bar and send its request to the fallback)."""
+    results = await asyncio.gather(
+        *(_routed(settings, f"request {i}", workflow="support-serial") for i in range(12))
+    )
+    assert [d.agent for _r, _e, d in results] == ["billing"] * 12, [d.reason for _r, _e, d in results]
+
+
 async def test_an_unsure_request_goes_to_the_fallback_with_the_reason(settings):
     _run_id, events, decided = await _routed(settings, "maybe something about money")
     assert decided.agent == "triage" and decided.label == "billing"

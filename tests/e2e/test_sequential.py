@@ -210,20 +210,26 @@ async def test_a_run_of_more_inputs_than_one_event_holds_sees_them_all(settings,
     assert mine["inputs"] == {} and mine["inputs_manifest"]["key"].endswith("/inputs/.baton-inputs.json")
 
 
+async def _submitted_by_hand(settings, run_id: str, manifest) -> list:
+    """A RunSubmitted of `count-inputs` written by hand (a plain XADD) naming `manifest`; the run's events
+    once it ended."""
+    event = {"type": "run.submitted", "run_id": run_id, "workflow": "count-inputs",
+             "inputs_manifest": manifest.model_dump(mode="json")}  # fmt: skip
+    r = connect(settings.redis_url)
+    try:
+        await r.xadd(streams.RUNS, {DATA_FIELD: json.dumps(event)})
+    finally:
+        await r.aclose()
+    return await wait_for_end(settings, run_id, timeout=30)
+
+
 async def test_an_inputs_manifest_that_is_not_one_fails_the_run_by_name(settings):
     """A RunSubmitted written by hand whose manifest is not a JSON object of refs: the run fails, naming
     the manifest and what is wrong (nothing hangs)."""
     run_id = client.new_run_id()
     async with Storage.connect(settings) as storage:
         bad = await storage.put(f"runs/{run_id}/inputs/list.json", b'{"a": {"bucket": 3}}')
-    event = {"type": "run.submitted", "run_id": run_id, "workflow": "count-inputs",
-             "inputs_manifest": bad.model_dump(mode="json")}  # fmt: skip
-    r = connect(settings.redis_url)
-    try:
-        await r.xadd(streams.RUNS, {DATA_FIELD: json.dumps(event)})
-    finally:
-        await r.aclose()
-    events = await wait_for_end(settings, run_id, timeout=30)
+    events = await _submitted_by_hand(settings, run_id, bad)
     assert events[-1].type == "run.failed"
     assert "list.json is not a JSON object of ObjectRefs by name: a.bucket" in events[-1].reason, events[-1]
 
@@ -235,14 +241,7 @@ async def test_an_inputs_manifest_outside_the_run_fails_it_by_name(settings):
     async with Storage.connect(settings) as storage:
         ok = await storage.put(f"runs/{other}/inputs/x.txt", b"x")
         theirs = await storage.put(f"runs/{other}/inputs/.baton-inputs.json", manifests.encode({"x": ok}))
-    event = {"type": "run.submitted", "run_id": run_id, "workflow": "count-inputs",
-             "inputs_manifest": theirs.model_dump(mode="json")}  # fmt: skip
-    r = connect(settings.redis_url)
-    try:
-        await r.xadd(streams.RUNS, {DATA_FIELD: json.dumps(event)})
-    finally:
-        await r.aclose()
-    events = await wait_for_end(settings, run_id, timeout=30)
+    events = await _submitted_by_hand(settings, run_id, theirs)
     assert events[-1].type == "run.failed"
     assert f"the inputs manifest {theirs.key} is not under runs/{run_id}/" in events[-1].reason, events[-1]
 
