@@ -386,9 +386,23 @@ def start_minio(
     )
 
 
+BIND_ATTEMPTS = 3  # a port `free_port` found may be taken before the server binds it (another's connection)
+
+
 def start_jaeger(data_dir: Path) -> Server:
     """Start Jaeger on loopback, on free ports: OTLP/HTTP in (`extra['otlp']`, the URL to give
-    OTEL_EXPORTER_OTLP_ENDPOINT), the query API and UI at `url`."""
+    OTEL_EXPORTER_OTLP_ENDPOINT), the query API and UI at `url`. Five ports: one taken between the
+    choice and the bind (seen in CI: another process' outgoing connection) is tried again on new ones."""
+    for attempt in range(BIND_ATTEMPTS):
+        try:
+            return _start_jaeger(data_dir)
+        except ServerError as exc:
+            if "address already in use" not in str(exc) or attempt == BIND_ATTEMPTS - 1:
+                raise
+    raise AssertionError("unreachable")
+
+
+def _start_jaeger(data_dir: Path) -> Server:
     ports = {name: free_port() for name in ("query", "query_grpc", "health", "otlp_grpc", "otlp_http")}
     data_dir.mkdir(parents=True, exist_ok=True)
     log = data_dir / "jaeger.log"
