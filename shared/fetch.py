@@ -19,7 +19,6 @@ directly: HTTP(S)_PROXY is not used.
 from __future__ import annotations
 
 import asyncio
-import copy
 import ipaddress
 import socket
 import tempfile
@@ -115,14 +114,6 @@ class Policy:
             if (origin := _origin(url)) is not None:
                 self.origins[origin] = label
 
-    def also(self, label: str, url: str) -> Policy:
-        """This policy with one more origin allowed."""
-        more = copy.copy(self)
-        more.origins = {**self.origins}
-        if (origin := _origin(url)) is not None:
-            more.origins[origin] = label
-        return more
-
     def named(self, host: str, port: int) -> bool:
         """Allowed by name, whatever the name resolves to."""
         host = host.lower().strip("[]").rstrip(".")
@@ -191,16 +182,18 @@ def client(policy: Policy, timeout: float | httpx.Timeout = 30) -> httpx.AsyncCl
 
 
 class Fetcher:
-    """Fetches file URLs through one client (its TLS context and connection pool built once, at the start
-    of the gateway or of the agent's first task), every connection checked against `policy`. Closed with
-    `aclose()`."""
+    """Fetches file URLs through one client (its TLS context and connection pool built once, on the first
+    URL: a worker serving many remote agents builds none for those that never name one), every connection
+    checked against `policy`. Closed with `aclose()`."""
 
     def __init__(self, policy: Policy, timeout: float | httpx.Timeout = 30) -> None:
         self.policy = policy
-        self.http = client(policy, timeout)
+        self.timeout = timeout
+        self.http: httpx.AsyncClient | None = None
 
     async def aclose(self) -> None:
-        await self.http.aclose()
+        if self.http is not None:
+            await self.http.aclose()
 
     async def fetch(self, url: str, limit: int = MAX_PUT) -> BinaryIO:
         """`url`'s body, fetched a chunk at a time into a file (in memory up to `COPY_IN_MEMORY`), so a
@@ -208,6 +201,8 @@ class Fetcher:
         refused as it arrives (`TooLarge`)."""
         if not url.startswith(("http://", "https://")):
             raise FetchError(f"file URL {url!r}: only http(s) URLs are fetched")
+        if self.http is None:
+            self.http = client(self.policy, self.timeout)
         spool = tempfile.SpooledTemporaryFile(max_size=COPY_IN_MEMORY)
         try:
             async with self.http.stream("GET", url) as resp:

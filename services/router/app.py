@@ -183,9 +183,10 @@ def create_app(settings: Settings | None = None):
         )
     # What the router writes goes through an outbox (one pipeline per loop turn), so that with
     # BATON_REDIS_WAIT_REPLICAS its forwards are acknowledged only once replicas have them, as the
-    # supervisor's and the workers' writes are: a failover then loses no task the router took.
+    # supervisor's and the workers' writes are: a failover then loses no task the router took. Batched,
+    # the consumer's own outbox does that; FastStream's is only for the per-message path.
     app = build_app(
-        broker, res, log, service=SERVICE, consumer=settings.consumer, outbox=True, partitions=True
+        broker, res, log, service=SERVICE, consumer=settings.consumer, outbox=not batched, partitions=True
     )
     if batched:
         batched.attach(app)

@@ -40,7 +40,7 @@ from shared.events import (
 )
 from shared.runs import CAUSE, TASK, Effects, HumanWait, Need, RunState, sync_waiting
 from shared.settings import Settings
-from shared.workflow import WorkflowFile
+from shared.workflow import BidirectionalWorkflow, WorkflowFile
 from shared.workspace import run_prefix
 
 from . import bidirectional, hierarchical, routed, sequential
@@ -85,6 +85,11 @@ class Engine:
         self.store: Store | None = None
         self.retention_s = int(settings.retention_days * 86400)
         self.any_deadlines = any(wf.task_timeout for wf in workflows.workflows.values())
+        # The only files in a run's workspace that can move it (objects.may_move_a_run), gathered once: a
+        # collaboration's shared documents and its approval prefixes.
+        collaborations = [wf for wf in workflows.workflows.values() if isinstance(wf, BidirectionalWorkflow)]
+        self.documents = frozenset(wf.document for wf in collaborations)
+        self.approvals = tuple(wf.approval for wf in collaborations)
         self.on_waiting = None  # async (engine, state): a run just started waiting for a person
 
     def bind(self, storage, redis, outbox) -> None:

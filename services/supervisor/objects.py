@@ -7,7 +7,6 @@ import json
 from shared import streams
 from shared.events import HumanInputReceived, ObjectChanged, ObjectRef, RunSubmitted
 from shared.runs import CAUSE, RunState
-from shared.workflow import BidirectionalWorkflow
 from shared.workspace import run_of_key, run_prefix
 
 from .decisions import Decision, answer_agent, ask_next
@@ -38,11 +37,7 @@ def may_move_a_run(eng: Engine, path: str) -> bool:
     shared document of a bidirectional workflow, or an approval under its prefix. Every other file a run
     writes (every agent's every output) is let go without reading the run's state (a burst of 10,000 runs
     of three stages writes 30,000)."""
-    return any(
-        path == wf.document or path.startswith(wf.approval)
-        for wf in eng.workflows.workflows.values()
-        if isinstance(wf, BidirectionalWorkflow)
-    )
+    return path in eng.documents or path.startswith(eng.approvals)
 
 
 async def on_object(eng: Engine, event: ObjectChanged) -> None:

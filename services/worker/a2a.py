@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import mimetypes
 import os
@@ -169,6 +170,12 @@ def text_of(message: Message) -> str:
     return " ".join(p.text for p in message.parts if p.HasField("text")).strip()
 
 
+@functools.cache
+def process_settings() -> Settings:
+    """The worker's settings, read once however many `kind: a2a` agents it serves."""
+    return Settings()
+
+
 def make_handler(spec: AgentSpec) -> Callable[[AgentContext], Awaitable[None]]:
     """The handler the worker runs for a `kind: a2a` agent (a bad `url` or token variable fails here)."""
     url = expand_env(spec.url or "", "url").rstrip("/") + "/"
@@ -177,8 +184,9 @@ def make_handler(spec: AgentSpec) -> Callable[[AgentContext], Awaitable[None]]:
         raise ConfigError(f"a2a agent at {url}: api_key_env {token_env!r} is not set in the environment")
     cards = CardCache(url)
     # Artifact URLs the remote agent names: public addresses, the store's endpoint, the agent's own origin
-    # and BATON_A2A_FETCH_HOSTS (a malformed setting fails here, at start-up); one client, made once.
-    settings = Settings()
+    # and BATON_A2A_FETCH_HOSTS (a malformed setting fails here, at start-up); one client, made on the
+    # first URL an agent names.
+    settings = process_settings()
     try:
         policy = Policy(settings.a2a_fetch_hosts, {"the store": settings.s3_endpoint_url, "the agent": url})
     except ValueError as exc:

@@ -3,11 +3,13 @@
 approvals; every other file a run writes (each agent's outputs) is let go without a read."""
 
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
+import structlog
 
+from services.supervisor.engine import Engine
 from services.supervisor.objects import may_move_a_run
+from shared.settings import Settings
 from shared.workflow import load_workflows
 
 WORKFLOWS = Path(__file__).parents[1] / "workflows.yaml"
@@ -15,7 +17,11 @@ WORKFLOWS = Path(__file__).parents[1] / "workflows.yaml"
 
 @pytest.fixture(scope="module")
 def eng():
-    return SimpleNamespace(workflows=load_workflows(WORKFLOWS))
+    return engine(WORKFLOWS)
+
+
+def engine(path: Path) -> Engine:
+    return Engine(Settings(), load_workflows(path), structlog.get_logger(), "supervisor-test")
 
 
 @pytest.mark.parametrize("path", ["drafts/doc.md", "approvals/editor2.txt"])
@@ -34,4 +40,4 @@ def test_without_a_bidirectional_workflow_nothing_in_a_run_is_read(tmp_path):
         "agents:\n  a: {handler: 'tests.agents:noop', writes: [work/]}\n"
         "workflows:\n  w: {pattern: sequential, stages: [a]}\n"
     )
-    assert not may_move_a_run(SimpleNamespace(workflows=load_workflows(only)), "drafts/doc.md")
+    assert not may_move_a_run(engine(only), "drafts/doc.md")
