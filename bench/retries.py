@@ -15,6 +15,10 @@ supervisor and the indexer) beside N runs of `relay` (the no-op stages every oth
 `text` to a no-op agent: the router's decision, then one task) beside N runs of `once` (the same no-op
 stage, sequential: no router).
 
+`long`, pipelines 10x and 100x longer: N runs of 3 no-op stages, then N runs of 30 and N of 300 (as many
+in flight at once in each burst), so that a cost growing with a run's length shows as fewer hops a second
+and more supervisor CPU a hop.
+
 Per burst: runs/s, when the runs ended after the publish (p50, p90, the last), the supervisor's CPU per
 run (scenario 6's Baton burst: one supervisor, `workers` workers).
 """
@@ -23,7 +27,8 @@ from __future__ import annotations
 
 from bench import runs as whole_runs
 
-SCENARIOS = {  # name: (baseline, the shape), each (workflow, label, params)
+LENGTHS = (30, 300)  # `long`: the pipelines beside `relay`'s 3 stages
+SCENARIOS = {  # name: (baseline, the shape, ...), each (workflow, label, params)
     "retries": (
         ("relay", "nothing fails", None),
         ("retry-once", "first stage fails once", None),
@@ -36,6 +41,13 @@ SCENARIOS = {  # name: (baseline, the shape), each (workflow, label, params)
         ("relay", "stages that write nothing", None),
         ("relay-writes", "each stage writes one small file", None),
     ),
+    "long": (
+        ("relay", "3 stages", None),
+        *((f"relay-{length}", f"{length} stages", None) for length in LENGTHS),
+    ),
+}
+STAGES = {"relay": 3, "relay-writes": 3, "retry-once": 3, "once": 1, "routed": 1} | {
+    f"relay-{length}": length for length in LENGTHS
 }
 TITLES = {
     "retries": "Retry storm: runs of 3 no-op stages published at once; 'retry-once': the first stage fails "
@@ -44,22 +56,29 @@ TITLES = {
     "'once' (the same stage, no router)",
     "writes": "Agents that write: runs of 3 stages each writing one small file ('relay-writes': a PUT "
     "and its notification a stage) beside 'relay' (no writes)",
+    "long": "Long pipelines: N runs of 3, of 30 and of 300 no-op stages published at once",
 }
 SAMPLE = 200  # retried runs whose events are read back to check that they did retry
 
 
 def scenario(srv: whole_runs.Servers, name: str, sizes: list[int], workers: int) -> dict:
     out: dict = {"workers": workers, "bursts": []}
-    for n in sizes:
+    workflows = whole_runs.relay_workflows(srv.work, list(LENGTHS))
+    for size in sizes:
         for workflow, label, params in SCENARIOS[name]:
+            n = size
             print(f"- {name}: {n} runs at once, {label}", flush=True)
-            timeout = 60 + n / 20
+            timeout = 60 + n * STAGES[workflow] / 60
             row = whole_runs._attempt(
                 lambda n=n, workflow=workflow, params=params, timeout=timeout: whole_runs.baton_burst(
-                    srv, n, workers, timeout, workflow=workflow, params=params
+                    srv, n, workers, timeout, workflow=workflow, params=params, workflows=workflows
                 )
             )
-            row.update(runs=n, workflow=workflow)
+            row.update(runs=n, workflow=workflow, stages=STAGES[workflow])
+            if row.get("completed"):
+                hops = row["completed"] * STAGES[workflow]
+                row["hops_per_s"] = round(hops / row["seconds"], 1)
+                row["supervisor_cpu_ms_per_hop"] = round(row["supervisor_cpu_s"] / hops * 1000, 3)
             if workflow == "retry-once" and row.get("ok"):
                 row["sample"] = _retried(srv, row["first_run_id"], n)
                 row["ok"] = row["sample"]["retried"] == row["sample"]["runs"]
@@ -95,7 +114,7 @@ def table(results: dict) -> list[str]:
             "",
             f"{title}; {r['workers']} workers",
             f"{'runs':>7} {'workflow':12} {'runs/s':>8} {'p50 end s':>10} {'last end s':>11} "
-            f"{'sup ms/run':>11} {'retried':>9}",
+            f"{'sup ms/run':>11} {'hops/s':>8} {'sup ms/hop':>11} {'retried':>9}",
         ]
         for b in r["bursts"]:
             if not b.get("completed"):
@@ -106,7 +125,8 @@ def table(results: dict) -> list[str]:
             retried = f"{sample['retried']}/{sample['runs']}" if sample else ""
             lines.append(
                 f"{b['runs']:>7,} {b['workflow']:12} {b['runs_per_s']:>8,.0f} {ends.get('p50_s', 0):>10.2f} "
-                f"{ends.get('max_s', 0):>11.2f} {b['supervisor_cpu_ms_per_run']:>11.2f} {retried:>9}"
+                f"{ends.get('max_s', 0):>11.2f} {b['supervisor_cpu_ms_per_run']:>11.2f} "
+                f"{b.get('hops_per_s', 0):>8,.0f} {b.get('supervisor_cpu_ms_per_hop', 0):>11.3f} {retried:>9}"
                 + ("" if b.get("ok") else f"  NOT OK: {b.get('error', 'not every sampled run retried')}")
             )
     return lines

@@ -43,6 +43,7 @@ SCENARIOS = (
     "retries",
     "routed",
     "writes",
+    "long",
     "cluster",
     "tracing",
 )
@@ -174,8 +175,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--search-concurrency", type=int, default=32, help="writers, then askers, at once (search scenario)"
     )
     p.add_argument(
-        "--retry-runs", default="1000,10000", help="runs per burst of retries, routed and writes, a pair each"
+        "--retry-runs",
+        default="1000,10000",
+        help="runs per burst of retries, routed and writes, a pair each",
     )
+    p.add_argument("--long-runs", default="1000", help="runs per burst of 3, 30 and 300 stages (long)")
     p.add_argument("--trace-runs", type=int, default=2000, help="runs per burst in the tracing scenario")
     p.add_argument("--trace-rounds", type=int, default=3, help="alternating off/on rounds (tracing)")
     p.add_argument("--out", type=Path, default=ROOT / "bench" / "results.json")
@@ -210,6 +214,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.a2a_sleep = min(args.a2a_sleep, 0.5)
         args.search_files = "100"
         args.retry_runs = "300"
+        args.long_runs = "100"
     return args
 
 
@@ -456,9 +461,10 @@ def main(argv: list[str] | None = None) -> None:
             results["search"] = search_bench.scenario(
                 srv, sizes, args.search_concurrency, 120 + max(sizes) / 10
             )
-        for name in ("retries", "routed", "writes"):
+        for name in ("retries", "routed", "writes", "long"):
             if name in only:
-                results[name] = retries_bench.scenario(srv, name, _ints(args.retry_runs), args.run_workers)
+                sizes = _ints(args.long_runs if name == "long" else args.retry_runs)
+                results[name] = retries_bench.scenario(srv, name, sizes, args.run_workers)
         if "cluster" in only:
             results["cluster"] = cluster_bench.scenario(
                 minio.url, notifier_port, token, work / "cluster", args.cluster_hop_n, args.cluster_burst_n

@@ -264,10 +264,14 @@ def baton_burst(
     supervisors: int = 1,
     workflow: str = "relay",
     params: dict | None = None,
+    workflows: Path = full_stack.WORKFLOWS,
 ) -> dict:
-    """`n` runs of `workflow` (with `params`) published at once; runs/s, when they ended, CPU per run."""
+    """`n` runs of `workflow` (with `params`, from the file `workflows`) published at once; runs/s, when
+    they ended, CPU per run."""
     client = srv.clean()
-    stack = srv.stack(f"burst-{workflow}-{supervisors}", workers=workers, supervisors=supervisors)
+    stack = srv.stack(
+        f"burst-{workflow}-{supervisors}", workers=workers, supervisors=supervisors, workflows=workflows
+    )
     try:
         _warm(client)
         runs = _runs("burst", n, workflow=workflow, params=params)
@@ -701,6 +705,21 @@ def fanout_workflows(work: Path, width: int) -> Path:
         }
     }
     path = work / f"fanout-{width}.yaml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    return path
+
+
+def relay_workflows(work: Path, lengths: list[int]) -> Path:
+    """The bench workflow file plus `relay-<L>` for each length L: L sequential no-op stages."""
+    spec = yaml.safe_load(full_stack.WORKFLOWS.read_text())
+    for length in lengths:
+        spec["workflows"][f"relay-{length}"] = {
+            "pattern": "sequential",
+            "stages": ["noop"] * length,
+            "max_attempts": 1,
+        }
+    path = work / "relay-lengths.yaml"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(yaml.safe_dump(spec, sort_keys=False))
     return path

@@ -60,3 +60,12 @@ def test_no_results_print_nothing():
 def test_the_options():
     assert parse_args(["--only", "retries"]).retry_runs == "1000,10000"
     assert parse_args(["--only", "retries", "--quick"]).retry_runs == "300"
+    assert parse_args(["--only", "long"]).long_runs == "1000"
+    assert parse_args(["--only", "long", "--quick"]).long_runs == "100"
+
+
+def test_long_pipelines_show_hops_a_second_and_the_supervisors_cost_a_hop():
+    row = burst("relay-300", 1000) | {"hops_per_s": 4514.2, "supervisor_cpu_ms_per_hop": 0.177}
+    lines = retries.table({"long": {"workers": 2, "bursts": [row]}})
+    assert lines[1].startswith("Long pipelines") and "sup ms/hop" in lines[2]
+    assert "1,000 relay-300" in lines[3] and "4,514" in lines[3] and "0.177" in lines[3]
