@@ -42,6 +42,14 @@ class PreconditionFailedError(BatonError):
     """A conditional write lost: the object changed since it was read (or already exists)."""
 
 
+class AccessDeniedError(PermanentError):
+    """The store refused a request these credentials may not make (it would refuse it again)."""
+
+
+class StoreUnavailableError(BatonError, ConnectionError):
+    """The store could not be reached or failed, past the client's own retries (transient)."""
+
+
 class CancelledError(PermanentError):
     """The run was cancelled: stop at the next checkpoint."""
 

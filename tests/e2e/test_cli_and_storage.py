@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import os
 import subprocess
 import sys
+import time
+import uuid
 from pathlib import Path
 
 import pytest
 
 from shared import streams
-from shared.errors import PreconditionFailedError
+from shared.errors import PreconditionFailedError, StoreUnavailableError, is_transient
 from shared.redisconn import connect
 from shared.storage import Storage
 from tests.helpers import wait_for_end
@@ -252,16 +255,49 @@ async def test_a_run_submitted_with_a_plain_xadd_completes(settings):
     assert events[-1].outputs["article"].key.endswith("/published/plain.md")
 
 
-async def test_conditional_writes_refuse_stale_and_existing_objects(settings):
+# A body in memory is written through obstore, a file through aiobotocore (shared/storage.py): both
+# must keep the same promises.
+BODIES = {"in memory": lambda data: data, "from a file": io.BytesIO}
+
+
+@pytest.mark.parametrize("body", BODIES.values(), ids=BODIES.keys())
+async def test_conditional_writes_refuse_stale_and_existing_objects(settings, body):
+    key = f"runs/r-cond-{uuid.uuid4().hex[:8]}/doc.md"
     async with Storage.connect(settings) as storage:
-        first = await storage.put("runs/r-cond/doc.md", b"one", if_none_match=True)
+        first = await storage.put(key, body(b"one"), if_none_match=True)
         with pytest.raises(PreconditionFailedError, match="already exists"):
-            await storage.put("runs/r-cond/doc.md", b"again", if_none_match=True)
-        second = await storage.put("runs/r-cond/doc.md", b"two", if_match=first.etag)
+            await storage.put(key, body(b"again"), if_none_match=True)
+        second = await storage.put(key, body(b"two"), if_match=first.etag)
         with pytest.raises(PreconditionFailedError, match="changed since etag"):
-            await storage.put("runs/r-cond/doc.md", b"lost update", if_match=first.etag)
+            await storage.put(key, body(b"lost update"), if_match=first.etag)
         assert await storage.get(second) == b"two"
         assert await storage.get(first) == b"one"  # versioned: the old version is still readable
+        assert first.version_id and second.version_id and first.version_id != second.version_id
+        assert (await storage.head(key)) == second
+
+
+@pytest.mark.parametrize("body", BODIES.values(), ids=BODIES.keys())
+async def test_a_write_keeps_its_content_type_and_metadata(settings, body):
+    key = f"runs/r-meta-{uuid.uuid4().hex[:8]}/notes.md"
+    async with Storage.connect(settings) as storage:
+        ref = await storage.put(
+            key, body(b"# notes"), content_type="text/markdown", metadata={"lease": "w-1"}
+        )
+        assert ref.size == 7 and ref.content_type == "text/markdown"
+        head = await storage.client.head_object(Bucket=storage.bucket, Key=key, VersionId=ref.version_id)
+        assert head["ContentType"] == "text/markdown" and head["Metadata"] == {"lease": "w-1"}
+        assert head["ETag"].strip('"') == ref.etag
+
+
+async def test_a_write_to_a_store_that_is_down_fails_soon_as_a_transient_fault(settings):
+    """Past the client's few retries (seconds, not obstore's default 3 minutes), a fault the caller's own
+    retries take over (shared/errors.is_transient)."""
+    down = settings.model_copy(update={"s3_endpoint_url": "http://127.0.0.1:9"})
+    async with Storage.connect(down) as storage:
+        started = time.monotonic()
+        with pytest.raises(StoreUnavailableError, match="write to 'runs/r-down/x.md' failed") as info:
+            await storage.put("runs/r-down/x.md", b"x")
+    assert is_transient(info.value) and time.monotonic() - started < 20
 
 
 async def test_follow_yields_an_event_recorded_twice_once(settings):
