@@ -33,6 +33,12 @@ async def read_inputs(ctx: AgentContext) -> None:
             raise ValueError(f"input {name!r}: read {len(data)} bytes, the ref says {ref.size}")
 
 
+async def read_write(ctx: AgentContext) -> None:
+    """What a real stage does: read what it was given (every earlier stage's output), write its own."""
+    await read_inputs(ctx)
+    await write_one(ctx)
+
+
 async def read_param(ctx: AgentContext) -> None:
     """Take the artifact from the task itself (context stuffing) and check its size."""
     data = ctx.params.get("artifact", "")

@@ -9,7 +9,8 @@ events is read back to check that each did fail once and was retried (else the f
 
 `writes`, agents that write: N runs of `relay-writes` (three stages, each writing one small file, as most
 real agents write their outputs: a PUT to the bucket, then its notification through the notifier to the
-supervisor and the indexer) beside N runs of `relay` (the no-op stages every other burst uses).
+supervisor and the indexer) beside N runs of `relay` (the no-op stages every other burst uses), then N of
+`relay-read-write` (each stage first reads every earlier stage's output: 3 GETs a run beside the 3 PUTs).
 
 `routed`, the router pattern under a burst: N runs of `routed` (each request routed by a rule over its
 `text` to a no-op agent: the router's decision, then one task) beside N runs of `once` (the same no-op
@@ -40,13 +41,14 @@ SCENARIOS = {  # name: (baseline, the shape, ...), each (workflow, label, params
     "writes": (
         ("relay", "stages that write nothing", None),
         ("relay-writes", "each stage writes one small file", None),
+        ("relay-read-write", "each stage reads its inputs, then writes one small file", None),
     ),
     "long": (
         ("relay", "3 stages", None),
         *((f"relay-{length}", f"{length} stages", None) for length in LENGTHS),
     ),
 }
-STAGES = {"relay": 3, "relay-writes": 3, "retry-once": 3, "once": 1, "routed": 1} | {
+STAGES = {"relay": 3, "relay-writes": 3, "relay-read-write": 3, "retry-once": 3, "once": 1, "routed": 1} | {
     f"relay-{length}": length for length in LENGTHS
 }
 TITLES = {
@@ -55,7 +57,8 @@ TITLES = {
     "routed": "Router under a burst: 'routed' runs (a rule picks the agent, then one no-op stage) beside "
     "'once' (the same stage, no router)",
     "writes": "Agents that write: runs of 3 stages each writing one small file ('relay-writes': a PUT "
-    "and its notification a stage) beside 'relay' (no writes)",
+    "and its notification a stage; 'relay-read-write': each stage first reads its inputs) beside 'relay' "
+    "(no writes)",
     "long": "Long pipelines: N runs of 3, of 30 and of 300 no-op stages published at once",
 }
 SAMPLE = 200  # retried runs whose events are read back to check that they did retry
@@ -113,18 +116,18 @@ def table(results: dict) -> list[str]:
         lines += [
             "",
             f"{title}; {r['workers']} workers",
-            f"{'runs':>7} {'workflow':12} {'runs/s':>8} {'p50 end s':>10} {'last end s':>11} "
+            f"{'runs':>7} {'workflow':16} {'runs/s':>8} {'p50 end s':>10} {'last end s':>11} "
             f"{'sup ms/run':>11} {'hops/s':>8} {'sup ms/hop':>11} {'retried':>9}",
         ]
         for b in r["bursts"]:
             if not b.get("completed"):
-                lines.append(f"{b['runs']:>7,} {b['workflow']:12} failed: {b.get('error')}")
+                lines.append(f"{b['runs']:>7,} {b['workflow']:16} failed: {b.get('error')}")
                 continue
             ends = b.get("run_end_after_publish", {})
             sample = b.get("sample")
             retried = f"{sample['retried']}/{sample['runs']}" if sample else ""
             lines.append(
-                f"{b['runs']:>7,} {b['workflow']:12} {b['runs_per_s']:>8,.0f} {ends.get('p50_s', 0):>10.2f} "
+                f"{b['runs']:>7,} {b['workflow']:16} {b['runs_per_s']:>8,.0f} {ends.get('p50_s', 0):>10.2f} "
                 f"{ends.get('max_s', 0):>11.2f} {b['supervisor_cpu_ms_per_run']:>11.2f} "
                 f"{b.get('hops_per_s', 0):>8,.0f} {b.get('supervisor_cpu_ms_per_hop', 0):>11.3f} {retried:>9}"
                 + ("" if b.get("ok") else f"  NOT OK: {b.get('error', 'not every sampled run retried')}")

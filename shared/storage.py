@@ -1,15 +1,15 @@
-"""The workspace store: plain S3 (MinIO, AWS or any compatible server) through aiobotocore, and obstore
-for writes of bodies held in memory.
+"""The workspace store: plain S3 (MinIO, AWS or any compatible server) through obstore for writes of
+bodies held in memory and whole reads, and aiobotocore for the rest.
 
 Reads take an `ObjectRef` and return exactly that version; writes can be conditional (If-Match on an
 ETag, or If-None-Match: * to refuse overwriting), so no agent silently overwrites another's work.
 
-Why two clients: aiobotocore spends about 1.1 ms of CPU on one small PUT (its request pipeline: signing,
-event hooks, parsing; measured alone, whatever its checksum and validation settings), obstore (Rust's
-`object_store`) about 0.3 ms, and a burst of agents that write is bounded by that CPU on the workers'
-cores. What obstore does not do as we need it stays on aiobotocore: a file streamed from disk in one PUT
-(obstore would upload it in parts, which take no condition), reads of exact versions, lists, presigned
-URLs, the bucket's set-up.
+Why two clients: aiobotocore spends about 1.1 ms of CPU on one small PUT or GET (its request pipeline:
+signing, event hooks, parsing; measured alone, whatever its checksum and validation settings), obstore
+(Rust's `object_store`) about 0.3 ms a PUT and 0.5 a GET, and a burst of agents that read and write is
+bounded by that CPU on the workers' cores. What obstore does not do as we need it stays on aiobotocore: a
+file streamed from disk in one PUT (obstore would upload it in parts, which take no condition), reads a
+chunk at a time, lists, presigned URLs, the bucket's set-up.
 """
 
 from __future__ import annotations
@@ -84,18 +84,19 @@ class Reader:
             yield chunk
 
 
-# obstore's own retries of a failed write (a refused connection, a 5xx): a few, within seconds, as
-# aiobotocore's (5 attempts); past them the write fails as `StoreUnavailableError`, a transient fault the
+# obstore's own retries of a failed request (a refused connection, a 5xx): a few, within seconds, as
+# aiobotocore's (5 attempts); past them it fails as `StoreUnavailableError`, a transient fault the
 # caller's own retries take over (obstore's default would keep trying for 3 minutes).
-WRITE_RETRIES = {
+FAST_RETRIES = {
     "max_retries": 4,
     "backoff": {"init_backoff": timedelta(milliseconds=100), "max_backoff": timedelta(seconds=2), "base": 2},
     "retry_timeout": timedelta(seconds=20),
 }
 
 
-def write_store(settings: Settings) -> S3Store:
-    """The obstore client that writes in-memory bodies to the bucket (path-style, as aiobotocore's)."""
+def fast_store(settings: Settings) -> S3Store:
+    """The obstore client for the bucket (path-style, as aiobotocore's): writes of bodies in memory and
+    whole reads."""
     return S3Store(
         settings.bucket,
         endpoint=settings.s3_endpoint_url,
@@ -104,17 +105,17 @@ def write_store(settings: Settings) -> S3Store:
         region=settings.s3_region,
         virtual_hosted_style_request=False,
         client_options={"allow_http": settings.s3_endpoint_url.startswith("http://")},
-        retry_config=WRITE_RETRIES,
+        retry_config=FAST_RETRIES,
     )
 
 
 class Storage:
     """Async access to one bucket."""
 
-    def __init__(self, client, bucket: str, writes: S3Store | None = None) -> None:
+    def __init__(self, client, bucket: str, fast: S3Store | None = None) -> None:
         self.client = client
         self.bucket = bucket
-        self.writes = writes  # obstore, for bodies in memory (None: every write through `client`)
+        self.fast = fast  # obstore: writes of bodies in memory, whole reads (None: all through `client`)
 
     @classmethod
     @contextlib.asynccontextmanager
@@ -133,7 +134,7 @@ class Storage:
                 max_pool_connections=32,
             ),
         ) as client:
-            yield cls(client, settings.bucket, write_store(settings))
+            yield cls(client, settings.bucket, fast_store(settings))
 
     async def put(
         self,
@@ -165,7 +166,7 @@ class Storage:
             traceparent = telemetry.current_traceparent()
             if traceparent:  # read back by the notifier from the bucket's event: the trace goes on
                 metadata = {**(metadata or {}), "traceparent": traceparent}
-            if self.writes is not None and isinstance(data, bytes | bytearray | memoryview):
+            if self.fast is not None and isinstance(data, bytes | bytearray | memoryview):
                 version_id, etag = await self._put_in_memory(
                     key, data, content_type, if_match, if_none_match, metadata or {}, lost
                 )
@@ -194,7 +195,7 @@ class Storage:
             mode = "overwrite"
         try:
             result = await obstore.put_async(
-                self.writes,
+                self.fast,
                 key,
                 data,
                 attributes={"Content-Type": content_type, **metadata},  # others: user metadata
@@ -236,8 +237,46 @@ class Storage:
     async def get(self, ref: ObjectRef, max_bytes: int | None = None) -> bytes:
         """Read exactly the referenced version; a missing object or changed etag is a permanent error, and
         so is one larger than `max_bytes` (refused before its body is read)."""
-        async with self.open(ref, max_bytes) as reader:
-            return await reader.body.read()
+        if self.fast is None or ref.bucket != self.bucket:
+            async with self.open(ref, max_bytes) as reader:
+                return await reader.body.read()
+        with _span("GetObject", ref.bucket, ref.key, version=ref.version_id) as span:
+            result = await self._fast_get(ref)
+            size = result.meta["size"]
+            etag = _strip(result.meta.get("e_tag"))
+            if ref.etag and etag and etag != ref.etag:
+                raise ObjectMissingError(f"object {ref.uri()} has etag {etag!r}, expected {ref.etag!r}")
+            if max_bytes is not None and size > max_bytes:
+                raise ObjectTooLargeError(
+                    f"object {ref.uri()} is {size:,} bytes, more than the {max_bytes:,} read here", size
+                )
+            telemetry.set_attributes(span, baton__s3__size=size)
+            try:
+                return bytes(await result.bytes_async())
+            except obstore_errors.BaseError as exc:
+                raise StoreUnavailableError(f"read of {ref.uri()} failed: {_first_line(exc)}") from exc
+
+    async def _fast_get(self, ref: ObjectRef):
+        """GetObject of exactly `ref`'s version (or, without one, its etag) through obstore, its body not yet
+        read; errors as `_get_object`'s."""
+        validate_key(ref.key)
+        options: dict = {}
+        if ref.version_id:
+            options["version"] = ref.version_id
+        elif ref.etag:
+            options["if_match"] = f'"{ref.etag}"'
+        try:
+            return await obstore.get_async(self.fast, ref.key, options=options)
+        except (obstore_errors.NotFoundError, FileNotFoundError) as exc:
+            raise ObjectMissingError(f"object {ref.uri()} does not exist") from exc
+        except obstore_errors.PreconditionError as exc:
+            raise ObjectMissingError(_changed(ref)) from exc
+        except (obstore_errors.PermissionDeniedError, obstore_errors.UnauthenticatedError) as exc:
+            raise AccessDeniedError(f"read of {ref.uri()} refused by the store: {_first_line(exc)}") from exc
+        except obstore_errors.BaseError as exc:
+            if "<Code>InvalidArgument</Code>" in str(exc):  # MinIO's answer to a malformed version id
+                raise ObjectMissingError(f"object {ref.uri()} does not exist") from exc
+            raise StoreUnavailableError(f"read of {ref.uri()} failed: {_first_line(exc)}") from exc
 
     @contextlib.asynccontextmanager
     async def open(self, ref: ObjectRef, max_bytes: int | None = None) -> AsyncIterator[Reader]:
@@ -291,8 +330,7 @@ class Storage:
             if is_missing(exc):
                 raise ObjectMissingError(f"object {ref.uri()} does not exist") from exc
             if _code(exc) in ("PreconditionFailed", "412"):
-                changed = f"object {ref.uri()} changed: its etag is no longer {ref.etag!r}"
-                raise ObjectMissingError(changed) from exc
+                raise ObjectMissingError(_changed(ref)) from exc
             raise
         etag = _strip(resp.get("ETag"))
         if ref.etag and etag and etag != ref.etag:
@@ -436,6 +474,10 @@ def _span(method: str, bucket: str, key: str, size: int | None = None, version: 
         baton__s3__size=size,
         baton__s3__version_id=version,
     )
+
+
+def _changed(ref: ObjectRef) -> str:
+    return f"object {ref.uri()} changed: its etag is no longer {ref.etag!r}"
 
 
 def _first_line(exc: BaseException) -> str:

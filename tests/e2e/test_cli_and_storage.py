@@ -15,7 +15,13 @@ from pathlib import Path
 import pytest
 
 from shared import streams
-from shared.errors import PreconditionFailedError, StoreUnavailableError, is_transient
+from shared.errors import (
+    ObjectMissingError,
+    ObjectTooLargeError,
+    PreconditionFailedError,
+    StoreUnavailableError,
+    is_transient,
+)
 from shared.redisconn import connect
 from shared.storage import Storage
 from tests.helpers import wait_for_end
@@ -163,7 +169,6 @@ async def test_the_start_of_an_object_is_read_alone_and_a_copy_never_holds_it_wh
 
 
 async def test_a_write_past_what_one_put_takes_is_refused_before_a_byte_is_sent(settings, tmp_path):
-    from shared.errors import ObjectTooLargeError
     from shared.storage import MAX_PUT
 
     huge = tmp_path / "huge.bin"
@@ -287,6 +292,41 @@ async def test_a_write_keeps_its_content_type_and_metadata(settings, body):
         head = await storage.client.head_object(Bucket=storage.bucket, Key=key, VersionId=ref.version_id)
         assert head["ContentType"] == "text/markdown" and head["Metadata"] == {"lease": "w-1"}
         assert head["ETag"].strip('"') == ref.etag
+
+
+async def _read_whole(storage: Storage, ref, max_bytes=None) -> bytes:  # through obstore
+    return await storage.get(ref, max_bytes)
+
+
+async def _read_chunks(storage: Storage, ref, max_bytes=None) -> bytes:  # through aiobotocore
+    async with storage.open(ref, max_bytes) as reader:
+        return b"".join([chunk async for chunk in reader.chunks()])
+
+
+READS = {"whole": _read_whole, "a chunk at a time": _read_chunks}
+
+
+@pytest.mark.parametrize("read", READS.values(), ids=READS.keys())
+async def test_a_read_is_of_exactly_the_version_referenced_or_fails_by_name(settings, read):
+    key = f"runs/r-read-{uuid.uuid4().hex[:8]}/doc.md"
+    async with Storage.connect(settings) as storage:
+        first = await storage.put(key, b"first")
+        second = await storage.put(key, b"second version")
+        assert await read(storage, first) == b"first" and await read(storage, second) == b"second version"
+        current = second.model_copy(update={"version_id": None})  # an etag alone: the current version
+        assert await read(storage, current) == b"second version"
+        stale = first.model_copy(update={"version_id": None})  # its etag no longer the current one
+        with pytest.raises(ObjectMissingError, match="etag"):
+            await read(storage, stale)
+        for ref in (
+            first.model_copy(update={"key": key + ".gone"}),
+            first.model_copy(update={"version_id": "00000000-0000-0000-0000-000000000000"}),
+            first.model_copy(update={"version_id": "not-a-version"}),  # MinIO: InvalidArgument
+        ):
+            with pytest.raises(ObjectMissingError, match="does not exist"):
+                await read(storage, ref)
+        with pytest.raises(ObjectTooLargeError, match="14 bytes, more than the 10 read here"):
+            await read(storage, second, 10)
 
 
 async def test_a_write_to_a_store_that_is_down_fails_soon_as_a_transient_fault(settings):
