@@ -168,16 +168,27 @@ class _Guard(httpcore.AsyncNetworkBackend):
         await self.backend.sleep(seconds)
 
 
-def client(policy: Policy, timeout: float | httpx.Timeout = 30) -> httpx.AsyncClient:
+def client(
+    policy: Policy,
+    timeout: float | httpx.Timeout = 30,
+    *,
+    headers: dict[str, str] | None = None,
+    follow_redirects: bool = True,
+) -> httpx.AsyncClient:
     """An HTTP client whose every connection passes `policy`, following up to `MAX_REDIRECTS` redirects
-    (each checked as it connects). httpx 0.28 takes no network backend, so its transport's connection pool
-    is built here with ours (httpx is pinned; tests/unit/test_fetch.py fails if this stops applying)."""
+    (each checked as it connects) unless told not to. httpx 0.28 takes no network backend, so its
+    transport's connection pool is built here with ours (httpx is pinned; tests/unit/test_fetch.py fails if
+    this stops applying)."""
     transport = httpx.AsyncHTTPTransport()
     transport._pool = httpcore.AsyncConnectionPool(
         ssl_context=httpx.create_ssl_context(), network_backend=_Guard(policy)
     )
     return httpx.AsyncClient(
-        transport=transport, timeout=timeout, follow_redirects=True, max_redirects=MAX_REDIRECTS
+        transport=transport,
+        timeout=timeout,
+        headers=headers,
+        follow_redirects=follow_redirects,
+        max_redirects=MAX_REDIRECTS,
     )
 
 

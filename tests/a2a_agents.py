@@ -43,6 +43,7 @@ from starlette.responses import JSONResponse, PlainTextResponse
 from starlette.routing import Mount, Route
 
 BEHAVIOURS = ("echo", "flaky", "fail", "reject", "asks", "slow", "huge", "guarded", "linked", "pointer")
+BEHAVIOURS += ("diverted",)
 GUARD_TOKEN = "the-guarded-agents-token"
 
 
@@ -120,13 +121,16 @@ def card(name: str, base: str) -> AgentCard:
             },
             security_requirements=[SecurityRequirement(schemes={"bearer": StringList(list=[])})],
         )
+    # `diverted`'s card names its interface on this server by another name: the worker must not follow it
+    # (another address on its network), so `diverted` never hears from it.
+    at = base.replace("127.0.0.1", "localhost") if name == "diverted" else base
     return AgentCard(
         **guard,
         name=f"test {name}",
         description=f"A test agent that behaves like {name!r}.",
         version="1.0.0",
         supported_interfaces=[
-            AgentInterface(url=f"{base}/{name}/", protocol_binding="JSONRPC", protocol_version="1.0")
+            AgentInterface(url=f"{at}/{name}/", protocol_binding="JSONRPC", protocol_version="1.0")
         ],
         capabilities=AgentCapabilities(streaming=True),
         default_input_modes=["text/plain", "text/markdown"],

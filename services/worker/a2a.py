@@ -13,8 +13,9 @@ with the remote task and context ids as `resume`): the supervisor asks it like a
 and the person's answer comes back as the next attempt of this task, which sends it as the next message
 on the same remote task and follows that task on. `auth-required` -> `A2AInputRequired` (permanent: a
 person's credentials are not relayed). A card that cannot be read as an agent card is permanent, and so is
-a refused token (HTTP 401/403) and an artifact over `max_artifact_bytes`; an agent that cannot be reached
-is retryable. When the task stops early (its time limit, the run cancelled, seen every `POLL_S`) the
+a refused token (HTTP 401/403), an artifact over `max_artifact_bytes`, and an artifact URL or a card's
+interface on an address the worker does not connect to for it (shared/fetch.py); an agent that cannot be
+reached is retryable. When the task stops early (its time limit, the run cancelled, seen every `POLL_S`) the
 remote task is cancelled too.
 """
 
@@ -51,6 +52,7 @@ from google.protobuf import json_format, struct_pb2
 
 from shared.errors import ConfigError, InputRequired, PermanentError, RetryableError
 from shared.fetch import Fetcher, FetchError, Policy, Refused, TooLarge
+from shared.fetch import client as guarded_client
 from shared.settings import Settings
 from shared.workflow import AgentSpec, expand_env, register_runtime
 
@@ -119,6 +121,21 @@ class A2AArtifactRefused(PermanentError):
     """A remote agent named an artifact URL on an address the worker does not fetch from (shared/fetch.py)."""
 
 
+class A2AAddressRefused(PermanentError):
+    """A remote agent's card names an interface on an address the worker does not connect to for it."""
+
+
+def caused_by(exc: BaseException, kind: type[BaseException]) -> BaseException | None:
+    """`exc` or the first of its causes (or contexts) that is a `kind`."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, kind):
+            return exc
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
 @dataclass
 class CardCache:
     """One agent's card, read on first use and again after `CARD_TTL_S` or a failed connection."""
@@ -183,11 +200,15 @@ def make_handler(spec: AgentSpec) -> Callable[[AgentContext], Awaitable[None]]:
     if token_env and not os.environ.get(token_env):
         raise ConfigError(f"a2a agent at {url}: api_key_env {token_env!r} is not set in the environment")
     cards = CardCache(url)
-    # Artifact URLs the remote agent names: public addresses, the store's endpoint, the agent's own origin
-    # and BATON_A2A_FETCH_HOSTS (a malformed setting fails here, at start-up); one client, made on the
+    # Where the remote agent may make the worker connect (shared/fetch.py; a malformed setting fails here,
+    # at start-up). Its messages, with our token: the agent's own origin, public addresses and
+    # BATON_A2A_FETCH_HOSTS, so that a card whose interface names another address on the worker's network
+    # (a cloud's metadata address, a private service) is refused where the connection would be made.
+    # Artifact URLs: the same and the store's endpoint (presigned URLs), through one client made on the
     # first URL an agent names.
     settings = process_settings()
     try:
+        talking = Policy(settings.a2a_fetch_hosts, {"the agent": url})
         policy = Policy(settings.a2a_fetch_hosts, {"the store": settings.s3_endpoint_url, "the agent": url})
     except ValueError as exc:
         raise ConfigError(f"a2a agent at {url}: {exc}") from exc
@@ -197,7 +218,8 @@ def make_handler(spec: AgentSpec) -> Callable[[AgentContext], Awaitable[None]]:
         headers = {"Authorization": f"Bearer {os.environ[token_env]}"} if token_env else {}
         # The whole remote task is bounded by the agent's time limit (the worker's), not by a read timeout.
         timeout = httpx.Timeout(spec.timeout, read=None)
-        async with httpx.AsyncClient(headers=headers, timeout=timeout) as http:
+        http_client = guarded_client(talking, timeout, headers=headers, follow_redirects=False)
+        async with http_client as http:
             card = await cards.get(http)
             client = ClientFactory(ClientConfig(httpx_client=http, streaming=True)).create(card)
             outcome = Outcome()
@@ -227,7 +249,12 @@ def make_handler(spec: AgentSpec) -> Callable[[AgentContext], Awaitable[None]]:
                 raise A2ATaskLost(
                     f"A2A agent {card.name!r} at {url} no longer has task {outcome.task_id}: {exc}"
                 ) from exc
-            except (httpx.RequestError, A2AClientError) as exc:
+            except (httpx.RequestError, A2AClientError, Refused) as exc:
+                if (refused := caused_by(exc, Refused)) is not None:  # permanent: the card says so
+                    interface = card.supported_interfaces[0].url if card.supported_interfaces else "?"
+                    raise A2AAddressRefused(
+                        f"A2A agent {card.name!r} at {url}: its card's interface {interface}: {refused}"
+                    ) from exc
                 cards.forget()
                 cause = exc.__cause__
                 if isinstance(cause, httpx.HTTPStatusError) and cause.response.status_code in (401, 403):

@@ -166,6 +166,20 @@ async def test_an_artifact_url_elsewhere_on_the_workers_network_is_refused_perma
     assert [f.retryable for f in of_type(events, "task.failed")] == [False]
 
 
+async def test_a_card_naming_an_interface_elsewhere_on_the_workers_network_is_refused(settings, a2a_agents):
+    """A remote agent's card cannot point the worker's messages (and its token) at another address on its
+    network: an interface on a loopback address that is not the agent's own origin is refused where the
+    connection would be made, naming the address and the setting, and not retried; nothing reached it.
+    (The same server by another name: the task went there before the check.)"""
+    _run_id, events = await _ended(settings, "a2a-diverted")
+    assert events[-1].type == "run.failed"
+    why = events[-1].reason
+    assert "A2AAddressRefused" in why and "interface http://localhost:" in why, why
+    assert "localhost resolves to 127.0.0.1 (loopback)" in why and "BATON_A2A_FETCH_HOSTS" in why, why
+    assert [f.retryable for f in of_type(events, "task.failed")] == [False]
+    assert a2a_agents.behaviours["diverted"].seen == {}
+
+
 async def test_a_token_the_remote_agent_refuses_is_a_permanent_error(settings, a2a_agents):
     _run_id, events = await _ended(settings, "a2a-badtoken")
     assert events[-1].type == "run.failed"
