@@ -19,6 +19,7 @@ import socket
 import subprocess
 import time
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import quote
@@ -199,6 +200,23 @@ def _alive(pid: int) -> bool:
     return state != "Z"
 
 
+BIND_ATTEMPTS = 3  # a port `free_port` found may be taken before the server binds it (another's connection)
+IN_USE = ("address already in use", "port is already in use")  # Valkey, Jaeger, Prometheus; MinIO
+
+
+def on_free_ports(start: Callable[[], Server]) -> Server:
+    """`start()`, which starts a server on ports `free_port` chooses. A port can be taken between the
+    choice and the bind (seen in CI: another process' outgoing connection): the server then exits saying
+    so, and is started again on new ports, up to `BIND_ATTEMPTS` times."""
+    for _ in range(BIND_ATTEMPTS - 1):
+        try:
+            return start()
+        except ServerError as exc:
+            if not any(words in str(exc).lower() for words in IN_USE):
+                raise
+    return start()
+
+
 def _wait(check, what: str, proc: subprocess.Popen, timeout: float, log: Path | None = None) -> None:
     """Until `check()` is true; ServerError with the log's tail if the process exits or time runs out."""
 
@@ -238,8 +256,11 @@ def start_redis(
     """Start Redis on loopback. With `password`, user `default` (the admin) needs it, and the URL has it.
 
     `appendfsync="always"` (with `appendonly`) fsyncs the AOF before Redis replies, so even a SIGKILL
-    loses nothing a client was told was written (`make chaos` kills Redis that way)."""
-    port = port or free_port()
+    loses nothing a client was told was written (`make chaos` kills Redis that way). Without a `port`, on
+    a free one (`on_free_ports`)."""
+    if port is None:
+        again = (appendonly, password, appendfsync, extra_args, aclfile)
+        return on_free_ports(lambda: start_redis(data_dir, free_port(), *again))
     data_dir = data_dir.resolve()  # redis changes into --dir before opening --logfile
     data_dir.mkdir(parents=True, exist_ok=True)
     log = data_dir / "redis.log"
@@ -317,12 +338,15 @@ def start_minio(
     and parity are equal), but not a lost host, since every drive is on this one. `extra["drives"]` lists
     their paths.
     """
+    if port is None:  # on free ones (its API's and its console's): `on_free_ports`
+        return on_free_ports(
+            lambda: start_minio(data_dir, webhook_url, webhook_token, free_port(), root_password, drives)
+        )
     if drives != 1 and not MIN_ERASURE_DRIVES <= drives <= MAX_ERASURE_DRIVES:
         raise ServerError(
             f"drives={drives}: MinIO takes 1 drive, or an erasure set of {MIN_ERASURE_DRIVES} to "
             f"{MAX_ERASURE_DRIVES} drives"
         )
-    port = port or free_port()
     console = free_port()
     data_dir = data_dir.resolve()
     data_dir.mkdir(parents=True, exist_ok=True)
@@ -386,20 +410,10 @@ def start_minio(
     )
 
 
-BIND_ATTEMPTS = 3  # a port `free_port` found may be taken before the server binds it (another's connection)
-
-
 def start_jaeger(data_dir: Path) -> Server:
     """Start Jaeger on loopback, on free ports: OTLP/HTTP in (`extra['otlp']`, the URL to give
-    OTEL_EXPORTER_OTLP_ENDPOINT), the query API and UI at `url`. Five ports: one taken between the
-    choice and the bind (seen in CI: another process' outgoing connection) is tried again on new ones."""
-    for _ in range(BIND_ATTEMPTS - 1):
-        try:
-            return _start_jaeger(data_dir)
-        except ServerError as exc:
-            if "address already in use" not in str(exc):
-                raise
-    return _start_jaeger(data_dir)
+    OTEL_EXPORTER_OTLP_ENDPOINT), the query API and UI at `url`."""
+    return on_free_ports(lambda: _start_jaeger(data_dir))
 
 
 def _start_jaeger(data_dir: Path) -> Server:
@@ -438,8 +452,11 @@ def _start_jaeger(data_dir: Path) -> Server:
 
 def start_prometheus(data_dir: Path, targets_file: Path, interval: str = "1s") -> Server:
     """Start Prometheus on loopback, scraping the targets of a `file_sd_configs` file (`baton dev up`
-    writes one: .baton/dev/prometheus-targets.json)."""
-    port = free_port()
+    writes one: .baton/dev/prometheus-targets.json), on a free port (`on_free_ports`)."""
+    return on_free_ports(lambda: _start_prometheus(data_dir, targets_file, interval, free_port()))
+
+
+def _start_prometheus(data_dir: Path, targets_file: Path, interval: str, port: int) -> Server:
     data_dir.mkdir(parents=True, exist_ok=True)
     config = data_dir / "prometheus.yml"
     config.write_text(
