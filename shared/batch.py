@@ -402,6 +402,7 @@ class BatchConsumer:
         start: str = "0",
     ) -> None:
         self.stream, self.group, self.consumer = stream, group, consumer
+        self._handled = {o: metrics.HANDLED.labels(stream, o) for o in ("ok", "error", "dead_lettered")}
         self.start_at = start  # where the group reads from when it is first created
         self.size = size
         self.read = read or size  # most entries one XREADGROUP takes
@@ -536,14 +537,18 @@ class BatchConsumer:
             return
         except Exception as exc:  # noqa: BLE001 - left pending: the reclaimer redelivers it
             log.exception("handler_failed", stream=self.stream, message_id=entry_id.decode())
+            self._handled["error"].inc()
             await record_error(self.redis, self.stream, self.group, entry_id.decode(), exc)
             return
         self.outbox.ack(self.stream, self.group, entry_id)
+        if reason is None:
+            self._handled["ok"].inc()
 
     async def _dead_letter(self, entry_id: bytes, raw: bytes, reason: str) -> None:
         letter = dead_letter_event(self.stream, self.group, entry_id.decode(), self.service, reason, raw)
         await self.outbox.publish(streams.DLQ, letter)
         metrics.DEAD_LETTERED.labels(self.stream).inc()
+        self._handled["dead_lettered"].inc()
         log.warning("dead_lettered", stream=self.stream, reason=reason, message_id=letter.message_id)
 
     async def _heartbeat(self) -> None:

@@ -63,6 +63,12 @@ ROUTES = Counter(
     "decided (`rules`, the classifier agent, `input`).",
     ["agent", "decided_by"],
 )
+HANDLED = Counter(
+    "baton_messages_handled",
+    "Stream entries a service's batched consumers handled, by stream and outcome (`ok`: acknowledged; "
+    "`error`: left pending for the reclaimer; `dead_lettered`).",
+    ["stream", "outcome"],
+)
 UP = Gauge("baton_service_info", "This process: its service and consumer name.", ["service", "consumer"])
 PARTITIONS_READ = Gauge(
     "baton_supervisor_partitions_read",

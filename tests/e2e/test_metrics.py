@@ -52,9 +52,14 @@ async def test_every_process_serves_metrics_and_the_counters_follow_the_runs(sta
     # (only these runs' agents: a task of an earlier test's run, cancelled while it ran, may end meanwhile)
     for agent in ("outliner", "writer", "seo", "permsg", "shipping"):
         assert moved("baton_tasks_ended_total", "worker", agent=agent, outcome="failed") == 0, agent
-    # FastStream's own Prometheus middleware on the per-message path (the router, the permsg worker).
+    # FastStream's own Prometheus middleware on the per-message path (the permsg worker); the batched
+    # consumers' own count of what they handled (each outliner task, summed over the workers).
     assert moved("baton_routes_total", "router") >= 1  # the support request (batched: no faststream_*)
     assert moved("faststream_received_processed_messages_total", "worker", handler="baton:agent:permsg") == 2
+    handled = dict(stream="baton:agent:outliner", outcome="ok")
+    assert moved("baton_messages_handled_total", "worker", **handled) == 6
+    assert moved("baton_messages_handled_total", "router", stream="baton:route", outcome="ok") >= 1
+    assert moved("baton_messages_handled_total", "supervisor", stream="baton:runs", outcome="ok") >= 8
 
     # Runs by status and the supervisor's hop latency.
     assert moved("baton_runs_total", "supervisor", status="started") == 8

@@ -76,7 +76,8 @@ async def test_prometheus_scrapes_every_process_and_sums_the_workers(stack, sett
 
 DASHBOARD = json.loads((ROOT / "observability" / "grafana" / "dashboards" / "baton.json").read_text())
 # The dashboard's queries that a run of `content-factory` (three python stages, no model, no failure, no
-# retry) leaves a series for. The others (failures, retries, reclaims, dead letters, model tokens and cost)
+# retry) leaves a series for. The others (failures, retries, reclaims, dead letters, model tokens and cost,
+# FastStream's per-message path: by default only the indexer's searches take it)
 # must parse and answer, with no series required: this run makes none of those.
 AFTER_A_RUN = {
     'sum(rate(baton_runs_total{status="completed"}[1m]))',
@@ -90,7 +91,7 @@ AFTER_A_RUN = {
     "histogram_quantile(0.99, sum by (le, kind) (rate(baton_supervisor_hop_seconds_bucket[1m])))",
     "max by (stream, group) (baton_stream_lag)",
     "max by (stream, group) (baton_stream_pending)",
-    "sum by (app_name, handler, status) (rate(faststream_received_processed_messages_total[1m]))",
+    "sum by (stream, outcome) (rate(baton_messages_handled_total[1m]))",
 }
 
 
