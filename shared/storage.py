@@ -1,5 +1,5 @@
-"""The workspace store: plain S3 (MinIO, AWS or any compatible server) through obstore for writes of
-bodies held in memory and whole reads, and aiobotocore for the rest.
+"""The workspace store: plain S3 (MinIO, AWS or any compatible server) through obstore for reads and for
+writes of bodies held in memory, and aiobotocore for the rest.
 
 Reads take an `ObjectRef` and return exactly that version; writes can be conditional (If-Match on an
 ETag, or If-None-Match: * to refuse overwriting), so no agent silently overwrites another's work.
@@ -8,8 +8,8 @@ Why two clients: aiobotocore spends about 1.1 ms of CPU on one small PUT or GET 
 signing, event hooks, parsing; measured alone, whatever its checksum and validation settings), obstore
 (Rust's `object_store`) about 0.3 ms a PUT and 0.5 a GET, and a burst of agents that read and write is
 bounded by that CPU on the workers' cores. What obstore does not do as we need it stays on aiobotocore: a
-file streamed from disk in one PUT (obstore would upload it in parts, which take no condition), reads a
-chunk at a time, lists, presigned URLs, the bucket's set-up.
+file streamed from disk in one PUT (obstore would upload it in parts, which take no condition), ranged
+reads, copies, lists, presigned URLs, the bucket's set-up.
 """
 
 from __future__ import annotations
@@ -73,11 +73,37 @@ def body_size(data: bytes | BinaryIO) -> int:
 
 @dataclass
 class Reader:
-    """One object version being read (`Storage.open`)."""
+    """One object version being read (`Storage.open`): `read()` it whole, or a chunk at a time."""
 
     size: int
-    body: Any  # aiobotocore's StreamingBody
+    body: Any  # what the client returned: obstore's GetResult (`_FastReader`), or aiobotocore's body
     ref: ObjectRef | None = None  # the version being read (its id, etag, size and content type)
+
+    async def read(self) -> bytes:
+        raise NotImplementedError
+
+    def chunks(self, size: int = 1 << 20) -> AsyncIterator[bytes]:
+        raise NotImplementedError
+
+
+class _FastReader(Reader):
+    async def read(self) -> bytes:
+        try:
+            return bytes(await self.body.bytes_async())
+        except obstore_errors.BaseError as exc:
+            raise StoreUnavailableError(f"read of {self.ref.uri()} failed: {_first_line(exc)}") from exc
+
+    async def chunks(self, size: int = 1 << 20) -> AsyncIterator[bytes]:
+        try:
+            async for chunk in self.body.stream(min_chunk_size=size):
+                yield bytes(chunk)
+        except obstore_errors.BaseError as exc:
+            raise StoreUnavailableError(f"read of {self.ref.uri()} failed: {_first_line(exc)}") from exc
+
+
+class _BotoReader(Reader):
+    async def read(self) -> bytes:
+        return await self.body.read()
 
     async def chunks(self, size: int = 1 << 20) -> AsyncIterator[bytes]:
         while chunk := await self.body.read(size):
@@ -95,8 +121,8 @@ FAST_RETRIES = {
 
 
 def fast_store(settings: Settings) -> S3Store:
-    """The obstore client for the bucket (path-style, as aiobotocore's): writes of bodies in memory and
-    whole reads."""
+    """The obstore client for the bucket (path-style, as aiobotocore's): its reads, and writes of bodies in
+    memory."""
     return S3Store(
         settings.bucket,
         endpoint=settings.s3_endpoint_url,
@@ -115,7 +141,7 @@ class Storage:
     def __init__(self, client, bucket: str, fast: S3Store | None = None) -> None:
         self.client = client
         self.bucket = bucket
-        self.fast = fast  # obstore: writes of bodies in memory, whole reads (None: all through `client`)
+        self.fast = fast  # obstore: reads, writes of bodies in memory (None: all through `client`)
 
     @classmethod
     @contextlib.asynccontextmanager
@@ -237,24 +263,8 @@ class Storage:
     async def get(self, ref: ObjectRef, max_bytes: int | None = None) -> bytes:
         """Read exactly the referenced version; a missing object or changed etag is a permanent error, and
         so is one larger than `max_bytes` (refused before its body is read)."""
-        if self.fast is None or ref.bucket != self.bucket:
-            async with self.open(ref, max_bytes) as reader:
-                return await reader.body.read()
-        with _span("GetObject", ref.bucket, ref.key, version=ref.version_id) as span:
-            result = await self._fast_get(ref)
-            size = result.meta["size"]
-            etag = _strip(result.meta.get("e_tag"))
-            if ref.etag and etag and etag != ref.etag:
-                raise ObjectMissingError(f"object {ref.uri()} has etag {etag!r}, expected {ref.etag!r}")
-            if max_bytes is not None and size > max_bytes:
-                raise ObjectTooLargeError(
-                    f"object {ref.uri()} is {size:,} bytes, more than the {max_bytes:,} read here", size
-                )
-            telemetry.set_attributes(span, baton__s3__size=size)
-            try:
-                return bytes(await result.bytes_async())
-            except obstore_errors.BaseError as exc:
-                raise StoreUnavailableError(f"read of {ref.uri()} failed: {_first_line(exc)}") from exc
+        async with self.open(ref, max_bytes) as reader:
+            return await reader.read()
 
     async def _fast_get(self, ref: ObjectRef):
         """GetObject of exactly `ref`'s version (or, without one, its etag) through obstore, its body not yet
@@ -280,27 +290,45 @@ class Storage:
 
     @contextlib.asynccontextmanager
     async def open(self, ref: ObjectRef, max_bytes: int | None = None) -> AsyncIterator[Reader]:
-        """Exactly the referenced version, open for reading a chunk at a time (`Reader.chunks`): a large
-        object need not be held in memory. Errors as `get`, raised before any byte is read. A ref with
-        neither version nor etag opens the key's current version (`Reader.ref` says which it is)."""
+        """Exactly the referenced version, open for reading whole (`Reader.read`) or a chunk at a time
+        (`Reader.chunks`: a large object need not be held in memory). Errors as `get`, raised before any
+        byte is read. A ref with neither version nor etag opens the key's current version (`Reader.ref`
+        says which it is)."""
         with _span("GetObject", ref.bucket, ref.key, version=ref.version_id) as span:
-            resp = await self._get_object(ref)
-            async with resp["Body"] as body:
-                size = resp.get("ContentLength") or 0
-                if max_bytes is not None and size > max_bytes:
-                    raise ObjectTooLargeError(
-                        f"object {ref.uri()} is {size:,} bytes, more than the {max_bytes:,} read here", size
-                    )
-                telemetry.set_attributes(span, baton__s3__size=size)
-                read = ObjectRef(
-                    bucket=ref.bucket,
-                    key=ref.key,
-                    version_id=resp.get("VersionId"),
-                    etag=_strip(resp.get("ETag")),
-                    size=size,
-                    content_type=resp.get("ContentType"),
-                )
-                yield Reader(size, body, read)
+            async with self._reader(ref) as reader:
+                _check_size(ref, reader.size, max_bytes)
+                telemetry.set_attributes(span, baton__s3__size=reader.size)
+                yield reader
+
+    @contextlib.asynccontextmanager
+    async def _reader(self, ref: ObjectRef) -> AsyncIterator[Reader]:
+        """The version's headers read, its body not yet: through obstore in this bucket, else through
+        aiobotocore (its body closed on the way out)."""
+        if self.fast is not None and ref.bucket == self.bucket:
+            result = await self._fast_get(ref)
+            meta = result.meta
+            read = ObjectRef(
+                bucket=ref.bucket,
+                key=ref.key,
+                version_id=meta.get("version"),
+                etag=_strip(meta.get("e_tag")),
+                size=meta["size"],
+                content_type=result.attributes.get("Content-Type"),
+            )
+            _check_etag(ref, read.etag)
+            yield _FastReader(read.size, result, read)
+            return
+        resp = await self._get_object(ref)
+        async with resp["Body"] as body:
+            read = ObjectRef(
+                bucket=ref.bucket,
+                key=ref.key,
+                version_id=resp.get("VersionId"),
+                etag=_strip(resp.get("ETag")),
+                size=resp.get("ContentLength") or 0,
+                content_type=resp.get("ContentType"),
+            )
+            yield _BotoReader(read.size, body, read)
 
     async def get_start(self, ref: ObjectRef, size: int) -> bytes:
         """The first `size` bytes of exactly the referenced version (all of a shorter one): one ranged GET,
@@ -332,10 +360,11 @@ class Storage:
             if _code(exc) in ("PreconditionFailed", "412"):
                 raise ObjectMissingError(_changed(ref)) from exc
             raise
-        etag = _strip(resp.get("ETag"))
-        if ref.etag and etag and etag != ref.etag:
+        try:
+            _check_etag(ref, _strip(resp.get("ETag")))
+        except ObjectMissingError:
             async with resp["Body"]:  # (closed on the way out)
-                raise ObjectMissingError(f"object {ref.uri()} has etag {etag!r}, expected {ref.etag!r}")
+                raise
         return resp
 
     async def presign(self, ref: ObjectRef, expires: int = 3600) -> str:
@@ -474,6 +503,19 @@ def _span(method: str, bucket: str, key: str, size: int | None = None, version: 
         baton__s3__size=size,
         baton__s3__version_id=version,
     )
+
+
+def _check_etag(ref: ObjectRef, etag: str | None) -> None:
+    """A read asked for `ref`'s etag (a version's, or the current object's) and got `etag`."""
+    if ref.etag and etag and etag != ref.etag:
+        raise ObjectMissingError(f"object {ref.uri()} has etag {etag!r}, expected {ref.etag!r}")
+
+
+def _check_size(ref: ObjectRef, size: int, max_bytes: int | None) -> None:
+    if max_bytes is not None and size > max_bytes:
+        raise ObjectTooLargeError(
+            f"object {ref.uri()} is {size:,} bytes, more than the {max_bytes:,} read here", size
+        )
 
 
 def _changed(ref: ObjectRef) -> str:

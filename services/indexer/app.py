@@ -70,7 +70,7 @@ def create_app(settings: Settings | None = None):
                     return "removed" if index().remove(key) else "not_text"
                 if current and (current.version_id, current.etag) == (now.version_id, now.etag):
                     return "unchanged"
-                data = await reader.body.read()
+                data = await reader.read()
         except ObjectMissingError:
             return "removed" if index().remove(key) else "absent"
         text = decode_text(data)

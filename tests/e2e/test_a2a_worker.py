@@ -158,12 +158,8 @@ async def test_an_artifact_url_elsewhere_on_the_workers_network_is_refused_perma
     """A remote agent cannot make the worker read its network (server-side request forgery): a URL on a
     loopback address that is not the agent's own origin is refused where it connects, naming the address
     and the setting, and not retried. (The same server by another name: fetched before the check.)"""
-    _run_id, events = await _ended(settings, "a2a-pointer")
-    assert events[-1].type == "run.failed"
-    why = events[-1].reason
-    assert "A2AArtifactRefused" in why and "localhost resolves to 127.0.0.1 (loopback)" in why, why
-    assert "the agent (127.0.0.1:" in why and "BATON_A2A_FETCH_HOSTS" in why, why
-    assert [f.retryable for f in of_type(events, "task.failed")] == [False]
+    why = await _refused(settings, "a2a-pointer", "A2AArtifactRefused")
+    assert "the agent (127.0.0.1:" in why, why
 
 
 async def test_a_card_naming_an_interface_elsewhere_on_the_workers_network_is_refused(settings, a2a_agents):
@@ -171,13 +167,20 @@ async def test_a_card_naming_an_interface_elsewhere_on_the_workers_network_is_re
     network: an interface on a loopback address that is not the agent's own origin is refused where the
     connection would be made, naming the address and the setting, and not retried; nothing reached it.
     (The same server by another name: the task went there before the check.)"""
-    _run_id, events = await _ended(settings, "a2a-diverted")
+    why = await _refused(settings, "a2a-diverted", "A2AAddressRefused")
+    assert "interface http://localhost:" in why, why
+    assert a2a_agents.behaviours["diverted"].seen == {}
+
+
+async def _refused(settings, workflow: str, error: str) -> str:
+    """The run failed on `error`, once (permanent), naming the loopback address and the setting."""
+    _run_id, events = await _ended(settings, workflow)
     assert events[-1].type == "run.failed"
     why = events[-1].reason
-    assert "A2AAddressRefused" in why and "interface http://localhost:" in why, why
-    assert "localhost resolves to 127.0.0.1 (loopback)" in why and "BATON_A2A_FETCH_HOSTS" in why, why
+    assert error in why and "localhost resolves to 127.0.0.1 (loopback)" in why, why
+    assert "BATON_A2A_FETCH_HOSTS" in why, why
     assert [f.retryable for f in of_type(events, "task.failed")] == [False]
-    assert a2a_agents.behaviours["diverted"].seen == {}
+    return why
 
 
 async def test_a_token_the_remote_agent_refuses_is_a_permanent_error(settings, a2a_agents):
