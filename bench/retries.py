@@ -27,6 +27,7 @@ run (scenario 6's Baton burst: one supervisor, `workers` workers).
 from __future__ import annotations
 
 from bench import runs as whole_runs
+from shared.workflow import SequentialWorkflow, load_workflows
 
 LENGTHS = (30, 300)  # `long`: the pipelines beside `relay`'s 3 stages
 SCENARIOS = {  # name: (baseline, the shape, ...), each (workflow, label, params)
@@ -48,9 +49,6 @@ SCENARIOS = {  # name: (baseline, the shape, ...), each (workflow, label, params
         *((f"relay-{length}", f"{length} stages", None) for length in LENGTHS),
     ),
 }
-STAGES = {"relay": 3, "relay-writes": 3, "relay-read-write": 3, "retry-once": 3, "once": 1, "routed": 1} | {
-    f"relay-{length}": length for length in LENGTHS
-}
 TITLES = {
     "retries": "Retry storm: runs of 3 no-op stages published at once; 'retry-once': the first stage fails "
     "once (retryable, backoff 0.1 s)",
@@ -67,19 +65,20 @@ SAMPLE = 200  # retried runs whose events are read back to check that they did r
 def scenario(srv: whole_runs.Servers, name: str, sizes: list[int], workers: int) -> dict:
     out: dict = {"workers": workers, "bursts": []}
     workflows = whole_runs.relay_workflows(srv.work, list(LENGTHS))
+    stages = tasks_per_run(workflows)
     for size in sizes:
         for workflow, label, params in SCENARIOS[name]:
             n = size
             print(f"- {name}: {n} runs at once, {label}", flush=True)
-            timeout = 60 + n * STAGES[workflow] / 60
+            timeout = 60 + n * stages[workflow] / 60
             row = whole_runs._attempt(
                 lambda n=n, workflow=workflow, params=params, timeout=timeout: whole_runs.baton_burst(
                     srv, n, workers, timeout, workflow=workflow, params=params, workflows=workflows
                 )
             )
-            row.update(runs=n, workflow=workflow, stages=STAGES[workflow])
+            row.update(runs=n, workflow=workflow, stages=stages[workflow])
             if row.get("completed"):
-                hops = row["completed"] * STAGES[workflow]
+                hops = row["completed"] * stages[workflow]
                 row["hops_per_s"] = round(hops / row["seconds"], 1)
                 row["supervisor_cpu_ms_per_hop"] = round(row["supervisor_cpu_s"] / hops * 1000, 3)
             if workflow == "retry-once" and row.get("ok"):
@@ -88,6 +87,15 @@ def scenario(srv: whole_runs.Servers, name: str, sizes: list[int], workers: int)
             out["bursts"].append(row)
     out["ok"] = all(r.get("ok") for r in out["bursts"])
     return out
+
+
+def tasks_per_run(path) -> dict[str, int]:
+    """Each workflow's tasks a run (its hops), from the workflow file: a sequential one's stages; a routed
+    request is one task."""
+    return {
+        name: len(wf.stages) if isinstance(wf, SequentialWorkflow) else 1
+        for name, wf in load_workflows(path).workflows.items()
+    }
 
 
 def _retried(srv: whole_runs.Servers, first: str, n: int) -> dict:

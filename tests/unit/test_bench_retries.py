@@ -69,3 +69,11 @@ def test_long_pipelines_show_hops_a_second_and_the_supervisors_cost_a_hop():
     lines = retries.table({"long": {"workers": 2, "bursts": [row]}})
     assert lines[1].startswith("Long pipelines") and "sup ms/hop" in lines[2]
     assert "1,000 relay-300" in lines[3] and "4,514" in lines[3] and "0.177" in lines[3]
+
+
+def test_hops_a_run_come_from_the_workflow_file(tmp_path):
+    from bench.runs import relay_workflows
+
+    stages = retries.tasks_per_run(relay_workflows(tmp_path, [30, 300]))
+    assert stages["relay"] == 3 and stages["relay-read-write"] == 3 and stages["routed"] == 1
+    assert stages["relay-30"] == 30 and stages["relay-300"] == 300
