@@ -6,7 +6,6 @@ that `Settings` reads. Used by `baton dev up/down`, `make demo` and the end-to-e
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import secrets
@@ -15,6 +14,8 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import uvloop
 
 from baton import servers
 from baton.client import init_workspace
@@ -211,7 +212,7 @@ def up(
             pids["jaeger"] = jaeger.pid
             env["OTEL_EXPORTER_OTLP_ENDPOINT"] = jaeger.extra["otlp"]
             env["BATON_TRACES_URL"] = jaeger.url
-        asyncio.run(init_workspace(Settings(**settings_kwargs(env), acl_passwords=passwords)))
+        uvloop.run(init_workspace(Settings(**settings_kwargs(env), acl_passwords=passwords)))
         stack = Stack(root, env, credentials=acl_credentials(env, passwords))
 
         def launch(service: str, extra: dict[str, str] | None = None) -> None:

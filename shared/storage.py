@@ -14,10 +14,13 @@ reads, copies, lists, presigned URLs, the bucket's set-up.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
+import functools
 import mimetypes
 import os
 import tempfile
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import timedelta
@@ -120,9 +123,30 @@ FAST_RETRIES = {
 }
 
 
+# How long the exit hook below lets obstore's threads have the GIL: far more than one handing back a
+# result needs (microseconds), so a loaded machine's scheduling delay is covered.
+EXIT_GRACE = 0.05
+
+
+@functools.cache
+def _hold_exit_for_store_threads() -> None:
+    """Registered once, with the first obstore client: at exit, give obstore's threads the GIL a moment.
+
+    obstore hands each result back from one of its (tokio) threads by calling the event loop's
+    `call_soon_threadsafe`. The standard library's loop wakes itself with a socket send, which lets the
+    GIL go: the main thread can take the result, finish and begin finalising before that thread takes the
+    GIL back, and a thread that asks for the GIL during finalisation is ended by `pthread_exit`, which
+    aborts a Rust thread (SIGABRT: `baton get` died so after writing its files, about 1 exit in 9 here).
+    Exit hooks run before finalisation, so sleeping in one lets such a thread leave Python first. uvloop
+    (the services' and the CLI's loop) keeps the GIL while it wakes itself, so it has no such window; the
+    hook covers the standard loop (`BATON_EVENT_LOOP=asyncio`, the tests' loops)."""
+    atexit.register(time.sleep, EXIT_GRACE)
+
+
 def fast_store(settings: Settings) -> S3Store:
     """The obstore client for the bucket (path-style, as aiobotocore's): its reads, and writes of bodies in
     memory."""
+    _hold_exit_for_store_threads()
     return S3Store(
         settings.bucket,
         endpoint=settings.s3_endpoint_url,

@@ -349,6 +349,42 @@ async def test_a_write_to_a_store_that_is_down_fails_soon_as_a_transient_fault(s
     assert is_transient(info.value) and time.monotonic() - started < 20
 
 
+# A short-lived process that reads an object a chunk at a time on the standard library's loop, then exits.
+READ_AND_EXIT = """
+import asyncio
+from shared.settings import Settings
+from shared.storage import Storage
+
+async def main():
+    async with Storage.connect(Settings()) as storage:
+        ref = await storage.put("runs/r-exit/a.md", b"a line\\n" * 100)
+        async with storage.open(ref) as reader:
+            print(sum([len(chunk) async for chunk in reader.chunks()]))
+
+asyncio.run(main())
+"""
+EXITS = 24  # one exit in 9 aborted before the exit hook: all 24 passing by chance is under 6 %
+
+
+async def test_a_process_exits_cleanly_right_after_reading_through_obstore(settings):
+    """obstore hands a result back from its own thread; at exit that thread must not be left asking for
+    the GIL (`baton get` died of SIGABRT after writing its files: shared/storage's exit hook)."""
+    env = {**_env(settings), "PYTHONPATH": str(ROOT)}
+    gate = asyncio.Semaphore(4)
+
+    async def read_and_exit() -> tuple[int | None, bytes, bytes]:
+        async with gate:
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable, "-c", READ_AND_EXIT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+            )
+            out, err = await proc.communicate()
+            return proc.returncode, out, err
+
+    ends = await asyncio.gather(*(read_and_exit() for _ in range(EXITS)))
+    assert [(code, out, err[-300:]) for code, out, err in ends if code != 0] == []
+    assert {out for _, out, _ in ends} == {b"700\n"}
+
+
 async def test_follow_yields_an_event_recorded_twice_once(settings):
     """A supervisor that dies before acknowledging re-records the redelivered event (same event id):
     `baton watch` (client.follow) shows it once."""
