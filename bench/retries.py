@@ -16,6 +16,11 @@ supervisor and the indexer) beside N runs of `relay` (the no-op stages every oth
 `text` to a no-op agent: the router's decision, then one task) beside N runs of `once` (the same no-op
 stage, sequential: no router).
 
+`remote`, agents on another team's server: N runs of `remote-once` (one stage, a `kind: a2a` agent: the
+worker sends the task to an A2A peer built with a2a-sdk, in its own process on the same cores, which answers
+at once with one small file the worker writes to the bucket) beside N runs of `once-writes` (one local
+stage writing one small file). The peer's CPU is reported beside the stack's.
+
 `long`, pipelines 10x and 100x longer: N runs of 3 no-op stages, then N runs of 30 and N of 300 (as many
 in flight at once in each burst), so that a cost growing with a run's length shows as fewer hops a second
 and more supervisor CPU a hop.
@@ -26,7 +31,14 @@ run (scenario 6's Baton burst: one supervisor, `workers` workers).
 
 from __future__ import annotations
 
+import contextlib
+import time
+import urllib.request
+from collections.abc import Iterator
+
+from baton.servers import free_port
 from bench import runs as whole_runs
+from bench.common import Procs, python
 from shared.workflow import SequentialWorkflow, load_workflows
 
 LENGTHS = (30, 300)  # `long`: the pipelines beside `relay`'s 3 stages
@@ -44,6 +56,10 @@ SCENARIOS = {  # name: (baseline, the shape, ...), each (workflow, label, params
         ("relay-writes", "each stage writes one small file", None),
         ("relay-read-write", "each stage reads its inputs, then writes one small file", None),
     ),
+    "remote": (
+        ("once-writes", "one local stage writing one small file", None),
+        ("remote-once", "one kind: a2a stage (a remote A2A peer's one small file)", None),
+    ),
     "long": (
         ("relay", "3 stages", None),
         *((f"relay-{length}", f"{length} stages", None) for length in LENGTHS),
@@ -57,6 +73,9 @@ TITLES = {
     "writes": "Agents that write: runs of 3 stages each writing one small file ('relay-writes': a PUT "
     "and its notification a stage; 'relay-read-write': each stage first reads its inputs) beside 'relay' "
     "(no writes)",
+    "remote": "Remote agents: 'remote-once' runs (one kind: a2a stage, sent to an A2A peer built with "
+    "a2a-sdk on the same cores, answering at once with one small file) beside 'once-writes' (one local stage "
+    "writing one small file)",
     "long": "Long pipelines: N runs of 3, of 30 and of 300 no-op stages published at once",
 }
 SAMPLE = 200  # retried runs whose events are read back to check that they did retry
@@ -64,19 +83,67 @@ SAMPLE = 200  # retried runs whose events are read back to check that they did r
 
 def scenario(srv: whole_runs.Servers, name: str, sizes: list[int], workers: int) -> dict:
     out: dict = {"workers": workers, "bursts": []}
+    with contextlib.ExitStack() as stops:
+        peer = stops.enter_context(a2a_peer(srv.work / "a2a-peer")) if name == "remote" else None
+        _bursts(srv, name, sizes, workers, out, peer)
+    out["ok"] = all(r.get("ok") for r in out["bursts"])
+    return out
+
+
+@contextlib.contextmanager
+def a2a_peer(logdir) -> Iterator[tuple[str, Procs]]:
+    """The test A2A agents (tests/a2a_agents.py) served by a process of their own: its URL, its process."""
+    procs = Procs(logdir)
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    procs.start("a2a-peer", python("-m", "tests.a2a_agents", "--port", str(port)))
+    try:
+        deadline = time.time() + 30
+        while True:
+            procs.check_alive()
+            try:
+                urllib.request.urlopen(f"{url}/echo/.well-known/agent-card.json", timeout=2).close()
+                break
+            except OSError:
+                if time.time() > deadline:
+                    raise RuntimeError(f"the A2A peer did not answer at {url} within 30 s") from None
+                time.sleep(0.1)
+        yield url, procs
+    finally:
+        procs.stop()
+
+
+def _bursts(
+    srv, name: str, sizes: list[int], workers: int, out: dict, peer: tuple[str, Procs] | None
+) -> None:
     workflows = whole_runs.relay_workflows(srv.work, list(LENGTHS))
     stages = tasks_per_run(workflows)
+    extra = {"A2A_BENCH_URL": peer[0]} if peer else None
+    peer_pids = peer[1].pids if peer else []
     for size in sizes:
         for workflow, label, params in SCENARIOS[name]:
             n = size
             print(f"- {name}: {n} runs at once, {label}", flush=True)
             timeout = 60 + n * stages[workflow] / 60
+            peer_cpu = whole_runs._cpu(peer_pids) if peer else 0.0
             row = whole_runs._attempt(
                 lambda n=n, workflow=workflow, params=params, timeout=timeout: whole_runs.baton_burst(
-                    srv, n, workers, timeout, workflow=workflow, params=params, workflows=workflows
+                    srv,
+                    n,
+                    workers,
+                    timeout,
+                    workflow=workflow,
+                    params=params,
+                    workflows=workflows,
+                    extra=extra,
                 )
             )
             row.update(runs=n, workflow=workflow, stages=stages[workflow])
+            if peer and workflow.startswith("remote"):
+                row["peer_cpu_s"] = round(whole_runs._cpu(peer_pids) - peer_cpu, 2)
+                row["peer_cpu_ms_per_run"] = round(
+                    row["peer_cpu_s"] / max(row.get("completed") or 0, 1) * 1000, 2
+                )
             if row.get("completed"):
                 hops = row["completed"] * stages[workflow]
                 row["hops_per_s"] = round(hops / row["seconds"], 1)
@@ -85,8 +152,6 @@ def scenario(srv: whole_runs.Servers, name: str, sizes: list[int], workers: int)
                 row["sample"] = _retried(srv, row["first_run_id"], n)
                 row["ok"] = row["sample"]["retried"] == row["sample"]["runs"]
             out["bursts"].append(row)
-    out["ok"] = all(r.get("ok") for r in out["bursts"])
-    return out
 
 
 def tasks_per_run(path) -> dict[str, int]:
@@ -138,6 +203,12 @@ def table(results: dict) -> list[str]:
                 f"{b['runs']:>7,} {b['workflow']:16} {b['runs_per_s']:>8,.0f} {ends.get('p50_s', 0):>10.2f} "
                 f"{ends.get('max_s', 0):>11.2f} {b['supervisor_cpu_ms_per_run']:>11.2f} "
                 f"{b.get('hops_per_s', 0):>8,.0f} {b.get('supervisor_cpu_ms_per_hop', 0):>11.3f} {retried:>9}"
+                + (
+                    f"  worker {b['worker_cpu_s'] / b['completed'] * 1000:.1f} ms/run"
+                    if name == "remote"
+                    else ""
+                )
+                + (f", A2A peer {b['peer_cpu_ms_per_run']:.1f}" if "peer_cpu_ms_per_run" in b else "")
                 + ("" if b.get("ok") else f"  NOT OK: {b.get('error', 'not every sampled run retried')}")
             )
     return lines

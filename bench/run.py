@@ -44,6 +44,7 @@ SCENARIOS = (
     "routed",
     "writes",
     "long",
+    "remote",
     "cluster",
     "tracing",
 )
@@ -177,7 +178,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--retry-runs",
         default="1000,10000",
-        help="runs per burst of retries, routed and writes, a pair each",
+        help="runs per burst of retries, routed, writes and remote, a pair each",
     )
     p.add_argument("--long-runs", default="1000", help="runs per burst of 3, 30 and 300 stages (long)")
     p.add_argument("--trace-runs", type=int, default=2000, help="runs per burst in the tracing scenario")
@@ -461,7 +462,7 @@ def main(argv: list[str] | None = None) -> None:
             results["search"] = search_bench.scenario(
                 srv, sizes, args.search_concurrency, 120 + max(sizes) / 10
             )
-        for name in ("retries", "routed", "writes", "long"):
+        for name in ("retries", "routed", "writes", "remote", "long"):
             if name in only:
                 sizes = _ints(args.long_runs if name == "long" else args.retry_runs)
                 results[name] = retries_bench.scenario(srv, name, sizes, args.run_workers)

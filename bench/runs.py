@@ -265,12 +265,17 @@ def baton_burst(
     workflow: str = "relay",
     params: dict | None = None,
     workflows: Path = full_stack.WORKFLOWS,
+    extra: dict[str, str] | None = None,
 ) -> dict:
-    """`n` runs of `workflow` (with `params`, from the file `workflows`) published at once; runs/s, when
-    they ended, CPU per run."""
+    """`n` runs of `workflow` (with `params`, from the file `workflows`; the services' environment plus
+    `extra`) published at once; runs/s, when they ended, CPU per run."""
     client = srv.clean()
     stack = srv.stack(
-        f"burst-{workflow}-{supervisors}", workers=workers, supervisors=supervisors, workflows=workflows
+        f"burst-{workflow}-{supervisors}",
+        workers=workers,
+        supervisors=supervisors,
+        workflows=workflows,
+        extra=extra,
     )
     try:
         _warm(client)

@@ -11,6 +11,8 @@ Each agent lives at `/<name>/` with its card at `/<name>/.well-known/agent-card.
   guarded - echo, behind a bearer token (GUARD_TOKEN) its card declares
   huge    - returns a 4096-byte artifact (over the limit its test agent declares)
   badcard - serves a card that is not an agent card
+
+`python -m tests.a2a_agents --port N` serves them in a process of their own (the benchmark's remote peer).
 """
 
 from __future__ import annotations
@@ -198,3 +200,18 @@ class AgentsServer:
     def stop(self) -> None:
         self.server.should_exit = True
         self.thread.join(10)
+
+
+def main(argv: list[str] | None = None) -> None:
+    import argparse
+
+    parser = argparse.ArgumentParser(description="Serve the test A2A agents (the benchmark's remote peer).")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, required=True)
+    args = parser.parse_args(argv)
+    base = f"http://{args.host}:{args.port}"
+    uvicorn.run(build_app(base, {}), host=args.host, port=args.port, log_level="warning")
+
+
+if __name__ == "__main__":
+    main()
