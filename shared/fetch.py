@@ -33,6 +33,10 @@ from shared.storage import COPY_IN_MEMORY, MAX_PUT
 
 SETTING = "BATON_A2A_FETCH_HOSTS"
 MAX_REDIRECTS = 5
+# Idle connections kept for the next request (httpx's own default), each for less than the usual servers'
+# keep-alive (uvicorn's and Node's 5 s), so that a reused connection is not one the server is closing.
+KEEPALIVE_CONNECTIONS = 20
+KEEPALIVE_S = 2.0
 
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 _NAT64 = ipaddress.ip_network("64:ff9b::/96")
@@ -178,10 +182,16 @@ def client(
     """An HTTP client whose every connection passes `policy`, following up to `MAX_REDIRECTS` redirects
     (each checked as it connects) unless told not to. httpx 0.28 takes no network backend, so its
     transport's connection pool is built here with ours (httpx is pinned; tests/unit/test_fetch.py fails if
-    this stops applying)."""
+    this stops applying). Its connections are not capped (httpcore's pool would allow 10 at once, and a
+    remote agent's task holds one for as long as it streams): what uses the client bounds them (a worker
+    runs at most an agent's `concurrency` tasks at once)."""
     transport = httpx.AsyncHTTPTransport()
     transport._pool = httpcore.AsyncConnectionPool(
-        ssl_context=httpx.create_ssl_context(), network_backend=_Guard(policy)
+        ssl_context=httpx.create_ssl_context(),
+        max_connections=None,
+        max_keepalive_connections=KEEPALIVE_CONNECTIONS,
+        keepalive_expiry=KEEPALIVE_S,
+        network_backend=_Guard(policy),
     )
     return httpx.AsyncClient(
         transport=transport,
@@ -193,14 +203,28 @@ def client(
 
 
 class Fetcher:
-    """Fetches file URLs through one client (its TLS context and connection pool built once, on the first
-    URL: a worker serving many remote agents builds none for those that never name one), every connection
-    checked against `policy`. Closed with `aclose()`."""
+    """Fetches file URLs through one client (its TLS context and connection pool built once, on first use:
+    a worker serving many remote agents builds none for those that never name one), every connection
+    checked against `policy`. `client()` is that client, for other requests (a remote agent's messages).
+    Closed with `aclose()`."""
 
-    def __init__(self, policy: Policy, timeout: float | httpx.Timeout = 30) -> None:
+    def __init__(
+        self,
+        policy: Policy,
+        timeout: float | httpx.Timeout = 30,
+        *,
+        headers: dict[str, str] | None = None,
+        follow_redirects: bool = True,
+    ) -> None:
         self.policy = policy
         self.timeout = timeout
+        self.options = {"headers": headers, "follow_redirects": follow_redirects}
         self.http: httpx.AsyncClient | None = None
+
+    def client(self) -> httpx.AsyncClient:
+        if self.http is None:
+            self.http = client(self.policy, self.timeout, **self.options)
+        return self.http
 
     async def aclose(self) -> None:
         if self.http is not None:
@@ -212,11 +236,9 @@ class Fetcher:
         refused as it arrives (`TooLarge`)."""
         if not url.startswith(("http://", "https://")):
             raise FetchError(f"file URL {url!r}: only http(s) URLs are fetched")
-        if self.http is None:
-            self.http = client(self.policy, self.timeout)
         spool = tempfile.SpooledTemporaryFile(max_size=COPY_IN_MEMORY)
         try:
-            async with self.http.stream("GET", url) as resp:
+            async with self.client().stream("GET", url) as resp:
                 if resp.status_code >= 300:
                     raise FetchError(f"file URL {url!r} answered HTTP {resp.status_code}")
                 async for chunk in resp.aiter_bytes(1 << 20):

@@ -11,7 +11,9 @@ Each agent lives at `/<name>/` with its card at `/<name>/.well-known/agent-card.
   guarded - echo, behind a bearer token (GUARD_TOKEN) its card declares
   huge    - returns a 4096-byte artifact (over the limit its test agent declares)
   badcard - serves a card that is not an agent card
+  together - echo, once TOGETHER of its tasks are in flight at once (fails after TOGETHER_S without them)
 
+Each agent's `clients` lists the (host, port) every message to it came from: one entry a connection.
 `python -m tests.a2a_agents --port N` serves them in a process of their own (the benchmark's remote peer).
 """
 
@@ -45,8 +47,10 @@ from starlette.responses import JSONResponse, PlainTextResponse
 from starlette.routing import Mount, Route
 
 BEHAVIOURS = ("echo", "flaky", "fail", "reject", "asks", "slow", "huge", "guarded", "linked", "pointer")
-BEHAVIOURS += ("diverted",)
+BEHAVIOURS += ("diverted", "together")
 GUARD_TOKEN = "the-guarded-agents-token"
+TOGETHER = 24
+TOGETHER_S = 30
 
 
 def describe(part: Part) -> str:
@@ -67,6 +71,9 @@ class Behaviour(AgentExecutor):
         self.name, self.base = name, base
         self.seen: dict[str, int] = {}
         self.cancelled: list[str] = []
+        self.clients: set[tuple[str, int]] = set()
+        self.in_flight = 0
+        self.all_in = asyncio.Event()  # `together`: TOGETHER tasks were in flight at once
 
     async def execute(self, context: RequestContext, event_queue: EventQueue) -> None:
         task = context.current_task or new_task_from_user_message(context.message)
@@ -87,6 +94,9 @@ class Behaviour(AgentExecutor):
             return
         if self.name == "slow":
             await asyncio.sleep(60)
+        if self.name == "together" and not await self.gathered():
+            await up.failed(say(f"together: only {self.in_flight} tasks at once, not {TOGETHER}"))
+            return
         if self.name in ("linked", "pointer"):  # an artifact by URL: on this server, or by another name
             host = self.base if self.name == "linked" else self.base.replace("127.0.0.1", "localhost")
             part = Part(url=f"{host}/files/notes.md", filename="notes.md", media_type="text/markdown")
@@ -106,6 +116,19 @@ class Behaviour(AgentExecutor):
             [Part(raw=body.encode(), filename="review.md", media_type="text/markdown")], name="review"
         )
         await up.complete()
+
+    async def gathered(self) -> bool:
+        self.in_flight += 1
+        try:
+            if self.in_flight >= TOGETHER:
+                self.all_in.set()
+            try:
+                await asyncio.wait_for(self.all_in.wait(), TOGETHER_S)
+                return True
+            except TimeoutError:
+                return False
+        finally:
+            self.in_flight -= 1
 
     async def cancel(self, context: RequestContext, event_queue: EventQueue) -> None:
         task = context.current_task
@@ -168,6 +191,9 @@ def build_app(base: str, behaviours: dict[str, Behaviour]) -> Starlette:
 
     async def guarded(scope, receive, send):
         path = scope.get("path", "")
+        name = path.strip("/").split("/", 1)[0]
+        if scope["type"] == "http" and scope["method"] == "POST" and name in behaviours:
+            behaviours[name].clients.add(tuple(scope["client"]))
         if scope["type"] == "http" and path.startswith("/guarded/") and not path.endswith("agent-card.json"):
             given = dict(scope.get("headers") or []).get(b"authorization", b"")
             if given != f"Bearer {GUARD_TOKEN}".encode():

@@ -52,7 +52,6 @@ from google.protobuf import json_format, struct_pb2
 
 from shared.errors import ConfigError, InputRequired, PermanentError, RetryableError
 from shared.fetch import Fetcher, FetchError, Policy, Refused, TooLarge
-from shared.fetch import client as guarded_client
 from shared.settings import Settings
 from shared.workflow import AgentSpec, expand_env, register_runtime
 
@@ -212,65 +211,65 @@ def make_handler(spec: AgentSpec) -> Callable[[AgentContext], Awaitable[None]]:
         policy = Policy(settings.a2a_fetch_hosts, {"the store": settings.s3_endpoint_url, "the agent": url})
     except ValueError as exc:
         raise ConfigError(f"a2a agent at {url}: {exc}") from exc
-    fetching = Fetcher(policy, httpx.Timeout(spec.timeout, read=None))
+    # The whole remote task is bounded by the agent's time limit (the worker's), not by a read timeout.
+    timeout = httpx.Timeout(spec.timeout, read=None)
+    fetching = Fetcher(policy, timeout)
+    # The agent's messages: one client for all its tasks, made on the first (a TLS context costs ~10-20 ms
+    # of CPU; idle connections are reused), our token on every request.
+    headers = {"Authorization": f"Bearer {os.environ[token_env]}"} if token_env else {}
+    talking_to = Fetcher(talking, timeout, headers=headers, follow_redirects=False)
 
     async def run_a2a_agent(ctx: AgentContext) -> None:
-        headers = {"Authorization": f"Bearer {os.environ[token_env]}"} if token_env else {}
-        # The whole remote task is bounded by the agent's time limit (the worker's), not by a read timeout.
-        timeout = httpx.Timeout(spec.timeout, read=None)
-        http_client = guarded_client(talking, timeout, headers=headers, follow_redirects=False)
-        async with http_client as http:
-            card = await cards.get(http)
-            client = ClientFactory(ClientConfig(httpx_client=http, streaming=True)).create(card)
-            outcome = Outcome()
-            if ctx.resume.get(RESUME_TASK):  # a person answered the remote agent's question: go on
-                outcome.task_id = ctx.resume[RESUME_TASK]
-                outcome.context_id = ctx.resume.get(RESUME_CONTEXT) or None
-                message, said = answer_message(ctx, outcome), "answer sent to"
-            else:
-                message, said = await build_message(ctx, spec), "sent to"
+        http = talking_to.client()
+        card = await cards.get(http)
+        client = ClientFactory(ClientConfig(httpx_client=http, streaming=True)).create(card)
+        outcome = Outcome()
+        if ctx.resume.get(RESUME_TASK):  # a person answered the remote agent's question: go on
+            outcome.task_id = ctx.resume[RESUME_TASK]
+            outcome.context_id = ctx.resume.get(RESUME_CONTEXT) or None
+            message, said = answer_message(ctx, outcome), "answer sent to"
+        else:
+            message, said = await build_message(ctx, spec), "sent to"
 
-            async def exchange() -> None:
-                async for response in client.send_message(SendMessageRequest(message=message)):
-                    await follow(ctx, card, response, outcome)
-                while outcome.state not in DONE:  # a remote agent that returned before it was done
-                    if outcome.task_id is None:
-                        raise A2ATaskFailed(
-                            f"A2A agent {card.name!r} at {url} returned neither a task nor a message"
-                        )
-                    await asyncio.sleep(POLL_S)
-                    task = await client.get_task(GetTaskRequest(id=outcome.task_id))
-                    await follow(ctx, card, StreamResponse(task=task), outcome)
+        async def exchange() -> None:
+            async for response in client.send_message(SendMessageRequest(message=message)):
+                await follow(ctx, card, response, outcome)
+            while outcome.state not in DONE:  # a remote agent that returned before it was done
+                if outcome.task_id is None:
+                    raise A2ATaskFailed(
+                        f"A2A agent {card.name!r} at {url} returned neither a task nor a message"
+                    )
+                await asyncio.sleep(POLL_S)
+                task = await client.get_task(GetTaskRequest(id=outcome.task_id))
+                await follow(ctx, card, StreamResponse(task=task), outcome)
 
-            try:
-                await ctx.progress(f"{said} A2A agent {card.name!r} at {url}", 1)
-                await until_cancelled(ctx, exchange())
-            except TaskNotFoundError as exc:
-                raise A2ATaskLost(
-                    f"A2A agent {card.name!r} at {url} no longer has task {outcome.task_id}: {exc}"
+        try:
+            await ctx.progress(f"{said} A2A agent {card.name!r} at {url}", 1)
+            await until_cancelled(ctx, exchange())
+        except TaskNotFoundError as exc:
+            raise A2ATaskLost(
+                f"A2A agent {card.name!r} at {url} no longer has task {outcome.task_id}: {exc}"
+            ) from exc
+        except (httpx.RequestError, A2AClientError, Refused) as exc:
+            if (refused := caused_by(exc, Refused)) is not None:  # permanent: the card says so
+                interface = card.supported_interfaces[0].url if card.supported_interfaces else "?"
+                raise A2AAddressRefused(
+                    f"A2A agent {card.name!r} at {url}: its card's interface {interface}: {refused}"
                 ) from exc
-            except (httpx.RequestError, A2AClientError, Refused) as exc:
-                if (refused := caused_by(exc, Refused)) is not None:  # permanent: the card says so
-                    interface = card.supported_interfaces[0].url if card.supported_interfaces else "?"
-                    raise A2AAddressRefused(
-                        f"A2A agent {card.name!r} at {url}: its card's interface {interface}: {refused}"
-                    ) from exc
-                cards.forget()
-                cause = exc.__cause__
-                if isinstance(cause, httpx.HTTPStatusError) and cause.response.status_code in (401, 403):
-                    raise A2AUnauthorized(
-                        f"A2A agent {card.name!r} at {url} refused our credentials "
-                        f"(HTTP {cause.response.status_code}; token from {token_env or 'no api_key_env'})"
-                    ) from exc
-                raise A2AUnreachable(
-                    f"A2A agent {card.name!r} at {url}: {type(exc).__name__}: {exc}"
+            cards.forget()
+            cause = exc.__cause__
+            if isinstance(cause, httpx.HTTPStatusError) and cause.response.status_code in (401, 403):
+                raise A2AUnauthorized(
+                    f"A2A agent {card.name!r} at {url} refused our credentials "
+                    f"(HTTP {cause.response.status_code}; token from {token_env or 'no api_key_env'})"
                 ) from exc
-            except BaseException:
-                # Our task stops early (time limit, run cancelled, worker stopping): so does the remote one.
-                if outcome.task_id and outcome.state not in DONE:
-                    await cancel_remote(client, outcome.task_id)
-                raise
-            await settle(ctx, spec, card, url, outcome, fetching)
+            raise A2AUnreachable(f"A2A agent {card.name!r} at {url}: {type(exc).__name__}: {exc}") from exc
+        except BaseException:
+            # Our task stops early (time limit, run cancelled, worker stopping): so does the remote one.
+            if outcome.task_id and outcome.state not in DONE:
+                await cancel_remote(client, outcome.task_id)
+            raise
+        await settle(ctx, spec, card, url, outcome, fetching)
 
     run_a2a_agent.__name__ = "run_a2a_agent"
     run_a2a_agent.__qualname__ = "run_a2a_agent"

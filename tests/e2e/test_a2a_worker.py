@@ -39,6 +39,29 @@ async def test_a_remote_agent_reviews_the_draft_and_its_artifact_is_a_named_outp
     assert any("echo: writing the review" in m for m in progress), progress
 
 
+async def test_a_remote_agents_tasks_share_its_connections(settings, a2a_agents):
+    """One client an agent (in each worker): tasks one after another reuse its idle connection, where a
+    client a task opened a connection (and built a TLS context) each time."""
+    echo = a2a_agents.behaviours["echo"]
+    echo.clients.clear()
+    for _ in range(4):
+        _run_id, events = await _ended(settings, "a2a-echo")
+        assert events[-1].type == "run.completed", events[-1]
+    assert 1 <= len(echo.clients) <= 2, echo.clients  # two workers, one connection each at most
+
+
+async def test_many_tasks_of_a_remote_agent_are_in_flight_at_once(settings, a2a_agents):
+    """A task holds its connection while the remote agent streams: the shared client caps none (httpcore's
+    pool would allow 10), so 24 tasks reach the agent together, as its `concurrency` (32) allows."""
+    from tests.a2a_agents import TOGETHER
+
+    runs = [await client.submit(settings, "a2a-together", {}) for _ in range(TOGETHER)]
+    ends = await asyncio.gather(*(wait_for_end(settings, run_id, timeout=60) for run_id in runs))
+    assert [events[-1].type for events in ends] == ["run.completed"] * TOGETHER, [
+        events[-1].reason for events in ends if events[-1].type != "run.completed"
+    ][:3]
+
+
 async def test_a_remote_failure_is_retried(settings, a2a_agents):
     _run_id, events = await _ended(settings, "a2a-flaky")
     assert events[-1].type == "run.completed", events[-1]
