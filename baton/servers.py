@@ -259,8 +259,9 @@ def start_redis(
     loses nothing a client was told was written (`make chaos` kills Redis that way). Without a `port`, on
     a free one (`on_free_ports`)."""
     if port is None:
-        again = (appendonly, password, appendfsync, extra_args, aclfile)
-        return on_free_ports(lambda: start_redis(data_dir, free_port(), *again))
+        options = dict(appendonly=appendonly, password=password, appendfsync=appendfsync)
+        options.update(extra_args=extra_args, aclfile=aclfile)
+        return on_free_ports(lambda: start_redis(data_dir, free_port(), **options))
     data_dir = data_dir.resolve()  # redis changes into --dir before opening --logfile
     data_dir.mkdir(parents=True, exist_ok=True)
     log = data_dir / "redis.log"

@@ -64,14 +64,41 @@ MAX_PUT = 5 * 1024**3  # bytes one PUT may carry (S3's limit; MinIO's too)
 COPY_IN_MEMORY = 8 * 2**20  # bytes `copy_new` holds in memory; a larger object passes through a file
 
 
+def in_memory(data: bytes | BinaryIO) -> bool:
+    return isinstance(data, bytes | bytearray | memoryview)
+
+
 def body_size(data: bytes | BinaryIO) -> int:
     """Bytes a write will send: all of `data`, or a file's bytes from where it stands to its end."""
-    if isinstance(data, bytes | bytearray | memoryview):
+    if in_memory(data):
         return len(data)
     here = data.tell()
     end = data.seek(0, os.SEEK_END)
     data.seek(here)
     return end - here
+
+
+@dataclass
+class _Put:
+    """One write's request, whichever client sends it."""
+
+    key: str
+    data: bytes | BinaryIO
+    content_type: str
+    if_match: str | None
+    if_none_match: bool
+    metadata: dict[str, str]
+
+    @property
+    def streamed(self) -> bool:
+        """A file, sent a chunk at a time (aiobotocore); bytes in memory go through obstore."""
+        return not in_memory(self.data)
+
+    def refused(self) -> str:
+        """What a refused condition means, for `PreconditionFailedError`."""
+        if self.if_match:
+            return f"write to {self.key!r} refused: the object changed since etag {self.if_match!r} was read"
+        return f"write to {self.key!r} refused: the object already exists"
 
 
 @dataclass
@@ -207,23 +234,15 @@ class Storage:
             raise ObjectTooLargeError(
                 f"{key}: {size:,} bytes is more than one write takes ({MAX_PUT:,} bytes, S3's limit)", size
             )
-        lost = (
-            f"write to {key!r} refused: the object changed since etag {if_match!r} was read"
-            if if_match
-            else f"write to {key!r} refused: the object already exists"
-        )
         with _span("PutObject", self.bucket, key, size=size):
             traceparent = telemetry.current_traceparent()
             if traceparent:  # read back by the notifier from the bucket's event: the trace goes on
                 metadata = {**(metadata or {}), "traceparent": traceparent}
-            if self.fast is not None and isinstance(data, bytes | bytearray | memoryview):
-                version_id, etag = await self._put_in_memory(
-                    key, data, content_type, if_match, if_none_match, metadata or {}, lost
-                )
+            put = _Put(key, data, content_type, if_match, if_none_match, metadata or {})
+            if self.fast is not None and not put.streamed:
+                version_id, etag = await self._put_in_memory(put)
             else:
-                version_id, etag = await self._put_stream(
-                    key, data, content_type, if_match, if_none_match, metadata or {}, lost
-                )
+                version_id, etag = await self._put_stream(put)
         return ObjectRef(
             bucket=self.bucket,
             key=key,
@@ -233,54 +252,50 @@ class Storage:
             content_type=content_type,
         )
 
-    async def _put_in_memory(
-        self, key, data, content_type, if_match, if_none_match, metadata, lost
-    ) -> tuple[str | None, str | None]:
+    async def _put_in_memory(self, put: _Put) -> tuple[str | None, str | None]:
         """One PUT through obstore: If-None-Match: * (`create`) or If-Match on the etag (`update`)."""
-        if if_none_match:
+        if put.if_none_match:
             mode = "create"
-        elif if_match:
-            mode = {"e_tag": f'"{_strip(if_match)}"'}
+        elif put.if_match:
+            mode = {"e_tag": f'"{_strip(put.if_match)}"'}
         else:
             mode = "overwrite"
         try:
             result = await obstore.put_async(
                 self.fast,
-                key,
-                data,
-                attributes={"Content-Type": content_type, **metadata},  # others: user metadata
+                put.key,
+                put.data,
+                attributes={"Content-Type": put.content_type, **put.metadata},  # others: user metadata
                 mode=mode,
                 use_multipart=False,
             )
         except (obstore_errors.PreconditionError, obstore_errors.AlreadyExistsError) as exc:
-            raise PreconditionFailedError(lost) from exc
+            raise PreconditionFailedError(put.refused()) from exc
         except (obstore_errors.PermissionDeniedError, obstore_errors.UnauthenticatedError) as exc:
-            raise AccessDeniedError(f"write to {key!r} refused by the store: {_first_line(exc)}") from exc
+            raise AccessDeniedError(f"write to {put.key!r} refused by the store: {_first_line(exc)}") from exc
         except obstore_errors.BaseError as exc:  # a refused connection, a 5xx: past obstore's retries
-            raise StoreUnavailableError(f"write to {key!r} failed: {_first_line(exc)}") from exc
+            raise StoreUnavailableError(f"write to {put.key!r} failed: {_first_line(exc)}") from exc
         return result.get("version"), result.get("e_tag")
 
-    async def _put_stream(
-        self, key, data, content_type, if_match, if_none_match, metadata, lost
-    ) -> tuple[str | None, str | None]:
+    async def _put_stream(self, put: _Put) -> tuple[str | None, str | None]:
         """One PUT through aiobotocore, the body read a chunk at a time (a file)."""
         kwargs: dict = {}
-        if if_match:
-            kwargs["IfMatch"] = f'"{_strip(if_match)}"'
-        if if_none_match:
+        if put.if_match:
+            kwargs["IfMatch"] = f'"{_strip(put.if_match)}"'
+        if put.if_none_match:
             kwargs["IfNoneMatch"] = "*"
         try:
             resp = await self.client.put_object(
                 Bucket=self.bucket,
-                Key=key,
-                Body=data,
-                ContentType=content_type,
-                Metadata=metadata,
+                Key=put.key,
+                Body=put.data,
+                ContentType=put.content_type,
+                Metadata=put.metadata,
                 **kwargs,
             )
         except ClientError as exc:
             if _code(exc) in ("PreconditionFailed", "412", "ConditionalRequestConflict"):
-                raise PreconditionFailedError(lost) from exc
+                raise PreconditionFailedError(put.refused()) from exc
             raise
         return resp.get("VersionId"), resp.get("ETag")
 

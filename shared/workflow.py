@@ -25,15 +25,17 @@ from pydantic import (
 from .errors import ConfigError
 from .events import ID_PATTERN
 from .llm import ENV_NAME, LLMConfig, Price
+from .settings import Settings
 from .workspace import normalize_prefix, validate_key
 
 # Runtimes of agent kinds other than `python`, registered by the layer that implements them
 # (`services/worker/llm.py` registers `llm`), so this module does not reach up into the services.
-RUNTIMES: dict[str, Callable[[AgentSpec], Callable]] = {}
+RUNTIMES: dict[str, Callable[[AgentSpec, Settings | None], Callable]] = {}
 
 
-def register_runtime(kind: str, factory: Callable[[AgentSpec], Callable]) -> None:
-    """Make `kind: <kind>` agents loadable: `factory(spec)` returns the agent's handler."""
+def register_runtime(kind: str, factory: Callable[[AgentSpec, Settings | None], Callable]) -> None:
+    """Make `kind: <kind>` agents loadable: `factory(spec, settings)` returns the agent's handler (the
+    settings of the service that loads it; None: the environment's)."""
     RUNTIMES[kind] = factory
 
 
@@ -268,14 +270,15 @@ class AgentSpec(_Strict):
             price=self.price,
         )
 
-    def load_handler(self):
+    def load_handler(self, settings: Settings | None = None):
+        """The agent's handler; a runtime's (`llm`, `a2a`) made with the loading service's `settings`."""
         if self.kind != "python":
             factory = RUNTIMES.get(self.kind)
             if factory is None:
                 raise ConfigError(
                     f"agent kind {self.kind!r} has no runtime here; registered: {sorted(RUNTIMES)}"
                 )
-            return factory(self)
+            return factory(self, settings)
         module, _, name = (self.handler or "").partition(":")
         try:
             return getattr(importlib.import_module(module), name)

@@ -54,7 +54,7 @@ def create_app(settings: Settings | None = None):
     for name in workflows.agents:  # (declared for the AsyncAPI document; written through the outbox)
         broker.publisher(stream=streams.agent_stream(name), title=f"agent:{name}", schema=TaskAssigned)
     classifiers = {
-        name: wf.classifier and workflows.agents[wf.classifier].load_handler()
+        name: wf.classifier and workflows.agents[wf.classifier].load_handler(settings)
         for name, wf in workflows.workflows.items()
         if isinstance(wf, RouterWorkflow)
     }

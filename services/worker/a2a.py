@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import json
 import mimetypes
 import os
@@ -186,14 +185,11 @@ def text_of(message: Message) -> str:
     return " ".join(p.text for p in message.parts if p.HasField("text")).strip()
 
 
-@functools.cache
-def process_settings() -> Settings:
-    """The worker's settings, read once however many `kind: a2a` agents it serves."""
-    return Settings()
-
-
-def make_handler(spec: AgentSpec) -> Callable[[AgentContext], Awaitable[None]]:
-    """The handler the worker runs for a `kind: a2a` agent (a bad `url` or token variable fails here)."""
+def make_handler(
+    spec: AgentSpec, settings: Settings | None = None
+) -> Callable[[AgentContext], Awaitable[None]]:
+    """The handler the worker runs for a `kind: a2a` agent, with the worker's `settings` (None: the
+    environment's); a bad `url` or token variable fails here."""
     url = expand_env(spec.url or "", "url").rstrip("/") + "/"
     token_env = spec.api_key_env
     if token_env and not os.environ.get(token_env):
@@ -205,7 +201,7 @@ def make_handler(spec: AgentSpec) -> Callable[[AgentContext], Awaitable[None]]:
     # (a cloud's metadata address, a private service) is refused where the connection would be made.
     # Artifact URLs: the same and the store's endpoint (presigned URLs), through one client made on the
     # first URL an agent names.
-    settings = process_settings()
+    settings = settings or Settings()
     try:
         talking = Policy(settings.a2a_fetch_hosts, {"the agent": url})
         policy = Policy(settings.a2a_fetch_hosts, {"the store": settings.s3_endpoint_url, "the agent": url})

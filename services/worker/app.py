@@ -53,7 +53,7 @@ def create_app(settings: Settings | None = None):
     unknown = [a for a in hosted if a not in workflows.agents]
     if unknown:
         raise ConfigError(f"BATON_AGENTS names unknown agents {unknown}; known: {sorted(workflows.agents)}")
-    handlers = {name: workflows.agents[name].load_handler() for name in hosted}
+    handlers = {name: workflows.agents[name].load_handler(settings) for name in hosted}
 
     # (on the per-message path each agent is a FastStream subscriber: a read, and a connection, apiece)
     broker = make_broker(settings, SERVICE, readers=0 if settings.batch else len(hosted))

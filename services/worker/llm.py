@@ -36,6 +36,7 @@ from shared.llm import (
     parse_classification,
     parse_json,
 )
+from shared.settings import Settings
 from shared.workflow import AgentSpec, register_runtime
 
 from .runtime import AgentContext
@@ -136,8 +137,11 @@ def check_output_path(path: str) -> None:
         )
 
 
-def make_handler(spec: AgentSpec) -> Callable[[AgentContext], Awaitable[None]]:
-    """The handler the worker runs for a `kind: llm` agent (config errors surface here, at start-up)."""
+def make_handler(
+    spec: AgentSpec, settings: Settings | None = None
+) -> Callable[[AgentContext], Awaitable[None]]:
+    """The handler the worker runs for a `kind: llm` agent (config errors surface here, at start-up); its
+    endpoint is the agent's own (`settings` unused)."""
     template = spec.prompt_template()
     used = check_template(template)
     kind = output_kind(spec)
