@@ -19,6 +19,7 @@ import redis
 
 from baton import servers
 from bench import a2a as a2a_bench
+from bench import approvals as approvals_bench
 from bench import cluster as cluster_bench
 from bench import console as console_bench
 from bench import retries as retries_bench
@@ -45,6 +46,7 @@ SCENARIOS = (
     "writes",
     "long",
     "remote",
+    "approvals",
     "cluster",
     "tracing",
 )
@@ -181,6 +183,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="runs per burst of retries, routed, writes and remote, a pair each",
     )
     p.add_argument("--long-runs", default="1000", help="runs per burst of 3, 30 and 300 stages (long)")
+    p.add_argument(
+        "--approval-runs",
+        default="1000,10000",
+        help="runs waiting for a person, then answered at once (approvals)",
+    )
     p.add_argument("--trace-runs", type=int, default=2000, help="runs per burst in the tracing scenario")
     p.add_argument("--trace-rounds", type=int, default=3, help="alternating off/on rounds (tracing)")
     p.add_argument("--out", type=Path, default=ROOT / "bench" / "results.json")
@@ -462,6 +469,8 @@ def main(argv: list[str] | None = None) -> None:
             results["search"] = search_bench.scenario(
                 srv, sizes, args.search_concurrency, 120 + max(sizes) / 10
             )
+        if "approvals" in only:
+            results["approvals"] = approvals_bench.scenario(srv, _ints(args.approval_runs), args.run_workers)
         for name in ("retries", "routed", "writes", "remote", "long"):
             if name in only:
                 sizes = _ints(args.long_runs if name == "long" else args.retry_runs)
@@ -625,6 +634,7 @@ def table(results: dict) -> str:
     lines += a2a_bench.table(results)
     lines += search_bench.table(results)
     lines += retries_bench.table(results)
+    lines += approvals_bench.table(results)
     if results.get("cluster"):
         lines += ["", *cluster_bench.table(results["cluster"])]
     if results.get("tracing"):

@@ -444,7 +444,9 @@ class Engine:
             state = loaded.view()
             tasks = [state.tasks[t].task for t in effects.tasks if dict.get(state.tasks, t) is not None]
             if state.active:
-                self.log.warning(
+                # (info, not a warning: besides a redelivery after a crash, a response file arrives twice by
+                # design, announced and notified, and the second may come while the first is still sending)
+                self.log.info(
                     "resending", tasks=[t.task_id for t in tasks], copies=len(effects.copies), cause=owner
                 )
                 await self.send(state, tasks)
