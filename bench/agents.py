@@ -25,6 +25,13 @@ async def write_one(ctx: AgentContext) -> None:
     await ctx.write(f"work/{ctx.task.task_id}.txt", b"a small output\n", name="out")
 
 
+async def append_line(ctx: AgentContext) -> None:
+    """A collaborator's turn (the bidirectional burst): one line appended to the shared document, with
+    If-Match on the version it was handed."""
+    line = f"{ctx.agent}: {ctx.task.task_id}\n".encode()
+    await ctx.update("document", lambda old: old + line)
+
+
 async def read_inputs(ctx: AgentContext) -> None:
     """Read every input through its reference (exact version, from the bucket) and check its size."""
     for name, ref in ctx.inputs.items():

@@ -21,6 +21,11 @@ worker sends the task to an A2A peer built with a2a-sdk, in its own process on t
 at once with one small file the worker writes to the bucket) beside N runs of `once-writes` (one local
 stage writing one small file). The peer's CPU is reported beside the stack's.
 
+`collab`, the bidirectional pattern under a burst: N runs of `co-edit` (two participants taking turns on
+one document, seeded from one shared input: each turn a conditional write whose bucket notification, through
+the notifier, gives the next participant the turn; 6 turns) beside N runs of `relay-writes` (three
+sequential stages each writing one file: the stage's outcome, not the file's notification, moves the run on).
+
 `long`, pipelines 10x and 100x longer: N runs of 3 no-op stages, then N runs of 30 and N of 300 (as many
 in flight at once in each burst), so that a cost growing with a run's length shows as fewer hops a second
 and more supervisor CPU a hop.
@@ -31,15 +36,21 @@ run (scenario 6's Baton burst: one supervisor, `workers` workers).
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import time
 import urllib.request
 from collections.abc import Iterator
 
+from baton.client import init_workspace
+from baton.dev import local_env, settings_kwargs
 from baton.servers import free_port
 from bench import runs as whole_runs
+from bench import stack as full_stack
 from bench.common import Procs, python
-from shared.workflow import SequentialWorkflow, load_workflows
+from shared.settings import Settings
+from shared.storage import Storage
+from shared.workflow import BidirectionalWorkflow, SequentialWorkflow, load_workflows
 
 LENGTHS = (30, 300)  # `long`: the pipelines beside `relay`'s 3 stages
 SCENARIOS = {  # name: (baseline, the shape, ...), each (workflow, label, params)
@@ -60,6 +71,10 @@ SCENARIOS = {  # name: (baseline, the shape, ...), each (workflow, label, params
         ("once-writes", "one local stage writing one small file", None),
         ("remote-once", "one kind: a2a stage (a remote A2A peer's one small file)", None),
     ),
+    "collab": (
+        ("relay-writes", "3 sequential stages, each writing one small file", None),
+        ("co-edit", "2 participants taking 6 turns on one document", None),
+    ),
     "long": (
         ("relay", "3 stages", None),
         *((f"relay-{length}", f"{length} stages", None) for length in LENGTHS),
@@ -76,6 +91,8 @@ TITLES = {
     "remote": "Remote agents: 'remote-once' runs (one kind: a2a stage, sent to an A2A peer built with "
     "a2a-sdk on the same cores, answering at once with one small file) beside 'once-writes' (one local stage "
     "writing one small file)",
+    "collab": "Co-editing: 'co-edit' runs (bidirectional: 2 participants, 6 turns on one document, each "
+    "turn moved on by the document's notification) beside 'relay-writes' (3 sequential writing stages)",
     "long": "Long pipelines: N runs of 3, of 30 and of 300 no-op stages published at once",
 }
 SAMPLE = 200  # retried runs whose events are read back to check that they did retry
@@ -119,6 +136,7 @@ def _bursts(
     workflows = whole_runs.relay_workflows(srv.work, list(LENGTHS))
     stages = tasks_per_run(workflows)
     extra = {"A2A_BENCH_URL": peer[0]} if peer else None
+    seeded = {"document": _seed(srv)} if name == "collab" else None  # the co-editing runs' only
     peer_pids = peer[1].pids if peer else []
     for size in sizes:
         for workflow, label, params in SCENARIOS[name]:
@@ -136,6 +154,7 @@ def _bursts(
                     params=params,
                     workflows=workflows,
                     extra=extra,
+                    inputs=seeded if workflow == "co-edit" else None,
                 )
             )
             row.update(runs=n, workflow=workflow, stages=stages[workflow])
@@ -155,12 +174,32 @@ def _bursts(
 
 
 def tasks_per_run(path) -> dict[str, int]:
-    """Each workflow's tasks a run (its hops), from the workflow file: a sequential one's stages; a routed
-    request is one task."""
+    """Each workflow's tasks a run (its hops), from the workflow file: a sequential one's stages, a
+    bidirectional one's turns (`max_rounds`: the bench's participants change the document every turn); a
+    routed request is one task."""
     return {
-        name: len(wf.stages) if isinstance(wf, SequentialWorkflow) else 1
+        name: len(wf.stages)
+        if isinstance(wf, SequentialWorkflow)
+        else wf.max_rounds
+        if isinstance(wf, BidirectionalWorkflow)
+        else 1
         for name, wf in load_workflows(path).workflows.items()
     }
+
+
+def _seed(srv: whole_runs.Servers):
+    """The co-editing runs' shared input: one small document in the bucket (each run's copy is its own)."""
+    env = local_env(srv.redis_url, srv.s3_url, full_stack.WORKFLOWS, srv.notifier_port, srv.token)
+    settings = Settings(**settings_kwargs(env))
+
+    async def upload():
+        await init_workspace(settings)  # (the bucket, before the first stack's start makes it)
+        async with Storage.connect(settings) as storage:
+            return await storage.put(
+                "bench/seed/doc.md", b"# A shared document\n", content_type="text/markdown"
+            )
+
+    return asyncio.run(upload())
 
 
 def _retried(srv: whole_runs.Servers, first: str, n: int) -> dict:

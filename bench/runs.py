@@ -226,13 +226,17 @@ def _submit_all(client: redis.Redis, entries: list[dict]) -> None:
         pipe.execute()
 
 
-def _runs(prefix: str, n: int, workflow: str = "relay", params: dict | None = None) -> dict[str, dict]:
+def _runs(
+    prefix: str, n: int, workflow: str = "relay", params: dict | None = None, inputs: dict | None = None
+) -> dict[str, dict]:
     """Encoded `RunSubmitted` entries by run id (encoded before the clock starts)."""
     tag = secrets.token_hex(3)
     out = {}
     for i in range(n):
         run_id = f"{prefix}-{tag}-{i:05d}"
-        event = RunSubmitted(run_id=run_id, workflow=workflow, params=params or {}, sender="bench")
+        event = RunSubmitted(
+            run_id=run_id, workflow=workflow, params=params or {}, inputs=inputs or {}, sender="bench"
+        )
         out[run_id] = encode(event)
     return out
 
@@ -266,9 +270,10 @@ def baton_burst(
     params: dict | None = None,
     workflows: Path = full_stack.WORKFLOWS,
     extra: dict[str, str] | None = None,
+    inputs: dict | None = None,
 ) -> dict:
-    """`n` runs of `workflow` (with `params`, from the file `workflows`; the services' environment plus
-    `extra`) published at once; runs/s, when they ended, CPU per run."""
+    """`n` runs of `workflow` (with `params` and `inputs`, from the file `workflows`; the services'
+    environment plus `extra`) published at once; runs/s, when they ended, CPU per run."""
     client = srv.clean()
     stack = srv.stack(
         f"burst-{workflow}-{supervisors}",
@@ -279,7 +284,7 @@ def baton_burst(
     )
     try:
         _warm(client)
-        runs = _runs("burst", n, workflow=workflow, params=params)
+        runs = _runs("burst", n, workflow=workflow, params=params, inputs=inputs)
         watch = RunWatch(client, list(runs))
         before = watch.ended_count()
         supervisor, worker = _pids(stack, "supervisor"), _pids(stack, "worker")
