@@ -6,12 +6,12 @@ import json
 import os
 import re
 import sys
+from collections.abc import Callable, Coroutine
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 import typer
-import uvloop
 from botocore.exceptions import ClientError, EndpointConnectionError
 from pydantic_settings import SettingsError
 from redis.exceptions import AuthenticationError
@@ -21,6 +21,7 @@ from baton import client, dev, servers
 from shared import acl, streams, telemetry
 from shared.errors import BatonError
 from shared.events import Event, Usage
+from shared.service import run as run_until_done
 from shared.settings import Settings
 
 app = typer.Typer(
@@ -34,6 +35,7 @@ app.add_typer(dev_app, name="dev")
 app.add_typer(servers_app, name="servers")
 
 DEV_ROOT = Path(".baton/dev")
+T = TypeVar("T")
 
 
 def settings(admin: bool = False) -> Settings:
@@ -43,6 +45,13 @@ def settings(admin: bool = False) -> Settings:
     found = Settings(**dev.settings_kwargs(saved)) if saved else Settings()
     telemetry.setup("cli", found)  # a submission is the root span of its run's trace
     return found
+
+
+def _run(command: Callable[..., Coroutine[Any, Any, T]], *args: Any, **kwargs: Any) -> T:
+    """`command(settings(), ...)` to its end, on the event loop the settings name (`BATON_EVENT_LOOP`:
+    uvloop unless set otherwise, as in the services)."""
+    cfg = settings()
+    return run_until_done(command(cfg, *args, **kwargs), cfg)
 
 
 def fail(message: str, code: int = 1) -> None:
@@ -139,7 +148,7 @@ def submit(
     cfg = settings()
     params = dict(p.partition("=")[::2] for p in param)
     try:
-        run_id = uvloop.run(client.submit(cfg, workflow, _parse_inputs(input), params))
+        run_id = run_until_done(client.submit(cfg, workflow, _parse_inputs(input), params), cfg)
     except BatonError as exc:
         fail(str(exc))
     if not wait:
@@ -147,7 +156,7 @@ def submit(
         return
     if not as_json:
         typer.echo(run_id)
-    final = uvloop.run(_follow(cfg, run_id, quiet=as_json))
+    final = run_until_done(_follow(cfg, run_id, quiet=as_json), cfg)
     status = client.END_STATUS.get(final.type if final else "", "unknown")
     if as_json:
         out = {"run_id": run_id, "status": status, "outputs": {}}
@@ -163,7 +172,7 @@ def submit(
 @app.command()
 def watch(run_id: str) -> None:
     """Follow a run live from its event stream until it ends."""
-    final = uvloop.run(_follow(settings(), run_id, quiet=False))
+    final = _run(_follow, run_id, quiet=False)
     raise typer.Exit(0 if final is not None and final.type == "run.completed" else 1)
 
 
@@ -171,7 +180,7 @@ def watch(run_id: str) -> None:
 def get(run_id: str, out: Path = typer.Option(Path("."), "--out", help="Directory to write into.")) -> None:
     """Download a finished run's outputs."""
     try:
-        written = uvloop.run(client.download(settings(), run_id, out))
+        written = _run(client.download, run_id, out)
     except BatonError as exc:
         fail(str(exc))
     for name, path in written.items():
@@ -187,7 +196,7 @@ def respond(
 ) -> None:
     """Answer a run that is waiting for a person."""
     try:
-        ref = uvloop.run(client.respond(settings(), run_id, approve, text, file))
+        ref = _run(client.respond, run_id, approve, text, file)
     except BatonError as exc:
         fail(str(exc))
     typer.echo(f"{'approved' if approve else 'rejected'}: {ref.uri()}")
@@ -200,14 +209,14 @@ def runs_(
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """List recent runs, or those waiting for a person with what each asks."""
-    rows = uvloop.run(client.list_runs(settings(), waiting, limit))
+    rows = _run(client.list_runs, waiting, limit)
     if as_json:
         typer.echo(json.dumps(rows))
         return
     if not rows:
         typer.echo("no runs waiting for a person" if waiting else "no runs", err=True)
     elif len(rows) == limit:
-        listed = uvloop.run(client.count_runs(settings(), waiting))
+        listed = _run(client.count_runs, waiting)
         if listed > limit:
             what = "the waiting index" if waiting else "the run index"
             typer.echo(f"(the newest {limit} of {listed:,} in {what}: --limit N for more)", err=True)
@@ -230,7 +239,7 @@ def search(
 ) -> None:
     """Full-text search of the workspace's text files, best first (asks the indexer)."""
     try:
-        hits = uvloop.run(client.search(settings(), query, prefix=prefix, limit=limit))
+        hits = _run(client.search, query, prefix=prefix, limit=limit)
     except BatonError as exc:
         fail(str(exc))
     if as_json:
@@ -248,7 +257,7 @@ def cancel(
     run_id: str, reason: str = typer.Option("cancelled by a user", help="Recorded in the run.")
 ) -> None:
     """Stop a run: queued tasks are dropped, running ones stop at their next checkpoint."""
-    uvloop.run(client.cancel(settings(), run_id, reason))
+    _run(client.cancel, run_id, reason)
     typer.echo(f"cancellation of {run_id} requested; `baton watch {run_id}` shows when it ends", err=True)
 
 
@@ -256,7 +265,7 @@ def cancel(
 def trim_() -> None:
     """Trim the work streams below the oldest entry any consumer group still needs (never unacked work);
     drop dead letters and idle consumer names older than BATON_RETENTION_DAYS."""
-    for stream, removed in uvloop.run(client.trim(settings())).items():
+    for stream, removed in _run(client.trim).items():
         typer.echo(f"{stream}: {removed} removed")
 
 
@@ -276,7 +285,7 @@ def dlq_list(
     if before is not None and not streams.is_entry_id(before):
         fail(f"--before {before!r} is not a stream entry id (like 1733050000000-0)")
     cfg = settings()
-    letters = uvloop.run(client.dlq_list(cfg, count, before))
+    letters = run_until_done(client.dlq_list(cfg, count, before), cfg)
     if as_json:
         typer.echo(json.dumps([{"id": i, **d.model_dump(mode="json")} for i, d in letters]))
         return
@@ -285,7 +294,7 @@ def dlq_list(
     if not letters:
         typer.echo("no older dead letters" if before else "the dead-letter stream is empty", err=True)
     elif len(letters) == count:
-        total = uvloop.run(client.dlq_length(cfg))
+        total = run_until_done(client.dlq_length(cfg), cfg)
         typer.echo(f"({total:,} dead letters in all; older ones: --before {letters[-1][0]})", err=True)
 
 
@@ -293,7 +302,7 @@ def dlq_list(
 def dlq_show(entry_id: str) -> None:
     """Show one dead letter in full, with its raw payload."""
     try:
-        letter = uvloop.run(client.dlq_show(settings(), entry_id))
+        letter = _run(client.dlq_show, entry_id)
     except BatonError as exc:
         fail(str(exc))
     typer.echo(json.dumps(letter.model_dump(mode="json"), indent=2))
@@ -312,7 +321,7 @@ def dlq_replay(
         fail("name dead-letter ids, or --all")
     if entry_ids and all_:
         fail("name dead-letter ids, or --all [--stream S], not both")
-    uvloop.run(_replay(settings(), None if all_ else list(entry_ids), stream))
+    _run(_replay, None if all_ else list(entry_ids), stream)
 
 
 async def _replay(cfg: Settings, entry_ids: list[str] | None, stream: str | None) -> None:
@@ -351,7 +360,7 @@ def init(notifications: bool = typer.Option(True, help="Route bucket events to t
     if problems := password_problems(cfg.acl_passwords):
         fail("; ".join(problems))
     try:
-        warnings = uvloop.run(client.init_workspace(cfg, notifications))
+        warnings = run_until_done(client.init_workspace(cfg, notifications), cfg)
     except AuthenticationError as exc:
         fail(f"Redis refused the admin login in REDIS_URL ({exc}). In docker compose that password is "
              "BATON_REDIS_PASSWORD in .env, and it must be the one this Redis volume was first set up with.")

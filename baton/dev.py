@@ -15,11 +15,10 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import uvloop
-
 from baton import servers
 from baton.client import init_workspace
 from shared import acl
+from shared.service import run as run_until_done
 from shared.settings import Settings
 
 SERVICES = ("notifier", "supervisor", "router", "worker", "indexer", "mcp", "gateway", "console")
@@ -212,7 +211,8 @@ def up(
             pids["jaeger"] = jaeger.pid
             env["OTEL_EXPORTER_OTLP_ENDPOINT"] = jaeger.extra["otlp"]
             env["BATON_TRACES_URL"] = jaeger.url
-        uvloop.run(init_workspace(Settings(**settings_kwargs(env), acl_passwords=passwords)))
+        cfg = Settings(**settings_kwargs(env), acl_passwords=passwords)
+        run_until_done(init_workspace(cfg), cfg)
         stack = Stack(root, env, credentials=acl_credentials(env, passwords))
 
         def launch(service: str, extra: dict[str, str] | None = None) -> None:

@@ -43,12 +43,9 @@ import urllib.request
 from collections.abc import Iterator
 
 from baton.client import init_workspace
-from baton.dev import local_env, settings_kwargs
 from baton.servers import free_port
 from bench import runs as whole_runs
-from bench import stack as full_stack
 from bench.common import Procs, python
-from shared.settings import Settings
 from shared.storage import Storage
 from shared.workflow import BidirectionalWorkflow, SequentialWorkflow, load_workflows
 
@@ -189,8 +186,7 @@ def tasks_per_run(path) -> dict[str, int]:
 
 def _seed(srv: whole_runs.Servers):
     """The co-editing runs' shared input: one small document in the bucket (each run's copy is its own)."""
-    env = local_env(srv.redis_url, srv.s3_url, full_stack.WORKFLOWS, srv.notifier_port, srv.token)
-    settings = Settings(**settings_kwargs(env))
+    settings = srv.settings()
 
     async def upload():
         await init_workspace(settings)  # (the bucket, before the first stack's start makes it)

@@ -37,12 +37,14 @@ from pathlib import Path
 import redis
 import yaml
 
+from baton.dev import settings_kwargs
 from bench import stack as full_stack
 from bench.baselines import counter as done_counter
 from bench.common import ROOT, Procs, cpu_seconds, descendants, machine_busy_seconds, percentile, python
 from shared import streams
 from shared.broker import DATA_FIELD, encode
 from shared.events import TERMINAL_RUN_EVENTS, RunSubmitted
+from shared.settings import Settings
 
 HOP_BUDGET_MS = 20.0  # a supervisor's capacity: the highest rate whose p99 hop stays under this
 STAGES = 3
@@ -72,6 +74,11 @@ class Servers:
         client = self.client()
         client.flushall()
         return client
+
+    def settings(self) -> Settings:
+        """A client's settings for the stacks on these servers."""
+        env = full_stack.stack_env(self.redis_url, self.s3_url, self.notifier_port, self.token)
+        return Settings(**settings_kwargs(env))
 
     def stack(self, name: str, **kw) -> full_stack.Stack:
         return full_stack.start_stack(

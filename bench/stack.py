@@ -37,6 +37,21 @@ from shared.storage import Storage
 WORKFLOWS = Path(__file__).resolve().parent / "workflows.yaml"
 
 
+def stack_env(
+    redis_url: str,
+    s3_url: str,
+    notifier_port: int,
+    token: str,
+    workflows: Path = WORKFLOWS,
+    extra: dict[str, str] | None = None,
+) -> dict[str, str]:
+    """The services' environment in a benchmark's stack (and the settings a client of it uses)."""
+    env = local_env(redis_url, s3_url, workflows, notifier_port, token)
+    env["BATON_CWD"] = str(ROOT)
+    env.update(extra or {})
+    return env
+
+
 def start_stack(
     root: Path,
     redis_url: str,
@@ -50,9 +65,7 @@ def start_stack(
 ) -> Stack:
     """The services as `baton dev up` starts them; replicas of a service share its group under their own
     consumer names (the handle, e.g. `supervisor-2`)."""
-    env = local_env(redis_url, s3_url, workflows, notifier_port, token)
-    env["BATON_CWD"] = str(ROOT)
-    env.update(extra or {})
+    env = stack_env(redis_url, s3_url, notifier_port, token, workflows, extra)
     asyncio.run(init_workspace(Settings(**settings_kwargs(env))))
     stack = Stack(root, env)
     try:

@@ -7,7 +7,7 @@ import contextlib
 import gc
 from collections.abc import Coroutine
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import redis.asyncio as aioredis
 from faststream import FastStream
@@ -20,6 +20,8 @@ from .reclaim import Reclaimer
 from .redisconn import connect
 from .settings import Settings
 from .storage import Storage
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -131,13 +133,13 @@ def loop_name() -> str:
     return type(asyncio.get_running_loop()).__module__.split(".")[0]
 
 
-def run(main: Coroutine[Any, Any, Any], settings: Settings) -> None:
-    """Run a service's main coroutine to its end on the event loop `settings.event_loop` names: uvloop
-    by default (libuv's loop: less CPU for each socket read and write, task and timer, which is most of
-    what a service does per event), or the standard library's."""
+def run(main: Coroutine[Any, Any, T], settings: Settings) -> T:
+    """Run a coroutine (a service's main, a CLI command's) to its end on the event loop
+    `settings.event_loop` names, and return its result: uvloop by default (libuv's loop: less CPU for each
+    socket read and write, task and timer, which is most of what a service does per event), or the
+    standard library's."""
     if settings.event_loop == "uvloop":
         import uvloop
 
-        uvloop.run(main)
-    else:
-        asyncio.run(main)
+        return uvloop.run(main)
+    return asyncio.run(main)

@@ -14,6 +14,7 @@ reads, copies, lists, presigned URLs, the bucket's set-up.
 
 from __future__ import annotations
 
+import asyncio
 import atexit
 import contextlib
 import functools
@@ -165,15 +166,25 @@ def _hold_exit_for_store_threads() -> None:
     GIL back, and a thread that asks for the GIL during finalisation is ended by `pthread_exit`, which
     aborts a Rust thread (SIGABRT: `baton get` died so after writing its files, about 1 exit in 9 here).
     Exit hooks run before finalisation, so sleeping in one lets such a thread leave Python first. uvloop
-    (the services' and the CLI's loop) keeps the GIL while it wakes itself, so it has no such window; the
-    hook covers the standard loop (`BATON_EVENT_LOOP=asyncio`, the tests' loops)."""
+    (the services' and the CLI's loop) keeps the GIL while it wakes itself, so it has no such window: the
+    hook is registered only for a client made on another loop (`BATON_EVENT_LOOP=asyncio`, the tests'
+    loops), and a command on uvloop exits without the wait."""
     atexit.register(time.sleep, EXIT_GRACE)
+
+
+def _on_uvloop() -> bool:
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:  # (no loop yet: the client's first call may run on any)
+        return False
+    return type(loop).__module__.startswith("uvloop")
 
 
 def fast_store(settings: Settings) -> S3Store:
     """The obstore client for the bucket (path-style, as aiobotocore's): its reads, and writes of bodies in
     memory."""
-    _hold_exit_for_store_threads()
+    if not _on_uvloop():
+        _hold_exit_for_store_threads()
     return S3Store(
         settings.bucket,
         endpoint=settings.s3_endpoint_url,

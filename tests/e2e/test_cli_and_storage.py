@@ -385,6 +385,33 @@ async def test_a_process_exits_cleanly_right_after_reading_through_obstore(setti
     assert {out for _, out, _ in ends} == {b"700\n"}
 
 
+# Whether the exit hook was registered by a process that made the bucket's clients on the loop named.
+HOOKED_ON = """
+import asyncio, sys
+import uvloop
+from shared import storage
+from shared.settings import Settings
+
+async def main():
+    async with storage.Storage.connect(Settings()) as s:
+        await s.put("runs/r-exit/b.md", b"b")
+
+(uvloop.run if sys.argv[1] == "uvloop" else asyncio.run)(main())
+print(storage._hold_exit_for_store_threads.cache_info().currsize)
+"""
+
+
+@pytest.mark.parametrize(("loop", "hooked"), [("uvloop", b"0\n"), ("asyncio", b"1\n")])
+def test_only_a_process_on_the_standard_loop_waits_at_exit_for_obstores_threads(settings, loop, hooked):
+    """uvloop wakes itself without letting the GIL go, so a command on it (the CLI's, the services') exits
+    without the exit hook's wait; on the standard loop the hook is there."""
+    env = {**_env(settings), "PYTHONPATH": str(ROOT)}
+    done = subprocess.run(
+        [sys.executable, "-c", HOOKED_ON, loop], env=env, capture_output=True, timeout=60, check=True
+    )
+    assert done.stdout == hooked
+
+
 async def test_follow_yields_an_event_recorded_twice_once(settings):
     """A supervisor that dies before acknowledging re-records the redelivered event (same event id):
     `baton watch` (client.follow) shows it once."""
