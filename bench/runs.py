@@ -173,20 +173,37 @@ class RunWatch:
                     self.candidates.add(run_id)
 
     def _check(self, run_ids) -> None:
+        """Which of `run_ids` have ended, and when (their end event's time): each run's last 3 events (a
+        late note may follow the end); a run whose status says it ended but whose end is further back (a
+        co-editing run moves on as each version is notified, so its turns' own outcomes can arrive after
+        its end, six of them) is read whole."""
         run_ids = list(run_ids)
         for start in range(0, len(run_ids), 500):
             chunk = run_ids[start : start + 500]
             pipe = self.client.pipeline(transaction=False)
             for run_id in chunk:
-                pipe.xrevrange(streams.run_events(run_id), count=3)  # a late note may follow the end
-            for run_id, last in zip(chunk, pipe.execute(), strict=True):
-                for _id, fields in last:
-                    event = json.loads(fields[DATA])
-                    if event.get("type") in TERMINAL_RUN_EVENTS:
-                        self.ended[run_id] = (event["type"], _ts(event["created_at"]))
-                        self.pending.discard(run_id)
-                        self.candidates.discard(run_id)
-                        break
+                pipe.xrevrange(streams.run_events(run_id), count=3)
+            unseen = [r for r, last in zip(chunk, pipe.execute(), strict=True) if not self._end(r, last)]
+            if unseen:
+                pipe = self.client.pipeline(transaction=False)
+                for run_id in unseen:
+                    for status in ENDED:
+                        pipe.zscore(streams.run_status_index(status), run_id)
+                scores = pipe.execute()
+                for i, run_id in enumerate(unseen):
+                    if any(score is not None for score in scores[i * len(ENDED) : (i + 1) * len(ENDED)]):
+                        self._end(run_id, self.client.xrevrange(streams.run_events(run_id)))
+
+    def _end(self, run_id: str, entries) -> bool:
+        """Whether `entries` (newest first) hold the run's end; if so it is recorded."""
+        for _id, fields in entries:
+            event = json.loads(fields[DATA])
+            if event.get("type") in TERMINAL_RUN_EVENTS:
+                self.ended[run_id] = (event["type"], _ts(event["created_at"]))
+                self.pending.discard(run_id)
+                self.candidates.discard(run_id)
+                return True
+        return False
 
     def poll(self, block_ms: int | None = 20) -> None:
         """Read what the workers reported since the last call (waiting up to `block_ms`; None: not at all)."""
