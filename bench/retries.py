@@ -21,6 +21,10 @@ worker sends the task to an A2A peer built with a2a-sdk, in its own process on t
 at once with one small file the worker writes to the bucket) beside N runs of `once-writes` (one local
 stage writing one small file). The peer's CPU is reported beside the stack's.
 
+`llm`, agents that ask a model: N runs of `model-once` (one stage, a `kind: llm` agent whose endpoint, an
+OpenAI-compatible server in its own process on the same cores (tests/fake_llm.py), answers at once) beside N
+runs of `once-writes`. The endpoint's CPU is reported beside the stack's.
+
 `collab`, the bidirectional pattern under a burst: N runs of `co-edit` (two participants taking turns on
 one document, seeded from one shared input: each turn a conditional write whose bucket notification, through
 the notifier, gives the next participant the turn; 6 turns) beside N runs of `relay-writes` (three
@@ -38,6 +42,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -68,6 +73,10 @@ SCENARIOS = {  # name: (baseline, the shape, ...), each (workflow, label, params
         ("once-writes", "one local stage writing one small file", None),
         ("remote-once", "one kind: a2a stage (a remote A2A peer's one small file)", None),
     ),
+    "llm": (
+        ("once-writes", "one local stage writing one small file", None),
+        ("model-once", "one kind: llm stage (a model endpoint answering at once)", None),
+    ),
     "collab": (
         ("relay-writes", "3 sequential stages, each writing one small file", None),
         ("co-edit", "2 participants taking 6 turns on one document", None),
@@ -88,6 +97,9 @@ TITLES = {
     "remote": "Remote agents: 'remote-once' runs (one kind: a2a stage, sent to an A2A peer built with "
     "a2a-sdk on the same cores, answering at once with one small file) beside 'once-writes' (one local stage "
     "writing one small file)",
+    "llm": "Model agents: 'model-once' runs (one kind: llm stage, its OpenAI-compatible endpoint on the same "
+    "cores answering at once; the agent writes the answer as one small file) beside 'once-writes' (one local "
+    "stage writing one small file)",
     "collab": "Co-editing: 'co-edit' runs (bidirectional: 2 participants, 6 turns on one document, each "
     "turn moved on by the document's notification) beside 'relay-writes' (3 sequential writing stages)",
     "long": "Long pipelines: N runs of 3, of 30 and of 300 no-op stages published at once",
@@ -98,7 +110,13 @@ SAMPLE = 200  # retried runs whose events are read back to check that they did r
 def scenario(srv: whole_runs.Servers, name: str, sizes: list[int], workers: int) -> dict:
     out: dict = {"workers": workers, "bursts": []}
     with contextlib.ExitStack() as stops:
-        peer = stops.enter_context(a2a_peer(srv.work / "a2a-peer")) if name == "remote" else None
+        peer = (
+            stops.enter_context(a2a_peer(srv.work / "a2a-peer"))
+            if name == "remote"
+            else stops.enter_context(model_endpoint(srv.work / "model-endpoint"))
+            if name == "llm"
+            else None
+        )
         _bursts(srv, name, sizes, workers, out, peer)
     out["ok"] = all(r.get("ok") for r in out["bursts"])
     return out
@@ -127,12 +145,40 @@ def a2a_peer(logdir) -> Iterator[tuple[str, Procs]]:
         procs.stop()
 
 
+@contextlib.contextmanager
+def model_endpoint(logdir) -> Iterator[tuple[str, Procs]]:
+    """The benchmark's OpenAI-compatible endpoint (tests/fake_llm.py) in a process of its own: its URL, its
+    process."""
+    procs = Procs(logdir)
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    procs.start("model-endpoint", python("-m", "tests.fake_llm", "--port", str(port)))
+    try:
+        _wait_listening(procs, "127.0.0.1", port, "the model endpoint")
+        yield url, procs
+    finally:
+        procs.stop()
+
+
+def _wait_listening(procs: Procs, host: str, port: int, what: str) -> None:
+    deadline = time.time() + 30
+    while True:
+        procs.check_alive()
+        try:
+            socket.create_connection((host, port), timeout=2).close()
+            return
+        except OSError:
+            if time.time() > deadline:
+                raise RuntimeError(f"{what} did not listen on {host}:{port} within 30 s") from None
+            time.sleep(0.1)
+
+
 def _bursts(
     srv, name: str, sizes: list[int], workers: int, out: dict, peer: tuple[str, Procs] | None
 ) -> None:
     workflows = whole_runs.relay_workflows(srv.work, list(LENGTHS))
     stages = tasks_per_run(workflows)
-    extra = {"A2A_BENCH_URL": peer[0]} if peer else None
+    extra = {"LLM_BENCH_URL" if name == "llm" else "A2A_BENCH_URL": peer[0]} if peer else None
     seeded = {"document": _seed(srv)} if name == "collab" else None  # the co-editing runs' only
     peer_pids = peer[1].pids if peer else []
     for size in sizes:
@@ -155,7 +201,7 @@ def _bursts(
                 )
             )
             row.update(runs=n, workflow=workflow, stages=stages[workflow])
-            if peer and workflow.startswith("remote"):
+            if peer and workflow.startswith(("remote", "model")):
                 row["peer_cpu_s"] = round(whole_runs._cpu(peer_pids) - peer_cpu, 2)
                 row["peer_cpu_ms_per_run"] = round(
                     row["peer_cpu_s"] / max(row.get("completed") or 0, 1) * 1000, 2
@@ -240,10 +286,14 @@ def table(results: dict) -> list[str]:
                 f"{b.get('hops_per_s', 0):>8,.0f} {b.get('supervisor_cpu_ms_per_hop', 0):>11.3f} {retried:>9}"
                 + (
                     f"  worker {b['worker_cpu_s'] / b['completed'] * 1000:.1f} ms/run"
-                    if name == "remote"
+                    if name in ("remote", "llm")
                     else ""
                 )
-                + (f", A2A peer {b['peer_cpu_ms_per_run']:.1f}" if "peer_cpu_ms_per_run" in b else "")
+                + (
+                    f", {'model endpoint' if name == 'llm' else 'A2A peer'} {b['peer_cpu_ms_per_run']:.1f}"
+                    if "peer_cpu_ms_per_run" in b
+                    else ""
+                )
                 + ("" if b.get("ok") else f"  NOT OK: {b.get('error', 'not every sampled run retried')}")
             )
     return lines

@@ -53,10 +53,11 @@ def error(status: int, message: str, **headers: str) -> Step:
 class FakeEndpoint:
     """`async with FakeEndpoint() as fake:`; `fake.script(name, [steps])`; `fake.base_url(name)`."""
 
-    def __init__(self) -> None:
+    def __init__(self, port: int | None = None, record: bool = True) -> None:
         self.scripts: dict[str, list[Step]] = {}
         self.requests: dict[str, list[dict]] = {}
-        self.port = free_port()
+        self.port = port or free_port()
+        self.record = record  # (the benchmark's endpoint keeps nothing: it answers 10,000s of requests)
         self._runner: web.AppRunner | None = None
 
     def base_url(self, name: str) -> str:
@@ -70,9 +71,19 @@ class FakeEndpoint:
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         name = request.match_info["name"]
         body = await request.json()
+        if not self.record:
+            return await self._answer(name)
+        peer = request.transport.get_extra_info("peername") if request.transport else None
         self.requests.setdefault(name, []).append(
-            {"json": body, "authorization": request.headers.get("Authorization")}
+            {
+                "json": body,
+                "authorization": request.headers.get("Authorization"),
+                "connection": peer[1] if peer else None,  # the client's port: one per connection
+            }
         )
+        return await self._answer(name)
+
+    async def _answer(self, name: str) -> web.Response:
         steps = self.scripts.get(name) or [error(404, f"no script for {name!r}")]
         step = steps.pop(0) if len(steps) > 1 else steps[0]
         if step.delay:
@@ -97,3 +108,22 @@ class FakeEndpoint:
     async def __aexit__(self, *exc) -> None:
         if self._runner is not None:
             await self._runner.cleanup()
+
+
+async def serve(port: int) -> None:
+    """The benchmark's model endpoint (`/answer/v1`): every request answered at once with a short reply."""
+    async with FakeEndpoint(port, record=False) as fake:
+        fake.script("answer", [reply("A short answer from the benchmark's endpoint.")])
+        await asyncio.Event().wait()
+
+
+def main(argv: list[str] | None = None) -> None:
+    import argparse
+
+    parser = argparse.ArgumentParser(description="Serve the benchmark's OpenAI-compatible endpoint.")
+    parser.add_argument("--port", type=int, required=True)
+    asyncio.run(serve(parser.parse_args(argv).port))
+
+
+if __name__ == "__main__":
+    main()
