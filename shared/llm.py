@@ -37,6 +37,7 @@ from shared.classification import Classification as BaseClassification
 from . import metrics, telemetry
 from .errors import BatonError, PermanentError, RetryableError
 from .events import Usage
+from .fetch import KEEPALIVE_CONNECTIONS, KEEPALIVE_S
 
 ENV_NAME = r"^[A-Za-z_][A-Za-z0-9_]*$"
 
@@ -203,8 +204,26 @@ Validator = Callable[[str], Any]
 # --- the client --------------------------------------------------------------------------------------
 
 
+def http_client(cfg: LLMConfig, transport: httpx.AsyncBaseTransport | None = None) -> httpx.AsyncClient:
+    """An HTTP client for `cfg`'s endpoint. Its connections are not capped (httpx's default pool allows 100
+    at once, and a call holds its connection until the model has answered): what uses it bounds them (a
+    worker runs at most an agent's `concurrency` tasks at once). Idle ones are kept a moment, for the next
+    call."""
+    return httpx.AsyncClient(
+        transport=transport,
+        timeout=httpx.Timeout(cfg.timeout),
+        headers={"Accept": "application/json", "User-Agent": "baton-llm/0.1"},
+        limits=httpx.Limits(
+            max_connections=None,
+            max_keepalive_connections=KEEPALIVE_CONNECTIONS,
+            keepalive_expiry=KEEPALIVE_S,
+        ),
+    )
+
+
 class LLMClient:
-    """One endpoint and model. Use as `async with LLMClient(cfg) as llm:`; `usage` sums every call."""
+    """One endpoint and model. Use as `async with LLMClient(cfg) as llm:`; `usage` sums every call. With
+    `http` (an `Endpoint`'s client, shared by many) its connections outlive it."""
 
     def __init__(
         self,
@@ -214,17 +233,15 @@ class LLMClient:
         sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
         jitter: Callable[[], float] = random.random,
         agent: str = "",
+        http: httpx.AsyncClient | None = None,
     ) -> None:
         self.cfg = cfg
         self.agent = agent  # labels its spans and metrics
         self.usage = LLMUsage()
         self._sleep = sleep
         self._jitter = jitter
-        self._http = httpx.AsyncClient(
-            transport=transport,
-            timeout=httpx.Timeout(cfg.timeout),
-            headers={"Accept": "application/json", "User-Agent": "baton-llm/0.1"},
-        )
+        self._owns_http = http is None
+        self._http = http or http_client(cfg, transport)
 
     async def __aenter__(self) -> LLMClient:
         return self
@@ -233,7 +250,8 @@ class LLMClient:
         await self.aclose()
 
     async def aclose(self) -> None:
-        await self._http.aclose()
+        if self._owns_http:
+            await self._http.aclose()
 
     # -- one request, with retries for transient faults
 
@@ -512,6 +530,22 @@ async def classify(
     spent = llm.usage.since(before)
     result._usage = spent
     return result
+
+
+class Endpoint:
+    """An agent's endpoint, for all of its calls: one HTTP client, made on the first call (an HTTP client's
+    TLS context alone costs ~20 ms of CPU; a client a call also meant a connection a call)."""
+
+    def __init__(self, cfg: LLMConfig) -> None:
+        self.cfg = cfg
+        self._http: tuple[asyncio.AbstractEventLoop, httpx.AsyncClient] | None = None
+
+    def client(self, agent: str = "") -> LLMClient:
+        """A client for one task's calls (its own `usage`) over the endpoint's connections."""
+        loop = asyncio.get_running_loop()
+        if self._http is None or self._http[0] is not loop:  # (connections belong to one event loop)
+            self._http = (loop, http_client(self.cfg))
+        return LLMClient(self.cfg, agent=agent, http=self._http[1])
 
 
 # --- helpers -----------------------------------------------------------------------------------------

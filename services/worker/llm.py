@@ -29,8 +29,7 @@ from pydantic import BaseModel
 from shared.errors import ConfigError
 from shared.llm import (
     Classification,
-    LLMClient,
-    LLMConfig,
+    Endpoint,
     classification_schema,
     cut,
     parse_classification,
@@ -149,9 +148,11 @@ def make_handler(
     if spec.output_path:
         check_output_path(spec.output_path)
 
+    endpoint = Endpoint(cfg)  # one HTTP client for all the agent's calls
+
     async def run_llm_agent(ctx: AgentContext) -> Any:
         if not isinstance(ctx, AgentContext):  # the router asks a classifier agent directly
-            return await classify_request(ctx, template, used, spec, cfg)
+            return await classify_request(ctx, template, used, spec, endpoint)
         notes: list[str] = []
         schema = kind.schema(ctx.params)
         values = await _inputs(ctx, spec, used, notes)
@@ -172,7 +173,7 @@ def make_handler(
             await ctx.progress(f"input cut: {note}")
         host = urlsplit(cfg.base_url).netloc or cfg.base_url
         await ctx.progress(f"asking {cfg.model} at {host} ({len(prompt)} characters of prompt)", 10)
-        async with LLMClient(cfg, agent=ctx.agent) as llm:
+        async with endpoint.client(ctx.agent) as llm:
             try:
                 content, _result = await llm.complete(
                     [{"role": "user", "content": prompt}],
@@ -268,7 +269,7 @@ def render(
 
 
 async def classify_request(
-    request: Any, template: str, used: set[str], spec: AgentSpec, cfg: LLMConfig
+    request: Any, template: str, used: set[str], spec: AgentSpec, endpoint: Endpoint
 ) -> dict:
     """The agent as the router's classifier: `request` has `text` and `labels`; returns {label, confidence}.
     A reply that does not validate, twice, raises LLMOutputError (the router then takes its fallback)."""
@@ -284,7 +285,7 @@ async def classify_request(
         "description": spec.description,
     }
     prompt = render(template, used, fields, {"request": ("request", text)}, {"labels": labels})
-    async with LLMClient(cfg, agent="classifier") as llm:
+    async with endpoint.client("classifier") as llm:
         found, _ = await llm.complete(
             [{"role": "user", "content": prompt}],
             lambda reply: parse_classification(reply, labels),

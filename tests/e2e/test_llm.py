@@ -35,6 +35,7 @@ async def fake_endpoint():
         fake.script("flaky", [Step(delay=2.5, body={}), reply("hello after a timeout")])
         fake.script("malformed", [reply("It is about billing, I would say.")])
         fake.script("unauthorized", [error(401, "Incorrect API key provided: not-th***key.")])
+        fake.script("hello", [reply("Hello.")])
         yield fake
 
 
@@ -148,6 +149,17 @@ async def test_an_endpoint_that_times_out_then_answers_is_retried(llm_settings, 
     assert events[-1].type == "run.completed", events[-1]
     assert not of_type(events, "task.failed")
     assert len(fake_endpoint.requests["flaky"]) == 2
+
+
+async def test_an_agents_tasks_share_its_connections_to_the_endpoint(llm_settings, fake_endpoint):
+    """A model agent's tasks reuse one HTTP client and its idle connections (a client a task cost ~20 ms of
+    CPU for its TLS context, and a new connection each time)."""
+    for _ in range(4):
+        _run_id, events = await run(llm_settings, "llm-hello", timeout=60)
+        assert events[-1].type == "run.completed", events[-1]
+    asked = fake_endpoint.requests["hello"]
+    assert len(asked) == 4
+    assert len({request["connection"] for request in asked}) <= 2, asked  # (one worker: one, unless idle 2 s)
 
 
 async def test_a_400_fails_the_task_at_once_with_the_endpoints_message(llm_settings, fake_endpoint):

@@ -11,6 +11,7 @@ from pydantic import BaseModel
 from shared.errors import PermanentError, RetryableError
 from shared.events import Usage
 from shared.llm import (
+    Endpoint,
     LLMAuthError,
     LLMClient,
     LLMConfig,
@@ -294,3 +295,15 @@ def test_usage_adds_cost_only_when_priced():
     assert (Usage(seconds=1) + Usage(seconds=2)).cost is None
     total = Usage(prompt_tokens=1, cost=0.5) + Usage(completion_tokens=2) + Usage(cost=0.25)
     assert (total.prompt_tokens, total.completion_tokens, total.cost) == (1, 2, 0.75)
+
+
+async def test_an_endpoints_clients_share_its_connections_and_count_their_own_usage(fake):
+    """Each task's client over an agent's `Endpoint` counts its own usage; closing it leaves the shared
+    connections open for the next task, which reuses the idle one."""
+    url = fake.script("shared", [reply("hi", prompt_tokens=3, completion_tokens=2)])
+    endpoint = Endpoint(config(url))
+    for _ in range(3):
+        async with endpoint.client("agent") as llm:
+            await llm.chat([{"role": "user", "content": "hi"}])
+        assert (llm.usage.prompt_tokens, llm.usage.completion_tokens) == (3, 2)
+    assert len({r["connection"] for r in fake.requests["shared"]}) == 1
