@@ -22,6 +22,7 @@ from bench import a2a as a2a_bench
 from bench import approvals as approvals_bench
 from bench import cluster as cluster_bench
 from bench import console as console_bench
+from bench import mcp as mcp_bench
 from bench import retries as retries_bench
 from bench import runs as whole_runs
 from bench import search as search_bench
@@ -40,6 +41,7 @@ SCENARIOS = (
     "fanout",
     "console",
     "a2a",
+    "mcp",
     "search",
     "retries",
     "routed",
@@ -168,6 +170,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--a2a-tasks", default="1000,10000", help="A2A tasks sent at once to the gateway, one burst each"
     )
+    p.add_argument("--mcp-sessions", default="1,10,100", help="MCP client sessions at once, one burst each")
     p.add_argument(
         "--a2a-sleep", type=float, default=2.0, help="seconds each of the A2A scenario's two stages waits"
     )
@@ -466,6 +469,8 @@ def main(argv: list[str] | None = None) -> None:
             )
         if "a2a" in only:
             results["a2a"] = a2a_bench.scenario(srv, _ints(args.a2a_tasks), args.a2a_sleep, args.run_workers)
+        if "mcp" in only:
+            results["mcp"] = mcp_bench.scenario(srv, _ints(args.mcp_sessions), args.run_workers)
         if "search" in only:
             sizes = _ints(args.search_files)
             results["search"] = search_bench.scenario(
@@ -634,6 +639,7 @@ def table(results: dict) -> str:
     lines += runs_table(results)
     lines += console_bench.table(results, BUSY_CORES)
     lines += a2a_bench.table(results)
+    lines += mcp_bench.table(results)
     lines += search_bench.table(results)
     lines += retries_bench.table(results)
     lines += approvals_bench.table(results)

@@ -53,7 +53,8 @@ def _strip(etag: str | None) -> str | None:
 
 # S3 codes for a missing object or version (HEAD has no body, so only "404"/"NotFound"; MinIO answers an
 # unknown version id with InvalidArgument).
-MISSING = frozenset({"NoSuchKey", "NoSuchVersion", "NotFound", "404", "InvalidArgument"})
+# (S3 answers a read of a delete marker's version with MethodNotAllowed: no object is there)
+MISSING = frozenset({"NoSuchKey", "NoSuchVersion", "NotFound", "404", "InvalidArgument", "MethodNotAllowed"})
 
 
 def is_missing(exc: ClientError) -> bool:
@@ -334,7 +335,8 @@ class Storage:
         except (obstore_errors.PermissionDeniedError, obstore_errors.UnauthenticatedError) as exc:
             raise AccessDeniedError(f"read of {ref.uri()} refused by the store: {_first_line(exc)}") from exc
         except obstore_errors.BaseError as exc:
-            if "<Code>InvalidArgument</Code>" in str(exc):  # MinIO's answer to a malformed version id
+            # MinIO's answers to a malformed version id, and to a version that is a delete marker
+            if any(f"<Code>{code}</Code>" in str(exc) for code in ("InvalidArgument", "MethodNotAllowed")):
                 raise ObjectMissingError(f"object {ref.uri()} does not exist") from exc
             raise StoreUnavailableError(f"read of {ref.uri()} failed: {_first_line(exc)}") from exc
 

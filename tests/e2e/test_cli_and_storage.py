@@ -336,6 +336,11 @@ async def test_a_read_is_of_exactly_the_version_referenced_or_fails_by_name(sett
                 await read(storage, ref)
         with pytest.raises(ObjectTooLargeError, match="14 bytes, more than the 10 read here"):
             await read(storage, second, 10)
+        removed = await connected.client.delete_object(Bucket=settings.bucket, Key=key)
+        marker = first.model_copy(update={"version_id": removed["VersionId"], "etag": None})
+        for ref in (marker, marker.model_copy(update={"version_id": None})):  # MinIO: MethodNotAllowed, 404
+            with pytest.raises(ObjectMissingError, match="does not exist"):
+                await read(storage, ref)
 
 
 async def test_a_write_to_a_store_that_is_down_fails_soon_as_a_transient_fault(settings):
