@@ -61,6 +61,11 @@ async def fanout_plan(ctx: AgentContext) -> None:
     await ctx.write("plans/plan.json", json.dumps({"subtasks": subtasks}), name="plan")
 
 
+async def accept(ctx: AgentContext) -> None:
+    """A reviewer that accepts every subtask: one small verdict file (the supervisor reads it)."""
+    await ctx.write(f"reviews/{ctx.task.task_id}.json", b'{"accepted": true}', name="verdict")
+
+
 async def tick(ctx: AgentContext) -> None:
     """Report progress every `interval` seconds (param, default 0.1) until the run is cancelled (the
     progress report itself raises then): a long stage whose page gets a steady stream of live events."""

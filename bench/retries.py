@@ -25,6 +25,10 @@ stage writing one small file). The peer's CPU is reported beside the stack's.
 OpenAI-compatible server in its own process on the same cores (tests/fake_llm.py), answers at once) beside N
 runs of `once-writes`. The endpoint's CPU is reported beside the stack's.
 
+`team`, the hierarchical pattern under a burst: N runs of `team` (a planner's plan of 4 no-op subtasks, each
+reviewed by an agent that writes an accepting verdict, then an aggregator: 10 tasks, and the supervisor reads
+the plan and the 4 verdicts) beside N runs of `relay` (3 no-op stages).
+
 `collab`, the bidirectional pattern under a burst: N runs of `co-edit` (two participants taking turns on
 one document, seeded from one shared input: each turn a conditional write whose bucket notification, through
 the notifier, gives the next participant the turn; 6 turns) beside N runs of `relay-writes` (three
@@ -52,8 +56,14 @@ from baton.servers import free_port
 from bench import runs as whole_runs
 from bench.common import Procs, python
 from shared.storage import Storage
-from shared.workflow import BidirectionalWorkflow, SequentialWorkflow, load_workflows
+from shared.workflow import (
+    BidirectionalWorkflow,
+    HierarchicalWorkflow,
+    SequentialWorkflow,
+    load_workflows,
+)
 
+TEAM_WIDTH = 4  # `team`: subtasks in each run's plan
 LENGTHS = (30, 300)  # `long`: the pipelines beside `relay`'s 3 stages
 SCENARIOS = {  # name: (baseline, the shape, ...), each (workflow, label, params)
     "retries": (
@@ -76,6 +86,10 @@ SCENARIOS = {  # name: (baseline, the shape, ...), each (workflow, label, params
     "llm": (
         ("once-writes", "one local stage writing one small file", None),
         ("model-once", "one kind: llm stage (a model endpoint answering at once)", None),
+    ),
+    "team": (
+        ("relay", "3 no-op stages", None),
+        ("team", f"a plan of {TEAM_WIDTH} subtasks, each reviewed, then aggregated", {"width": TEAM_WIDTH}),
     ),
     "collab": (
         ("relay-writes", "3 sequential stages, each writing one small file", None),
@@ -100,6 +114,8 @@ TITLES = {
     "llm": "Model agents: 'model-once' runs (one kind: llm stage, its OpenAI-compatible endpoint on the same "
     "cores answering at once; the agent writes the answer as one small file) beside 'once-writes' (one local "
     "stage writing one small file)",
+    "team": f"Teams: 'team' runs (hierarchical: a plan of {TEAM_WIDTH} no-op subtasks, each reviewed, then "
+    "aggregated; 10 tasks, the plan and 4 verdicts read by the supervisor) beside 'relay' (3 no-op stages)",
     "collab": "Co-editing: 'co-edit' runs (bidirectional: 2 participants, 6 turns on one document, each "
     "turn moved on by the document's notification) beside 'relay-writes' (3 sequential writing stages)",
     "long": "Long pipelines: N runs of 3, of 30 and of 300 no-op stages published at once",
@@ -177,7 +193,7 @@ def _bursts(
     srv, name: str, sizes: list[int], workers: int, out: dict, peer: tuple[str, Procs] | None
 ) -> None:
     workflows = whole_runs.relay_workflows(srv.work, list(LENGTHS))
-    stages = tasks_per_run(workflows)
+    stages = tasks_per_run(workflows, TEAM_WIDTH)
     extra = {"LLM_BENCH_URL" if name == "llm" else "A2A_BENCH_URL": peer[0]} if peer else None
     seeded = {"document": _seed(srv)} if name == "collab" else None  # the co-editing runs' only
     peer_pids = peer[1].pids if peer else []
@@ -216,18 +232,22 @@ def _bursts(
             out["bursts"].append(row)
 
 
-def tasks_per_run(path) -> dict[str, int]:
+def tasks_per_run(path, width: int = TEAM_WIDTH) -> dict[str, int]:
     """Each workflow's tasks a run (its hops), from the workflow file: a sequential one's stages, a
-    bidirectional one's turns (`max_rounds`: the bench's participants change the document every turn); a
+    bidirectional one's turns (`max_rounds`: the bench's participants change the document every turn), a
+    hierarchical one's plan, `width` subtasks (each reviewed, if it has a reviewer) and aggregation; a
     routed request is one task."""
-    return {
-        name: len(wf.stages)
-        if isinstance(wf, SequentialWorkflow)
-        else wf.max_rounds
-        if isinstance(wf, BidirectionalWorkflow)
-        else 1
-        for name, wf in load_workflows(path).workflows.items()
-    }
+
+    def tasks(wf) -> int:
+        if isinstance(wf, SequentialWorkflow):
+            return len(wf.stages)
+        if isinstance(wf, BidirectionalWorkflow):
+            return wf.max_rounds
+        if isinstance(wf, HierarchicalWorkflow):
+            return 1 + width * (2 if wf.reviewer else 1) + (1 if wf.aggregator else 0)
+        return 1
+
+    return {name: tasks(wf) for name, wf in load_workflows(path).workflows.items()}
 
 
 def _seed(srv: whole_runs.Servers):

@@ -49,6 +49,7 @@ SCENARIOS = (
     "long",
     "remote",
     "llm",
+    "team",
     "approvals",
     "collab",
     "cluster",
@@ -185,7 +186,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--retry-runs",
         default="1000,10000",
-        help="runs per burst of retries, routed, writes, remote, llm and collab, a pair each",
+        help="runs per burst of retries, routed, writes, remote, llm, team and collab, a pair each",
     )
     p.add_argument("--long-runs", default="1000", help="runs per burst of 3, 30 and 300 stages (long)")
     p.add_argument(
@@ -478,7 +479,7 @@ def main(argv: list[str] | None = None) -> None:
             )
         if "approvals" in only:
             results["approvals"] = approvals_bench.scenario(srv, _ints(args.approval_runs), args.run_workers)
-        for name in ("retries", "routed", "writes", "remote", "llm", "collab", "long"):
+        for name in ("retries", "routed", "writes", "remote", "llm", "team", "collab", "long"):
             if name in only:
                 sizes = _ints(args.long_runs if name == "long" else args.retry_runs)
                 results[name] = retries_bench.scenario(srv, name, sizes, args.run_workers)

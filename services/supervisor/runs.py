@@ -152,10 +152,8 @@ async def adopt_inputs(eng: Engine, run_id: str, submitted: dict[str, ObjectRef]
         if ref.key.startswith(prefix):
             inputs[name] = ref  # already in the workspace; the worker checks it exists on read
             continue
-        if await eng.storage.head(ref.key) is None:
-            raise ObjectMissingError(f"input {name!r}: object {ref.uri()} does not exist")
-        try:
+        try:  # (the copy itself says if the object or its version is missing: no HEAD first)
             inputs[name] = await eng.storage.copy(ref, f"{prefix}inputs/{posixpath.basename(ref.key)}")
-        except ObjectMissingError as exc:  # a missing version; other errors (MinIO away) are retried
+        except ObjectMissingError as exc:  # missing object or version; other errors (MinIO away): retried
             raise ObjectMissingError(f"input {name!r}: cannot copy {ref.uri()}: {exc}") from exc
     return inputs

@@ -78,3 +78,5 @@ def test_hops_a_run_come_from_the_workflow_file(tmp_path):
     assert stages["relay"] == 3 and stages["relay-read-write"] == 3 and stages["routed"] == 1
     assert stages["relay-30"] == 30 and stages["relay-300"] == 300
     assert stages["co-edit"] == 6  # a bidirectional run: its turns
+    assert stages["team"] == 1 + 4 * 2 + 1  # a hierarchical run: its plan, 4 subtasks reviewed, aggregation
+    assert retries.tasks_per_run(relay_workflows(tmp_path, [30]), width=10)["team"] == 22
