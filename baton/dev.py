@@ -153,6 +153,16 @@ def load_secrets(root: Path) -> dict:
     return fresh
 
 
+def mcp_http_env(port: int, token: str) -> dict[str, str]:
+    """The MCP server's settings for streamable HTTP on loopback at `port`, with bearer `token`."""
+    return {
+        "BATON_MCP_TRANSPORT": "http",
+        "BATON_MCP_HOST": "127.0.0.1",
+        "BATON_MCP_PORT": str(port),
+        "BATON_MCP_TOKEN": token,
+    }
+
+
 def up(
     root: Path, workflows: Path, workers: int = 2, cluster: bool = False, trace: bool = False
 ) -> dict[str, str]:

@@ -21,6 +21,7 @@ from mcp import ClientSession
 from mcp.client.streamable_http import streamable_http_client
 
 from baton import servers
+from baton.dev import mcp_http_env
 from bench import runs as whole_runs
 from bench.a2a import _cpu, _ms
 
@@ -94,15 +95,7 @@ def scenario(srv: whole_runs.Servers, sizes: list[int], workers: int) -> dict:
     port, token = servers.free_port(), secrets.token_hex(16)
     out: dict = {"workflow": WORKFLOW, "poll_s": POLL_S, "workers": workers, "bursts": []}
     try:
-        handle = stack.start(
-            "mcp",
-            {
-                "BATON_MCP_TRANSPORT": "http",
-                "BATON_MCP_HOST": "127.0.0.1",
-                "BATON_MCP_PORT": str(port),
-                "BATON_MCP_TOKEN": token,
-            },
-        )
+        handle = stack.start("mcp", mcp_http_env(port, token))
         pid = stack.procs[handle].pid
         for n in sizes:
             print(f"- mcp: {n:,} sessions at once", flush=True)

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from baton import servers
-from baton.dev import Stack
+from baton.dev import Stack, mcp_http_env
 
 
 @dataclass
@@ -44,15 +44,7 @@ class McpHttp:
 def mcp_http(stack: Stack, indexer: Indexer) -> McpHttp:
     port = servers.free_port()
     token = secrets.token_hex(16)
-    handle = stack.start(
-        "mcp",
-        {
-            "BATON_MCP_TRANSPORT": "http",
-            "BATON_MCP_HOST": "127.0.0.1",
-            "BATON_MCP_PORT": str(port),
-            "BATON_MCP_TOKEN": token,
-        },
-    )
+    handle = stack.start("mcp", mcp_http_env(port, token))
     return McpHttp(f"http://127.0.0.1:{port}/mcp", token, handle)
 
 
