@@ -47,10 +47,12 @@ def settings(admin: bool = False) -> Settings:
     return found
 
 
-def _run(command: Callable[..., Coroutine[Any, Any, T]], *args: Any, **kwargs: Any) -> T:
-    """`command(settings(), ...)` to its end, on the event loop the settings name (`BATON_EVENT_LOOP`:
-    uvloop unless set otherwise, as in the services)."""
-    cfg = settings()
+def _run(
+    command: Callable[..., Coroutine[Any, Any, T]], *args: Any, cfg: Settings | None = None, **kwargs: Any
+) -> T:
+    """`command(cfg, ...)` to its end (`cfg`: `settings()` unless given), on the event loop the settings
+    name (`BATON_EVENT_LOOP`: uvloop unless set otherwise, as in the services)."""
+    cfg = cfg or settings()
     return run_until_done(command(cfg, *args, **kwargs), cfg)
 
 
@@ -148,7 +150,7 @@ def submit(
     cfg = settings()
     params = dict(p.partition("=")[::2] for p in param)
     try:
-        run_id = run_until_done(client.submit(cfg, workflow, _parse_inputs(input), params), cfg)
+        run_id = _run(client.submit, workflow, _parse_inputs(input), params, cfg=cfg)
     except BatonError as exc:
         fail(str(exc))
     if not wait:
@@ -156,7 +158,7 @@ def submit(
         return
     if not as_json:
         typer.echo(run_id)
-    final = run_until_done(_follow(cfg, run_id, quiet=as_json), cfg)
+    final = _run(_follow, run_id, quiet=as_json, cfg=cfg)
     status = client.END_STATUS.get(final.type if final else "", "unknown")
     if as_json:
         out = {"run_id": run_id, "status": status, "outputs": {}}
@@ -285,7 +287,7 @@ def dlq_list(
     if before is not None and not streams.is_entry_id(before):
         fail(f"--before {before!r} is not a stream entry id (like 1733050000000-0)")
     cfg = settings()
-    letters = run_until_done(client.dlq_list(cfg, count, before), cfg)
+    letters = _run(client.dlq_list, count, before, cfg=cfg)
     if as_json:
         typer.echo(json.dumps([{"id": i, **d.model_dump(mode="json")} for i, d in letters]))
         return
@@ -294,7 +296,7 @@ def dlq_list(
     if not letters:
         typer.echo("no older dead letters" if before else "the dead-letter stream is empty", err=True)
     elif len(letters) == count:
-        total = run_until_done(client.dlq_length(cfg), cfg)
+        total = _run(client.dlq_length, cfg=cfg)
         typer.echo(f"({total:,} dead letters in all; older ones: --before {letters[-1][0]})", err=True)
 
 
@@ -360,7 +362,7 @@ def init(notifications: bool = typer.Option(True, help="Route bucket events to t
     if problems := password_problems(cfg.acl_passwords):
         fail("; ".join(problems))
     try:
-        warnings = run_until_done(client.init_workspace(cfg, notifications), cfg)
+        warnings = _run(client.init_workspace, notifications, cfg=cfg)
     except AuthenticationError as exc:
         fail(f"Redis refused the admin login in REDIS_URL ({exc}). In docker compose that password is "
              "BATON_REDIS_PASSWORD in .env, and it must be the one this Redis volume was first set up with.")

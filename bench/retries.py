@@ -48,7 +48,6 @@ import asyncio
 import contextlib
 import socket
 import time
-import urllib.request
 from collections.abc import Iterator
 
 from baton.client import init_workspace
@@ -139,54 +138,36 @@ def scenario(srv: whole_runs.Servers, name: str, sizes: list[int], workers: int)
 
 
 @contextlib.contextmanager
-def a2a_peer(logdir) -> Iterator[tuple[str, Procs]]:
-    """The test A2A agents (tests/a2a_agents.py) served by a process of their own: its URL, its process."""
+def peer_process(logdir, name: str, module: str) -> Iterator[tuple[str, Procs]]:
+    """`python -m <module> --port N` (a peer the stack talks to: the test A2A agents, the model endpoint)
+    in a process of its own, once it listens: its URL, its process."""
     procs = Procs(logdir)
     port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    procs.start("a2a-peer", python("-m", "tests.a2a_agents", "--port", str(port)))
+    procs.start(name, python("-m", module, "--port", str(port)))
     try:
         deadline = time.time() + 30
         while True:
             procs.check_alive()
             try:
-                urllib.request.urlopen(f"{url}/echo/.well-known/agent-card.json", timeout=2).close()
+                socket.create_connection(("127.0.0.1", port), timeout=2).close()
                 break
             except OSError:
                 if time.time() > deadline:
-                    raise RuntimeError(f"the A2A peer did not answer at {url} within 30 s") from None
+                    raise RuntimeError(f"{name} did not listen on port {port} within 30 s") from None
                 time.sleep(0.1)
-        yield url, procs
+        yield f"http://127.0.0.1:{port}", procs
     finally:
         procs.stop()
 
 
-@contextlib.contextmanager
-def model_endpoint(logdir) -> Iterator[tuple[str, Procs]]:
-    """The benchmark's OpenAI-compatible endpoint (tests/fake_llm.py) in a process of its own: its URL, its
-    process."""
-    procs = Procs(logdir)
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    procs.start("model-endpoint", python("-m", "tests.fake_llm", "--port", str(port)))
-    try:
-        _wait_listening(procs, "127.0.0.1", port, "the model endpoint")
-        yield url, procs
-    finally:
-        procs.stop()
+def a2a_peer(logdir):
+    """The test A2A agents (tests/a2a_agents.py), their own process."""
+    return peer_process(logdir, "a2a-peer", "tests.a2a_agents")
 
 
-def _wait_listening(procs: Procs, host: str, port: int, what: str) -> None:
-    deadline = time.time() + 30
-    while True:
-        procs.check_alive()
-        try:
-            socket.create_connection((host, port), timeout=2).close()
-            return
-        except OSError:
-            if time.time() > deadline:
-                raise RuntimeError(f"{what} did not listen on {host}:{port} within 30 s") from None
-            time.sleep(0.1)
+def model_endpoint(logdir):
+    """The benchmark's OpenAI-compatible endpoint (tests/fake_llm.py), its own process."""
+    return peer_process(logdir, "model-endpoint", "tests.fake_llm")
 
 
 def _bursts(
