@@ -315,7 +315,12 @@ def _gateway_grants() -> list[Grant]:
         Grant(
             "the tasks not started yet (a restart starts them)",
             (streams.a2a_starting("*"),),
-            ("sadd", "srem", "smembers"),
+            ("hset", "hget", "hdel", "hgetall"),
+        ),
+        Grant(
+            "its lease, and the others' (theirs are left to them)",
+            (streams.a2a_gateway("*"),),
+            ("set", "exists", "del"),
         ),
     ]
 

@@ -159,6 +159,13 @@ class Settings(BaseSettings):
         description="Gateway: A2A tasks it starts at once (inputs uploaded, run published); more wait "
         "their turn, so a burst of thousands is taken in order instead of starving every one of them.",
     )
+    a2a_lease_seconds: float = Field(
+        30.0,
+        gt=0,
+        description="Gateway: how long a replica's lease lasts unless renewed (every sixth of it). Tasks "
+        "waiting their turn on a replica whose lease lapsed (stopped, or stalled that long) are started by "
+        "another; checked every half lease.",
+    )
     a2a_fetch_hosts: str = Field(
         "",
         description="Where A2A file URLs may point besides public addresses and the store's own endpoint: "

@@ -126,9 +126,14 @@ def a2a_tasks(workflow: str) -> str:
 
 
 def a2a_starting(workflow: str) -> str:
-    """The A2A gateway's tasks of one workflow told `submitted` whose runs it has not published yet (a set:
-    a gateway that stops leaves them to the next one's start-up)."""
-    return f"baton:a2a:starting:{workflow}"
+    """The A2A gateway's tasks of one workflow told `submitted` whose runs are not published yet (a hash:
+    task id -> the gateway that accepted it): one that stops leaves them to another's start-up."""
+    return f"baton:a2a:starting-by:{workflow}"
+
+
+def a2a_gateway(instance: str) -> str:
+    """A running A2A gateway's lease (expires unless it renews it): its waiting tasks are its own."""
+    return f"baton:a2a:gateway:{instance}"
 
 
 _ENTRY_ID = re.compile(r"[0-9]+(-[0-9]+)?")

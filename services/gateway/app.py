@@ -12,6 +12,9 @@ import argparse
 import asyncio
 import contextlib
 import hmac
+import os
+import secrets
+import socket
 
 import redis.asyncio as aioredis
 import uvicorn
@@ -100,10 +103,17 @@ def card(name: str, wf, url: str) -> AgentCard:
 
 
 def create_app(
-    settings: Settings, storage: Storage, redis: aioredis.Redis, hub: Hub, log, fetching: Fetcher
+    settings: Settings,
+    storage: Storage,
+    redis: aioredis.Redis,
+    hub: Hub,
+    log,
+    fetching: Fetcher,
+    instance: str,
 ) -> tuple[Starlette, dict[str, tuple[WorkflowExecutor, RunTaskStore]]]:
     """The ASGI app, and each workflow's executor and task store (`resume_unstarted` needs them);
-    `fetching`: what fetches file part URLs, from where its policy allows (`shared/fetch.py`)."""
+    `fetching`: what fetches file part URLs, from where its policy allows (`shared/fetch.py`); `instance`:
+    this gateway's name among its replicas (its lease's, `hold_lease`)."""
     workflows = load_workflows(settings.workflows).workflows
     root = base_url(settings)
     mounts, listing, parts = [], [], {}
@@ -112,7 +122,9 @@ def create_app(
     for name, wf in workflows.items():
         url = f"{root}{name}/"
         the_card = card(name, wf, url)
-        executor = WorkflowExecutor(name, settings, storage, redis, hub, log, live, starting, fetching)
+        executor = WorkflowExecutor(
+            name, settings, storage, redis, hub, log, live, starting, fetching, instance
+        )
         store = RunTaskStore(redis, settings, name, live, executor.part)
         parts[name] = (executor, store)
         handler = DefaultRequestHandler(agent_executor=executor, task_store=store, agent_card=the_card)
@@ -138,20 +150,27 @@ def create_app(
 
 
 async def resume_unstarted(
-    parts: dict[str, tuple[WorkflowExecutor, RunTaskStore]], redis: aioredis.Redis, log
+    parts: dict[str, tuple[WorkflowExecutor, RunTaskStore]], redis: aioredis.Redis, log, instance: str
 ) -> int:
     """At start-up: start the runs of the tasks a stopped gateway had told `submitted` but not started (it
     stopped while they waited their turn, `BATON_A2A_MAX_STARTING`), so that no task waits for ever: the
-    workflow's starting set (`streams.a2a_starting`) names them. A task whose run exists already is only
-    taken out of the set; one whose run may have been published just before the stop is published again,
-    which starts it once (the supervisor takes a second RunSubmitted of a run as a duplicate). Returns how
-    many tasks were started."""
+    workflow's starting set (`streams.a2a_starting`) names them, each with the gateway that accepted it.
+    A gateway still running (its lease, `streams.a2a_gateway`, not lapsed) keeps its own: replicas started
+    beside a busy one leave its burst to it. Each task taken over is claimed first, so that its gateway,
+    if only stalled, does not start it too. A task whose run exists already is only taken out of the set;
+    one whose run may have been published just before the stop is published again, which starts it once
+    (the supervisor takes a second RunSubmitted of a run as a duplicate). Returns how many tasks were
+    started."""
     resumed = 0
     for name, (executor, store) in parts.items():
-        for raw_id in await redis.smembers(streams.a2a_starting(name)):
+        waiting = await redis.hgetall(streams.a2a_starting(name))
+        owners = {owner.decode() for owner in waiting.values()} - {instance}
+        alive = {owner for owner in owners if await redis.exists(streams.a2a_gateway(owner))}
+        for raw_id, owner in waiting.items():
             task_id = raw_id.decode()
-            if task_id in executor.live:  # (a new request of this process, waiting its turn)
+            if owner.decode() in alive or task_id in executor.live:  # (a new request of this process)
                 continue
+            await redis.hset(streams.a2a_starting(name), task_id, instance)  # taken over
             task = await store.stored(task_id)
             run_id = run_of_task(task_id)
             if (
@@ -178,14 +197,31 @@ async def resume_unstarted(
     return resumed
 
 
-async def _resume(parts, redis: aioredis.Redis, log) -> None:
-    try:
-        resumed = await resume_unstarted(parts, redis, log)
-    except Exception as exc:  # noqa: BLE001 - logged; the gateway serves on (its tasks' runs are unharmed)
-        log.error("a2a_resume_failed", error=str(exc), exc_info=True)
-        return
-    if resumed:
-        log.warning("a2a_tasks_resumed", count=resumed, why="a stopped gateway had not started their runs")
+async def hold_lease(redis: aioredis.Redis, instance: str, seconds: float, log) -> None:
+    """Renew this gateway's lease until cancelled: while it holds, no other gateway takes its waiting
+    tasks for a stopped one's. A failed renewal is retried at the next one."""
+    while True:
+        try:
+            await redis.set(streams.a2a_gateway(instance), "1", px=int(seconds * 1000))
+        except Exception as exc:  # noqa: BLE001 - logged; the next renewal tries again
+            log.warning("a2a_lease_renewal_failed", error=str(exc), instance=instance)
+        await asyncio.sleep(seconds / 6)
+
+
+async def keep_resuming(parts, redis: aioredis.Redis, log, instance: str, every: float) -> None:
+    """`resume_unstarted` at start-up, then every `every` seconds: the waiting tasks of a replica that
+    stopped while this one runs are started too, once its lease lapses."""
+    while True:
+        try:
+            resumed = await resume_unstarted(parts, redis, log, instance)
+        except Exception as exc:  # noqa: BLE001 - logged, tried again; the gateway serves on meanwhile
+            log.error("a2a_resume_failed", error=str(exc), exc_info=True)
+        else:
+            if resumed:
+                log.warning(
+                    "a2a_tasks_resumed", count=resumed, why="a stopped gateway had not started their runs"
+                )
+        await asyncio.sleep(every)
 
 
 def _say(task: Task, text: str) -> None:
@@ -247,7 +283,10 @@ async def serve(settings: Settings) -> None:
         contextlib.aclosing(hub),
         contextlib.aclosing(Fetcher(fetching)) as fetcher,
     ):
-        app, parts = create_app(settings, storage, redis, hub, log, fetcher)
+        instance = f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
+        lease_s = settings.a2a_lease_seconds
+        lease = asyncio.create_task(hold_lease(redis, instance, lease_s, log), name="a2a-lease")
+        app, parts = create_app(settings, storage, redis, hub, log, fetcher, instance)
         config = uvicorn.Config(
             app, host=settings.gateway_host, port=settings.gateway_port, log_level="warning", access_log=False
         )
@@ -260,13 +299,20 @@ async def serve(settings: Settings) -> None:
             mark_ready(settings)
             auth = "bearer" if settings.a2a_token else "none"
             log.info("service_ready", event_loop=loop_name(), url=base_url(settings), auth=auth)
-            resuming = asyncio.create_task(_resume(parts, redis, log))
+            resuming = asyncio.create_task(keep_resuming(parts, redis, log, instance, lease_s / 2))
         with contextlib.suppress(asyncio.CancelledError):
             await task
         if server.started and not resuming.done():
             resuming.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await resuming
+        lease.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await lease
+        try:  # stopped: what it leaves waiting is the next gateway's to start, at once
+            await redis.delete(streams.a2a_gateway(instance))
+        except Exception as exc:  # noqa: BLE001 - logged; the lease then lapses by itself
+            log.warning("a2a_lease_release_failed", error=str(exc), instance=instance)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -62,10 +62,11 @@ class WorkflowExecutor(AgentExecutor):
         live: set[str],
         starting: asyncio.Semaphore,
         fetching: Fetcher,
+        instance: str,
     ) -> None:
         self.workflow, self.settings, self.storage, self.log = workflow, settings, storage, log
         self.redis, self.hub, self.live, self.starting = redis, hub, live, starting
-        self.fetching = fetching
+        self.fetching, self.instance = fetching, instance
 
     async def execute(self, context: RequestContext, event_queue: EventQueue) -> None:
         self.live.add(context.task_id)
@@ -86,19 +87,24 @@ class WorkflowExecutor(AgentExecutor):
                 history=[context.message],
                 metadata={RUN_KEY: run_id, "baton_workflow": self.workflow},
             )
-            # Until its run is published, the task is in the starting set: a gateway that stops meanwhile
-            # leaves it to the next one (`resume_unstarted`).
-            await self.redis.sadd(streams.a2a_starting(self.workflow), task.id)
+            # Until its run is published, the task is in the starting set under this gateway's name: one
+            # that stops meanwhile (its lease lapses) leaves it to another's start-up (`resume_unstarted`).
+            await self.redis.hset(streams.a2a_starting(self.workflow), task.id, self.instance)
             await event_queue.enqueue_event(task)  # the client learns its task id at once, `submitted`
             up = TaskUpdater(event_queue, task.id, task.context_id)
             # A burst of new tasks starts Settings.a2a_max_starting at a time; the rest wait here, in order.
             async with self.starting:
                 try:
-                    await self.start(run_id, context.message)
-                except (GatewayError, FetchError, KeyValidationError, PreconditionFailedError) as exc:
-                    await self.started(task.id)
-                    await up.reject(up.new_agent_message([Part(text=str(exc))]))
+                    if await self.mine(task.id):
+                        await self.start(run_id, context.message)
+                except PreconditionFailedError as exc:
+                    if await self.mine(task.id):  # its inputs were there already: not a resumed start
+                        await self.refuse(task.id, up, exc)
+                        return
+                except (GatewayError, FetchError, KeyValidationError) as exc:
+                    await self.refuse(task.id, up, exc)
                     return
+                # (a task another gateway took over while this one seemed gone is started once: by that one)
                 await self.started(task.id)
                 self.log.info("a2a_run_submitted", submitted_run=run_id, workflow=self.workflow, task=task.id)
                 await up.update_status(
@@ -110,10 +116,20 @@ class WorkflowExecutor(AgentExecutor):
             answered = await self.answer(run_id, task, context.message)
         await self.follow(run_id, up, answered)
 
+    async def mine(self, task_id: str) -> bool:
+        """Whether this gateway still starts `task_id`: another one takes over the tasks of a gateway whose
+        lease lapsed (`resume_unstarted`; one stalled that long is taken for stopped)."""
+        owner = await self.redis.hget(streams.a2a_starting(self.workflow), task_id)
+        return owner is not None and owner.decode() == self.instance
+
+    async def refuse(self, task_id: str, up: TaskUpdater, exc: Exception) -> None:
+        await self.started(task_id)
+        await up.reject(up.new_agent_message([Part(text=str(exc))]))
+
     async def started(self, task_id: str) -> None:
         """Out of the starting set: its run is published, or it will never be (rejected, cancelled). A
         gateway stopped before this (killed, or shut down while the task waited its turn) leaves it in."""
-        await self.redis.srem(streams.a2a_starting(self.workflow), task_id)
+        await self.redis.hdel(streams.a2a_starting(self.workflow), task_id)
 
     async def start(self, run_id: str, message: Message, *, again: bool = False) -> None:
         """Upload the message's files as the run's inputs, then publish the run. `again`: for a task a

@@ -71,6 +71,13 @@ class RunTaskStore(TaskStore):
             pipe.set(streams.a2a_task(run_id), task.SerializeToString(), ex=self.ttl)
             pipe.zadd(streams.a2a_tasks(self.workflow), {task.id: now.ToNanoseconds() / 1e9})
             await pipe.execute()
+        if task.status.state == TaskState.TASK_STATE_CANCELED and task.id not in self.live:
+            # Cancelled through a gateway that does not follow it (another replica does, or none): a2a-sdk
+            # only records that, so its run is cancelled here; the gateway following it, if any, ends the
+            # task as the run ends. (For a run cancelled already, the supervisor ignores the request.)
+            await client.cancel(
+                self.settings, run_id, reason="cancelled by an A2A client", sender="gateway", redis=self.redis
+            )
 
     async def stored(self, task_id: str) -> Task | None:
         raw = await self.redis.get(streams.a2a_task(run_of_task(task_id)))

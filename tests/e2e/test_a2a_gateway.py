@@ -257,21 +257,24 @@ async def test_hundreds_of_tasks_in_flight_share_one_live_reader_and_all_complet
 
 
 def _one_at_a_time(stack) -> tuple[Gateway, dict[str, str]]:
-    """A gateway of its own that starts new tasks one at a time (BATON_A2A_MAX_STARTING=1), and its env."""
+    """A gateway of its own that starts new tasks one at a time (BATON_A2A_MAX_STARTING=1), with a lease of
+    3 s (a killed one's waiting tasks are another's to start once it lapses), and its env."""
     port, token = servers.free_port(), secrets.token_hex(16)
     env = {
         "BATON_GATEWAY_HOST": "127.0.0.1",
         "BATON_GATEWAY_PORT": str(port),
         "BATON_A2A_TOKEN": token,
         "BATON_A2A_MAX_STARTING": "1",
+        "BATON_A2A_LEASE_SECONDS": "3",
     }
     return Gateway(f"http://127.0.0.1:{port}/", token, stack.start("gateway", env)), env
 
 
 async def test_tasks_a_killed_gateway_had_not_started_are_started_by_the_next(stack, settings):
     """A burst waits its turn to start (here one task at a time) after each task is told `submitted`. A
-    gateway killed meanwhile leaves tasks whose runs were never published; the next gateway starts them at
-    start-up (`resume_unstarted`), so that none waits for ever, and each runs once."""
+    gateway killed meanwhile leaves tasks whose runs were never published; the next gateway starts them
+    once the killed one's lease lapses (`resume_unstarted`, at its start-up and every half lease), so that
+    none waits for ever, and each runs once."""
     gateway, env = _one_at_a_time(stack)
     n = 60
     try:
@@ -314,7 +317,7 @@ async def test_tasks_a_killed_gateway_had_not_started_are_started_by_the_next(st
         assert "a2a_tasks_resumed" in stack.log_path(gateway.handle).read_text()
         admin = connect(settings.redis_url)
         try:
-            left = await admin.smembers(streams.a2a_starting("copy-files"))
+            left = await admin.hgetall(streams.a2a_starting("copy-files"))
         finally:
             await admin.aclose()
         assert not {x.decode() for x in left} & set(task_ids)  # none left to start
@@ -339,7 +342,7 @@ async def test_a_task_cancelled_while_it_waits_its_turn_never_starts_its_run(sta
             pairs = await asyncio.wait_for(asyncio.gather(*(submitted(i) for i in range(n))), 60)
             admin = connect(settings.redis_url)
             try:
-                waiting = await admin.smembers(streams.a2a_starting("copy-files"))
+                waiting = await admin.hgetall(streams.a2a_starting("copy-files"))
                 last = next(t for t, _s in reversed(pairs) if t.encode() in waiting)  # still in line
                 task = await a2a.cancel_task(CancelTaskRequest(id=last))
                 assert task.status.state == TaskState.TASK_STATE_CANCELED
@@ -349,7 +352,7 @@ async def test_a_task_cancelled_while_it_waits_its_turn_never_starts_its_run(sta
                     assert ended[-1].type == "run.completed", ended[-1]
                 await asyncio.sleep(1)  # (a run published after the others would have started by now)
                 assert not await admin.exists(streams.run_state(f"a2a-{last}"))
-                assert last.encode() not in await admin.smembers(streams.a2a_starting("copy-files"))
+                assert not await admin.hexists(streams.a2a_starting("copy-files"), last)
             finally:
                 await admin.aclose()
             for _task_id, stream in pairs:

@@ -214,9 +214,13 @@ async def test_the_a2a_gateway_writes_only_run_inputs_and_responses_and_reads_on
         assert await r.xrange(streams.run_events("lp-none"), count=10) == []  # a task's run: its history
         assert await r.xread({streams.run_events("lp-none"): "0"}, block=1) == []  # ... then live
         assert await r.client_unblock(await r.client_id()) == 0  # its one live reader re-armed
-        assert await r.sadd(streams.a2a_starting("lp-wf"), "lp-task") == 1  # a task waiting its turn
-        assert await r.smembers(streams.a2a_starting("lp-wf")) == {b"lp-task"}  # (a restart reads them)
-        assert await r.srem(streams.a2a_starting("lp-wf"), "lp-task") == 1
+        assert await r.hset(streams.a2a_starting("lp-wf"), "lp-task", "gw-1") == 1  # a task waiting its turn
+        assert await r.hget(streams.a2a_starting("lp-wf"), "lp-task") == b"gw-1"  # still its own to start?
+        assert await r.hgetall(streams.a2a_starting("lp-wf")) == {b"lp-task": b"gw-1"}  # (a restart)
+        assert await r.hdel(streams.a2a_starting("lp-wf"), "lp-task") == 1
+        assert await r.set(streams.a2a_gateway("gw-1"), "1", ex=30)  # its lease
+        assert await r.exists(streams.a2a_gateway("gw-2")) == 0  # another's
+        assert await r.delete(streams.a2a_gateway("gw-1")) == 1
         await _refused(r.sadd(streams.a2a_tasks("lp-wf"), "lp-task"))  # (only its own set)
         await _refused(r.client_kill_filter(_id=await r.client_id()))
         await _refused(r.hset(streams.run_state("lp-none"), "core", "{}"))
