@@ -33,6 +33,7 @@ from a2a.types import (
     TaskState,
 )
 from a2a.utils.constants import AGENT_CARD_WELL_KNOWN_PATH
+from a2a.utils.errors import UnsupportedOperationError
 from starlette.applications import Starlette
 from starlette.responses import JSONResponse, PlainTextResponse
 from starlette.routing import Mount, Route
@@ -49,7 +50,7 @@ from shared.storage import Storage
 from shared.workflow import HUMAN, SequentialWorkflow, load_workflows
 
 from .executor import WorkflowExecutor
-from .tasks import RunTaskStore, agent_message, run_of_task
+from .tasks import FINAL, RunTaskStore, agent_message, run_of_task
 
 SERVICE = "gateway"
 SCHEME = "bearer"
@@ -102,6 +103,29 @@ def card(name: str, wf, url: str) -> AgentCard:
     )
 
 
+class RequestHandler(DefaultRequestHandler):
+    """a2a-sdk's handler, except that a resubscription (`SubscribeToTask`) to a task this process does not
+    hold is refused at once, saying why, instead of waiting for ever: a2a-sdk tails a task another replica
+    runs only through a shared event stream, which the gateway does not keep (its tasks' truth is their
+    runs: `tasks/get` on any replica reads it from there)."""
+
+    def __init__(self, *, task_store: RunTaskStore, **kw) -> None:
+        super().__init__(task_store=task_store, **kw)
+        self.tasks = task_store
+
+    async def on_subscribe_to_task(self, params, context):
+        if await self._active_task_registry.get(params.id) is None:
+            task = await self.tasks.get(params.id, context)
+            if task is not None and task.status.state not in FINAL:
+                raise UnsupportedOperationError(
+                    message=f"task {params.id} is not followed by this gateway (another replica follows it, "
+                    f"or it waits for an answer, or the gateway restarted since): read it with tasks/get, "
+                    "or answer it with a message if it asks for input"
+                )
+        async for event in super().on_subscribe_to_task(params, context):
+            yield event
+
+
 def create_app(
     settings: Settings,
     storage: Storage,
@@ -127,7 +151,7 @@ def create_app(
         )
         store = RunTaskStore(redis, settings, name, live, executor.part)
         parts[name] = (executor, store)
-        handler = DefaultRequestHandler(agent_executor=executor, task_store=store, agent_card=the_card)
+        handler = RequestHandler(agent_executor=executor, task_store=store, agent_card=the_card)
         routes = [*create_agent_card_routes(the_card), *create_jsonrpc_routes(handler, "/")]
         mounts.append(Mount(f"/{name}", routes=routes))
         listing.append(

@@ -12,7 +12,7 @@ import secrets
 import signal
 
 import pytest
-from a2a.types import CancelTaskRequest, GetTaskRequest, Part, TaskState
+from a2a.types import CancelTaskRequest, GetTaskRequest, Part, SubscribeToTaskRequest, TaskState
 from google.protobuf import struct_pb2
 
 from baton import servers
@@ -88,6 +88,26 @@ async def test_a_task_in_flight_on_one_gateway_is_seen_and_cancelled_through_the
             assert last_task_state(rest)[1] == TaskState.TASK_STATE_CANCELED
     events = await wait_for_end(settings, run_id, timeout=30)
     assert events[-1].type == "run.cancelled"
+
+
+async def test_resubscribing_through_a_replica_that_does_not_hold_the_task_is_refused_at_once(stack, gateway):
+    """a2a-sdk tails a task another replica runs only through a shared event stream, which the gateway does
+    not keep: such a resubscription is refused at once, naming why and what to use instead (it waited for
+    ever before). Through the replica that holds it, it streams the task to its end."""
+    slow = struct_pb2.Value()
+    slow.struct_value.update({"sleep": 2})
+    with second_gateway(stack, gateway.token) as other:
+        async with (
+            agent(gateway, "slow-pair") as (_card, first),
+            agent(other, "slow-pair") as (_card2, second),
+        ):
+            stream = first.send_message(message(Part(text="take your time"), Part(data=slow)))
+            task_id = (await anext(stream)).task.id
+            with pytest.raises(Exception, match="not followed by this gateway.*tasks/get"):
+                await asyncio.wait_for(drain(second.subscribe(SubscribeToTaskRequest(id=task_id))), 10)
+            again = await asyncio.wait_for(drain(first.subscribe(SubscribeToTaskRequest(id=task_id))), 60)
+            assert last_task_state(again)[1] == TaskState.TASK_STATE_COMPLETED
+            await drain(stream)
 
 
 @contextlib.contextmanager
