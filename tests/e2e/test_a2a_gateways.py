@@ -62,30 +62,37 @@ async def test_either_gateway_answers_for_a_task_the_other_started(stack, gatewa
             assert [a.name for a in task.artifacts] == ["final"]
 
 
-async def test_a_task_in_flight_on_one_gateway_is_seen_and_cancelled_through_the_other(
-    stack, gateway, settings
-):
+@contextlib.asynccontextmanager
+async def slow_task_on_the_first(stack, gateway, seconds: float):
+    """A task on the session's gateway whose two stages take `seconds` each, with clients of it and of a
+    second replica: (first, second, task id, the first's stream of it)."""
     slow = struct_pb2.Value()
-    slow.struct_value.update({"sleep": 5})
+    slow.struct_value.update({"sleep": seconds})
     with second_gateway(stack, gateway.token) as other:
         async with (
             agent(gateway, "slow-pair") as (_card, first),
             agent(other, "slow-pair") as (_card2, second),
         ):
             stream = first.send_message(message(Part(text="take your time"), Part(data=slow)))
-            task_id = (await anext(stream)).task.id
-            run_id = f"a2a-{task_id}"
-            for _ in range(100):  # until its run has started
-                task = await second.get_task(GetTaskRequest(id=task_id))
-                if task.status.state == TaskState.TASK_STATE_WORKING:
-                    break
-                await asyncio.sleep(0.1)
-            assert task.status.state == TaskState.TASK_STATE_WORKING
-            cancelled = await second.cancel_task(CancelTaskRequest(id=task_id))
-            assert cancelled.status.state == TaskState.TASK_STATE_CANCELED
-            # the first gateway's stream, following the run, ends with it
-            rest = await asyncio.wait_for(drain(stream), 30)
-            assert last_task_state(rest)[1] == TaskState.TASK_STATE_CANCELED
+            yield first, second, (await anext(stream)).task.id, stream
+
+
+async def test_a_task_in_flight_on_one_gateway_is_seen_and_cancelled_through_the_other(
+    stack, gateway, settings
+):
+    async with slow_task_on_the_first(stack, gateway, 5) as (_first, second, task_id, stream):
+        run_id = f"a2a-{task_id}"
+        for _ in range(100):  # until its run has started
+            task = await second.get_task(GetTaskRequest(id=task_id))
+            if task.status.state == TaskState.TASK_STATE_WORKING:
+                break
+            await asyncio.sleep(0.1)
+        assert task.status.state == TaskState.TASK_STATE_WORKING
+        cancelled = await second.cancel_task(CancelTaskRequest(id=task_id))
+        assert cancelled.status.state == TaskState.TASK_STATE_CANCELED
+        # the first gateway's stream, following the run, ends with it
+        rest = await asyncio.wait_for(drain(stream), 30)
+        assert last_task_state(rest)[1] == TaskState.TASK_STATE_CANCELED
     events = await wait_for_end(settings, run_id, timeout=30)
     assert events[-1].type == "run.cancelled"
 
@@ -94,20 +101,12 @@ async def test_resubscribing_through_a_replica_that_does_not_hold_the_task_is_re
     """a2a-sdk tails a task another replica runs only through a shared event stream, which the gateway does
     not keep: such a resubscription is refused at once, naming why and what to use instead (it waited for
     ever before). Through the replica that holds it, it streams the task to its end."""
-    slow = struct_pb2.Value()
-    slow.struct_value.update({"sleep": 2})
-    with second_gateway(stack, gateway.token) as other:
-        async with (
-            agent(gateway, "slow-pair") as (_card, first),
-            agent(other, "slow-pair") as (_card2, second),
-        ):
-            stream = first.send_message(message(Part(text="take your time"), Part(data=slow)))
-            task_id = (await anext(stream)).task.id
-            with pytest.raises(Exception, match="not followed by this gateway.*tasks/get"):
-                await asyncio.wait_for(drain(second.subscribe(SubscribeToTaskRequest(id=task_id))), 10)
-            again = await asyncio.wait_for(drain(first.subscribe(SubscribeToTaskRequest(id=task_id))), 60)
-            assert last_task_state(again)[1] == TaskState.TASK_STATE_COMPLETED
-            await drain(stream)
+    async with slow_task_on_the_first(stack, gateway, 2) as (first, second, task_id, stream):
+        with pytest.raises(Exception, match="not followed by this gateway.*tasks/get"):
+            await asyncio.wait_for(drain(second.subscribe(SubscribeToTaskRequest(id=task_id))), 10)
+        again = await asyncio.wait_for(drain(first.subscribe(SubscribeToTaskRequest(id=task_id))), 60)
+        assert last_task_state(again)[1] == TaskState.TASK_STATE_COMPLETED
+        await drain(stream)
 
 
 @contextlib.contextmanager
