@@ -157,7 +157,7 @@ async def test_a_gateway_starting_beside_a_busy_one_leaves_its_waiting_burst_to_
     token = secrets.token_hex(16)
     with second_gateway(stack, token, BATON_A2A_MAX_STARTING="1") as busy:
         async with agent(busy, "copy-files") as (_card, a2a):
-            pairs = await _burst(a2a, 30)
+            pairs = await _burst(a2a, 60)
             with frozen(stack, busy):
                 assert await _waiting(settings) > 1, "the burst had started already: the test proves nothing"
                 with second_gateway(stack, token, BATON_A2A_LEASE_SECONDS="2") as newcomer:
@@ -176,9 +176,9 @@ async def test_the_waiting_burst_of_a_gateway_stalled_past_its_lease_is_started_
     lease = {"BATON_A2A_LEASE_SECONDS": "2"}
     with second_gateway(stack, token, BATON_A2A_MAX_STARTING="1", **lease) as stalled:
         async with agent(stalled, "copy-files") as (_card, a2a):
-            pairs = await _burst(a2a, 30)
+            pairs = await _burst(a2a, 60)
             with frozen(stack, stalled), second_gateway(stack, token, **lease) as other:
-                for _ in range(100):
+                for _ in range(300):  # its lease lapses within 2 s; the other looks every second
                     if await _waiting(settings) == 0:
                         break
                     await asyncio.sleep(0.1)
