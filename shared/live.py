@@ -317,19 +317,19 @@ class Hub:
             self.leave(page)
 
 
-async def run_events(hub: Hub, run_id: str) -> AsyncIterator[Event]:
-    """A run's events from its start, each once, until its terminal event, over `hub` (one made with
-    `raw_entry`): as `baton.client.follow` yields them, without a connection of its own. A follower cut for
-    being slow resumes after its last entry; a supervisor's redelivered copy of an event (same id) is
-    skipped."""
-    async with contextlib.aclosing(_resumed(hub, streams.run_events(run_id))) as raws:
+async def run_events(hub: Hub, run_id: str, after: str = "0") -> AsyncIterator[Event]:
+    """A run's events from its start (or after entry `after`), each once, until its terminal event, over
+    `hub` (one made with `raw_entry`): as `baton.client.follow` yields them, without a connection of its
+    own. A follower cut for being slow resumes after its last entry; a supervisor's redelivered copy of an
+    event (same id) is skipped."""
+    async with contextlib.aclosing(_resumed(hub, streams.run_events(run_id), after)) as raws:
         async for event in each_once_until_end(raws):
             yield event
 
 
-async def _resumed(hub: Hub, key: str) -> AsyncIterator[bytes | None]:
-    """Each entry's event JSON, for ever: a follower cut for being slow follows again from its last entry."""
-    last = "0"
+async def _resumed(hub: Hub, key: str, last: str = "0") -> AsyncIterator[bytes | None]:
+    """Each entry's event JSON after `last`, for ever: a follower cut for being slow follows again from its
+    last entry."""
     while True:
         async with contextlib.aclosing(hub.follow(key, last)) as chunks:
             async for chunk in chunks:

@@ -104,24 +104,31 @@ def card(name: str, wf, url: str) -> AgentCard:
 
 
 class RequestHandler(DefaultRequestHandler):
-    """a2a-sdk's handler, except that a resubscription (`SubscribeToTask`) to a task this process does not
-    hold is refused at once, saying why, instead of waiting for ever: a2a-sdk tails a task another replica
-    runs only through a shared event stream, which the gateway does not keep (its tasks' truth is their
-    runs: `tasks/get` on any replica reads it from there)."""
+    """a2a-sdk's handler, except for a resubscription (`SubscribeToTask`) to a task this process does not
+    hold (another replica follows it, or none does since a restart): a2a-sdk tails such a task only
+    through a shared event stream, which the gateway does not keep (it waited for ever), so it is served
+    here from the task's run: the task as its run stands, then its updates from the run's events, until
+    the run ends or asks a person. One waiting for an answer is refused at once, saying so."""
 
-    def __init__(self, *, task_store: RunTaskStore, **kw) -> None:
-        super().__init__(task_store=task_store, **kw)
-        self.tasks = task_store
+    def __init__(self, *, agent_executor: WorkflowExecutor, task_store: RunTaskStore, **kw) -> None:
+        super().__init__(agent_executor=agent_executor, task_store=task_store, **kw)
+        self.executor, self.tasks = agent_executor, task_store
 
     async def on_subscribe_to_task(self, params, context):
         if await self._active_task_registry.get(params.id) is None:
-            task = await self.tasks.get(params.id, context)
+            newest = await self.executor.newest_entry(params.id)  # (before the task: nothing falls between)
+            task = await self.tasks.get(params.id, context)  # as its run stands
             if task is not None and task.status.state not in FINAL:
-                raise UnsupportedOperationError(
-                    message=f"task {params.id} is not followed by this gateway (another replica follows it, "
-                    f"or it waits for an answer, or the gateway restarted since): read it with tasks/get, "
-                    "or answer it with a message if it asks for input"
-                )
+                if task.status.state == TaskState.TASK_STATE_INPUT_REQUIRED:
+                    raise UnsupportedOperationError(
+                        message=f"task {params.id} waits for an answer: send it a message (tasks/get "
+                        "shows the question)"
+                    )
+                yield task
+                async with contextlib.aclosing(self.executor.tail(task, newest)) as updates:
+                    async for update in updates:
+                        yield update
+                return
         async for event in super().on_subscribe_to_task(params, context):
             yield event
 

@@ -16,11 +16,13 @@ tasks themselves are kept in Redis, `tasks.py`):
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import posixpath
+from collections.abc import AsyncIterator
 
 from a2a.server.agent_execution import AgentExecutor, RequestContext
-from a2a.server.events import EventQueue
+from a2a.server.events import Event, EventQueue
 from a2a.server.tasks import TaskUpdater
 from a2a.types import Message, Part, Task, TaskState, TaskStatus
 from google.protobuf import json_format
@@ -215,6 +217,26 @@ class WorkflowExecutor(AgentExecutor):
                 elif await self.report(run_id, up, event):
                     return
 
+    async def tail(self, task: Task, after: str) -> AsyncIterator[Event]:
+        """The task's updates from its run's events after entry `after`, as `follow` reports them, until
+        its run ends or asks a person: for a resubscription on a gateway that does not follow the task
+        (another replica does, or none since a restart). Nothing is stored: the follower stores them."""
+        run_id = task.metadata[RUN_KEY] if RUN_KEY in task.metadata else run_of_task(task.id)
+        updates = _Updates()
+        up = TaskUpdater(updates, task.id, task.context_id)
+        async with contextlib.aclosing(run_events(self.hub, run_id, after)) as events:
+            async for event in events:
+                ended = await self.report(run_id, up, event)
+                while updates:
+                    yield updates.popleft()
+                if ended:
+                    return
+
+    async def newest_entry(self, task_id: str) -> str:
+        """The id of the newest entry of the task's run stream ("0" if it has none yet)."""
+        newest = await self.redis.xrevrange(streams.run_events(run_of_task(task_id)), count=1)
+        return newest[0][0].decode() if newest else "0"
+
     async def report(self, run_id: str, up: TaskUpdater, event) -> bool:
         """One run event as the task's update; True when it ends the task's turn (an end or a question)."""
         kind = event.type
@@ -260,6 +282,13 @@ class WorkflowExecutor(AgentExecutor):
         self.log.info("a2a_run_cancelled", cancelled_run=run_id, task=task.id)
         up = TaskUpdater(event_queue, task.id, task.context_id)
         await up.cancel(up.new_agent_message([Part(text=f"run {run_id} cancelled")]))
+
+
+class _Updates(collections.deque):
+    """Where `tail`'s TaskUpdater puts its events (it only enqueues), to be yielded in order."""
+
+    async def enqueue_event(self, event: Event) -> None:
+        self.append(event)
 
 
 def _meta(part: Part) -> dict:

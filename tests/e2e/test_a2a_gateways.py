@@ -97,16 +97,46 @@ async def test_a_task_in_flight_on_one_gateway_is_seen_and_cancelled_through_the
     assert events[-1].type == "run.cancelled"
 
 
-async def test_resubscribing_through_a_replica_that_does_not_hold_the_task_is_refused_at_once(stack, gateway):
+async def test_resubscribing_through_a_replica_that_does_not_hold_the_task_streams_it_from_its_run(
+    stack, gateway
+):
     """a2a-sdk tails a task another replica runs only through a shared event stream, which the gateway does
-    not keep: such a resubscription is refused at once, naming why and what to use instead (it waited for
-    ever before). Through the replica that holds it, it streams the task to its end."""
-    async with slow_task_on_the_first(stack, gateway, 2) as (first, second, task_id, stream):
-        with pytest.raises(Exception, match="not followed by this gateway.*tasks/get"):
-            await asyncio.wait_for(drain(second.subscribe(SubscribeToTaskRequest(id=task_id))), 10)
-        again = await asyncio.wait_for(drain(first.subscribe(SubscribeToTaskRequest(id=task_id))), 60)
-        assert last_task_state(again)[1] == TaskState.TASK_STATE_COMPLETED
-        await drain(stream)
+    not keep (such a resubscription waited for ever): the other replica serves it from the task's run, the
+    task as it stands, then its updates to its end, as the replica holding it streams them."""
+    async with slow_task_on_the_first(stack, gateway, 1) as (first, second, task_id, stream):
+        for _ in range(100):  # until its run has started
+            if (
+                await second.get_task(GetTaskRequest(id=task_id))
+            ).status.state == TaskState.TASK_STATE_WORKING:
+                break
+            await asyncio.sleep(0.1)
+        there = await asyncio.wait_for(drain(second.subscribe(SubscribeToTaskRequest(id=task_id))), 60)
+        here = await asyncio.wait_for(drain(stream), 60)
+    assert there[0].task.id == task_id and there[0].task.status.state == TaskState.TASK_STATE_WORKING
+    assert last_task_state(there) == last_task_state(here) == (task_id, TaskState.TASK_STATE_COMPLETED)
+
+    def artifacts(events) -> list[tuple[str, bytes]]:
+        updates = [e.artifact_update.artifact for e in events if e.WhichOneof("payload") == "artifact_update"]
+        return [(a.name, a.parts[0].raw) for a in updates]
+
+    assert artifacts(there) == artifacts(here) and b"slept in stage" in artifacts(there)[0][1]
+    # its stage updates, from the run's events after the resubscription, not its whole history again
+    told = [
+        e.status_update.status.message.parts[0].text
+        for e in there
+        if e.WhichOneof("payload") == "status_update"
+    ]
+    assert told and not any("submitted" in text for text in told)
+
+
+async def test_resubscribing_to_a_task_that_waits_for_an_answer_elsewhere_is_refused_at_once(stack, gateway):
+    with second_gateway(stack, gateway.token) as other:
+        async with agent(gateway, "approval") as (_card, first), agent(other, "approval") as (_card2, second):
+            task_id, state = last_task_state(await drain(first.send_message(message(Part(text="draft")))))
+            assert state == TaskState.TASK_STATE_INPUT_REQUIRED
+            with pytest.raises(Exception, match="waits for an answer: send it a message"):
+                await asyncio.wait_for(drain(second.subscribe(SubscribeToTaskRequest(id=task_id))), 10)
+            await first.cancel_task(CancelTaskRequest(id=task_id))
 
 
 @contextlib.contextmanager
