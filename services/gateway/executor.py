@@ -97,16 +97,17 @@ class WorkflowExecutor(AgentExecutor):
             # A burst of new tasks starts Settings.a2a_max_starting at a time; the rest wait here, in order.
             async with self.starting:
                 try:
-                    if await self.mine(task.id):
-                        await self.start(run_id, context.message)
+                    await self.start(run_id, context.message)
                 except PreconditionFailedError as exc:
-                    if await self.mine(task.id):  # its inputs were there already: not a resumed start
+                    # its inputs were there already: refused, unless another gateway took the task over
+                    # while this one seemed gone (it uploaded them, and starts the run: once, as a second
+                    # RunSubmitted of a run is a duplicate to the supervisor)
+                    if await self.mine(task.id):
                         await self.refuse(task.id, up, exc)
                         return
                 except (GatewayError, FetchError, KeyValidationError) as exc:
                     await self.refuse(task.id, up, exc)
                     return
-                # (a task another gateway took over while this one seemed gone is started once: by that one)
                 await self.started(task.id)
                 self.log.info("a2a_run_submitted", submitted_run=run_id, workflow=self.workflow, task=task.id)
                 await up.update_status(
