@@ -152,6 +152,18 @@ FAST_RETRIES = {
 }
 
 
+# obstore's timeouts. Its default ends any request 30 s after it starts, body included: a large object read a
+# chunk at a time by a slow consumer (a console download, `baton get` over a slow link) broke at 30 s. Only a
+# stall ends a request here: no byte for `read_timeout`. That is longer than a MinIO node waits on a dead
+# peer's drive (`MINIO_DRIVE_MAX_TIMEOUT`, 30 s by default) before completing a write without it, so such a
+# write completes instead of failing. The overall limit is a backstop for a stream that never ends.
+CLIENT_TIMEOUTS = {
+    "connect_timeout": timedelta(seconds=5),
+    "read_timeout": timedelta(seconds=60),
+    "timeout": timedelta(hours=24),
+}
+
+
 # How long the exit hook below lets obstore's threads have the GIL: far more than one handing back a
 # result needs (microseconds), so a loaded machine's scheduling delay is covered.
 EXIT_GRACE = 0.05
@@ -193,7 +205,7 @@ def fast_store(settings: Settings) -> S3Store:
         secret_access_key=settings.s3_secret_key,
         region=settings.s3_region,
         virtual_hosted_style_request=False,
-        client_options={"allow_http": settings.s3_endpoint_url.startswith("http://")},
+        client_options={"allow_http": settings.s3_endpoint_url.startswith("http://"), **CLIENT_TIMEOUTS},
         retry_config=FAST_RETRIES,
     )
 

@@ -69,6 +69,10 @@ class Burst:
     def completed(self) -> int:
         return sum(1 for end in self.ends.values() if end == "run.completed")
 
+    def failures(self) -> str:
+        """Each run that did not complete, and how it ended (for an assertion's message)."""
+        return "\n".join(f"{run}: {end}" for run, end in self.ends.items() if end != "run.completed")
+
 
 async def burst(settings: Settings, runs: int, timeout: float = 120, during=None) -> Burst:
     """`runs` content-factory runs (three stages, each reading and writing MinIO) at once; `during`, an
@@ -81,5 +85,15 @@ async def burst(settings: Settings, runs: int, timeout: float = 120, during=None
         await during()
     ended = await asyncio.gather(*(wait_for_end(settings, r, timeout) for r in run_ids))
     seconds = time.monotonic() - started
-    ends = {run_id: events[-1].type for run_id, events in zip(run_ids, ended, strict=True)}
+    ends = {run_id: ending(events) for run_id, events in zip(run_ids, ended, strict=True)}
     return Burst(list(run_ids), ends, seconds)
+
+
+def ending(events: list) -> str:
+    """How a run ended: its last event's type, and for one that did not complete, why (its reason and its
+    tasks' failures, each attempt), so a failed assertion says what went wrong."""
+    last = events[-1]
+    if last.type == "run.completed":
+        return last.type
+    failures = [f"{e.task_id}: {e.error}" for e in events if e.type == "task.failed"]
+    return f"{last.type}: {getattr(last, 'reason', '')} (task failures: {failures})"
