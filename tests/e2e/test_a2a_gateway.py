@@ -33,9 +33,17 @@ pytestmark = pytest.mark.e2e
 
 
 @contextlib.asynccontextmanager
-async def agent(gateway, workflow: str, streaming: bool = True, token: str | None = None):
+async def agent(
+    gateway,
+    workflow: str,
+    streaming: bool = True,
+    token: str | None = None,
+    limits: httpx.Limits | None = None,
+):
+    """An A2A client of `workflow`; `limits`: its connections (httpx's default pool holds 100 at once)."""
     headers = {"Authorization": f"Bearer {token or gateway.token}"}
-    async with httpx.AsyncClient(headers=headers, timeout=httpx.Timeout(30, read=120)) as http:
+    pool = {"limits": limits} if limits is not None else {}
+    async with httpx.AsyncClient(headers=headers, timeout=httpx.Timeout(30, read=120), **pool) as http:
         card = await A2ACardResolver(http, f"{gateway.url}{workflow}/").get_agent_card()
         yield card, ClientFactory(ClientConfig(httpx_client=http, streaming=streaming)).create(card)
 

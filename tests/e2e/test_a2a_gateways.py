@@ -11,6 +11,7 @@ import os
 import secrets
 import signal
 
+import httpx
 import pytest
 from a2a.types import CancelTaskRequest, GetTaskRequest, Part, SubscribeToTaskRequest, TaskState
 from google.protobuf import struct_pb2
@@ -23,6 +24,10 @@ from tests.e2e.test_a2a_gateway import agent, drain, last_task_state, message
 from tests.helpers import wait_for_end
 
 pytestmark = pytest.mark.e2e
+# Tasks in each burst below; more by hand to try the takeover at size (600, 6,000): each stream is its own
+# connection, so the bursts' client has no pool limit.
+BURST = int(os.environ.get("BATON_TEST_A2A_BURST", "60"))
+UNPOOLED = httpx.Limits(max_connections=None, max_keepalive_connections=0)
 
 
 @contextlib.contextmanager
@@ -158,7 +163,7 @@ async def _burst(a2a, n: int) -> list:
         stream = a2a.send_message(message(Part(text=f"task {i}"), note))
         return (await anext(stream)).task.id, stream
 
-    return await asyncio.wait_for(asyncio.gather(*(one(i) for i in range(n))), 60)
+    return await asyncio.wait_for(asyncio.gather(*(one(i) for i in range(n))), 60 + n / 10)
 
 
 async def _waiting(settings) -> int:
@@ -170,7 +175,9 @@ async def _waiting(settings) -> int:
 
 
 async def _all_complete_once(settings, pairs) -> None:
-    endings = await asyncio.wait_for(asyncio.gather(*(drain(stream) for _task_id, stream in pairs)), 120)
+    endings = await asyncio.wait_for(
+        asyncio.gather(*(drain(stream) for _task_id, stream in pairs)), 120 + len(pairs) / 10
+    )
     states = [last_task_state(events)[1] for events in endings]
     assert states.count(TaskState.TASK_STATE_COMPLETED) == len(pairs), {
         s: states.count(s) for s in set(states)
@@ -186,8 +193,8 @@ async def test_a_gateway_starting_beside_a_busy_one_leaves_its_waiting_burst_to_
     stopped gateway's leftovers: each task completes once, through the gateway that accepted it."""
     token = secrets.token_hex(16)
     with second_gateway(stack, token, BATON_A2A_MAX_STARTING="1") as busy:
-        async with agent(busy, "copy-files") as (_card, a2a):
-            pairs = await _burst(a2a, 60)
+        async with agent(busy, "copy-files", limits=UNPOOLED) as (_card, a2a):
+            pairs = await _burst(a2a, BURST)
             with frozen(stack, busy):
                 assert await _waiting(settings) > 1, "the burst had started already: the test proves nothing"
                 with second_gateway(stack, token, BATON_A2A_LEASE_SECONDS="2") as newcomer:
@@ -205,10 +212,10 @@ async def test_the_waiting_burst_of_a_gateway_stalled_past_its_lease_is_started_
     token = secrets.token_hex(16)
     lease = {"BATON_A2A_LEASE_SECONDS": "2"}
     with second_gateway(stack, token, BATON_A2A_MAX_STARTING="1", **lease) as stalled:
-        async with agent(stalled, "copy-files") as (_card, a2a):
-            pairs = await _burst(a2a, 60)
+        async with agent(stalled, "copy-files", limits=UNPOOLED) as (_card, a2a):
+            pairs = await _burst(a2a, BURST)
             with frozen(stack, stalled), second_gateway(stack, token, **lease) as other:
-                for _ in range(300):  # its lease lapses within 2 s; the other looks every second
+                for _ in range(300 + BURST // 2):  # its lease lapses within 2 s; the other looks every 1 s
                     if await _waiting(settings) == 0:
                         break
                     await asyncio.sleep(0.1)
