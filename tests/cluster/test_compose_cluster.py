@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import subprocess
 
 import pytest
@@ -20,7 +21,9 @@ from tests.stacks import burst
 
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(1800)]
 CLUSTER_FILE = ROOT / "docker-compose.cluster.yml"
-RUNS = 8
+# Runs in each burst; more by hand to try the kill at size: BATON_TEST_CLUSTER_RUNS=80 (or 800).
+RUNS = int(os.environ.get("BATON_TEST_CLUSTER_RUNS", "8"))
+WAIT = 120 + RUNS  # seconds each run may take to end
 
 
 @pytest.fixture(scope="module")
@@ -69,16 +72,16 @@ def test_cluster_stack_runs_workflows_and_survives_a_killed_minio_node(cluster_c
     assert "cluster ok" in cluster_compose.logs("valkey-cluster")
     settings = cli_settings(cluster_compose)
 
-    whole = asyncio.run(burst(settings, RUNS))
+    whole = asyncio.run(burst(settings, RUNS, WAIT))
     assert whole.completed == RUNS, f"{whole.failures()}\n{trouble(cluster_compose)}"
 
     async def kill_a_node():
         await asyncio.sleep(0.3)
         await asyncio.to_thread(cluster_compose, "kill", "minio-3")
 
-    during = asyncio.run(burst(settings, RUNS, during=kill_a_node))
+    during = asyncio.run(burst(settings, RUNS, WAIT, during=kill_a_node))
     assert during.completed == RUNS, f"{during.failures()}\n{trouble(cluster_compose)}"
-    after = asyncio.run(burst(settings, RUNS))
+    after = asyncio.run(burst(settings, RUNS, WAIT))
     assert after.completed == RUNS, f"{after.failures()}\n{trouble(cluster_compose)}"
     print(
         f"\n{RUNS} content-factory runs on the compose cluster: {whole.seconds:.2f}s; a MinIO node killed "
