@@ -14,7 +14,9 @@ from pathlib import Path
 
 from baton import client, servers
 from baton.dev import Stack, acl_credentials, local_env, new_passwords, settings_kwargs
+from shared.redisconn import connect
 from shared.settings import Settings
+from shared.storage import Storage
 from tests.helpers import wait_for_end
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -78,9 +80,25 @@ async def burst(settings: Settings, runs: int, timeout: float = 120, during=None
     """`runs` content-factory runs (three stages, each reading and writing MinIO) at once; `during`, an
     async callable, runs once every run is submitted, while they are in flight."""
     started = time.monotonic()
-    run_ids = await asyncio.gather(
-        *(client.submit(settings, "content-factory", {"brief": BRIEF}) for _ in range(runs))
-    )
+    brief = BRIEF.read_bytes()
+    # One S3 client and one Redis client for the whole burst, as a program submitting many runs holds them
+    # (`client.submit` opens both for its one run: 80 at once spent seconds of CPU making S3 clients, and
+    # their Redis connections timed out).
+    async with Storage.connect(settings) as storage:
+        redis = connect(settings.redis_url)
+        try:
+
+            async def submit() -> str:
+                run_id = client.new_run_id()
+                ref = await client.put_input(storage, run_id, BRIEF.name, brief)
+                await client.publish_run(
+                    settings, run_id, "content-factory", {"brief": ref}, redis=redis, storage=storage
+                )
+                return run_id
+
+            run_ids = await asyncio.gather(*(submit() for _ in range(runs)))
+        finally:
+            await redis.aclose()
     if during is not None:
         await during()
     ended = await asyncio.gather(*(wait_for_end(settings, r, timeout) for r in run_ids))
