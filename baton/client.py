@@ -110,23 +110,38 @@ async def submit(
     inputs: dict[str, Path],
     params: dict | None = None,
     run_id: str | None = None,
+    *,
+    storage: Storage | None = None,
+    redis: aioredis.Redis | None = None,
 ) -> str:
-    """Upload the inputs into a fresh run workspace and publish `RunSubmitted`; returns the run id."""
+    """Upload the inputs into a fresh run workspace and publish `RunSubmitted`; returns the run id.
+    `storage`, `redis`: clients a program submitting many runs holds for all of them (else this call
+    opens its own, as the CLI's one run does)."""
     run_id = run_id or new_run_id()
     with telemetry.submission(run_id, workflow):
-        return await _submit(settings, workflow, inputs, params, run_id)
+        return await _submit(settings, workflow, inputs, params, run_id, storage, redis)
 
 
-async def _submit(settings: Settings, workflow: str, inputs: dict[str, Path], params, run_id: str) -> str:
+async def _submit(
+    settings: Settings,
+    workflow: str,
+    inputs: dict[str, Path],
+    params,
+    run_id: str,
+    storage: Storage | None,
+    redis: aioredis.Redis | None,
+) -> str:
     refs = {}
-    async with Storage.connect(settings) as storage:
+    async with contextlib.AsyncExitStack() as stack:
+        if storage is None:
+            storage = await stack.enter_async_context(Storage.connect(settings))
         for name, path in inputs.items():
             path = Path(path)
             if not path.is_file():
                 raise BatonError(f"input {name}={path}: no such file")
             with path.open("rb") as body:  # (sent a chunk at a time: a large input is not read whole)
                 refs[name] = await put_input(storage, run_id, path.name, body)
-        await publish_run(settings, run_id, workflow, refs, params, storage=storage)
+        await publish_run(settings, run_id, workflow, refs, params, redis=redis, storage=storage)
     return run_id
 
 

@@ -80,25 +80,19 @@ async def burst(settings: Settings, runs: int, timeout: float = 120, during=None
     """`runs` content-factory runs (three stages, each reading and writing MinIO) at once; `during`, an
     async callable, runs once every run is submitted, while they are in flight."""
     started = time.monotonic()
-    brief = BRIEF.read_bytes()
     # One S3 client and one Redis client for the whole burst, as a program submitting many runs holds them
-    # (`client.submit` opens both for its one run: 80 at once spent seconds of CPU making S3 clients, and
-    # their Redis connections timed out).
-    async with Storage.connect(settings) as storage:
-        redis = connect(settings.redis_url)
-        try:
-
-            async def submit() -> str:
-                run_id = client.new_run_id()
-                ref = await client.put_input(storage, run_id, BRIEF.name, brief)
-                await client.publish_run(
-                    settings, run_id, "content-factory", {"brief": ref}, redis=redis, storage=storage
-                )
-                return run_id
-
-            run_ids = await asyncio.gather(*(submit() for _ in range(runs)))
-        finally:
-            await redis.aclose()
+    # (each `client.submit` opening its own: 80 at once spent seconds of CPU making S3 clients, and their
+    # Redis connections timed out).
+    async with (
+        Storage.connect(settings) as storage,
+        contextlib.aclosing(connect(settings.redis_url)) as redis,
+    ):
+        run_ids = await asyncio.gather(
+            *(
+                client.submit(settings, "content-factory", {"brief": BRIEF}, storage=storage, redis=redis)
+                for _ in range(runs)
+            )
+        )
     if during is not None:
         await during()
     ended = await asyncio.gather(*(wait_for_end(settings, r, timeout) for r in run_ids))
