@@ -239,3 +239,62 @@ class IdleCgroup:
                 (self.base / "cgroup.procs").write_text(str(pid))
         with contextlib.suppress(OSError):
             self.path.rmdir()
+
+
+def parse_cpus(value: str) -> set[int]:
+    """`--console-cpus`: CPU numbers, `1` or `2,3` or `2-3`, all of them this process may run on and not
+    all of them (the rest run everything else)."""
+    cpus: set[int] = set()
+    for part in value.split(","):
+        lo, _, hi = part.strip().partition("-")
+        if not lo.isdigit() or (hi and not hi.isdigit()):
+            raise ValueError(f"CPUs are numbers or ranges such as 1 or 2-3, not {part.strip()!r}")
+        cpus.update(range(int(lo), int(hi or lo) + 1))
+    have = os.sched_getaffinity(0)
+    if not cpus <= have:
+        raise ValueError(f"CPU {min(cpus - have)} is not one this process may run on ({sorted(have)})")
+    if cpus == have:
+        raise ValueError(f"CPUs {sorted(cpus)} are all this process has: none would be left for the services")
+    return cpus
+
+
+def _tasks(pid: int) -> list[int]:
+    """A process' threads (their ids), or none if it has gone."""
+    try:
+        return [int(t) for t in os.listdir(f"/proc/{pid}/task")]
+    except OSError:
+        return []
+
+
+class Pinned:
+    """CPUs of their own for some processes (`move`), and every other process of this benchmark (this one,
+    each thread, its servers and services, and any it starts later, which inherit it) on the rest: how a
+    service placed on a host of its own would share nothing but the network with the others, on one machine.
+    Needs no root (the processes are this user's). At exit every one of them may run anywhere again."""
+
+    def __init__(self, cpus: set[int]) -> None:
+        self.cpus = set(cpus)
+        self.every = os.sched_getaffinity(0)
+        self.rest = self.every - self.cpus
+
+    @staticmethod
+    def _set(pids: list[int], cpus: set[int]) -> None:
+        for pid in pids:
+            for tid in _tasks(pid):
+                with contextlib.suppress(OSError):  # (a thread or process gone meanwhile)
+                    os.sched_setaffinity(tid, cpus)
+
+    def __enter__(self) -> Pinned:
+        self._set(descendants(os.getpid()), self.rest)
+        return self
+
+    def move(self, pid: int) -> None:
+        """`pid`, its threads and its descendants onto the CPUs of their own."""
+        self._set(descendants(pid), self.cpus)
+
+    def this_thread(self) -> None:
+        """The calling thread onto the CPUs of their own (threads it starts later inherit it)."""
+        os.sched_setaffinity(0, self.cpus)
+
+    def __exit__(self, *exc) -> None:
+        self._set(descendants(os.getpid()), self.every)

@@ -37,7 +37,7 @@ import yaml
 from baton import servers
 from bench import runs as whole_runs
 from bench import stack as full_stack
-from bench.common import IdleCgroup, cpu_seconds, percentile, ratio_interval
+from bench.common import IdleCgroup, Pinned, cpu_seconds, percentile, ratio_interval
 from shared import streams
 from shared.broker import encode
 from shared.events import RunCancelRequested
@@ -176,9 +176,11 @@ class Pages:
         k: int,
         deadline: float,
         last_ids: dict[str, str] | None = None,
+        pinned: Pinned | None = None,
     ) -> None:
         """`last_ids`: per run, the entry its stream resumes after (`Last-Event-ID`, as an EventSource sends
-        when it reconnects); the others read their run's whole history first."""
+        when it reconnects); the others read their run's whole history first. `pinned`: the readers' thread
+        runs on its CPUs (the browsers' stand-in beside the console, away from the services)."""
         self.url, self.token, self.run_ids, self.k, self.deadline = url, token, run_ids, k, deadline
         self.last_ids = last_ids or {}
         # per live event: (its created_at, its arrival minus created_at, its arrival minus the XADD to the
@@ -187,7 +189,8 @@ class Pages:
         self.early = 0  # events made before their stream was connected (history, not live): not counted
         self.opened = self.ended = self.errors = 0
         self.stop = threading.Event()
-        self.thread = threading.Thread(target=lambda: asyncio.run(self._main()), daemon=True)
+        self.pinned = pinned
+        self.thread = threading.Thread(target=self._run, daemon=True)
         self.connected = threading.Event()
         self.cpu = 0.0
 
@@ -200,6 +203,11 @@ class Pages:
     def __exit__(self, *exc) -> None:
         self.stop.set()
         self.thread.join(15)
+
+    def _run(self) -> None:
+        if self.pinned is not None:
+            self.pinned.this_thread()
+        asyncio.run(self._main())
 
     async def _page(self, run_id: str, ready: asyncio.Event) -> None:
         """One page's stream, read as a browser's EventSource reads it: a new connection, the headers, then
@@ -366,6 +374,7 @@ def hop_overhead(
     rate: float,
     seconds: float,
     tick: float = 0.1,
+    pinned: Pinned | None = None,
 ) -> dict:
     """The steps of `plan` (`parse_step`'s, in order): `K` streams on the runs being submitted (a rolling
     window), `wK` K streams open all along on runs waiting for a person (quiet pages), `tK` K streams open
@@ -388,7 +397,9 @@ def hop_overhead(
             # pages on ticking runs take up where their streams are (as if open since before the step):
             # each step would otherwise begin with K replays of a history that grows with every step
             resume = _tails(client, ids) if mode == "ticking" else None
-            watch = Pages(url, token, ids, k, deadline=time.time() + seconds + 60, last_ids=resume)
+            watch = Pages(
+                url, token, ids, k, deadline=time.time() + seconds + 60, last_ids=resume, pinned=pinned
+            )
             watch.__enter__()
         try:
             with whole_runs.Elsewhere() as elsewhere:
@@ -591,22 +602,27 @@ def scenario(
     tick: float = 0.1,
     waiting: int = 1000,
     shares: int | None = None,
+    cpus: set[int] | None = None,
 ) -> dict:
     """`plan`: the hop-latency steps (`parse_plan`). `idle`: the console runs in an idle-class cgroup
     (`IdleCgroup`) through the scenario; `shares`: in a cgroup of that CPU weight instead (cgroup v1's
-    `cpu.shares`, as compose's `cpu_shares` sets). `tick`: seconds between the progress reports of the runs
-    that `tK` steps' pages are open on."""
-    if idle and shares is not None:
-        raise ValueError("the console is either idle-class or of a CPU weight, not both")
+    `cpu.shares`, as compose's `cpu_shares` sets); `cpus`: the console and the pages' readers run on these
+    CPUs and everything else on the rest (`Pinned`: the console on a host of its own). `tick`: seconds
+    between the progress reports of the runs that `tK` steps' pages are open on."""
+    if sum((idle, shares is not None, bool(cpus))) > 1:
+        raise ValueError("the console is idle-class, of a CPU weight or on CPUs of its own: one of them")
     placed = IdleCgroup("baton-bench-console", shares=shares) if idle or shares is not None else None
-    with placed or contextlib.nullcontext() as idle_class:
+    with (
+        placed or contextlib.nullcontext() as idle_class,
+        Pinned(cpus) if cpus else contextlib.nullcontext() as pinned,
+    ):
         return _scenario(
-            srv, events, requests, plan, rate, seconds, workers, list_runs, idle_class, tick, waiting
+            srv, events, requests, plan, rate, seconds, workers, list_runs, idle_class, tick, waiting, pinned
         )
 
 
 def _scenario(
-    srv, events, requests, plan, rate, seconds, workers, list_runs, idle_class, tick, waiting
+    srv, events, requests, plan, rate, seconds, workers, list_runs, idle_class, tick, waiting, pinned=None
 ) -> dict:
     client = srv.clean()
     width = max(1, events // EVENTS_PER_SUBTASK)
@@ -617,6 +633,8 @@ def _scenario(
         "workers": workers,
         "console_idle_class": idle_class is not None and idle_class.shares is None,
         "console_cpu_shares": idle_class.shares if idle_class is not None else None,
+        "console_cpus": sorted(pinned.cpus) if pinned is not None else None,
+        "services_cpus": sorted(pinned.rest) if pinned is not None else None,
     }
     try:
         stack.start(
@@ -628,8 +646,11 @@ def _scenario(
             },
         )
         url = f"http://127.0.0.1:{port}"
+        console_pid = next(p.pid for h, p in stack.procs.items() if h.startswith("console-"))
         if idle_class is not None:
-            idle_class.add(next(p.pid for h, p in stack.procs.items() if h.startswith("console-")))
+            idle_class.add(console_pid)
+        if pinned is not None:
+            pinned.move(console_pid)
         whole_runs._warm(client)
         print(f"- console: a run of ~{events:,} events, {requests} page loads and replays", flush=True)
         with whole_runs.Elsewhere() as elsewhere:
@@ -638,7 +659,7 @@ def _scenario(
         labels = ",".join(PREFIX.get(m, "") + str(k) for m, k in plan)
         print(f"- console: hop latency at {rate:g} runs/s with {labels} open SSE streams", flush=True)
         out["hops"] = whole_runs._attempt(
-            lambda: hop_overhead(stack, client, url, token, plan, rate, seconds, tick)
+            lambda: hop_overhead(stack, client, url, token, plan, rate, seconds, tick, pinned)
         )
         print(f"- console: the runs list over an index of {list_runs:,} runs", flush=True)
         out["runs_list"] = whole_runs._attempt(lambda: runs_list(client, url, token, list_runs, requests))
@@ -681,6 +702,9 @@ def table(results: dict, busy_cores: float) -> list[str]:
     idle = " (the console in an idle-class cgroup)" if con.get("console_idle_class") else ""
     if con.get("console_cpu_shares"):
         idle = f" (the console in a cgroup of cpu.shares {con['console_cpu_shares']}, a process' being 1024)"
+    if con.get("console_cpus"):
+        mine, rest = con["console_cpus"], con["services_cpus"]
+        idle = f" (the console and the pages' readers on CPUs {mine}, everything else on {rest})"
     lines = ["", f"Console (issue 14's targets), read over HTTP with the bearer token{idle}"]
     page = con.get("page") or {}
     if page.get("events"):

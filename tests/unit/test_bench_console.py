@@ -5,13 +5,15 @@ asserted. And the idle-class cgroup the console may run in (`--console-idle`), a
 
 import asyncio
 import json
+import os
 import subprocess
+import threading
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 
-from bench.common import IdleCgroup, ratio_interval
+from bench.common import IdleCgroup, Pinned, parse_cpus, ratio_interval
 from bench.console import Pages, parse_plan, parse_step
 from bench.run import parse_args
 
@@ -131,6 +133,57 @@ def test_a_pages_list_is_parsed_whole_and_a_bad_step_stops_the_arguments_by_name
     with pytest.raises(SystemExit):
         parse_args(["--console-pages", "0,x5"])
     assert "console pages step 'x5'" in capsys.readouterr().err
+
+
+def _affinity(pid: int) -> set[int]:
+    return os.sched_getaffinity(pid)
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="pinning apart needs two CPUs to split")
+def test_pinned_puts_the_moved_process_on_its_cpus_the_rest_on_the_others_and_frees_all_at_exit():
+    every = os.sched_getaffinity(0)
+    mine = {max(every)}
+    before = subprocess.Popen(["sleep", "60"])  # started before: moved to the rest
+    try:
+        with Pinned(mine) as pinned:
+            assert _affinity(0) == _affinity(before.pid) == every - mine
+            later = subprocess.Popen(["sleep", "60"])  # started inside: inherits the rest
+            moved = subprocess.Popen(["sh", "-c", "sleep 60 & wait"])  # with a child of its own
+            try:
+                assert _affinity(later.pid) == every - mine
+                pinned.move(moved.pid)
+                assert _affinity(moved.pid) == mine
+                seen = {}
+                thread = threading.Thread(
+                    target=lambda: (pinned.this_thread(), seen.update(cpus=_affinity(0)))
+                )
+                thread.start()
+                thread.join()
+                assert seen["cpus"] == mine
+                assert _affinity(0) == every - mine  # the thread's CPUs are its own
+            finally:
+                for p in (later, moved):
+                    p.kill()
+                    p.wait()
+        assert _affinity(0) == _affinity(before.pid) == every
+    finally:
+        before.kill()
+        before.wait()
+
+
+def test_console_cpus_are_parsed_and_a_set_leaving_nothing_or_not_ours_is_refused_by_name(capsys):
+    assert parse_cpus("1") == {1} or len(os.sched_getaffinity(0)) < 2
+    every = os.sched_getaffinity(0)
+    for bad, says in (
+        ("x", "not 'x'"),
+        (",".join(map(str, every)), "none would be left"),
+        ("4096", "CPU 4096 is not one"),
+    ):
+        with pytest.raises(ValueError, match=says):
+            parse_cpus(bad)
+    with pytest.raises(SystemExit):
+        parse_args(["--console-cpus", "4096"])
+    assert "CPU 4096" in capsys.readouterr().err
 
 
 def test_cpu_shares_out_of_range_are_refused_by_name():
