@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import random
 import shutil
 import signal
 import socket
@@ -52,10 +53,47 @@ class ServerError(RuntimeError):
     """A local server could not be installed or did not start."""
 
 
+EPHEMERAL_RANGE_FILE = Path("/proc/sys/net/ipv4/ip_local_port_range")
+LOWEST_PORT = 10000  # `free_port` chooses from here up to the ephemeral range
+_handed_out: set[int] = set()
+
+
+def ephemeral_range() -> tuple[int, int]:
+    """The ports the kernel gives outgoing connections (Linux: 32768-60999 by default); where it cannot be
+    read, 32768-65535, which covers Linux's default and the IANA range macOS uses."""
+    try:
+        low, high = (int(part) for part in EPHEMERAL_RANGE_FILE.read_text().split())
+    except (OSError, ValueError):
+        return 32768, 65535
+    return low, high
+
+
 def free_port() -> int:
+    """A TCP port free on loopback now, for a server started next (or a container's published port).
+
+    Chosen below the kernel's ephemeral range, where no outgoing connection can take it between this
+    choice and the server's bind (seen in CI with `bind(0)`'s ports: the session's own client connections
+    took a compose stack's port during its build). Not handed out twice by this process. Falls back to a
+    port the kernel chooses if that range is too small or full."""
+    low, _high = ephemeral_range()
+    candidates = range(LOWEST_PORT, low)
+    for _ in range(200 if len(candidates) >= 1000 else 0):
+        port = random.choice(candidates)
+        if port not in _handed_out and _bindable(port):
+            _handed_out.add(port)
+            return port
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def _bindable(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
 
 
 def redis_binary() -> str:
@@ -200,7 +238,7 @@ def _alive(pid: int) -> bool:
     return state != "Z"
 
 
-BIND_ATTEMPTS = 3  # a port `free_port` found may be taken before the server binds it (another's connection)
+BIND_ATTEMPTS = 3  # a port `free_port` found may be taken before the server binds it (another process)
 IN_USE = ("address already in use", "port is already in use")  # Valkey, Jaeger, Prometheus; MinIO
 
 

@@ -100,9 +100,10 @@ class Compose:
                               env={**os.environ, **DOCKER_ENV, **(env or {})}, cwd=ROOT)
         self.log.append(f"{' '.join(args[:4])}: {time.monotonic() - started:.1f}s (exit {proc.returncode})")
         if check and proc.returncode != 0:
+            # The services' logs first, what compose said last: CI shows the tail of the output.
             raise AssertionError(
-                f"docker compose {' '.join(args)} exited {proc.returncode}\n{proc.stdout[-3000:]}\n"
-                f"{proc.stderr[-3000:]}\n--- logs:\n{self.logs()}"
+                f"--- logs:\n{self.logs()}\n--- docker compose {' '.join(args)} exited {proc.returncode}:\n"
+                f"{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
             )
         return proc
 
