@@ -246,21 +246,15 @@ def _answering(check):
 
 
 def _cluster_port() -> int:
-    """A free port whose cluster bus port (+10,000) is free too, so at most 55,535."""
+    """A free port whose cluster bus port (+10,000) is free too, both below the ephemeral range where
+    this system's range allows it (see `servers.free_port`), and at most 55,535."""
+    below = servers.ephemeral_range()[0] - 10000
+    highest = below if below > servers.LOWEST_PORT + 1000 else 55535
     for _ in range(1000):
         port = servers.free_port()
-        if port <= 55535 and _free(port + 10000):
+        if port <= highest and servers.bindable(port + 10000):
             return port
     raise ClusterError("no free port pair (port, port + 10000) found for a cluster node")
-
-
-def _free(port: int) -> bool:
-    with socket.socket() as s:
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
 
 
 def _start_node(directory: Path, port: int | None, password: str | None, appendonly: bool) -> servers.Server:

@@ -79,7 +79,7 @@ def free_port() -> int:
     candidates = range(LOWEST_PORT, low)
     for _ in range(200 if len(candidates) >= 1000 else 0):
         port = random.choice(candidates)
-        if port not in _handed_out and _bindable(port):
+        if port not in _handed_out and bindable(port):
             _handed_out.add(port)
             return port
     with socket.socket() as s:
@@ -87,7 +87,8 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def _bindable(port: int) -> bool:
+def bindable(port: int) -> bool:
+    """Nothing holds `port` on loopback now."""
     with socket.socket() as s:
         try:
             s.bind(("127.0.0.1", port))
