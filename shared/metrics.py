@@ -37,6 +37,17 @@ QUEUE_WAIT = Histogram(
     ["agent"],
     buckets=LATENCY,
 )
+STORAGE_SECONDS = Histogram(
+    "baton_storage_request_seconds",
+    "Time a request to the store took (to its headers, for a read), by S3 method.",
+    ["method"],
+    buckets=LATENCY,
+)
+STORAGE_SLOW = Counter(
+    "baton_storage_slow_requests",
+    "Requests to the store that went past BATON_STORAGE_SLOW_S, by S3 method.",
+    ["method"],
+)
 RUNS = Counter("baton_runs", "Runs the supervisor moved to a status (started, completed, ...).", ["status"])
 HOP = Histogram(
     "baton_supervisor_hop_seconds",

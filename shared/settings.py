@@ -112,6 +112,13 @@ class Settings(BaseSettings):
         "its tasks). Past it the handler is cancelled: a task fails as retryable, another message is left "
         "for the reclaimer. 0: no limit.",
     )
+    storage_slow_s: float = Field(
+        5.0,
+        ge=0,
+        description="A request to the store still unanswered this many seconds on (plus one per 10 MB of a "
+        "body sent) is logged as a warning, `storage_waiting`, again at each doubling, and `storage_slow` "
+        "when it ends. 0: not watched.",
+    )
     ready_file: Path | None = Field(
         None, description="Touched once the service is ready (health checks, `baton dev up`)."
     )

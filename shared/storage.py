@@ -28,13 +28,14 @@ from datetime import timedelta
 from typing import Any, BinaryIO
 
 import obstore
+import structlog
 from aiobotocore.session import get_session
 from botocore.config import Config
 from botocore.exceptions import ClientError
 from obstore import exceptions as obstore_errors
 from obstore.store import S3Store
 
-from . import telemetry
+from . import metrics, telemetry
 from .errors import (
     AccessDeniedError,
     ObjectMissingError,
@@ -45,6 +46,53 @@ from .errors import (
 from .events import ObjectRef
 from .settings import Settings
 from .workspace import validate_key
+
+log = structlog.get_logger()
+
+# A body sent is allowed this many bytes a second on top of `storage_slow_s` before its write counts as slow:
+# a large file's upload takes its time without the store being at fault.
+SLOW_BYTES_PER_S = 10_000_000
+
+
+class _Watch:
+    """One request to the store, timed into `baton_storage_request_seconds`. Past `slow` seconds still
+    unanswered, a warning (`storage_waiting`, again at each doubling: 5, 10, 20 s...), and another when it
+    ends (`storage_slow`, counted in `baton_storage_slow_requests`). Both carry the caller's log context: the
+    run and task a stalled store holds up. (After a MinIO node's death every write waits on its drive for a
+    while, tens of seconds; without this the services logged nothing in that time.)"""
+
+    __slots__ = ("key", "method", "slow", "started", "timer")
+
+    def __init__(self, method: str, key: str, slow: float, size: int | None = None) -> None:
+        self.method, self.key, self.timer = method, key, None
+        self.slow = slow + (size or 0) / SLOW_BYTES_PER_S if slow else 0.0
+
+    def __enter__(self) -> _Watch:
+        self.started = time.monotonic()
+        if self.slow:
+            self.timer = asyncio.get_running_loop().call_later(self.slow, self._waiting, self.slow)
+        return self
+
+    def _waiting(self, waited: float) -> None:
+        log.warning("storage_waiting", method=self.method, key=self.key, waited_s=round(waited, 1))
+        self.timer = asyncio.get_running_loop().call_later(waited, self._waiting, 2 * waited)
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        took = time.monotonic() - self.started
+        if self.timer is not None:
+            self.timer.cancel()
+        _seconds(self.method).observe(took)
+        if self.slow and took >= self.slow:
+            metrics.STORAGE_SLOW.labels(self.method).inc()
+            outcome = "ok" if exc is None else f"{type(exc).__name__}: {_first_line(exc)}"
+            log.warning(
+                "storage_slow", method=self.method, key=self.key, took_s=round(took, 2), outcome=outcome
+            )
+
+
+@functools.cache
+def _seconds(method: str):
+    return metrics.STORAGE_SECONDS.labels(method)
 
 
 def _strip(etag: str | None) -> str | None:
@@ -213,10 +261,11 @@ def fast_store(settings: Settings) -> S3Store:
 class Storage:
     """Async access to one bucket."""
 
-    def __init__(self, client, bucket: str, fast: S3Store | None = None) -> None:
+    def __init__(self, client, bucket: str, fast: S3Store | None = None, slow: float = 5.0) -> None:
         self.client = client
         self.bucket = bucket
         self.fast = fast  # obstore: reads, writes of bodies in memory (None: all through `client`)
+        self.slow = slow  # seconds past which a request is logged as slow (`_Watch`; 0: not watched)
 
     @classmethod
     @contextlib.asynccontextmanager
@@ -235,7 +284,7 @@ class Storage:
                 max_pool_connections=32,
             ),
         ) as client:
-            yield cls(client, settings.bucket, fast_store(settings))
+            yield cls(client, settings.bucket, fast_store(settings), settings.storage_slow_s)
 
     async def put(
         self,
@@ -263,10 +312,11 @@ class Storage:
             if traceparent:  # read back by the notifier from the bucket's event: the trace goes on
                 metadata = {**(metadata or {}), "traceparent": traceparent}
             put = _Put(key, data, content_type, if_match, if_none_match, metadata or {})
-            if self.fast is not None and not put.streamed:
-                version_id, etag = await self._put_in_memory(put)
-            else:
-                version_id, etag = await self._put_stream(put)
+            with _Watch("PutObject", key, self.slow, size):
+                if self.fast is not None and not put.streamed:
+                    version_id, etag = await self._put_in_memory(put)
+                else:
+                    version_id, etag = await self._put_stream(put)
         return ObjectRef(
             bucket=self.bucket,
             key=key,
@@ -369,7 +419,8 @@ class Storage:
         """The version's headers read, its body not yet: through obstore in this bucket, else through
         aiobotocore (its body closed on the way out)."""
         if self.fast is not None and ref.bucket == self.bucket:
-            result = await self._fast_get(ref)
+            with _Watch("GetObject", ref.key, self.slow):
+                result = await self._fast_get(ref)
             meta = result.meta
             read = ObjectRef(
                 bucket=ref.bucket,
@@ -382,7 +433,8 @@ class Storage:
             _check_etag(ref, read.etag)
             yield _FastReader(read.size, result, read)
             return
-        resp = await self._get_object(ref)
+        with _Watch("GetObject", ref.key, self.slow):
+            resp = await self._get_object(ref)
         async with resp["Body"] as body:
             read = ObjectRef(
                 bucket=ref.bucket,
@@ -399,7 +451,8 @@ class Storage:
         so a large object is not read to look at its beginning."""
         with _span("GetObject", ref.bucket, ref.key, version=ref.version_id):
             try:
-                resp = await self._get_object(ref, Range=f"bytes=0-{size - 1}")
+                with _Watch("GetObject", ref.key, self.slow):
+                    resp = await self._get_object(ref, Range=f"bytes=0-{size - 1}")
             except ClientError as exc:
                 if _code(exc) == "InvalidRange":  # (an empty object has no first byte)
                     return b""
@@ -455,7 +508,8 @@ class Storage:
 
     async def head(self, key: str) -> ObjectRef | None:
         try:
-            resp = await self.client.head_object(Bucket=self.bucket, Key=key)
+            with _Watch("HeadObject", key, self.slow):
+                resp = await self.client.head_object(Bucket=self.bucket, Key=key)
         except ClientError as exc:
             if is_missing(exc):
                 return None
@@ -499,7 +553,8 @@ class Storage:
         if ref.version_id:
             source["VersionId"] = ref.version_id
         try:
-            resp = await self.client.copy_object(Bucket=self.bucket, Key=dest_key, CopySource=source)
+            with _Watch("CopyObject", dest_key, self.slow, ref.size):
+                resp = await self.client.copy_object(Bucket=self.bucket, Key=dest_key, CopySource=source)
         except ClientError as exc:  # anything else (MinIO restarting, a 503) is transient: raised as is
             if is_missing(exc):
                 raise ObjectMissingError(f"object {ref.uri()} does not exist") from exc

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import secrets
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -33,10 +34,13 @@ def own_stack(
     token: str,
     notifier_host: str = "127.0.0.1",
     workers: int = 2,
+    extra_env: dict[str, str] | None = None,
 ) -> Iterator[Stack]:
     """Every service as its own process, logged in as its own users (as tests/conftest.py's `stack`);
-    `stack.env` holds the admin credentials. Stopped on exit."""
+    `stack.env` holds the admin credentials, and `extra_env` (settings every service gets). Stopped on
+    exit."""
     env = local_env(redis_url, s3_url, TEST_WORKFLOWS, notifier_port, token)
+    env.update(extra_env or {})
     env["BATON_CWD"] = str(ROOT)
     env["BATON_NOTIFIER_HOST"] = notifier_host
     env["BATON_RECLAIM_IDLE_MS"] = "1500"
@@ -53,6 +57,27 @@ def own_stack(
         yield stack
     finally:
         stack.stop_all()
+
+
+@contextlib.contextmanager
+def own_servers_and_stack(
+    tmp: Path, drives: int = 1, workers: int = 2, extra_env: dict[str, str] | None = None
+) -> Iterator[tuple[servers.Server, Stack]]:
+    """A Redis and a MinIO (`drives` drives) of their own and `own_stack` on them; stopped on exit."""
+    port, token = servers.free_port(), secrets.token_hex(16)
+    redis = servers.start_redis(tmp / "redis", password=secrets.token_urlsafe(16))
+    try:
+        hook = f"http://127.0.0.1:{port}/minio/events"
+        minio = servers.start_minio(tmp / "minio", hook, token, drives=drives)
+        try:
+            with own_stack(
+                tmp / "stack", redis.url, minio.url, port, token, workers=workers, extra_env=extra_env
+            ) as stack:
+                yield minio, stack
+        finally:
+            minio.stop()
+    finally:
+        redis.stop()
 
 
 def stack_settings(stack: Stack) -> Settings:

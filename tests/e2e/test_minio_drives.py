@@ -14,10 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from baton import servers
 from services.supervisor.runs import trigger_run_id
 from tests.helpers import s3_client, wait_for_end
-from tests.stacks import BRIEF, burst, own_stack, stack_settings
+from tests.stacks import BRIEF, burst, own_servers_and_stack, stack_settings
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
 RUNS = 8
@@ -25,18 +24,8 @@ RUNS = 8
 
 @pytest.fixture(scope="module")
 def erasure(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("erasure")
-    port, token = servers.free_port(), secrets.token_hex(16)
-    redis = servers.start_redis(tmp / "redis", password=secrets.token_urlsafe(16))
-    try:
-        minio = servers.start_minio(tmp / "minio", f"http://127.0.0.1:{port}/minio/events", token, drives=4)
-        try:
-            with own_stack(tmp / "stack", redis.url, minio.url, port, token) as stack:
-                yield minio, stack_settings(stack)
-        finally:
-            minio.stop()
-    finally:
-        redis.stop()
+    with own_servers_and_stack(tmp_path_factory.mktemp("erasure"), drives=4) as (minio, stack):
+        yield minio, stack_settings(stack)
 
 
 def object_meta(drive: str, bucket: str, key: str) -> Path:

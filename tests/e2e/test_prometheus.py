@@ -92,6 +92,7 @@ AFTER_A_RUN = {
     "max by (stream, group) (baton_stream_lag)",
     "max by (stream, group) (baton_stream_pending)",
     "sum by (stream, outcome) (rate(baton_messages_handled_total[1m]))",
+    "histogram_quantile(0.99, sum by (le, method) (rate(baton_storage_request_seconds_bucket[1m])))",
 }
 
 
