@@ -156,7 +156,7 @@ def create_app(
         executor = WorkflowExecutor(
             name, settings, storage, redis, hub, log, live, starting, fetching, instance
         )
-        store = RunTaskStore(redis, settings, name, live, executor.part)
+        store = RunTaskStore(redis, settings, name, live, executor.part, executor.cancelled_here)
         parts[name] = (executor, store)
         handler = RequestHandler(agent_executor=executor, task_store=store, agent_card=the_card)
         routes = [*create_agent_card_routes(the_card), *create_jsonrpc_routes(handler, "/")]

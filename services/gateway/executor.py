@@ -69,6 +69,9 @@ class WorkflowExecutor(AgentExecutor):
         self.workflow, self.settings, self.storage, self.log = workflow, settings, storage, log
         self.redis, self.hub, self.live, self.starting = redis, hub, live, starting
         self.fetching, self.instance = fetching, instance
+        # Tasks whose run this process was asked to cancel (`cancel`): the task store, saving them as
+        # `canceled` next, does not ask again.
+        self.cancelled_here: set[str] = set()
 
     async def execute(self, context: RequestContext, event_queue: EventQueue) -> None:
         self.live.add(context.task_id)
@@ -279,6 +282,7 @@ class WorkflowExecutor(AgentExecutor):
             return
         run_id = task.metadata[RUN_KEY]
         await self.started(task.id)  # (if it waits its turn, a2a-sdk cancels its execution next)
+        self.cancelled_here.add(task.id)
         await client.cancel(self.settings, run_id, reason="cancelled by an A2A client", redis=self.redis)
         self.log.info("a2a_run_cancelled", cancelled_run=run_id, task=task.id)
         up = TaskUpdater(event_queue, task.id, task.context_id)

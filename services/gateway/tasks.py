@@ -59,8 +59,10 @@ class RunTaskStore(TaskStore):
         workflow: str,
         live: set[str],
         part: Callable[[ObjectRef], Awaitable[Part]],
+        cancelled_here: set[str],
     ) -> None:
         self.redis, self.settings, self.workflow, self.live, self.part = redis, settings, workflow, live, part
+        self.cancelled_here = cancelled_here  # tasks the executor's `cancel` cancelled the run of
         self.ttl = max(int(settings.retention_days * 86400), 1)
 
     async def save(self, task: Task, context: ServerCallContext | None = None) -> None:
@@ -71,7 +73,11 @@ class RunTaskStore(TaskStore):
             pipe.set(streams.a2a_task(run_id), task.SerializeToString(), ex=self.ttl)
             pipe.zadd(streams.a2a_tasks(self.workflow), {task.id: now.ToNanoseconds() / 1e9})
             await pipe.execute()
-        if task.status.state == TaskState.TASK_STATE_CANCELED and task.id not in self.live:
+        if task.status.state != TaskState.TASK_STATE_CANCELED:
+            return
+        asked = task.id in self.cancelled_here  # by this process's executor (`cancel`): asked once is enough
+        self.cancelled_here.discard(task.id)
+        if not asked and task.id not in self.live:
             # Cancelled through a gateway that does not follow it (another replica does, or none): a2a-sdk
             # only records that, so its run is cancelled here; the gateway following it, if any, ends the
             # task as the run ends. (For a run cancelled already, the supervisor ignores the request.)

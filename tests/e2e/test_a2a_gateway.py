@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import secrets
 import uuid
 
@@ -25,6 +26,7 @@ from google.protobuf import struct_pb2
 from baton import client as baton
 from baton import servers
 from shared import streams
+from shared.broker import DATA_FIELD
 from shared.redisconn import connect
 from tests.e2e.conftest import Gateway
 from tests.helpers import wait_for_end
@@ -178,6 +180,15 @@ async def test_cancelling_the_task_cancels_the_run(gateway, settings):
     async for event in baton.follow(settings, run_id, block_ms=500):
         result = event
     assert result.type == "run.cancelled"
+    # asked once (the task store, saving the task as canceled, asked a second time before)
+    r = connect(settings.redis_url)
+    try:
+        recent = await r.xrevrange(streams.RUNS, count=1000)
+    finally:
+        await r.aclose()
+    requests = [json.loads(fields[DATA_FIELD.encode()]) for _id, fields in recent]
+    asked = [e for e in requests if e["type"] == "run.cancel" and e["run_id"] == run_id]
+    assert len(asked) == 1, asked
 
 
 async def test_a_restarted_gateway_answers_tasks_get_from_the_runs_and_resumes_a_waiting_task(
