@@ -21,6 +21,7 @@ from baton import client, dev, servers
 from shared import acl, streams, telemetry
 from shared.errors import BatonError
 from shared.events import Event, Usage
+from shared.logging import configure_logging
 from shared.service import run as run_until_done
 from shared.settings import Settings
 
@@ -44,6 +45,8 @@ def settings(admin: bool = False) -> Settings:
     saved = dev.saved_env(DEV_ROOT, admin=admin) if "REDIS_URL" not in os.environ else None
     found = Settings(**dev.settings_kwargs(saved)) if saved else Settings()
     telemetry.setup("cli", found)  # a submission is the root span of its run's trace
+    # Warnings (a store slow to answer: shared/storage.py) to stderr, readable; stdout stays the output
+    configure_logging("cli", fmt="console", level="WARNING")
     return found
 
 

@@ -30,6 +30,7 @@ from bench import stack as full_stack
 from bench import throughput
 from bench import tracing as bench_tracing
 from bench.common import ROOT, cpu_seconds, descendants, machine_busy_seconds, parse_cpus
+from shared.logging import configure_logging
 
 SCENARIOS = (
     "hop",
@@ -343,6 +344,7 @@ def _interrupt(_signum, _frame) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    configure_logging("bench", fmt="console", level="WARNING")  # (a slow store's warnings: to stderr)
     # SIGTERM (timeout, kill PID) unwinds like Ctrl-C, so the servers and workers it started are stopped.
     signal.signal(signal.SIGTERM, _interrupt)
     if args.markdown:

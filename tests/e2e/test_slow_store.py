@@ -13,6 +13,8 @@ import asyncio
 import json
 import os
 import signal
+import subprocess
+import sys
 import time
 
 import pytest
@@ -125,3 +127,40 @@ async def test_a_worker_whose_write_stalls_logs_it_with_its_run_and_task(stallin
         (task_id, "PutObject", f"runs/{run_id}/work/0-slow.txt")
     }, mine
     assert mine[-1]["took_s"] > 1.5 and mine[-1]["service"] == "worker"
+
+
+def test_the_cli_shows_a_stalled_request_on_stderr_and_keeps_stdout_its_output(stalling, tmp_path):
+    minio, stack = stalling
+    settings = stack_settings(stack)
+    brief = tmp_path / "brief.md"
+    brief.write_text("# a brief\n")
+    env = {
+        **os.environ,
+        "REDIS_URL": settings.redis_url,
+        "S3_ENDPOINT_URL": settings.s3_endpoint_url,
+        "S3_ACCESS_KEY": settings.s3_access_key,
+        "S3_SECRET_KEY": settings.s3_secret_key,
+        "BATON_BUCKET": settings.bucket,
+        "BATON_STORAGE_SLOW_S": str(SLOW_S),
+    }
+    command = [
+        sys.executable,
+        "-m",
+        "baton.cli",
+        "submit",
+        "content-factory",
+        "-i",
+        f"brief={brief}",
+        "--json",
+    ]
+    os.kill(minio.pid, signal.SIGSTOP)  # before the command: its upload of the brief waits
+    try:
+        proc = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        time.sleep(3)
+    finally:
+        os.kill(minio.pid, signal.SIGCONT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    assert json.loads(out)["status"] == "submitted"  # stdout: the one JSON object, nothing else
+    assert "storage_waiting" in err and "storage_slow" in err, err
+    assert "inputs/brief.md" in err and "PutObject" in err, err
