@@ -501,10 +501,7 @@ class Storage:
         try:
             return await self.put(key, data, content_type=content_type, if_none_match=True)
         except PreconditionFailedError:
-            there = await self.head(key)
-            if there is None:
-                raise
-            return there
+            return await self._there(key)
 
     async def head(self, key: str) -> ObjectRef | None:
         try:
@@ -527,24 +524,35 @@ class Storage:
         """Copy one exact version to `dest_key` unless an object is there already; returns what is there.
         Create-only even when two copies race: a GET, then a PUT with If-None-Match (MinIO ignores
         If-None-Match on CopyObject, and two racing copies made two versions), so the bytes pass through
-        this process: a chunk at a time, through a file on disk past `COPY_IN_MEMORY`, never whole in
-        memory (the supervisor copies a run's outputs to where the workflow publishes them)."""
-        existing = await self.head(dest_key)
-        if existing is not None:
-            return existing
+        this process: up to `COPY_IN_MEMORY` in memory, larger ones a chunk at a time through a file on
+        disk, never whole in memory (the supervisor copies a run's outputs to where the workflow publishes
+        them, and a collaboration's seed). A small object is not looked for first (a HEAD, which costs
+        about as much as the copy): one there already refuses the PUT."""
+        if ref.size is None or ref.size > COPY_IN_MEMORY:
+            existing = await self.head(dest_key)
+            if existing is not None:
+                return existing
+        kind = ref.content_type or mimetypes.guess_type(dest_key)[0] or "application/octet-stream"
         with tempfile.SpooledTemporaryFile(max_size=COPY_IN_MEMORY) as spool:
             async with self.open(ref) as reader:
-                async for chunk in reader.chunks():
-                    spool.write(chunk)
-            spool.seek(0)
+                if reader.size <= COPY_IN_MEMORY:
+                    body: bytes | BinaryIO = await reader.read()  # (a PUT from memory: through obstore)
+                else:
+                    async for chunk in reader.chunks():
+                        spool.write(chunk)
+                    spool.seek(0)
+                    body = spool
             try:
-                kind = ref.content_type or mimetypes.guess_type(dest_key)[0] or "application/octet-stream"
-                return await self.put(dest_key, spool, content_type=kind, if_none_match=True)
+                return await self.put(dest_key, body, content_type=kind, if_none_match=True)
             except PreconditionFailedError:  # another copy landed first: that one is the copy
-                existing = await self.head(dest_key)
-                if existing is None:
-                    raise
-                return existing
+                return await self._there(dest_key)
+
+    async def _there(self, key: str) -> ObjectRef:
+        """The object a create-only write found at `key` (refused, so one is there, unless since deleted)."""
+        existing = await self.head(key)
+        if existing is None:
+            raise PreconditionFailedError(f"{key!r} was there when written, and is gone now")
+        return existing
 
     async def copy(self, ref: ObjectRef, dest_key: str) -> ObjectRef:
         """Server-side copy of one exact version to another key."""
