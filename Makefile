@@ -86,7 +86,7 @@ test-containers: install  ## the end-to-end tests on Redis and MinIO containers 
 CLUSTER_E2E = tests/e2e/test_sequential.py tests/e2e/test_router_pattern.py tests/e2e/test_hierarchical_pattern.py \
 	tests/e2e/test_bidirectional_pattern.py tests/e2e/test_human_in_the_loop.py tests/e2e/test_scale.py \
 	tests/e2e/test_supervisor_shares.py
-test-cluster: servers  ## Valkey cluster (patterns, a master killed, rolling restart), MinIO nodes killed, cluster compose
+test-cluster: servers  ## Valkey cluster (patterns, a master killed, rolling restart), a MinIO drive lost, MinIO nodes killed, cluster compose
 	BATON_TEST_SERVERS=cluster BATON_REQUIRE_DOCKER=1 $(BIN)/python -m pytest -m 'e2e or cluster' \
 		$(CLUSTER_E2E) tests/cluster
 

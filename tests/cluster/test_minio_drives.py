@@ -1,7 +1,8 @@
 """Runs on an erasure-coded MinIO (one process, 4 drives, EC:2, as `baton dev up --cluster` starts it):
 they complete, keep completing after a drive is destroyed mid-run, and a replaced drive is healed.
 
-Its own Redis, MinIO and services (tests/stacks.py): the session's MinIO keeps all its drives.
+Its own Redis, MinIO and services (tests/stacks.py): the session's MinIO keeps all its drives. In the
+cluster suite (`make test-cluster`, CI) with the MinIO nodes' tests: about 40 s, too long for the default.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from services.supervisor.runs import trigger_run_id
 from tests.helpers import s3_client, wait_for_end
 from tests.stacks import BRIEF, burst, own_servers_and_stack, stack_settings
 
-pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
+pytestmark = [pytest.mark.cluster, pytest.mark.timeout(300)]
 RUNS = 8
 
 
