@@ -261,7 +261,13 @@ def fast_store(settings: Settings) -> S3Store:
 class Storage:
     """Async access to one bucket."""
 
-    def __init__(self, client, bucket: str, fast: S3Store | None = None, slow: float = 5.0) -> None:
+    def __init__(
+        self,
+        client,
+        bucket: str,
+        fast: S3Store | None = None,
+        slow: float = Settings.model_fields["storage_slow_s"].default,
+    ) -> None:
         self.client = client
         self.bucket = bucket
         self.fast = fast  # obstore: reads, writes of bodies in memory (None: all through `client`)

@@ -4,6 +4,7 @@ webhook clients."""
 from __future__ import annotations
 
 import asyncio
+import os
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -17,6 +18,18 @@ from shared.broker import DATA_FIELD
 from shared.events import DeadLetter, Event, ObjectChanged
 from shared.redisconn import connect
 from shared.settings import Settings
+
+
+def cli_env(settings: Settings) -> dict[str, str]:
+    """This process's environment with `settings`' servers, credentials and bucket: for a `baton` command."""
+    return {
+        **os.environ,
+        "REDIS_URL": settings.redis_url,
+        "S3_ENDPOINT_URL": settings.s3_endpoint_url,
+        "S3_ACCESS_KEY": settings.s3_access_key,
+        "S3_SECRET_KEY": settings.s3_secret_key,
+        "BATON_BUCKET": settings.bucket,
+    }
 
 
 async def wait_for_end(settings: Settings, run_id: str, timeout: float = 30) -> list[Event]:

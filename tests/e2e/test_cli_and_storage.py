@@ -24,28 +24,17 @@ from shared.errors import (
 )
 from shared.redisconn import connect
 from shared.storage import Storage
-from tests.helpers import wait_for_end
+from tests.helpers import cli_env, wait_for_end
 
 ROOT = Path(__file__).resolve().parents[2]
 BRIEF = ROOT / "examples" / "briefs" / "topic.md"
 pytestmark = pytest.mark.e2e
 
 
-def _env(settings) -> dict[str, str]:
-    return {
-        **os.environ,
-        "REDIS_URL": settings.redis_url,
-        "S3_ENDPOINT_URL": settings.s3_endpoint_url,
-        "S3_ACCESS_KEY": settings.s3_access_key,
-        "S3_SECRET_KEY": settings.s3_secret_key,
-        "BATON_BUCKET": settings.bucket,
-    }
-
-
 def baton(settings, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "baton.cli", *args],
-        env=_env(settings),
+        env=cli_env(settings),
         capture_output=True,
         text=True,
         timeout=60,
@@ -83,7 +72,7 @@ async def _submit_and_measure(settings, path: Path) -> dict:
     done = await asyncio.to_thread(
         subprocess.run,
         [sys.executable, "-c", SUBMIT_AND_MEASURE, str(path)],
-        env=_env(settings),
+        env=cli_env(settings),
         capture_output=True,
         text=True,
         timeout=300,
@@ -374,7 +363,7 @@ EXITS = 24  # one exit in 9 aborted before the exit hook: all 24 passing by chan
 async def test_a_process_exits_cleanly_right_after_reading_through_obstore(settings):
     """obstore hands a result back from its own thread; at exit that thread must not be left asking for
     the GIL (`baton get` died of SIGABRT after writing its files: shared/storage's exit hook)."""
-    env = {**_env(settings), "PYTHONPATH": str(ROOT)}
+    env = {**cli_env(settings), "PYTHONPATH": str(ROOT)}
     gate = asyncio.Semaphore(4)
 
     async def read_and_exit() -> tuple[int | None, bytes, bytes]:
@@ -410,7 +399,7 @@ print(storage._hold_exit_for_store_threads.cache_info().currsize)
 def test_only_a_process_on_the_standard_loop_waits_at_exit_for_obstores_threads(settings, loop, hooked):
     """uvloop wakes itself without letting the GIL go, so a command on it (the CLI's, the services') exits
     without the exit hook's wait; on the standard loop the hook is there."""
-    env = {**_env(settings), "PYTHONPATH": str(ROOT)}
+    env = {**cli_env(settings), "PYTHONPATH": str(ROOT)}
     done = subprocess.run(
         [sys.executable, "-c", HOOKED_ON, loop], env=env, capture_output=True, timeout=60, check=True
     )

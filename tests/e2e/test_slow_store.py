@@ -26,7 +26,7 @@ from baton.dev import settings_kwargs
 from shared import metrics
 from shared.settings import Settings
 from shared.storage import Storage
-from tests.helpers import wait_for_end
+from tests.helpers import cli_env, wait_for_end
 from tests.stacks import own_servers_and_stack, stack_settings
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(180)]
@@ -134,15 +134,7 @@ def test_the_cli_shows_a_stalled_request_on_stderr_and_keeps_stdout_its_output(s
     settings = stack_settings(stack)
     brief = tmp_path / "brief.md"
     brief.write_text("# a brief\n")
-    env = {
-        **os.environ,
-        "REDIS_URL": settings.redis_url,
-        "S3_ENDPOINT_URL": settings.s3_endpoint_url,
-        "S3_ACCESS_KEY": settings.s3_access_key,
-        "S3_SECRET_KEY": settings.s3_secret_key,
-        "BATON_BUCKET": settings.bucket,
-        "BATON_STORAGE_SLOW_S": str(SLOW_S),
-    }
+    env = {**cli_env(settings), "BATON_STORAGE_SLOW_S": str(SLOW_S)}
     command = [
         sys.executable,
         "-m",
